@@ -1,0 +1,3 @@
+from simplemirror.cli import main
+
+raise SystemExit(main())

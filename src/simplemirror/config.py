@@ -1,0 +1,154 @@
+"""Configuration: a TOML file (``[mirror]`` table) with command-line overrides.
+
+Every key is documented in config.example.toml at the top of the repository.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from packaging.utils import InvalidName
+
+from simplemirror import __version__
+from simplemirror.model import normalize_name
+
+DEFAULT_USER_AGENT = f"simplemirror/{__version__}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: str
+    """Root of the simple index to mirror, ending in '/'."""
+    directory: Path
+    """Holds state.db, web/ (the served tree) and tmp/."""
+    workers: int = 8
+    projects: tuple[str, ...] = ()
+    """Normalized names; empty means every project upstream lists."""
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 3
+    """Further attempts after a failed request or a file that fails verification."""
+    retry_wait: float = 1.0
+    """First backoff, in seconds; doubles with each attempt (with jitter)."""
+    retry_max_wait: float = 30.0
+    stale_retries: int = 3
+    """Further attempts when a project page is older than the root promised."""
+    stale_wait: float = 2.0
+    user_agent: str = DEFAULT_USER_AGENT
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / "state.db"
+
+    @property
+    def web(self) -> Path:
+        return self.directory / "web"
+
+    @property
+    def tmp(self) -> Path:
+        # Inside the mirror directory, so that a finished download is renamed
+        # into web/ on the same filesystem (an atomic step).
+        return self.directory / "tmp"
+
+
+# TOML key -> (field name, type). Dashes in files, underscores in Python.
+_KEYS: dict[str, tuple[str, type]] = {
+    "upstream": ("upstream", str),
+    "directory": ("directory", str),
+    "workers": ("workers", int),
+    "projects": ("projects", list),
+    "connect-timeout": ("connect_timeout", float),
+    "read-timeout": ("read_timeout", float),
+    "retries": ("retries", int),
+    "retry-wait": ("retry_wait", float),
+    "retry-max-wait": ("retry_max_wait", float),
+    "stale-retries": ("stale_retries", int),
+    "stale-wait": ("stale_wait", float),
+    "user-agent": ("user_agent", str),
+}
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The ``[mirror]`` table of a TOML file, with keys checked and typed."""
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = doc.get("mirror")
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path} has no [mirror] table (see config.example.toml)")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in _KEYS:
+            known = ", ".join(sorted(_KEYS))
+            raise ConfigError(f"{path}: unknown key {key!r} in [mirror]; known keys: {known}")
+        name, kind = _KEYS[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{path}: {key} must be a {kind.__name__}, not {value!r}")
+        values[name] = value
+    return values
+
+
+def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
+    """Merge file values with overrides (None means 'not given') and validate."""
+    values = dict(file_values)
+    values.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    upstream = values.get("upstream")
+    if not upstream:
+        raise ConfigError(
+            "no upstream index is set. Give the root of the simple index to mirror "
+            "(e.g. PyPI's simple index URL) with --upstream URL or 'upstream = \"URL\"' "
+            "in the [mirror] table of the config file (-c PATH)."
+        )
+    parts = urlsplit(upstream)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"upstream {upstream!r} is not an http(s) URL")
+    if not upstream.endswith("/"):
+        upstream += "/"  # so that urljoin(upstream, "name/") stays below it
+    directory = values.get("directory")
+    if not directory:
+        raise ConfigError(
+            "no mirror directory is set: give --directory DIR or 'directory = \"DIR\"' "
+            "in the config file; it will hold state.db and web/"
+        )
+    try:
+        projects = tuple(sorted({normalize_name(str(p)) for p in values.get("projects", ())}))
+    except InvalidName as exc:
+        raise ConfigError(f"projects: {exc}") from None
+    config = Config(
+        upstream=upstream,
+        directory=Path(directory).expanduser().absolute(),
+        projects=projects,
+        **{
+            f.name: values[f.name]
+            for f in fields(Config)
+            if f.name in values and f.name not in {"upstream", "directory", "projects"}
+        },
+    )
+    if config.workers < 1 or config.workers > 256:
+        raise ConfigError(f"workers must be between 1 and 256, not {config.workers}")
+    for name in ("retries", "stale_retries"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name.replace('_', '-')} must not be negative")
+    for name in ("connect_timeout", "read_timeout", "retry_wait", "retry_max_wait", "stale_wait"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name.replace('_', '-')} must not be negative")
+    return config
+
+
+def load(path: Path | None, **overrides: Any) -> Config:
+    return build(read_file(path) if path is not None else {}, overrides)

@@ -1,0 +1,143 @@
+"""Downloading files: stream to a temporary file while hashing, verify, then rename.
+
+A file reaches its published path only after its size and every hash upstream
+gave have been checked, so the tree never holds an unverified byte. Runs in
+worker threads: no state.db access here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from simplemirror import layout
+from simplemirror.upstream import Client, check_response
+
+CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
+# mkstemp creates 0600; the tree is served by another user (nginx, say).
+PUBLISHED_MODE = 0o644
+
+
+class VerificationError(Exception):
+    """The bytes upstream sent do not match the size or a hash it declared."""
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    path: str
+    """Where the verified file now is, below web/."""
+    size: int
+    hashes: dict[str, str]
+    """Every digest checked, sha256 always among them."""
+
+
+def _verify(
+    url: str, digests: Mapping[str, str], expected: Mapping[str, str], size: int,
+    expected_size: int | None,
+) -> None:
+    if expected_size is not None and size != expected_size:
+        raise VerificationError(f"{url}: got {size} bytes, upstream declared {expected_size}")
+    for algorithm, digest in expected.items():
+        if digests[algorithm] != digest:
+            raise VerificationError(
+                f"{url}: {algorithm} is {digests[algorithm]}, upstream declared {digest}"
+            )
+
+
+def fetch_to(
+    client: Client,
+    url: str,
+    *,
+    expected_hashes: Mapping[str, str],
+    expected_size: int | None,
+    web: Path,
+    tmp: Path,
+    path_for_sha256: Callable[[str], str],
+) -> Downloaded:
+    """One attempt: download ``url``, verify it, and move it to ``path_for_sha256(sha256)``."""
+    algorithms = {"sha256", *expected_hashes}
+    hashers = {a: hashlib.new(a) for a in algorithms}
+    size = 0
+    fd, tmp_name = tempfile.mkstemp(dir=tmp, prefix="dl-")
+    try:
+        os.fchmod(fd, PUBLISHED_MODE)
+        with (
+            os.fdopen(fd, "wb") as out,
+            client.session().get(url, stream=True, timeout=client.timeout) as response,
+        ):
+            check_response(response)
+            for chunk in response.iter_content(CHUNK):
+                size += len(chunk)
+                # Never take more than declared: a lying server cannot fill the disk.
+                if expected_size is not None and size > expected_size:
+                    raise VerificationError(
+                        f"{url}: body is larger than the {expected_size} bytes upstream declared"
+                    )
+                out.write(chunk)
+                for h in hashers.values():
+                    h.update(chunk)
+        digests = {a: h.hexdigest() for a, h in hashers.items()}
+        _verify(url, digests, expected_hashes, size, expected_size)
+        rel = path_for_sha256(digests["sha256"])
+        final = web / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_name, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return Downloaded(rel, size, digests)
+
+
+def fetch_file(
+    client: Client,
+    url: str,
+    filename: str,
+    *,
+    expected_hashes: Mapping[str, str],
+    expected_size: int | None,
+    web: Path,
+    tmp: Path,
+) -> Downloaded:
+    """Download a distribution file to its content-addressed path, with retries."""
+    return client.retrying(
+        lambda: fetch_to(
+            client,
+            url,
+            expected_hashes=expected_hashes,
+            expected_size=expected_size,
+            web=web,
+            tmp=tmp,
+            path_for_sha256=lambda sha256: layout.file_path(sha256, filename),
+        ),
+        also=VerificationError,
+    )
+
+
+def fetch_metadata(
+    client: Client,
+    url: str,
+    file_path: str,
+    *,
+    expected_hashes: Mapping[str, str],
+    web: Path,
+    tmp: Path,
+) -> Downloaded:
+    """Download a PEP 658 metadata file next to the file it describes, with retries."""
+    return client.retrying(
+        lambda: fetch_to(
+            client,
+            url,
+            expected_hashes=expected_hashes,
+            expected_size=None,
+            web=web,
+            tmp=tmp,
+            path_for_sha256=lambda _sha256: layout.metadata_path(file_path),
+        ),
+        also=VerificationError,
+    )

@@ -1,0 +1,154 @@
+"""Planning: what a run must fetch, download and forget. Pure functions over data."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from simplemirror.model import DistFile, HeldFile, RootIndex
+
+
+class Status(StrEnum):
+    """Where a project stands in state.db."""
+
+    PENDING = "pending"
+    """Listed upstream, not yet mirrored completely (also: a run died midway)."""
+    OK = "ok"
+    DEFERRED = "deferred"
+    """Upstream kept serving a stale page; tried again next run."""
+    FAILED = "failed"
+    REMOVED = "removed"
+    """No longer listed upstream (kept on disk until deletion is implemented)."""
+
+
+@dataclass(frozen=True)
+class HeldProject:
+    """The part of a project's state that planning needs."""
+
+    serial: int | None
+    """Serial of the last page mirrored completely."""
+    upstream_serial: int | None
+    """Serial the upstream root listed at the last look."""
+    status: Status
+
+
+@dataclass(frozen=True)
+class ProjectTodo:
+    name: str
+    """Normalized name."""
+    display_name: str
+    serial: int | None
+    """The serial the upstream root promises; a page older than this is stale."""
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    fetch: tuple[ProjectTodo, ...]
+    removed: tuple[str, ...]
+    """Held projects upstream no longer lists."""
+    unchanged: int
+
+
+def _needs_fetch(serial: int | None, held: HeldProject | None) -> bool:
+    if held is None or held.status is not Status.OK:
+        return True
+    # Without serials there is no cheap way to know, so look again. A serial
+    # that went *down* means upstream was restored or replaced: look again too.
+    return serial is None or held.serial is None or serial != held.serial
+
+
+def plan_sync(
+    root: RootIndex, held: Mapping[str, HeldProject], only: Collection[str] | None = None
+) -> SyncPlan:
+    """Compare the upstream root with what the mirror holds.
+
+    ``only`` (normalized names) limits the run to those projects; projects
+    outside it are neither fetched nor counted as removed.
+    """
+    fetch: list[ProjectTodo] = []
+    unchanged = 0
+    listed: set[str] = set()
+    for project in root.projects:
+        listed.add(project.normalized)
+        if only is not None and project.normalized not in only:
+            continue
+        if _needs_fetch(project.serial, held.get(project.normalized)):
+            fetch.append(ProjectTodo(project.normalized, project.name, project.serial))
+        else:
+            unchanged += 1
+    removed = tuple(
+        sorted(
+            name
+            for name, h in held.items()
+            if h.status is not Status.REMOVED
+            and name not in listed
+            and (only is None or name in only)
+        )
+    )
+    return SyncPlan(tuple(fetch), removed, unchanged)
+
+
+def plan_retry(
+    held: Mapping[str, tuple[str, HeldProject]], only: Collection[str] | None = None
+) -> SyncPlan:
+    """The plan when the root index is unchanged (HTTP 304): finish what is unfinished.
+
+    ``held`` maps normalized name to (display name, state).
+    """
+    fetch = [
+        ProjectTodo(name, display, h.upstream_serial)
+        for name, (display, h) in held.items()
+        if h.status is not Status.REMOVED
+        and (only is None or name in only)
+        and (h.status is not Status.OK or h.serial != h.upstream_serial)
+    ]
+    return SyncPlan(tuple(sorted(fetch, key=lambda t: t.name)), (), len(held) - len(fetch))
+
+
+@dataclass(frozen=True)
+class FileTodo:
+    dist: DistFile
+    held: HeldFile | None
+    """The copy already held, when only the metadata file is missing."""
+    fetch_file: bool
+    fetch_metadata: bool
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    keep: tuple[tuple[DistFile, HeldFile], ...]
+    """Files held already: (upstream's current description, what is held)."""
+    fetch: tuple[FileTodo, ...]
+    gone: tuple[HeldFile, ...]
+    """Held files the page no longer lists."""
+
+
+def _metadata_missing(dist: DistFile, held: HeldFile) -> bool:
+    if dist.core_metadata is False:
+        return False
+    if held.metadata_hashes is None:
+        return True
+    if isinstance(dist.core_metadata, Mapping):
+        common = set(dist.core_metadata) & set(held.metadata_hashes)
+        return any(dist.core_metadata[a] != held.metadata_hashes[a] for a in common)
+    return False
+
+
+def plan_files(files: Iterable[DistFile], held: Iterable[HeldFile]) -> FilePlan:
+    """Which of a page's files to download, which are held, which went away."""
+    held_by_name = {h.filename: h for h in held}
+    keep: list[tuple[DistFile, HeldFile]] = []
+    fetch: list[FileTodo] = []
+    listed: set[str] = set()
+    for dist in files:
+        listed.add(dist.filename)
+        copy = held_by_name.get(dist.filename)
+        if copy is None or not copy.matches(dist):
+            fetch.append(FileTodo(dist, None, True, dist.core_metadata is not False))
+        elif _metadata_missing(dist, copy):
+            fetch.append(FileTodo(dist, copy, False, True))
+        else:
+            keep.append((dist, copy))
+    gone = tuple(h for name, h in held_by_name.items() if name not in listed)
+    return FilePlan(tuple(keep), tuple(fetch), gone)

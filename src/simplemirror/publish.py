@@ -1,0 +1,69 @@
+"""Writing pages into the published tree: whole or not at all.
+
+Each page is written to a temporary file beside the tree and renamed over the
+old one, so a reader sees the old page or the new one, never half of either.
+A page whose bytes did not change is not written again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from simplemirror import layout, render
+from simplemirror.model import HeldFile
+from simplemirror.state import State
+
+PAGE_MODE = 0o644
+
+
+def write_atomic(target: Path, data: bytes, tmp: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=tmp, prefix="page-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), PAGE_MODE)
+            out.write(data)
+        os.replace(name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+
+
+class Publisher:
+    """Writes pages for one run and records them in state.db under its generation."""
+
+    def __init__(self, web: Path, tmp: Path, state: State, generation: int) -> None:
+        self.web = web
+        self.tmp = tmp
+        self.state = state
+        self.generation = generation
+        self.pages_written = 0
+
+    def page(self, rel: str, text: str) -> None:
+        data = text.encode("utf-8")
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.web / rel
+        if self.state.page_hash(rel) == digest and target.is_file():
+            return
+        write_atomic(target, data, self.tmp)
+        self.state.record_page(rel, digest, self.generation)
+        self.pages_written += 1
+
+    def project(self, info: render.ProjectInfo, files: Sequence[HeldFile]) -> None:
+        """A project's pages; call only once every file in ``files`` is in place."""
+        html_path, json_path = layout.project_pages(info.name)
+        self.page(html_path, render.project_html(info, files))
+        self.page(json_path, render.project_json(info, files))
+
+    def root(self, entries: Iterable[render.RootEntry], serial: int | None) -> None:
+        """The root pages; call last, once every project page they link to is in place."""
+        listed = list(entries)
+        html_path, json_path = layout.ROOT_PAGES
+        self.page(html_path, render.root_html(listed))
+        self.page(json_path, render.root_json(listed, serial))

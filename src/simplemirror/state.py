@@ -1,0 +1,363 @@
+"""state.db: everything the mirror knows, in SQLite (through sqlite-utils).
+
+The schema lives in SCHEMA below and nowhere else. Only the coordinating
+thread of a run touches the database; workers never do.
+
+Generations: every run gets one (``runs.generation``). Files and pages record
+the generation in which they appeared, were last written and went away, so
+that everything that changed between two generations can be listed exactly
+(for an air-gapped copy, say).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from simplemirror.model import HeldFile
+from simplemirror.plan import HeldProject, Status
+from simplemirror.render import RootEntry
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
+
+-- One row per run of `mirror sync`; the generation numbers everything else.
+CREATE TABLE IF NOT EXISTS runs (
+    generation        INTEGER PRIMARY KEY,
+    started           TEXT NOT NULL,
+    finished          TEXT,
+    upstream          TEXT NOT NULL,
+    upstream_serial   INTEGER,      -- the root index's serial at this run
+    outcome           TEXT NOT NULL, -- running, ok, partial, unchanged, error
+    projects_changed  INTEGER NOT NULL DEFAULT 0,
+    projects_deferred INTEGER NOT NULL DEFAULT 0,
+    projects_failed   INTEGER NOT NULL DEFAULT 0,
+    projects_removed  INTEGER NOT NULL DEFAULT 0,
+    files_fetched     INTEGER NOT NULL DEFAULT 0,
+    bytes_fetched     INTEGER NOT NULL DEFAULT 0,
+    error             TEXT
+);
+
+CREATE TABLE IF NOT EXISTS projects (
+    name            TEXT PRIMARY KEY,   -- PEP 503 normalized
+    display_name    TEXT NOT NULL,      -- as the upstream root spells it
+    upstream_serial INTEGER,            -- what the upstream root listed last
+    serial          INTEGER,            -- serial of the last page mirrored completely
+    page_serial     INTEGER,            -- serial of the page the published pages show
+    status          TEXT NOT NULL,      -- pending, ok, deferred, failed, removed
+    error           TEXT,
+    page_data       TEXT,               -- JSON: versions and verbatim top-level keys
+    appeared_gen    INTEGER NOT NULL,
+    updated_gen     INTEGER NOT NULL,
+    published_gen   INTEGER,            -- last generation its pages were written
+    removed_gen     INTEGER
+);
+
+-- A file row is live (linked from its project's pages) while removed_gen is NULL.
+CREATE TABLE IF NOT EXISTS files (
+    id              INTEGER PRIMARY KEY,
+    project         TEXT NOT NULL,
+    filename        TEXT NOT NULL,
+    path            TEXT NOT NULL,      -- below web/
+    size            INTEGER NOT NULL,
+    hashes          TEXT NOT NULL,      -- JSON: every digest verified at download
+    url             TEXT NOT NULL,      -- where upstream served it
+    requires_python TEXT,
+    yanked          INTEGER NOT NULL DEFAULT 0,
+    yanked_reason   TEXT,
+    upload_time     TEXT,
+    metadata_hashes TEXT,               -- JSON; NULL when no .metadata file is held
+    extra           TEXT,               -- JSON: upstream keys kept verbatim
+    appeared_gen    INTEGER NOT NULL,
+    updated_gen     INTEGER NOT NULL,
+    removed_gen     INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS files_live
+    ON files (project, filename) WHERE removed_gen IS NULL;
+CREATE INDEX IF NOT EXISTS files_appeared ON files (appeared_gen);
+CREATE INDEX IF NOT EXISTS files_removed ON files (removed_gen);
+
+CREATE TABLE IF NOT EXISTS pages (
+    path         TEXT PRIMARY KEY,      -- below web/
+    sha256       TEXT NOT NULL,
+    appeared_gen INTEGER NOT NULL,
+    written_gen  INTEGER NOT NULL,
+    removed_gen  INTEGER
+);
+CREATE INDEX IF NOT EXISTS pages_written ON pages (written_gen);
+
+-- Every failure of a run, once: what failed, and why.
+CREATE TABLE IF NOT EXISTS failures (
+    generation INTEGER NOT NULL,
+    project    TEXT NOT NULL,
+    filename   TEXT,
+    kind       TEXT NOT NULL,           -- deferred, failed, rejected
+    error      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS failures_generation ON failures (generation);
+"""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class State:
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite_utils.Database(path)
+        # WAL lets a reader (`mirror status`) look while a sync writes; NORMAL
+        # is durable across a crash of the process, which is what matters here.
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        with self.transaction():
+            found = self.get_meta("schema_version")
+            if found is None:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+            elif int(found) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{path} was written by a newer simplemirror (schema {found}); upgrade it"
+                )
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction (nested: a savepoint). Writes outside one commit one by one."""
+        with self.db.atomic():
+            yield
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )
+
+    # -- runs ---------------------------------------------------------------
+
+    def begin_run(self, upstream: str) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO runs (started, upstream, outcome) VALUES (?, ?, 'running')",
+            [now(), upstream],
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def finish_run(self, generation: int, outcome: str, **counts: Any) -> None:
+        columns = ", ".join(f"{k} = ?" for k in counts)
+        self.db.execute(
+            f"UPDATE runs SET finished = ?, outcome = ?{', ' if columns else ''}{columns} "
+            "WHERE generation = ?",
+            [now(), outcome, *counts.values(), generation],
+        )
+
+    # -- projects -----------------------------------------------------------
+
+    def held_projects(self) -> dict[str, tuple[str, HeldProject]]:
+        """Every project ever seen: normalized name -> (display name, state)."""
+        rows = self.db.execute(
+            "SELECT name, display_name, serial, upstream_serial, status FROM projects"
+        )
+        return {
+            name: (display, HeldProject(serial, upstream_serial, Status(status)))
+            for name, display, serial, upstream_serial, status in rows
+        }
+
+    def note_listed(self, todos: Iterable[tuple[str, str, int | None]], generation: int) -> None:
+        """Record what the root promised for projects about to be fetched.
+
+        New projects enter as pending, so that a run that dies midway leaves a
+        trace the next run finishes (even when the root then answers 304).
+        """
+        rows = ((name, display, serial, generation, generation) for name, display, serial in todos)
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT INTO projects (name, display_name, upstream_serial, status, appeared_gen,"
+                " updated_gen) VALUES (?, ?, ?, 'pending', ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET display_name = excluded.display_name,"
+                " upstream_serial = excluded.upstream_serial, removed_gen = NULL,"
+                " status = CASE WHEN status = 'removed' THEN 'pending' ELSE status END",
+                rows,
+            )
+
+    def mark_removed(self, names: Iterable[str], generation: int) -> None:
+        with self.transaction():
+            self.db.conn.executemany(
+                "UPDATE projects SET status = 'removed', removed_gen = ?, updated_gen = ? "
+                "WHERE name = ?",
+                ((generation, generation, name) for name in names),
+            )
+
+    def set_status(
+        self, name: str, status: Status, error: str | None, generation: int
+    ) -> None:
+        self.db.execute(
+            "UPDATE projects SET status = ?, error = ?, updated_gen = ? WHERE name = ?",
+            [status.value, error, generation, name],
+        )
+
+    def record_project(
+        self,
+        name: str,
+        *,
+        status: Status,
+        error: str | None,
+        page_serial: int | None,
+        page_data: dict[str, Any],
+        files: Iterable[HeldFile],
+        gone: Iterable[HeldFile],
+        generation: int,
+    ) -> None:
+        """Record a project whose pages are about to be rewritten from ``files``."""
+        for f in gone:
+            self.db.execute(
+                "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
+                " AND removed_gen IS NULL",
+                [generation, name, f.filename],
+            )
+        for f in files:
+            # Same name, other bytes (an index that lets files be replaced):
+            # the old row goes away and a new one appears.
+            self.db.execute(
+                "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
+                " AND removed_gen IS NULL AND path != ?",
+                [generation, name, f.filename, f.path],
+            )
+            self.db.execute(
+                "INSERT INTO files (project, filename, path, size, hashes, url, requires_python,"
+                " yanked, yanked_reason, upload_time, metadata_hashes, extra, appeared_gen,"
+                " updated_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (project, filename) WHERE removed_gen IS NULL DO UPDATE SET"
+                " url = excluded.url, requires_python = excluded.requires_python,"
+                " yanked = excluded.yanked, yanked_reason = excluded.yanked_reason,"
+                " upload_time = excluded.upload_time,"
+                " metadata_hashes = excluded.metadata_hashes, extra = excluded.extra,"
+                " updated_gen = excluded.updated_gen",
+                [
+                    name,
+                    f.filename,
+                    f.path,
+                    f.size,
+                    _json(dict(f.hashes)),
+                    f.url,
+                    f.requires_python,
+                    int(f.yanked),
+                    f.yanked_reason,
+                    f.upload_time,
+                    _json(dict(f.metadata_hashes) if f.metadata_hashes is not None else None),
+                    _json(dict(f.extra)) if f.extra else None,
+                    generation,
+                    generation,
+                ],
+            )
+        complete = status is Status.OK
+        self.db.execute(
+            "UPDATE projects SET status = ?, error = ?, page_serial = ?, page_data = ?,"
+            " serial = CASE WHEN ? THEN ? ELSE serial END,"
+            " updated_gen = ?, published_gen = ?, removed_gen = NULL WHERE name = ?",
+            [
+                status.value,
+                error,
+                page_serial,
+                _json(page_data),
+                complete,
+                page_serial,
+                generation,
+                generation,
+                name,
+            ],
+        )
+
+    def held_files(self, project: str) -> list[HeldFile]:
+        rows = self.db.execute(
+            "SELECT filename, path, size, hashes, url, requires_python, yanked, yanked_reason,"
+            " upload_time, metadata_hashes, extra FROM files"
+            " WHERE project = ? AND removed_gen IS NULL ORDER BY id",
+            [project],
+        )
+        return [
+            HeldFile(
+                project=project,
+                filename=filename,
+                path=path,
+                size=size,
+                hashes=json.loads(hashes),
+                url=url,
+                requires_python=requires_python,
+                yanked=bool(yanked),
+                yanked_reason=yanked_reason,
+                upload_time=upload_time,
+                metadata_hashes=json.loads(metadata) if metadata else None,
+                extra=json.loads(extra) if extra else {},
+            )
+            for (
+                filename,
+                path,
+                size,
+                hashes,
+                url,
+                requires_python,
+                yanked,
+                yanked_reason,
+                upload_time,
+                metadata,
+                extra,
+            ) in rows
+        ]
+
+    def root_entries(self) -> Iterator[RootEntry]:
+        """Projects the root index lists: published and still listed upstream."""
+        rows = self.db.execute(
+            "SELECT display_name, name, serial FROM projects"
+            " WHERE published_gen IS NOT NULL AND status != 'removed' ORDER BY name"
+        )
+        for display, name, serial in rows:
+            yield RootEntry(display, name, serial)
+
+    # -- pages and failures -------------------------------------------------
+
+    def page_hash(self, path: str) -> str | None:
+        row = self.db.execute(
+            "SELECT sha256 FROM pages WHERE path = ? AND removed_gen IS NULL", [path]
+        ).fetchone()
+        return row[0] if row else None
+
+    def record_page(self, path: str, sha256: str, generation: int) -> None:
+        self.db.execute(
+            "INSERT INTO pages (path, sha256, appeared_gen, written_gen) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256,"
+            " written_gen = excluded.written_gen,"
+            " appeared_gen = CASE WHEN removed_gen IS NULL THEN appeared_gen"
+            " ELSE excluded.appeared_gen END, removed_gen = NULL",
+            [path, sha256, generation, generation],
+        )
+
+    def record_failure(
+        self, generation: int, project: str, filename: str | None, kind: str, error: str
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO failures (generation, project, filename, kind, error)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [generation, project, filename, kind, error],
+        )

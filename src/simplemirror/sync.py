@@ -1,0 +1,462 @@
+"""One run of `mirror sync`: root index -> plan -> pages and files -> published tree.
+
+Threads: worker pools do the network I/O (project pages in one pool, files in
+another, so that page fetches never queue behind a long file backlog). Only
+the coordinating thread touches state.db and writes pages, and it learns of
+finished work through a queue.
+
+Publish order (see ``run``): a project's files are in place before its pages
+are written, and the root pages are written after every project page.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from simplemirror import download
+from simplemirror.config import Config
+from simplemirror.model import DistFile, HeldFile, ProjectPage, version_of
+from simplemirror.plan import (
+    FilePlan,
+    FileTodo,
+    HeldProject,
+    ProjectTodo,
+    Status,
+    SyncPlan,
+    plan_files,
+    plan_retry,
+    plan_sync,
+)
+from simplemirror.publish import Publisher
+from simplemirror.render import ProjectInfo
+from simplemirror.report import Reporter
+from simplemirror.state import State
+from simplemirror.upstream import Client, PageResponse, StalePage, UpstreamError
+
+log = logging.getLogger("simplemirror")
+
+# Errors a download can end in that concern one file, not the whole run.
+FILE_ERRORS = (UpstreamError, download.VerificationError, requests.RequestException)
+# How long finished projects may wait in an open transaction before a commit.
+COMMIT_EVERY = 2.0
+
+
+class SyncError(Exception):
+    """The run could not be carried out at all (upstream root unusable, mirror locked)."""
+
+
+@dataclass
+class RunSummary:
+    generation: int | None
+    outcome: str
+    """ok, partial, unchanged or dry-run."""
+    changed: int = 0
+    deferred: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """Entries upstream listed that cannot be mirrored (invalid names...): warnings."""
+    files_fetched: int = 0
+    bytes_fetched: int = 0
+    duration: float = 0.0
+    plan: SyncPlan | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.deferred or self.failed else 0
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold the mirror's lock; a second run on the same directory refuses to start.
+
+    flock is released by the kernel when the process dies, so a crashed run
+    never leaves a lock behind.
+    """
+    path = directory / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise SyncError(
+                f"another mirror sync (pid {holder}) is running on {directory}; "
+                "wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Project:
+    """A project in flight: its page, its file plan and the downloads outstanding."""
+
+    todo: ProjectTodo
+    page: ProjectPage
+    files: FilePlan
+    outstanding: int = 0
+    done: dict[str, HeldFile] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Root:
+    """What reading the root index decided."""
+
+    plan: SyncPlan
+    not_modified: bool
+    """Upstream answered 304: only unfinished projects are looked at."""
+    etag: str | None = None
+    serial: int | None = None
+    rejected: tuple[tuple[str, str], ...] = ()
+
+
+def _held_file(project: str, dist: DistFile, path: str, size: int, hashes: Mapping[str, str],
+               metadata_hashes: Mapping[str, str] | None) -> HeldFile:
+    """What the mirror records and publishes for ``dist``: upstream's description, our bytes."""
+    return HeldFile(
+        project=project,
+        filename=dist.filename,
+        path=path,
+        size=size,
+        hashes=dict(hashes),
+        url=dist.url,
+        requires_python=dist.requires_python,
+        yanked=dist.yanked,
+        yanked_reason=dist.yanked_reason,
+        upload_time=dist.upload_time,
+        metadata_hashes=dict(metadata_hashes) if metadata_hashes is not None else None,
+        extra=dict(dist.extra),
+    )
+
+
+class Sync:
+    """One run. Construct, then call ``run()``."""
+
+    def __init__(self, config: Config, reporter: Reporter | None = None) -> None:
+        self.config = config
+        self.client = Client(config)
+        self.reporter = reporter or Reporter()
+
+    # -- the run ------------------------------------------------------------
+
+    def run(self, *, dry_run: bool = False) -> RunSummary:
+        started = time.monotonic()
+        config = self.config
+        if dry_run:
+            return self._dry_run(started)
+        for d in (config.directory, config.web, config.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        with locked(config.directory):
+            state = State(config.state_path)
+            try:
+                summary = self._run_locked(state)
+            finally:
+                state.close()
+        summary.duration = time.monotonic() - started
+        return summary
+
+    def _run_locked(self, state: State) -> RunSummary:
+        config = self.config
+        generation = state.begin_run(config.upstream)
+        try:
+            return self._sync(state, generation)
+        except SyncError as exc:
+            state.finish_run(generation, "error", error=str(exc))
+            raise
+
+    def _sync(self, state: State, generation: int) -> RunSummary:
+        config = self.config
+        try:
+            root = self._plan(state, generation)
+        except UpstreamError as exc:
+            raise SyncError(f"could not read the upstream root index: {exc}") from None
+        plan = root.plan
+        summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
+        summary.removed = list(plan.removed)
+        if root.not_modified and not plan.fetch:
+            # 304 and nothing left over: the mirror is current. Write nothing.
+            summary.outcome = "unchanged"
+            state.finish_run(generation, "unchanged")
+            return summary
+
+        # The publish order: files, then each project's pages (inside
+        # _fetch_all, as each project's downloads finish), then the root.
+        publisher = Publisher(config.web, config.tmp, state, generation)
+        self._fetch_all(plan, state, publisher, summary)
+        complete = not summary.deferred and not summary.failed
+        with state.transaction():
+            if complete and root.serial is not None:
+                state.set_meta("root_serial", str(root.serial))
+            serial = state.get_meta("root_serial")
+            publisher.root(state.root_entries(), int(serial) if serial else None)
+            if not root.not_modified:
+                # Saved only now: a run that dies before this point sees the
+                # full root again next time, not a 304.
+                state.set_meta("root_etag", root.etag)
+        summary.outcome = "ok" if complete else "partial"
+        state.finish_run(
+            generation,
+            summary.outcome,
+            upstream_serial=root.serial,
+            projects_changed=summary.changed,
+            projects_deferred=len(summary.deferred),
+            projects_failed=len(summary.failed),
+            projects_removed=len(summary.removed),
+            files_fetched=summary.files_fetched,
+            bytes_fetched=summary.bytes_fetched,
+        )
+        return summary
+
+    def _plan(self, state: State, generation: int) -> _Root:
+        """Read the root and decide; record what the root promised."""
+        only = self.config.projects or None
+        held = state.held_projects()
+        response = self.client.fetch_root(state.get_meta("root_etag"))
+        if response is None:
+            log.info("upstream root index unchanged (HTTP 304)")
+            return _Root(plan_retry(held, only), not_modified=True)
+        index = response.index
+        plan = plan_sync(index, {name: h for name, (_, h) in held.items()}, only)
+        if only:
+            listed = {p.normalized for p in index.projects}
+            for name in sorted(set(only) - listed):
+                log.warning("project %s is not listed by the upstream index", name)
+        with state.transaction():
+            state.note_listed(((t.name, t.display_name, t.serial) for t in plan.fetch), generation)
+            state.mark_removed(plan.removed, generation)
+            for entry, reason in index.rejected:
+                state.record_failure(generation, entry, None, "rejected", reason)
+        for name in plan.removed:
+            log.warning("project %s is no longer listed upstream; recorded as removed", name)
+        return _Root(plan, False, response.etag, index.serial, index.rejected)
+
+    def _dry_run(self, started: float) -> RunSummary:
+        config = self.config
+        held: dict[str, tuple[str, HeldProject]] = {}
+        etag = None
+        if config.state_path.exists():
+            state = State(config.state_path)
+            try:
+                held, etag = state.held_projects(), state.get_meta("root_etag")
+            finally:
+                state.close()
+        only = config.projects or None
+        response = self.client.fetch_root(etag)
+        if response is None:
+            plan = plan_retry(held, only)
+        else:
+            plan = plan_sync(response.index, {n: h for n, (_, h) in held.items()}, only)
+        return RunSummary(
+            None, "dry-run", plan=plan, removed=list(plan.removed),
+            duration=time.monotonic() - started,
+        )
+
+    # -- fetching and publishing projects ------------------------------------
+
+    def _fetch_all(
+        self, plan: SyncPlan, state: State, publisher: Publisher, summary: RunSummary
+    ) -> None:
+        """Fetch every planned page, download its files, publish each project as it completes."""
+        config = self.config
+        events: queue.Queue[tuple[str, Any, Future[Any]]] = queue.Queue()
+        todos = iter(plan.fetch)
+        # Bounded look-ahead keeps memory flat however large the plan: a new
+        # page is asked for only while the file backlog is short.
+        page_window = config.workers * 2
+        file_window = config.workers * 32
+        in_flight = {"pages": 0, "files": 0}
+        self.reporter.start(len(plan.fetch))
+
+        def submit(pool: ThreadPoolExecutor, kind: str, tag: Any, fn: Any, *args: Any) -> None:
+            future = pool.submit(fn, *args)
+            in_flight["pages" if kind == "page" else "files"] += 1
+            future.add_done_callback(lambda f: events.put((kind, tag, f)))
+
+        def refill() -> None:
+            while in_flight["pages"] < page_window and in_flight["files"] < file_window:
+                todo = next(todos, None)
+                if todo is None:
+                    return
+                submit(page_pool, "page", todo, self.client.fetch_page, todo)
+
+        last_commit = time.monotonic()
+        page_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="page")
+        file_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="file")
+        state.db.execute("BEGIN")
+        try:
+            refill()
+            while in_flight["pages"] or in_flight["files"]:
+                kind, tag, future = events.get()
+                if kind == "page":
+                    in_flight["pages"] -= 1
+                    project = self._page_done(tag, future, state, publisher, summary)
+                    if project is not None:
+                        for todo in project.files.fetch:
+                            project.outstanding += 1
+                            submit(
+                                file_pool, "file", (project, todo), self._download, tag.name, todo
+                            )
+                        self.reporter.files_planned(len(project.files.fetch))
+                        if not project.outstanding:
+                            self._finish(project, state, publisher, summary)
+                else:
+                    in_flight["files"] -= 1
+                    project, todo = tag
+                    self._file_done(project, todo, future, summary)
+                    if not project.outstanding:
+                        self._finish(project, state, publisher, summary)
+                if time.monotonic() - last_commit > COMMIT_EVERY:
+                    state.db.execute("COMMIT")
+                    state.db.execute("BEGIN")
+                    last_commit = time.monotonic()
+                refill()
+        finally:
+            # On an interrupt, drop what has not started; what has is let finish
+            # so no temporary file is left half written.
+            page_pool.shutdown(wait=True, cancel_futures=True)
+            file_pool.shutdown(wait=True, cancel_futures=True)
+            state.db.execute("COMMIT")
+
+    def _page_done(
+        self,
+        todo: ProjectTodo,
+        future: Future[PageResponse],
+        state: State,
+        publisher: Publisher,
+        summary: RunSummary,
+    ) -> _Project | None:
+        generation = publisher.generation
+        try:
+            page = future.result().page
+        except StalePage as exc:
+            self._give_up(todo.name, Status.DEFERRED, str(exc), state, generation, summary)
+            return None
+        except (UpstreamError, requests.RequestException) as exc:
+            self._give_up(todo.name, Status.FAILED, str(exc), state, generation, summary)
+            return None
+        for filename, reason in page.rejected:
+            log.warning("%s: %s: %s", todo.name, filename, reason)
+            summary.rejected.append((f"{todo.name}/{filename}", reason))
+            state.record_failure(generation, todo.name, filename, "rejected", reason)
+        files = plan_files(page.files, state.held_files(todo.name))
+        return _Project(todo, page, files)
+
+    def _give_up(
+        self, name: str, status: Status, error: str, state: State, generation: int,
+        summary: RunSummary,
+    ) -> None:
+        log.warning("%s %s: %s", name, status.value, error)
+        (summary.deferred if status is Status.DEFERRED else summary.failed).append((name, error))
+        state.set_status(name, status, error, generation)
+        state.record_failure(generation, name, None, status.value, error)
+        self.reporter.project_done()
+
+    def _download(self, name: str, todo: FileTodo) -> tuple[HeldFile, int, str | None]:
+        """Worker: fetch what ``todo`` needs. Returns the held file, bytes fetched, and the
+        metadata error (a file is still published when only its metadata failed)."""
+        config, dist = self.config, todo.dist
+        fetched = 0
+        if todo.fetch_file:
+            got = download.fetch_file(
+                self.client, dist.url, dist.filename, expected_hashes=dist.hashes,
+                expected_size=dist.size, web=config.web, tmp=config.tmp,
+            )
+            path, size, hashes, metadata_hashes = got.path, got.size, got.hashes, None
+            fetched += got.size
+        else:
+            assert todo.held is not None
+            held = todo.held
+            path, size, hashes, metadata_hashes = held.path, held.size, held.hashes, (
+                held.metadata_hashes
+            )
+        metadata_error = None
+        if todo.fetch_metadata:
+            expected = dist.core_metadata if isinstance(dist.core_metadata, Mapping) else {}
+            try:
+                meta = download.fetch_metadata(
+                    self.client, dist.metadata_url, path, expected_hashes=expected,
+                    web=config.web, tmp=config.tmp,
+                )
+                metadata_hashes = meta.hashes
+                fetched += meta.size
+            except FILE_ERRORS as exc:
+                metadata_error = f"metadata: {exc}"
+        held_file = _held_file(name, dist, path, size, hashes, metadata_hashes)
+        return held_file, fetched, metadata_error
+
+    def _file_done(
+        self, project: _Project, todo: FileTodo, future: Future[Any], summary: RunSummary
+    ) -> None:
+        project.outstanding -= 1
+        filename = todo.dist.filename
+        try:
+            held, fetched, metadata_error = future.result()
+        except FILE_ERRORS as exc:
+            project.errors.append((filename, str(exc)))
+            log.warning("%s: %s failed: %s", project.todo.name, filename, exc)
+            self.reporter.file_done(0)
+            return
+        except OSError as exc:
+            # The disk, not upstream: no later file will fare better.
+            raise SyncError(f"cannot write {filename} into {self.config.web}: {exc}") from exc
+        project.done[filename] = held
+        if todo.fetch_file:
+            summary.files_fetched += 1
+        summary.bytes_fetched += fetched
+        if metadata_error:
+            project.errors.append((filename, metadata_error))
+            log.warning("%s: %s %s", project.todo.name, filename, metadata_error)
+        self.reporter.file_done(fetched)
+
+    def _finish(
+        self, project: _Project, state: State, publisher: Publisher, summary: RunSummary
+    ) -> None:
+        """All of a project's downloads are over: record it, then write its pages."""
+        page, name = project.page, project.todo.name
+        for dist, copy in project.files.keep:
+            project.done[dist.filename] = _held_file(
+                name, dist, copy.path, copy.size, copy.hashes, copy.metadata_hashes
+            )
+        # Upstream's order; files that failed are left out (never advertised).
+        files = [project.done[d.filename] for d in page.files if d.filename in project.done]
+        versions = page.versions
+        if versions is None:  # api-version 1.0 upstream: derive them (PEP 700)
+            found = {version_of(d.filename) for d in page.files}
+            versions = tuple(sorted(v for v in found if v is not None))
+        info = ProjectInfo(name, page.serial, versions, page.extra)
+        error = "; ".join(f"{f}: {e}" for f, e in project.errors) or None
+        status = Status.FAILED if project.errors else Status.OK
+        state.record_project(
+            name,
+            status=status,
+            error=error,
+            page_serial=page.serial,
+            page_data={"versions": list(versions), "extra": dict(page.extra)},
+            files=files,
+            gone=project.files.gone,
+            generation=publisher.generation,
+        )
+        for filename, err in project.errors:
+            state.record_failure(publisher.generation, name, filename, "failed", err)
+        publisher.project(info, files)
+        summary.changed += 1
+        if project.errors:
+            summary.failed.append((name, error or ""))
+        self.reporter.project_done()

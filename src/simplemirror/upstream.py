@@ -1,0 +1,225 @@
+"""Talking to the upstream index: sessions, the retry policy, root and project pages.
+
+Parsing lives in model.py; this module only moves bytes and interprets HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urljoin
+
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from simplemirror.config import Config
+from simplemirror.model import (
+    JSON_CONTENT_TYPE,
+    ProjectPage,
+    RootIndex,
+    UpstreamDataError,
+    parse_serial,
+)
+from simplemirror.plan import ProjectTodo
+
+T = TypeVar("T")
+
+# Prefer JSON; an upstream that only speaks HTML is the subject of a later mode.
+ACCEPT_JSON = f"{JSON_CONTENT_TYPE}, application/json;q=0.5"
+SERIAL_HEADER = "X-PyPI-Last-Serial"
+
+
+class UpstreamError(Exception):
+    """A request to upstream failed for good; the message says which and why."""
+
+
+class TransientError(UpstreamError):
+    """A failure worth another try: 429, 5xx, a reset or a timeout."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StalePage(UpstreamError):
+    """The project page is older than the root index promised (CDN lag)."""
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else None
+
+
+def check_response(response: requests.Response) -> None:
+    """Raise TransientError or UpstreamError for a response that is not a success."""
+    if response.status_code == 429 or response.status_code >= 500:
+        raise TransientError(
+            f"{response.url}: HTTP {response.status_code}", _retry_after(response)
+        )
+    if response.status_code >= 400:
+        raise UpstreamError(f"{response.url}: HTTP {response.status_code}")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        TransientError
+        | requests.ConnectionError
+        | requests.Timeout
+        | requests.exceptions.ChunkedEncodingError,
+    )
+
+
+@dataclass(frozen=True)
+class RootResponse:
+    index: RootIndex
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class PageResponse:
+    page: ProjectPage
+    etag: str | None
+
+
+class Client:
+    """HTTP access to upstream. Safe to share between threads: each has its own session."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._local = threading.local()
+
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.config.user_agent
+            # One thread, one connection at a time; keep a few per host alive.
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.config.connect_timeout, self.config.read_timeout)
+
+    def retrying(self, what: Callable[[], T], *, also: type[BaseException] | None = None) -> T:
+        """Call ``what`` with the configured retries and exponential backoff with jitter.
+
+        ``also`` names one more exception type worth retrying (a failed hash check).
+        """
+        backoff = wait_exponential_jitter(
+            initial=self.config.retry_wait, max=self.config.retry_max_wait
+        )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            hint = getattr(exc, "retry_after", None)
+            computed = backoff(state)
+            # Honour Retry-After, but never wait past the configured ceiling.
+            return min(max(hint, computed), self.config.retry_max_wait) if hint else computed
+
+        def should_retry(exc: BaseException) -> bool:
+            return _is_transient(exc) or (also is not None and isinstance(exc, also))
+
+        retryer = Retrying(
+            stop=stop_after_attempt(self.config.retries + 1),
+            wait=wait,
+            retry=retry_if_exception(should_retry),
+            reraise=True,
+        )
+        return retryer(what)
+
+    def _get_json(
+        self, url: str, etag: str | None
+    ) -> tuple[object, requests.Response] | None:
+        """GET a PEP 691 document; None when the server answers 304 Not Modified."""
+        headers = {"Accept": ACCEPT_JSON}
+        if etag:
+            headers["If-None-Match"] = etag
+
+        def attempt() -> tuple[object, requests.Response] | None:
+            response = self.session().get(url, headers=headers, timeout=self.timeout)
+            if response.status_code == 304:
+                return None
+            check_response(response)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            if content_type not in {JSON_CONTENT_TYPE, "application/json"}:
+                raise UpstreamError(
+                    f"{url}: answered {content_type or 'no content type'}, not PEP 691 JSON; "
+                    "check that the upstream URL is the root of a simple index that offers JSON"
+                )
+            try:
+                return response.json(), response
+            except (json.JSONDecodeError, requests.JSONDecodeError) as exc:
+                raise UpstreamError(f"{url}: malformed JSON ({exc})") from None
+
+        return self.retrying(attempt)
+
+    def fetch_root(self, etag: str | None) -> RootResponse | None:
+        """The root index, or None when it is unchanged since ``etag``."""
+        got = self._get_json(self.config.upstream, etag)
+        if got is None:
+            return None
+        data, response = got
+        try:
+            index = RootIndex.from_json_data(
+                data, header_serial=parse_serial(response.headers.get(SERIAL_HEADER))
+            )
+        except UpstreamDataError as exc:
+            raise UpstreamError(f"{self.config.upstream}: {exc}") from None
+        return RootResponse(index, response.headers.get("ETag"))
+
+    def page_url(self, name: str) -> str:
+        return urljoin(self.config.upstream, f"{name}/")
+
+    def fetch_page(self, todo: ProjectTodo) -> PageResponse:
+        """A project's page, at least as new as the root promised.
+
+        A stale page (CDN lag) is asked for again with backoff, then StalePage.
+        """
+        url = self.page_url(todo.name)
+
+        def attempt() -> PageResponse:
+            got = self._get_json(url, None)
+            assert got is not None  # no ETag sent, so no 304
+            data, response = got
+            try:
+                page = ProjectPage.from_json_data(
+                    data,
+                    page_url=response.url,
+                    header_serial=parse_serial(response.headers.get(SERIAL_HEADER)),
+                )
+            except UpstreamDataError as exc:
+                raise UpstreamError(str(exc)) from None
+            if page.name != todo.name:
+                raise UpstreamError(
+                    f"{url}: the page is for project {page.name!r}, not {todo.name!r}"
+                )
+            if todo.serial is not None and page.serial is not None and page.serial < todo.serial:
+                raise StalePage(
+                    f"{url}: page serial {page.serial} is older than the root's {todo.serial}"
+                )
+            return PageResponse(page, response.headers.get("ETag"))
+
+        retryer = Retrying(
+            stop=stop_after_attempt(self.config.stale_retries + 1),
+            wait=wait_exponential_jitter(
+                initial=self.config.stale_wait, max=self.config.retry_max_wait
+            ),
+            retry=retry_if_exception(lambda exc: isinstance(exc, StalePage)),
+            reraise=True,
+        )
+        return retryer(attempt)

@@ -1,0 +1,606 @@
+"""A fake upstream package index: a mutable in-memory World served over HTTP on 127.0.0.1.
+
+The World is the single source of truth; every page is rendered from it per request, so
+tests can mutate it (or flip the Upstream knobs) while a mirror client is talking to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+from ._http import (
+    HTML,
+    HTML_V1,
+    JSON_V1,
+    BaseHandler,
+    RequestRecord,
+    ServerThread,
+    etag_matches,
+    negotiate,
+    strong_etag,
+)
+from .dists import make_sdist, make_wheel, normalize
+
+__all__ = [
+    "RequestRecord",
+    "UpFile",
+    "UpProject",
+    "Upstream",
+    "World",
+    "normalize",
+]
+
+UrlStyle = Literal["absolute", "host-relative", "relative"]
+
+# Upload times are derived from the serial so that pages are reproducible run to run.
+_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _upload_time(serial: int) -> str:
+    moment = _EPOCH + timedelta(seconds=serial * 61, microseconds=serial * 7 % 1_000_000)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _version_from_filename(filename: str) -> str | None:
+    if filename.endswith(".whl"):
+        parts = filename[:-4].split("-")
+        return parts[1] if len(parts) >= 5 else None
+    for ext in (".tar.gz", ".zip", ".tar.bz2", ".tgz"):
+        if filename.endswith(ext):
+            stem = filename[: -len(ext)]
+            if "-" in stem:
+                return stem.rsplit("-", 1)[1]
+    return None
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    # Good enough ordering for the plain versions tests use, without importing packaging.
+    return tuple(
+        (0, int(tok)) if tok.isdigit() else (1, tok) for tok in re.findall(r"\d+|[a-z]+", version)
+    )
+
+
+@dataclass
+class UpFile:
+    filename: str
+    content: bytes
+    metadata: bytes | None = None
+    requires_python: str | None = None
+    # False, True (yanked without a reason) or the reason string.
+    yanked: bool | str = False
+    # None omits "upload-time" from JSON, for testing tolerant clients.
+    upload_time: str | None = None
+    hashes: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    version: str | None = None
+    # Emitted verbatim into the file's JSON object, after the standard keys (so can override).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the real content (independent of the advertised ``hashes``)."""
+        return hashlib.sha256(self.content).hexdigest()
+
+    @property
+    def path(self) -> str:
+        """URL path the file is served under (percent-encoded)."""
+        h = self.sha256
+        return f"/packages/{h[:2]}/{h[2:4]}/{h[4:]}/{quote(self.filename)}"
+
+    @property
+    def metadata_sha256(self) -> str | None:
+        return hashlib.sha256(self.metadata).hexdigest() if self.metadata is not None else None
+
+
+@dataclass
+class UpProject:
+    name: str
+    normalized: str
+    serial: int
+    files: list[UpFile] = field(default_factory=list)
+    # Merged into the project page's JSON "meta" object.
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+    # Merged into the project page's top-level JSON object.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def file(self, filename: str) -> UpFile:
+        for f in self.files:
+            if f.filename == filename:
+                return f
+        raise KeyError(filename)
+
+    @property
+    def versions(self) -> list[str]:
+        found = {f.version for f in self.files if f.version is not None}
+        return sorted(found, key=_version_key)
+
+
+class World:
+    """Projects plus a global serial; every mutating call is one event that bumps the serial."""
+
+    def __init__(self, start_serial: int = 1000) -> None:
+        self.lock = threading.RLock()
+        self._serial = start_serial
+        self.projects: dict[str, UpProject] = {}
+
+    @property
+    def serial(self) -> int:
+        return self._serial
+
+    def _bump(self, project: UpProject) -> int:
+        self._serial += 1
+        project.serial = self._serial
+        return self._serial
+
+    def _get_or_create(self, name: str) -> UpProject:
+        norm = normalize(name)
+        project = self.projects.get(norm)
+        if project is None:
+            project = UpProject(name=name, normalized=norm, serial=self._serial)
+            self.projects[norm] = project
+        return project
+
+    def project(self, name: str) -> UpProject:
+        return self.projects[normalize(name)]
+
+    def _attach(self, project: UpProject, upfile: UpFile) -> None:
+        if any(f.filename == upfile.filename for f in project.files):
+            raise ValueError(f"{upfile.filename} already exists in {project.name}")
+        if upfile.upload_time is None:
+            upfile.upload_time = _upload_time(self._serial)
+        project.files.append(upfile)
+
+    def _release_files(
+        self,
+        project: UpProject,
+        version: str,
+        sdist: bool,
+        wheel: bool,
+        requires_python: str | None,
+        requires_dist: Sequence[str],
+    ) -> None:
+        if sdist:
+            d = make_sdist(project.name, version, requires_python=requires_python)
+            # Like the real index, core metadata is only exposed (PEP 658) for wheels.
+            self._attach(project, self._new_file(d.filename, d.content, None, requires_python))
+            project.files[-1].version = version
+        if wheel:
+            d = make_wheel(
+                project.name, version, requires_python=requires_python, requires_dist=requires_dist
+            )
+            self._attach(
+                project, self._new_file(d.filename, d.content, d.metadata, requires_python)
+            )
+            project.files[-1].version = version
+
+    @staticmethod
+    def _new_file(
+        filename: str, content: bytes, metadata: bytes | None, requires_python: str | None
+    ) -> UpFile:
+        return UpFile(
+            filename=filename,
+            content=content,
+            metadata=metadata,
+            requires_python=requires_python,
+            hashes={"sha256": hashlib.sha256(content).hexdigest()},
+            size=len(content),
+            version=_version_from_filename(filename),
+        )
+
+    def add_project(
+        self,
+        name: str,
+        versions: Sequence[str] = ("1.0",),
+        *,
+        sdist: bool = True,
+        wheel: bool = True,
+        requires_python: str | None = None,
+        requires_dist: Sequence[str] = (),
+    ) -> UpProject:
+        with self.lock:
+            if normalize(name) in self.projects:
+                raise ValueError(f"project {name!r} already exists")
+            project = self._get_or_create(name)
+            self._bump(project)
+            for version in versions:
+                self._release_files(project, version, sdist, wheel, requires_python, requires_dist)
+            return project
+
+    def add_release(
+        self,
+        name: str,
+        version: str,
+        *,
+        sdist: bool = True,
+        wheel: bool = True,
+        requires_python: str | None = None,
+        requires_dist: Sequence[str] = (),
+    ) -> UpProject:
+        """Add a version; creates the project (with ``name`` as display name) if needed."""
+        with self.lock:
+            project = self._get_or_create(name)
+            self._bump(project)
+            self._release_files(project, version, sdist, wheel, requires_python, requires_dist)
+            return project
+
+    def add_file(
+        self,
+        name: str,
+        filename: str,
+        content: bytes,
+        *,
+        metadata: bytes | None = None,
+        hashes: dict[str, str] | None = None,
+        size: int | None = None,
+        requires_python: str | None = None,
+        yanked: bool | str = False,
+        upload_time: str | None = None,
+        version: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> UpFile:
+        """Add an arbitrary file. ``hashes``/``size`` default to the truth; override to lie."""
+        with self.lock:
+            project = self._get_or_create(name)
+            self._bump(project)
+            upfile = UpFile(
+                filename=filename,
+                content=content,
+                metadata=metadata,
+                requires_python=requires_python,
+                yanked=yanked,
+                upload_time=upload_time,
+                hashes=dict(hashes)
+                if hashes is not None
+                else {"sha256": hashlib.sha256(content).hexdigest()},
+                size=len(content) if size is None else size,
+                version=version if version is not None else _version_from_filename(filename),
+                extra=dict(extra or {}),
+            )
+            self._attach(project, upfile)
+            return upfile
+
+    def yank(self, name: str, filename: str, reason: str = "") -> UpFile:
+        with self.lock:
+            project = self.project(name)
+            upfile = project.file(filename)
+            upfile.yanked = reason if reason else True
+            self._bump(project)
+            return upfile
+
+    def unyank(self, name: str, filename: str) -> UpFile:
+        with self.lock:
+            project = self.project(name)
+            upfile = project.file(filename)
+            upfile.yanked = False
+            self._bump(project)
+            return upfile
+
+    def remove_file(self, name: str, filename: str) -> None:
+        with self.lock:
+            project = self.project(name)
+            project.files.remove(project.file(filename))
+            self._bump(project)
+
+    def remove_project(self, name: str) -> None:
+        with self.lock:
+            project = self.projects.pop(normalize(name))
+            # The deletion is still an event: the global serial moves on.
+            self._bump(project)
+
+    def touch(self, name: str) -> UpProject:
+        """Bump a project's serial without changing its files (e.g. a metadata-only edit)."""
+        with self.lock:
+            project = self.project(name)
+            self._bump(project)
+            return project
+
+
+@dataclass
+class _Snapshot:
+    """Everything a response needs, copied under the world lock."""
+
+    body: bytes
+    content_type: str
+    serial: int | None
+
+
+class Upstream:
+    """HTTP front-end for a World. Knobs are plain attributes and may change while running."""
+
+    def __init__(self, world: World | None = None) -> None:
+        self.world = world if world is not None else World()
+        self.url_style: UrlStyle = "absolute"
+        self.serial_as_string = False
+        self.send_serial_header = True
+        self.json_enabled = True
+        self.stale: dict[str, int] = {}
+        self.corrupt: set[str] = set()
+        self.truncate: set[str] = set()
+        self.fail: dict[str, int] = {}
+        self.requests: list[RequestRecord] = []
+        self.knob_lock = threading.Lock()
+        self._requests_lock = threading.Lock()
+        self._thread = ServerThread(_UpstreamHandler, self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> Upstream:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+    def __enter__(self) -> Upstream:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses -------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self._thread.port
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/simple/"
+
+    def page_url(self, name: str) -> str:
+        return f"{self.base}/simple/{normalize(name)}/"
+
+    def file_url(self, name: str, filename: str) -> str:
+        with self.world.lock:
+            return self.base + self.world.project(name).file(filename).path
+
+    # -- introspection ---------------------------------------------------------------------
+    @property
+    def errors(self) -> list[str]:
+        """Tracebacks of handler failures (should stay empty)."""
+        return self._thread.errors
+
+    def reset_requests(self) -> None:
+        with self._requests_lock:
+            self.requests.clear()
+
+    def record(self, rec: RequestRecord) -> None:
+        with self._requests_lock:
+            self.requests.append(rec)
+
+    def paths(self, method: str | None = None) -> list[str]:
+        with self._requests_lock:
+            return [r.path for r in self.requests if method is None or r.method == method]
+
+    def take(self, counter: dict[str, int], key: str) -> bool:
+        """Consume one unit of a countdown knob; True if it applied to this request."""
+        with self.knob_lock:
+            left = counter.get(key, 0)
+            if left <= 0:
+                return False
+            if left == 1:
+                del counter[key]
+            else:
+                counter[key] = left - 1
+            return True
+
+    # -- rendering -------------------------------------------------------------------------
+    def _serial_value(self, serial: int) -> int | str:
+        return str(serial) if self.serial_as_string else serial
+
+    def _file_href(self, upfile: UpFile) -> str:
+        if self.url_style == "absolute":
+            return self.base + upfile.path
+        if self.url_style == "host-relative":
+            return upfile.path
+        # Project pages live at /simple/<name>/, two levels below the root.
+        return "../.." + upfile.path
+
+    def render_root(self, media: str) -> _Snapshot:
+        with self.world.lock:
+            serial = self.world.serial
+            projects = sorted(self.world.projects.values(), key=lambda p: p.normalized)
+            if media == JSON_V1:
+                doc = {
+                    "meta": {"api-version": "1.1", "_last-serial": self._serial_value(serial)},
+                    "projects": [
+                        {"name": p.name, "_last-serial": self._serial_value(p.serial)}
+                        for p in projects
+                    ],
+                }
+                return _Snapshot(json.dumps(doc).encode("utf-8"), JSON_V1, serial)
+            links = "".join(
+                f'    <a href="/simple/{quote(p.normalized)}/">{html.escape(p.name)}</a><br />\n'
+                for p in projects
+            )
+        text = (
+            "<!DOCTYPE html>\n<html>\n  <head>\n"
+            '    <meta name="pypi:repository-version" content="1.1">\n'
+            "    <title>Simple index</title>\n  </head>\n  <body>\n"
+            f"{links}  </body>\n</html>\n<!--SERIAL {serial}-->\n"
+        )
+        return _Snapshot(text.encode("utf-8"), media, serial)
+
+    def render_project(self, project: UpProject, media: str, serial: int) -> _Snapshot:
+        """Render with an explicit ``serial`` so callers can simulate stale CDN answers."""
+        if media == JSON_V1:
+            files = []
+            for f in project.files:
+                meta_hash: dict[str, str] | bool = (
+                    {"sha256": f.metadata_sha256} if f.metadata_sha256 is not None else False
+                )
+                entry: dict[str, Any] = {
+                    "filename": f.filename,
+                    "url": self._file_href(f),
+                    "hashes": dict(f.hashes),
+                    "requires-python": f.requires_python,
+                    "size": f.size,
+                }
+                if f.upload_time is not None:
+                    entry["upload-time"] = f.upload_time
+                entry["yanked"] = f.yanked
+                entry["core-metadata"] = meta_hash
+                entry["data-dist-info-metadata"] = meta_hash
+                entry.update(f.extra)
+                files.append(entry)
+            doc: dict[str, Any] = {
+                "meta": {
+                    "api-version": "1.1",
+                    "_last-serial": self._serial_value(serial),
+                    **project.extra_meta,
+                },
+                "name": project.normalized,
+                "versions": project.versions,
+                "files": files,
+                **project.extra,
+            }
+            return _Snapshot(json.dumps(doc).encode("utf-8"), JSON_V1, serial)
+
+        rows = []
+        for f in project.files:
+            href = self._file_href(f)
+            if "sha256" in f.hashes:
+                href += "#sha256=" + f.hashes["sha256"]
+            elif f.hashes:
+                algo, value = next(iter(f.hashes.items()))
+                href += f"#{algo}={value}"
+            attrs = [f'href="{html.escape(href)}"']
+            if f.requires_python is not None:
+                attrs.append(f'data-requires-python="{html.escape(f.requires_python)}"')
+            if f.yanked is not False:
+                reason = f.yanked if isinstance(f.yanked, str) else ""
+                attrs.append(f'data-yanked="{html.escape(reason)}"')
+            if f.metadata_sha256 is not None:
+                attrs.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
+                attrs.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
+            rows.append(f"    <a {' '.join(attrs)}>{html.escape(f.filename)}</a><br />\n")
+        title = html.escape(project.name)
+        text = (
+            "<!DOCTYPE html>\n<html>\n  <head>\n"
+            '    <meta name="pypi:repository-version" content="1.1">\n'
+            f"    <title>Links for {title}</title>\n  </head>\n  <body>\n"
+            f"    <h1>Links for {title}</h1>\n{''.join(rows)}  </body>\n</html>\n"
+            f"<!--SERIAL {serial}-->\n"
+        )
+        return _Snapshot(text.encode("utf-8"), media, serial)
+
+    def find_file(self, path: str) -> tuple[UpFile, bool] | None:
+        """Map a request path to (file, is_metadata)."""
+        wanted = unquote(path)
+        with self.world.lock:
+            for project in self.world.projects.values():
+                for f in project.files:
+                    file_path = unquote(f.path)
+                    if wanted == file_path:
+                        return f, False
+                    if wanted == file_path + ".metadata" and f.metadata is not None:
+                        return f, True
+        return None
+
+
+class _UpstreamHandler(BaseHandler):
+    @property
+    def up(self) -> Upstream:
+        owner: Upstream = self.server.owner
+        return owner
+
+    def dispatch(self) -> None:
+        up = self.up
+        self.record(up.requests, up._requests_lock)
+        path = urlsplit(self.path).path
+        if up.take(up.fail, path):
+            self.send_body(503, b"injected failure\n")
+            return
+        if path == "/simple":
+            self.send_redirect("/simple/")
+        elif path == "/simple/":
+            self._root()
+        elif path.startswith("/simple/"):
+            self._project(path)
+        elif path.startswith("/packages/"):
+            self._file(path)
+        else:
+            self.send_body(404, b"not found\n")
+
+    def _media(self) -> str:
+        offered = [JSON_V1, HTML_V1, HTML] if self.up.json_enabled else [HTML_V1, HTML]
+        return negotiate(self.headers.get("Accept"), offered, HTML)
+
+    def _send_page(self, snap: _Snapshot) -> None:
+        headers = {"ETag": strong_etag(snap.body), "Vary": "Accept"}
+        if self.up.send_serial_header and snap.serial is not None:
+            headers["X-PyPI-Last-Serial"] = str(snap.serial)
+        if etag_matches(self.headers.get("If-None-Match"), headers["ETag"]):
+            self.send_not_modified(headers)
+            return
+        self.send_body(200, snap.body, snap.content_type, headers)
+
+    def _root(self) -> None:
+        self._send_page(self.up.render_root(self._media()))
+
+    def _project(self, path: str) -> None:
+        rest = path[len("/simple/") :]
+        segment, slash, tail = rest.partition("/")
+        if tail:
+            self.send_body(404, b"not found\n")
+            return
+        name = unquote(segment)
+        norm = normalize(name)
+        if name != norm or not slash:
+            self.send_redirect(f"/simple/{quote(norm)}/")
+            return
+        up = self.up
+        snap: _Snapshot | None = None
+        # Render under the lock but send outside it, so a slow client cannot stall mutations.
+        with up.world.lock:
+            project = up.world.projects.get(norm)
+            if project is not None:
+                serial = project.serial
+                if up.take(up.stale, norm):
+                    serial -= 1
+                snap = up.render_project(project, self._media(), serial)
+        if snap is None:
+            self.send_body(404, b"no such project\n")
+            return
+        self._send_page(snap)
+
+    def _file(self, path: str) -> None:
+        found = self.up.find_file(path)
+        if found is None:
+            self.send_body(404, b"no such file\n")
+            return
+        upfile, is_metadata = found
+        body = upfile.metadata if is_metadata else upfile.content
+        assert body is not None
+        key = upfile.filename + (".metadata" if is_metadata else "")
+        if key in self.up.corrupt and body:
+            mid = len(body) // 2
+            body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
+        if key in self.up.truncate and self.command == "GET":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            # Closing after a short body is what a dropped CDN connection looks like.
+            self.close_connection = True
+            return
+        self.send_body(200, body, "application/octet-stream")

@@ -12,6 +12,7 @@ are written, and the root pages are written after every project page.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import queue
@@ -210,6 +211,7 @@ class Sync:
                 # Saved only now: a run that dies before this point sees the
                 # full root again next time, not a 304.
                 state.set_meta("root_etag", root.etag)
+                state.set_meta("root_scope", self._scope())
         summary.outcome = "ok" if complete else "partial"
         state.finish_run(
             generation,
@@ -228,7 +230,7 @@ class Sync:
         """Read the root and decide; record what the root promised."""
         only = self.config.projects or None
         held = state.held_projects()
-        response = self.client.fetch_root(state.get_meta("root_etag"))
+        response = self.client.fetch_root(self._etag(state))
         if response is None:
             log.info("upstream root index unchanged (HTTP 304)")
             return _Root(plan_retry(held, only), not_modified=True)
@@ -247,6 +249,17 @@ class Sync:
             log.warning("project %s is no longer listed upstream; recorded as removed", name)
         return _Root(plan, False, response.etag, index.serial, index.rejected)
 
+    def _scope(self) -> str:
+        """What a saved root ETag is valid for: the same upstream and project filter."""
+        return json.dumps([self.config.upstream, list(self.config.projects)])
+
+    def _etag(self, state: State) -> str | None:
+        # A 304 after a --project run says nothing about the projects that run
+        # left out, nor does one from another upstream: ask afresh then.
+        if state.get_meta("root_scope") != self._scope():
+            return None
+        return state.get_meta("root_etag")
+
     def _dry_run(self, started: float) -> RunSummary:
         config = self.config
         held: dict[str, tuple[str, HeldProject]] = {}
@@ -254,7 +267,7 @@ class Sync:
         if config.state_path.exists():
             state = State(config.state_path)
             try:
-                held, etag = state.held_projects(), state.get_meta("root_etag")
+                held, etag = state.held_projects(), self._etag(state)
             finally:
                 state.close()
         only = config.projects or None

@@ -19,8 +19,10 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
+from tenacity.wait import wait_base
 
 from simplemirror.config import Config
 from simplemirror.model import (
@@ -53,6 +55,11 @@ class TransientError(UpstreamError):
 
 class StalePage(UpstreamError):
     """The project page is older than the root index promised (CDN lag)."""
+
+
+def backoff(first: float, ceiling: float) -> wait_base:
+    """Exponential backoff from ``first`` seconds, plus up to ``first`` of jitter."""
+    return wait_exponential(multiplier=first, max=ceiling) + wait_random(0, first)
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -120,14 +127,12 @@ class Client:
 
         ``also`` names one more exception type worth retrying (a failed hash check).
         """
-        backoff = wait_exponential_jitter(
-            initial=self.config.retry_wait, max=self.config.retry_max_wait
-        )
+        computed_wait = backoff(self.config.retry_wait, self.config.retry_max_wait)
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             hint = getattr(exc, "retry_after", None)
-            computed = backoff(state)
+            computed = computed_wait(state)
             # Honour Retry-After, but never wait past the configured ceiling.
             return min(max(hint, computed), self.config.retry_max_wait) if hint else computed
 
@@ -216,9 +221,7 @@ class Client:
 
         retryer = Retrying(
             stop=stop_after_attempt(self.config.stale_retries + 1),
-            wait=wait_exponential_jitter(
-                initial=self.config.stale_wait, max=self.config.retry_max_wait
-            ),
+            wait=backoff(self.config.stale_wait, self.config.retry_max_wait),
             retry=retry_if_exception(lambda exc: isinstance(exc, StalePage)),
             reraise=True,
         )

@@ -1,0 +1,312 @@
+"""End-to-end runs of the sync against the test upstream on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simplemirror import config
+from simplemirror.sync import RunSummary, Sync, SyncError, locked
+from tests.support.tree import assert_consistent, html_links, snapshot
+from tests.support.upstream import Upstream, World
+
+
+@pytest.fixture
+def world() -> World:
+    w = World()
+    w.add_project("Foo__Bar.baz", ["1.0", "2.0"])
+    w.add_project("tiny", ["0.1"], requires_python=">=3.8")
+    w.yank("tiny", "tiny-0.1.tar.gz", 'broken <build> & "quotes"')
+    return w
+
+
+@pytest.fixture
+def upstream(world: World) -> Iterator[Upstream]:
+    with Upstream(world) as up:
+        yield up
+
+
+def sync(up: Upstream, directory: Path, **overrides: Any) -> RunSummary:
+    values: dict[str, Any] = {
+        "upstream": up.url,
+        "directory": str(directory),
+        "workers": 4,
+        "retries": 1,
+        "retry_wait": 0.0,
+        "stale_retries": 1,
+        "stale_wait": 0.0,
+    }
+    values.update(overrides)
+    return Sync(config.build({}, values)).run()
+
+
+def db_rows(directory: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(directory / "state.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_initial_sync_publishes_a_verified_tree(upstream: Upstream, world: World, tmp_path: Path):
+    summary = sync(upstream, tmp_path)
+
+    assert summary.exit_code == 0 and summary.outcome == "ok"
+    assert summary.changed == 2
+    assert summary.files_fetched == 6
+    listed = assert_consistent(tmp_path / "web")
+    assert {k: sorted(v) for k, v in listed.items()} == {
+        p.normalized: sorted(f.filename for f in p.files) for p in world.projects.values()
+    }
+    root = json.loads((tmp_path / "web/simple/index.v1_json").read_text())
+    assert root["meta"]["_last-serial"] == world.serial
+    assert {p["name"]: p["_last-serial"] for p in root["projects"]} == {
+        p.name: p.serial for p in world.projects.values()
+    }
+    page = json.loads((tmp_path / "web/simple/tiny/index.v1_json").read_text())
+    by_name = {f["filename"]: f for f in page["files"]}
+    sdist = by_name["tiny-0.1.tar.gz"]
+    assert sdist["yanked"] == 'broken <build> & "quotes"'
+    assert sdist["requires-python"] == ">=3.8"
+    assert sdist["upload-time"] == world.project("tiny").file("tiny-0.1.tar.gz").upload_time
+    assert by_name["tiny-0.1-py3-none-any.whl"]["core-metadata"] == {
+        "sha256": world.project("tiny").file("tiny-0.1-py3-none-any.whl").metadata_sha256
+    }
+    assert page["versions"] == ["0.1"]
+    anchors = html_links((tmp_path / "web/simple/tiny/index.html").read_text())
+    yanked = next(a for a in anchors if "tiny-0.1.tar.gz" in str(a["href"]))
+    assert yanked["data-yanked"] == 'broken <build> & "quotes"'
+    assert yanked["data-requires-python"] == ">=3.8"
+
+    assert db_rows(tmp_path, "SELECT name, status, serial FROM projects ORDER BY name") == [
+        ("foo-bar-baz", "ok", world.project("Foo__Bar.baz").serial),
+        ("tiny", "ok", world.project("tiny").serial),
+    ]
+    assert db_rows(tmp_path, "SELECT generation, outcome, files_fetched FROM runs") == [
+        (1, "ok", 6)
+    ]
+    files = db_rows(tmp_path, "SELECT path, size, hashes, appeared_gen FROM files")
+    assert len(files) == 6
+    for path, size, hashes, gen in files:
+        assert (tmp_path / "web" / path).stat().st_size == size
+        sha256 = json.loads(hashes)["sha256"]
+        assert path.startswith(f"packages/{sha256[:2]}/{sha256[2:4]}/{sha256[4:]}/")
+        assert gen == 1
+    assert not list((tmp_path / "tmp").iterdir()), "temporary files left behind"
+
+
+def test_noop_sync_makes_one_conditional_request_and_writes_nothing(
+    upstream: Upstream, tmp_path: Path
+):
+    assert sync(upstream, tmp_path).exit_code == 0
+    before = snapshot(tmp_path / "web")
+    upstream.reset_requests()
+
+    summary = sync(upstream, tmp_path)
+
+    assert summary.outcome == "unchanged" and summary.exit_code == 0
+    assert [(r.method, r.path) for r in upstream.requests] == [("GET", "/simple/")]
+    assert upstream.requests[0].header("If-None-Match")
+    assert snapshot(tmp_path / "web") == before
+
+
+def test_incremental_sync_fetches_only_what_changed(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    sync(upstream, tmp_path)
+    tiny_pages = snapshot(tmp_path / "web/simple/tiny")
+    world.add_release("Foo__Bar.baz", "3.0")
+    world.add_project("newcomer", ["0.5"])
+    upstream.reset_requests()
+
+    summary = sync(upstream, tmp_path)
+
+    assert summary.exit_code == 0 and summary.changed == 2
+    new_files = {
+        f.path
+        for name in ("foo-bar-baz", "newcomer")
+        for f in world.projects[name].files
+        if name == "newcomer" or "3.0" in f.filename
+    }
+    fetched = {p for p in upstream.paths("GET") if p.startswith("/packages/")}
+    assert {p for p in fetched if not p.endswith(".metadata")} == new_files
+    pages = [p for p in upstream.paths("GET") if p.startswith("/simple/")]
+    assert sorted(pages) == ["/simple/", "/simple/foo-bar-baz/", "/simple/newcomer/"]
+    assert snapshot(tmp_path / "web/simple/tiny") == tiny_pages
+    listed = assert_consistent(tmp_path / "web")
+    assert "foo_bar_baz-3.0-py3-none-any.whl" in listed["foo-bar-baz"]
+    assert listed["newcomer"]
+    assert db_rows(tmp_path, "SELECT DISTINCT appeared_gen FROM files WHERE path LIKE '%3.0%'") == [
+        (2,)
+    ]
+
+
+def test_stale_page_is_deferred_then_picked_up(upstream: Upstream, world: World, tmp_path: Path):
+    upstream.stale["tiny"] = 100
+
+    first = sync(upstream, tmp_path)
+
+    assert first.exit_code == 1
+    assert [name for name, _ in first.deferred] == ["tiny"]
+    assert "older than the root" in first.deferred[0][1]
+    assert list(assert_consistent(tmp_path / "web")) == ["foo-bar-baz"]
+    assert db_rows(tmp_path, "SELECT status FROM projects WHERE name = 'tiny'") == [("deferred",)]
+    assert db_rows(tmp_path, "SELECT kind FROM failures WHERE project = 'tiny'") == [("deferred",)]
+
+    upstream.stale.clear()
+    upstream.reset_requests()
+    second = sync(upstream, tmp_path)
+
+    # The root did not change (304), yet the deferred project is fetched.
+    assert second.exit_code == 0 and second.changed == 1
+    assert upstream.paths("GET")[:2] == ["/simple/", "/simple/tiny/"]
+    assert sorted(assert_consistent(tmp_path / "web")) == ["foo-bar-baz", "tiny"]
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncate"])
+def test_bad_body_is_never_published_and_retried_next_run(
+    upstream: Upstream, tmp_path: Path, fault: str
+):
+    bad = "foo_bar_baz-2.0.tar.gz"
+    getattr(upstream, fault).add(bad)
+
+    first = sync(upstream, tmp_path)
+
+    assert first.exit_code == 1 and [n for n, _ in first.failed] == ["foo-bar-baz"]
+    assert bad in first.failed[0][1]
+    listed = assert_consistent(tmp_path / "web")
+    assert bad not in listed["foo-bar-baz"] and len(listed["foo-bar-baz"]) == 3
+    assert not list((tmp_path / "web").rglob(bad))
+    assert not list((tmp_path / "tmp").iterdir())
+
+    getattr(upstream, fault).clear()
+    second = sync(upstream, tmp_path)
+
+    assert second.exit_code == 0
+    assert bad in assert_consistent(tmp_path / "web")["foo-bar-baz"]
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"url_style": "host-relative"},
+        {"url_style": "relative"},
+        {"serial_as_string": True},
+        {"send_serial_header": False},
+    ],
+)
+def test_upstream_variants(upstream: Upstream, world: World, tmp_path: Path, knobs: dict):
+    for key, value in knobs.items():
+        setattr(upstream, key, value)
+    summary = sync(upstream, tmp_path)
+    assert summary.exit_code == 0
+    assert sum(len(v) for v in assert_consistent(tmp_path / "web").values()) == 6
+    root = json.loads((tmp_path / "web/simple/index.v1_json").read_text())
+    assert root["meta"]["_last-serial"] == world.serial
+
+
+def test_root_failure_stops_cleanly_and_changes_nothing(upstream: Upstream, tmp_path: Path):
+    sync(upstream, tmp_path)
+    before = snapshot(tmp_path / "web")
+    upstream.fail["/simple/"] = 100
+
+    with pytest.raises(SyncError, match="root index"):
+        sync(upstream, tmp_path)
+
+    assert snapshot(tmp_path / "web") == before
+    assert db_rows(tmp_path, "SELECT outcome FROM runs ORDER BY generation") == [
+        ("ok",),
+        ("error",),
+    ]
+
+
+def test_transient_errors_are_retried(upstream: Upstream, world: World, tmp_path: Path):
+    upstream.fail["/simple/tiny/"] = 1
+    upstream.fail[world.project("tiny").files[1].path] = 1
+    assert sync(upstream, tmp_path, retries=2).exit_code == 0
+    assert len(assert_consistent(tmp_path / "web")["tiny"]) == 2
+
+
+def test_vanished_project_is_recorded_as_removed(upstream: Upstream, world: World, tmp_path: Path):
+    sync(upstream, tmp_path)
+    world.remove_project("tiny")
+
+    summary = sync(upstream, tmp_path)
+
+    assert summary.removed == ["tiny"] and summary.exit_code == 0
+    assert db_rows(tmp_path, "SELECT status, removed_gen FROM projects WHERE name='tiny'") == [
+        ("removed", 2)
+    ]
+    assert list(assert_consistent(tmp_path / "web")) == ["foo-bar-baz"]
+
+
+def test_yank_and_deleted_file_update_the_page(upstream: Upstream, world: World, tmp_path: Path):
+    sync(upstream, tmp_path)
+    world.yank("Foo__Bar.baz", "foo_bar_baz-1.0.tar.gz", "use 2.0")
+    world.remove_file("Foo__Bar.baz", "foo_bar_baz-2.0.tar.gz")
+
+    assert sync(upstream, tmp_path).exit_code == 0
+
+    page = json.loads((tmp_path / "web/simple/foo-bar-baz/index.v1_json").read_text())
+    files = {f["filename"]: f for f in page["files"]}
+    assert files["foo_bar_baz-1.0.tar.gz"]["yanked"] == "use 2.0"
+    assert "foo_bar_baz-2.0.tar.gz" not in files
+    assert db_rows(
+        tmp_path, "SELECT removed_gen FROM files WHERE filename = 'foo_bar_baz-2.0.tar.gz'"
+    ) == [(2,)]
+    assert_consistent(tmp_path / "web")
+
+
+def test_project_filter_limits_the_mirror(upstream: Upstream, tmp_path: Path):
+    summary = sync(upstream, tmp_path, projects=["TINY"])
+    assert summary.exit_code == 0
+    assert list(assert_consistent(tmp_path / "web")) == ["tiny"]
+
+
+def test_unknown_keys_are_kept_verbatim(upstream: Upstream, world: World, tmp_path: Path):
+    world.add_file(
+        "tiny", "tiny-0.2.tar.gz", b"sdist bytes", extra={"x-vendor": {"a": [1, "<b>"]}}
+    )
+    sync(upstream, tmp_path)
+    page = json.loads((tmp_path / "web/simple/tiny/index.v1_json").read_text())
+    entry = next(f for f in page["files"] if f["filename"] == "tiny-0.2.tar.gz")
+    assert entry["x-vendor"] == {"a": [1, "<b>"]}
+
+
+def test_wrong_declared_hash_is_reported(upstream: Upstream, world: World, tmp_path: Path):
+    world.add_file("tiny", "tiny-0.3.tar.gz", b"real bytes", hashes={"sha256": "0" * 64})
+    summary = sync(upstream, tmp_path)
+    assert summary.exit_code == 1
+    assert "tiny-0.3.tar.gz" in summary.failed[0][1] and "sha256" in summary.failed[0][1]
+    assert "tiny-0.3.tar.gz" not in assert_consistent(tmp_path / "web")["tiny"]
+
+
+def test_second_run_on_a_locked_directory_refuses(upstream: Upstream, tmp_path: Path):
+    with locked(tmp_path), pytest.raises(SyncError, match="another mirror sync"):
+        sync(upstream, tmp_path)
+
+
+def test_dry_run_writes_nothing(upstream: Upstream, tmp_path: Path):
+    target = tmp_path / "mirror"
+    summary = Sync(
+        config.build({}, {"upstream": upstream.url, "directory": str(target)})
+    ).run(dry_run=True)
+    assert summary.plan is not None
+    assert sorted(t.name for t in summary.plan.fetch) == ["foo-bar-baz", "tiny"]
+    assert not target.exists()
+    assert upstream.paths("GET") == ["/simple/"]
+
+
+def test_widening_the_project_filter_does_not_trust_the_old_etag(
+    upstream: Upstream, tmp_path: Path
+):
+    assert sync(upstream, tmp_path, projects=["tiny"]).exit_code == 0
+    upstream.reset_requests()
+
+    summary = sync(upstream, tmp_path)
+
+    assert upstream.requests[0].header("If-None-Match") is None
+    assert summary.exit_code == 0 and summary.changed == 1
+    assert sorted(assert_consistent(tmp_path / "web")) == ["foo-bar-baz", "tiny"]

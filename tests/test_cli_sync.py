@@ -1,0 +1,56 @@
+"""The `mirror sync` command as an operator runs it: a process, a config file, an exit status."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.tree import assert_consistent
+from tests.support.upstream import Upstream, World
+
+
+def mirror(*args: str) -> subprocess.CompletedProcess[str]:
+    # The console script when installed; the module otherwise (same entry point).
+    command = [shutil.which("mirror") or "", *args]
+    if not command[0]:
+        command = [sys.executable, "-m", "simplemirror", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_sync_with_config_file_then_partial_run_exits_1(tmp_path: Path):
+    world = World()
+    world.add_project("alpha", ["1.0"])
+    world.add_project("beta", ["1.0"])
+    with Upstream(world) as up:
+        cfg = tmp_path / "mirror.toml"
+        cfg.write_text(
+            f'[mirror]\nupstream = "{up.url}"\ndirectory = "{tmp_path / "m"}"\nworkers = 2\n'
+            "retries = 0\nstale-retries = 0\nretry-wait = 0.0\n"
+        )
+        first = mirror("sync", "-c", str(cfg))
+        assert first.returncode == 0, first.stderr
+        assert "sync ok: 2 project(s) changed" in first.stdout
+        assert sorted(assert_consistent(tmp_path / "m" / "web")) == ["alpha", "beta"]
+
+        world.add_release("beta", "2.0")
+        up.stale["beta"] = 10
+        second = mirror("sync", "-c", str(cfg))
+        assert second.returncode == 1
+        assert "deferred beta" in second.stdout and "next run retries" in second.stdout
+
+        # Command-line options override the file: a missing upstream is still an error.
+        third = mirror("sync", "--directory", str(tmp_path / "other"))
+        assert third.returncode == 2
+        assert "--upstream" in third.stderr
+
+
+def test_dry_run_prints_the_plan(tmp_path: Path):
+    world = World()
+    world.add_project("alpha", ["1.0"])
+    with Upstream(world) as up:
+        result = mirror("sync", "--dry-run", "--upstream", up.url, "--directory", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "would fetch 1 project(s)" in result.stdout and "fetch alpha" in result.stdout
+    assert not (tmp_path / "web").exists()

@@ -89,6 +89,13 @@ def plan_sync(
     return SyncPlan(tuple(fetch), removed, unchanged)
 
 
+def _behind(held: HeldProject) -> bool:
+    """The root listed a newer serial than the last complete copy (a run died midway)."""
+    if held.upstream_serial is None:
+        return False
+    return held.serial is None or held.serial < held.upstream_serial
+
+
 def plan_retry(
     held: Mapping[str, tuple[str, HeldProject]], only: Collection[str] | None = None
 ) -> SyncPlan:
@@ -101,7 +108,7 @@ def plan_retry(
         for name, (display, h) in held.items()
         if h.status is not Status.REMOVED
         and (only is None or name in only)
-        and (h.status is not Status.OK or h.serial != h.upstream_serial)
+        and (h.status is not Status.OK or _behind(h))
     ]
     return SyncPlan(tuple(sorted(fetch, key=lambda t: t.name)), (), len(held) - len(fetch))
 

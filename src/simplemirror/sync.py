@@ -271,7 +271,10 @@ class Sync:
             finally:
                 state.close()
         only = config.projects or None
-        response = self.client.fetch_root(etag)
+        try:
+            response = self.client.fetch_root(etag)
+        except UpstreamError as exc:
+            raise SyncError(f"could not read the upstream root index: {exc}") from None
         if response is None:
             plan = plan_retry(held, only)
         else:

@@ -5,7 +5,6 @@ Parsing lives in model.py; this module only moves bytes and interprets HTTP.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,10 +167,14 @@ class Client:
                 )
             try:
                 return response.json(), response
-            except (json.JSONDecodeError, requests.JSONDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:
+                # ValueError covers bad JSON and bytes that are not UTF-8 text.
                 raise UpstreamError(f"{url}: malformed JSON ({exc})") from None
 
-        return self.retrying(attempt)
+        try:
+            return self.retrying(attempt)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"{url}: {exc}") from exc
 
     def fetch_root(self, etag: str | None) -> RootResponse | None:
         """The root index, or None when it is unchanged since ``etag``."""

@@ -1,0 +1,183 @@
+"""Tests of the `mirror` command's argument handling and exit statuses."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import responses
+import tenacity.nap
+
+import simplemirror
+from simplemirror import __version__
+from simplemirror.cli import EXIT_INCOMPLETE, EXIT_USAGE, main
+
+UPSTREAM = "http://index.test/simple/"
+SRC = Path(simplemirror.__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """cmd_sync installs a handler on the package logger; undo it after each test."""
+    logger = logging.getLogger("simplemirror")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.fixture(autouse=True)
+def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tenacity.nap.time, "sleep", lambda _seconds: None)
+
+
+def write_config(path: Path, body: str) -> Path:
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def fast_config(tmp_path: Path) -> Path:
+    return write_config(
+        tmp_path / "mirror.toml",
+        "[mirror]\n"
+        f'upstream = "{UPSTREAM}"\n'
+        f'directory = "{(tmp_path / "mirror").as_posix()}"\n'
+        "retries = 0\nretry-wait = 0\nretry-max-wait = 0\nstale-wait = 0\n",
+    )
+
+
+def run_outcomes(directory: Path) -> list[str]:
+    with sqlite3.connect(directory / "state.db") as db:
+        return [row[0] for row in db.execute("SELECT outcome FROM runs ORDER BY generation")]
+
+
+def test_no_upstream_is_a_usage_error_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sync", "--directory", str(tmp_path / "m")]) == EXIT_USAGE == 2
+    err = capsys.readouterr().err
+    assert "configuration error" in err
+    assert "--upstream" in err
+    assert not (tmp_path / "m").exists()  # nothing is created before the config is good
+
+
+def test_no_directory_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sync", "--upstream", UPSTREAM]) == 2
+    assert "--directory" in capsys.readouterr().err
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.toml"
+    assert main(["sync", "-c", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert "does not exist" in err
+
+
+def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(
+        tmp_path / "mirror.toml",
+        f'[mirror]\nupstream = "{UPSTREAM}"\ndirectory = "{tmp_path.as_posix()}"\n'
+        "wrokers = 4\n",
+    )
+    assert main(["sync", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'wrokers'" in err
+    assert "workers" in err  # the known keys are listed
+
+
+def test_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "mirror.toml", "[mirror\nupstream = \n")
+    assert main(["sync", "-c", str(path)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_non_http_upstream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sync", "--upstream", "ftp://index.test/", "--directory", str(tmp_path)]
+    assert main(argv) == 2
+    assert "not an http(s) URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # a command is required
+        ["frobnicate"],
+        ["sync", "--workers", "many"],
+        ["sync", "--no-such-option"],
+    ],
+)
+def test_argparse_usage_errors_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage: mirror" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"simplemirror {__version__}"
+
+
+def test_upstream_server_error_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, UPSTREAM, status=503)
+        code = main(["sync", "-c", str(fast_config(tmp_path)), "--no-progress"])
+    assert code == EXIT_INCOMPLETE == 1
+    err = capsys.readouterr().err
+    assert "could not read the upstream root index" in err
+    assert "503" in err
+    assert run_outcomes(tmp_path / "mirror") == ["error"]
+
+
+def test_unreachable_upstream_exits_1_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A connection error that outlasts the retries is an upstream failure, not a crash."""
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, UPSTREAM, body=requests.ConnectionError("connection refused"))
+        code = main(["sync", "-c", str(fast_config(tmp_path)), "--no-progress"])
+    assert code == EXIT_INCOMPLETE
+    assert "could not read the upstream root index" in capsys.readouterr().err
+    assert run_outcomes(tmp_path / "mirror") == ["error"]  # not left 'running'
+
+
+def test_dry_run_upstream_server_error_exits_1_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, UPSTREAM, status=503)
+        code = main(["sync", "-c", str(fast_config(tmp_path)), "--dry-run", "--no-progress"])
+    assert code == EXIT_INCOMPLETE
+    err = capsys.readouterr().err
+    assert "503" in err
+    assert not (tmp_path / "mirror").exists()  # a dry run writes nothing
+
+
+def test_python_m_simplemirror_help() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "simplemirror", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: mirror")
+    assert "sync" in result.stdout
+    assert "--version" in result.stdout

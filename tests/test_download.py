@@ -1,0 +1,415 @@
+"""Tests of download.fetch_file / fetch_metadata / fetch_to against a mocked upstream."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import responses
+import tenacity.nap
+
+from simplemirror import config, download, layout
+from simplemirror.download import Downloaded, VerificationError
+from simplemirror.upstream import Client, TransientError, UpstreamError
+
+UPSTREAM = "http://index.test/simple/"
+FILE_URL = "http://files.test/packages/foo-1.0.tar.gz"
+FILENAME = "foo-1.0.tar.gz"
+BODY = b"pretend this is a gzipped tarball\n" * 100
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Mirror:
+    """A client plus the web/ and tmp/ directories of a mirror in a temporary directory."""
+
+    def __init__(self, root: Path, **overrides: Any) -> None:
+        values: dict[str, Any] = {
+            "upstream": UPSTREAM,
+            "directory": str(root),
+            "retries": 2,
+            "retry_wait": 0,
+            "retry_max_wait": 0,
+            "stale_wait": 0,
+        }
+        values.update(overrides)
+        self.config = config.build({}, values)
+        self.client = Client(self.config)
+        self.web = self.config.web
+        self.tmp = self.config.tmp
+        self.web.mkdir(parents=True)
+        self.tmp.mkdir(parents=True)
+
+    def fetch_file(
+        self,
+        expected_hashes: dict[str, str] | None = None,
+        expected_size: int | None = len(BODY),
+        url: str = FILE_URL,
+    ) -> Downloaded:
+        return download.fetch_file(
+            self.client,
+            url,
+            FILENAME,
+            expected_hashes={"sha256": sha256(BODY)} if expected_hashes is None
+            else expected_hashes,
+            expected_size=expected_size,
+            web=self.web,
+            tmp=self.tmp,
+        )
+
+    def web_files(self) -> list[str]:
+        files = (p for p in self.web.rglob("*") if p.is_file())
+        return sorted(p.relative_to(self.web).as_posix() for p in files)
+
+    def tmp_files(self) -> list[str]:
+        return sorted(p.name for p in self.tmp.iterdir())
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """tenacity sleeps through ``tenacity.nap.time.sleep``: record instead of sleeping."""
+    recorded: list[float] = []
+    monkeypatch.setattr(tenacity.nap.time, "sleep", recorded.append)
+    return recorded
+
+
+@pytest.fixture
+def rsps() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Mirror:
+    return Mirror(tmp_path / "mirror")
+
+
+def add_body(rsps: responses.RequestsMock, body: bytes, url: str = FILE_URL, **kw: Any) -> None:
+    rsps.add(
+        responses.GET, url, body=body, content_type="application/octet-stream",
+        auto_calculate_content_length=True, **kw,
+    )
+
+
+class CountingFile:
+    """Wraps the temporary file fetch_to writes, counting the bytes written."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        return int(self.inner.write(data))
+
+    def __enter__(self) -> CountingFile:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.inner.__exit__(*exc)
+
+
+# -- success ---------------------------------------------------------------------
+
+
+def test_success_publishes_at_content_address(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    add_body(rsps, BODY)
+    got = mirror.fetch_file()
+    digest = sha256(BODY)
+    expected_path = layout.file_path(digest, FILENAME)
+    assert expected_path == f"packages/{digest[:2]}/{digest[2:4]}/{digest[4:]}/{FILENAME}"
+    assert got.path == expected_path
+    assert got.size == len(BODY)
+    assert got.hashes == {"sha256": digest}
+    published = mirror.web / expected_path
+    assert published.read_bytes() == BODY
+    assert stat.S_IMODE(published.stat().st_mode) == 0o644
+    assert mirror.web_files() == [expected_path]
+    assert mirror.tmp_files() == []
+    assert len(rsps.calls) == 1
+    assert rsps.calls[0].request.headers["User-Agent"] == mirror.config.user_agent
+
+
+def test_success_returns_every_requested_hash(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    add_body(rsps, BODY)
+    expected = {
+        "md5": hashlib.md5(BODY).hexdigest(),
+        "sha512": hashlib.sha512(BODY).hexdigest(),
+    }
+    got = mirror.fetch_file(expected_hashes=expected)
+    # sha256 is always computed (it names the path), even when upstream gave none.
+    assert got.hashes == {**expected, "sha256": sha256(BODY)}
+    assert got.path == layout.file_path(sha256(BODY), FILENAME)
+
+
+def test_unknown_size_is_accepted(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+    add_body(rsps, BODY)
+    got = mirror.fetch_file(expected_size=None)
+    assert got.size == len(BODY)
+
+
+def test_body_spanning_many_chunks(
+    rsps: responses.RequestsMock, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "CHUNK", 7)
+    add_body(rsps, BODY)
+    got = mirror.fetch_file()
+    assert (mirror.web / got.path).read_bytes() == BODY
+    assert got.hashes["sha256"] == sha256(BODY)
+
+
+def test_empty_file(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+    add_body(rsps, b"")
+    got = mirror.fetch_file(expected_hashes={"sha256": sha256(b"")}, expected_size=0)
+    assert got.size == 0
+    assert (mirror.web / got.path).read_bytes() == b""
+
+
+# -- verification ----------------------------------------------------------------
+
+
+def test_wrong_hash_fails_after_retries_and_publishes_nothing(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    add_body(rsps, BODY)
+    with pytest.raises(VerificationError) as info:
+        mirror.fetch_file(expected_hashes={"sha256": "0" * 64})
+    message = str(info.value)
+    assert FILE_URL in message
+    assert "sha256" in message
+    assert sha256(BODY) in message
+    assert len(rsps.calls) == 3  # retries=2
+    assert mirror.web_files() == []
+    assert mirror.tmp_files() == []
+
+
+def test_one_wrong_hash_among_several_fails(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    add_body(rsps, BODY)
+    with pytest.raises(VerificationError) as info:
+        mirror.fetch_file(
+            expected_hashes={"sha256": sha256(BODY), "md5": hashlib.md5(b"other").hexdigest()}
+        )
+    assert "md5" in str(info.value)
+    assert mirror.web_files() == []
+
+
+def test_wrong_hash_once_then_right_on_retry(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    add_body(rsps, b"x" * len(BODY))  # right size, wrong bytes
+    add_body(rsps, BODY)
+    got = mirror.fetch_file()
+    assert len(rsps.calls) == 2
+    assert (mirror.web / got.path).read_bytes() == BODY
+    assert mirror.web_files() == [layout.file_path(sha256(BODY), FILENAME)]
+    assert mirror.tmp_files() == []
+
+
+def test_smaller_body_than_declared(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+    add_body(rsps, BODY[:-10])
+    with pytest.raises(VerificationError) as info:
+        mirror.fetch_file(expected_hashes={"sha256": sha256(BODY[:-10])})
+    assert f"got {len(BODY) - 10} bytes" in str(info.value)
+    assert f"declared {len(BODY)}" in str(info.value)
+    assert len(rsps.calls) == 3
+    assert mirror.web_files() == []
+    assert mirror.tmp_files() == []
+
+
+def test_larger_body_than_declared_is_cut_off(
+    rsps: responses.RequestsMock, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "CHUNK", 16)
+    declared = 40
+    files: list[CountingFile] = []
+    real_fdopen = os.fdopen
+
+    def counting_fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        wrapped = CountingFile(real_fdopen(fd, *args, **kwargs))
+        files.append(wrapped)
+        return wrapped
+
+    monkeypatch.setattr(download.os, "fdopen", counting_fdopen)
+    add_body(rsps, BODY)
+    with pytest.raises(VerificationError) as info:
+        mirror.fetch_file(expected_hashes={"sha256": sha256(BODY[:declared])},
+                          expected_size=declared)
+    assert "larger" in str(info.value)
+    assert f"{declared} bytes" in str(info.value)
+    assert len(files) == 3  # one temporary file per attempt
+    # Never more than declared is written (at worst, one chunk past it).
+    assert all(0 < f.written <= declared + download.CHUNK for f in files)
+    assert all(f.written <= declared for f in files)
+    assert mirror.web_files() == []
+    assert mirror.tmp_files() == []
+
+
+# -- HTTP failures ---------------------------------------------------------------
+
+
+def test_404_is_an_upstream_error_not_retried(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    rsps.add(responses.GET, FILE_URL, status=404)
+    with pytest.raises(UpstreamError) as info:
+        mirror.fetch_file()
+    assert not isinstance(info.value, TransientError)
+    assert FILE_URL in str(info.value)
+    assert "404" in str(info.value)
+    assert len(rsps.calls) == 1
+    assert mirror.tmp_files() == []
+    assert mirror.web_files() == []
+
+
+def test_server_error_then_success(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+    rsps.add(responses.GET, FILE_URL, status=503)
+    add_body(rsps, BODY)
+    got = mirror.fetch_file()
+    assert len(rsps.calls) == 2
+    assert got.size == len(BODY)
+    assert mirror.tmp_files() == []
+
+
+def test_server_errors_exhausted(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+    rsps.add(responses.GET, FILE_URL, status=500)
+    with pytest.raises(TransientError) as info:
+        mirror.fetch_file()
+    assert FILE_URL in str(info.value)
+    assert len(rsps.calls) == 3
+    assert mirror.tmp_files() == []
+
+
+def test_connection_error_then_success(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+    rsps.add(responses.GET, FILE_URL, body=requests.ConnectionError("connection reset"))
+    add_body(rsps, BODY)
+    got = mirror.fetch_file()
+    assert len(rsps.calls) == 2
+    assert (mirror.web / got.path).read_bytes() == BODY
+    assert mirror.tmp_files() == []
+
+
+# -- metadata ------------------------------------------------------------------------
+
+
+def test_fetch_metadata_writes_next_to_the_file(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    metadata = b"Metadata-Version: 2.1\nName: foo\nVersion: 1.0\n"
+    add_body(rsps, BODY)
+    add_body(rsps, metadata, url=FILE_URL + ".metadata")
+    got = mirror.fetch_file()
+    meta = download.fetch_metadata(
+        mirror.client,
+        FILE_URL + ".metadata",
+        got.path,
+        expected_hashes={"sha256": sha256(metadata)},
+        web=mirror.web,
+        tmp=mirror.tmp,
+    )
+    assert meta.path == f"{got.path}.metadata"
+    assert meta.size == len(metadata)
+    assert meta.hashes == {"sha256": sha256(metadata)}
+    published = mirror.web / meta.path
+    assert published.read_bytes() == metadata
+    assert stat.S_IMODE(published.stat().st_mode) == 0o644
+    assert mirror.web_files() == sorted([got.path, meta.path])
+    assert mirror.tmp_files() == []
+
+
+def test_fetch_metadata_without_declared_hash(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    metadata = b"Metadata-Version: 2.1\nName: foo\n"
+    add_body(rsps, metadata, url=FILE_URL + ".metadata")
+    path = layout.file_path(sha256(BODY), FILENAME)
+    meta = download.fetch_metadata(
+        mirror.client, FILE_URL + ".metadata", path, expected_hashes={},
+        web=mirror.web, tmp=mirror.tmp,
+    )
+    assert meta.path == path + ".metadata"
+    assert meta.hashes == {"sha256": sha256(metadata)}
+    assert (mirror.web / meta.path).read_bytes() == metadata
+
+
+def test_fetch_metadata_wrong_hash(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+    add_body(rsps, b"Name: foo\n", url=FILE_URL + ".metadata")
+    path = layout.file_path(sha256(BODY), FILENAME)
+    with pytest.raises(VerificationError):
+        download.fetch_metadata(
+            mirror.client, FILE_URL + ".metadata", path, expected_hashes={"sha256": "1" * 64},
+            web=mirror.web, tmp=mirror.tmp,
+        )
+    assert len(rsps.calls) == 3
+    assert mirror.web_files() == []
+    assert mirror.tmp_files() == []
+
+
+# -- the disk ------------------------------------------------------------------------
+
+
+def test_rename_failure_propagates_and_leaves_no_temp_file(
+    rsps: responses.RequestsMock, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def full_disk(src: str, dst: object) -> None:
+        calls.append((str(src), str(dst)))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download.os, "replace", full_disk)
+    add_body(rsps, BODY)
+    with pytest.raises(OSError) as info:
+        mirror.fetch_file()
+    assert info.value.errno == errno.ENOSPC
+    assert not isinstance(info.value, requests.RequestException)
+    assert len(calls) == 1  # the disk is not upstream: no retry
+    assert len(rsps.calls) == 1
+    assert Path(calls[0][0]).parent == mirror.tmp
+    assert mirror.tmp_files() == []
+    assert mirror.web_files() == []
+
+
+def test_missing_tmp_dir_propagates_as_oserror(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    mirror.tmp.rmdir()
+    add_body(rsps, BODY)
+    with pytest.raises(FileNotFoundError):
+        mirror.fetch_file()
+    assert len(rsps.calls) == 0  # failed before asking upstream, and not retried
+    assert not mirror.tmp.exists()
+    assert mirror.web_files() == []
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores directory modes"
+)
+def test_read_only_web_dir_propagates_and_leaves_no_temp_file(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    add_body(rsps, BODY)
+    mirror.web.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError):
+            mirror.fetch_file()
+    finally:
+        mirror.web.chmod(0o755)
+    assert len(rsps.calls) == 1
+    assert mirror.tmp_files() == []
+    assert mirror.web_files() == []

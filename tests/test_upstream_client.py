@@ -1,0 +1,485 @@
+"""Tests of upstream.Client against a mocked index (``responses``; no network, no sleeping)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import responses
+import tenacity.nap
+
+from simplemirror import __version__, config
+from simplemirror.config import Config
+from simplemirror.model import JSON_CONTENT_TYPE
+from simplemirror.plan import ProjectTodo
+from simplemirror.upstream import (
+    ACCEPT_JSON,
+    Client,
+    StalePage,
+    TransientError,
+    UpstreamError,
+)
+
+UPSTREAM = "http://index.test/simple/"
+FOO_URL = f"{UPSTREAM}foo/"
+SHA = "a" * 64
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    values: dict[str, Any] = {
+        "upstream": UPSTREAM,
+        "directory": str(tmp_path),
+        "retries": 2,
+        "retry_wait": 0,
+        "retry_max_wait": 0,
+        "stale_retries": 2,
+        "stale_wait": 0,
+    }
+    values.update(overrides)
+    return config.build({}, values)
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every wait tenacity asks for, recorded instead of slept.
+
+    tenacity's default ``sleep`` (bound into Retrying at import time) calls
+    ``time.sleep`` through the ``time`` module held by ``tenacity.nap``.
+    """
+    recorded: list[float] = []
+    monkeypatch.setattr(tenacity.nap.time, "sleep", recorded.append)
+    return recorded
+
+
+@pytest.fixture
+def rsps() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Client:
+    return Client(make_config(tmp_path))
+
+
+def add_json(
+    rsps: responses.RequestsMock,
+    url: str,
+    data: object,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    content_type: str = JSON_CONTENT_TYPE,
+) -> None:
+    rsps.add(
+        responses.GET,
+        url,
+        body=json.dumps(data),
+        status=status,
+        headers=headers or {},
+        content_type=content_type,
+    )
+
+
+def root_doc(serial: object = 42) -> dict[str, Any]:
+    meta: dict[str, Any] = {"api-version": "1.1"}
+    if serial is not None:
+        meta["_last-serial"] = serial
+    return {
+        "meta": meta,
+        "projects": [{"name": "Foo", "_last-serial": 40}, {"name": "bar_baz", "_last-serial": 7}],
+    }
+
+
+def page_doc(
+    name: str = "foo", serial: int | None = 40, url: str = "../../packages/foo-1.0.tar.gz"
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"api-version": "1.1"}
+    if serial is not None:
+        meta["_last-serial"] = serial
+    return {
+        "meta": meta,
+        "name": name,
+        "files": [{"filename": "foo-1.0.tar.gz", "url": url, "hashes": {"sha256": SHA}}],
+    }
+
+
+def todo(serial: int | None = 40) -> ProjectTodo:
+    return ProjectTodo("foo", "Foo", serial)
+
+
+# -- fetch_root: request headers, ETags, serials ------------------------------
+
+
+def test_fetch_root_sends_pep691_accept_and_user_agent(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_json(rsps, UPSTREAM, root_doc())
+    got = client.fetch_root(None)
+    assert got is not None
+    assert [(p.normalized, p.serial) for p in got.index.projects] == [
+        ("foo", 40),
+        ("bar-baz", 7),
+    ]
+    headers = rsps.calls[0].request.headers
+    assert headers["Accept"] == ACCEPT_JSON
+    assert headers["Accept"].startswith("application/vnd.pypi.simple.v1+json")
+    assert headers["User-Agent"] == f"simplemirror/{__version__}"
+    assert "If-None-Match" not in headers
+
+
+def test_fetch_root_uses_configured_user_agent(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    client = Client(make_config(tmp_path, user_agent="mirror-bot/9 (ops@example.test)"))
+    add_json(rsps, UPSTREAM, root_doc())
+    client.fetch_root(None)
+    assert rsps.calls[0].request.headers["User-Agent"] == "mirror-bot/9 (ops@example.test)"
+
+
+def test_fetch_root_sends_if_none_match_and_304_returns_none(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    rsps.add(responses.GET, UPSTREAM, status=304, body=b"")
+    assert client.fetch_root('"etag-1"') is None
+    assert len(rsps.calls) == 1
+    assert rsps.calls[0].request.headers["If-None-Match"] == '"etag-1"'
+
+
+def test_fetch_root_returns_etag_of_200(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, UPSTREAM, root_doc(), headers={"ETag": '"etag-2"'})
+    got = client.fetch_root('"etag-1"')
+    assert got is not None
+    assert got.etag == '"etag-2"'
+    assert got.index.serial == 42
+
+
+def test_fetch_root_without_etag_header(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, UPSTREAM, root_doc())
+    got = client.fetch_root(None)
+    assert got is not None
+    assert got.etag is None
+
+
+def test_root_serial_from_meta_wins_over_header(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_json(rsps, UPSTREAM, root_doc(42), headers={"X-PyPI-Last-Serial": "99"})
+    got = client.fetch_root(None)
+    assert got is not None
+    assert got.index.serial == 42
+
+
+def test_root_serial_from_header_when_meta_lacks_it(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_json(rsps, UPSTREAM, root_doc(None), headers={"X-PyPI-Last-Serial": "77"})
+    got = client.fetch_root(None)
+    assert got is not None
+    assert got.index.serial == 77
+
+
+def test_root_serial_given_as_string(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, UPSTREAM, root_doc("123"))
+    got = client.fetch_root(None)
+    assert got is not None
+    assert got.index.serial == 123
+
+
+def test_root_without_any_serial(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, UPSTREAM, root_doc(None))
+    got = client.fetch_root(None)
+    assert got is not None
+    assert got.index.serial is None
+
+
+# -- retries ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_errors_are_retried_then_succeed(
+    rsps: responses.RequestsMock, client: Client, sleeps: list[float], status: int
+) -> None:
+    rsps.add(responses.GET, UPSTREAM, status=status)
+    rsps.add(responses.GET, UPSTREAM, status=status)
+    add_json(rsps, UPSTREAM, root_doc())
+    got = client.fetch_root(None)
+    assert got is not None
+    assert got.index.serial == 42
+    assert len(rsps.calls) == 3
+    assert sleeps == [0, 0]  # retry_max_wait=0 caps the backoff, jitter included
+
+
+def test_retries_exhausted_raise_transient_error_naming_the_url(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    rsps.add(responses.GET, UPSTREAM, status=503)
+    with pytest.raises(TransientError) as info:
+        client.fetch_root(None)
+    assert isinstance(info.value, UpstreamError)
+    assert UPSTREAM in str(info.value)
+    assert "503" in str(info.value)
+    assert len(rsps.calls) == 3  # retries=2: one try and two more
+
+
+def test_zero_retries_means_one_attempt(rsps: responses.RequestsMock, tmp_path: Path) -> None:
+    client = Client(make_config(tmp_path, retries=0))
+    rsps.add(responses.GET, UPSTREAM, status=500)
+    with pytest.raises(TransientError):
+        client.fetch_root(None)
+    assert len(rsps.calls) == 1
+
+
+def test_429_retry_after_is_capped_at_retry_max_wait(
+    rsps: responses.RequestsMock, tmp_path: Path, sleeps: list[float]
+) -> None:
+    client = Client(make_config(tmp_path, retry_wait=0, retry_max_wait=5))
+    rsps.add(responses.GET, UPSTREAM, status=429, headers={"Retry-After": "120"})
+    add_json(rsps, UPSTREAM, root_doc())
+    assert client.fetch_root(None) is not None
+    assert len(rsps.calls) == 2
+    assert sleeps == [5.0]
+
+
+def test_429_retry_after_below_the_cap_is_honoured(
+    rsps: responses.RequestsMock, tmp_path: Path, sleeps: list[float]
+) -> None:
+    client = Client(make_config(tmp_path, retry_wait=0, retry_max_wait=5))
+    rsps.add(responses.GET, UPSTREAM, status=429, headers={"Retry-After": "2"})
+    add_json(rsps, UPSTREAM, root_doc())
+    assert client.fetch_root(None) is not None
+    # The backoff alone would be at most 1 s (jitter); Retry-After asks for 2.
+    assert sleeps == [2.0]
+
+
+def test_429_exhausted_keeps_retry_after_on_the_error(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    rsps.add(responses.GET, UPSTREAM, status=429, headers={"Retry-After": "30"})
+    with pytest.raises(TransientError) as info:
+        client.fetch_root(None)
+    assert info.value.retry_after == 30.0
+    assert "429" in str(info.value)
+    assert len(rsps.calls) == 3
+
+
+def test_404_is_not_retried(rsps: responses.RequestsMock, client: Client) -> None:
+    rsps.add(responses.GET, UPSTREAM, status=404)
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_root(None)
+    assert not isinstance(info.value, TransientError)
+    assert UPSTREAM in str(info.value)
+    assert "404" in str(info.value)
+    assert len(rsps.calls) == 1
+
+
+def test_connection_errors_are_retried(rsps: responses.RequestsMock, client: Client) -> None:
+    rsps.add(responses.GET, UPSTREAM, body=requests.ConnectionError("connection reset"))
+    rsps.add(responses.GET, UPSTREAM, body=requests.ConnectionError("connection reset"))
+    add_json(rsps, UPSTREAM, root_doc())
+    got = client.fetch_root(None)
+    assert got is not None
+    assert len(rsps.calls) == 3
+
+
+def test_connection_errors_exhausted(rsps: responses.RequestsMock, client: Client) -> None:
+    rsps.add(responses.GET, UPSTREAM, body=requests.ConnectionError("connection reset"))
+    with pytest.raises((UpstreamError, requests.ConnectionError)):
+        client.fetch_root(None)
+    assert len(rsps.calls) == 3
+
+
+def test_timeouts_are_retried(rsps: responses.RequestsMock, client: Client) -> None:
+    rsps.add(responses.GET, UPSTREAM, body=requests.ReadTimeout("read timed out"))
+    add_json(rsps, UPSTREAM, root_doc())
+    assert client.fetch_root(None) is not None
+    assert len(rsps.calls) == 2
+
+
+# -- malformed answers ---------------------------------------------------------
+
+
+def test_malformed_json_is_an_upstream_error(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    rsps.add(responses.GET, UPSTREAM, body='{"projects": [', content_type=JSON_CONTENT_TYPE)
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_root(None)
+    assert "malformed JSON" in str(info.value)
+    assert UPSTREAM in str(info.value)
+    assert len(rsps.calls) == 1  # bad bytes are not worth another try
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe\x00{not json",  # not UTF-8 text at all
+        b"[" * 100_000 + b"]" * 100_000,  # nested deeper than the parser's recursion limit
+        b"",
+    ],
+    ids=["not-utf8", "too-deep", "empty"],
+)
+def test_undecodable_json_body_is_malformed_json(
+    rsps: responses.RequestsMock, client: Client, body: bytes
+) -> None:
+    rsps.add(responses.GET, UPSTREAM, body=body, content_type=JSON_CONTENT_TYPE)
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_root(None)
+    assert "malformed JSON" in str(info.value)
+    assert len(rsps.calls) == 1
+
+
+def test_html_answer_is_an_actionable_upstream_error(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    rsps.add(
+        responses.GET,
+        UPSTREAM,
+        body="<!DOCTYPE html><html><body><a href='foo/'>foo</a></body></html>",
+        content_type="text/html",
+    )
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_root(None)
+    message = str(info.value)
+    assert UPSTREAM in message
+    assert "text/html" in message
+    assert "PEP 691 JSON" in message
+    assert "check that the upstream URL" in message
+    assert len(rsps.calls) == 1
+
+
+def test_plain_application_json_is_accepted(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_json(rsps, UPSTREAM, root_doc(), content_type="application/json; charset=utf-8")
+    got = client.fetch_root(None)
+    assert got is not None
+    assert got.index.serial == 42
+
+
+def test_root_json_that_is_not_an_index(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, UPSTREAM, {"hello": "world"})
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_root(None)
+    assert UPSTREAM in str(info.value)
+    assert "projects" in str(info.value)
+
+
+# -- fetch_page -----------------------------------------------------------------
+
+
+def test_fetch_page_parses_the_page(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, FOO_URL, page_doc(serial=40), headers={"ETag": '"p1"'})
+    got = client.fetch_page(todo(40))
+    assert got.page.name == "foo"
+    assert got.page.serial == 40
+    assert got.etag == '"p1"'
+    assert [f.url for f in got.page.files] == ["http://index.test/packages/foo-1.0.tar.gz"]
+    assert rsps.calls[0].request.url == FOO_URL
+    assert rsps.calls[0].request.headers["Accept"] == ACCEPT_JSON
+
+
+def test_newer_page_than_promised_is_fine(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, FOO_URL, page_doc(serial=50))
+    assert client.fetch_page(todo(40)).page.serial == 50
+    assert len(rsps.calls) == 1
+
+
+def test_stale_page_retried_then_stale_page_error(
+    rsps: responses.RequestsMock, client: Client, sleeps: list[float]
+) -> None:
+    add_json(rsps, FOO_URL, page_doc(serial=39))
+    with pytest.raises(StalePage) as info:
+        client.fetch_page(todo(40))
+    assert "39" in str(info.value)
+    assert "40" in str(info.value)
+    assert FOO_URL in str(info.value)
+    assert len(rsps.calls) == 3  # stale_retries=2
+    assert len(sleeps) == 2
+
+
+def test_stale_retries_count_is_configurable(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    client = Client(make_config(tmp_path, stale_retries=4))
+    add_json(rsps, FOO_URL, page_doc(serial=1))
+    with pytest.raises(StalePage):
+        client.fetch_page(todo(40))
+    assert len(rsps.calls) == 5
+
+
+def test_stale_then_fresh_page_succeeds(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, FOO_URL, page_doc(serial=39))
+    add_json(rsps, FOO_URL, page_doc(serial=40))
+    got = client.fetch_page(todo(40))
+    assert got.page.serial == 40
+    assert len(rsps.calls) == 2
+
+
+def test_staleness_from_header_only_serial(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, FOO_URL, page_doc(serial=None), headers={"X-PyPI-Last-Serial": "38"})
+    add_json(rsps, FOO_URL, page_doc(serial=None), headers={"X-PyPI-Last-Serial": "41"})
+    got = client.fetch_page(todo(40))
+    assert got.page.serial == 41
+    assert len(rsps.calls) == 2
+
+
+def test_no_serial_anywhere_is_not_stale(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, FOO_URL, page_doc(serial=None))
+    got = client.fetch_page(todo(40))
+    assert got.page.serial is None
+    assert len(rsps.calls) == 1
+
+
+def test_server_error_inside_a_page_fetch_is_retried(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    rsps.add(responses.GET, FOO_URL, status=502)
+    add_json(rsps, FOO_URL, page_doc(serial=40))
+    assert client.fetch_page(todo(40)).page.name == "foo"
+    assert len(rsps.calls) == 2
+
+
+def test_page_for_another_project_is_an_error(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_json(rsps, FOO_URL, page_doc(name="bar"))
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_page(todo(40))
+    assert not isinstance(info.value, StalePage)
+    assert "'bar'" in str(info.value)
+    assert "'foo'" in str(info.value)
+    assert len(rsps.calls) == 1
+
+
+def test_page_name_is_compared_normalized(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, f"{UPSTREAM}bar-baz/", page_doc(name="Bar_Baz", serial=7))
+    got = client.fetch_page(ProjectTodo("bar-baz", "bar_baz", 7))
+    assert got.page.name == "bar-baz"
+
+
+def test_page_that_is_not_a_project_page(rsps: responses.RequestsMock, client: Client) -> None:
+    add_json(rsps, FOO_URL, {"meta": {}, "name": "foo"})
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_page(todo(40))
+    assert "files" in str(info.value)
+
+
+def test_relative_file_urls_resolve_against_the_url_after_redirect(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    final = "http://cdn.index.test/a/b/foo/"
+    rsps.add(responses.GET, FOO_URL, status=301, headers={"Location": final})
+    add_json(rsps, final, page_doc(url="../files/foo-1.0.tar.gz"))
+    got = client.fetch_page(todo(40))
+    assert [f.url for f in got.page.files] == ["http://cdn.index.test/a/b/files/foo-1.0.tar.gz"]
+    assert [c.request.url for c in rsps.calls] == [FOO_URL, final]
+
+
+def test_page_url_stays_below_upstream(client: Client) -> None:
+    assert client.page_url("foo") == FOO_URL
+    assert client.page_url("bar-baz") == f"{UPSTREAM}bar-baz/"

@@ -5,6 +5,7 @@ Every key is documented in config.example.toml at the top of the repository.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -61,7 +62,7 @@ class Config:
 
 
 # TOML key -> (field name, type). Dashes in files, underscores in Python.
-_KEYS: dict[str, tuple[str, type]] = {
+KEYS: dict[str, tuple[str, type]] = {
     "upstream": ("upstream", str),
     "directory": ("directory", str),
     "workers": ("workers", int),
@@ -91,10 +92,10 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} has no [mirror] table (see config.example.toml)")
     values: dict[str, Any] = {}
     for key, value in table.items():
-        if key not in _KEYS:
-            known = ", ".join(sorted(_KEYS))
+        if key not in KEYS:
+            known = ", ".join(sorted(KEYS))
             raise ConfigError(f"{path}: unknown key {key!r} in [mirror]; known keys: {known}")
-        name, kind = _KEYS[key]
+        name, kind = KEYS[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -145,8 +146,10 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         if getattr(config, name) < 0:
             raise ConfigError(f"{name.replace('_', '-')} must not be negative")
     for name in ("connect_timeout", "read_timeout", "retry_wait", "retry_max_wait", "stale_wait"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name.replace('_', '-')} must not be negative")
+        value = getattr(config, name)
+        if not math.isfinite(value) or value < 0:
+            key = name.replace("_", "-")
+            raise ConfigError(f"{key} must be a finite, non-negative number of seconds")
     return config
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 from packaging.utils import (
     InvalidName,
@@ -52,6 +53,8 @@ KNOWN_PAGE_KEYS = frozenset({"meta", "name", "files", "versions"})
 DROPPED_PAGE_KEYS = frozenset({"tracks", "alternate-locations"})
 
 _HEX = re.compile(r"[0-9a-f]+")
+# ASCII only: str.isdigit() also accepts digits like "²" that int() refuses.
+_DECIMAL = re.compile(r"[0-9]+")
 # Extendable-output functions have no fixed digest, so a digest of them cannot be checked.
 VERIFIABLE_ALGORITHMS = frozenset(
     a for a in hashlib.algorithms_available if not a.startswith("shake")
@@ -71,9 +74,13 @@ def parse_serial(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value if value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
         return int(value.strip())
     return None
+
+
+def _serial_key(serial: int | None) -> int:
+    return -1 if serial is None else serial
 
 
 def normalize_name(name: str) -> str:
@@ -130,7 +137,7 @@ class RootIndex:
                 continue
             # Two spellings of one project: keep the newer. Its page is fetched
             # by normalized name anyway, so nothing is lost.
-            newer = (project.serial or -1) > (previous.serial or -1)
+            newer = _serial_key(project.serial) > _serial_key(previous.serial)
             keep, drop = (project, previous) if newer else (previous, project)
             by_name[normalized] = keep
             rejected.append((drop.name, f"collides with {keep.name!r} after normalization"))
@@ -158,7 +165,8 @@ class DistFile:
 
     @property
     def metadata_url(self) -> str:
-        return self.url + ".metadata"
+        # PEP 658: the file's URL without its fragment, plus ".metadata".
+        return urldefrag(self.url).url + ".metadata"
 
 
 @dataclass(frozen=True)
@@ -225,9 +233,13 @@ def check_filename(filename: object) -> str:
         raise UpstreamDataError("missing or empty 'filename'")
     if filename in {".", ".."} or filename.startswith("."):
         raise UpstreamDataError("file name starts with a dot")
-    if any(c in filename for c in "/\\\0") or any(ord(c) < 32 or ord(c) == 127 for c in filename):
+    if any(c in filename for c in "/\\") or any(unicodedata.category(c) == "Cc" for c in filename):
         raise UpstreamDataError("file name contains a path separator or a control character")
-    if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+    try:
+        encoded = filename.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UpstreamDataError("file name is not valid Unicode text") from None
+    if len(encoded) > MAX_FILENAME_BYTES:
         raise UpstreamDataError(f"file name longer than {MAX_FILENAME_BYTES} bytes")
     return filename
 

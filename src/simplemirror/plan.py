@@ -103,14 +103,17 @@ def plan_retry(
 
     ``held`` maps normalized name to (display name, state).
     """
+    in_scope = {
+        name: (display, h)
+        for name, (display, h) in held.items()
+        if h.status is not Status.REMOVED and (only is None or name in only)
+    }
     fetch = [
         ProjectTodo(name, display, h.upstream_serial)
-        for name, (display, h) in held.items()
-        if h.status is not Status.REMOVED
-        and (only is None or name in only)
-        and (h.status is not Status.OK or _behind(h))
+        for name, (display, h) in sorted(in_scope.items())
+        if h.status is not Status.OK or _behind(h)
     ]
-    return SyncPlan(tuple(sorted(fetch, key=lambda t: t.name)), (), len(held) - len(fetch))
+    return SyncPlan(tuple(fetch), (), len(in_scope) - len(fetch))
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,9 @@ def backoff(first: float, ceiling: float) -> wait_base:
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None
+    value = response.headers.get("Retry-After", "").strip()
+    # Only the delta-seconds form; an HTTP date falls back to the computed backoff.
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
 def check_response(response: requests.Response) -> None:

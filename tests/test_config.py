@@ -1,0 +1,380 @@
+"""Unit tests for simplemirror.config: the TOML file, command-line overrides, validation."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simplemirror.config import DEFAULT_USER_AGENT, KEYS, Config, ConfigError, load
+
+UPSTREAM = "https://index.example/simple/"
+KNOWN_KEYS = [
+    "upstream",
+    "directory",
+    "workers",
+    "projects",
+    "connect-timeout",
+    "read-timeout",
+    "retries",
+    "retry-wait",
+    "retry-max-wait",
+    "stale-retries",
+    "stale-wait",
+    "user-agent",
+]
+
+
+def write(tmp_path: Path, body: str, name: str = "mirror.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def minimal(tmp_path: Path, extra: str = "") -> Path:
+    """A config file with the two required keys and ``extra`` lines in [mirror]."""
+    directory = (tmp_path / "m").as_posix()
+    body = f'[mirror]\nupstream = "{UPSTREAM}"\ndirectory = "{directory}"\n{extra}\n'
+    return write(tmp_path, body)
+
+
+def error_of(path: Path | None, **overrides: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(path, **overrides)
+    return str(info.value)
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def test_full_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""\
+        [mirror]
+        upstream = "{UPSTREAM}"
+        directory = "{(tmp_path / 'mirror').as_posix()}"
+        workers = 4
+        projects = ["Django", "foo_bar"]
+        connect-timeout = 3.5
+        read-timeout = 20.0
+        retries = 5
+        retry-wait = 0.5
+        retry-max-wait = 10.0
+        stale-retries = 2
+        stale-wait = 1.5
+        user-agent = "test-agent/1 (+mailto:a@example.org)"
+        """,
+    )
+    cfg = load(path)
+    assert cfg == Config(
+        upstream=UPSTREAM,
+        directory=tmp_path / "mirror",
+        workers=4,
+        projects=("django", "foo-bar"),
+        connect_timeout=3.5,
+        read_timeout=20.0,
+        retries=5,
+        retry_wait=0.5,
+        retry_max_wait=10.0,
+        stale_retries=2,
+        stale_wait=1.5,
+        user_agent="test-agent/1 (+mailto:a@example.org)",
+    )
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = load(minimal(tmp_path))
+    assert cfg.workers == 8
+    assert cfg.projects == ()
+    assert (cfg.connect_timeout, cfg.read_timeout) == (10.0, 60.0)
+    assert (cfg.retries, cfg.retry_wait, cfg.retry_max_wait) == (3, 1.0, 30.0)
+    assert (cfg.stale_retries, cfg.stale_wait) == (3, 2.0)
+    assert cfg.user_agent == DEFAULT_USER_AGENT
+    assert DEFAULT_USER_AGENT.startswith("simplemirror/")
+
+
+def test_integer_for_float_key_is_converted(tmp_path: Path) -> None:
+    cfg = load(minimal(tmp_path, "read-timeout = 5\nretry-wait = 0"))
+    assert cfg.read_timeout == 5.0 and isinstance(cfg.read_timeout, float)
+    assert cfg.retry_wait == 0.0 and isinstance(cfg.retry_wait, float)
+
+
+def test_derived_paths(tmp_path: Path) -> None:
+    cfg = load(minimal(tmp_path))
+    assert cfg.directory == tmp_path / "m"
+    assert cfg.state_path == tmp_path / "m" / "state.db"
+    assert cfg.web == tmp_path / "m" / "web"
+    assert cfg.tmp == tmp_path / "m" / "tmp"
+
+
+def test_relative_directory_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load(None, upstream=UPSTREAM, directory="rel/dir")
+    assert cfg.directory.is_absolute()
+    assert cfg.directory == tmp_path / "rel" / "dir"
+
+
+def test_home_directory_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load(None, upstream=UPSTREAM, directory="~/mirror")
+    assert cfg.directory == tmp_path / "mirror"
+
+
+def test_no_file_only_overrides(tmp_path: Path) -> None:
+    cfg = load(None, upstream=UPSTREAM, directory=str(tmp_path), workers=2, projects=["A"])
+    assert (cfg.upstream, cfg.directory, cfg.workers, cfg.projects) == (
+        UPSTREAM,
+        tmp_path,
+        2,
+        ("a",),
+    )
+
+
+# -- overrides -----------------------------------------------------------------------------
+
+
+def test_overrides_win(tmp_path: Path) -> None:
+    path = minimal(tmp_path, 'workers = 4\nprojects = ["from-file"]')
+    other = tmp_path / "other"
+    cfg = load(
+        path,
+        upstream="http://other.example/simple/",
+        directory=str(other),
+        workers=16,
+        projects=["From_CLI"],
+    )
+    assert cfg.upstream == "http://other.example/simple/"
+    assert cfg.directory == other
+    assert cfg.workers == 16
+    assert cfg.projects == ("from-cli",)
+
+
+def test_absent_overrides_keep_file_values(tmp_path: Path) -> None:
+    # argparse gives None for options not given, and [] for an empty repeatable option.
+    path = minimal(tmp_path, 'workers = 4\nprojects = ["foo"]')
+    cfg = load(path, upstream=None, directory=None, workers=None, projects=[])
+    assert cfg.upstream == UPSTREAM
+    assert cfg.directory == tmp_path / "m"
+    assert cfg.workers == 4
+    assert cfg.projects == ("foo",)
+
+
+# -- required keys -------------------------------------------------------------------------
+
+
+def test_missing_upstream_says_how_to_set_it(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[mirror]\ndirectory = "{tmp_path.as_posix()}"\n')
+    message = error_of(path)
+    assert "--upstream" in message
+    assert "upstream = " in message
+    assert "[mirror]" in message
+
+
+def test_missing_upstream_without_file(tmp_path: Path) -> None:
+    message = error_of(None, directory=str(tmp_path))
+    assert "--upstream" in message and "upstream = " in message
+
+
+def test_empty_upstream_is_missing(tmp_path: Path) -> None:
+    message = error_of(None, upstream="", directory=str(tmp_path))
+    assert "--upstream" in message
+
+
+def test_missing_directory_says_how_to_set_it(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[mirror]\nupstream = "{UPSTREAM}"\n')
+    message = error_of(path)
+    assert "--directory" in message
+    assert "directory = " in message
+
+
+# -- the file itself -----------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    message = error_of(path)
+    assert str(path) in message and "does not exist" in message
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "[mirror\nupstream = \n")
+    message = error_of(path)
+    assert "not valid TOML" in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize("body", ["", "[other]\nupstream = 'x'\n", "mirror = 1\n"])
+def test_no_mirror_table(tmp_path: Path, body: str) -> None:
+    assert "[mirror]" in error_of(write(tmp_path, body))
+
+
+def test_unknown_key_lists_known_keys(tmp_path: Path) -> None:
+    message = error_of(minimal(tmp_path, "worker = 3"))
+    assert "'worker'" in message
+    for key in KNOWN_KEYS:
+        assert key in message
+
+
+def test_underscore_spelling_is_unknown(tmp_path: Path) -> None:
+    # Keys are dashed in the file; the Python spelling must not slip through.
+    message = error_of(minimal(tmp_path, "read_timeout = 3.0"))
+    assert "'read_timeout'" in message
+    assert "read-timeout" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('workers = "8"', "workers"),
+        ("workers = true", "workers"),
+        ("workers = 1.5", "workers"),
+        ("retries = 2.0", "retries"),
+        ("stale-retries = false", "stale-retries"),
+        ('read-timeout = "60"', "read-timeout"),
+        ("connect-timeout = true", "connect-timeout"),
+        ("retry-wait = [1]", "retry-wait"),
+        ('projects = "foo"', "projects"),
+        ("projects = {foo = 1}", "projects"),
+        ("user-agent = 3", "user-agent"),
+    ],
+)
+def test_bad_types(tmp_path: Path, line: str, key: str) -> None:
+    message = error_of(minimal(tmp_path, line))
+    assert key in message
+    assert "must be" in message
+
+
+@pytest.mark.parametrize(
+    ("body_line", "key"),
+    [("upstream = 5", "upstream"), ("directory = true", "directory")],
+)
+def test_bad_types_of_required_keys(tmp_path: Path, body_line: str, key: str) -> None:
+    other = (
+        f'directory = "{tmp_path.as_posix()}"' if key == "upstream" else f'upstream = "{UPSTREAM}"'
+    )
+    message = error_of(write(tmp_path, f"[mirror]\n{body_line}\n{other}\n"))
+    assert key in message and "must be" in message
+
+
+# -- upstream ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        "ftp://index.example/simple/",
+        "file:///srv/simple/",
+        "index.example/simple/",
+        "http://",
+        "javascript:alert(1)",
+        "/simple/",
+    ],
+)
+def test_non_http_upstream(tmp_path: Path, upstream: str) -> None:
+    message = error_of(None, upstream=upstream, directory=str(tmp_path))
+    assert repr(upstream) in message
+    assert "http" in message
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("https://index.example/simple", "https://index.example/simple/"),
+        ("https://index.example/simple/", "https://index.example/simple/"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/"),
+    ],
+)
+def test_upstream_trailing_slash(tmp_path: Path, given: str, expected: str) -> None:
+    assert load(None, upstream=given, directory=str(tmp_path)).upstream == expected
+
+
+# -- projects ------------------------------------------------------------------------------
+
+
+def test_projects_normalized_deduplicated_sorted(tmp_path: Path) -> None:
+    path = minimal(tmp_path, 'projects = ["Zope.Interface", "Foo_Bar", "foo-bar", "FOO.BAR", "a"]')
+    assert load(path).projects == ("a", "foo-bar", "zope-interface")
+
+
+@pytest.mark.parametrize("name", ["-bad", "bad-", "foo bar", "", "a/b", "caf\u00e9"])
+def test_invalid_project_name(tmp_path: Path, name: str) -> None:
+    message = error_of(None, upstream=UPSTREAM, directory=str(tmp_path), projects=["ok", name])
+    assert message.startswith("projects:")
+
+
+def test_invalid_project_name_in_file(tmp_path: Path) -> None:
+    message = error_of(minimal(tmp_path, 'projects = ["good", "not valid!"]'))
+    assert "projects" in message
+
+
+# -- bounds --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 8, 256])
+def test_workers_in_bounds(tmp_path: Path, workers: int) -> None:
+    assert load(minimal(tmp_path, f"workers = {workers}")).workers == workers
+
+
+@pytest.mark.parametrize("workers", [0, -1, 257, 10_000])
+def test_workers_out_of_bounds(tmp_path: Path, workers: int) -> None:
+    message = error_of(minimal(tmp_path, f"workers = {workers}"))
+    assert "workers" in message and str(workers) in message
+
+
+def test_workers_out_of_bounds_from_override(tmp_path: Path) -> None:
+    assert "workers" in error_of(minimal(tmp_path), workers=0)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "retries = -1",
+        "stale-retries = -1",
+        "connect-timeout = -1.0",
+        "read-timeout = -0.5",
+        "retry-wait = -1",
+        "retry-max-wait = -1",
+        "stale-wait = -2.0",
+    ],
+)
+def test_negative_values_rejected(tmp_path: Path, line: str) -> None:
+    key = line.split(" ")[0]
+    message = error_of(minimal(tmp_path, line))
+    assert key in message and "negative" in message
+
+
+def test_zero_retries_allowed(tmp_path: Path) -> None:
+    cfg = load(minimal(tmp_path, "retries = 0\nstale-retries = 0\nstale-wait = 0"))
+    assert (cfg.retries, cfg.stale_retries, cfg.stale_wait) == (0, 0, 0.0)
+
+
+DURATION_KEYS = ["connect-timeout", "read-timeout", "retry-wait", "retry-max-wait", "stale-wait"]
+
+
+def test_nan_durations_rejected(tmp_path: Path) -> None:
+    # TOML has nan. It passes a "< 0" check, then socket.settimeout() or
+    # time.sleep() raises ValueError in the middle of a run.
+    for key in DURATION_KEYS:
+        message = error_of(minimal(tmp_path, f"{key} = nan"))
+        assert key in message
+
+
+def test_infinite_timeouts_rejected(tmp_path: Path) -> None:
+    # socket.settimeout(inf) raises OverflowError: the run would die on its first request.
+    for key in ["connect-timeout", "read-timeout"]:
+        message = error_of(minimal(tmp_path, f"{key} = inf"))
+        assert key in message
+
+
+def test_shipped_example_config_loads_and_documents_every_key() -> None:
+    example = Path(__file__).parent.parent / "config.example.toml"
+    text = example.read_text()
+    cfg = load(example)
+    assert cfg.upstream.startswith("http://127.0.0.1")
+    for key in KEYS:
+        assert f"\n{key} = " in text, f"config.example.toml does not document {key}"

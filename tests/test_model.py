@@ -1,0 +1,797 @@
+"""Unit tests for simplemirror.model: parsing the Simple Repository API's JSON (PEP 691)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from simplemirror.model import (
+    MAX_FILENAME_BYTES,
+    DistFile,
+    HeldFile,
+    ProjectPage,
+    RootIndex,
+    RootProject,
+    UpstreamDataError,
+    parse_serial,
+    version_of,
+)
+
+PAGE_URL = "https://index.example/simple/foo/"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+SHA_A = sha256(b"file a")
+SHA_B = sha256(b"file b")
+
+
+def file_entry(filename: str = "foo-1.0.tar.gz", **overrides: Any) -> dict[str, Any]:
+    """A valid PEP 691 file entry; keyword arguments replace or add keys (None removes)."""
+    entry: dict[str, Any] = {
+        "filename": filename,
+        "url": f"https://files.example/packages/ab/cd/{filename}",
+        "hashes": {"sha256": SHA_A},
+    }
+    for key, value in overrides.items():
+        key = key.replace("_", "-")
+        if value is None:
+            entry.pop(key, None)
+        else:
+            entry[key] = value
+    return entry
+
+
+def page_data(*files: Any, name: str = "foo", **top: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"meta": {"api-version": "1.1"}, "name": name, "files": list(files)}
+    data.update(top)
+    return data
+
+
+def parse_page(*files: Any, page_url: str = PAGE_URL, **top: Any) -> ProjectPage:
+    return ProjectPage.from_json_data(page_data(*files, **top), page_url=page_url)
+
+
+def parse_one(entry: Any, page_url: str = PAGE_URL) -> DistFile:
+    """Parse a page holding just ``entry`` and return the file, failing if it was rejected."""
+    page = parse_page(entry, page_url=page_url)
+    assert page.rejected == ()
+    assert len(page.files) == 1
+    return page.files[0]
+
+
+def rejection(entry: Any) -> str:
+    """Parse a page holding just ``entry``; assert it was rejected and return the reason."""
+    page = parse_page(entry)
+    assert page.files == ()
+    assert len(page.rejected) == 1
+    return page.rejected[0][1]
+
+
+def root(projects: list[Any], meta: Any = None, **kwargs: Any) -> RootIndex:
+    data: dict[str, Any] = {"projects": projects}
+    if meta is not None:
+        data["meta"] = meta
+    return RootIndex.from_json_data(data, **kwargs)
+
+
+# -- parse_serial ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, 0),
+        (42, 42),
+        (2**40, 2**40),
+        ("42", 42),
+        (" 17 ", 17),
+        ("0", 0),
+    ],
+)
+def test_parse_serial_accepts_ints_and_decimal_strings(value: object, expected: int) -> None:
+    assert parse_serial(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, False, -1, "-1", "", "  ", "abc", "1.5", "1e3", "0x10", 1.0, 3.7, [], {}, "+3"],
+)
+def test_parse_serial_rejects_unusable_values(value: object) -> None:
+    assert parse_serial(value) is None
+
+
+def test_parse_serial_non_decimal_digit_string_is_none_not_an_exception() -> None:
+    # "²".isdigit() is True, but int("²") raises: an upstream (a header value is
+    # latin-1, and U+00B2 is in latin-1) must not be able to crash parsing this way.
+    assert parse_serial("\u00b2") is None
+    assert parse_serial("1\u00b2") is None
+
+
+# -- RootIndex ---------------------------------------------------------------------------
+
+
+def test_root_serial_as_int() -> None:
+    index = root([], meta={"_last-serial": 1234})
+    assert index.serial == 1234
+
+
+def test_root_serial_as_string() -> None:
+    index = root([], meta={"_last-serial": "1234"})
+    assert index.serial == 1234
+
+
+def test_root_serial_missing_is_none_without_header() -> None:
+    assert root([]).serial is None
+    assert root([], meta={"api-version": "1.1"}).serial is None
+
+
+def test_root_serial_falls_back_to_header() -> None:
+    assert root([], header_serial=77).serial == 77
+    assert root([], meta={"api-version": "1.0"}, header_serial=77).serial == 77
+
+
+def test_root_meta_serial_wins_over_header() -> None:
+    assert root([], meta={"_last-serial": 5}, header_serial=77).serial == 5
+
+
+@pytest.mark.parametrize("garbage", [True, False, -3, "-3", "soon", 1.5, None, [1]])
+def test_root_unusable_meta_serial_uses_header_or_none(garbage: object) -> None:
+    assert root([], meta={"_last-serial": garbage}).serial is None
+    assert root([], meta={"_last-serial": garbage}, header_serial=9).serial == 9
+
+
+def test_root_non_decimal_digit_serial_falls_back_instead_of_raising() -> None:
+    index = root([{"name": "foo", "_last-serial": "\u00b2"}], meta={"_last-serial": "\u00b2"})
+    assert index.serial is None
+    assert index.projects[0].serial is None
+
+
+def test_root_meta_not_an_object_is_ignored() -> None:
+    assert root([], meta=["_last-serial", 5], header_serial=3).serial == 3
+
+
+def test_root_project_serials() -> None:
+    index = root(
+        [
+            {"name": "int", "_last-serial": 10},
+            {"name": "str", "_last-serial": "11"},
+            {"name": "missing"},
+            {"name": "bool", "_last-serial": True},
+            {"name": "negative", "_last-serial": -1},
+            {"name": "garbage", "_last-serial": "yesterday"},
+        ]
+    )
+    assert {p.normalized: p.serial for p in index.projects} == {
+        "int": 10,
+        "str": 11,
+        "missing": None,
+        "bool": None,
+        "negative": None,
+        "garbage": None,
+    }
+    assert index.rejected == ()
+
+
+def test_root_project_serial_does_not_inherit_header_serial() -> None:
+    index = root([{"name": "foo"}], header_serial=99)
+    assert index.projects[0].serial is None
+
+
+def test_root_projects_keep_display_name_and_normalize() -> None:
+    index = root([{"name": "Foo_Bar.Baz", "_last-serial": 3}, {"name": "django"}])
+    assert index.projects == (
+        RootProject("Foo_Bar.Baz", "foo-bar-baz", 3),
+        RootProject("django", "django", None),
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["-foo", "foo-", "foo bar", "", "a/b", "../etc", "caf\u00e9", "foo!", ".hidden"]
+)
+def test_root_invalid_names_rejected_with_reason(name: str) -> None:
+    index = root([{"name": name}, {"name": "good"}])
+    assert [p.normalized for p in index.projects] == ["good"]
+    assert len(index.rejected) == 1
+    entry, reason = index.rejected[0]
+    assert entry == name
+    assert "not a valid project name" in reason
+
+
+@pytest.mark.parametrize("entry", [{"name": 5}, {"name": None}, {}, "foo", 17, None, ["foo"]])
+def test_root_entries_without_string_name_rejected(entry: object) -> None:
+    index = root([entry, {"name": "good"}])
+    assert [p.normalized for p in index.projects] == ["good"]
+    assert len(index.rejected) == 1
+    assert "without a string 'name'" in index.rejected[0][1]
+
+
+def test_root_rejected_entry_text_is_truncated() -> None:
+    index = root([{"name": "x" * 1000 + " invalid"}])
+    assert len(index.rejected[0][0]) == 200
+
+
+def test_root_collision_keeps_higher_serial_when_it_comes_second() -> None:
+    index = root(
+        [{"name": "Foo_Bar", "_last-serial": 5}, {"name": "foo-bar", "_last-serial": 9}]
+    )
+    assert index.projects == (RootProject("foo-bar", "foo-bar", 9),)
+    assert len(index.rejected) == 1
+    entry, reason = index.rejected[0]
+    assert entry == "Foo_Bar"
+    assert "collides" in reason and "'foo-bar'" in reason
+
+
+def test_root_collision_keeps_higher_serial_when_it_comes_first() -> None:
+    index = root(
+        [{"name": "foo.bar", "_last-serial": 9}, {"name": "FOO-BAR", "_last-serial": 5}]
+    )
+    assert index.projects == (RootProject("foo.bar", "foo-bar", 9),)
+    assert [e for e, _ in index.rejected] == ["FOO-BAR"]
+    assert "'foo.bar'" in index.rejected[0][1]
+
+
+def test_root_collision_known_serial_beats_missing_serial() -> None:
+    index = root([{"name": "Foo"}, {"name": "foo", "_last-serial": 4}])
+    assert index.projects == (RootProject("foo", "foo", 4),)
+    assert [e for e, _ in index.rejected] == ["Foo"]
+
+
+def test_root_collision_of_three_spellings_keeps_one() -> None:
+    index = root(
+        [
+            {"name": "a-b", "_last-serial": 1},
+            {"name": "A_B", "_last-serial": 3},
+            {"name": "a.b", "_last-serial": 2},
+        ]
+    )
+    assert index.projects == (RootProject("A_B", "a-b", 3),)
+    assert sorted(e for e, _ in index.rejected) == ["a-b", "a.b"]
+
+
+def test_root_collision_does_not_disturb_other_projects() -> None:
+    index = root(
+        [
+            {"name": "one", "_last-serial": 1},
+            {"name": "Two", "_last-serial": 2},
+            {"name": "two", "_last-serial": 7},
+            {"name": "three", "_last-serial": 3},
+        ]
+    )
+    assert {p.normalized: p.serial for p in index.projects} == {"one": 1, "two": 7, "three": 3}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, [], "projects", 5, {}, {"meta": {"_last-serial": 1}}, {"projects": None},
+     {"projects": {"foo": {}}}, {"projects": "foo"}],
+)
+def test_root_not_usable_raises_upstream_data_error(data: object) -> None:
+    with pytest.raises(UpstreamDataError):
+        RootIndex.from_json_data(data)
+
+
+def test_upstream_data_error_is_a_value_error() -> None:
+    assert issubclass(UpstreamDataError, ValueError)
+
+
+# -- ProjectPage: the page itself ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, [], "x", {}, {"name": "foo"}, {"name": "foo", "files": None},
+     {"name": "foo", "files": {"a": 1}}],
+)
+def test_page_without_files_list_raises(data: object) -> None:
+    with pytest.raises(UpstreamDataError, match="simple/foo/"):
+        ProjectPage.from_json_data(data, page_url=PAGE_URL)
+
+
+@pytest.mark.parametrize("name", [None, 5, ["foo"]])
+def test_page_without_string_name_raises(name: object) -> None:
+    data: dict[str, Any] = {"files": []}
+    if name is not None:
+        data["name"] = name
+    with pytest.raises(UpstreamDataError, match="name"):
+        ProjectPage.from_json_data(data, page_url=PAGE_URL)
+
+
+@pytest.mark.parametrize(
+    ("given", "normalized"),
+    [("Foo_Bar", "foo-bar"), ("FOO.bar", "foo-bar"), ("foo__-.bar", "foo-bar"), ("foo", "foo")],
+)
+def test_page_name_is_normalized(given: str, normalized: str) -> None:
+    assert parse_page(name=given).name == normalized
+
+
+def test_page_serial_from_meta_int_and_string() -> None:
+    data = page_data()
+    data["meta"]["_last-serial"] = 31
+    assert ProjectPage.from_json_data(data, page_url=PAGE_URL, header_serial=2).serial == 31
+    data["meta"]["_last-serial"] = "32"
+    assert ProjectPage.from_json_data(data, page_url=PAGE_URL).serial == 32
+
+
+def test_page_serial_header_fallback() -> None:
+    data = page_data()
+    assert ProjectPage.from_json_data(data, page_url=PAGE_URL).serial is None
+    assert ProjectPage.from_json_data(data, page_url=PAGE_URL, header_serial=8).serial == 8
+    data["meta"]["_last-serial"] = True
+    assert ProjectPage.from_json_data(data, page_url=PAGE_URL, header_serial=8).serial == 8
+
+
+def test_page_versions() -> None:
+    assert parse_page().versions is None
+    assert parse_page(versions=["1.0", "2.0b1"]).versions == ("1.0", "2.0b1")
+    assert parse_page(versions=[]).versions == ()
+    assert parse_page(versions="1.0").versions is None
+
+
+def test_page_unknown_top_level_keys_kept_known_and_pep708_dropped() -> None:
+    page = parse_page(
+        file_entry(),
+        versions=["1.0"],
+        **{
+            "project-status": {"status": "archived"},
+            "x-custom": [1, {"a": None}],
+            "tracks": ["https://other.example/simple/foo/"],
+            "alternate-locations": ["https://mirror.example/simple/foo/"],
+        },
+    )
+    assert dict(page.extra) == {
+        "project-status": {"status": "archived"},
+        "x-custom": [1, {"a": None}],
+    }
+
+
+def test_page_files_keep_upstream_order() -> None:
+    page = parse_page(
+        file_entry("foo-2.0.tar.gz"), file_entry("foo-1.0.tar.gz"), file_entry("foo-1.5.zip")
+    )
+    assert [f.filename for f in page.files] == ["foo-2.0.tar.gz", "foo-1.0.tar.gz", "foo-1.5.zip"]
+
+
+def test_page_duplicate_filename_first_kept_second_rejected() -> None:
+    first = file_entry("foo-1.0.tar.gz", hashes={"sha256": SHA_A})
+    second = file_entry("foo-1.0.tar.gz", hashes={"sha256": SHA_B})
+    other = file_entry("foo-2.0.tar.gz")
+    page = parse_page(first, second, other)
+    assert [(f.filename, f.hashes["sha256"]) for f in page.files] == [
+        ("foo-1.0.tar.gz", SHA_A),
+        ("foo-2.0.tar.gz", SHA_A),
+    ]
+    assert len(page.rejected) == 1
+    assert page.rejected[0][0] == "foo-1.0.tar.gz"
+    assert "listed twice" in page.rejected[0][1]
+
+
+def test_page_bad_entry_rejected_others_kept() -> None:
+    page = parse_page(
+        file_entry("good-1.0.tar.gz"),
+        file_entry("bad-1.0.tar.gz", hashes={"sha256": "nothex"}),
+        "not an object",
+        file_entry("good-2.0.tar.gz"),
+    )
+    assert [f.filename for f in page.files] == ["good-1.0.tar.gz", "good-2.0.tar.gz"]
+    assert [label for label, _ in page.rejected] == ["bad-1.0.tar.gz", "'not an object'"]
+    assert "hex" in page.rejected[0][1]
+    assert "not an object" in page.rejected[1][1]
+
+
+def test_rejected_duplicate_does_not_count_as_seen_when_first_was_rejected() -> None:
+    bad = file_entry("foo-1.0.tar.gz", hashes={"sha256": "zz"})
+    good = file_entry("foo-1.0.tar.gz", hashes={"sha256": SHA_B})
+    page = parse_page(bad, good)
+    assert [f.hashes["sha256"] for f in page.files] == [SHA_B]
+    assert len(page.rejected) == 1
+
+
+# -- ProjectPage: URLs ---------------------------------------------------------------------
+
+
+def test_absolute_url_kept() -> None:
+    url = "https://files.example/packages/ab/cd/foo-1.0.tar.gz"
+    assert parse_one(file_entry(url=url)).url == url
+
+
+def test_plain_http_url_accepted() -> None:
+    url = "http://files.example/foo-1.0.tar.gz"
+    assert parse_one(file_entry(url=url)).url == url
+
+
+def test_host_relative_url_resolved_against_page_host() -> None:
+    dist = parse_one(file_entry(url="/packages/ab/cd/foo-1.0.tar.gz"))
+    assert dist.url == "https://index.example/packages/ab/cd/foo-1.0.tar.gz"
+
+
+def test_relative_url_resolved_against_page_url() -> None:
+    dist = parse_one(file_entry(url="../../packages/ab/cd/foo-1.0.tar.gz"))
+    assert dist.url == "https://index.example/packages/ab/cd/foo-1.0.tar.gz"
+
+
+def test_same_directory_relative_url() -> None:
+    dist = parse_one(file_entry(url="foo-1.0.tar.gz"))
+    assert dist.url == "https://index.example/simple/foo/foo-1.0.tar.gz"
+
+
+def test_relative_url_depends_on_page_url() -> None:
+    dist = parse_one(
+        file_entry(url="../files/foo-1.0.tar.gz"), page_url="http://h.example:8080/idx/foo/"
+    )
+    assert dist.url == "http://h.example:8080/idx/files/foo-1.0.tar.gz"
+
+
+def test_metadata_url_is_file_url_plus_suffix() -> None:
+    dist = parse_one(file_entry(url="/p/foo-1.0.tar.gz"))
+    assert dist.metadata_url == "https://index.example/p/foo-1.0.tar.gz.metadata"
+
+
+def test_metadata_url_drops_fragment_of_file_url() -> None:
+    # PEP 658: the metadata lives at the file's URL plus ".metadata"; appending the
+    # suffix after a "#fragment" would silently fetch the distribution itself
+    # (pip builds it from the URL without its fragment).
+    dist = parse_one(file_entry(url=f"https://files.example/foo-1.0.tar.gz#sha256={SHA_A}"))
+    assert dist.metadata_url == "https://files.example/foo-1.0.tar.gz.metadata"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "ftp://files.example/foo-1.0.tar.gz",
+        "data:application/octet-stream;base64,AAAA",
+        "gopher://files.example/foo",
+    ],
+)
+def test_non_http_url_rejected(url: str) -> None:
+    assert "http" in rejection(file_entry(url=url))
+
+
+@pytest.mark.parametrize("url", [None, "", 5, ["https://x/"]])
+def test_missing_or_non_string_url_rejected(url: object) -> None:
+    entry = file_entry()
+    if url is None:
+        del entry["url"]
+    else:
+        entry["url"] = url
+    assert "url" in rejection(entry)
+
+
+# -- ProjectPage: file names ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "../x",
+        "..",
+        ".",
+        "a/b",
+        "/etc/passwd",
+        "a\\b",
+        "..\\x",
+        "a\0b",
+        "a\nb",
+        "a\rb",
+        "a\tb",
+        "a\x1bb",
+        "a\x7fb",
+        ".hidden",
+        ".metadata",
+        "x" * (MAX_FILENAME_BYTES + 1),
+        "\u00e9" * (MAX_FILENAME_BYTES // 2 + 1),
+    ],
+)
+def test_hostile_filenames_rejected(filename: str) -> None:
+    rejection(file_entry(filename, url="https://files.example/x"))
+
+
+@pytest.mark.parametrize("filename", [None, "", 5, ["a"]])
+def test_missing_or_non_string_filename_rejected(filename: object) -> None:
+    entry = file_entry()
+    if filename is None:
+        del entry["filename"]
+    else:
+        entry["filename"] = filename
+    assert "filename" in rejection(entry)
+
+
+def test_filename_length_limit_is_in_bytes() -> None:
+    assert MAX_FILENAME_BYTES + len(".metadata") == 255
+    longest = "x" * (MAX_FILENAME_BYTES - len(".tar.gz")) + ".tar.gz"
+    assert parse_one(file_entry(longest)).filename == longest
+    # Fewer characters than the limit, more bytes: rejected.
+    wide = "\u00e9" * (MAX_FILENAME_BYTES // 2 - 2) + "-1.0.zip"
+    assert len(wide) < MAX_FILENAME_BYTES < len(wide.encode())
+    assert "longer" in rejection(file_entry(wide))
+
+
+def test_c1_control_characters_in_filename_rejected() -> None:
+    # U+0080..U+009F are control characters (Unicode category Cc) just like
+    # U+0000..U+001F and U+007F; U+0085 is even a line break for str.splitlines.
+    for control in ["\x80", "\x85", "\x9f"]:
+        rejection(file_entry(f"foo{control}-1.0.tar.gz"))
+
+
+def test_lone_surrogate_in_filename_rejected() -> None:
+    # json.loads('"\\ud800"') yields a lone surrogate; such a name cannot be
+    # encoded as UTF-8, so it can be neither written to disk nor put on a page.
+    name = "foo-1.0\ud800.tar.gz"
+    rejection(file_entry(name))
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "foo-1.0.tar.gz",
+        "foo-1.0-py3-none-any.whl",
+        "foo bar#1%2+3.tar.gz",
+        "caf\u00e9-1.0.tar.gz",
+        "a<b>&\"'.zip",
+        "foo..bar-1.0.tar.gz",
+    ],
+)
+def test_ordinary_and_odd_but_safe_filenames_accepted(filename: str) -> None:
+    assert parse_one(file_entry(filename)).filename == filename
+
+
+# -- ProjectPage: hashes -------------------------------------------------------------------
+
+
+def test_uppercase_hex_and_algorithm_normalized_to_lowercase() -> None:
+    dist = parse_one(file_entry(hashes={"SHA256": SHA_A.upper()}))
+    assert dict(dist.hashes) == {"sha256": SHA_A}
+
+
+def test_several_verifiable_hashes_kept() -> None:
+    dist = parse_one(file_entry(hashes={"sha256": SHA_A, "md5": md5(b"file a").upper()}))
+    assert dict(dist.hashes) == {"sha256": SHA_A, "md5": md5(b"file a")}
+
+
+def test_unknown_algorithm_ignored() -> None:
+    dist = parse_one(file_entry(hashes={"sha256": SHA_A, "frobnicate": "not even hex"}))
+    assert dict(dist.hashes) == {"sha256": SHA_A}
+
+
+def test_extendable_output_algorithm_ignored() -> None:
+    dist = parse_one(file_entry(hashes={"sha256": SHA_A, "shake_128": "00" * 16}))
+    assert dict(dist.hashes) == {"sha256": SHA_A}
+
+
+@pytest.mark.parametrize(
+    "hashes",
+    [
+        {"sha256": "g" * 64},
+        {"sha256": SHA_A[:-1] + "z"},
+        {"sha256": " " + SHA_A[1:]},
+        {"sha256": SHA_A[:63]},
+        {"sha256": SHA_A + "0"},
+        {"sha256": ""},
+        {"sha256": 12345},
+        {"sha256": None},
+        {"sha256": SHA_A, "md5": "0" * 31},
+    ],
+)
+def test_malformed_digest_rejects_entry(hashes: dict[str, Any]) -> None:
+    reason = rejection(file_entry(hashes=hashes))
+    assert "hex digest" in reason or "wrong length" in reason
+
+
+@pytest.mark.parametrize(
+    "hashes", [{}, {"frobnicate": SHA_A}, {"shake_256": SHA_A}, None, "sha256=" + SHA_A, [SHA_A]]
+)
+def test_no_verifiable_hash_rejects_entry(hashes: object) -> None:
+    entry = file_entry()
+    if hashes is None:
+        del entry["hashes"]
+    else:
+        entry["hashes"] = hashes
+    rejection(entry)
+
+
+# -- ProjectPage: size, yanked, requires-python, upload-time ------------------------------
+
+
+@pytest.mark.parametrize("size", [-1, True, False, "10", 1.5, [10]])
+def test_bad_size_rejects_entry(size: object) -> None:
+    assert "size" in rejection(file_entry(size=size))
+
+
+def test_valid_sizes() -> None:
+    assert parse_one(file_entry(size=0)).size == 0
+    assert parse_one(file_entry(size=123456)).size == 123456
+    assert parse_one(file_entry()).size is None
+
+
+@pytest.mark.parametrize(
+    ("yanked", "expected"),
+    [
+        (False, (False, None)),
+        (True, (True, None)),
+        ("broken build", (True, "broken build")),
+        ("<b>\"quoted\" & 'odd'</b>", (True, "<b>\"quoted\" & 'odd'</b>")),
+    ],
+)
+def test_yanked(yanked: object, expected: tuple[bool, str | None]) -> None:
+    dist = parse_one(file_entry(yanked=yanked))
+    assert (dist.yanked, dist.yanked_reason) == expected
+
+
+def test_not_yanked_when_absent() -> None:
+    dist = parse_one(file_entry())
+    assert (dist.yanked, dist.yanked_reason) == (False, None)
+
+
+def test_requires_python_and_upload_time() -> None:
+    dist = parse_one(
+        file_entry(requires_python=">=3.8, <4", upload_time="2024-01-02T03:04:05.123456Z")
+    )
+    assert dist.requires_python == ">=3.8, <4"
+    assert dist.upload_time == "2024-01-02T03:04:05.123456Z"
+    bare = parse_one(file_entry())
+    assert (bare.requires_python, bare.upload_time) == (None, None)
+
+
+def test_non_string_requires_python_and_upload_time_ignored() -> None:
+    dist = parse_one(file_entry(requires_python=3, upload_time=1700000000))
+    assert (dist.requires_python, dist.upload_time) == (None, None)
+
+
+# -- ProjectPage: core metadata (PEP 658 / 714) ---------------------------------------------
+
+
+META_SHA = sha256(b"Metadata-Version: 2.1\n")
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({}, False),
+        ({"core-metadata": False}, False),
+        ({"core-metadata": True}, True),
+        ({"core-metadata": {"sha256": META_SHA.upper()}}, {"sha256": META_SHA}),
+        # A dict whose algorithms are all unknown still says the metadata exists.
+        ({"core-metadata": {"frobnicate": "x"}}, True),
+        ({"core-metadata": {}}, True),
+        # The PEP 658 spellings, used when core-metadata is absent.
+        ({"data-dist-info-metadata": True}, True),
+        ({"data-dist-info-metadata": {"sha256": META_SHA}}, {"sha256": META_SHA}),
+        ({"dist-info-metadata": {"sha256": META_SHA}}, {"sha256": META_SHA}),
+        ({"data-dist-info-metadata": False}, False),
+        # The PEP 714 name wins over the old ones.
+        ({"core-metadata": False, "data-dist-info-metadata": True}, False),
+        (
+            {"core-metadata": {"sha256": META_SHA}, "data-dist-info-metadata": {"sha256": SHA_B}},
+            {"sha256": META_SHA},
+        ),
+        ({"core-metadata": True, "dist-info-metadata": False}, True),
+    ],
+)
+def test_core_metadata(keys: dict[str, Any], expected: object) -> None:
+    entry = file_entry()
+    entry.update(keys)
+    dist = parse_one(entry)
+    if isinstance(expected, dict):
+        assert isinstance(dist.core_metadata, dict)
+        assert dict(dist.core_metadata) == expected
+    else:
+        assert dist.core_metadata is expected
+
+
+def test_malformed_core_metadata_hash_rejects_entry() -> None:
+    reason = rejection(file_entry(core_metadata={"sha256": "nothex"}))
+    assert "core-metadata" in reason
+
+
+# -- ProjectPage: per-file extra keys ------------------------------------------------------
+
+
+def test_unknown_file_keys_kept_known_and_dropped_keys_not() -> None:
+    entry = file_entry(
+        size=10,
+        yanked="why",
+        requires_python=">=3",
+        upload_time="2024-01-01T00:00:00Z",
+        core_metadata=True,
+        data_dist_info_metadata=True,
+        dist_info_metadata=True,
+        gpg_sig=True,
+        provenance="https://index.example/integrity/foo/1.0/foo-1.0.tar.gz/provenance",
+    )
+    entry["x-custom"] = {"nested": [1, 2]}
+    entry["unknown_underscored"] = None
+    dist = parse_one(entry)
+    assert dict(dist.extra) == {"x-custom": {"nested": [1, 2]}, "unknown_underscored": None}
+
+
+# -- version_of --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filename", "version"),
+    [
+        ("foo-1.0.tar.gz", "1.0"),
+        ("foo-1.0.zip", "1.0"),
+        ("foo_bar-2.3.4-py3-none-any.whl", "2.3.4"),
+        ("foo-1.0-1-cp311-cp311-manylinux_2_17_x86_64.whl", "1.0"),
+        # Versions come back PEP 440 normalized.
+        ("foo-1.0RC1.tar.gz", "1.0rc1"),
+        ("foo-01.02.tar.gz", "1.2"),
+        ("Foo-1!2.0.post1.tar.gz", "1!2.0.post1"),
+    ],
+)
+def test_version_of_dists(filename: str, version: str) -> None:
+    assert version_of(filename) == version
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "foo-1.0.exe",
+        "foo-1.0-py2.7.egg",
+        "foo-1.0.tar.bz2",
+        "foo.whl",
+        "foo-1.0.whl",
+        "foo-notaversion.tar.gz",
+        "foo.tar.gz",
+        "README",
+    ],
+)
+def test_version_of_non_dists_is_none(filename: str) -> None:
+    assert version_of(filename) is None
+
+
+# -- HeldFile.matches --------------------------------------------------------------------
+
+
+def held(filename: str = "foo-1.0.tar.gz", **hashes: str) -> HeldFile:
+    return HeldFile(
+        project="foo",
+        filename=filename,
+        path=f"packages/xx/yy/zz/{filename}",
+        size=6,
+        hashes=hashes or {"sha256": SHA_A},
+        url=f"https://files.example/{filename}",
+    )
+
+
+def dist(filename: str = "foo-1.0.tar.gz", **hashes: str) -> DistFile:
+    return DistFile(filename=filename, url=f"https://files.example/{filename}", hashes=hashes)
+
+
+def test_matches_same_name_same_hash() -> None:
+    assert held(sha256=SHA_A).matches(dist(sha256=SHA_A))
+
+
+def test_matches_fails_on_different_hash() -> None:
+    assert not held(sha256=SHA_A).matches(dist(sha256=SHA_B))
+
+
+def test_matches_fails_on_different_filename() -> None:
+    assert not held("foo-1.0.tar.gz", sha256=SHA_A).matches(dist("foo-1.0.zip", sha256=SHA_A))
+
+
+def test_matches_needs_a_common_algorithm() -> None:
+    assert not held(sha256=SHA_A).matches(dist(md5=md5(b"file a")))
+
+
+def test_matches_uses_common_algorithms_only() -> None:
+    copy = held(sha256=SHA_A, md5=md5(b"file a"))
+    assert copy.matches(dist(md5=md5(b"file a")))
+    assert copy.matches(dist(sha256=SHA_A, sha512=hashlib.sha512(b"x").hexdigest()))
+
+
+def test_matches_fails_when_any_common_hash_disagrees() -> None:
+    copy = held(sha256=SHA_A, md5=md5(b"file a"))
+    assert not copy.matches(dist(sha256=SHA_A, md5=md5(b"other")))
+    assert not copy.matches(dist(sha256=SHA_B, md5=md5(b"file a")))

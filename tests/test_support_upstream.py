@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
+
 from tests.support import dists
 from tests.support._http import negotiate
 from tests.support.dists import make_sdist, make_wheel

@@ -310,3 +310,36 @@ def test_widening_the_project_filter_does_not_trust_the_old_etag(
     assert upstream.requests[0].header("If-None-Match") is None
     assert summary.exit_code == 0 and summary.changed == 1
     assert sorted(assert_consistent(tmp_path / "web")) == ["foo-bar-baz", "tiny"]
+
+
+def test_disk_full_while_writing_pages_stops_cleanly_then_converges(
+    upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import errno
+
+    from simplemirror import publish
+
+    sync(upstream, tmp_path)
+    old_serial = world.project("tiny").serial
+    world.add_release("tiny", "0.2")
+    real_write = publish.write_atomic
+
+    def full_disk(target: Path, data: bytes, tmp: Path) -> None:
+        if target.parent.name == "tiny":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(target, data, tmp)
+
+    monkeypatch.setattr(publish, "write_atomic", full_disk)
+    with pytest.raises(SyncError, match="No space left"):
+        sync(upstream, tmp_path)
+    # The old pages still stand and still point at verified files.
+    assert "tiny-0.2.tar.gz" not in assert_consistent(tmp_path / "web")["tiny"]
+    # state.db does not claim the copy the disk could not take: the serial is the old one.
+    assert db_rows(tmp_path, "SELECT serial FROM projects WHERE name = 'tiny'") == [(old_serial,)]
+    assert db_rows(tmp_path, "SELECT outcome FROM runs ORDER BY generation DESC LIMIT 1") == [
+        ("error",)
+    ]
+
+    monkeypatch.setattr(publish, "write_atomic", real_write)
+    assert sync(upstream, tmp_path).exit_code == 0
+    assert "tiny-0.2.tar.gz" in assert_consistent(tmp_path / "web")["tiny"]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import responses
-import tenacity.nap
 
 from simplemirror import __version__, config
 from simplemirror.config import Config
@@ -44,21 +42,8 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 
 
 @pytest.fixture(autouse=True)
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Every wait tenacity asks for, recorded instead of slept.
-
-    tenacity's default ``sleep`` (bound into Retrying at import time) calls
-    ``time.sleep`` through the ``time`` module held by ``tenacity.nap``.
-    """
-    recorded: list[float] = []
-    monkeypatch.setattr(tenacity.nap.time, "sleep", recorded.append)
-    return recorded
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
+def _no_sleeping(sleeps: list[float]) -> None:
+    """No test here really waits for a backoff."""
 
 
 @pytest.fixture

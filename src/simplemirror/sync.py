@@ -200,18 +200,27 @@ class Sync:
         # The publish order: files, then each project's pages (inside
         # _fetch_all, as each project's downloads finish), then the root.
         publisher = Publisher(config.web, config.tmp, state, generation)
-        self._fetch_all(plan, state, publisher, summary)
-        complete = not summary.deferred and not summary.failed
-        with state.transaction():
-            if complete and root.serial is not None:
-                state.set_meta("root_serial", str(root.serial))
-            serial = state.get_meta("root_serial")
-            publisher.root(state.root_entries(), int(serial) if serial else None)
-            if not root.not_modified:
-                # Saved only now: a run that dies before this point sees the
-                # full root again next time, not a 304.
-                state.set_meta("root_etag", root.etag)
-                state.set_meta("root_scope", self._scope())
+        complete = False
+        try:
+            self._fetch_all(plan, state, publisher, summary)
+            complete = not summary.deferred and not summary.failed
+            with state.transaction():
+                if complete and root.serial is not None:
+                    state.set_meta("root_serial", str(root.serial))
+                serial = state.get_meta("root_serial")
+                publisher.root(state.root_entries(), int(serial) if serial else None)
+                if not root.not_modified:
+                    # Saved only now: a run that dies before this point sees
+                    # the full root again next time, not a 304.
+                    state.set_meta("root_etag", root.etag)
+                    state.set_meta("root_scope", self._scope())
+        except OSError as exc:
+            if isinstance(exc, requests.RequestException):
+                raise
+            raise SyncError(
+                f"cannot write into {config.directory}: {exc}; "
+                "free some space or fix its permissions, then run again"
+            ) from exc
         summary.outcome = "ok" if complete else "partial"
         state.finish_run(
             generation,
@@ -429,9 +438,8 @@ class Sync:
             log.warning("%s: %s failed: %s", project.todo.name, filename, exc)
             self.reporter.file_done(0)
             return
-        except OSError as exc:
-            # The disk, not upstream: no later file will fare better.
-            raise SyncError(f"cannot write {filename} into {self.config.web}: {exc}") from exc
+        except OSError:
+            raise  # the disk, not upstream: no later file will fare better
         project.done[filename] = held
         if todo.fetch_file:
             summary.files_fetched += 1
@@ -459,19 +467,22 @@ class Sync:
         info = ProjectInfo(name, page.serial, versions, page.extra)
         error = "; ".join(f"{f}: {e}" for f, e in project.errors) or None
         status = Status.FAILED if project.errors else Status.OK
-        state.record_project(
-            name,
-            status=status,
-            error=error,
-            page_serial=page.serial,
-            page_data={"versions": list(versions), "extra": dict(page.extra)},
-            files=files,
-            gone=project.files.gone,
-            generation=publisher.generation,
-        )
-        for filename, err in project.errors:
-            state.record_failure(publisher.generation, name, filename, "failed", err)
+        # Pages before the project's row: should writing them fail, state.db
+        # must not claim a copy the disk does not hold.
         publisher.project(info, files)
+        with state.transaction():
+            state.record_project(
+                name,
+                status=status,
+                error=error,
+                page_serial=page.serial,
+                page_data={"versions": list(versions), "extra": dict(page.extra)},
+                files=files,
+                gone=project.files.gone,
+                generation=publisher.generation,
+            )
+            for filename, err in project.errors:
+                state.record_failure(publisher.generation, name, filename, "failed", err)
         summary.changed += 1
         if project.errors:
             summary.failed.append((name, error or ""))

@@ -343,3 +343,21 @@ def test_disk_full_while_writing_pages_stops_cleanly_then_converges(
     monkeypatch.setattr(publish, "write_atomic", real_write)
     assert sync(upstream, tmp_path).exit_code == 0
     assert "tiny-0.2.tar.gz" in assert_consistent(tmp_path / "web")["tiny"]
+
+
+def test_progress_bars_on_a_terminal(upstream: Upstream, tmp_path: Path):
+    import io
+
+    from rich.console import Console
+
+    from simplemirror.report import RichReporter
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    cfg = config.build({}, {"upstream": upstream.url, "directory": str(tmp_path)})
+    with RichReporter(console) as reporter:
+        summary = Sync(cfg, reporter).run()
+    assert summary.exit_code == 0
+    assert (reporter.projects_done, reporter.files_done) == (2, 6)
+    text = out.getvalue()
+    assert "projects" in text and "2/2" in text and "6/6" in text and "MB/s" in text

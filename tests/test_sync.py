@@ -361,3 +361,10 @@ def test_progress_bars_on_a_terminal(upstream: Upstream, tmp_path: Path):
     assert (reporter.projects_done, reporter.files_done) == (2, 6)
     text = out.getvalue()
     assert "projects" in text and "2/2" in text and "6/6" in text and "MB/s" in text
+
+
+def test_leftovers_of_a_dead_run_are_cleared(upstream: Upstream, tmp_path: Path):
+    (tmp_path / "tmp").mkdir(parents=True)
+    (tmp_path / "tmp" / "dl-killed").write_bytes(b"half a wheel")
+    assert sync(upstream, tmp_path).exit_code == 0
+    assert not list((tmp_path / "tmp").iterdir())

@@ -165,6 +165,10 @@ class Sync:
         for d in (config.directory, config.web, config.tmp):
             d.mkdir(parents=True, exist_ok=True)
         with locked(config.directory):
+            # Under the lock nothing else uses tmp/: whatever is there was left
+            # by a run that died, and was never published.
+            for leftover in config.tmp.iterdir():
+                leftover.unlink(missing_ok=True)
             state = State(config.state_path)
             try:
                 summary = self._run_locked(state)

@@ -6,18 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 import responses
-import tenacity
+
+from simplemirror.upstream import Client
 
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Every wait tenacity asks for, recorded instead of slept.
-
-    tenacity's default ``sleep`` (bound into Retrying at import time) calls
-    ``time.sleep`` through the ``time`` module held by ``tenacity.nap``.
-    """
+    """Every wait between retries, recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(tenacity.nap.time, "sleep", recorded.append)
+    monkeypatch.setattr(Client, "pause", lambda self, seconds: recorded.append(seconds))
     return recorded
 
 

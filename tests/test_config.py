@@ -378,3 +378,14 @@ def test_shipped_example_config_loads_and_documents_every_key() -> None:
     assert cfg.upstream.startswith("http://127.0.0.1")
     for key in KEYS:
         assert f"\n{key} = " in text, f"config.example.toml does not document {key}"
+
+
+def test_file_hosts_extend_the_upstream_host() -> None:
+    from simplemirror.config import build
+
+    cfg = build({}, {"upstream": "https://Index.Example/simple/", "directory": "/x",
+                     "file_hosts": ["Files.Example"]})
+    assert cfg.allowed_file_hosts == {"index.example", "files.example"}
+    with pytest.raises(ConfigError, match="file-hosts"):
+        build({}, {"upstream": "https://i.example/simple/", "directory": "/x",
+                   "file_hosts": ["https://files.example/"]})

@@ -402,3 +402,26 @@ def test_read_only_web_dir_propagates_and_leaves_no_temp_file(
     assert len(rsps.calls) == 1
     assert mirror.tmp_files() == []
     assert mirror.web_files() == []
+
+
+def test_undeclared_size_is_capped_by_max_file_size(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    capped = Mirror(tmp_path / "capped", max_file_size=len(BODY) - 1, retries=0)
+    add_body(rsps, BODY)
+    with pytest.raises(VerificationError, match="max-file-size"):
+        capped.fetch_file(expected_size=None)
+    assert capped.web_files() == [] and capped.tmp_files() == []
+
+
+def test_stop_request_ends_a_download_and_leaves_nothing(
+    rsps: responses.RequestsMock, mirror: Mirror
+) -> None:
+    from simplemirror.upstream import Interrupted
+
+    add_body(rsps, BODY)
+    mirror.client.stop.set()
+    with pytest.raises(Interrupted):
+        mirror.fetch_file()
+    assert len(rsps.calls) == 0, "no attempt is made once a stop was requested"
+    assert mirror.web_files() == [] and mirror.tmp_files() == []

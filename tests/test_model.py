@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -38,7 +39,7 @@ def file_entry(filename: str = "foo-1.0.tar.gz", **overrides: Any) -> dict[str, 
     """A valid PEP 691 file entry; keyword arguments replace or add keys (None removes)."""
     entry: dict[str, Any] = {
         "filename": filename,
-        "url": f"https://files.example/packages/ab/cd/{filename}",
+        "url": f"https://files.example/packages/ab/cd/{quote(filename, errors='surrogatepass')}",
         "hashes": {"sha256": SHA_A},
     }
     for key, value in overrides.items():
@@ -224,10 +225,8 @@ def test_root_collision_keeps_higher_serial_when_it_comes_second() -> None:
         [{"name": "Foo_Bar", "_last-serial": 5}, {"name": "foo-bar", "_last-serial": 9}]
     )
     assert index.projects == (RootProject("foo-bar", "foo-bar", 9),)
-    assert len(index.rejected) == 1
-    entry, reason = index.rejected[0]
-    assert entry == "Foo_Bar"
-    assert "collides" in reason and "'foo-bar'" in reason
+    assert index.collisions == (("Foo_Bar", "foo-bar"),)
+    assert index.rejected == ()
 
 
 def test_root_collision_keeps_higher_serial_when_it_comes_first() -> None:
@@ -235,14 +234,13 @@ def test_root_collision_keeps_higher_serial_when_it_comes_first() -> None:
         [{"name": "foo.bar", "_last-serial": 9}, {"name": "FOO-BAR", "_last-serial": 5}]
     )
     assert index.projects == (RootProject("foo.bar", "foo-bar", 9),)
-    assert [e for e, _ in index.rejected] == ["FOO-BAR"]
-    assert "'foo.bar'" in index.rejected[0][1]
+    assert index.collisions == (("FOO-BAR", "foo.bar"),)
 
 
 def test_root_collision_known_serial_beats_missing_serial() -> None:
     index = root([{"name": "Foo"}, {"name": "foo", "_last-serial": 4}])
     assert index.projects == (RootProject("foo", "foo", 4),)
-    assert [e for e, _ in index.rejected] == ["Foo"]
+    assert index.collisions == (("Foo", "foo"),)
 
 
 def test_root_collision_of_three_spellings_keeps_one() -> None:
@@ -254,7 +252,7 @@ def test_root_collision_of_three_spellings_keeps_one() -> None:
         ]
     )
     assert index.projects == (RootProject("A_B", "a-b", 3),)
-    assert sorted(e for e, _ in index.rejected) == ["a-b", "a.b"]
+    assert sorted(dropped for dropped, _ in index.collisions) == ["a-b", "a.b"]
 
 
 def test_root_collision_does_not_disturb_other_projects() -> None:
@@ -795,3 +793,21 @@ def test_matches_fails_when_any_common_hash_disagrees() -> None:
     copy = held(sha256=SHA_A, md5=md5(b"file a"))
     assert not copy.matches(dist(sha256=SHA_A, md5=md5(b"other")))
     assert not copy.matches(dist(sha256=SHA_B, md5=md5(b"file a")))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://files.example/packages/other-1.0.tar.gz",
+        "https://files.example/packages/foo-1.0.tar.gz/",
+        "https://files.example/download?file=foo-1.0.tar.gz",
+        "https://files.example/packages/..%2Ffoo-1.0.tar.gz",
+    ],
+)
+def test_filename_must_match_the_last_part_of_its_url(url: str) -> None:
+    assert "does not match" in rejection(file_entry("foo-1.0.tar.gz", url=url))
+
+
+def test_percent_encoded_url_matches_its_filename() -> None:
+    url = "https://files.example/p/foo%2Bbar-1.0%2Blocal.tar.gz#sha256=" + SHA_A
+    assert parse_one(file_entry("foo+bar-1.0+local.tar.gz", url=url)).url == url

@@ -16,6 +16,7 @@ from simplemirror.plan import (
     plan_files,
     plan_retry,
     plan_sync,
+    refuse_foreign_hosts,
 )
 
 NOT_OK = [Status.PENDING, Status.DEFERRED, Status.FAILED, Status.REMOVED]
@@ -398,3 +399,18 @@ def test_mixed_page_keeps_upstream_order_in_fetch() -> None:
     assert all(t.fetch_file and t.held is None for t in plan.fetch)
     assert plan.keep == ((d2, h2),)
     assert plan.gone == ()
+
+
+def test_files_on_foreign_hosts_are_refused_with_a_reason() -> None:
+    def dist(name: str, url: str) -> DistFile:
+        return DistFile(filename=name, url=url, hashes={"sha256": "0" * 64})
+
+    files = [
+        dist("a-1.tar.gz", "https://index.example/packages/a-1.tar.gz"),
+        dist("b-1.tar.gz", "https://FILES.example:8443/b-1.tar.gz"),
+        dist("c-1.tar.gz", "https://evil.example/c-1.tar.gz"),
+    ]
+    allowed, refused = refuse_foreign_hosts(files, {"index.example", "files.example"})
+    assert [d.filename for d in allowed] == ["a-1.tar.gz", "b-1.tar.gz"]
+    assert [name for name, _ in refused] == ["c-1.tar.gz"]
+    assert "evil.example" in refused[0][1] and "file-hosts" in refused[0][1]

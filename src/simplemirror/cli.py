@@ -2,13 +2,15 @@
 
 Exit status: 0 the mirror is fully up to date; 1 the run finished but some
 projects were deferred or failed, or it could not run at all; 2 usage or
-configuration error; 130 interrupted.
+configuration error; 128 + the signal's number when stopped by SIGINT (130)
+or SIGTERM (143).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ from simplemirror.sync import RunSummary, Sync, SyncError
 
 log = logging.getLogger("simplemirror")
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +97,23 @@ def _print_summary(summary: RunSummary) -> None:
     for name, why in summary.failed:
         print(f"  failed {name}: {why} (the next run retries)")
     for entry, why in summary.rejected:
-        print(f"  skipped {entry}: {why}")
+        print(f"  refused {entry}: {why} (upstream data this mirror will not copy)")
+    if summary.stopped_by is not None:
+        print("  stopped before the end: the next run resumes where this one stopped")
+
+
+def _stop_on_signals(sync: Sync) -> None:
+    """SIGTERM or SIGINT: finish in-flight work and commit; the same signal again: stop now."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if sync.stopped_by is not None:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        log.warning("%s received: stopping after in-flight work (again to stop at once)", name)
+        sync.request_stop(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -110,13 +128,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
     console = Console(stderr=True) if interactive else None
     _setup_logging(args, console)
     reporter = RichReporter(console) if console is not None else Reporter()
+    sync = Sync(cfg, reporter)
+    _stop_on_signals(sync)
     with reporter:
-        summary = Sync(cfg, reporter).run(dry_run=args.dry_run)
+        summary = sync.run(dry_run=args.dry_run)
     if args.dry_run:
         _print_plan(summary)
         return EXIT_OK
     _print_summary(summary)
-    return EXIT_OK if summary.exit_code == 0 else EXIT_INCOMPLETE
+    return summary.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

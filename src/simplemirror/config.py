@@ -41,10 +41,20 @@ class Config:
     retry_wait: float = 1.0
     """First backoff, in seconds; doubles with each attempt (with jitter)."""
     retry_max_wait: float = 30.0
+    retry_max_time: float = 300.0
+    """Give up retrying one request after this many seconds, however many tries are left."""
     stale_retries: int = 3
     """Further attempts when a project page is older than the root promised."""
     stale_wait: float = 2.0
     user_agent: str = DEFAULT_USER_AGENT
+    file_hosts: tuple[str, ...] = ()
+    """Hosts besides the upstream's own that may serve files (lowercase)."""
+    max_file_size: int = 16 * 1024**3
+    """Largest download accepted when upstream does not declare a file's size."""
+
+    @property
+    def allowed_file_hosts(self) -> frozenset[str]:
+        return frozenset({(urlsplit(self.upstream).hostname or "").lower(), *self.file_hosts})
 
     @property
     def state_path(self) -> Path:
@@ -72,9 +82,12 @@ KEYS: dict[str, tuple[str, type]] = {
     "retries": ("retries", int),
     "retry-wait": ("retry_wait", float),
     "retry-max-wait": ("retry_max_wait", float),
+    "retry-max-time": ("retry_max_time", float),
     "stale-retries": ("stale_retries", int),
     "stale-wait": ("stale_wait", float),
     "user-agent": ("user_agent", str),
+    "file-hosts": ("file_hosts", list),
+    "max-file-size": ("max_file_size", int),
 }
 
 
@@ -130,22 +143,33 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         projects = tuple(sorted({normalize_name(str(p)) for p in values.get("projects", ())}))
     except InvalidName as exc:
         raise ConfigError(f"projects: {exc}") from None
+    hosts = values.get("file_hosts", ())
+    if not all(isinstance(h, str) and h and "/" not in h for h in hosts):
+        raise ConfigError("file-hosts must be a list of host names, like [\"files.example.org\"]")
     config = Config(
         upstream=upstream,
         directory=Path(directory).expanduser().absolute(),
         projects=projects,
+        file_hosts=tuple(sorted({h.lower() for h in hosts})),
         **{
             f.name: values[f.name]
             for f in fields(Config)
-            if f.name in values and f.name not in {"upstream", "directory", "projects"}
+            if f.name in values
+            and f.name not in {"upstream", "directory", "projects", "file_hosts"}
         },
     )
+    if config.max_file_size < 1:
+        raise ConfigError("max-file-size must be a positive number of bytes")
     if config.workers < 1 or config.workers > 256:
         raise ConfigError(f"workers must be between 1 and 256, not {config.workers}")
     for name in ("retries", "stale_retries"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name.replace('_', '-')} must not be negative")
-    for name in ("connect_timeout", "read_timeout", "retry_wait", "retry_max_wait", "stale_wait"):
+    durations = (
+        "connect_timeout", "read_timeout", "retry_wait", "retry_max_wait", "retry_max_time",
+        "stale_wait",
+    )
+    for name in durations:
         value = getattr(config, name)
         if not math.isfinite(value) or value < 0:
             key = name.replace("_", "-")

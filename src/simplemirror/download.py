@@ -59,7 +59,11 @@ def fetch_to(
     tmp: Path,
     path_for_sha256: Callable[[str], str],
 ) -> Downloaded:
-    """One attempt: download ``url``, verify it, and move it to ``path_for_sha256(sha256)``."""
+    """One attempt: download ``url``, verify it, and move it to ``path_for_sha256(sha256)``.
+
+    Never takes more than the declared size, or ``max-file-size`` when none was declared.
+    """
+    limit = expected_size if expected_size is not None else client.config.max_file_size
     algorithms = {"sha256", *expected_hashes}
     hashers = {a: hashlib.new(a) for a in algorithms}
     size = 0
@@ -72,11 +76,13 @@ def fetch_to(
         ):
             check_response(response)
             for chunk in response.iter_content(CHUNK):
+                client.check_stop()
                 size += len(chunk)
-                # Never take more than declared: a lying server cannot fill the disk.
-                if expected_size is not None and size > expected_size:
+                # A lying or endless server cannot fill the disk.
+                if size > limit:
                     raise VerificationError(
-                        f"{url}: body is larger than the {expected_size} bytes upstream declared"
+                        f"{url}: body is larger than the {limit} bytes "
+                        + ("upstream declared" if expected_size is not None else "max-file-size")
                     )
                 out.write(chunk)
                 for h in hashers.values():

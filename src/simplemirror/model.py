@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 from packaging.utils import (
     InvalidName,
@@ -109,6 +109,8 @@ class RootIndex:
     """``meta._last-serial`` or the ``X-PyPI-Last-Serial`` header."""
     rejected: tuple[tuple[str, str], ...] = ()
     """(entry, reason) for each listed project the mirror refuses to track."""
+    collisions: tuple[tuple[str, str], ...] = ()
+    """(dropped, kept) spellings of one project listed twice; the page is one."""
 
     @classmethod
     def from_json_data(cls, data: object, *, header_serial: int | None = None) -> RootIndex:
@@ -120,6 +122,7 @@ class RootIndex:
             serial = header_serial
         by_name: dict[str, RootProject] = {}
         rejected: list[tuple[str, str]] = []
+        collisions: list[tuple[str, str]] = []
         for entry in data["projects"]:
             name = entry.get("name") if isinstance(entry, dict) else None
             if not isinstance(name, str):
@@ -140,8 +143,8 @@ class RootIndex:
             newer = _serial_key(project.serial) > _serial_key(previous.serial)
             keep, drop = (project, previous) if newer else (previous, project)
             by_name[normalized] = keep
-            rejected.append((drop.name, f"collides with {keep.name!r} after normalization"))
-        return cls(tuple(by_name.values()), serial, tuple(rejected))
+            collisions.append((drop.name, keep.name))
+        return cls(tuple(by_name.values()), serial, tuple(rejected), tuple(collisions))
 
 
 @dataclass(frozen=True)
@@ -271,8 +274,13 @@ def parse_file(entry: object, *, page_url: str) -> DistFile:
     if not isinstance(url, str) or not url:
         raise UpstreamDataError("missing 'url'")
     absolute = urljoin(page_url, url)
-    if urlsplit(absolute).scheme not in {"http", "https"}:
+    parts = urlsplit(absolute)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise UpstreamDataError("file URL is not http(s)")
+    # Clients name the file after the URL; a page that says otherwise is lying
+    # about one of them.
+    if unquote(parts.path.rsplit("/", 1)[-1]) != filename:
+        raise UpstreamDataError("file name does not match the last part of its URL")
     hashes = parse_hashes(entry.get("hashes", {}))
     if not hashes:
         raise UpstreamDataError("no hash that this mirror can verify (give sha256)")

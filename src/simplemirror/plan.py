@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from simplemirror.model import DistFile, HeldFile, RootIndex
 
@@ -114,6 +115,24 @@ def plan_retry(
         if h.status is not Status.OK or _behind(h)
     ]
     return SyncPlan(tuple(fetch), (), len(in_scope) - len(fetch))
+
+
+def refuse_foreign_hosts(
+    files: Iterable[DistFile], hosts: Collection[str]
+) -> tuple[list[DistFile], list[tuple[str, str]]]:
+    """Split files into those served from an allowed host and (filename, reason) for the rest."""
+    allowed: list[DistFile] = []
+    refused: list[tuple[str, str]] = []
+    for dist in files:
+        host = (urlsplit(dist.url).hostname or "").lower()
+        if host in hosts:
+            allowed.append(dist)
+        else:
+            refused.append(
+                (dist.filename, f"served from {host!r}, which is not an allowed file host "
+                 "(add it to file-hosts if it is the index's own file server)")
+            )
+    return allowed, refused
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ import json
 import logging
 import os
 import queue
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +40,14 @@ from simplemirror.plan import (
     plan_files,
     plan_retry,
     plan_sync,
+    refuse_foreign_hosts,
 )
 from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
 from simplemirror.report import Reporter
 from simplemirror.state import State
-from simplemirror.upstream import Client, PageResponse, StalePage, UpstreamError
+from simplemirror.upstream import Client, Interrupted, PageResponse, StalePage, UpstreamError
+from simplemirror.workers import WorkerPool
 
 log = logging.getLogger("simplemirror")
 
@@ -52,6 +55,8 @@ log = logging.getLogger("simplemirror")
 FILE_ERRORS = (UpstreamError, download.VerificationError, requests.RequestException)
 # How long finished projects may wait in an open transaction before a commit.
 COMMIT_EVERY = 2.0
+# After a stop request, how long in-flight downloads get to notice it and clean up.
+STOP_GRACE = 5.0
 
 
 class SyncError(Exception):
@@ -73,10 +78,14 @@ class RunSummary:
     bytes_fetched: int = 0
     duration: float = 0.0
     plan: SyncPlan | None = None
+    stopped_by: int | None = None
+    """The signal that stopped the run early, if one did."""
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.deferred or self.failed else 0
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by  # the shell's convention: 130 SIGINT, 143 SIGTERM
+        return 1 if self.deferred or self.failed or self.rejected else 0
 
 
 @contextmanager
@@ -87,7 +96,10 @@ def locked(directory: Path) -> Iterator[None]:
     never leaves a lock behind.
     """
     path = directory / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SyncError(f"cannot create the lock file {path}: {exc}") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,6 +166,15 @@ class Sync:
         self.config = config
         self.client = Client(config)
         self.reporter = reporter or Reporter()
+        self.stopped_by: int | None = None
+
+    def request_stop(self, signum: int) -> None:
+        """Finish soon: no new work, in-flight downloads abandoned, state committed.
+
+        Safe to call from a signal handler.
+        """
+        self.stopped_by = signum
+        self.client.stop.set()
 
     # -- the run ------------------------------------------------------------
 
@@ -162,14 +183,22 @@ class Sync:
         config = self.config
         if dry_run:
             return self._dry_run(started)
-        for d in (config.directory, config.web, config.tmp):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (config.directory, config.web, config.tmp):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SyncError(f"cannot create the mirror directory: {exc}") from exc
         with locked(config.directory):
-            # Under the lock nothing else uses tmp/: whatever is there was left
-            # by a run that died, and was never published.
-            for leftover in config.tmp.iterdir():
-                leftover.unlink(missing_ok=True)
-            state = State(config.state_path)
+            try:
+                # Under the lock nothing else uses tmp/: whatever is there was
+                # left by a run that died, and was never published.
+                for leftover in config.tmp.iterdir():
+                    leftover.unlink(missing_ok=True)
+                state = State(config.state_path)
+            except (OSError, sqlite3.Error) as exc:
+                raise SyncError(
+                    f"cannot use {config.directory}: {exc}; it must be writable by this user"
+                ) from exc
             try:
                 summary = self._run_locked(state)
             finally:
@@ -190,6 +219,8 @@ class Sync:
         config = self.config
         try:
             root = self._plan(state, generation)
+        except Interrupted:
+            return self._interrupted(RunSummary(generation, "interrupted"), state)
         except UpstreamError as exc:
             raise SyncError(f"could not read the upstream root index: {exc}") from None
         plan = root.plan
@@ -207,6 +238,10 @@ class Sync:
         complete = False
         try:
             self._fetch_all(plan, state, publisher, summary)
+            if self.stopped_by is not None:
+                # What finished is published and recorded; the root pages and
+                # the ETag wait for a run that gets through everything.
+                return self._interrupted(summary, state)
             complete = not summary.deferred and not summary.failed
             with state.transaction():
                 if complete and root.serial is not None:
@@ -239,6 +274,20 @@ class Sync:
         )
         return summary
 
+    def _interrupted(self, summary: RunSummary, state: State) -> RunSummary:
+        assert summary.generation is not None
+        summary.outcome = "interrupted"
+        summary.stopped_by = self.stopped_by
+        log.warning("stopped on request; the next run resumes where this one stopped")
+        state.finish_run(
+            summary.generation,
+            "interrupted",
+            projects_changed=summary.changed,
+            files_fetched=summary.files_fetched,
+            bytes_fetched=summary.bytes_fetched,
+        )
+        return summary
+
     def _plan(self, state: State, generation: int) -> _Root:
         """Read the root and decide; record what the root promised."""
         only = self.config.projects or None
@@ -260,6 +309,8 @@ class Sync:
                 state.record_failure(generation, entry, None, "rejected", reason)
         for name in plan.removed:
             log.warning("project %s is no longer listed upstream; recorded as removed", name)
+        for dropped, kept in index.collisions:
+            log.warning("upstream lists %r and %r, one project; mirrored once", dropped, kept)
         return _Root(plan, False, response.etag, index.serial, index.rejected)
 
     def _scope(self) -> str:
@@ -313,7 +364,7 @@ class Sync:
         in_flight = {"pages": 0, "files": 0}
         self.reporter.start(len(plan.fetch))
 
-        def submit(pool: ThreadPoolExecutor, kind: str, tag: Any, fn: Any, *args: Any) -> None:
+        def submit(pool: WorkerPool, kind: str, tag: Any, fn: Any, *args: Any) -> None:
             future = pool.submit(fn, *args)
             in_flight["pages" if kind == "page" else "files"] += 1
             future.add_done_callback(lambda f: events.put((kind, tag, f)))
@@ -326,13 +377,18 @@ class Sync:
                 submit(page_pool, "page", todo, self.client.fetch_page, todo)
 
         last_commit = time.monotonic()
-        page_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="page")
-        file_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="file")
+        page_pool = WorkerPool(config.workers, "page")
+        file_pool = WorkerPool(config.workers, "file")
         state.db.execute("BEGIN")
         try:
             refill()
-            while in_flight["pages"] or in_flight["files"]:
-                kind, tag, future = events.get()
+            while (in_flight["pages"] or in_flight["files"]) and not self.client.stop.is_set():
+                try:
+                    # A timeout, so that a stop request is seen even while all
+                    # workers are busy with long downloads.
+                    kind, tag, future = events.get(timeout=0.5)
+                except queue.Empty:
+                    continue
                 if kind == "page":
                     in_flight["pages"] -= 1
                     project = self._page_done(tag, future, state, publisher, summary)
@@ -356,11 +412,15 @@ class Sync:
                     state.db.execute("BEGIN")
                     last_commit = time.monotonic()
                 refill()
+        except BaseException:
+            self.client.stop.set()
+            raise
         finally:
-            # On an interrupt, drop what has not started; what has is let finish
-            # so no temporary file is left half written.
-            page_pool.shutdown(wait=True, cancel_futures=True)
-            file_pool.shutdown(wait=True, cancel_futures=True)
+            # Normally both pools are idle here. After a stop request or an
+            # error, queued work is dropped and running downloads see the stop
+            # within a chunk; a read stuck longer is abandoned (never published).
+            page_pool.shutdown(STOP_GRACE)
+            file_pool.shutdown(STOP_GRACE)
             state.db.execute("COMMIT")
 
     def _page_done(
@@ -374,18 +434,21 @@ class Sync:
         generation = publisher.generation
         try:
             page = future.result().page
+        except Interrupted:
+            return None
         except StalePage as exc:
             self._give_up(todo.name, Status.DEFERRED, str(exc), state, generation, summary)
             return None
         except (UpstreamError, requests.RequestException) as exc:
             self._give_up(todo.name, Status.FAILED, str(exc), state, generation, summary)
             return None
-        for filename, reason in page.rejected:
-            log.warning("%s: %s: %s", todo.name, filename, reason)
-            summary.rejected.append((f"{todo.name}/{filename}", reason))
-            state.record_failure(generation, todo.name, filename, "rejected", reason)
-        files = plan_files(page.files, state.held_files(todo.name))
-        return _Project(todo, page, files)
+        listed, foreign = refuse_foreign_hosts(page.files, self.config.allowed_file_hosts)
+        refused = [*page.rejected, *foreign]
+        for filename, reason in refused:
+            log.warning("%s: refused %s: %s", todo.name, filename, reason)
+        files = plan_files(listed, state.held_files(todo.name))
+        # A refused file is work left undone: the project does not converge.
+        return _Project(todo, page, files, errors=[(f, f"refused: {r}") for f, r in refused])
 
     def _give_up(
         self, name: str, status: Status, error: str, state: State, generation: int,
@@ -433,17 +496,20 @@ class Sync:
     def _file_done(
         self, project: _Project, todo: FileTodo, future: Future[Any], summary: RunSummary
     ) -> None:
-        project.outstanding -= 1
         filename = todo.dist.filename
         try:
             held, fetched, metadata_error = future.result()
+        except Interrupted:
+            return  # not counted down: a project cut short is never published
         except FILE_ERRORS as exc:
+            project.outstanding -= 1
             project.errors.append((filename, str(exc)))
             log.warning("%s: %s failed: %s", project.todo.name, filename, exc)
             self.reporter.file_done(0)
             return
-        except OSError:
-            raise  # the disk, not upstream: no later file will fare better
+        # Any other exception (an OSError from the disk) ends the run: no later
+        # file would fare better.
+        project.outstanding -= 1
         project.done[filename] = held
         if todo.fetch_file:
             summary.files_fetched += 1

@@ -18,6 +18,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
     wait_random,
 )
@@ -50,6 +51,10 @@ class TransientError(UpstreamError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Interrupted(Exception):
+    """The run was told to stop (SIGTERM, SIGINT); not an upstream fault."""
 
 
 class StalePage(UpstreamError):
@@ -105,6 +110,16 @@ class Client:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._local = threading.local()
+        self.stop = threading.Event()
+        """Set to make every request, retry and download end soon (Interrupted)."""
+
+    def pause(self, seconds: float) -> None:
+        """Wait between attempts; a stop request cuts the wait short."""
+        self.stop.wait(seconds)
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted("stopping")
 
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -139,13 +154,19 @@ class Client:
         def should_retry(exc: BaseException) -> bool:
             return _is_transient(exc) or (also is not None and isinstance(exc, also))
 
+        def attempt() -> T:
+            self.check_stop()
+            return what()
+
         retryer = Retrying(
-            stop=stop_after_attempt(self.config.retries + 1),
+            stop=stop_after_attempt(self.config.retries + 1)
+            | stop_after_delay(self.config.retry_max_time),
             wait=wait,
             retry=retry_if_exception(should_retry),
+            sleep=self.pause,
             reraise=True,
         )
-        return retryer(what)
+        return retryer(attempt)
 
     def _get_json(
         self, url: str, etag: str | None
@@ -202,6 +223,7 @@ class Client:
         url = self.page_url(todo.name)
 
         def attempt() -> PageResponse:
+            self.check_stop()
             got = self._get_json(url, None)
             assert got is not None  # no ETag sent, so no 304
             data, response = got
@@ -227,6 +249,7 @@ class Client:
             stop=stop_after_attempt(self.config.stale_retries + 1),
             wait=backoff(self.config.stale_wait, self.config.retry_max_wait),
             retry=retry_if_exception(lambda exc: isinstance(exc, StalePage)),
+            sleep=self.pause,
             reraise=True,
         )
         return retryer(attempt)

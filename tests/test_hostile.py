@@ -1,0 +1,144 @@
+"""Hostile or broken upstream data: refused, reported, nothing written outside the mirror."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simplemirror import config
+from simplemirror.sync import RunSummary, Sync
+from tests.support.tree import assert_consistent
+from tests.support.upstream import Upstream, World
+
+
+@pytest.fixture
+def world() -> World:
+    w = World()
+    w.add_project("good", ["1.0"])
+    w.add_project("victim", ["1.0"])
+    return w
+
+
+@pytest.fixture
+def upstream(world: World) -> Iterator[Upstream]:
+    with Upstream(world) as up:
+        yield up
+
+
+def sync(up: Upstream, directory: Path, **overrides: Any) -> RunSummary:
+    values = {"upstream": up.url, "directory": str(directory), "retries": 0, "retry_wait": 0.0}
+    values.update(overrides)
+    return Sync(config.build({}, values)).run()
+
+
+def everything_outside(mirror: Path, top: Path) -> set[str]:
+    return {str(p) for p in top.rglob("*") if p != mirror and mirror not in p.parents}
+
+
+HOSTILE_ENTRIES = {
+    "parent traversal": {"filename": "../../../escaped-1.0.tar.gz"},
+    "absolute path": {"filename": "/tmp/escaped-1.0.tar.gz"},
+    "backslashes": {"filename": "..\\..\\escaped-1.0.tar.gz"},
+    "NUL": {"filename": "escaped\x00-1.0.tar.gz"},
+    "percent-encoded traversal": {
+        "filename": "escaped-1.0.tar.gz",
+        "url": "/packages/%2e%2e/%2e%2e/%2e%2e/escaped-1.0.tar.gz/..%2f..%2fx",
+    },
+    "overlong name": {"filename": "e" * 300 + "-1.0.tar.gz"},
+    "name differs from URL": {"filename": "innocent-1.0.tar.gz"},
+    "non-hex hash": {"hashes": {"sha256": "zz" * 32}},
+    "no hashes": {"hashes": {}},
+    "only unknown algorithm": {"hashes": {"rot13": "abc"}},
+    "negative size": {"size": -5},
+    "string size": {"size": "many"},
+}
+
+
+@pytest.mark.parametrize("override", HOSTILE_ENTRIES.values(), ids=HOSTILE_ENTRIES.keys())
+def test_hostile_file_entry_is_refused_and_reported(
+    upstream: Upstream, world: World, tmp_path: Path, override: dict[str, Any]
+):
+    world.add_file("victim", "escaped-1.0.tar.gz", b"payload", extra=override)
+    mirror = tmp_path / "mirror"
+    outside_before = everything_outside(mirror, tmp_path)
+
+    summary = sync(upstream, mirror)
+
+    assert summary.exit_code == 1
+    assert [name for name, _ in summary.failed] == ["victim"]
+    assert "refused" in summary.failed[0][1]
+    # Nothing lands outside the mirror directory, and nothing hostile inside it.
+    assert everything_outside(mirror, tmp_path) == outside_before
+    assert not [p for p in tmp_path.parent.parent.rglob("escaped*")]
+    assert not Path("/tmp/escaped-1.0.tar.gz").exists()
+    listed = assert_consistent(mirror / "web")
+    assert listed["good"] and len(listed["victim"]) == 2  # the real files still mirrored
+
+
+def test_file_on_a_foreign_host_is_refused(upstream: Upstream, world: World, tmp_path: Path):
+    world.add_file(
+        "victim", "foreign-1.0.tar.gz", b"payload",
+        extra={"url": "http://192.0.2.1/packages/foreign-1.0.tar.gz"},
+    )
+    summary = sync(upstream, tmp_path)
+    assert summary.exit_code == 1
+    assert "192.0.2.1" in summary.failed[0][1] and "file-hosts" in summary.failed[0][1]
+    # Refused before any request: the address is never contacted.
+    assert "foreign-1.0.tar.gz" not in assert_consistent(tmp_path / "web")["victim"]
+
+
+def test_listed_file_host_is_allowed(upstream: Upstream, world: World, tmp_path: Path):
+    # "localhost" is the same server under another name: an operator-listed file host.
+    url = upstream.file_url("victim", "victim-1.0.tar.gz").replace("127.0.0.1", "localhost")
+    world.project("victim").file("victim-1.0.tar.gz").extra["url"] = url
+    world.touch("victim")
+    refused = sync(upstream, tmp_path / "a")
+    allowed = sync(upstream, tmp_path / "b", file_hosts=["localhost"])
+    assert refused.exit_code == 1 and allowed.exit_code == 0
+
+
+def test_invalid_project_names_are_refused_and_reported(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    for name in ("../../etc", "spaces in name", "-leading", "ünïcode", ""):
+        world.add_project(name, ["1.0"]) if name else None
+    summary = sync(upstream, tmp_path)
+    refused = {entry for entry, _ in summary.rejected}
+    assert {"../../etc", "spaces in name", "-leading", "ünïcode"} <= refused
+    assert summary.exit_code == 1
+    assert sorted(assert_consistent(tmp_path / "web")) == ["good", "victim"]
+    assert sorted(os.listdir(tmp_path / "web/simple")) == [
+        "good", "index.html", "index.v1_json", "victim",
+    ]
+
+
+def test_markup_is_escaped_in_html_and_kept_in_json(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    evil = '<script>alert("x")</script>&amp;'
+    world.add_file(
+        "victim", "victim-2.0.tar.gz", b"v2", requires_python=f">=3.8{evil}",
+        yanked=evil,
+    )
+    assert sync(upstream, tmp_path).exit_code == 0
+    html = (tmp_path / "web/simple/victim/index.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    page = json.loads((tmp_path / "web/simple/victim/index.v1_json").read_text())
+    entry = next(f for f in page["files"] if f["filename"] == "victim-2.0.tar.gz")
+    assert entry["yanked"] == evil and entry["requires-python"] == f">=3.8{evil}"
+    assert_consistent(tmp_path / "web")
+
+
+def test_duplicate_file_entries_keep_the_first(upstream: Upstream, world: World, tmp_path: Path):
+    first = world.project("victim").files[0]
+    world.add_file("victim", "dup-1.0.tar.gz", b"dup", extra={"filename": first.filename,
+                                                              "url": upstream.file_url(
+                                                                  "victim", first.filename)})
+    summary = sync(upstream, tmp_path)
+    assert summary.exit_code == 1 and "listed twice" in summary.failed[0][1]
+    assert assert_consistent(tmp_path / "web")["victim"].count(first.filename) == 1

@@ -1,0 +1,63 @@
+"""SIGTERM and SIGINT: stop within seconds, publish nothing half done, resume next run."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.tree import assert_consistent
+from tests.support.upstream import Upstream, World
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_run_and_the_next_run_resumes(tmp_path: Path, signum: int):
+    world = World()
+    for i in range(12):
+        world.add_project(f"proj-{i}", ["1.0"])
+        world.add_file(f"proj-{i}", f"proj_{i}-1.0-data.tar.gz", bytes(range(256)) * 400)
+    with Upstream(world) as up:
+        # Every big file trickles in for seconds: the signal lands mid-download.
+        for project in world.projects.values():
+            for f in project.files:
+                if f.filename.endswith("-data.tar.gz"):
+                    up.slow_body[f.path] = 1
+        up.slow_chunk, up.slow_pause = 1024, 0.05
+        command = [sys.executable, "-m", "simplemirror", "sync", "--upstream", up.url,
+                   "--directory", str(tmp_path), "--workers", "4"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        deadline = time.monotonic() + 20
+        while not any(r.path.endswith("-data.tar.gz") for r in up.requests):
+            assert time.monotonic() < deadline, "the sync never started downloading"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        signalled = time.monotonic()
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+        stopped_after = time.monotonic() - signalled
+
+        assert process.returncode == 128 + signum, err
+        assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
+        assert "stopped before the end" in out
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            assert db.execute("SELECT outcome FROM runs").fetchall() == [("interrupted",)]
+        for page in (tmp_path / "web/simple").glob("*/index.v1_json"):
+            assert page.read_text().endswith("}\n")  # complete, never half written
+        # No partial download was published.
+        published = [p for p in (tmp_path / "web").rglob("*-data.tar.gz")]
+        assert all(p.stat().st_size == 256 * 400 for p in published)
+
+        up.slow_body.clear()
+        again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        listed = assert_consistent(tmp_path / "web")
+        assert len(listed) == 12 and all(len(files) == 3 for files in listed.values())
+        assert not list((tmp_path / "tmp").iterdir())

@@ -361,6 +361,65 @@ def test_corrupt_truncate_fail(up: Upstream, world: World) -> None:
     assert fetch(up.url).status == 503 and fetch(up.url).status == 200
 
 
+def test_status_reset_delay_slow_knobs(up: Upstream, world: World) -> None:
+    upfile = world.project("simple-pkg").file("simple_pkg-1.0-py3-none-any.whl")
+    url = up.file_url("simple-pkg", upfile.filename)
+    path = urlsplit(url).path
+
+    up.status[path] = (429, {"Retry-After": "7"}, 2)
+    first, second, third = fetch(url), fetch(url), fetch(url)
+    assert (first.status, first.headers["Retry-After"]) == (429, "7")
+    assert second.status == 429 and third.status == 200 and third.body == upfile.content
+    assert path not in up.status
+
+    up.reset[path] = 1
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+        fetch(url)
+    assert fetch(url).body == upfile.content
+
+    up.delay[path] = (0.3, 1)
+    start = time.perf_counter()
+    assert fetch(url).body == upfile.content
+    assert time.perf_counter() - start >= 0.3
+    start = time.perf_counter()
+    fetch(url)
+    assert time.perf_counter() - start < 0.25
+
+    up.slow_chunk, up.slow_pause = 100, 0.02
+    up.slow_body[path] = 1
+    start = time.perf_counter()
+    assert fetch(url).body == upfile.content
+    assert time.perf_counter() - start >= 0.02 * (len(upfile.content) // 100)
+    assert path not in up.slow_body
+    assert [r.path for r in up.requests].count(path) == 8
+
+
+def test_oversize_and_replaced_bodies(up: Upstream, world: World) -> None:
+    upfile = world.project("simple-pkg").file("simple_pkg-1.0-py3-none-any.whl")
+    url = up.file_url("simple-pkg", upfile.filename)
+    up.oversize.add(upfile.filename)
+    body = fetch(url).body
+    assert body.startswith(upfile.content) and len(body) > upfile.size
+    assert fetch(url + ".metadata").body == upfile.metadata
+    up.oversize.clear()
+
+    up.root_body = b"{not json"
+    r = get_json(up.url)
+    assert (r.status, r.body, r.headers["Content-Type"]) == (200, b"{not json", JSON_V1)
+    up.root_body = None
+    up.root_content_type = "text/plain"
+    r = get_json(up.url)
+    assert r.headers["Content-Type"] == "text/plain" and "projects" in r.json()
+    up.root_content_type = None
+
+    up.page_body["simple-pkg"] = (b"<html></html>", "text/html")
+    r = get_json(up.page_url("simple-pkg"))
+    assert (r.body, r.headers["Content-Type"]) == (b"<html></html>", "text/html")
+    assert get_json(up.page_url("Foo__Bar.baz")).json()["name"] == "foo-bar-baz"
+    up.page_body.clear()
+    assert get_json(up.page_url("simple-pkg")).json()["name"] == "simple-pkg"
+
+
 def test_hostile_file_hash_is_advertised_verbatim(up: Upstream, world: World) -> None:
     world.add_file("evil", "evil-1.0.tar.gz", b"payload", hashes={"sha256": "0" * 64}, size=3)
     doc = get_json(up.page_url("evil")).json()

@@ -5,6 +5,7 @@ Parsing lives in model.py; this module only moves bytes and interprets HTTP.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,7 +189,9 @@ class Client:
                     "check that the upstream URL is the root of a simple index that offers JSON"
                 )
             try:
-                return response.json(), response
+                # From the bytes: JSON is UTF-8, and response.json() would
+                # guess another charset for bytes that are not, garbling names.
+                return json.loads(response.content), response
             except (ValueError, RecursionError) as exc:
                 # ValueError covers bad JSON and bytes that are not UTF-8 text.
                 raise UpstreamError(f"{url}: malformed JSON ({exc})") from None

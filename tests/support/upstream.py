@@ -10,7 +10,10 @@ import hashlib
 import html
 import json
 import re
+import socket
+import struct
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -315,7 +318,26 @@ class _Snapshot:
 
 
 class Upstream:
-    """HTTP front-end for a World. Knobs are plain attributes and may change while running."""
+    """HTTP front-end for a World. Knobs are plain attributes and may change while running.
+
+    Fault knobs keyed by request path (the path as sent, without the query) count down: each
+    request they apply to uses up one unit (see ``take``), and the key goes away at zero.
+    Every request is recorded in ``requests`` before any fault is applied, so tests can count
+    the attempts a client made.
+
+    - ``fail[path] = n``: answer 503 to the next n requests.
+    - ``status[path] = (code, headers, n)``: answer ``code`` with ``headers`` (e.g. 429 with
+      ``{"Retry-After": "1"}``) to the next n requests.
+    - ``reset[path] = n``: read the request, then drop the connection with a TCP reset and
+      no response at all.
+    - ``delay[path] = (seconds, n)``: sleep before answering (to trip a read timeout).
+    - ``slow_body[path] = n``: send the full response in ``slow_chunk``-byte pieces with
+      ``slow_pause`` seconds between them (slow but complete).
+
+    Content knobs, not counted: ``corrupt``/``truncate``/``oversize`` (file names, with
+    ``.metadata`` appended for a metadata file), ``root_body``/``root_content_type`` and
+    ``page_body`` (see ``_root`` and ``_project``).
+    """
 
     def __init__(self, world: World | None = None) -> None:
         self.world = world if world is not None else World()
@@ -327,6 +349,20 @@ class Upstream:
         self.corrupt: set[str] = set()
         self.truncate: set[str] = set()
         self.fail: dict[str, int] = {}
+        self.status: dict[str, tuple[int, dict[str, str], int]] = {}
+        self.reset: dict[str, int] = {}
+        self.delay: dict[str, tuple[float, int]] = {}
+        self.slow_body: dict[str, int] = {}
+        self.slow_chunk = 256
+        self.slow_pause = 0.02
+        # File names served with extra bytes after their content (more than the declared size).
+        self.oversize: set[str] = set()
+        self.oversize_extra = b"\0" * 4096
+        # When set, the root answers exactly this body / with this content type.
+        self.root_body: bytes | None = None
+        self.root_content_type: str | None = None
+        # Normalized project name -> (raw body, content type) served instead of its page.
+        self.page_body: dict[str, tuple[bytes, str]] = {}
         self.requests: list[RequestRecord] = []
         self.knob_lock = threading.Lock()
         self._requests_lock = threading.Lock()
@@ -400,6 +436,32 @@ class Upstream:
             else:
                 counter[key] = left - 1
             return True
+
+    def take_status(self, key: str) -> tuple[int, dict[str, str]] | None:
+        """Consume one unit of ``status[key]``; the (code, headers) to answer, if any."""
+        with self.knob_lock:
+            entry = self.status.get(key)
+            if entry is None:
+                return None
+            code, headers, left = entry
+            if left <= 1:
+                del self.status[key]
+            else:
+                self.status[key] = (code, headers, left - 1)
+            return (code, dict(headers)) if left > 0 else None
+
+    def take_delay(self, key: str) -> float | None:
+        """Consume one unit of ``delay[key]``; the seconds to sleep, if any."""
+        with self.knob_lock:
+            entry = self.delay.get(key)
+            if entry is None:
+                return None
+            seconds, left = entry
+            if left <= 1:
+                del self.delay[key]
+            else:
+                self.delay[key] = (seconds, left - 1)
+            return seconds if left > 0 else None
 
     # -- rendering -------------------------------------------------------------------------
     def _serial_value(self, serial: int) -> int | str:
@@ -521,12 +583,26 @@ class _UpstreamHandler(BaseHandler):
         owner: Upstream = self.server.owner
         return owner
 
+    slow = False
+
     def dispatch(self) -> None:
         up = self.up
         self.record(up.requests, up._requests_lock)
         path = urlsplit(self.path).path
+        self.slow = up.take(up.slow_body, path)
+        if up.take(up.reset, path):
+            self._reset()
+            return
+        seconds = up.take_delay(path)
+        if seconds is not None:
+            time.sleep(seconds)
         if up.take(up.fail, path):
             self.send_body(503, b"injected failure\n")
+            return
+        injected = up.take_status(path)
+        if injected is not None:
+            code, headers = injected
+            self.send_body(code, f"injected status {code}\n".encode(), headers=headers)
             return
         if path == "/simple":
             self.send_redirect("/simple/")
@@ -538,6 +614,39 @@ class _UpstreamHandler(BaseHandler):
             self._file(path)
         else:
             self.send_body(404, b"not found\n")
+
+    def _reset(self) -> None:
+        """Drop the connection without a response: SO_LINGER 0 makes close() send a RST."""
+        self.close_connection = True
+        sock = self.connection
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    def send_body(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if not self.slow:
+            super().send_body(status, body, content_type, headers)
+            return
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        up = self.up
+        step = max(1, up.slow_chunk)
+        for start in range(0, len(body), step):
+            if start:
+                time.sleep(up.slow_pause)
+            self.wfile.write(body[start : start + step])
+            self.wfile.flush()
 
     def _media(self) -> str:
         offered = [JSON_V1, HTML_V1, HTML] if self.up.json_enabled else [HTML_V1, HTML]
@@ -553,7 +662,15 @@ class _UpstreamHandler(BaseHandler):
         self.send_body(200, snap.body, snap.content_type, headers)
 
     def _root(self) -> None:
-        self._send_page(self.up.render_root(self._media()))
+        up = self.up
+        body, content_type = up.root_body, up.root_content_type
+        if body is not None:
+            self.send_body(200, body, content_type or JSON_V1)
+            return
+        snap = up.render_root(self._media())
+        if content_type is not None:
+            snap = _Snapshot(snap.body, content_type, snap.serial)
+        self._send_page(snap)
 
     def _project(self, path: str) -> None:
         rest = path[len("/simple/") :]
@@ -567,6 +684,10 @@ class _UpstreamHandler(BaseHandler):
             self.send_redirect(f"/simple/{quote(norm)}/")
             return
         up = self.up
+        replaced = up.page_body.get(norm)
+        if replaced is not None:
+            self.send_body(200, replaced[0], replaced[1])
+            return
         snap: _Snapshot | None = None
         # Render under the lock but send outside it, so a slow client cannot stall mutations.
         with up.world.lock:
@@ -593,6 +714,8 @@ class _UpstreamHandler(BaseHandler):
         if key in self.up.corrupt and body:
             mid = len(body) // 2
             body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
+        if key in self.up.oversize:
+            body += self.up.oversize_extra
         if key in self.up.truncate and self.command == "GET":
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")

@@ -11,12 +11,15 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+import urllib3
+
 from simplemirror import layout
-from simplemirror.upstream import Client, check_response
+from simplemirror.upstream import Client, TransientError, check_response
 
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
 # mkstemp creates 0600; the tree is served by another user (nginx, say).
@@ -49,6 +52,20 @@ def _verify(
             )
 
 
+def _chunks(url: str, response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives, up to CHUNK bytes at a time.
+
+    read1 returns what is there rather than waiting for a full chunk, so a
+    stop request is seen promptly even on a slow link.
+    """
+    read = response.raw.read1
+    try:
+        while chunk := read(CHUNK, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.HTTPError as exc:  # a reset or timeout mid-body
+        raise TransientError(f"{url}: {exc}") from exc
+
+
 def fetch_to(
     client: Client,
     url: str,
@@ -75,7 +92,7 @@ def fetch_to(
             client.session().get(url, stream=True, timeout=client.timeout) as response,
         ):
             check_response(response)
-            for chunk in response.iter_content(CHUNK):
+            for chunk in _chunks(url, response):
                 client.check_stop()
                 size += len(chunk)
                 # A lying or endless server cannot fill the disk.

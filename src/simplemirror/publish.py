@@ -47,10 +47,14 @@ class Publisher:
 
     def page(self, rel: str, text: str) -> None:
         data = text.encode("utf-8")
-        digest = hashlib.sha256(data).hexdigest()
         target = self.web / rel
-        if self.state.page_hash(rel) == digest and target.is_file():
-            return
+        # Compare with the disk, not with state.db: after a crash the disk can
+        # hold a newer page than state.db recorded, and a change that upstream
+        # then reverted would otherwise never be written back.
+        with contextlib.suppress(FileNotFoundError):
+            if target.read_bytes() == data:
+                return
+        digest = hashlib.sha256(data).hexdigest()
         write_atomic(target, data, self.tmp)
         self.state.record_page(rel, digest, self.generation)
         self.pages_written += 1

@@ -337,12 +337,6 @@ class State:
 
     # -- pages and failures -------------------------------------------------
 
-    def page_hash(self, path: str) -> str | None:
-        row = self.db.execute(
-            "SELECT sha256 FROM pages WHERE path = ? AND removed_gen IS NULL", [path]
-        ).fetchone()
-        return row[0] if row else None
-
     def record_page(self, path: str, sha256: str, generation: int) -> None:
         self.db.execute(
             "INSERT INTO pages (path, sha256, appeared_gen, written_gen) VALUES (?, ?, ?, ?) "

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan; download and write nothing"
     )
     sync.add_argument("--no-progress", action="store_true", help="plain log lines, no bars")
+    sync.add_argument(
+        "--allow-mass-delete", action="store_true",
+        help="remove more than max-removal of the mirror in this run (after a real upstream "
+        "clean-up; never needed for ordinary deletions)",
+    )
     return parser
 
 
@@ -123,6 +128,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         directory=args.directory,
         workers=args.workers,
         projects=args.project,
+        allow_mass_delete=args.allow_mass_delete or None,
     )
     interactive = sys.stderr.isatty() and not args.no_progress and not args.quiet
     console = Console(stderr=True) if interactive else None

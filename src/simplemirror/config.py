@@ -51,6 +51,12 @@ class Config:
     """Hosts besides the upstream's own that may serve files (lowercase)."""
     max_file_size: int = 16 * 1024**3
     """Largest download accepted when upstream does not declare a file's size."""
+    max_removal: float = 0.10
+    """Largest share of the projects, or of the files, held that one run may remove."""
+    allow_mass_delete: bool = False
+    """Set for one run (--allow-mass-delete) to remove more than max_removal."""
+    public_url: str | None = None
+    """Where web/ is served, e.g. "https://mirror.example/"; needed to advertise provenance."""
 
     @property
     def allowed_file_hosts(self) -> frozenset[str]:
@@ -88,6 +94,8 @@ KEYS: dict[str, tuple[str, type]] = {
     "user-agent": ("user_agent", str),
     "file-hosts": ("file_hosts", list),
     "max-file-size": ("max_file_size", int),
+    "max-removal": ("max_removal", float),
+    "public-url": ("public_url", str),
 }
 
 
@@ -158,6 +166,13 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
             and f.name not in {"upstream", "directory", "projects", "file_hosts"}
         },
     )
+    if not 0.0 <= config.max_removal <= 1.0:
+        raise ConfigError("max-removal must be a share between 0.0 and 1.0, like 0.10")
+    if config.public_url is not None and (
+        urlsplit(config.public_url).scheme not in {"http", "https"}
+        or not config.public_url.endswith("/")
+    ):
+        raise ConfigError("public-url must be the http(s) URL web/ is served at, ending in /")
     if config.max_file_size < 1:
         raise ConfigError("max-file-size must be a positive number of bytes")
     if config.workers < 1 or config.workers > 256:

@@ -24,7 +24,7 @@ from simplemirror.model import HeldFile
 from simplemirror.plan import HeldProject, Status
 from simplemirror.render import RootEntry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -57,7 +57,9 @@ CREATE TABLE IF NOT EXISTS projects (
     page_serial     INTEGER,            -- serial of the page the published pages show
     status          TEXT NOT NULL,      -- pending, ok, deferred, failed, removed
     error           TEXT,
-    page_data       TEXT,               -- JSON: versions and verbatim top-level keys
+    page_data       TEXT,               -- JSON: versions, status and verbatim top-level keys
+    page_etag       TEXT,               -- ETag of the upstream page last mirrored
+    page_hash       TEXT,               -- sha256 of that page's body (upstreams without serials)
     appeared_gen    INTEGER NOT NULL,
     updated_gen     INTEGER NOT NULL,
     published_gen   INTEGER,            -- last generation its pages were written
@@ -81,7 +83,8 @@ CREATE TABLE IF NOT EXISTS files (
     extra           TEXT,               -- JSON: upstream keys kept verbatim
     appeared_gen    INTEGER NOT NULL,
     updated_gen     INTEGER NOT NULL,
-    removed_gen     INTEGER
+    removed_gen     INTEGER,            -- left the project's pages (a tombstone)
+    deleted_gen     INTEGER             -- its bytes left the disk
 );
 CREATE UNIQUE INDEX IF NOT EXISTS files_live
     ON files (project, filename) WHERE removed_gen IS NULL;
@@ -109,6 +112,18 @@ CREATE INDEX IF NOT EXISTS failures_generation ON failures (generation);
 """
 
 
+class StateError(Exception):
+    """state.db cannot be used by this version."""
+
+
+# Columns added after schema 1, for state.db files that predate them.
+_ADDED_COLUMNS = (
+    ("projects", "page_etag", "TEXT"),
+    ("projects", "page_hash", "TEXT"),
+    ("files", "deleted_gen", "INTEGER"),
+)
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -124,15 +139,23 @@ class State:
         # is durable across a crash of the process, which is what matters here.
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        found = self.get_meta("schema_version") if self.db["meta"].exists() else None
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise StateError(
+                f"{path} was written by a newer simplemirror (schema {found}); upgrade it"
+            )
         with self.transaction():
-            found = self.get_meta("schema_version")
-            if found is None:
-                self.set_meta("schema_version", str(SCHEMA_VERSION))
-            elif int(found) > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{path} was written by a newer simplemirror (schema {found}); upgrade it"
-                )
+            self._migrate()
+        self.db.executescript(SCHEMA)  # after the new columns exist, for their indexes
+        self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def _migrate(self) -> None:
+        """Add the columns later versions brought to an older state.db."""
+        for table, column, kind in _ADDED_COLUMNS:
+            if not self.db[table].exists():
+                continue  # a new state.db: the schema creates it whole
+            if column not in self.db[table].columns_dict:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()

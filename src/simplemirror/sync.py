@@ -45,7 +45,7 @@ from simplemirror.plan import (
 from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
 from simplemirror.report import Reporter
-from simplemirror.state import State
+from simplemirror.state import State, StateError
 from simplemirror.upstream import Client, Interrupted, PageResponse, StalePage, UpstreamError
 from simplemirror.workers import WorkerPool
 
@@ -195,7 +195,7 @@ class Sync:
                 for leftover in config.tmp.iterdir():
                     leftover.unlink(missing_ok=True)
                 state = State(config.state_path)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, StateError) as exc:
                 raise SyncError(
                     f"cannot use {config.directory}: {exc}; it must be writable by this user"
                 ) from exc

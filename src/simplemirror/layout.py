@@ -38,6 +38,7 @@ def project_pages(normalized: str) -> tuple[str, str]:
     return f"{base}/{HTML_INDEX}", f"{base}/{JSON_INDEX}"
 
 
+LAST_MODIFIED = "last-modified"
 ROOT_PAGES = (f"{SIMPLE}/{HTML_INDEX}", f"{SIMPLE}/{JSON_INDEX}")
 
 

@@ -181,3 +181,14 @@ def plan_files(files: Iterable[DistFile], held: Iterable[HeldFile]) -> FilePlan:
             keep.append((dist, copy))
     gone = tuple(h for name, h in held_by_name.items() if name not in listed)
     return FilePlan(tuple(keep), tuple(fetch), gone)
+
+
+# Below these counts a removal is never "mass", whatever the share: deleting one
+# project from a mirror of two is ordinary upstream life, not a glitch.
+MASS_DELETE_FLOOR_PROJECTS = 1
+MASS_DELETE_FLOOR_FILES = 10
+
+
+def is_mass_removal(removing: int, held: int, share: float, floor: int) -> bool:
+    """True when removing ``removing`` of ``held`` goes past ``share`` and past ``floor``."""
+    return removing > floor and removing > share * held

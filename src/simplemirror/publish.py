@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -64,6 +65,10 @@ class Publisher:
         html_path, json_path = layout.project_pages(info.name)
         self.page(html_path, render.project_html(info, files))
         self.page(json_path, render.project_json(info, files))
+
+    def last_modified(self, when: time.struct_time) -> None:
+        """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""
+        self.page(layout.LAST_MODIFIED, time.strftime("%Y%m%dT%H:%M:%S", when) + "\n")
 
     def root(self, entries: Iterable[render.RootEntry], serial: int | None) -> None:
         """The root pages; call last, once every project page they link to is in place."""

@@ -90,6 +90,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS files_live
     ON files (project, filename) WHERE removed_gen IS NULL;
 CREATE INDEX IF NOT EXISTS files_appeared ON files (appeared_gen);
 CREATE INDEX IF NOT EXISTS files_removed ON files (removed_gen);
+CREATE INDEX IF NOT EXISTS files_path ON files (path);
 
 CREATE TABLE IF NOT EXISTS pages (
     path         TEXT PRIMARY KEY,      -- below web/
@@ -378,3 +379,56 @@ class State:
             " VALUES (?, ?, ?, ?, ?)",
             [generation, project, filename, kind, error],
         )
+
+    # -- removals -------------------------------------------------------------
+
+    def held_counts(self) -> tuple[int, int]:
+        """Projects still listed (not removed) and live file rows: the base of the removal cap."""
+        (projects,) = self.db.execute(
+            "SELECT count(*) FROM projects WHERE status != 'removed'"
+        ).fetchone()
+        (files,) = self.db.execute(
+            "SELECT count(*) FROM files WHERE removed_gen IS NULL"
+        ).fetchone()
+        return projects, files
+
+    def unpublish_pending(self) -> list[str]:
+        """Removed projects whose pages are still published (deletion not done yet)."""
+        rows = self.db.execute(
+            "SELECT name FROM projects WHERE status = 'removed' AND published_gen IS NOT NULL"
+            " ORDER BY name"
+        )
+        return [name for (name,) in rows]
+
+    def unpublish(self, name: str, pages: Iterable[str], generation: int) -> None:
+        """Record that a removed project's pages are gone; its files leave its pages too."""
+        with self.transaction():
+            self.db.conn.executemany(
+                "UPDATE pages SET removed_gen = ? WHERE path = ? AND removed_gen IS NULL",
+                ((generation, page) for page in pages),
+            )
+            self.db.execute(
+                "UPDATE files SET removed_gen = ? WHERE project = ? AND removed_gen IS NULL",
+                [generation, name],
+            )
+            self.db.execute("UPDATE projects SET published_gen = NULL WHERE name = ?", [name])
+
+    def reapable(self) -> list[tuple[int, str]]:
+        """(id, path) of files off every page whose bytes are still on disk.
+
+        A path that a live row still uses (the same bytes under the same name in
+        another project) is kept.
+        """
+        rows = self.db.execute(
+            "SELECT id, path FROM files AS gone WHERE removed_gen IS NOT NULL"
+            " AND deleted_gen IS NULL AND NOT EXISTS (SELECT 1 FROM files AS live"
+            " WHERE live.path = gone.path AND live.removed_gen IS NULL)"
+        )
+        return list(rows)
+
+    def mark_deleted(self, ids: Iterable[int], generation: int) -> None:
+        with self.transaction():
+            self.db.conn.executemany(
+                "UPDATE files SET deleted_gen = ? WHERE id = ?",
+                ((generation, file_id) for file_id in ids),
+            )

@@ -27,16 +27,19 @@ from typing import Any
 
 import requests
 
-from simplemirror import download
+from simplemirror import download, reap
 from simplemirror.config import Config
 from simplemirror.model import DistFile, HeldFile, ProjectPage, version_of
 from simplemirror.plan import (
+    MASS_DELETE_FLOOR_FILES,
+    MASS_DELETE_FLOOR_PROJECTS,
     FilePlan,
     FileTodo,
     HeldProject,
     ProjectTodo,
     Status,
     SyncPlan,
+    is_mass_removal,
     plan_files,
     plan_retry,
     plan_sync,
@@ -76,6 +79,8 @@ class RunSummary:
     """Entries upstream listed that cannot be mirrored (invalid names...): warnings."""
     files_fetched: int = 0
     bytes_fetched: int = 0
+    files_deleted: int = 0
+    """Files whose bytes left the disk because no page lists them any more."""
     duration: float = 0.0
     plan: SyncPlan | None = None
     stopped_by: int | None = None
@@ -233,8 +238,10 @@ class Sync:
             return summary
 
         # The publish order: files, then each project's pages (inside
-        # _fetch_all, as each project's downloads finish), then the root.
+        # _fetch_all, as each project's downloads finish), then the root; only
+        # then, what nothing links to any more leaves the disk.
         publisher = Publisher(config.web, config.tmp, state, generation)
+        self._files_held, self._files_removing = state.held_counts()[1], 0
         complete = False
         try:
             self._fetch_all(plan, state, publisher, summary)
@@ -253,6 +260,10 @@ class Sync:
                     # the full root again next time, not a 304.
                     state.set_meta("root_etag", root.etag)
                     state.set_meta("root_scope", self._scope())
+            reap.unpublish_removed_projects(config.web, state, generation)
+            summary.files_deleted = reap.reap_files(config.web, state, generation)
+            if complete:
+                publisher.last_modified(time.gmtime())
         except OSError as exc:
             if isinstance(exc, requests.RequestException):
                 raise
@@ -298,6 +309,16 @@ class Sync:
             return _Root(plan_retry(held, only), not_modified=True)
         index = response.index
         plan = plan_sync(index, {name: h for name, (_, h) in held.items()}, only)
+        listed = sum(1 for _, h in held.values() if h.status is not Status.REMOVED)
+        if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
+            len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
+        ):
+            raise SyncError(
+                f"upstream no longer lists {len(plan.removed)} of the {listed} projects held "
+                f"(more than max-removal, {self.config.max_removal:.0%}); nothing was changed. "
+                "If upstream really removed them, run again with --allow-mass-delete; "
+                "if not, its index is truncated: wait and run again"
+            )
         if only:
             listed = {p.normalized for p in index.projects}
             for name in sorted(set(only) - listed):
@@ -530,6 +551,21 @@ class Sync:
             )
         # Upstream's order; files that failed are left out (never advertised).
         files = [project.done[d.filename] for d in page.files if d.filename in project.done]
+        gone = list(project.files.gone)
+        if gone and not self.config.allow_mass_delete and is_mass_removal(
+            self._files_removing + len(gone), self._files_held, self.config.max_removal,
+            MASS_DELETE_FLOOR_FILES,
+        ):
+            # Keep what upstream dropped: the page still offers those files, and
+            # the project does not converge until an operator says otherwise.
+            project.errors.append(("*", (
+                f"upstream dropped {len(gone)} file(s); with the others dropped in this run "
+                f"that is more than max-removal ({self.config.max_removal:.0%}) of the files "
+                "held, so they were kept. Run with --allow-mass-delete if that is right"
+            )))
+            files += gone
+            gone = []
+        self._files_removing += len(gone)
         versions = page.versions
         if versions is None:  # api-version 1.0 upstream: derive them (PEP 700)
             found = {version_of(d.filename) for d in page.files}
@@ -548,7 +584,7 @@ class Sync:
                 page_serial=page.serial,
                 page_data={"versions": list(versions), "extra": dict(page.extra)},
                 files=files,
-                gone=project.files.gone,
+                gone=gone,
                 generation=publisher.generation,
             )
             for filename, err in project.errors:

@@ -377,7 +377,8 @@ ROOT_FAULTS: dict[str, dict[str, Any]] = {
     # The real root with one byte that is not UTF-8 (PEP 691 JSON is UTF-8): set below.
     "not-utf8": {},
     "html": {
-        "root_body": b'<!DOCTYPE html><html><body><a href="tiny/">tiny</a></body></html>',
+        # HTML is a real index format now; a page without a single link is an error page.
+        "root_body": b"<!DOCTYPE html><html><body><h1>Down for maintenance</h1></body></html>",
         "root_content_type": "text/html",
     },
     "wrong-content-type": {"root_content_type": "text/plain"},
@@ -472,8 +473,7 @@ def page_garbage(up: Upstream, world: World, kind: str) -> tuple[bytes, str]:
     return {
         "malformed-json": (b'{"meta": {"api-version": "1.1"}, "name": "tiny", "files": [', JSON_V1),
         "html": (
-            b'<!DOCTYPE html><html><body><a href="x/tiny-0.2.tar.gz">tiny-0.2.tar.gz</a>'
-            b"</body></html>",
+            b"<!DOCTYPE html><html><body><h1>Down for maintenance</h1></body></html>",
             "text/html",
         ),
         "no-name": (b'{"meta": {"api-version": "1.1"}, "files": []}', JSON_V1),

@@ -1,4 +1,7 @@
-"""Unit tests for simplemirror.model: parsing the Simple Repository API's JSON (PEP 691)."""
+"""Unit tests for simplemirror.model: parsing the Simple Repository API's JSON (PEP 691).
+
+HTML (PEP 503) parsing is tested in test_html_parse.py.
+"""
 
 from __future__ import annotations
 
@@ -345,10 +348,59 @@ def test_page_unknown_top_level_keys_kept_known_and_pep708_dropped() -> None:
             "alternate-locations": ["https://mirror.example/simple/foo/"],
         },
     )
-    assert dict(page.extra) == {
-        "project-status": {"status": "archived"},
-        "x-custom": [1, {"a": None}],
-    }
+    # project-status is interpreted (PEP 792), so it is a field, not an extra.
+    assert dict(page.extra) == {"x-custom": [1, {"a": None}]}
+    assert page.status == "archived"
+
+
+# -- ProjectPage: project status (PEP 792) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status", ["active", "archived", "quarantined", "deprecated", "some-future-status", "Odd Case"]
+)
+def test_project_status_kept_verbatim_even_when_unknown(status: str) -> None:
+    page = parse_page(**{"project-status": {"status": status, "reason": "see <b>notes</b> & co"}})
+    assert (page.status, page.status_reason) == (status, "see <b>notes</b> & co")
+    assert "project-status" not in page.extra
+
+
+def test_project_status_absent_is_none() -> None:
+    page = parse_page(file_entry())
+    assert (page.status, page.status_reason) == (None, None)
+
+
+def test_project_status_without_reason() -> None:
+    page = parse_page(**{"project-status": {"status": "quarantined"}})
+    assert (page.status, page.status_reason) == ("quarantined", None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "archived",
+        ["archived"],
+        None,
+        5,
+        {},
+        {"reason": "no status given"},
+        {"status": None, "reason": "x"},
+        {"status": 1, "reason": "x"},
+        {"status": ["archived"]},
+        {"status": True},
+    ],
+)
+def test_malformed_project_status_is_ignored_not_fatal(value: object) -> None:
+    page = parse_page(file_entry(), **{"project-status": value})
+    assert (page.status, page.status_reason) == (None, None)
+    assert [f.filename for f in page.files] == ["foo-1.0.tar.gz"]
+    assert "project-status" not in page.extra
+
+
+@pytest.mark.parametrize("reason", [5, None, ["why"], {"text": "why"}, True])
+def test_non_string_status_reason_dropped_status_kept(reason: object) -> None:
+    page = parse_page(**{"project-status": {"status": "deprecated", "reason": reason}})
+    assert (page.status, page.status_reason) == ("deprecated", None)
 
 
 def test_page_files_keep_upstream_order() -> None:
@@ -689,6 +741,71 @@ def test_core_metadata(keys: dict[str, Any], expected: object) -> None:
 def test_malformed_core_metadata_hash_rejects_entry() -> None:
     reason = rejection(file_entry(core_metadata={"sha256": "nothex"}))
     assert "core-metadata" in reason
+
+
+# -- ProjectPage: gpg-sig and provenance (PEP 503/691, PEP 740) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, True), (False, False), ("true", None), (1, None), (0, None), ({}, None)],
+)
+def test_gpg_sig_only_a_json_boolean_counts(value: object, expected: bool | None) -> None:
+    assert parse_one(file_entry(gpg_sig=value)).gpg_sig is expected
+
+
+def test_gpg_sig_absent_or_null_is_none() -> None:
+    assert parse_one(file_entry()).gpg_sig is None
+    entry = file_entry()
+    entry["gpg-sig"] = None
+    assert parse_one(entry).gpg_sig is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            "https://index.example/integrity/foo/1.0/foo-1.0.tar.gz/provenance",
+            "https://index.example/integrity/foo/1.0/foo-1.0.tar.gz/provenance",
+        ),
+        ("http://other.example/p", "http://other.example/p"),
+        ("/integrity/foo/provenance", "https://index.example/integrity/foo/provenance"),
+        ("../../integrity/foo/provenance", "https://index.example/integrity/foo/provenance"),
+        ("provenance.json", "https://index.example/simple/foo/provenance.json"),
+        ("//cdn.example/p", "https://cdn.example/p"),
+    ],
+)
+def test_provenance_resolved_against_the_page_url(value: str, expected: str) -> None:
+    assert parse_one(file_entry(provenance=value)).provenance == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "ftp://files.example/p",
+        "data:application/json,{}",
+        "http://",  # another scheme than the page's, so urljoin cannot supply a host
+        "",
+        5,
+        True,
+        ["https://index.example/p"],
+        {"url": "https://index.example/p"},
+    ],
+)
+def test_unusable_provenance_is_none_and_the_file_is_kept(value: object) -> None:
+    dist = parse_one(file_entry(provenance=value))
+    assert dist.provenance is None
+    assert dist.filename == "foo-1.0.tar.gz"
+    assert "provenance" not in dist.extra
+
+
+def test_provenance_absent_or_null_is_none() -> None:
+    assert parse_one(file_entry()).provenance is None
+    entry = file_entry()
+    entry["provenance"] = None
+    assert parse_one(entry).provenance is None
 
 
 # -- ProjectPage: per-file extra keys ------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ import responses
 
 from simplemirror import __version__, config
 from simplemirror.config import Config
-from simplemirror.model import JSON_CONTENT_TYPE
+from simplemirror.model import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 from simplemirror.plan import ProjectTodo
 from simplemirror.upstream import (
-    ACCEPT_JSON,
+    ACCEPT,
     Client,
     StalePage,
     TransientError,
@@ -111,8 +112,10 @@ def test_fetch_root_sends_pep691_accept_and_user_agent(
         ("bar-baz", 7),
     ]
     headers = rsps.calls[0].request.headers
-    assert headers["Accept"] == ACCEPT_JSON
-    assert headers["Accept"].startswith("application/vnd.pypi.simple.v1+json")
+    assert headers["Accept"] == ACCEPT == (
+        "application/vnd.pypi.simple.v1+json, "
+        "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
+    )
     assert headers["User-Agent"] == f"simplemirror/{__version__}"
     assert "If-None-Match" not in headers
 
@@ -318,21 +321,23 @@ def test_undecodable_json_body_is_malformed_json(
     assert len(rsps.calls) == 1
 
 
-def test_html_answer_is_an_actionable_upstream_error(
-    rsps: responses.RequestsMock, client: Client
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", None])
+def test_other_content_types_are_an_actionable_upstream_error(
+    rsps: responses.RequestsMock, client: Client, content_type: str | None
 ) -> None:
     rsps.add(
         responses.GET,
         UPSTREAM,
-        body="<!DOCTYPE html><html><body><a href='foo/'>foo</a></body></html>",
-        content_type="text/html",
+        body="<a href='foo/'>foo</a>",
+        content_type=content_type,
+        auto_calculate_content_length=False,
     )
     with pytest.raises(UpstreamError) as info:
         client.fetch_root(None)
     message = str(info.value)
     assert UPSTREAM in message
-    assert "text/html" in message
-    assert "PEP 691 JSON" in message
+    assert (content_type or "no content type") in message
+    assert "PEP 691 JSON nor PEP 503 HTML" in message
     assert "check that the upstream URL" in message
     assert len(rsps.calls) == 1
 
@@ -365,7 +370,8 @@ def test_fetch_page_parses_the_page(rsps: responses.RequestsMock, client: Client
     assert got.etag == '"p1"'
     assert [f.url for f in got.page.files] == ["http://index.test/packages/foo-1.0.tar.gz"]
     assert rsps.calls[0].request.url == FOO_URL
-    assert rsps.calls[0].request.headers["Accept"] == ACCEPT_JSON
+    assert rsps.calls[0].request.headers["Accept"] == ACCEPT
+    assert "If-None-Match" not in rsps.calls[0].request.headers
 
 
 def test_newer_page_than_promised_is_fine(rsps: responses.RequestsMock, client: Client) -> None:
@@ -468,3 +474,260 @@ def test_relative_file_urls_resolve_against_the_url_after_redirect(
 def test_page_url_stays_below_upstream(client: Client) -> None:
     assert client.page_url("foo") == FOO_URL
     assert client.page_url("bar-baz") == f"{UPSTREAM}bar-baz/"
+
+
+# -- HTML (PEP 503) answers --------------------------------------------------------------------
+
+ROOT_HTML = (
+    "<!DOCTYPE html>\n<html><head>"
+    '<meta name="pypi:repository-version" content="1.1"></head><body>\n'
+    '<a href="/simple/foo/">Foo</a><br/>\n<a href="/simple/bar-baz/">bar_baz</a><br/>\n'
+    "</body></html>\n"
+)
+
+
+def page_html(serial: int | None = 40, href: str = "../../packages/foo-1.0.tar.gz") -> str:
+    comment = f"<!--SERIAL {serial}-->\n" if serial is not None else ""
+    return (
+        "<!DOCTYPE html>\n<html><head>"
+        '<meta name="pypi:repository-version" content="1.1">'
+        '<meta name="pypi:project-status" content="archived"></head><body>\n'
+        f'<a href="{href}#sha256={SHA}" data-requires-python="&gt;=3.8" '
+        'data-yanked="caf\u00e9 broke">foo-1.0.tar.gz</a><br/>\n'
+        f"</body></html>\n{comment}"
+    )
+
+
+def add_html(
+    rsps: responses.RequestsMock,
+    url: str,
+    body: str | bytes,
+    *,
+    content_type: str = "text/html; charset=utf-8",
+    headers: dict[str, str] | None = None,
+    status: int = 200,
+) -> None:
+    rsps.add(
+        responses.GET,
+        url,
+        body=body,
+        content_type=content_type,
+        headers=headers or {},
+        status=status,
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/html", "text/html; charset=utf-8", HTML_CONTENT_TYPE, "TEXT/HTML"]
+)
+def test_html_root_is_parsed(
+    rsps: responses.RequestsMock, client: Client, content_type: str
+) -> None:
+    add_html(
+        rsps,
+        UPSTREAM,
+        ROOT_HTML + "<!--SERIAL 42-->",
+        content_type=content_type,
+        headers={"ETag": '"r1"', "X-PyPI-Last-Serial": "41"},
+    )
+    got = client.fetch_root(None)
+    assert got is not None
+    assert [(p.name, p.normalized, p.serial) for p in got.index.projects] == [
+        ("Foo", "foo", None),
+        ("bar_baz", "bar-baz", None),
+    ]
+    assert got.index.serial == 42  # the SERIAL comment wins over the header, like meta
+    assert got.etag == '"r1"'
+
+
+def test_html_root_serial_from_header(rsps: responses.RequestsMock, client: Client) -> None:
+    add_html(rsps, UPSTREAM, ROOT_HTML, headers={"X-PyPI-Last-Serial": "41"})
+    got = client.fetch_root(None)
+    assert got is not None
+    assert got.index.serial == 41
+
+
+def test_html_maintenance_page_as_root_is_an_upstream_error(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    # Read as an index, it would list no projects and make every project look removed.
+    add_html(rsps, UPSTREAM, "<html><body>Down for maintenance</body></html>")
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_root(None)
+    message = str(info.value)
+    assert UPSTREAM in message
+    assert "not a simple index" in message
+    assert "text/html" in message
+    assert len(rsps.calls) == 1
+
+
+def test_html_page_is_parsed(rsps: responses.RequestsMock, client: Client) -> None:
+    add_html(rsps, FOO_URL, page_html(serial=40), headers={"ETag": '"p1"'})
+    got = client.fetch_page(todo(40))
+    assert got is not None
+    page = got.page
+    assert (page.name, page.serial, page.status, page.versions) == ("foo", 40, "archived", None)
+    assert page.rejected == ()
+    [dist] = page.files
+    assert dist.url == "http://index.test/packages/foo-1.0.tar.gz"
+    assert dict(dist.hashes) == {"sha256": SHA}
+    assert (dist.requires_python, dist.yanked_reason) == (">=3.8", "caf\u00e9 broke")
+    assert got.etag == '"p1"'
+
+
+def test_html_page_relative_links_follow_the_redirect(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    final = "http://cdn.index.test/a/b/foo/"
+    rsps.add(responses.GET, FOO_URL, status=302, headers={"Location": final})
+    add_html(rsps, final, page_html(href="../files/foo-1.0.tar.gz"))
+    got = client.fetch_page(todo(40))
+    assert got is not None
+    assert [f.url for f in got.page.files] == ["http://cdn.index.test/a/b/files/foo-1.0.tar.gz"]
+
+
+def test_stale_html_page_retried_by_its_serial_comment(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_html(rsps, FOO_URL, page_html(serial=39))
+    add_html(rsps, FOO_URL, page_html(serial=41))
+    got = client.fetch_page(todo(40))
+    assert got is not None
+    assert got.page.serial == 41
+    assert len(rsps.calls) == 2
+
+
+def test_html_page_without_a_serial_uses_the_header(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_html(rsps, FOO_URL, page_html(serial=None), headers={"X-PyPI-Last-Serial": "38"})
+    with pytest.raises(StalePage):
+        client.fetch_page(todo(40))
+    assert len(rsps.calls) == 3
+
+
+def test_html_error_page_for_a_project_is_an_upstream_error(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_html(rsps, FOO_URL, "<html><body>Service Unavailable</body></html>")
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_page(todo(40))
+    assert not isinstance(info.value, StalePage)
+    assert FOO_URL in str(info.value)
+    assert "not a simple index" in str(info.value)
+
+
+def test_html_body_in_the_declared_charset_when_not_utf8(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    body = page_html().encode("latin-1")
+    with pytest.raises(UnicodeDecodeError):
+        body.decode("utf-8")  # so the declared charset is what decodes it
+    add_html(rsps, FOO_URL, body, content_type='text/html; charset="ISO-8859-1"')
+    got = client.fetch_page(todo(40))
+    assert got is not None
+    assert got.page.files[0].yanked_reason == "caf\u00e9 broke"
+
+
+def test_html_body_that_is_utf8_is_read_as_utf8_whatever_the_charset_says(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_html(rsps, FOO_URL, page_html().encode(), content_type="text/html; charset=iso-8859-1")
+    got = client.fetch_page(todo(40))
+    assert got is not None
+    assert got.page.files[0].yanked_reason == "caf\u00e9 broke"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/html",  # no charset to fall back on
+        "text/html; charset=utf-8",
+        "text/html; charset=no-such-charset",
+        "text/html; charset=rot13",  # a codec, but not a text encoding
+        "text/html; charset=ascii",
+    ],
+)
+def test_undecodable_html_is_an_upstream_error(
+    rsps: responses.RequestsMock, client: Client, content_type: str
+) -> None:
+    add_html(rsps, FOO_URL, page_html().encode("latin-1"), content_type=content_type)
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_page(todo(40))
+    assert FOO_URL in str(info.value)
+    assert "HTML page" in str(info.value)
+    assert len(rsps.calls) == 1  # bad bytes are not worth another try
+
+
+def test_undecodable_html_root_is_an_upstream_error(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_html(rsps, UPSTREAM, b"<a href='x/'>\xff\xfe</a>", content_type="text/html")
+    with pytest.raises(UpstreamError) as info:
+        client.fetch_root(None)
+    assert UPSTREAM in str(info.value)
+
+
+# -- fetch_page: conditional requests and body hashes -------------------------------------------
+
+
+def test_fetch_page_sends_if_none_match_and_304_returns_none(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    rsps.add(responses.GET, FOO_URL, status=304, body=b"")
+    assert client.fetch_page(todo(40), etag='"p1"') is None
+    assert len(rsps.calls) == 1
+    assert rsps.calls[0].request.headers["If-None-Match"] == '"p1"'
+
+
+def test_fetch_page_with_etag_returns_the_new_page_on_200(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    add_json(rsps, FOO_URL, page_doc(serial=41), headers={"ETag": '"p2"'})
+    got = client.fetch_page(todo(40), etag='"p1"')
+    assert got is not None
+    assert (got.page.serial, got.etag) == (41, '"p2"')
+    assert rsps.calls[0].request.headers["If-None-Match"] == '"p1"'
+
+
+def test_304_older_than_the_root_promised_is_stale(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    # A lagging CDN node still holding the old page would confirm the old ETag.
+    rsps.add(responses.GET, FOO_URL, status=304, headers={"X-PyPI-Last-Serial": "39"})
+    with pytest.raises(StalePage) as info:
+        client.fetch_page(todo(40), etag='"p1"')
+    assert "39" in str(info.value)
+    assert len(rsps.calls) == 3
+
+
+def test_304_then_fresh_after_stale(rsps: responses.RequestsMock, client: Client) -> None:
+    rsps.add(responses.GET, FOO_URL, status=304, headers={"X-PyPI-Last-Serial": "39"})
+    rsps.add(responses.GET, FOO_URL, status=304, headers={"X-PyPI-Last-Serial": "40"})
+    assert client.fetch_page(todo(40), etag='"p1"') is None
+    assert len(rsps.calls) == 2
+
+
+def test_fetch_page_returns_sha256_of_the_body(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    json_body = json.dumps(page_doc(serial=40)).encode()
+    html_body = page_html(serial=40).encode()
+    rsps.add(responses.GET, FOO_URL, body=json_body, content_type=JSON_CONTENT_TYPE)
+    add_html(rsps, FOO_URL, html_body)
+    first = client.fetch_page(todo(40))
+    second = client.fetch_page(todo(40))
+    assert first is not None and second is not None
+    assert first.sha256 == hashlib.sha256(json_body).hexdigest()
+    assert second.sha256 == hashlib.sha256(html_body).hexdigest()
+    assert first.etag is None  # the hash is what tells pages apart without ETags
+
+
+def test_sha256_is_of_the_bytes_not_the_decoded_text(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    body = page_html().encode("latin-1")
+    add_html(rsps, FOO_URL, body, content_type="text/html; charset=latin-1")
+    got = client.fetch_page(todo(40))
+    assert got is not None
+    assert got.sha256 == hashlib.sha256(body).hexdigest()

@@ -1,7 +1,9 @@
 """The Simple Repository API data model, parsed from its wire formats.
 
-Parsing is pure: it takes decoded JSON (and the URL the page came from) and
-returns frozen dataclasses. Nothing here touches the network or the disk.
+Parsing is pure: it takes decoded JSON (PEP 691) or HTML text (PEP 503), and
+the URL the page came from, and returns frozen dataclasses. Nothing here
+touches the network or the disk. Both formats go through the same validation:
+an HTML anchor is first turned into the JSON entry it stands for.
 
 An upstream is untrusted. Entries that cannot be mirrored safely (a hostile
 file name, a non-hex hash, a name that is not a valid project name) are not
@@ -14,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
@@ -29,11 +32,12 @@ from packaging.utils import (
 )
 
 JSON_CONTENT_TYPE = "application/vnd.pypi.simple.v1+json"
+HTML_CONTENT_TYPE = "application/vnd.pypi.simple.v1+html"
 
 # Keys the mirror interprets itself; every other key of a file entry is kept
-# verbatim. The ones in DROPPED_FILE_KEYS are left out because they would
-# advertise something the mirror does not hold (a signature, provenance) or
-# belong to PEP 708, which was rejected.
+# verbatim in ``extra``. Interpreted keys never reach ``extra``, so whoever
+# renders a page decides what to say about them (a signature or provenance
+# the mirror does not hold must not be advertised as if it did).
 KNOWN_FILE_KEYS = frozenset(
     {
         "filename",
@@ -46,10 +50,14 @@ KNOWN_FILE_KEYS = frozenset(
         "core-metadata",
         "data-dist-info-metadata",
         "dist-info-metadata",
+        "gpg-sig",
+        "provenance",
     }
 )
-DROPPED_FILE_KEYS = frozenset({"gpg-sig", "provenance"})
-KNOWN_PAGE_KEYS = frozenset({"meta", "name", "files", "versions"})
+# Reserved for keys that must never be passed on; none at the file level now.
+DROPPED_FILE_KEYS: frozenset[str] = frozenset()
+KNOWN_PAGE_KEYS = frozenset({"meta", "name", "files", "versions", "project-status"})
+# PEP 708 was rejected: its keys are never passed on.
 DROPPED_PAGE_KEYS = frozenset({"tracks", "alternate-locations"})
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -100,13 +108,47 @@ class RootProject:
     """Upstream's ``_last-serial`` for the project, None when not given."""
 
 
+class _RootBuilder:
+    """Collects a root's projects, with the validation and collisions both formats share."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, RootProject] = {}
+        self.rejected: list[tuple[str, str]] = []
+        self.collisions: list[tuple[str, str]] = []
+
+    def add(self, name: str, serial: int | None) -> None:
+        try:
+            normalized = normalize_name(name)
+        except InvalidName:
+            self.rejected.append((name[:200], "not a valid project name (PEP 508)"))
+            return
+        project = RootProject(name, normalized, serial)
+        previous = self.by_name.get(normalized)
+        if previous is None:
+            self.by_name[normalized] = project
+            return
+        # Two spellings of one project: keep the newer. Its page is fetched
+        # by normalized name anyway, so nothing is lost.
+        newer = _serial_key(project.serial) > _serial_key(previous.serial)
+        keep, drop = (project, previous) if newer else (previous, project)
+        self.by_name[normalized] = keep
+        self.collisions.append((drop.name, keep.name))
+
+    def build(self, serial: int | None) -> RootIndex:
+        return RootIndex(
+            tuple(self.by_name.values()), serial, tuple(self.rejected), tuple(self.collisions)
+        )
+
+
 @dataclass(frozen=True)
 class RootIndex:
     """The root of a simple index: every project and the index's last serial."""
 
     projects: tuple[RootProject, ...]
+    """Every project the mirror can track, in upstream's order."""
     serial: int | None
-    """``meta._last-serial`` or the ``X-PyPI-Last-Serial`` header."""
+    """``meta._last-serial`` (JSON) or ``<!--SERIAL n-->`` (HTML), else the
+    ``X-PyPI-Last-Serial`` header."""
     rejected: tuple[tuple[str, str], ...] = ()
     """(entry, reason) for each listed project the mirror refuses to track."""
     collisions: tuple[tuple[str, str], ...] = ()
@@ -114,37 +156,40 @@ class RootIndex:
 
     @classmethod
     def from_json_data(cls, data: object, *, header_serial: int | None = None) -> RootIndex:
+        """Parse a PEP 691 root; raises UpstreamDataError when it is not one at all."""
         if not isinstance(data, dict) or not isinstance(data.get("projects"), list):
             raise UpstreamDataError("the root index is not a PEP 691 JSON object with 'projects'")
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         serial = parse_serial(meta.get("_last-serial"))
-        if serial is None:
-            serial = header_serial
-        by_name: dict[str, RootProject] = {}
-        rejected: list[tuple[str, str]] = []
-        collisions: list[tuple[str, str]] = []
+        builder = _RootBuilder()
         for entry in data["projects"]:
             name = entry.get("name") if isinstance(entry, dict) else None
             if not isinstance(name, str):
-                rejected.append((repr(entry)[:200], "project entry without a string 'name'"))
+                builder.rejected.append(
+                    (repr(entry)[:200], "project entry without a string 'name'")
+                )
                 continue
-            try:
-                normalized = normalize_name(name)
-            except InvalidName:
-                rejected.append((name[:200], "not a valid project name (PEP 508)"))
-                continue
-            project = RootProject(name, normalized, parse_serial(entry.get("_last-serial")))
-            previous = by_name.get(normalized)
-            if previous is None:
-                by_name[normalized] = project
-                continue
-            # Two spellings of one project: keep the newer. Its page is fetched
-            # by normalized name anyway, so nothing is lost.
-            newer = _serial_key(project.serial) > _serial_key(previous.serial)
-            keep, drop = (project, previous) if newer else (previous, project)
-            by_name[normalized] = keep
-            collisions.append((drop.name, keep.name))
-        return cls(tuple(by_name.values()), serial, tuple(rejected), tuple(collisions))
+            builder.add(name, parse_serial(entry.get("_last-serial")))
+        return builder.build(serial if serial is not None else header_serial)
+
+    @classmethod
+    def from_html(
+        cls, text: str, *, page_url: str, header_serial: int | None = None
+    ) -> RootIndex:
+        """Parse a PEP 503 root: each link's text is a project name.
+
+        The links themselves are not followed (pages are fetched by normalized
+        name), and HTML gives no per-project serials, so every project's serial
+        is None and each one is fetched on every run. ``page_url`` is where the
+        root came from; like ``from_json_data``, errors leave naming it to the caller.
+        """
+        doc = _parse_html(text)
+        if not doc.anchors and not doc.is_simple_index:
+            raise UpstreamDataError(f"the root index is an {_NOT_AN_INDEX}")
+        builder = _RootBuilder()
+        for anchor in doc.anchors:
+            builder.add(anchor.text, None)
+        return builder.build(doc.serial if doc.serial is not None else header_serial)
 
 
 @dataclass(frozen=True)
@@ -152,17 +197,27 @@ class DistFile:
     """One file listed on a project page, as upstream described it."""
 
     filename: str
+    """The file's name, checked to be safe on disk and to match the URL's last part."""
     url: str
     """Absolute URL, resolved against the page URL."""
     hashes: Mapping[str, str]
     """Algorithm (lowercase) to hex digest (lowercase), only algorithms hashlib knows."""
     requires_python: str | None = None
+    """PEP 345 Requires-Python specifier, verbatim; None when not given."""
     yanked: bool = False
+    """PEP 592: the file is yanked."""
     yanked_reason: str | None = None
+    """PEP 592: why it was yanked, when upstream said (never set unless ``yanked``)."""
     size: int | None = None
+    """PEP 700: size in bytes; None when not given (HTML never gives it)."""
     upload_time: str | None = None
+    """PEP 700: ISO 8601 upload time, verbatim; None when not given."""
     core_metadata: bool | Mapping[str, str] = False
     """PEP 658/714: False, True (present, no hash) or the metadata file's hashes."""
+    gpg_sig: bool | None = None
+    """PEP 503/691: whether upstream has a detached ``.asc`` signature; None when unsaid."""
+    provenance: str | None = None
+    """PEP 740: absolute http(s) URL of the file's provenance; None when absent or unusable."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this mirror does not interpret, kept verbatim for clients that do."""
 
@@ -174,23 +229,32 @@ class DistFile:
 
 @dataclass(frozen=True)
 class ProjectPage:
-    """A project page (PEP 691 JSON)."""
+    """A project page (PEP 691 JSON or PEP 503 HTML)."""
 
     name: str
     """Normalized project name."""
     files: tuple[DistFile, ...]
+    """Every file that passed validation, in upstream's order."""
     versions: tuple[str, ...] | None
-    """PEP 700 versions when upstream gave them (api-version 1.1+)."""
+    """PEP 700 versions when upstream gave them (JSON, api-version 1.1+); None for HTML."""
     serial: int | None
-    """``meta._last-serial``, else the ``X-PyPI-Last-Serial`` header."""
+    """``meta._last-serial`` (JSON) or ``<!--SERIAL n-->`` (HTML), else the
+    ``X-PyPI-Last-Serial`` header."""
     extra: Mapping[str, Any] = field(default_factory=dict)
-    """Top-level keys this mirror does not interpret, kept verbatim."""
+    """Top-level keys this mirror does not interpret, kept verbatim (JSON only)."""
     rejected: tuple[tuple[str, str], ...] = ()
+    """(file name or entry, reason) for each file the mirror refuses to mirror."""
+    status: str | None = None
+    """PEP 792 project status ("active", "archived", "quarantined", "deprecated", or a
+    newer value kept verbatim); None when upstream did not say or said it malformed."""
+    status_reason: str | None = None
+    """PEP 792 free-text reason for the status; None without a usable status."""
 
     @classmethod
     def from_json_data(
         cls, data: object, *, page_url: str, header_serial: int | None = None
     ) -> ProjectPage:
+        """Parse a PEP 691 page; bad file entries are rejected, not raised."""
         if not isinstance(data, dict) or not isinstance(data.get("files"), list):
             raise UpstreamDataError(
                 f"{page_url}: not a PEP 691 project page (no 'files' list)"
@@ -200,25 +264,12 @@ class ProjectPage:
             raise UpstreamDataError(f"{page_url}: project page without a 'name'")
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         serial = parse_serial(meta.get("_last-serial"))
-        files: list[DistFile] = []
-        rejected: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        for entry in data["files"]:
-            try:
-                dist = parse_file(entry, page_url=page_url)
-            except UpstreamDataError as exc:
-                label = entry.get("filename") if isinstance(entry, dict) else None
-                rejected.append((str(label or repr(entry)[:200]), str(exc)))
-                continue
-            if dist.filename in seen:
-                rejected.append((dist.filename, "listed twice on the page; the first is kept"))
-                continue
-            seen.add(dist.filename)
-            files.append(dist)
+        files, rejected = _parse_files(data["files"], page_url=page_url)
         versions = data.get("versions")
+        status, reason = _parse_status(data.get("project-status"))
         return cls(
             name=canonicalize_name(name),
-            files=tuple(files),
+            files=files,
             versions=tuple(str(v) for v in versions) if isinstance(versions, list) else None,
             serial=serial if serial is not None else header_serial,
             extra={
@@ -226,8 +277,68 @@ class ProjectPage:
                 for k, v in data.items()
                 if k not in KNOWN_PAGE_KEYS and k not in DROPPED_PAGE_KEYS
             },
-            rejected=tuple(rejected),
+            rejected=rejected,
+            status=status,
+            status_reason=reason,
         )
+
+    @classmethod
+    def from_html(
+        cls, text: str, *, page_url: str, name: str, header_serial: int | None = None
+    ) -> ProjectPage:
+        """Parse a PEP 503 page for project ``name`` (HTML does not name its project).
+
+        Each ``<a href>`` becomes the PEP 691 entry it stands for and is then
+        validated exactly like a JSON entry.
+        """
+        doc = _parse_html(text)
+        if not doc.anchors and not doc.is_simple_index:
+            raise UpstreamDataError(f"{page_url}: an {_NOT_AN_INDEX}")
+        # HTML resolves every link against <base href> when there is one.
+        base = urljoin(page_url, doc.base) if doc.base is not None else page_url
+        files, rejected = _parse_files((_html_entry(a) for a in doc.anchors), page_url=base)
+        status, reason = _parse_status(
+            {"status": doc.meta.get(_STATUS_META), "reason": doc.meta.get(_REASON_META)}
+        )
+        return cls(
+            name=canonicalize_name(name),
+            files=files,
+            versions=None,
+            serial=doc.serial if doc.serial is not None else header_serial,
+            rejected=rejected,
+            status=status,
+            status_reason=reason,
+        )
+
+
+def _parse_status(value: object) -> tuple[str | None, str | None]:
+    """PEP 792 (status, reason); anything malformed says nothing rather than sink the page."""
+    if not isinstance(value, dict) or not isinstance(value.get("status"), str):
+        return None, None
+    reason = value.get("reason")
+    return value["status"], reason if isinstance(reason, str) else None
+
+
+def _parse_files(
+    entries: Iterable[object], *, page_url: str
+) -> tuple[tuple[DistFile, ...], tuple[tuple[str, str], ...]]:
+    """Validate a page's entries: (files kept, (label, reason) for each one refused)."""
+    files: list[DistFile] = []
+    rejected: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for entry in entries:
+        try:
+            dist = parse_file(entry, page_url=page_url)
+        except UpstreamDataError as exc:
+            label = entry.get("filename") if isinstance(entry, dict) else None
+            rejected.append((str(label or repr(entry)[:200]), str(exc)))
+            continue
+        if dist.filename in seen:
+            rejected.append((dist.filename, "listed twice on the page; the first is kept"))
+            continue
+        seen.add(dist.filename)
+        files.append(dist)
+    return tuple(files), tuple(rejected)
 
 
 def check_filename(filename: object) -> str:
@@ -265,21 +376,31 @@ def parse_hashes(value: object, *, what: str = "hashes") -> dict[str, str]:
     return hashes
 
 
+def _http_url(value: object, page_url: str) -> str | None:
+    """``value`` resolved against ``page_url`` if that gives an http(s) URL with a host."""
+    if not isinstance(value, str) or not value:
+        return None
+    absolute = urljoin(page_url, value)
+    parts = urlsplit(absolute)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return None
+    return absolute
+
+
 def parse_file(entry: object, *, page_url: str) -> DistFile:
-    """Parse one entry of a PEP 691 page's ``files``."""
+    """Validate one file entry in PEP 691 form (an HTML anchor is converted first)."""
     if not isinstance(entry, dict):
         raise UpstreamDataError("file entry is not an object")
     filename = check_filename(entry.get("filename"))
     url = entry.get("url")
     if not isinstance(url, str) or not url:
         raise UpstreamDataError("missing 'url'")
-    absolute = urljoin(page_url, url)
-    parts = urlsplit(absolute)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
+    absolute = _http_url(url, page_url)
+    if absolute is None:
         raise UpstreamDataError("file URL is not http(s)")
     # Clients name the file after the URL; a page that says otherwise is lying
     # about one of them.
-    if unquote(parts.path.rsplit("/", 1)[-1]) != filename:
+    if unquote(urlsplit(absolute).path.rsplit("/", 1)[-1]) != filename:
         raise UpstreamDataError("file name does not match the last part of its URL")
     hashes = parse_hashes(entry.get("hashes", {}))
     if not hashes:
@@ -298,6 +419,7 @@ def parse_file(entry: object, *, page_url: str) -> DistFile:
         core_metadata: bool | dict[str, str] = parse_hashes(metadata, what="core-metadata") or True
     else:
         core_metadata = bool(metadata)
+    gpg_sig = entry.get("gpg-sig")
     return DistFile(
         filename=filename,
         url=absolute,
@@ -308,12 +430,154 @@ def parse_file(entry: object, *, page_url: str) -> DistFile:
         size=size,
         upload_time=upload_time if isinstance(upload_time, str) else None,
         core_metadata=core_metadata,
+        gpg_sig=gpg_sig if isinstance(gpg_sig, bool) else None,
+        # Provenance is an optional extra: an unusable URL loses it, not the file.
+        provenance=_http_url(entry.get("provenance"), page_url),
         extra={
             k: v
             for k, v in entry.items()
             if k not in KNOWN_FILE_KEYS and k not in DROPPED_FILE_KEYS
         },
     )
+
+
+# -- HTML (PEP 503, with the data- attributes of PEPs 592, 658, 714, 740) --------------------
+
+_NOT_AN_INDEX = (
+    "HTML page with no links and no pypi:repository-version meta tag; "
+    "not a simple index page (an error or maintenance page?)"
+)
+_STATUS_META = "pypi:project-status"
+_REASON_META = "pypi:project-status-reason"
+_VERSION_META = "pypi:repository-version"
+_SERIAL_COMMENT = re.compile(r"\s*SERIAL\s+([0-9]+)\s*")
+# HTML strips these around a URL attribute before resolving it; urljoin does not.
+_HTML_SPACE = " \t\n\r\f"
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    attrs: Mapping[str, str]
+    """Attribute names lowercased, values unescaped; a bare attribute has value ""."""
+    text: str
+    """The link text, unescaped, surrounding whitespace stripped."""
+
+
+@dataclass
+class _HTMLDocument:
+    anchors: list[_Anchor] = field(default_factory=list)
+    """Every ``<a>`` that has an ``href``, in document order."""
+    base: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    """``<meta name=... content=...>``, names lowercased, first of each name."""
+    serial: int | None = None
+
+    @property
+    def is_simple_index(self) -> bool:
+        return _VERSION_META in self.meta
+
+
+class _SimpleHTMLParser(HTMLParser):
+    """Collects the parts of a page the Simple API gives meaning to; ignores the rest."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.doc = _HTMLDocument()
+        self._anchor: dict[str, str] | None = None
+        self._text: list[str] = []
+
+    @staticmethod
+    def _attrs(attrs: list[tuple[str, str | None]]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for key, value in attrs:
+            # Browsers keep the first of a repeated attribute; so does this.
+            found.setdefault(key, value if value is not None else "")
+        return found
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            # Anchors do not nest: a new one ends the one still open.
+            self._end_anchor()
+            found = self._attrs(attrs)
+            if "href" in found:
+                self._anchor = found
+        elif tag == "base":
+            found = self._attrs(attrs)
+            # The document's base URL is the first <base> that has an href.
+            if self.doc.base is None and "href" in found:
+                self.doc.base = found["href"].strip(_HTML_SPACE)
+        elif tag == "meta":
+            found = self._attrs(attrs)
+            if "name" in found and "content" in found:
+                self.doc.meta.setdefault(found["name"].lower(), found["content"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self._end_anchor()
+
+    def handle_data(self, data: str) -> None:
+        if self._anchor is not None:
+            self._text.append(data)
+
+    def handle_comment(self, data: str) -> None:
+        match = _SERIAL_COMMENT.fullmatch(data)
+        if match:
+            self.doc.serial = int(match[1])  # the last one wins: PyPI puts it at the end
+
+    def _end_anchor(self) -> None:
+        if self._anchor is not None:
+            text = "".join(self._text).strip(_HTML_SPACE)
+            self.doc.anchors.append(_Anchor(self._anchor, text))
+        self._anchor = None
+        self._text = []
+
+    def close(self) -> None:
+        super().close()
+        self._end_anchor()  # an anchor left open at the end still counts
+
+
+def _parse_html(text: str) -> _HTMLDocument:
+    parser = _SimpleHTMLParser()
+    parser.feed(text)
+    parser.close()
+    return parser.doc
+
+
+def _html_core_metadata(value: str | None) -> bool | dict[str, str]:
+    """PEP 658 attribute value: "true", or "<alg>=<hex>" (validated later as a hash)."""
+    if value is None:
+        return False
+    if value.strip(_HTML_SPACE).lower() == "true":
+        return True
+    algorithm, sep, digest = value.partition("=")
+    return {algorithm.strip(_HTML_SPACE): digest.strip(_HTML_SPACE)} if sep else False
+
+
+def _html_entry(anchor: _Anchor) -> dict[str, Any]:
+    """The PEP 691 file entry an anchor stands for, unvalidated (parse_file does that)."""
+    attrs = anchor.attrs
+    url, fragment = urldefrag(attrs["href"].strip(_HTML_SPACE))
+    algorithm, sep, digest = fragment.partition("=")
+    entry: dict[str, Any] = {
+        "filename": anchor.text,
+        "url": url,
+        # A missing or unknown hash leaves nothing verifiable: rejected like JSON's.
+        "hashes": {algorithm: digest} if sep else {},
+        # PEP 714: data-core-metadata wins over the PEP 658 spelling when both are there.
+        "core-metadata": _html_core_metadata(
+            attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
+        ),
+    }
+    if "data-requires-python" in attrs:
+        entry["requires-python"] = attrs["data-requires-python"]
+    if "data-yanked" in attrs:
+        entry["yanked"] = attrs["data-yanked"] or True
+    gpg_sig = attrs.get("data-gpg-sig", "").strip(_HTML_SPACE).lower()
+    if gpg_sig in {"true", "false"}:
+        entry["gpg-sig"] = gpg_sig == "true"
+    if "data-provenance" in attrs:
+        entry["provenance"] = attrs["data-provenance"].strip(_HTML_SPACE)
+    return entry
 
 
 def version_of(filename: str) -> str | None:

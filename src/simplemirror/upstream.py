@@ -1,10 +1,12 @@
 """Talking to the upstream index: sessions, the retry policy, root and project pages.
 
-Parsing lives in model.py; this module only moves bytes and interprets HTTP.
+Parsing lives in model.py; this module only moves bytes and interprets HTTP:
+status codes, ETags, serial headers, and which format (JSON or HTML) came back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from tenacity.wait import wait_base
 
 from simplemirror.config import Config
 from simplemirror.model import (
+    HTML_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
     ProjectPage,
     RootIndex,
@@ -37,8 +40,11 @@ from simplemirror.plan import ProjectTodo
 
 T = TypeVar("T")
 
-# Prefer JSON; an upstream that only speaks HTML is the subject of a later mode.
-ACCEPT_JSON = f"{JSON_CONTENT_TYPE}, application/json;q=0.5"
+# Prefer JSON (it carries per-project serials, sizes and upload times), but
+# take PEP 503 HTML from an index that offers nothing else.
+ACCEPT = f"{JSON_CONTENT_TYPE}, {HTML_CONTENT_TYPE};q=0.2, text/html;q=0.1"
+JSON_TYPES = frozenset({JSON_CONTENT_TYPE, "application/json"})
+HTML_TYPES = frozenset({HTML_CONTENT_TYPE, "text/html"})
 SERIAL_HEADER = "X-PyPI-Last-Serial"
 
 
@@ -103,6 +109,49 @@ class RootResponse:
 class PageResponse:
     page: ProjectPage
     etag: str | None
+    """The page's ETag, to send back as If-None-Match next time; None when not given."""
+    sha256: str
+    """sha256 (hex) of the response body, so that a caller can tell an unchanged page
+    from an upstream that gives neither ETags nor serials."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A successful GET of a Simple API document, decoded but not yet interpreted."""
+
+    response: requests.Response
+    media: str
+    """The content type without parameters, lowercased."""
+    document: object
+    """Decoded JSON, or the HTML text when ``media`` is in HTML_TYPES."""
+
+    @property
+    def html(self) -> bool:
+        return self.media in HTML_TYPES
+
+
+def _charset(content_type: str) -> str | None:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            return value.strip().strip("\"'") or None
+    return None
+
+
+def decode_html(body: bytes, content_type: str, url: str) -> str:
+    """HTML text: UTF-8 if it is, else the declared charset; UpstreamError when neither fits."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    charset = _charset(content_type)
+    if charset is None:
+        raise UpstreamError(f"{url}: HTML page is not UTF-8 and declares no charset")
+    try:
+        return body.decode(charset)
+    except (LookupError, UnicodeDecodeError) as exc:
+        # LookupError: an unknown charset, or a codec that is not a text encoding.
+        raise UpstreamError(f"{url}: HTML page cannot be decoded as {charset!r} ({exc})") from None
 
 
 class Client:
@@ -169,29 +218,33 @@ class Client:
         )
         return retryer(attempt)
 
-    def _get_json(
-        self, url: str, etag: str | None
-    ) -> tuple[object, requests.Response] | None:
-        """GET a PEP 691 document; None when the server answers 304 Not Modified."""
-        headers = {"Accept": ACCEPT_JSON}
+    def _get(self, url: str, etag: str | None) -> _Answer | requests.Response:
+        """GET a Simple API document (PEP 691 JSON or PEP 503 HTML).
+
+        A 304 Not Modified comes back as the bare response, for its headers.
+        """
+        headers = {"Accept": ACCEPT}
         if etag:
             headers["If-None-Match"] = etag
 
-        def attempt() -> tuple[object, requests.Response] | None:
+        def attempt() -> _Answer | requests.Response:
             response = self.session().get(url, headers=headers, timeout=self.timeout)
             if response.status_code == 304:
-                return None
+                return response
             check_response(response)
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-            if content_type not in {JSON_CONTENT_TYPE, "application/json"}:
+            content_type = response.headers.get("Content-Type", "")
+            media = content_type.split(";")[0].strip().lower()
+            if media in HTML_TYPES:
+                return _Answer(response, media, decode_html(response.content, content_type, url))
+            if media not in JSON_TYPES:
                 raise UpstreamError(
-                    f"{url}: answered {content_type or 'no content type'}, not PEP 691 JSON; "
-                    "check that the upstream URL is the root of a simple index that offers JSON"
+                    f"{url}: answered {media or 'no content type'}, neither PEP 691 JSON nor "
+                    "PEP 503 HTML; check that the upstream URL is the root of a simple index"
                 )
             try:
                 # From the bytes: JSON is UTF-8, and response.json() would
                 # guess another charset for bytes that are not, garbling names.
-                return json.loads(response.content), response
+                return _Answer(response, media, json.loads(response.content))
             except (ValueError, RecursionError) as exc:
                 # ValueError covers bad JSON and bytes that are not UTF-8 text.
                 raise UpstreamError(f"{url}: malformed JSON ({exc})") from None
@@ -203,50 +256,74 @@ class Client:
 
     def fetch_root(self, etag: str | None) -> RootResponse | None:
         """The root index, or None when it is unchanged since ``etag``."""
-        got = self._get_json(self.config.upstream, etag)
-        if got is None:
+        got = self._get(self.config.upstream, etag)
+        if not isinstance(got, _Answer):
             return None
-        data, response = got
+        response = got.response
+        header_serial = parse_serial(response.headers.get(SERIAL_HEADER))
         try:
-            index = RootIndex.from_json_data(
-                data, header_serial=parse_serial(response.headers.get(SERIAL_HEADER))
-            )
+            if got.html:
+                assert isinstance(got.document, str)
+                index = RootIndex.from_html(
+                    got.document, page_url=response.url, header_serial=header_serial
+                )
+            else:
+                index = RootIndex.from_json_data(got.document, header_serial=header_serial)
         except UpstreamDataError as exc:
-            raise UpstreamError(f"{self.config.upstream}: {exc}") from None
+            raise UpstreamError(f"{self.config.upstream}: {exc} (answered {got.media})") from None
         return RootResponse(index, response.headers.get("ETag"))
 
     def page_url(self, name: str) -> str:
         return urljoin(self.config.upstream, f"{name}/")
 
-    def fetch_page(self, todo: ProjectTodo) -> PageResponse:
+    def fetch_page(self, todo: ProjectTodo, etag: str | None = None) -> PageResponse | None:
         """A project's page, at least as new as the root promised.
 
+        With ``etag``, None means upstream answered 304: the page is the one that
+        ETag came from. A 304 whose serial header is older than the root promised
+        is stale like any other answer; without that header a 304 cannot be
+        checked, so send only the ETag of a page at least as new as ``todo.serial``.
         A stale page (CDN lag) is asked for again with backoff, then StalePage.
         """
         url = self.page_url(todo.name)
 
-        def attempt() -> PageResponse:
-            self.check_stop()
-            got = self._get_json(url, None)
-            assert got is not None  # no ETag sent, so no 304
-            data, response = got
-            try:
-                page = ProjectPage.from_json_data(
-                    data,
-                    page_url=response.url,
-                    header_serial=parse_serial(response.headers.get(SERIAL_HEADER)),
+        def check_fresh(serial: int | None) -> None:
+            if todo.serial is not None and serial is not None and serial < todo.serial:
+                raise StalePage(
+                    f"{url}: page serial {serial} is older than the root's {todo.serial}"
                 )
+
+        def attempt() -> PageResponse | None:
+            self.check_stop()
+            got = self._get(url, etag)
+            if not isinstance(got, _Answer):
+                check_fresh(parse_serial(got.headers.get(SERIAL_HEADER)))
+                return None
+            response = got.response
+            header_serial = parse_serial(response.headers.get(SERIAL_HEADER))
+            try:
+                if got.html:
+                    assert isinstance(got.document, str)
+                    page = ProjectPage.from_html(
+                        got.document,
+                        page_url=response.url,
+                        name=todo.name,
+                        header_serial=header_serial,
+                    )
+                else:
+                    page = ProjectPage.from_json_data(
+                        got.document, page_url=response.url, header_serial=header_serial
+                    )
             except UpstreamDataError as exc:
                 raise UpstreamError(str(exc)) from None
             if page.name != todo.name:
                 raise UpstreamError(
                     f"{url}: the page is for project {page.name!r}, not {todo.name!r}"
                 )
-            if todo.serial is not None and page.serial is not None and page.serial < todo.serial:
-                raise StalePage(
-                    f"{url}: page serial {page.serial} is older than the root's {todo.serial}"
-                )
-            return PageResponse(page, response.headers.get("ETag"))
+            check_fresh(page.serial)
+            return PageResponse(
+                page, response.headers.get("ETag"), hashlib.sha256(response.content).hexdigest()
+            )
 
         retryer = Retrying(
             stop=stop_after_attempt(self.config.stale_retries + 1),

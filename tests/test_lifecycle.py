@@ -214,3 +214,19 @@ def test_last_modified_reflects_the_last_complete_change(
     world.touch("doomed")
     assert sync(upstream, tmp_path, stale_retries=0).exit_code == 1
     assert (tmp_path / "web/last-modified").read_text() == stamp  # partial: unchanged
+
+
+def test_a_project_that_does_not_converge_deletes_nothing(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    sync(upstream, tmp_path)
+    held = sorted(f.filename for f in world.project("doomed").files)
+    # Upstream now lists only a file the mirror must refuse: that is no reason to delete.
+    for filename in held:
+        world.remove_file("doomed", filename)
+    world.add_file("doomed", "doomed-3.0.tar.gz", b"x", hashes={"sha256": "zz" * 32})
+
+    summary = sync(upstream, tmp_path)
+
+    assert summary.exit_code == 1 and summary.files_deleted == 0
+    assert sorted(assert_consistent(tmp_path / "web")["doomed"]) == held

@@ -3,22 +3,26 @@
 Exit status: 0 the mirror is fully up to date; 1 the run finished but some
 projects were deferred or failed, or it could not run at all; 2 usage or
 configuration error; 128 + the signal's number when stopped by SIGINT (130)
-or SIGTERM (143).
+or SIGTERM (143). `mirror verify`: 0 the mirror is sound, 1 it is not (or there
+is no state.db, or a sync holds the lock). `mirror status`: 0, or 1 when there
+is no state.db.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-from simplemirror import __version__, config
+from simplemirror import __version__, config, status, verify
 from simplemirror.report import Reporter, RichReporter
 from simplemirror.sync import RunSummary, Sync, SyncError
 
@@ -60,6 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove more than max-removal of the mirror in this run (after a real upstream "
         "clean-up; never needed for ordinary deletions)",
     )
+    verify_cmd = commands.add_parser(
+        "verify", help="check every file and page of the mirror against state.db",
+        description="Hash every file state.db holds again, check every link of every page, "
+        "and list files nothing references (orphans). Exit 0 when the mirror is sound.",
+    )
+    _common(verify_cmd)
+    verify_cmd.add_argument("--workers", type=int, help="parallel hashing and downloads")
+    verify_cmd.add_argument(
+        "--repair", action="store_true",
+        help="fetch missing or corrupt files again from upstream (needs the upstream "
+        "configured) and write broken pages again from state.db",
+    )
+    verify_cmd.add_argument(
+        "--delete-orphans", action="store_true",
+        help="delete files under web/packages that neither state.db nor any page references",
+    )
+    status_cmd = commands.add_parser(
+        "status", help="show what the mirror holds and how its last runs went",
+        description="Show the mirror's state from state.db alone (no network; safe while "
+        "a sync runs).",
+    )
+    _common(status_cmd)
+    status_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -145,10 +172,95 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def _no_directory() -> config.ConfigError:
+    return config.ConfigError(
+        "no mirror directory is set: give --directory DIR or 'directory = \"DIR\"' "
+        "in the config file (-c PATH)"
+    )
+
+
+def _offline_config(args: argparse.Namespace, *, network: bool, **overrides: Any) -> config.Config:
+    """The configuration for verify and status.
+
+    Only what goes to the network needs the upstream configured (``network``). Otherwise,
+    when neither the config file nor --upstream names one, the upstream of the last run
+    recorded in state.db stands in, so that a mirror can be checked given nothing but its
+    directory.
+    """
+    values = config.read_file(args.config) if args.config is not None else {}
+    given: dict[str, Any] = {"upstream": args.upstream, "directory": args.directory, **overrides}
+    directory = args.directory or values.get("directory")
+    if not directory:
+        raise _no_directory()
+    if args.upstream or values.get("upstream"):
+        return config.build(values, given)
+    state_path = Path(directory).expanduser() / "state.db"
+    last = status.last_upstream(state_path)
+    if not network:
+        if last is None:
+            status.connect_readonly(state_path).close()  # NoState: say there is no mirror
+        given["upstream"] = last
+    else:
+        raise config.ConfigError(
+            "--repair downloads files again, so it needs the upstream configured: give "
+            "--upstream URL or -c PATH (the config sync uses, for its timeouts and file-hosts)"
+            + (f"; the last run used {last}" if last else "")
+        )
+    return config.build(values, given)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    cfg = _offline_config(args, network=args.repair, workers=args.workers)
+    interactive = sys.stderr.isatty() and not args.quiet
+    console = Console(stderr=True) if interactive else None
+    _setup_logging(args, console)
+    progress = verify.RichVerifyProgress(console) if console else verify.VerifyProgress()
+    try:
+        with progress:
+            result = verify.verify(
+                cfg, repair=args.repair, delete_orphans=args.delete_orphans, progress=progress
+            )
+    except verify.VerifyError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        print("mirror: verify interrupted; nothing is left half written, run it again",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print("\n".join(verify.report_lines(result)))
+    return EXIT_OK if result.sound else EXIT_INCOMPLETE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    values = config.read_file(args.config) if args.config is not None else {}
+    upstream = args.upstream or values.get("upstream")
+    if upstream:
+        cfg = config.load(args.config, upstream=args.upstream, directory=args.directory)
+        directory, upstream = cfg.directory, cfg.upstream
+    else:
+        where = args.directory or values.get("directory")
+        if not where:
+            raise _no_directory()
+        directory = Path(where).expanduser().absolute()
+    info = status.collect(directory, upstream)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(status.format_text(info), end="")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "verify":
+            return cmd_verify(args)
+        if args.command == "status":
+            return cmd_status(args)
         return cmd_sync(args)
+    except status.NoState as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except config.ConfigError as exc:
         print(f"mirror: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -552,6 +552,11 @@ class Sync:
         # Upstream's order; files that failed are left out (never advertised).
         files = [project.done[d.filename] for d in page.files if d.filename in project.done]
         gone = list(project.files.gone)
+        if gone and project.errors:
+            # A page with refused entries or failed downloads is not trusted to
+            # delete: what it dropped stays listed until a run gets through cleanly.
+            files += gone
+            gone = []
         if gone and not self.config.allow_mass_delete and is_mass_removal(
             self._files_removing + len(gone), self._files_held, self.config.max_removal,
             MASS_DELETE_FLOOR_FILES,

@@ -1,0 +1,942 @@
+"""`mirror verify`: check the published tree against state.db, and repair what it can.
+
+Three checks, each in bounded memory however large the mirror:
+
+1. files: every live row of state.db (listed on a page, bytes on disk) is hashed again by a
+   pool of workers and compared with its recorded size and sha256, and its ``.metadata``
+   file with the recorded metadata hashes. Rows stream from SQLite in batches and only a
+   short window of them is in flight at a time.
+2. orphans: files under ``web/packages/`` that no row of state.db holds. A row holds its
+   path until its bytes are deleted (``deleted_gen``), so a file already off every page
+   but not yet reaped by a sync is not an orphan: deleting it here would make state.db
+   claim bytes the disk no longer has. The siblings of a held file (its ``.metadata``)
+   are not orphans either. Every path found is looked up in state.db (through the
+   ``files_path`` index of the schema), never in a set of every path held in memory.
+3. pages: the root and every project page under ``web/simple/`` parse, and every link on
+   them resolves to a file whose bytes are what the page advertises.
+
+The mirror is *sound* when nothing is missing, corrupt or broken (after ``--repair``:
+when everything found was repaired). Orphans alone do not make it unsound: they waste
+space but no page links them, so no client can be served a wrong byte. They are
+reported, and with ``--delete-orphans`` deleted; an orphan that cannot be deleted then
+makes the run unsound, since the operator asked for it to go.
+
+Verify holds the mirror's lock throughout, like a sync: a sync running at the same time
+would make files it has not recorded yet look like orphans, and its page rewrites race
+with a repair's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urldefrag, urlsplit
+
+from packaging.utils import canonicalize_name
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from simplemirror import download, layout, render
+from simplemirror.config import Config
+from simplemirror.model import HeldFile, version_of
+from simplemirror.plan import Status
+from simplemirror.publish import Publisher
+from simplemirror.state import State, StateError
+from simplemirror.sync import locked
+from simplemirror.upstream import Client, UpstreamError
+from simplemirror.workers import WorkerPool
+
+log = logging.getLogger("simplemirror")
+
+CHUNK = 1 << 20
+# Rows fetched from SQLite at a time, and hashing jobs queued per worker: enough to keep
+# every worker busy, few enough that memory does not grow with the mirror.
+BATCH = 512
+WINDOW_PER_WORKER = 4
+# Siblings that live and die with a distribution file (kept in step with reap.py): a
+# sibling of a held file is never an orphan.
+SIBLING_SUFFIXES = (layout.METADATA_SUFFIX, ".asc", ".provenance")
+# A download or a disk error that concerns one file, not the whole repair.
+REPAIR_ERRORS = (UpstreamError, download.VerificationError, OSError)
+
+_LIVE = "removed_gen IS NULL AND deleted_gen IS NULL"
+
+
+class VerifyError(Exception):
+    """Verification could not run at all; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """A live file as state.db records it."""
+
+    id: int
+    project: str
+    filename: str
+    path: str
+    size: int
+    hashes: Mapping[str, str]
+    url: str
+    metadata_hashes: Mapping[str, str] | None
+
+    @property
+    def sha256(self) -> str:
+        return self.hashes.get("sha256", "")
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    row: FileRow
+    kind: str
+    """missing or corrupt."""
+    metadata: bool
+    """About the file's .metadata sibling, not the distribution itself."""
+    detail: str
+
+    @property
+    def path(self) -> str:
+        return layout.metadata_path(self.row.path) if self.metadata else self.row.path
+
+    @property
+    def label(self) -> str:
+        suffix = layout.METADATA_SUFFIX if self.metadata else ""
+        return f"{self.row.project}/{self.row.filename}{suffix}"
+
+
+@dataclass(frozen=True)
+class PageProblem:
+    page: str
+    """Below web/."""
+    project: str | None
+    """Normalized name; None for the root pages."""
+    detail: str
+
+
+@dataclass
+class VerifyResult:
+    repair: bool = False
+    delete_orphans: bool = False
+    files_checked: int = 0
+    bytes_checked: int = 0
+    metadata_checked: int = 0
+    pages_checked: int = 0
+    missing: list[FileProblem] = field(default_factory=list)
+    corrupt: list[FileProblem] = field(default_factory=list)
+    broken: list[PageProblem] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    orphans_deleted: int = 0
+    orphan_errors: list[tuple[str, str]] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: list[tuple[str, str]] = field(default_factory=list)
+    """(what, why and what to do next)."""
+    pages_rewritten: int = 0
+    repair_generation: int | None = None
+
+    @property
+    def problems(self) -> int:
+        return len(self.missing) + len(self.corrupt) + len(self.broken)
+
+    @property
+    def sound(self) -> bool:
+        if self.orphan_errors:
+            return False
+        if self.repair:
+            return not self.unrepaired
+        return not self.problems
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+class VerifyProgress:
+    """Counts files hashed; this base class logs a line every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 30.0) -> None:
+        self.interval = interval
+        self.files_total = 0
+        self.bytes_total = 0
+        self.files_done = 0
+        self.bytes_done = 0
+        self._last = time.monotonic()
+
+    def __enter__(self) -> VerifyProgress:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def start(self, files: int, nbytes: int) -> None:
+        self.files_total, self.bytes_total = files, nbytes
+        log.info("verifying %d file(s), %.1f MB", files, nbytes / 1e6)
+
+    def advance(self, nbytes: int) -> None:
+        self.files_done += 1
+        self.bytes_done += nbytes
+        self._changed()
+
+    def phase(self, what: str) -> None:
+        log.info("%s", what)
+
+    def _changed(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            log.info(
+                "verify progress: %d/%d files, %.1f/%.1f MB",
+                self.files_done,
+                self.files_total,
+                self.bytes_done / 1e6,
+                self.bytes_total / 1e6,
+            )
+
+
+class RichVerifyProgress(VerifyProgress):
+    """A progress bar over the bytes to hash, for a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.progress = Progress(
+            TextColumn("{task.description:<8}"),
+            BarColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> RichVerifyProgress:
+        self.progress.start()
+        self._task = self.progress.add_task("verify", total=None, detail="")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._changed()
+        self.progress.stop()
+
+    def start(self, files: int, nbytes: int) -> None:
+        self.files_total, self.bytes_total = files, nbytes
+        self._changed()
+
+    def phase(self, what: str) -> None:
+        if self._task is not None:
+            self.progress.update(self._task, description=what.split()[0])
+
+    def _changed(self) -> None:
+        if self._task is None:
+            return
+        self.progress.update(
+            self._task,
+            total=self.bytes_total or None,
+            completed=self.bytes_done,
+            detail=f"{self.files_done}/{self.files_total} files  "
+            f"{self.bytes_done / 1e6:.1f}/{self.bytes_total / 1e6:.1f} MB",
+        )
+
+
+# -- checking bytes -------------------------------------------------------------------------
+
+
+def check_bytes(path: Path, size: int | None, sha256: str | None) -> tuple[str, str] | None:
+    """(kind, detail) when ``path`` is not a file of ``size`` bytes with ``sha256``, else None.
+
+    Reads in CHUNK-sized pieces into one buffer: memory stays flat for any file size.
+    """
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb", buffering=0) as fh:
+            found = os.fstat(fh.fileno()).st_size
+            if size is not None and found != size:
+                return "corrupt", f"{found} bytes on disk, {size} expected"
+            buffer = bytearray(CHUNK)
+            view = memoryview(buffer)
+            while n := fh.readinto(buffer):
+                digest.update(view[:n])
+    except FileNotFoundError:
+        return "missing", "not on disk"
+    except OSError as exc:
+        return "corrupt", f"cannot be read ({exc.strerror or exc})"
+    if sha256 is not None and digest.hexdigest() != sha256:
+        return "corrupt", f"sha256 is {digest.hexdigest()}, {sha256} expected"
+    return None
+
+
+@dataclass(frozen=True)
+class _Checked:
+    row: FileRow
+    problems: tuple[FileProblem, ...]
+    metadata_checked: bool
+
+
+def _check_row(web: Path, row: FileRow) -> _Checked:
+    """Worker: the file and its .metadata against what state.db recorded."""
+    problems = []
+    found = check_bytes(web / row.path, row.size, row.sha256)
+    if found is not None:
+        problems.append(FileProblem(row, found[0], False, found[1]))
+    if row.metadata_hashes is not None:
+        meta = web / layout.metadata_path(row.path)
+        found = check_bytes(meta, None, row.metadata_hashes.get("sha256"))
+        if found is not None:
+            problems.append(FileProblem(row, found[0], True, found[1]))
+    return _Checked(row, tuple(problems), row.metadata_hashes is not None)
+
+
+def _row(raw: tuple[Any, ...]) -> FileRow:
+    file_id, project, filename, path, size, hashes, url, metadata = raw
+    return FileRow(
+        file_id, project, filename, path, size, json.loads(hashes), url,
+        json.loads(metadata) if metadata else None,
+    )
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+class _Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchors: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.anchors.append(dict(attrs))
+
+
+def resolve_link(page_dir: str, href: str) -> str | None:
+    """The path below web/ a relative link on a page in ``page_dir`` points at.
+
+    None for a link that leaves the tree or is not relative (the mirror writes only
+    relative links, so that the tree works under any prefix).
+    """
+    url = urldefrag(href).url
+    parts = urlsplit(url)
+    if parts.scheme or parts.netloc or parts.query or not parts.path:
+        return None
+    if parts.path.startswith("/"):
+        return None
+    rel = posixpath.normpath(posixpath.join(page_dir, unquote(parts.path)))
+    if rel == ".." or rel.startswith("../") or rel.startswith("/"):
+        return None
+    return rel
+
+
+def _walk_files(directory: str) -> Iterator[str]:
+    """Every non-directory below ``directory``, lazily (one open scandir per level)."""
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return
+    with entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk_files(entry.path)
+            else:
+                yield entry.path
+
+
+def _remove_empty_dirs(directory: Path, stop: Path) -> None:
+    while directory != stop and stop in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty: nothing above it is empty either
+        directory = directory.parent
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+class Verifier:
+    """One verification of a mirror whose lock the caller holds."""
+
+    def __init__(self, config: Config, state: State, progress: VerifyProgress) -> None:
+        self.config = config
+        self.state = state
+        self.db = state.db.conn
+        self.web = config.web
+        self.progress = progress
+        self.result = VerifyResult()
+        # Paths found missing or corrupt: a page link to one of them is covered by that
+        # report (and by its repair), not reported a second time.
+        self.bad_paths: set[str] = set()
+        # Paths pages link that state.db does not hold: never deleted as orphans.
+        self.linked_unrecorded: set[str] = set()
+        self._files_fetched = 0
+        self._bytes_fetched = 0
+
+    def run(self, *, repair: bool, delete_orphans: bool) -> VerifyResult:
+        result = self.result
+        result.repair, result.delete_orphans = repair, delete_orphans
+        self._check_files()
+        orphans = self._find_orphans()
+        self._check_pages()
+        result.orphans = [p for p in orphans if not self._linked(p)]
+        if repair and result.problems:
+            self._repair()
+        if delete_orphans:
+            self._delete_orphans()
+        return result
+
+    # -- files --------------------------------------------------------------------------
+
+    def _check_files(self) -> None:
+        self.progress.phase("files: hashing every file state.db holds")
+        count, total = self.db.execute(
+            f"SELECT count(*), coalesce(sum(size), 0) FROM files WHERE {_LIVE}"
+        ).fetchone()
+        self.progress.start(count, total)
+        cursor = self.db.execute(
+            "SELECT id, project, filename, path, size, hashes, url, metadata_hashes FROM files"
+            f" WHERE {_LIVE} ORDER BY id"
+        )
+        window: deque[Future[_Checked]] = deque()
+        limit = self.config.workers * WINDOW_PER_WORKER
+        pool = WorkerPool(self.config.workers, "verify")
+        try:
+            while rows := cursor.fetchmany(BATCH):
+                for raw in rows:
+                    window.append(pool.submit(_check_row, self.web, _row(raw)))
+                    while len(window) >= limit:
+                        self._checked(window.popleft().result())
+            while window:
+                self._checked(window.popleft().result())
+        finally:
+            cursor.close()
+            pool.shutdown(0)
+
+    def _checked(self, checked: _Checked) -> None:
+        result = self.result
+        result.files_checked += 1
+        result.bytes_checked += checked.row.size
+        result.metadata_checked += checked.metadata_checked
+        for problem in checked.problems:
+            (result.missing if problem.kind == "missing" else result.corrupt).append(problem)
+            self.bad_paths.add(problem.path)
+            log.warning("%s %s (%s): %s", problem.kind, problem.label, problem.path,
+                        problem.detail)
+        self.progress.advance(checked.row.size)
+
+    # -- orphans ------------------------------------------------------------------------
+
+    def _held(self, path: str) -> bool:
+        """Some row of state.db holds ``path`` on disk (live, or off every page but not
+        yet reaped)."""
+        return (
+            self.db.execute(
+                "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL LIMIT 1", [path]
+            ).fetchone()
+            is not None
+        )
+
+    def _is_orphan(self, path: str) -> bool:
+        if self._held(path):
+            return False
+        for suffix in SIBLING_SUFFIXES:
+            if path.endswith(suffix) and self._held(path[: -len(suffix)]):
+                return False
+        return True
+
+    def _find_orphans(self) -> list[str]:
+        self.progress.phase("orphans: looking for files state.db does not hold")
+        web = str(self.web)
+        found = []
+        for full in _walk_files(os.path.join(web, layout.PACKAGES)):
+            rel = Path(os.path.relpath(full, web)).as_posix()
+            if self._is_orphan(rel):
+                found.append(rel)
+        return found
+
+    def _linked(self, path: str) -> bool:
+        if path in self.linked_unrecorded:
+            return True
+        return any(
+            path.endswith(suffix) and path[: -len(suffix)] in self.linked_unrecorded
+            for suffix in SIBLING_SUFFIXES
+        )
+
+    # -- pages --------------------------------------------------------------------------
+
+    def _check_pages(self, projects: set[str] | None = None, *, root: bool = True) -> None:
+        """Check the root (``root``) and the pages of ``projects`` (None: every one)."""
+        self.progress.phase("pages: checking every link on every page")
+        if root:
+            self._check_root()
+        if projects is None:
+            try:
+                with os.scandir(self.web / layout.SIMPLE) as entries:
+                    names = sorted(e.name for e in entries if e.is_dir())
+            except FileNotFoundError:
+                names = []
+        else:
+            names = sorted(projects)
+        for name in names:
+            self._check_project(name)
+        # A project state.db records as published must have both its pages.
+        rows = self.db.execute(
+            "SELECT name FROM projects WHERE published_gen IS NOT NULL AND status != ?"
+            " ORDER BY name",
+            [Status.REMOVED.value],
+        )
+        for (name,) in rows.fetchall():
+            if projects is not None and name not in projects:
+                continue
+            for page in layout.project_pages(name):
+                if not (self.web / page).is_file():
+                    self._broken(page, name, "missing: state.db records the project as published")
+
+    def _broken(self, page: str, project: str | None, detail: str) -> None:
+        self.result.broken.append(PageProblem(page, project, detail))
+        log.warning("broken page %s: %s", page, detail)
+
+    def _read_page(self, page: str, project: str | None) -> str | None:
+        try:
+            text = (self.web / page).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self._broken(page, project, f"cannot be read: {exc}")
+            return None
+        self.result.pages_checked += 1
+        return text
+
+    def _html_anchors(self, page: str, project: str | None, text: str) -> list[dict[str, Any]]:
+        # Every page the mirror writes ends with </html>; anything else was cut short.
+        if not text.rstrip().endswith("</html>"):
+            self._broken(page, project, "truncated: it does not end with </html>")
+            return []
+        parser = _Anchors()
+        parser.feed(text)
+        parser.close()
+        return parser.anchors
+
+    def _json_doc(self, page: str, project: str | None, text: str) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            self._broken(page, project, f"not valid JSON: {exc}")
+            return None
+        if not isinstance(doc, dict):
+            self._broken(page, project, "not a JSON object")
+            return None
+        return doc
+
+    def _check_root(self) -> None:
+        html_page, json_page = layout.ROOT_PAGES
+        text = self._read_page(html_page, None)
+        if text is not None:
+            for anchor in self._html_anchors(html_page, None, text):
+                href = str(anchor.get("href") or "")
+                target = resolve_link(layout.SIMPLE, href)
+                if target is None or not (self.web / target / layout.HTML_INDEX).is_file():
+                    self._broken(html_page, None, f"link {href!r}: no such project page")
+        text = self._read_page(json_page, None)
+        if text is None:
+            return
+        doc = self._json_doc(json_page, None, text)
+        if doc is None:
+            return
+        projects = doc.get("projects")
+        if not isinstance(projects, list):
+            self._broken(json_page, None, "no 'projects' list")
+            return
+        for entry in projects:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                self._broken(json_page, None, f"project entry without a name: {entry!r}")
+                continue
+            page = layout.project_pages(canonicalize_name(name))[1]
+            if not (self.web / page).is_file():
+                self._broken(json_page, None, f"lists {name!r}, but {page} is missing")
+
+    def _check_project(self, name: str) -> None:
+        page_dir = layout.project_dir(name)
+        html_page, json_page = layout.project_pages(name)
+        text = self._read_page(html_page, name)
+        if text is not None:
+            for anchor in self._html_anchors(html_page, name, text):
+                href = str(anchor.get("href") or "")
+                algorithm, _, digest = urldefrag(href).fragment.partition("=")
+                if algorithm != "sha256" or not digest:
+                    self._broken(html_page, name, f"link {href!r}: no #sha256= fragment")
+                    continue
+                target = resolve_link(page_dir, href)
+                self._check_link(html_page, name, href, target, digest, None)
+                core = anchor.get("data-core-metadata")
+                if core is not None and target is not None:
+                    algorithm, _, digest = str(core).partition("=")
+                    self._check_link(
+                        html_page, name, f"{href} (metadata)",
+                        layout.metadata_path(target), digest if algorithm == "sha256" else None,
+                        None,
+                    )
+        text = self._read_page(json_page, name)
+        if text is None:
+            return
+        doc = self._json_doc(json_page, name, text)
+        if doc is None:
+            return
+        files = doc.get("files")
+        if doc.get("name") != name or not isinstance(files, list):
+            self._broken(json_page, name, f"not the PEP 691 page of {name!r}")
+            return
+        for entry in files:
+            if not isinstance(entry, dict):
+                self._broken(json_page, name, f"file entry is not an object: {entry!r}")
+                continue
+            url = str(entry.get("url") or "")
+            hashes = entry.get("hashes")
+            digest = hashes.get("sha256") if isinstance(hashes, dict) else None
+            if not isinstance(digest, str):
+                self._broken(json_page, name, f"link {url!r}: no sha256 hash")
+                continue
+            size = entry.get("size")
+            target = resolve_link(page_dir, url)
+            if target is not None and posixpath.basename(target) != entry.get("filename"):
+                self._broken(json_page, name, f"link {url!r}: does not end in its file name")
+                continue
+            self._check_link(
+                json_page, name, url, target, digest, size if isinstance(size, int) else None
+            )
+            core = entry.get("core-metadata")
+            if core and target is not None:
+                meta_digest = core.get("sha256") if isinstance(core, dict) else None
+                self._check_link(
+                    json_page, name, f"{url} (metadata)", layout.metadata_path(target),
+                    meta_digest, None,
+                )
+
+    def _check_link(
+        self, page: str, project: str, href: str, target: str | None, sha256: str | None,
+        size: int | None,
+    ) -> None:
+        why = self._link_problem(target, sha256, size)
+        if why is not None:
+            self._broken(page, project, f"link {href!r}: {why}")
+
+    def _link_problem(self, target: str | None, sha256: str | None, size: int | None) -> str | None:
+        if target is None or not target.startswith(f"{layout.PACKAGES}/"):
+            return f"does not point into web/{layout.PACKAGES}/"
+        if target in self.bad_paths:
+            return None  # reported as missing or corrupt already
+        recorded = self._recorded(target)
+        if recorded is not None:
+            # Hashed in the first phase and found sound: compare what the page claims with
+            # what state.db vouches for, without reading the bytes again.
+            recorded_sha256, recorded_size = recorded
+            if sha256 is not None and sha256 != recorded_sha256:
+                return f"advertises sha256 {sha256}, the file's is {recorded_sha256}"
+            if size is not None and recorded_size is not None and size != recorded_size:
+                return f"advertises {size} bytes, the file has {recorded_size}"
+            return None
+        # A link to bytes state.db does not vouch for (a page older than state.db, after a
+        # kill): check them here, and never delete them as an orphan.
+        self.linked_unrecorded.add(target)
+        found = check_bytes(self.web / target, size, sha256)
+        if found is None:
+            return None
+        return "the file is not on disk" if found[0] == "missing" else found[1]
+
+    def _recorded(self, target: str) -> tuple[str, int | None] | None:
+        """(sha256, size) of a live file at ``target``, or of the live file whose
+        .metadata it is; None when state.db does not hold it."""
+        row = self.db.execute(
+            f"SELECT hashes, size FROM files WHERE path = ? AND {_LIVE} LIMIT 1", [target]
+        ).fetchone()
+        if row is not None:
+            return json.loads(row[0]).get("sha256", ""), row[1]
+        if target.endswith(layout.METADATA_SUFFIX):
+            row = self.db.execute(
+                f"SELECT metadata_hashes FROM files WHERE path = ? AND {_LIVE}"
+                " AND metadata_hashes IS NOT NULL LIMIT 1",
+                [target[: -len(layout.METADATA_SUFFIX)]],
+            ).fetchone()
+            if row is not None:
+                return json.loads(row[0]).get("sha256", ""), None
+        return None
+
+    # -- repair -------------------------------------------------------------------------
+
+    def _repair(self) -> None:
+        """Fetch bad files again, rewrite affected pages from state.db, under a generation."""
+        config, state, result = self.config, self.state, self.result
+        config.tmp.mkdir(parents=True, exist_ok=True)
+        generation = state.begin_run(config.upstream)
+        result.repair_generation = generation
+        try:
+            touched = self._refetch(generation)
+            self._rewrite_pages(generation, touched)
+        except BaseException as exc:
+            state.finish_run(
+                generation, "error", error=f"repair stopped: {exc!r}",
+                files_fetched=self._files_fetched, bytes_fetched=self._bytes_fetched,
+            )
+            raise
+        state.finish_run(
+            generation, "repair", files_fetched=self._files_fetched,
+            bytes_fetched=self._bytes_fetched,
+            error="; ".join(f"{what}: {why}" for what, why in result.unrepaired) or None,
+        )
+
+    def _refetch(self, generation: int) -> set[str]:
+        """Download every missing or corrupt file again; returns the projects repaired."""
+        by_row: dict[int, list[FileProblem]] = {}
+        for problem in [*self.result.missing, *self.result.corrupt]:
+            by_row.setdefault(problem.row.id, []).append(problem)
+        if not by_row:
+            return set()
+        self.progress.phase(f"repair: fetching {len(by_row)} file(s) again")
+        client = Client(self.config)
+        pool = WorkerPool(self.config.workers, "repair")
+        touched: set[str] = set()
+        failed: dict[str, str] = {}
+        try:
+            futures = [
+                (problems, pool.submit(self._refetch_row, client, problems[0].row,
+                                       {p.metadata for p in problems}))
+                for problems in by_row.values()
+            ]
+            for problems, future in futures:
+                outcomes = future.result()
+                for problem in problems:
+                    nbytes, error = outcomes[problem.metadata]
+                    if error is None:
+                        self._files_fetched += 1
+                        self._bytes_fetched += nbytes
+                        self.result.repaired.append(problem.label)
+                        self.bad_paths.discard(problem.path)
+                        touched.add(problem.row.project)
+                        log.info("repaired %s", problem.label)
+                        continue
+                    self._unrepaired_file(problem, error, generation)
+                    failed.setdefault(problem.row.project, f"{problem.label}: {error}")
+        finally:
+            pool.shutdown(0)
+        for project, error in failed.items():
+            self._mark_failed(project, f"verify --repair could not restore {error}", generation)
+        return touched
+
+    def _unrepaired_file(self, problem: FileProblem, error: str, generation: int) -> None:
+        project = problem.row.project
+        self.result.unrepaired.append((problem.label, (
+            f"{error}. The next `mirror sync` fetches {project}'s page again and drops the "
+            "file if upstream no longer lists it; otherwise run `mirror verify --repair` later"
+        )))
+        self.state.record_failure(
+            generation, project, problem.row.filename, "failed", f"verify --repair: {error}"
+        )
+        log.warning("could not repair %s: %s", problem.label, error)
+
+    def _refetch_row(
+        self, client: Client, row: FileRow, wanted: set[bool]
+    ) -> dict[bool, tuple[int, str | None]]:
+        """Worker: fetch a row's file (False) and/or its .metadata (True) again.
+
+        Returns (bytes fetched, error or None) for each of ``wanted``.
+        """
+        config = self.config
+        host = (urlsplit(row.url).hostname or "").lower()
+        error: str | None = None
+        if host not in config.allowed_file_hosts:
+            error = (
+                f"its recorded URL {row.url} is on {host!r}, which is neither the upstream's "
+                "host nor in file-hosts; add it to file-hosts to repair from it"
+            )
+        elif row.path != layout.file_path(row.sha256, row.filename):
+            error = f"state.db path {row.path} is not the content address of its sha256"
+        if error is not None:
+            return {which: (0, error) for which in wanted}
+        outcomes: dict[bool, tuple[int, str | None]] = {}
+        if False in wanted:
+            try:
+                got = download.fetch_file(
+                    client, row.url, row.filename, expected_hashes=row.hashes,
+                    expected_size=row.size, web=config.web, tmp=config.tmp,
+                )
+                outcomes[False] = (got.size, None)
+            except REPAIR_ERRORS as exc:
+                outcomes[False] = (0, str(exc))
+        if True in wanted:
+            assert row.metadata_hashes is not None
+            if outcomes.get(False, (0, None))[1] is not None:
+                outcomes[True] = (0, "its distribution file could not be repaired")
+                return outcomes
+            try:
+                got = download.fetch_metadata(
+                    client, urldefrag(row.url).url + layout.METADATA_SUFFIX, row.path,
+                    expected_hashes=row.metadata_hashes, web=config.web, tmp=config.tmp,
+                )
+                outcomes[True] = (got.size, None)
+            except REPAIR_ERRORS as exc:
+                outcomes[True] = (0, str(exc))
+        return outcomes
+
+    def _mark_failed(self, project: str, error: str, generation: int) -> None:
+        """Make the next sync fetch the project's page again (even after a 304 root)."""
+        row = self.db.execute("SELECT status FROM projects WHERE name = ?", [project]).fetchone()
+        if row is not None and row[0] != Status.REMOVED.value:
+            self.state.set_status(project, Status.FAILED, error, generation)
+
+    def _rewrite_pages(self, generation: int, touched: set[str]) -> None:
+        """Write the pages of every affected project again from state.db, then re-check them."""
+        result = self.result
+        found = list(result.broken)
+        projects = touched | {p.project for p in found if p.project is not None}
+        root = any(p.project is None for p in found)
+        if not projects and not root:
+            return
+        self.progress.phase(f"repair: writing the pages of {len(projects)} project(s) again")
+        publisher = Publisher(self.web, self.config.tmp, self.state, generation)
+        cannot: dict[str, str] = {}
+        for name in sorted(projects):
+            why = self._rewrite_project(publisher, name)
+            if why is not None:
+                cannot[name] = why
+        if root:
+            serial = self.state.get_meta("root_serial")
+            publisher.root(self.state.root_entries(), int(serial) if serial else None)
+        result.pages_rewritten = publisher.pages_written
+        # Only what is still broken once written again stays unrepaired.
+        result.broken, counted = [], result.pages_checked
+        self._check_pages(projects, root=root)
+        still, result.broken, result.pages_checked = result.broken, found, counted
+        for problem in still:
+            reason = cannot.get(problem.project or "") or (
+                "still broken after it was written again from state.db; "
+                "run `mirror sync`, then verify again"
+            )
+            result.unrepaired.append((f"{problem.page}: {problem.detail}", reason))
+        still_pages = {p.page for p in still}
+        for page in sorted({p.page for p in found} - still_pages):
+            result.repaired.append(page)
+
+    def _rewrite_project(self, publisher: Publisher, name: str) -> str | None:
+        """Write a project's pages from state.db; why not, when it cannot be done."""
+        row = self.db.execute(
+            "SELECT page_serial, page_data, published_gen FROM projects WHERE name = ?", [name]
+        ).fetchone()
+        if row is None or row[2] is None:
+            return (
+                "state.db does not record this project as published, so there is nothing to "
+                "write it from; if its directory is a leftover, delete it"
+            )
+        page_serial, page_data, _ = row
+        data = json.loads(page_data) if page_data else {}
+        files: list[HeldFile] = self.state.held_files(name)
+        versions = data.get("versions")
+        if versions is None:
+            found = {version_of(f.filename) for f in files}
+            versions = sorted(v for v in found if v is not None)
+        info = render.ProjectInfo(name, page_serial, tuple(versions), data.get("extra") or {})
+        publisher.project(info, files)
+        return None
+
+    # -- orphans ------------------------------------------------------------------------
+
+    def _delete_orphans(self) -> None:
+        result = self.result
+        packages = self.web / layout.PACKAGES
+        for rel in result.orphans:
+            target = self.web / rel
+            try:
+                target.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                result.orphan_errors.append((rel, str(exc)))
+                continue
+            result.orphans_deleted += 1
+            _remove_empty_dirs(target.parent, packages)
+
+
+def verify(
+    config: Config,
+    *,
+    repair: bool = False,
+    delete_orphans: bool = False,
+    progress: VerifyProgress | None = None,
+) -> VerifyResult:
+    """Check (and optionally repair) the mirror in ``config.directory``.
+
+    Raises VerifyError when there is no usable state.db, and sync.SyncError when another
+    process holds the mirror's lock.
+    """
+    if not config.state_path.is_file():
+        raise VerifyError(
+            f"no state.db in {config.directory}: there is no mirror to verify there. "
+            "Check --directory (or the config's directory), or run `mirror sync` first"
+        )
+    with locked(config.directory):
+        try:
+            state = State(config.state_path)
+        except (sqlite3.Error, StateError) as exc:
+            raise VerifyError(f"cannot use {config.state_path}: {exc}") from exc
+        try:
+            return Verifier(config, state, progress or VerifyProgress()).run(
+                repair=repair, delete_orphans=delete_orphans
+            )
+        finally:
+            state.close()
+
+
+def report_lines(result: VerifyResult) -> list[str]:
+    """The summary printed at the end: counts, then one line per finding."""
+    lines = [
+        f"verify: {result.files_checked} file(s) ({result.bytes_checked / 1e6:.1f} MB), "
+        f"{result.metadata_checked} metadata file(s) and {result.pages_checked} page(s) "
+        f"checked; {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
+        f"{len(result.broken)} broken page link(s), {len(result.orphans)} orphan(s)"
+    ]
+    for problem in result.missing:
+        lines.append(f"  missing {problem.label} ({problem.path}): {problem.detail}")
+    for problem in result.corrupt:
+        lines.append(f"  corrupt {problem.label} ({problem.path}): {problem.detail}")
+    for page in result.broken:
+        lines.append(f"  broken {page.page}: {page.detail}")
+    for orphan in result.orphans:
+        lines.append(f"  orphan {orphan}")
+    if result.repair:
+        lines.append(
+            f"repair: {len(result.repaired)} repaired, {len(result.unrepaired)} not repaired, "
+            f"{result.pages_rewritten} page(s) rewritten"
+            + (f" (generation {result.repair_generation})" if result.repair_generation else "")
+        )
+        for what in result.repaired:
+            lines.append(f"  repaired {what}")
+        for what, why in result.unrepaired:
+            lines.append(f"  not repaired {what}: {why}")
+    if result.delete_orphans:
+        lines.append(f"orphans: {result.orphans_deleted} deleted")
+        for path, why in result.orphan_errors:
+            lines.append(f"  could not delete {path}: {why} (fix its permissions, run again)")
+    if result.sound:
+        lines.append("verify: the mirror is sound")
+        if result.orphans and not result.delete_orphans:
+            lines.append(
+                "  orphans take space but no page links them; "
+                "`mirror verify --delete-orphans` deletes them"
+            )
+    elif not result.repair and result.problems:
+        lines.append(
+            f"verify: {result.problems} problem(s); `mirror verify --repair` fetches missing "
+            "and corrupt files again from upstream and rewrites broken pages from state.db"
+        )
+    else:
+        lines.append("verify: the mirror is not sound (see above)")
+    return lines

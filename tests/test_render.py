@@ -205,7 +205,7 @@ def test_html_escapes_project_name_in_title_and_heading() -> None:
 def test_html_title_and_repository_version() -> None:
     page = parse_html(project_html(info("foo-bar"), []))
     assert page.title == "Links for foo-bar"
-    assert {"name": "pypi:repository-version", "content": "1.1"} in page.metas
+    assert {"name": "pypi:repository-version", "content": "1.4"} in page.metas
     assert page.anchors == []
 
 
@@ -270,7 +270,7 @@ def load_project(files: list[HeldFile], **kwargs: Any) -> dict[str, Any]:
 
 def test_json_meta_name_versions() -> None:
     doc = load_project([], name="foo-bar", serial=99, versions=("1.0", "2.0rc1"))
-    assert doc["meta"] == {"api-version": "1.1", "_last-serial": 99}
+    assert doc["meta"] == {"api-version": "1.4", "_last-serial": 99}
     assert doc["name"] == "foo-bar"
     assert doc["versions"] == ["1.0", "2.0rc1"]
     assert doc["files"] == []
@@ -278,7 +278,7 @@ def test_json_meta_name_versions() -> None:
 
 def test_json_no_serial_no_last_serial_key() -> None:
     doc = load_project([], serial=None)
-    assert doc["meta"] == {"api-version": "1.1"}
+    assert doc["meta"] == {"api-version": "1.4"}
 
 
 def test_json_serial_zero_is_kept() -> None:
@@ -386,7 +386,7 @@ def test_json_extra_page_keys_passed_through_but_cannot_override() -> None:
     doc = load_project([f], extra=extra, versions=("1.0",))
     assert doc["project-status"] == {"status": "quarantined"}
     assert doc["name"] == "foo"
-    assert doc["meta"]["api-version"] == "1.1"
+    assert doc["meta"]["api-version"] == "1.4"
     assert doc["versions"] == ["1.0"]
     assert [e["filename"] for e in doc["files"]] == ["foo-1.0.tar.gz"]
 
@@ -415,7 +415,7 @@ def test_root_html_links_to_normalized_names() -> None:
         ("django/", "django"),
     ]
     assert urljoin(ROOT, page.anchors[0].attrs["href"] or "") == ROOT + "foo-bar/"
-    assert {"name": "pypi:repository-version", "content": "1.1"} in page.metas
+    assert {"name": "pypi:repository-version", "content": "1.4"} in page.metas
 
 
 def test_root_html_escapes_display_name() -> None:
@@ -437,7 +437,7 @@ def test_root_json() -> None:
     ]
     doc = json.loads(root_json(entries, 1234))
     assert doc == {
-        "meta": {"api-version": "1.1", "_last-serial": 1234},
+        "meta": {"api-version": "1.4", "_last-serial": 1234},
         "projects": [
             {"name": "Foo_Bar", "_last-serial": 3},
             {"name": "django"},
@@ -448,7 +448,7 @@ def test_root_json() -> None:
 
 def test_root_json_without_serial() -> None:
     doc = json.loads(root_json([], None))
-    assert doc == {"meta": {"api-version": "1.1"}, "projects": []}
+    assert doc == {"meta": {"api-version": "1.4"}, "projects": []}
 
 
 def test_root_json_odd_display_name_round_trips() -> None:

@@ -142,6 +142,34 @@ def fetch_file(
     )
 
 
+def fetch_sibling(
+    client: Client,
+    url: str,
+    file_path: str,
+    suffix: str,
+    *,
+    expected_hashes: Mapping[str, str],
+    web: Path,
+    tmp: Path,
+) -> Downloaded:
+    """Download a file that lives beside a distribution (``file_path + suffix``), with retries.
+
+    Its metadata (PEP 658), signature (.asc) or provenance (PEP 740).
+    """
+    return client.retrying(
+        lambda: fetch_to(
+            client,
+            url,
+            expected_hashes=expected_hashes,
+            expected_size=None,
+            web=web,
+            tmp=tmp,
+            path_for_sha256=lambda _sha256: file_path + suffix,
+        ),
+        also=VerificationError,
+    )
+
+
 def fetch_metadata(
     client: Client,
     url: str,
@@ -152,15 +180,7 @@ def fetch_metadata(
     tmp: Path,
 ) -> Downloaded:
     """Download a PEP 658 metadata file next to the file it describes, with retries."""
-    return client.retrying(
-        lambda: fetch_to(
-            client,
-            url,
-            expected_hashes=expected_hashes,
-            expected_size=None,
-            web=web,
-            tmp=tmp,
-            path_for_sha256=lambda _sha256: layout.metadata_path(file_path),
-        ),
-        also=VerificationError,
+    return fetch_sibling(
+        client, url, file_path, layout.METADATA_SUFFIX,
+        expected_hashes=expected_hashes, web=web, tmp=tmp,
     )

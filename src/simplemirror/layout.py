@@ -17,6 +17,8 @@ PACKAGES = "packages"
 HTML_INDEX = "index.html"
 JSON_INDEX = "index.v1_json"
 METADATA_SUFFIX = ".metadata"
+SIGNATURE_SUFFIX = ".asc"
+PROVENANCE_SUFFIX = ".provenance"
 
 
 def file_path(sha256: str, filename: str) -> str:
@@ -47,5 +49,9 @@ def relative_url(from_dir: str, target: str) -> str:
 
     Relative links let the tree be served from any prefix, or read over file://.
     """
-    rel = posixpath.relpath(target, from_dir)
-    return quote(rel, safe="/+")
+    return url_path(posixpath.relpath(target, from_dir))
+
+
+def url_path(path: str) -> str:
+    """A tree path as a URL path: percent-encoded, slashes kept."""
+    return quote(path, safe="/+")

@@ -609,6 +609,10 @@ class HeldFile:
     upload_time: str | None = None
     metadata_hashes: Mapping[str, str] | None = None
     """Verified hashes of the PEP 658 file at ``path + '.metadata'``, None when not held."""
+    signature: bool = False
+    """The detached signature at ``path + '.asc'`` is held (upstream advertised gpg-sig)."""
+    provenance: bool = False
+    """The PEP 740 provenance at ``path + '.provenance'`` is held."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def matches(self, dist: DistFile) -> bool:

@@ -142,6 +142,8 @@ class FileTodo:
     """The copy already held, when only the metadata file is missing."""
     fetch_file: bool
     fetch_metadata: bool
+    fetch_signature: bool = False
+    fetch_provenance: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,13 @@ def _metadata_missing(dist: DistFile, held: HeldFile) -> bool:
     return False
 
 
-def plan_files(files: Iterable[DistFile], held: Iterable[HeldFile]) -> FilePlan:
-    """Which of a page's files to download, which are held, which went away."""
+def plan_files(
+    files: Iterable[DistFile], held: Iterable[HeldFile], *, provenance: bool = False
+) -> FilePlan:
+    """Which of a page's files (and siblings) to download, which are held, which went away.
+
+    ``provenance``: mirror PEP 740 provenance (only useful with a public URL to advertise).
+    """
     held_by_name = {h.filename: h for h in held}
     keep: list[tuple[DistFile, HeldFile]] = []
     fetch: list[FileTodo] = []
@@ -173,10 +180,23 @@ def plan_files(files: Iterable[DistFile], held: Iterable[HeldFile]) -> FilePlan:
     for dist in files:
         listed.add(dist.filename)
         copy = held_by_name.get(dist.filename)
+        signature = bool(dist.gpg_sig)
+        wants_provenance = provenance and dist.provenance is not None
         if copy is None or not copy.matches(dist):
-            fetch.append(FileTodo(dist, None, True, dist.core_metadata is not False))
-        elif _metadata_missing(dist, copy):
-            fetch.append(FileTodo(dist, copy, False, True))
+            fetch.append(FileTodo(
+                dist, None, True, dist.core_metadata is not False, signature, wants_provenance
+            ))
+            continue
+        todo = FileTodo(
+            dist,
+            copy,
+            False,
+            _metadata_missing(dist, copy),
+            signature and not copy.signature,
+            wants_provenance and not copy.provenance,
+        )
+        if todo.fetch_metadata or todo.fetch_signature or todo.fetch_provenance:
+            fetch.append(todo)
         else:
             keep.append((dist, copy))
     gone = tuple(h for name, h in held_by_name.items() if name not in listed)

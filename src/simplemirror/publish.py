@@ -39,7 +39,11 @@ def write_atomic(target: Path, data: bytes, tmp: Path) -> None:
 class Publisher:
     """Writes pages for one run and records them in state.db under its generation."""
 
-    def __init__(self, web: Path, tmp: Path, state: State, generation: int) -> None:
+    def __init__(
+        self, web: Path, tmp: Path, state: State, generation: int, public_url: str | None = None
+    ) -> None:
+        self.public_url = public_url
+        """Where web/ is served; provenance is advertised only with it (absolute URLs)."""
         self.web = web
         self.tmp = tmp
         self.state = state
@@ -63,8 +67,8 @@ class Publisher:
     def project(self, info: render.ProjectInfo, files: Sequence[HeldFile]) -> None:
         """A project's pages; call only once every file in ``files`` is in place."""
         html_path, json_path = layout.project_pages(info.name)
-        self.page(html_path, render.project_html(info, files))
-        self.page(json_path, render.project_json(info, files))
+        self.page(html_path, render.project_html(info, files, self.public_url))
+        self.page(json_path, render.project_json(info, files, self.public_url))
 
     def last_modified(self, when: time.struct_time) -> None:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""

@@ -18,7 +18,7 @@ from simplemirror import layout
 from simplemirror.state import State
 
 # Siblings that live and die with a distribution file.
-SIBLING_SUFFIXES = (layout.METADATA_SUFFIX, ".asc", ".provenance")
+SIBLING_SUFFIXES = (layout.METADATA_SUFFIX, layout.SIGNATURE_SUFFIX, layout.PROVENANCE_SUFFIX)
 
 
 def _remove_empty_dirs(directory: Path, stop: Path) -> None:

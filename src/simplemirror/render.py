@@ -15,9 +15,9 @@ from typing import Any
 from simplemirror import layout
 from simplemirror.model import HeldFile
 
-# 1.1: PEP 700 (versions, size, upload-time). The mirror emits no PEP 708 keys,
-# and advertises PEP 740 provenance only once it mirrors it.
-API_VERSION = "1.1"
+# 1.4: PEP 700 (versions, size, upload-time), PEP 740 (provenance) and PEP 792
+# (project status). PEP 708 (1.2) was rejected: none of its keys are emitted.
+API_VERSION = "1.4"
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,29 @@ class ProjectInfo:
     versions: tuple[str, ...]
     extra: Mapping[str, Any]
     """Top-level keys kept verbatim from upstream."""
+    status: str | None = None
+    """PEP 792 project status as upstream gave it (None: not given, i.e. active)."""
+    status_reason: str | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        """What state.db keeps to render the page again (projects.page_data)."""
+        return {
+            "versions": list(self.versions),
+            "extra": dict(self.extra),
+            "status": self.status,
+            "status_reason": self.status_reason,
+        }
+
+    @classmethod
+    def from_data(cls, name: str, serial: int | None, data: Mapping[str, Any]) -> ProjectInfo:
+        return cls(
+            name,
+            serial,
+            tuple(data.get("versions") or ()),
+            data.get("extra") or {},
+            data.get("status"),
+            data.get("status_reason"),
+        )
 
 
 @dataclass(frozen=True)
@@ -47,13 +70,29 @@ def _metadata_attr(hashes: Mapping[str, str]) -> str:
     return f"sha256={hashes['sha256']}" if "sha256" in hashes else "true"
 
 
-def project_html(info: ProjectInfo, files: Sequence[HeldFile]) -> str:
+def provenance_url(public_url: str, f: HeldFile) -> str:
+    """PEP 740 asks for an absolute URL: the provenance sits beside the file."""
+    return public_url + layout.url_path(f.path + layout.PROVENANCE_SUFFIX)
+
+
+def project_html(
+    info: ProjectInfo, files: Sequence[HeldFile], public_url: str | None = None
+) -> str:
     page_dir = layout.project_dir(info.name)
     lines = [
         "<!DOCTYPE html>",
         "<html>",
         "  <head>",
         f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+    ]
+    if info.status is not None:
+        lines.append(f'    <meta name="pypi:project-status" content="{escape(info.status)}">')
+        if info.status_reason is not None:
+            lines.append(
+                f'    <meta name="pypi:project-status-reason"'
+                f' content="{escape(info.status_reason)}">'
+            )
+    lines += [
         f"    <title>Links for {escape(info.name)}</title>",
         "  </head>",
         "  <body>",
@@ -71,12 +110,16 @@ def project_html(info: ProjectInfo, files: Sequence[HeldFile]) -> str:
             attrs.append(f'data-core-metadata="{value}"')
         if f.yanked:
             attrs.append(f'data-yanked="{escape(f.yanked_reason or "")}"')
+        if f.signature:
+            attrs.append('data-gpg-sig="true"')
+        if f.provenance and public_url:
+            attrs.append(f'data-provenance="{escape(provenance_url(public_url, f))}"')
         lines.append(f"    <a {' '.join(attrs)}>{escape(f.filename)}</a><br />")
     lines += ["  </body>", "</html>", ""]
     return "\n".join(lines)
 
 
-def _file_json(page_dir: str, f: HeldFile) -> dict[str, Any]:
+def _file_json(page_dir: str, f: HeldFile, public_url: str | None) -> dict[str, Any]:
     entry: dict[str, Any] = dict(f.extra)
     entry.update(
         {
@@ -92,10 +135,16 @@ def _file_json(page_dir: str, f: HeldFile) -> dict[str, Any]:
     )
     if entry["upload-time"] is None:
         del entry["upload-time"]  # PEP 700: omit rather than send null
+    if f.signature:
+        entry["gpg-sig"] = True
+    if f.provenance and public_url:
+        entry["provenance"] = provenance_url(public_url, f)
     return entry
 
 
-def project_json(info: ProjectInfo, files: Sequence[HeldFile]) -> str:
+def project_json(
+    info: ProjectInfo, files: Sequence[HeldFile], public_url: str | None = None
+) -> str:
     page_dir = layout.project_dir(info.name)
     meta: dict[str, Any] = {"api-version": API_VERSION}
     if info.serial is not None:
@@ -106,9 +155,14 @@ def project_json(info: ProjectInfo, files: Sequence[HeldFile]) -> str:
             "meta": meta,
             "name": info.name,
             "versions": list(info.versions),
-            "files": [_file_json(page_dir, f) for f in files],
+            "files": [_file_json(page_dir, f, public_url) for f in files],
         }
     )
+    if info.status is not None:
+        status: dict[str, str] = {"status": info.status}
+        if info.status_reason is not None:
+            status["reason"] = info.status_reason
+        doc["project-status"] = status
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 

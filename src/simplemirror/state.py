@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS files (
     yanked_reason   TEXT,
     upload_time     TEXT,
     metadata_hashes TEXT,               -- JSON; NULL when no .metadata file is held
+    signature       INTEGER NOT NULL DEFAULT 0,  -- 1: the .asc beside it is held
+    provenance      INTEGER NOT NULL DEFAULT 0,  -- 1: the .provenance beside it is held
     extra           TEXT,               -- JSON: upstream keys kept verbatim
     appeared_gen    INTEGER NOT NULL,
     updated_gen     INTEGER NOT NULL,
@@ -122,6 +124,8 @@ _ADDED_COLUMNS = (
     ("projects", "page_etag", "TEXT"),
     ("projects", "page_hash", "TEXT"),
     ("files", "deleted_gen", "INTEGER"),
+    ("files", "signature", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "provenance", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -270,13 +274,15 @@ class State:
             )
             self.db.execute(
                 "INSERT INTO files (project, filename, path, size, hashes, url, requires_python,"
-                " yanked, yanked_reason, upload_time, metadata_hashes, extra, appeared_gen,"
-                " updated_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                " yanked, yanked_reason, upload_time, metadata_hashes, signature, provenance,"
+                " extra, appeared_gen, updated_gen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (project, filename) WHERE removed_gen IS NULL DO UPDATE SET"
                 " url = excluded.url, requires_python = excluded.requires_python,"
                 " yanked = excluded.yanked, yanked_reason = excluded.yanked_reason,"
                 " upload_time = excluded.upload_time,"
-                " metadata_hashes = excluded.metadata_hashes, extra = excluded.extra,"
+                " metadata_hashes = excluded.metadata_hashes, signature = excluded.signature,"
+                " provenance = excluded.provenance, extra = excluded.extra,"
                 " updated_gen = excluded.updated_gen",
                 [
                     name,
@@ -290,6 +296,8 @@ class State:
                     f.yanked_reason,
                     f.upload_time,
                     _json(dict(f.metadata_hashes) if f.metadata_hashes is not None else None),
+                    int(f.signature),
+                    int(f.provenance),
                     _json(dict(f.extra)) if f.extra else None,
                     generation,
                     generation,
@@ -316,7 +324,7 @@ class State:
     def held_files(self, project: str) -> list[HeldFile]:
         rows = self.db.execute(
             "SELECT filename, path, size, hashes, url, requires_python, yanked, yanked_reason,"
-            " upload_time, metadata_hashes, extra FROM files"
+            " upload_time, metadata_hashes, signature, provenance, extra FROM files"
             " WHERE project = ? AND removed_gen IS NULL ORDER BY id",
             [project],
         )
@@ -333,6 +341,8 @@ class State:
                 yanked_reason=yanked_reason,
                 upload_time=upload_time,
                 metadata_hashes=json.loads(metadata) if metadata else None,
+                signature=bool(signature),
+                provenance=bool(provenance),
                 extra=json.loads(extra) if extra else {},
             )
             for (
@@ -346,6 +356,8 @@ class State:
                 yanked_reason,
                 upload_time,
                 metadata,
+                signature,
+                provenance,
                 extra,
             ) in rows
         ]

@@ -21,13 +21,14 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urldefrag, urlsplit
 
 import requests
 
-from simplemirror import download, reap
+from simplemirror import download, layout, reap
 from simplemirror.config import Config
 from simplemirror.model import DistFile, HeldFile, ProjectPage, version_of
 from simplemirror.plan import (
@@ -145,9 +146,18 @@ class _Root:
     rejected: tuple[tuple[str, str], ...] = ()
 
 
-def _held_file(project: str, dist: DistFile, path: str, size: int, hashes: Mapping[str, str],
-               metadata_hashes: Mapping[str, str] | None) -> HeldFile:
-    """What the mirror records and publishes for ``dist``: upstream's description, our bytes."""
+def _held_file(
+    project: str, dist: DistFile, path: str, size: int, hashes: Mapping[str, str],
+    siblings: HeldFile | None = None,
+) -> HeldFile:
+    """What the mirror records and publishes for ``dist``: upstream's description, our bytes.
+
+    ``siblings``: the copy already held, whose metadata, signature and provenance are
+    kept for as long as upstream still advertises them.
+    """
+    metadata_hashes = None
+    if siblings is not None and dist.core_metadata is not False:
+        metadata_hashes = siblings.metadata_hashes
     return HeldFile(
         project=project,
         filename=dist.filename,
@@ -160,6 +170,8 @@ def _held_file(project: str, dist: DistFile, path: str, size: int, hashes: Mappi
         yanked_reason=dist.yanked_reason,
         upload_time=dist.upload_time,
         metadata_hashes=dict(metadata_hashes) if metadata_hashes is not None else None,
+        signature=siblings is not None and siblings.signature and bool(dist.gpg_sig),
+        provenance=siblings is not None and siblings.provenance and dist.provenance is not None,
         extra=dict(dist.extra),
     )
 
@@ -240,7 +252,7 @@ class Sync:
         # The publish order: files, then each project's pages (inside
         # _fetch_all, as each project's downloads finish), then the root; only
         # then, what nothing links to any more leaves the disk.
-        publisher = Publisher(config.web, config.tmp, state, generation)
+        publisher = Publisher(config.web, config.tmp, state, generation, config.public_url)
         self._files_held, self._files_removing = state.held_counts()[1], 0
         complete = False
         try:
@@ -463,11 +475,15 @@ class Sync:
         except (UpstreamError, requests.RequestException) as exc:
             self._give_up(todo.name, Status.FAILED, str(exc), state, generation, summary)
             return None
-        listed, foreign = refuse_foreign_hosts(page.files, self.config.allowed_file_hosts)
+        # PEP 792: a quarantined project offers no files, whatever its page lists.
+        offered = () if page.status == "quarantined" else page.files
+        listed, foreign = refuse_foreign_hosts(offered, self.config.allowed_file_hosts)
         refused = [*page.rejected, *foreign]
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
-        files = plan_files(listed, state.held_files(todo.name))
+        files = plan_files(
+            listed, state.held_files(todo.name), provenance=self.config.public_url is not None
+        )
         # A refused file is work left undone: the project does not converge.
         return _Project(todo, page, files, errors=[(f, f"refused: {r}") for f, r in refused])
 
@@ -482,8 +498,8 @@ class Sync:
         self.reporter.project_done()
 
     def _download(self, name: str, todo: FileTodo) -> tuple[HeldFile, int, str | None]:
-        """Worker: fetch what ``todo`` needs. Returns the held file, bytes fetched, and the
-        metadata error (a file is still published when only its metadata failed)."""
+        """Worker: fetch what ``todo`` needs. Returns the held file, the bytes fetched, and
+        what went wrong with its siblings (the file is still published without them)."""
         config, dist = self.config, todo.dist
         fetched = 0
         if todo.fetch_file:
@@ -491,35 +507,50 @@ class Sync:
                 self.client, dist.url, dist.filename, expected_hashes=dist.hashes,
                 expected_size=dist.size, web=config.web, tmp=config.tmp,
             )
-            path, size, hashes, metadata_hashes = got.path, got.size, got.hashes, None
+            held = _held_file(name, dist, got.path, got.size, got.hashes)
             fetched += got.size
         else:
             assert todo.held is not None
-            held = todo.held
-            path, size, hashes, metadata_hashes = held.path, held.size, held.hashes, (
-                held.metadata_hashes
+            held = _held_file(
+                name, dist, todo.held.path, todo.held.size, todo.held.hashes, todo.held
             )
-        metadata_error = None
-        if todo.fetch_metadata:
-            expected = dist.core_metadata if isinstance(dist.core_metadata, Mapping) else {}
+        base_url = urldefrag(dist.url).url
+        wanted = [
+            (todo.fetch_metadata, "metadata", dist.metadata_url, layout.METADATA_SUFFIX),
+            (todo.fetch_signature, "signature", base_url + layout.SIGNATURE_SUFFIX,
+             layout.SIGNATURE_SUFFIX),
+            (todo.fetch_provenance, "provenance", dist.provenance or "",
+             layout.PROVENANCE_SUFFIX),
+        ]
+        errors: list[str] = []
+        for needed, kind, url, suffix in wanted:
+            if not needed:
+                continue
+            expected = dist.core_metadata if kind == "metadata" else {}
             try:
-                meta = download.fetch_metadata(
-                    self.client, dist.metadata_url, path, expected_hashes=expected,
+                if (urlsplit(url).hostname or "").lower() not in config.allowed_file_hosts:
+                    raise UpstreamError(f"{url}: not an allowed file host")
+                got = download.fetch_sibling(
+                    self.client, url, held.path, suffix,
+                    expected_hashes=expected if isinstance(expected, Mapping) else {},
                     web=config.web, tmp=config.tmp,
                 )
-                metadata_hashes = meta.hashes
-                fetched += meta.size
             except FILE_ERRORS as exc:
-                metadata_error = f"metadata: {exc}"
-        held_file = _held_file(name, dist, path, size, hashes, metadata_hashes)
-        return held_file, fetched, metadata_error
+                errors.append(f"{kind}: {exc}")
+                continue
+            fetched += got.size
+            if kind == "metadata":
+                held = replace(held, metadata_hashes=got.hashes)
+            else:
+                held = replace(held, **{kind: True})
+        return held, fetched, "; ".join(errors) or None
 
     def _file_done(
         self, project: _Project, todo: FileTodo, future: Future[Any], summary: RunSummary
     ) -> None:
         filename = todo.dist.filename
         try:
-            held, fetched, metadata_error = future.result()
+            held, fetched, sibling_error = future.result()
         except Interrupted:
             return  # not counted down: a project cut short is never published
         except FILE_ERRORS as exc:
@@ -535,9 +566,9 @@ class Sync:
         if todo.fetch_file:
             summary.files_fetched += 1
         summary.bytes_fetched += fetched
-        if metadata_error:
-            project.errors.append((filename, metadata_error))
-            log.warning("%s: %s %s", project.todo.name, filename, metadata_error)
+        if sibling_error:
+            project.errors.append((filename, sibling_error))
+            log.warning("%s: %s %s", project.todo.name, filename, sibling_error)
         self.reporter.file_done(fetched)
 
     def _finish(
@@ -547,7 +578,7 @@ class Sync:
         page, name = project.page, project.todo.name
         for dist, copy in project.files.keep:
             project.done[dist.filename] = _held_file(
-                name, dist, copy.path, copy.size, copy.hashes, copy.metadata_hashes
+                name, dist, copy.path, copy.size, copy.hashes, copy
             )
         # Upstream's order; files that failed are left out (never advertised).
         files = [project.done[d.filename] for d in page.files if d.filename in project.done]
@@ -575,7 +606,9 @@ class Sync:
         if versions is None:  # api-version 1.0 upstream: derive them (PEP 700)
             found = {version_of(d.filename) for d in page.files}
             versions = tuple(sorted(v for v in found if v is not None))
-        info = ProjectInfo(name, page.serial, versions, page.extra)
+        info = ProjectInfo(
+            name, page.serial, versions, page.extra, page.status, page.status_reason
+        )
         error = "; ".join(f"{f}: {e}" for f, e in project.errors) or None
         status = Status.FAILED if project.errors else Status.OK
         # Pages before the project's row: should writing them fail, state.db
@@ -587,7 +620,7 @@ class Sync:
                 status=status,
                 error=error,
                 page_serial=page.serial,
-                page_data={"versions": list(versions), "extra": dict(page.extra)},
+                page_data=info.to_data(),
                 files=files,
                 gone=gone,
                 generation=publisher.generation,

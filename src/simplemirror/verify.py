@@ -802,7 +802,9 @@ class Verifier:
         if not projects and not root:
             return
         self.progress.phase(f"repair: writing the pages of {len(projects)} project(s) again")
-        publisher = Publisher(self.web, self.config.tmp, self.state, generation)
+        publisher = Publisher(
+            self.web, self.config.tmp, self.state, generation, self.config.public_url
+        )
         cannot: dict[str, str] = {}
         for name in sorted(projects):
             why = self._rewrite_project(publisher, name)
@@ -843,7 +845,7 @@ class Verifier:
         if versions is None:
             found = {version_of(f.filename) for f in files}
             versions = sorted(v for v in found if v is not None)
-        info = render.ProjectInfo(name, page_serial, tuple(versions), data.get("extra") or {})
+        info = render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
         publisher.project(info, files)
         return None
 

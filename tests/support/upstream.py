@@ -88,6 +88,15 @@ class UpFile:
     version: str | None = None
     # Emitted verbatim into the file's JSON object, after the standard keys (so can override).
     extra: dict[str, Any] = field(default_factory=dict)
+    # A detached signature served at the file's URL + ".asc" (advertised as gpg-sig).
+    signature: bytes | None = None
+    # A PEP 740 provenance document, served at provenance_path (not beside the file, as
+    # on the real index, so that clients must follow the advertised URL).
+    provenance: bytes | None = None
+
+    @property
+    def provenance_path(self) -> str:
+        return f"/integrity/{quote(self.filename)}/provenance"
 
     @property
     def sha256(self) -> str:
@@ -115,6 +124,9 @@ class UpProject:
     extra_meta: dict[str, Any] = field(default_factory=dict)
     # Merged into the project page's top-level JSON object.
     extra: dict[str, Any] = field(default_factory=dict)
+    # PEP 792 status ("archived", "quarantined", ...) and reason; None: not sent.
+    status: str | None = None
+    status_reason: str | None = None
 
     def file(self, filename: str) -> UpFile:
         for f in self.files:
@@ -520,6 +532,10 @@ class Upstream:
                 entry["yanked"] = f.yanked
                 entry["core-metadata"] = meta_hash
                 entry["data-dist-info-metadata"] = meta_hash
+                if f.signature is not None:
+                    entry["gpg-sig"] = True
+                if f.provenance is not None:
+                    entry["provenance"] = self.base + f.provenance_path
                 entry.update(f.extra)
                 files.append(entry)
             doc: dict[str, Any] = {
@@ -533,6 +549,10 @@ class Upstream:
                 "files": files,
                 **project.extra,
             }
+            if project.status is not None:
+                doc["project-status"] = {"status": project.status}
+                if project.status_reason is not None:
+                    doc["project-status"]["reason"] = project.status_reason
             return _Snapshot(json.dumps(doc).encode("utf-8"), JSON_V1, serial)
 
         rows = []
@@ -552,28 +572,43 @@ class Upstream:
             if f.metadata_sha256 is not None:
                 attrs.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
                 attrs.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
+            if f.signature is not None:
+                attrs.append('data-gpg-sig="true"')
+            if f.provenance is not None:
+                attrs.append(f'data-provenance="{html.escape(self.base + f.provenance_path)}"')
             rows.append(f"    <a {' '.join(attrs)}>{html.escape(f.filename)}</a><br />\n")
         title = html.escape(project.name)
+        status = ""
+        if project.status is not None:
+            status = f'    <meta name="pypi:project-status" content="{project.status}">\n'
+            if project.status_reason is not None:
+                reason = html.escape(project.status_reason)
+                status += f'    <meta name="pypi:project-status-reason" content="{reason}">\n'
         text = (
             "<!DOCTYPE html>\n<html>\n  <head>\n"
             '    <meta name="pypi:repository-version" content="1.1">\n'
+            + status +
             f"    <title>Links for {title}</title>\n  </head>\n  <body>\n"
             f"    <h1>Links for {title}</h1>\n{''.join(rows)}  </body>\n</html>\n"
             f"<!--SERIAL {serial}-->\n"
         )
         return _Snapshot(text.encode("utf-8"), media, serial)
 
-    def find_file(self, path: str) -> tuple[UpFile, bool] | None:
-        """Map a request path to (file, is_metadata)."""
+    def find_file(self, path: str) -> tuple[UpFile, str] | None:
+        """Map a request path to (file, what): what is "", ".metadata", ".asc" or ".provenance"."""
         wanted = unquote(path)
         with self.world.lock:
             for project in self.world.projects.values():
                 for f in project.files:
                     file_path = unquote(f.path)
                     if wanted == file_path:
-                        return f, False
+                        return f, ""
                     if wanted == file_path + ".metadata" and f.metadata is not None:
-                        return f, True
+                        return f, ".metadata"
+                    if wanted == file_path + ".asc" and f.signature is not None:
+                        return f, ".asc"
+                    if wanted == unquote(f.provenance_path) and f.provenance is not None:
+                        return f, ".provenance"
         return None
 
 
@@ -610,7 +645,7 @@ class _UpstreamHandler(BaseHandler):
             self._root()
         elif path.startswith("/simple/"):
             self._project(path)
-        elif path.startswith("/packages/"):
+        elif path.startswith(("/packages/", "/integrity/")):
             self._file(path)
         else:
             self.send_body(404, b"not found\n")
@@ -707,10 +742,15 @@ class _UpstreamHandler(BaseHandler):
         if found is None:
             self.send_body(404, b"no such file\n")
             return
-        upfile, is_metadata = found
-        body = upfile.metadata if is_metadata else upfile.content
+        upfile, what = found
+        body = {
+            "": upfile.content,
+            ".metadata": upfile.metadata,
+            ".asc": upfile.signature,
+            ".provenance": upfile.provenance,
+        }[what]
         assert body is not None
-        key = upfile.filename + (".metadata" if is_metadata else "")
+        key = upfile.filename + what
         if key in self.up.corrupt and body:
             mid = len(body) // 2
             body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]

@@ -32,6 +32,10 @@ class HeldProject:
     upstream_serial: int | None
     """Serial the upstream root listed at the last look."""
     status: Status
+    page_etag: str | None = None
+    """ETag of the upstream page last mirrored (for upstreams without serials)."""
+    page_hash: str | None = None
+    """sha256 of that page's body, for upstreams that send no ETag either."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class ProjectTodo:
     display_name: str
     serial: int | None
     """The serial the upstream root promises; a page older than this is stale."""
+    etag: str | None = None
+    """Without serials: the ETag of the complete copy held, for a conditional request."""
+    page_hash: str | None = None
+    """Without serials: the sha256 of that copy's upstream page; the same body is no change."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,22 @@ class SyncPlan:
     removed: tuple[str, ...]
     """Held projects upstream no longer lists."""
     unchanged: int
+
+
+def usable_serials(root: RootIndex) -> bool:
+    """Whether the root's per-project serials say which projects changed.
+
+    Missing ones do not, nor a constant one (some servers send a fake serial).
+    """
+    serials = {p.serial for p in root.projects}
+    return None not in serials and (len(root.projects) < 2 or len(serials) > 1)
+
+
+def _todo(name: str, display: str, serial: int | None, held: HeldProject | None) -> ProjectTodo:
+    if serial is None and held is not None and held.status is Status.OK:
+        # Only a complete copy may be confirmed by "not modified".
+        return ProjectTodo(name, display, None, held.page_etag, held.page_hash)
+    return ProjectTodo(name, display, serial)
 
 
 def _needs_fetch(serial: int | None, held: HeldProject | None) -> bool:
@@ -74,8 +98,9 @@ def plan_sync(
         listed.add(project.normalized)
         if only is not None and project.normalized not in only:
             continue
-        if _needs_fetch(project.serial, held.get(project.normalized)):
-            fetch.append(ProjectTodo(project.normalized, project.name, project.serial))
+        copy = held.get(project.normalized)
+        if _needs_fetch(project.serial, copy):
+            fetch.append(_todo(project.normalized, project.name, project.serial, copy))
         else:
             unchanged += 1
     removed = tuple(
@@ -98,11 +123,15 @@ def _behind(held: HeldProject) -> bool:
 
 
 def plan_retry(
-    held: Mapping[str, tuple[str, HeldProject]], only: Collection[str] | None = None
+    held: Mapping[str, tuple[str, HeldProject]],
+    only: Collection[str] | None = None,
+    *,
+    serials: bool = True,
 ) -> SyncPlan:
     """The plan when the root index is unchanged (HTTP 304): finish what is unfinished.
 
-    ``held`` maps normalized name to (display name, state).
+    ``held`` maps normalized name to (display name, state). Without ``serials`` an
+    unchanged root says nothing about the pages, so every project is looked at again.
     """
     in_scope = {
         name: (display, h)
@@ -110,9 +139,9 @@ def plan_retry(
         if h.status is not Status.REMOVED and (only is None or name in only)
     }
     fetch = [
-        ProjectTodo(name, display, h.upstream_serial)
+        _todo(name, display, h.upstream_serial if serials else None, h)
         for name, (display, h) in sorted(in_scope.items())
-        if h.status is not Status.OK or _behind(h)
+        if not serials or h.status is not Status.OK or _behind(h)
     ]
     return SyncPlan(tuple(fetch), (), len(in_scope) - len(fetch))
 

@@ -205,11 +205,12 @@ class State:
     def held_projects(self) -> dict[str, tuple[str, HeldProject]]:
         """Every project ever seen: normalized name -> (display name, state)."""
         rows = self.db.execute(
-            "SELECT name, display_name, serial, upstream_serial, status FROM projects"
+            "SELECT name, display_name, serial, upstream_serial, status, page_etag, page_hash"
+            " FROM projects"
         )
         return {
-            name: (display, HeldProject(serial, upstream_serial, Status(status)))
-            for name, display, serial, upstream_serial, status in rows
+            name: (display, HeldProject(serial, upstream, Status(status), etag, page_hash))
+            for name, display, serial, upstream, status, etag, page_hash in rows
         }
 
     def note_listed(self, todos: Iterable[tuple[str, str, int | None]], generation: int) -> None:
@@ -252,6 +253,8 @@ class State:
         status: Status,
         error: str | None,
         page_serial: int | None,
+        page_etag: str | None = None,
+        page_hash: str | None = None,
         page_data: dict[str, Any],
         files: Iterable[HeldFile],
         gone: Iterable[HeldFile],
@@ -306,19 +309,29 @@ class State:
         complete = status is Status.OK
         self.db.execute(
             "UPDATE projects SET status = ?, error = ?, page_serial = ?, page_data = ?,"
-            " serial = CASE WHEN ? THEN ? ELSE serial END,"
+            " page_etag = ?, page_hash = ?, serial = CASE WHEN ? THEN ? ELSE serial END,"
             " updated_gen = ?, published_gen = ?, removed_gen = NULL WHERE name = ?",
             [
                 status.value,
                 error,
                 page_serial,
                 _json(page_data),
+                page_etag,
+                page_hash,
                 complete,
                 page_serial,
                 generation,
                 generation,
                 name,
             ],
+        )
+
+    def note_unchanged(self, name: str, etag: str | None, generation: int) -> None:
+        """Upstream confirmed the page of a complete copy is unchanged (304, or the same body)."""
+        self.db.execute(
+            "UPDATE projects SET page_etag = coalesce(?, page_etag), status = 'ok', error = NULL,"
+            " updated_gen = ? WHERE name = ?",
+            [etag, generation, name],
         )
 
     def held_files(self, project: str) -> list[HeldFile]:

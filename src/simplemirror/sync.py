@@ -45,6 +45,7 @@ from simplemirror.plan import (
     plan_retry,
     plan_sync,
     refuse_foreign_hosts,
+    usable_serials,
 )
 from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
@@ -129,6 +130,9 @@ class _Project:
     todo: ProjectTodo
     page: ProjectPage
     files: FilePlan
+    etag: str | None
+    """The upstream page's ETag and body hash, kept to ask "changed?" next time."""
+    page_hash: str
     outstanding: int = 0
     done: dict[str, HeldFile] = field(default_factory=dict)
     errors: list[tuple[str, str]] = field(default_factory=list)
@@ -318,8 +322,16 @@ class Sync:
         response = self.client.fetch_root(self._etag(state))
         if response is None:
             log.info("upstream root index unchanged (HTTP 304)")
-            return _Root(plan_retry(held, only), not_modified=True)
+            serials = state.get_meta("root_serials") != "no"
+            return _Root(plan_retry(held, only, serials=serials), not_modified=True)
         index = response.index
+        if not usable_serials(index):
+            # Each project is then asked with a conditional request instead.
+            index = replace(
+                index, projects=tuple(replace(p, serial=None) for p in index.projects)
+            )
+        with state.transaction():
+            state.set_meta("root_serials", "yes" if usable_serials(response.index) else "no")
         plan = plan_sync(index, {name: h for name, (_, h) in held.items()}, only)
         listed = sum(1 for _, h in held.values() if h.status is not Status.REMOVED)
         if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
@@ -407,7 +419,7 @@ class Sync:
                 todo = next(todos, None)
                 if todo is None:
                     return
-                submit(page_pool, "page", todo, self.client.fetch_page, todo)
+                submit(page_pool, "page", todo, self.client.fetch_page, todo, todo.etag)
 
         last_commit = time.monotonic()
         page_pool = WorkerPool(config.workers, "page")
@@ -459,14 +471,14 @@ class Sync:
     def _page_done(
         self,
         todo: ProjectTodo,
-        future: Future[PageResponse],
+        future: Future[PageResponse | None],
         state: State,
         publisher: Publisher,
         summary: RunSummary,
     ) -> _Project | None:
         generation = publisher.generation
         try:
-            page = future.result().page
+            response = future.result()
         except Interrupted:
             return None
         except StalePage as exc:
@@ -475,6 +487,12 @@ class Sync:
         except (UpstreamError, requests.RequestException) as exc:
             self._give_up(todo.name, Status.FAILED, str(exc), state, generation, summary)
             return None
+        if response is None or response.sha256 == todo.page_hash:
+            # A complete copy, and upstream says (304) or shows (same bytes) it is current.
+            state.note_unchanged(todo.name, response.etag if response else None, generation)
+            self.reporter.project_done()
+            return None
+        page = response.page
         # PEP 792: a quarantined project offers no files, whatever its page lists.
         offered = () if page.status == "quarantined" else page.files
         listed, foreign = refuse_foreign_hosts(offered, self.config.allowed_file_hosts)
@@ -485,7 +503,10 @@ class Sync:
             listed, state.held_files(todo.name), provenance=self.config.public_url is not None
         )
         # A refused file is work left undone: the project does not converge.
-        return _Project(todo, page, files, errors=[(f, f"refused: {r}") for f, r in refused])
+        return _Project(
+            todo, page, files, response.etag, response.sha256,
+            errors=[(f, f"refused: {r}") for f, r in refused],
+        )
 
     def _give_up(
         self, name: str, status: Status, error: str, state: State, generation: int,
@@ -620,6 +641,8 @@ class Sync:
                 status=status,
                 error=error,
                 page_serial=page.serial,
+                page_etag=project.etag,
+                page_hash=project.page_hash,
                 page_data=info.to_data(),
                 files=files,
                 gone=gone,

@@ -356,6 +356,11 @@ class Upstream:
         self.url_style: UrlStyle = "absolute"
         self.serial_as_string = False
         self.send_serial_header = True
+        # "normal"; "none": no serials anywhere (plain static trees, many private indexes);
+        # "constant": the same fake serial everywhere (as some servers send).
+        self.serial_mode = "normal"
+        # False: pages carry no ETag (and If-None-Match is ignored).
+        self.send_etags = True
         self.json_enabled = True
         self.stale: dict[str, int] = {}
         self.corrupt: set[str] = set()
@@ -476,8 +481,20 @@ class Upstream:
             return seconds if left > 0 else None
 
     # -- rendering -------------------------------------------------------------------------
-    def _serial_value(self, serial: int) -> int | str:
+    def _serial_value(self, serial: int) -> int | str | None:
+        if self.serial_mode == "none":
+            return None
+        if self.serial_mode == "constant":
+            serial = 1
         return str(serial) if self.serial_as_string else serial
+
+    def _serial_comment(self, serial: int) -> str:
+        value = self._serial_value(serial)
+        return "" if value is None else f"<!--SERIAL {value}-->\n"
+
+    @staticmethod
+    def _without_none(doc: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in doc.items() if v is not None}
 
     def _file_href(self, upfile: UpFile) -> str:
         if self.url_style == "absolute":
@@ -493,9 +510,13 @@ class Upstream:
             projects = sorted(self.world.projects.values(), key=lambda p: p.normalized)
             if media == JSON_V1:
                 doc = {
-                    "meta": {"api-version": "1.1", "_last-serial": self._serial_value(serial)},
+                    "meta": self._without_none(
+                        {"api-version": "1.1", "_last-serial": self._serial_value(serial)}
+                    ),
                     "projects": [
-                        {"name": p.name, "_last-serial": self._serial_value(p.serial)}
+                        self._without_none(
+                            {"name": p.name, "_last-serial": self._serial_value(p.serial)}
+                        )
                         for p in projects
                     ],
                 }
@@ -508,7 +529,7 @@ class Upstream:
             "<!DOCTYPE html>\n<html>\n  <head>\n"
             '    <meta name="pypi:repository-version" content="1.1">\n'
             "    <title>Simple index</title>\n  </head>\n  <body>\n"
-            f"{links}  </body>\n</html>\n<!--SERIAL {serial}-->\n"
+            f"{links}  </body>\n</html>\n{self._serial_comment(serial)}"
         )
         return _Snapshot(text.encode("utf-8"), media, serial)
 
@@ -539,11 +560,11 @@ class Upstream:
                 entry.update(f.extra)
                 files.append(entry)
             doc: dict[str, Any] = {
-                "meta": {
+                "meta": self._without_none({
                     "api-version": "1.1",
                     "_last-serial": self._serial_value(serial),
                     **project.extra_meta,
-                },
+                }),
                 "name": project.normalized,
                 "versions": project.versions,
                 "files": files,
@@ -590,7 +611,7 @@ class Upstream:
             + status +
             f"    <title>Links for {title}</title>\n  </head>\n  <body>\n"
             f"    <h1>Links for {title}</h1>\n{''.join(rows)}  </body>\n</html>\n"
-            f"<!--SERIAL {serial}-->\n"
+            f"{self._serial_comment(serial)}"
         )
         return _Snapshot(text.encode("utf-8"), media, serial)
 
@@ -688,10 +709,13 @@ class _UpstreamHandler(BaseHandler):
         return negotiate(self.headers.get("Accept"), offered, HTML)
 
     def _send_page(self, snap: _Snapshot) -> None:
-        headers = {"ETag": strong_etag(snap.body), "Vary": "Accept"}
-        if self.up.send_serial_header and snap.serial is not None:
-            headers["X-PyPI-Last-Serial"] = str(snap.serial)
-        if etag_matches(self.headers.get("If-None-Match"), headers["ETag"]):
+        headers = {"Vary": "Accept"}
+        if self.up.send_etags:
+            headers["ETag"] = strong_etag(snap.body)
+        serial = self.up._serial_value(snap.serial) if snap.serial is not None else None
+        if self.up.send_serial_header and serial is not None:
+            headers["X-PyPI-Last-Serial"] = str(serial)
+        if "ETag" in headers and etag_matches(self.headers.get("If-None-Match"), headers["ETag"]):
             self.send_not_modified(headers)
             return
         self.send_body(200, snap.body, snap.content_type, headers)

@@ -230,3 +230,26 @@ def test_a_project_that_does_not_converge_deletes_nothing(
 
     assert summary.exit_code == 1 and summary.files_deleted == 0
     assert sorted(assert_consistent(tmp_path / "web")["doomed"]) == held
+
+
+def test_yank_reason_change_and_unyank_reach_both_formats(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    def yanked_in_both() -> tuple[object, str | None]:
+        page = json.loads((tmp_path / "web/simple/keeper/index.v1_json").read_text())
+        entry = next(f for f in page["files"] if f["filename"] == "keeper-1.0.tar.gz")
+        html = (tmp_path / "web/simple/keeper/index.html").read_text()
+        found = re.search(r'keeper-1\.0\.tar\.gz#[^"]*"[^>]*?data-yanked="([^"]*)"', html)
+        return entry["yanked"], found.group(1) if found else None
+
+    world.yank("keeper", "keeper-1.0.tar.gz", "first reason")
+    sync(upstream, tmp_path)
+    assert yanked_in_both() == ("first reason", "first reason")
+
+    world.yank("keeper", "keeper-1.0.tar.gz", "second reason")
+    sync(upstream, tmp_path)
+    assert yanked_in_both() == ("second reason", "second reason")
+
+    world.unyank("keeper", "keeper-1.0.tar.gz")
+    sync(upstream, tmp_path)
+    assert yanked_in_both() == (False, None)

@@ -731,3 +731,22 @@ def test_sha256_is_of_the_bytes_not_the_decoded_text(
     got = client.fetch_page(todo(40))
     assert got is not None
     assert got.sha256 == hashlib.sha256(body).hexdigest()
+
+
+def test_environment_is_consulted_only_when_it_carries_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from simplemirror.upstream import _environment_matters
+
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                "all_proxy", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _environment_matters() is False  # fast path: no proxies, no netrc
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert _environment_matters() is True
+    monkeypatch.delenv("HTTPS_PROXY")
+    (tmp_path / ".netrc").write_text("machine index.test login u password p\n")
+    assert _environment_matters() is True
+    client = Client(make_config(tmp_path))
+    assert client.session().trust_env is True

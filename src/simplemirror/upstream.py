@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -66,6 +68,12 @@ class Interrupted(Exception):
 
 class StalePage(UpstreamError):
     """The project page is older than the root index promised (CDN lag)."""
+
+
+def _environment_matters() -> bool:
+    """Whether requests must consult the environment: proxies or a netrc file are set."""
+    netrc = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    return bool(urllib.request.getproxies()) or os.path.exists(netrc)
 
 
 def backoff(first: float, ceiling: float) -> wait_base:
@@ -176,6 +184,12 @@ class Client:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.config.user_agent
+            # Reading proxy variables and ~/.netrc again for every request costs
+            # more than a small request itself; do it only when they are there.
+            session.trust_env = _environment_matters()
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle:
+                session.verify = bundle
             # One thread, one connection at a time; keep a few per host alive.
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4)
             session.mount("http://", adapter)
@@ -208,6 +222,23 @@ class Client:
             self.check_stop()
             return what()
 
+        # The common case, success at once, skips tenacity's machinery: it costs
+        # more than a small request on loopback. A failure is replayed to it as
+        # its first attempt, so counts, waits and Retry-After stay as configured.
+        try:
+            return attempt()
+        except BaseException as exc:
+            if not should_retry(exc):
+                raise
+            first_failure: BaseException | None = exc
+
+        def replay_then_attempt() -> T:
+            nonlocal first_failure
+            if first_failure is not None:
+                failure, first_failure = first_failure, None
+                raise failure
+            return attempt()
+
         retryer = Retrying(
             stop=stop_after_attempt(self.config.retries + 1)
             | stop_after_delay(self.config.retry_max_time),
@@ -216,7 +247,7 @@ class Client:
             sleep=self.pause,
             reraise=True,
         )
-        return retryer(attempt)
+        return retryer(replay_then_attempt)
 
     def _get(self, url: str, etag: str | None) -> _Answer | requests.Response:
         """GET a Simple API document (PEP 691 JSON or PEP 503 HTML).

@@ -355,6 +355,8 @@ class Upstream:
         self.world = world if world is not None else World()
         self.url_style: UrlStyle = "absolute"
         self.serial_as_string = False
+        self._file_index: dict[str, tuple[UpFile, str]] = {}
+        self._file_index_key: tuple[int, int] | None = None
         self.send_serial_header = True
         # "normal"; "none": no serials anywhere (plain static trees, many private indexes);
         # "constant": the same fake serial everywhere (as some servers send).
@@ -617,20 +619,33 @@ class Upstream:
 
     def find_file(self, path: str) -> tuple[UpFile, str] | None:
         """Map a request path to (file, what): what is "", ".metadata", ".asc" or ".provenance"."""
-        wanted = unquote(path)
         with self.world.lock:
-            for project in self.world.projects.values():
-                for f in project.files:
-                    file_path = unquote(f.path)
-                    if wanted == file_path:
-                        return f, ""
-                    if wanted == file_path + ".metadata" and f.metadata is not None:
-                        return f, ".metadata"
-                    if wanted == file_path + ".asc" and f.signature is not None:
-                        return f, ".asc"
-                    if wanted == unquote(f.provenance_path) and f.provenance is not None:
-                        return f, ".provenance"
+            # Rebuilt when the world changed (every change bumps its serial), and also
+            # when a test edited a file in place without one, which is cheap to allow.
+            key = (self.world.serial, sum(len(p.files) for p in self.world.projects.values()))
+            if self._file_index_key != key:
+                self._file_index = self._index_files()
+                self._file_index_key = key
+            found = self._file_index.get(unquote(path))
+            if found is not None and found[1] == "":
+                return found
+        if found is not None:
+            upfile, what = found
+            body = {".metadata": upfile.metadata, ".asc": upfile.signature,
+                    ".provenance": upfile.provenance}[what]
+            return found if body is not None else None
         return None
+
+    def _index_files(self) -> dict[str, tuple[UpFile, str]]:
+        index: dict[str, tuple[UpFile, str]] = {}
+        for project in self.world.projects.values():
+            for f in project.files:
+                file_path = unquote(f.path)
+                index[file_path] = (f, "")
+                index[file_path + ".metadata"] = (f, ".metadata")
+                index[file_path + ".asc"] = (f, ".asc")
+                index[unquote(f.provenance_path)] = (f, ".provenance")
+        return index
 
 
 class _UpstreamHandler(BaseHandler):

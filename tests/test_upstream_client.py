@@ -750,3 +750,13 @@ def test_environment_is_consulted_only_when_it_carries_settings(
     assert _environment_matters() is True
     client = Client(make_config(tmp_path))
     assert client.session().trust_env is True
+
+
+def test_a_redirect_loop_ends_in_a_clear_error(
+    rsps: responses.RequestsMock, client: Client
+) -> None:
+    url = client.config.upstream
+    rsps.add(responses.GET, url, status=302, headers={"Location": url})
+    with pytest.raises(UpstreamError, match="redirects"):
+        client.fetch_root(None)
+    assert len(rsps.calls) == 11

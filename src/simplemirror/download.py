@@ -89,7 +89,7 @@ def fetch_to(
         os.fchmod(fd, PUBLISHED_MODE)
         with (
             os.fdopen(fd, "wb") as out,
-            client.session().get(url, stream=True, timeout=client.timeout) as response,
+            client.get(url, stream=True) as response,
         ):
             check_response(response)
             for chunk in _chunks(url, response):

@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urljoin
@@ -48,6 +48,7 @@ ACCEPT = f"{JSON_CONTENT_TYPE}, {HTML_CONTENT_TYPE};q=0.2, text/html;q=0.1"
 JSON_TYPES = frozenset({JSON_CONTENT_TYPE, "application/json"})
 HTML_TYPES = frozenset({HTML_CONTENT_TYPE, "text/html"})
 SERIAL_HEADER = "X-PyPI-Last-Serial"
+MAX_REDIRECTS = 10
 
 
 class UpstreamError(Exception):
@@ -197,6 +198,31 @@ class Client:
             self._local.session = session
         return session
 
+    def get(
+        self, url: str, headers: Mapping[str, str] | None = None, *, stream: bool = False
+    ) -> requests.Response:
+        """GET ``url``, following redirects.
+
+        Straight through the thread's adapter when the environment has no proxy
+        or netrc settings: a Session's per-call merging of settings, cookies and
+        hooks costs more than a small request on a fast link.
+        """
+        session = self.session()
+        if session.trust_env:
+            return session.get(url, headers=headers, stream=stream, timeout=self.timeout)
+        adapter = session.get_adapter(url)
+        merged = {**session.headers, **(headers or {})}
+        for _ in range(MAX_REDIRECTS + 1):
+            request = requests.Request("GET", url, headers=merged).prepare()
+            response = adapter.send(
+                request, stream=stream, timeout=self.timeout, verify=session.verify
+            )
+            if not response.is_redirect:
+                return response
+            url = urljoin(response.url, response.headers["Location"])
+            response.close()
+        raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
     @property
     def timeout(self) -> tuple[float, float]:
         return (self.config.connect_timeout, self.config.read_timeout)
@@ -259,7 +285,7 @@ class Client:
             headers["If-None-Match"] = etag
 
         def attempt() -> _Answer | requests.Response:
-            response = self.session().get(url, headers=headers, timeout=self.timeout)
+            response = self.get(url, headers)
             if response.status_code == 304:
                 return response
             check_response(response)

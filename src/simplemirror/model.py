@@ -96,7 +96,7 @@ def normalize_name(name: str) -> str:
     return canonicalize_name(name, validate=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RootProject:
     """One project listed by the root index."""
 

@@ -23,7 +23,7 @@ class Status(StrEnum):
     """No longer listed upstream (kept on disk until deletion is implemented)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeldProject:
     """The part of a project's state that planning needs."""
 
@@ -38,7 +38,7 @@ class HeldProject:
     """sha256 of that page's body, for upstreams that send no ETag either."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProjectTodo:
     name: str
     """Normalized name."""

@@ -56,7 +56,7 @@ class ProjectInfo:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RootEntry:
     name: str
     """Display name, as upstream spelt it."""

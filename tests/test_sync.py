@@ -368,3 +368,23 @@ def test_leftovers_of_a_dead_run_are_cleared(upstream: Upstream, tmp_path: Path)
     (tmp_path / "tmp" / "dl-killed").write_bytes(b"half a wheel")
     assert sync(upstream, tmp_path).exit_code == 0
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_root_pages_are_not_rendered_again_when_nothing_changed(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from simplemirror import render
+
+    upstream.send_etags = False  # the root comes whole every time, never a 304
+    sync(upstream, tmp_path)
+    calls: list[int] = []
+    real = render.root_json
+    monkeypatch.setattr(render, "root_json", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    assert sync(upstream, tmp_path).changed == 0
+    assert calls == []
+
+    (tmp_path / "web/simple/index.v1_json").unlink()  # unless a root page is missing
+    sync(upstream, tmp_path)
+    assert calls == [1]
+    assert_consistent(tmp_path / "web")

@@ -267,10 +267,16 @@ class Sync:
                 return self._interrupted(summary, state)
             complete = not summary.deferred and not summary.failed
             with state.transaction():
+                before = state.get_meta("root_serial")
                 if complete and root.serial is not None:
                     state.set_meta("root_serial", str(root.serial))
                 serial = state.get_meta("root_serial")
-                publisher.root(state.root_entries(), int(serial) if serial else None)
+                # The root pages derive from the published projects and the serial:
+                # when neither moved, they are the same bytes, and at 650,000
+                # projects rendering them just to find that out costs seconds.
+                unchanged = not summary.changed and not plan.removed and serial == before
+                if not unchanged or not all((config.web / p).is_file() for p in layout.ROOT_PAGES):
+                    publisher.root(state.root_entries(), int(serial) if serial else None)
                 if not root.not_modified:
                     # Saved only now: a run that dies before this point sees
                     # the full root again next time, not a 304.
@@ -318,12 +324,13 @@ class Sync:
     def _plan(self, state: State, generation: int) -> _Root:
         """Read the root and decide; record what the root promised."""
         only = self.config.projects or None
-        held = state.held_projects()
         response = self.client.fetch_root(self._etag(state))
         if response is None:
             log.info("upstream root index unchanged (HTTP 304)")
-            serials = state.get_meta("root_serials") != "no"
-            return _Root(plan_retry(held, only, serials=serials), not_modified=True)
+            if state.get_meta("root_serials") == "no":
+                return _Root(plan_retry(state.held_projects(), only, serials=False), True)
+            return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
+        held = state.held_projects()
         index = response.index
         if not usable_serials(index):
             # Each project is then asked with a conditional request instead.

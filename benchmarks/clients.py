@@ -1,0 +1,134 @@
+"""The two mirror clients under test: how each is configured and started, and what it wrote.
+
+Both get the same upstream, 10 workers and a fresh directory; both log to a file (their
+normal, non-interactive output), so neither pays for a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+SIMPLEMIRROR = "simplemirror"
+BANDERSNATCH = "bandersnatch"
+TOOLS = (SIMPLEMIRROR, BANDERSNATCH)
+# Where README.md's setup puts bandersnatch (it needs Python 3.12, this project 3.11).
+DEFAULT_BANDERSNATCH = Path("/tmp/bs/bin/bandersnatch")
+
+
+def find_mirror() -> str:
+    beside = Path(sys.executable).parent / "mirror"  # the venv running the benchmark
+    found = str(beside) if beside.exists() else shutil.which("mirror")
+    if not found:
+        raise SystemExit("cannot find simplemirror's `mirror` command; pip install -e . first")
+    return found
+
+
+def find_bandersnatch() -> str:
+    found = shutil.which("bandersnatch") or (
+        str(DEFAULT_BANDERSNATCH) if DEFAULT_BANDERSNATCH.exists() else None
+    )
+    if not found:
+        raise SystemExit(
+            "cannot find bandersnatch; see benchmarks/README.md (a Python 3.12 venv) "
+            "or pass --bandersnatch PATH"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Tree:
+    """What a client's mirror holds on disk."""
+
+    files: int
+    metadata: int
+    bytes: int
+
+
+class MirrorClient:
+    name: str
+
+    def __init__(self, directory: Path, host_url: str, workers: int) -> None:
+        self.directory = directory
+        self.host_url = host_url
+        self.workers = workers
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def web(self) -> Path:
+        return self.directory / "web"
+
+    def tree(self) -> Tree:
+        """Count release files and .metadata files under web/packages."""
+        files = metadata = size = 0
+        for top, _dirs, names in os.walk(self.web / "packages"):
+            for name in names:
+                if name.endswith(".metadata"):
+                    metadata += 1
+                else:
+                    files += 1
+                    size += os.stat(os.path.join(top, name)).st_size
+        return Tree(files, metadata, size)
+
+    def pages_written_since(self, when: float) -> int:
+        """Pages under web/simple (root included) whose mtime is at or after ``when``."""
+        count = 0
+        for top, _dirs, names in os.walk(self.web / "simple"):
+            for name in names:
+                if name.startswith("index.") and os.stat(os.path.join(top, name)).st_mtime >= when:
+                    count += 1
+        return count
+
+
+class SimpleMirror(MirrorClient):
+    name = SIMPLEMIRROR
+
+    def __init__(self, directory: Path, host_url: str, workers: int, binary: str) -> None:
+        super().__init__(directory, host_url, workers)
+        self.binary = binary
+
+    def command(self) -> list[str]:
+        return [
+            self.binary, "sync",
+            "--upstream", f"{self.host_url}/simple/",
+            "--directory", str(self.directory),
+            "--workers", str(self.workers),
+            "--no-progress",
+        ]
+
+
+class Bandersnatch(MirrorClient):
+    """bandersnatch 8: PEP 691 root at <master>/simple, then /pypi/<name>/json per project."""
+
+    name = BANDERSNATCH
+
+    def __init__(self, directory: Path, host_url: str, workers: int, binary: str) -> None:
+        super().__init__(directory, host_url, workers)
+        self.binary = binary
+        self.config = directory.parent / f"{directory.name}.conf"
+        # Keys as in bandersnatch's defaults.conf; timeouts stay at their defaults.
+        self.config.write_text(
+            "[mirror]\n"
+            f"directory = {directory}\n"
+            f"master = {host_url}\n"
+            "allow-non-https = true\n"
+            "storage-backend = filesystem\n"
+            f"workers = {workers}\n"
+            "json = false\n"
+            "release-files = true\n"
+            "core-metadata = true\n"
+            "hash-index = false\n"
+            "simple-format = ALL\n"
+            "stop-on-error = false\n"
+            "compare-method = hash\n"
+            "digest_name = sha256\n"
+        )
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.config), "mirror"]

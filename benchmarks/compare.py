@@ -1,0 +1,234 @@
+"""simplemirror against bandersnatch, on the same world, in one run.
+
+    python -m benchmarks.compare --world files --projects 2000
+    python -m benchmarks.compare --world metadata --projects 30000 --changes 1000
+
+For each tool: an initial sync into an empty directory, a no-op re-sync, then (after the
+upstream changed ``--changes`` projects, the same change for both) an incremental sync.
+Each phase reports wall time, CPU (user+sys of the client), peak RSS, and the requests
+and bytes nginx served. On the file-heavy world it also measures the machine's limit:
+a plain parallel fetch + sha256 + write of the same file URLs (fetch.fetch_all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import artifacts, clients, fetch, world
+from benchmarks.phases import Phase, run_phase, settle
+from benchmarks.upstream import Nginx
+
+PHASES = ("initial", "noop", "incremental")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--world", choices=artifacts.KINDS, default=artifacts.FILES_KIND)
+    parser.add_argument(
+        "--projects", type=int, help="default: 2,000 (files) or 30,000 (metadata)"
+    )
+    parser.add_argument(
+        "--changes", type=int, help="projects changed before the incremental sync "
+        "(default: a tenth of the projects, at most 1,000)"
+    )
+    parser.add_argument("--only", choices=(*clients.TOOLS, "both"), default="both")
+    parser.add_argument("--workers", type=int, default=10)
+    parser.add_argument("--keep", action="store_true", help="keep the world and mirrors")
+    parser.add_argument("--workdir", type=Path, help="where to work (default: a temp dir)")
+    parser.add_argument("--json-out", type=Path, help="write every figure here as JSON")
+    parser.add_argument("--mirror", help="simplemirror's `mirror` command")
+    parser.add_argument("--bandersnatch", help="the `bandersnatch` command")
+    parser.add_argument("--no-limit", action="store_true", help="skip the fetch+hash limit")
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="seconds before a phase is killed"
+    )
+    args = parser.parse_args(argv)
+    if args.projects is None:
+        args.projects = 2_000 if args.world == artifacts.FILES_KIND else 30_000
+    if args.changes is None:
+        args.changes = min(1_000, max(1, args.projects // 10))
+    return args
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
+
+
+def table(results: list[Phase], limits: dict[str, Any] | None) -> str:
+    head = (
+        f"{'phase':<12} {'tool':<13} {'wall s':>8} {'cpu s':>8} {'user':>7} {'sys':>7} "
+        f"{'rss MB':>7} {'requests':>9} {'MB':>8} {'MB/s':>7} {'cpu s/GB':>8} "
+        f"{'files':>7} {'.meta':>7} {'pages':>7} {'exit':>4} {'nginx':>6} {'other':>6}"
+    )
+    lines = [
+        "(nginx, other: CPU seconds used meanwhile by nginx, and by anything else on the "
+        "machine)", head, "-" * len(head),
+    ]
+    for p in results:
+        u = p.usage
+        lines.append(
+            f"{p.phase:<12} {p.tool:<13} {u.wall:>8.2f} {u.cpu:>8.2f} {u.user:>7.2f} "
+            f"{u.sys:>7.2f} {u.max_rss_mb:>7.0f} {p.served.requests:>9} {p.mb:>8.1f} "
+            f"{p.mb_per_s:>7.1f} {p.cpu_per_gb:>8.1f} {p.files:>7} {p.metadata:>7} "
+            f"{'' if p.pages_written is None else p.pages_written:>7} {u.returncode:>4} "
+            f"{p.nginx_cpu:>6.1f} {p.extra.get('other_cpu', 0.0):>6.1f}"
+        )
+    for label, tool in (("hash only", "fetch+sha256"), ("limit", "+write")):
+        if limits and label in limits:
+            lim = limits[label]
+            lines.append(
+                f"{label:<12} {tool:<13} {lim['seconds']:>8.2f} {'':>8} {'':>7} "
+                f"{'':>7} {'':>7} {lim['requests']:>9.0f} {lim['mb']:>8.1f} "
+                f"{lim['mb_per_s']:>7.1f}"
+            )
+    limit = limits.get("limit") if limits else None
+    by = {(p.tool, p.phase): p for p in results}
+    sm, bs = clients.SIMPLEMIRROR, clients.BANDERSNATCH
+    ratio_lines = []
+    for phase in PHASES:
+        a, b = by.get((sm, phase)), by.get((bs, phase))
+        if a and b:
+            ratio_lines.append(
+                f"{phase:<12} speed-up (bandersnatch wall / simplemirror wall) "
+                f"{_ratio(b.usage.wall, a.usage.wall)}, CPU ratio (sm/bs) "
+                f"{_ratio(a.usage.cpu, b.usage.cpu)}, RSS ratio (sm/bs) "
+                f"{_ratio(a.usage.max_rss_mb, b.usage.max_rss_mb)}, requests sm/bs "
+                f"{a.served.requests}/{b.served.requests}"
+            )
+    a, b = by.get((sm, "initial")), by.get((bs, "initial"))
+    if a and b:
+        ratio_lines.append(
+            f"initial      throughput sm/bs {_ratio(a.mb_per_s, b.mb_per_s)}, "
+            f"CPU s per GB sm/bs {_ratio(a.cpu_per_gb, b.cpu_per_gb)}"
+        )
+    if limit:
+        for tool in (sm, bs):
+            p = by.get((tool, "initial"))
+            if p:
+                ratio_lines.append(
+                    f"initial      {tool} throughput / limit (fetch+sha256+write) "
+                    f"{_ratio(p.mb_per_s, limit['mb_per_s'])}"
+                )
+    return "\n".join([*lines, "", *ratio_lines])
+
+
+def _limit(nginx: Nginx, paths: list[str], work: Path, workers: int) -> dict[str, Any]:
+    """The plain fetcher on the initial sync's file URLs: what the machine can do.
+
+    "limit" fetches, hashes (sha256) and writes each file (temporary file, then rename):
+    the least a verifying mirror must do. "hash only" skips the disk, for context.
+    """
+    out: dict[str, Any] = {}
+    for label, store in (("hash only", None), ("limit", work / "limit-store")):
+        settle()
+        offset = nginx.log_offset()
+        result = fetch.fetch_all(
+            nginx.port, paths, workers=workers, hash_bodies=True, store=store
+        )
+        served = nginx.stats(offset)
+        if store is not None:
+            shutil.rmtree(store)
+        mb = served.bytes / 1e6
+        out[label] = {
+            "requests": result.requests, "seconds": result.seconds, "mb": mb,
+            "mb_per_s": mb / result.seconds, "errors": result.errors,
+        }
+        print(
+            f"  {label}: {result.requests} files, {mb:.1f} MB in {result.seconds:.2f} s "
+            f"({mb / result.seconds:.1f} MB/s)", flush=True,
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    tools = clients.TOOLS if args.only == "both" else (args.only,)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # Only what this run creates is removed: a --workdir given may hold other things.
+    ours = [work] if args.workdir is None else [
+        work / n for n in ("world", "nginx", "logs", *clients.TOOLS)
+    ] + [work / f"{clients.BANDERSNATCH}.conf"]
+    try:
+        started = time.monotonic()
+        the_world = world.generate(
+            work / "world", args.world, args.projects,
+            json_api=clients.BANDERSNATCH in tools,
+        )
+        files, metadata = the_world.file_counts()
+        print(
+            f"world: {args.world}, {args.projects} projects, {files} files + {metadata} "
+            f".metadata, generated in {time.monotonic() - started:.1f} s ({work})", flush=True,
+        )
+        initial_files = (the_world.root / "files.txt").read_text().split()
+        logs = work / "logs"
+        logs.mkdir(exist_ok=True)
+        with Nginx(the_world, work / "nginx") as nginx:
+            mirrors: list[clients.MirrorClient] = []
+            if clients.SIMPLEMIRROR in tools:
+                mirrors.append(clients.SimpleMirror(
+                    work / "simplemirror", nginx.url, args.workers,
+                    args.mirror or clients.find_mirror(),
+                ))
+            if clients.BANDERSNATCH in tools:
+                mirrors.append(clients.Bandersnatch(
+                    work / "bandersnatch", nginx.url, args.workers,
+                    args.bandersnatch or clients.find_bandersnatch(),
+                ))
+            results: list[Phase] = []
+            for client in mirrors:
+                for phase in ("initial", "noop"):
+                    results.append(run_phase(
+                        client, phase, nginx, log_dir=logs, timeout=args.timeout,
+                        count_pages=phase == "noop",
+                    ))
+            changed = the_world.mutate(args.changes)
+            nginx.reload()
+            print(f"upstream changed {len(changed)} projects", flush=True)
+            for client in mirrors:
+                results.append(run_phase(
+                    client, "incremental", nginx, log_dir=logs, timeout=args.timeout,
+                    count_pages=True,
+                ))
+            limit = None
+            if args.world == artifacts.FILES_KIND and not args.no_limit:
+                limit = _limit(nginx, initial_files, work, args.workers)
+        files_now, metadata_now = the_world.file_counts()
+        report = {
+            "world": args.world,
+            "projects": args.projects,
+            "changes": len(changed),
+            "workers": args.workers,
+            "world_files": {"initial": [files, metadata], "after": [files_now, metadata_now]},
+            "phases": [p.as_dict() for p in results],
+            "limit": limit,
+        }
+        print()
+        print(table(results, limit))
+        return report
+    finally:
+        if not args.keep:
+            for path in ours:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    report = run(args)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2))
+    failed = [p for p in report["phases"] if p["returncode"] != 0]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""benchmarks/compare.py runs end to end: a tiny world, real nginx, simplemirror only.
+
+The benchmarks are run by hand; this only keeps them from rotting. It checks that the
+figures are sane, not that they are fast.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECTS, CHANGES = 20, 5
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed"),
+]
+
+
+def test_compare_on_a_tiny_world(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.compare",
+            "--world", "metadata", "--projects", str(PROJECTS), "--changes", str(CHANGES),
+            "--only", "simplemirror", "--workdir", str(tmp_path / "work"),
+            "--json-out", str(report_path),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    phases = {p["phase"]: p for p in report["phases"]}
+    assert set(phases) == {"initial", "noop", "incremental"}
+    assert all(p["tool"] == "simplemirror" for p in phases.values())
+
+    files, metadata = report["world_files"]["initial"]
+    assert (files, metadata) == (PROJECTS, PROJECTS)  # one wheel and its .metadata each
+    initial = phases["initial"]
+    # The root, a page per project, and every file: at least that many requests.
+    assert initial["served"]["requests"] >= 1 + PROJECTS + files + metadata
+    assert initial["served"]["bytes"] > 0
+    assert initial["wall"] > 0 and initial["cpu"] > 0 and initial["max_rss_mb"] > 0
+    assert (initial["files_on_disk"], initial["metadata_on_disk"]) == (files, metadata)
+
+    noop = phases["noop"]
+    assert noop["served"]["requests"] >= 1
+    assert noop["pages_written"] == 0
+
+    incremental = phases["incremental"]
+    files_after, metadata_after = report["world_files"]["after"]
+    assert (files_after, metadata_after) == (PROJECTS + CHANGES, PROJECTS + CHANGES)
+    assert (incremental["files_on_disk"], incremental["metadata_on_disk"]) == (
+        files_after, metadata_after,
+    )
+    assert incremental["served"]["requests"] >= 1 + CHANGES * 3
+    assert incremental["pages_written"] >= CHANGES * 2
+    # Nothing of the run is left behind but the report.
+    assert not any((tmp_path / "work").iterdir())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +27,15 @@ from benchmarks.phases import Phase, run_phase, settle
 from benchmarks.upstream import Nginx
 
 PHASES = ("initial", "noop", "incremental")
+
+
+def _commit() -> str | None:
+    """The checkout's commit, so that a report says which simplemirror it measured."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+        capture_output=True, text=True, check=False,
+    )
+    return done.stdout.strip() or None
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -201,6 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 limit = _limit(nginx, initial_files, work, args.workers)
         files_now, metadata_now = the_world.file_counts()
         report = {
+            "commit": _commit(),
             "world": args.world,
             "projects": args.projects,
             "changes": len(changed),

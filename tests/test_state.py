@@ -51,3 +51,30 @@ def test_a_newer_state_db_is_refused(tmp_path: Path):
         )
     with pytest.raises(StateError, match="newer simplemirror"):
         State(path)
+
+
+def _plan(state: State, sql: str, params: list) -> str:
+    rows = state.db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+    return " | ".join(row[-1] for row in rows)
+
+
+def test_per_project_queries_use_the_project_index_not_a_walk_over_live_files(tmp_path: Path):
+    # With an index over every row's removed_gen, SQLite read `removed_gen IS NULL` as a
+    # selective equality and walked all live files of the mirror for each project.
+    state = State(tmp_path / "state.db")
+    held = "SELECT filename FROM files WHERE project = ? AND removed_gen IS NULL ORDER BY id"
+    assert "files_live (project=?)" in _plan(state, held, ["p"])
+    gone = "UPDATE files SET removed_gen = ? WHERE project = ? AND removed_gen IS NULL"
+    assert "files_live (project=?)" in _plan(state, gone, [1, "p"])
+    tombstones = "SELECT id FROM files WHERE removed_gen IS NOT NULL AND deleted_gen IS NULL"
+    assert "files_tombstones" in _plan(state, tombstones, [])
+
+
+def test_the_old_index_over_every_removed_gen_is_dropped(tmp_path: Path):
+    path = tmp_path / "state.db"
+    State(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE INDEX files_removed ON files (removed_gen)")
+    state = State(path)
+    names = {name for (name,) in state.db.execute("SELECT name FROM sqlite_master")}
+    assert "files_removed" not in names and "files_tombstones" in names

@@ -91,7 +91,11 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE UNIQUE INDEX IF NOT EXISTS files_live
     ON files (project, filename) WHERE removed_gen IS NULL;
 CREATE INDEX IF NOT EXISTS files_appeared ON files (appeared_gen);
-CREATE INDEX IF NOT EXISTS files_removed ON files (removed_gen);
+-- Partial, so that it holds only tombstones: on one over every row, SQLite took
+-- `removed_gen IS NULL` for a selective equality and walked every live file to find
+-- one project's (a per-project cost that grew with the mirror).
+CREATE INDEX IF NOT EXISTS files_tombstones ON files (removed_gen)
+    WHERE removed_gen IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
 
 CREATE TABLE IF NOT EXISTS pages (
@@ -160,7 +164,8 @@ class State:
         self.set_meta("schema_version", str(SCHEMA_VERSION))
 
     def _migrate(self) -> None:
-        """Add the columns later versions brought to an older state.db."""
+        """Add the columns later versions brought to an older state.db; drop replaced indexes."""
+        self.db.execute("DROP INDEX IF EXISTS files_removed")  # now files_tombstones
         for table, column, kind in _ADDED_COLUMNS:
             if not self.db[table].exists():
                 continue  # a new state.db: the schema creates it whole

@@ -2,6 +2,7 @@
 
     python -m benchmarks.scale                      # 10,000 / 100,000 / 650,000 projects
     python -m benchmarks.scale --sizes 10000 --changes 1000
+    python -m benchmarks.scale --sizes 650000 --render-only   # rendering alone, no sync
 
 For each size, on a fresh world and an empty mirror:
 
@@ -15,7 +16,7 @@ For each size, on a fresh world and an empty mirror:
   that many entries.
 
 Each size's world and mirror are removed before the next (a 650k world and its mirror
-take about 40 GB and 5 million inodes), unless ``--keep``.
+take about 30 GB and 6 million inodes), unless ``--keep``.
 """
 
 from __future__ import annotations

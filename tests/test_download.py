@@ -1,4 +1,4 @@
-"""Tests of download.fetch_file / fetch_metadata / fetch_to against a mocked upstream."""
+"""Tests of download.fetch_file / fetch_metadata / fetch_to against a canned loopback server."""
 
 from __future__ import annotations
 
@@ -6,19 +6,20 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import responses
 
 from simplemirror import config, download, layout
 from simplemirror.download import Downloaded, VerificationError
 from simplemirror.upstream import Client, TransientError, UpstreamError
+from tests.support.canned import Canned
 
 UPSTREAM = "http://index.test/simple/"
-FILE_URL = "http://files.test/packages/foo-1.0.tar.gz"
+FILE_PATH = "/packages/foo-1.0.tar.gz"
 FILENAME = "foo-1.0.tar.gz"
 BODY = b"pretend this is a gzipped tarball\n" * 100
 
@@ -30,7 +31,8 @@ def sha256(data: bytes) -> str:
 class Mirror:
     """A client plus the web/ and tmp/ directories of a mirror in a temporary directory."""
 
-    def __init__(self, root: Path, **overrides: Any) -> None:
+    def __init__(self, root: Path, file_url: str, **overrides: Any) -> None:
+        self.file_url = file_url
         values: dict[str, Any] = {
             "upstream": UPSTREAM,
             "directory": str(root),
@@ -51,11 +53,10 @@ class Mirror:
         self,
         expected_hashes: dict[str, str] | None = None,
         expected_size: int | None = len(BODY),
-        url: str = FILE_URL,
     ) -> Downloaded:
         return download.fetch_file(
             self.client,
-            url,
+            self.file_url,
             FILENAME,
             expected_hashes={"sha256": sha256(BODY)} if expected_hashes is None
             else expected_hashes,
@@ -78,15 +79,24 @@ def _no_sleeping(sleeps: list[float]) -> None:
 
 
 @pytest.fixture
-def mirror(tmp_path: Path) -> Mirror:
-    return Mirror(tmp_path / "mirror")
+def rsps() -> Iterator[Canned]:
+    server = Canned()
+    yield server
+    server.close()
 
 
-def add_body(rsps: responses.RequestsMock, body: bytes, url: str = FILE_URL, **kw: Any) -> None:
-    rsps.add(
-        responses.GET, url, body=body, content_type="application/octet-stream",
-        auto_calculate_content_length=True, **kw,
-    )
+@pytest.fixture
+def file_url(rsps: Canned) -> str:
+    return rsps.url(FILE_PATH)
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, file_url: str) -> Mirror:
+    return Mirror(tmp_path / "mirror", file_url)
+
+
+def add_body(rsps: Canned, body: bytes, path: str = FILE_PATH) -> None:
+    rsps.add(path, body)
 
 
 class CountingFile:
@@ -112,7 +122,7 @@ class CountingFile:
 
 
 def test_success_publishes_at_content_address(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     add_body(rsps, BODY)
     got = mirror.fetch_file()
@@ -128,11 +138,11 @@ def test_success_publishes_at_content_address(
     assert mirror.web_files() == [expected_path]
     assert mirror.tmp_files() == []
     assert len(rsps.calls) == 1
-    assert rsps.calls[0].request.headers["User-Agent"] == mirror.config.user_agent
+    assert rsps.calls[0].headers["User-Agent"] == mirror.config.user_agent
 
 
 def test_success_returns_every_requested_hash(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     add_body(rsps, BODY)
     expected = {
@@ -145,14 +155,14 @@ def test_success_returns_every_requested_hash(
     assert got.path == layout.file_path(sha256(BODY), FILENAME)
 
 
-def test_unknown_size_is_accepted(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+def test_unknown_size_is_accepted(rsps: Canned, mirror: Mirror) -> None:
     add_body(rsps, BODY)
     got = mirror.fetch_file(expected_size=None)
     assert got.size == len(BODY)
 
 
 def test_body_spanning_many_chunks(
-    rsps: responses.RequestsMock, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+    rsps: Canned, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(download, "CHUNK", 7)
     add_body(rsps, BODY)
@@ -161,7 +171,7 @@ def test_body_spanning_many_chunks(
     assert got.hashes["sha256"] == sha256(BODY)
 
 
-def test_empty_file(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+def test_empty_file(rsps: Canned, mirror: Mirror) -> None:
     add_body(rsps, b"")
     got = mirror.fetch_file(expected_hashes={"sha256": sha256(b"")}, expected_size=0)
     assert got.size == 0
@@ -172,13 +182,13 @@ def test_empty_file(rsps: responses.RequestsMock, mirror: Mirror) -> None:
 
 
 def test_wrong_hash_fails_after_retries_and_publishes_nothing(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     add_body(rsps, BODY)
     with pytest.raises(VerificationError) as info:
         mirror.fetch_file(expected_hashes={"sha256": "0" * 64})
     message = str(info.value)
-    assert FILE_URL in message
+    assert mirror.file_url in message
     assert "sha256" in message
     assert sha256(BODY) in message
     assert len(rsps.calls) == 3  # retries=2
@@ -187,7 +197,7 @@ def test_wrong_hash_fails_after_retries_and_publishes_nothing(
 
 
 def test_one_wrong_hash_among_several_fails(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     add_body(rsps, BODY)
     with pytest.raises(VerificationError) as info:
@@ -199,7 +209,7 @@ def test_one_wrong_hash_among_several_fails(
 
 
 def test_wrong_hash_once_then_right_on_retry(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     add_body(rsps, b"x" * len(BODY))  # right size, wrong bytes
     add_body(rsps, BODY)
@@ -210,7 +220,7 @@ def test_wrong_hash_once_then_right_on_retry(
     assert mirror.tmp_files() == []
 
 
-def test_smaller_body_than_declared(rsps: responses.RequestsMock, mirror: Mirror) -> None:
+def test_smaller_body_than_declared(rsps: Canned, mirror: Mirror) -> None:
     add_body(rsps, BODY[:-10])
     with pytest.raises(VerificationError) as info:
         mirror.fetch_file(expected_hashes={"sha256": sha256(BODY[:-10])})
@@ -222,7 +232,7 @@ def test_smaller_body_than_declared(rsps: responses.RequestsMock, mirror: Mirror
 
 
 def test_larger_body_than_declared_is_cut_off(
-    rsps: responses.RequestsMock, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+    rsps: Canned, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(download, "CHUNK", 16)
     declared = 40
@@ -253,21 +263,21 @@ def test_larger_body_than_declared_is_cut_off(
 
 
 def test_404_is_an_upstream_error_not_retried(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
-    rsps.add(responses.GET, FILE_URL, status=404)
+    rsps.add(FILE_PATH, status=404)
     with pytest.raises(UpstreamError) as info:
         mirror.fetch_file()
     assert not isinstance(info.value, TransientError)
-    assert FILE_URL in str(info.value)
+    assert mirror.file_url in str(info.value)
     assert "404" in str(info.value)
     assert len(rsps.calls) == 1
     assert mirror.tmp_files() == []
     assert mirror.web_files() == []
 
 
-def test_server_error_then_success(rsps: responses.RequestsMock, mirror: Mirror) -> None:
-    rsps.add(responses.GET, FILE_URL, status=503)
+def test_server_error_then_success(rsps: Canned, mirror: Mirror) -> None:
+    rsps.add(FILE_PATH, status=503)
     add_body(rsps, BODY)
     got = mirror.fetch_file()
     assert len(rsps.calls) == 2
@@ -275,17 +285,17 @@ def test_server_error_then_success(rsps: responses.RequestsMock, mirror: Mirror)
     assert mirror.tmp_files() == []
 
 
-def test_server_errors_exhausted(rsps: responses.RequestsMock, mirror: Mirror) -> None:
-    rsps.add(responses.GET, FILE_URL, status=500)
+def test_server_errors_exhausted(rsps: Canned, mirror: Mirror) -> None:
+    rsps.add(FILE_PATH, status=500)
     with pytest.raises(TransientError) as info:
         mirror.fetch_file()
-    assert FILE_URL in str(info.value)
+    assert mirror.file_url in str(info.value)
     assert len(rsps.calls) == 3
     assert mirror.tmp_files() == []
 
 
-def test_connection_error_then_success(rsps: responses.RequestsMock, mirror: Mirror) -> None:
-    rsps.add(responses.GET, FILE_URL, body=requests.ConnectionError("connection reset"))
+def test_connection_error_then_success(rsps: Canned, mirror: Mirror) -> None:
+    rsps.add(FILE_PATH, reset=True)
     add_body(rsps, BODY)
     got = mirror.fetch_file()
     assert len(rsps.calls) == 2
@@ -297,15 +307,15 @@ def test_connection_error_then_success(rsps: responses.RequestsMock, mirror: Mir
 
 
 def test_fetch_metadata_writes_next_to_the_file(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     metadata = b"Metadata-Version: 2.1\nName: foo\nVersion: 1.0\n"
     add_body(rsps, BODY)
-    add_body(rsps, metadata, url=FILE_URL + ".metadata")
+    add_body(rsps, metadata, path=FILE_PATH + ".metadata")
     got = mirror.fetch_file()
     meta = download.fetch_metadata(
         mirror.client,
-        FILE_URL + ".metadata",
+        mirror.file_url + ".metadata",
         got.path,
         expected_hashes={"sha256": sha256(metadata)},
         web=mirror.web,
@@ -322,13 +332,13 @@ def test_fetch_metadata_writes_next_to_the_file(
 
 
 def test_fetch_metadata_without_declared_hash(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     metadata = b"Metadata-Version: 2.1\nName: foo\n"
-    add_body(rsps, metadata, url=FILE_URL + ".metadata")
+    add_body(rsps, metadata, path=FILE_PATH + ".metadata")
     path = layout.file_path(sha256(BODY), FILENAME)
     meta = download.fetch_metadata(
-        mirror.client, FILE_URL + ".metadata", path, expected_hashes={},
+        mirror.client, mirror.file_url + ".metadata", path, expected_hashes={},
         web=mirror.web, tmp=mirror.tmp,
     )
     assert meta.path == path + ".metadata"
@@ -336,13 +346,13 @@ def test_fetch_metadata_without_declared_hash(
     assert (mirror.web / meta.path).read_bytes() == metadata
 
 
-def test_fetch_metadata_wrong_hash(rsps: responses.RequestsMock, mirror: Mirror) -> None:
-    add_body(rsps, b"Name: foo\n", url=FILE_URL + ".metadata")
+def test_fetch_metadata_wrong_hash(rsps: Canned, mirror: Mirror) -> None:
+    add_body(rsps, b"Name: foo\n", path=FILE_PATH + ".metadata")
     path = layout.file_path(sha256(BODY), FILENAME)
     with pytest.raises(VerificationError):
         download.fetch_metadata(
-            mirror.client, FILE_URL + ".metadata", path, expected_hashes={"sha256": "1" * 64},
-            web=mirror.web, tmp=mirror.tmp,
+            mirror.client, mirror.file_url + ".metadata", path,
+            expected_hashes={"sha256": "1" * 64}, web=mirror.web, tmp=mirror.tmp,
         )
     assert len(rsps.calls) == 3
     assert mirror.web_files() == []
@@ -353,7 +363,7 @@ def test_fetch_metadata_wrong_hash(rsps: responses.RequestsMock, mirror: Mirror)
 
 
 def test_rename_failure_propagates_and_leaves_no_temp_file(
-    rsps: responses.RequestsMock, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+    rsps: Canned, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[str, str]] = []
 
@@ -375,7 +385,7 @@ def test_rename_failure_propagates_and_leaves_no_temp_file(
 
 
 def test_missing_tmp_dir_propagates_as_oserror(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     mirror.tmp.rmdir()
     add_body(rsps, BODY)
@@ -390,7 +400,7 @@ def test_missing_tmp_dir_propagates_as_oserror(
     not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores directory modes"
 )
 def test_read_only_web_dir_propagates_and_leaves_no_temp_file(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     add_body(rsps, BODY)
     mirror.web.chmod(0o555)
@@ -405,9 +415,11 @@ def test_read_only_web_dir_propagates_and_leaves_no_temp_file(
 
 
 def test_undeclared_size_is_capped_by_max_file_size(
-    rsps: responses.RequestsMock, tmp_path: Path
+    rsps: Canned, tmp_path: Path
 ) -> None:
-    capped = Mirror(tmp_path / "capped", max_file_size=len(BODY) - 1, retries=0)
+    capped = Mirror(
+        tmp_path / "capped", rsps.url(FILE_PATH), max_file_size=len(BODY) - 1, retries=0
+    )
     add_body(rsps, BODY)
     with pytest.raises(VerificationError, match="max-file-size"):
         capped.fetch_file(expected_size=None)
@@ -415,7 +427,7 @@ def test_undeclared_size_is_capped_by_max_file_size(
 
 
 def test_stop_request_ends_a_download_and_leaves_nothing(
-    rsps: responses.RequestsMock, mirror: Mirror
+    rsps: Canned, mirror: Mirror
 ) -> None:
     from simplemirror.upstream import Interrupted
 

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 import urllib3
 
 from simplemirror import layout
+from simplemirror.transport import Stream
 from simplemirror.upstream import Client, TransientError, check_response
 
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
@@ -52,7 +52,7 @@ def _verify(
             )
 
 
-def _chunks(url: str, response: requests.Response) -> Iterator[bytes]:
+def _chunks(url: str, response: Stream) -> Iterator[bytes]:
     """The body as it arrives, up to CHUNK bytes at a time.
 
     read1 returns what is there rather than waiting for a full chunk, so a
@@ -89,7 +89,7 @@ def fetch_to(
         os.fchmod(fd, PUBLISHED_MODE)
         with (
             os.fdopen(fd, "wb") as out,
-            client.get(url, stream=True) as response,
+            client.stream(url) as response,
         ):
             check_response(response)
             for chunk in _chunks(url, response):

@@ -11,7 +11,8 @@ import json
 import os
 import threading
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urljoin
@@ -39,6 +40,7 @@ from simplemirror.model import (
     parse_serial,
 )
 from simplemirror.plan import ProjectTodo
+from simplemirror.transport import Stream, Transport, TransportError
 
 T = TypeVar("T")
 
@@ -82,20 +84,19 @@ def backoff(first: float, ceiling: float) -> wait_base:
     return wait_exponential(multiplier=first, max=ceiling) + wait_random(0, first)
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: requests.Response | Stream) -> float | None:
     value = response.headers.get("Retry-After", "").strip()
     # Only the delta-seconds form; an HTTP date falls back to the computed backoff.
     return float(value) if value.isascii() and value.isdigit() else None
 
 
-def check_response(response: requests.Response) -> None:
+def check_response(response: requests.Response | Stream) -> None:
     """Raise TransientError or UpstreamError for a response that is not a success."""
-    if response.status_code == 429 or response.status_code >= 500:
-        raise TransientError(
-            f"{response.url}: HTTP {response.status_code}", _retry_after(response)
-        )
-    if response.status_code >= 400:
-        raise UpstreamError(f"{response.url}: HTTP {response.status_code}")
+    status = response.status_code if isinstance(response, requests.Response) else response.status
+    if status == 429 or status >= 500:
+        raise TransientError(f"{response.url}: HTTP {status}", _retry_after(response))
+    if status >= 400:
+        raise UpstreamError(f"{response.url}: HTTP {status}")
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -169,6 +170,12 @@ class Client:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._local = threading.local()
+        self.transport = Transport(
+            user_agent=config.user_agent,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            maxsize=config.workers,
+        )
         self.stop = threading.Event()
         """Set to make every request, retry and download end soon (Interrupted)."""
 
@@ -223,6 +230,24 @@ class Client:
             response.close()
         raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
+    @contextmanager
+    def stream(self, url: str) -> Iterator[Stream]:
+        """GET a file's body to be read as it arrives (see transport.py).
+
+        Through requests only when the environment sets proxies or a netrc file,
+        which it knows how to apply.
+        """
+        session = self.session()
+        if session.trust_env:
+            with session.get(url, stream=True, timeout=self.timeout) as response:
+                yield Stream(response.url, response.status_code, response.headers, response.raw)
+            return
+        try:
+            with self.transport.stream(url) as stream:
+                yield stream
+        except TransportError as exc:
+            raise TransientError(str(exc)) from exc
+
     @property
     def timeout(self) -> tuple[float, float]:
         return (self.config.connect_timeout, self.config.read_timeout)
@@ -248,32 +273,18 @@ class Client:
             self.check_stop()
             return what()
 
-        # The common case, success at once, skips tenacity's machinery: it costs
-        # more than a small request on loopback. A failure is replayed to it as
-        # its first attempt, so counts, waits and Retry-After stay as configured.
-        try:
-            return attempt()
-        except BaseException as exc:
-            if not should_retry(exc):
-                raise
-            first_failure: BaseException | None = exc
-
-        def replay_then_attempt() -> T:
-            nonlocal first_failure
-            if first_failure is not None:
-                failure, first_failure = first_failure, None
-                raise failure
-            return attempt()
-
-        retryer = Retrying(
-            stop=stop_after_attempt(self.config.retries + 1)
-            | stop_after_delay(self.config.retry_max_time),
-            wait=wait,
-            retry=retry_if_exception(should_retry),
-            sleep=self.pause,
-            reraise=True,
+        return _first_then_retrying(
+            attempt,
+            lambda: Retrying(
+                stop=stop_after_attempt(self.config.retries + 1)
+                | stop_after_delay(self.config.retry_max_time),
+                wait=wait,
+                retry=retry_if_exception(should_retry),
+                sleep=self.pause,
+                reraise=True,
+            ),
+            should_retry,
         )
-        return retryer(replay_then_attempt)
 
     def _get(self, url: str, etag: str | None) -> _Answer | requests.Response:
         """GET a Simple API document (PEP 691 JSON or PEP 503 HTML).
@@ -382,11 +393,45 @@ class Client:
                 page, response.headers.get("ETag"), hashlib.sha256(response.content).hexdigest()
             )
 
-        retryer = Retrying(
-            stop=stop_after_attempt(self.config.stale_retries + 1),
-            wait=backoff(self.config.stale_wait, self.config.retry_max_wait),
-            retry=retry_if_exception(lambda exc: isinstance(exc, StalePage)),
-            sleep=self.pause,
-            reraise=True,
+        def stale(exc: BaseException) -> bool:
+            return isinstance(exc, StalePage)
+
+        return _first_then_retrying(
+            attempt,
+            lambda: Retrying(
+                stop=stop_after_attempt(self.config.stale_retries + 1),
+                wait=backoff(self.config.stale_wait, self.config.retry_max_wait),
+                retry=retry_if_exception(stale),
+                sleep=self.pause,
+                reraise=True,
+            ),
+            stale,
         )
-        return retryer(attempt)
+
+
+def _first_then_retrying(
+    attempt: Callable[[], T],
+    retrying: Callable[[], Retrying],
+    should_retry: Callable[[BaseException], bool],
+) -> T:
+    """``attempt()``; on a failure worth retrying, hand over to tenacity.
+
+    The common case, success at once, skips tenacity's machinery: it costs more
+    than a small request on loopback. The first failure is replayed to tenacity
+    as its first attempt, so counts, waits and Retry-After stay as configured.
+    """
+    try:
+        return attempt()
+    except BaseException as exc:
+        if not should_retry(exc):
+            raise
+        first_failure: BaseException | None = exc
+
+    def replay_then_attempt() -> T:
+        nonlocal first_failure
+        if first_failure is not None:
+            failure, first_failure = first_failure, None
+            raise failure
+        return attempt()
+
+    return retrying()(replay_then_attempt)

@@ -1,0 +1,110 @@
+"""A loopback HTTP server that answers each path with canned responses, in order.
+
+For unit tests of code that talks HTTP below requests (the file transport uses
+urllib3 directly, which `responses` cannot see). Like `responses`, answers added
+for one path are given in turn and the last one repeats; every request is recorded.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False
+    """Drop the connection (TCP reset) instead of answering."""
+
+
+@dataclass(frozen=True)
+class Call:
+    path: str
+    """With its query; the absolute URL when the client took this server for a proxy."""
+    headers: dict[str, str]
+    port: int
+    """The client's port: requests on one kept-alive connection share it."""
+
+
+class Canned:
+    def __init__(self) -> None:
+        self._answers: dict[str, list[Answer]] = {}
+        self.calls: list[Call] = []
+        """Every request, in order."""
+        self._lock = threading.Lock()
+        canned = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                answer = canned._next(
+                    Call(self.path, dict(self.headers.items()), self.client_address[1])
+                )
+                if answer.reset:
+                    # SO_LINGER 0: close() sends a reset, not an orderly end.
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status)
+                headers = {"Content-Type": "application/octet-stream", **answer.headers}
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def add(
+        self,
+        url: str,
+        body: bytes = b"",
+        *,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        reset: bool = False,
+    ) -> None:
+        """Queue an answer for ``url`` (a full URL of this server, or a path)."""
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        with self._lock:
+            self._answers.setdefault(path, []).append(
+                Answer(status, body, dict(headers or {}), reset)
+            )
+
+    def _next(self, call: Call) -> Answer:
+        with self._lock:
+            self.calls.append(call)
+            parts = urlsplit(call.path)
+            queued = self._answers.get(parts.path + (f"?{parts.query}" if parts.query else ""))
+            if not queued:
+                return Answer(404, b"no canned answer for " + call.path.encode())
+            return queued.pop(0) if len(queued) > 1 else queued[0]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

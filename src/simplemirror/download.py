@@ -10,19 +10,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
 
-from simplemirror import layout
+from simplemirror import layout, tempfiles
 from simplemirror.transport import Stream
 from simplemirror.upstream import Client, TransientError, check_response
 
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
-# mkstemp creates 0600; the tree is served by another user (nginx, say).
+# The tree is served by another user (nginx, say).
 PUBLISHED_MODE = 0o644
 
 
@@ -84,9 +83,8 @@ def fetch_to(
     algorithms = {"sha256", *expected_hashes}
     hashers = {a: hashlib.new(a) for a in algorithms}
     size = 0
-    fd, tmp_name = tempfile.mkstemp(dir=tmp, prefix="dl-")
+    fd, tmp_name = tempfiles.create(tmp, "dl-", PUBLISHED_MODE)
     try:
-        os.fchmod(fd, PUBLISHED_MODE)
         with (
             os.fdopen(fd, "wb") as out,
             client.stream(url) as response,

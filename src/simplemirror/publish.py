@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from simplemirror import layout, render
+from simplemirror import layout, render, tempfiles
 from simplemirror.model import HeldFile
 from simplemirror.state import State
 
@@ -24,10 +23,9 @@ PAGE_MODE = 0o644
 
 def write_atomic(target: Path, data: bytes, tmp: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=tmp, prefix="page-")
+    fd, name = tempfiles.create(tmp, "page-", PAGE_MODE)
     try:
         with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), PAGE_MODE)
             out.write(data)
         os.replace(name, target)
     except BaseException:

@@ -170,8 +170,8 @@ def record_run(config: Config, summary: RunSummary) -> Path | None:
         "rejected": len(summary.rejected),
     }
     write_metrics(config, metrics.LastRun(
-        finished=round(time.time(), 3), duration=round(summary.duration, 3), outcome=summary.outcome,
-        exit_code=summary.exit_code, generation=summary.generation,
+        finished=round(time.time(), 3), duration=round(summary.duration, 3),
+        outcome=summary.outcome, exit_code=summary.exit_code, generation=summary.generation,
         files_fetched=summary.files_fetched, bytes_fetched=summary.bytes_fetched,
         failures=failures,
     ))

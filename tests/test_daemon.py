@@ -35,7 +35,7 @@ def test_parse_interval(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["10", "0s", "1.5h", "10 m", "-1s", "1d", "", "m", "1h30m"])
 def test_parse_interval_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match="30s, 10m or 1h|longer than zero"):
+    with pytest.raises(ValueError, match=r"30s, 10m or 1h|longer than zero"):
         daemon.parse_interval(text)
 
 

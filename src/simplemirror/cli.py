@@ -3,7 +3,8 @@
 Exit status: 0 the mirror is fully up to date; 1 the run finished but some
 projects were deferred or failed, or it could not run at all; 2 usage or
 configuration error; 128 + the signal's number when stopped by SIGINT (130)
-or SIGTERM (143). `mirror verify`: 0 the mirror is sound, 1 it is not (or there
+or SIGTERM (143). `mirror sync --every`: 0 when a signal ends it between runs, 128 + the
+signal when one stops a run. `mirror verify`: 0 the mirror is sound, 1 it is not (or there
 is no state.db, or a sync holds the lock). `mirror status`: 0, or 1 when there
 is no state.db.
 """

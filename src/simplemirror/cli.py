@@ -3,7 +3,8 @@
 Exit status: 0 the mirror is fully up to date; 1 the run finished but some
 projects were deferred or failed, or it could not run at all; 2 usage or
 configuration error; 128 + the signal's number when stopped by SIGINT (130)
-or SIGTERM (143). `mirror verify`: 0 the mirror is sound, 1 it is not (or there
+or SIGTERM (143). `mirror sync --every`: 0 when a signal ends it between runs, 128 + the
+signal when one stops a run. `mirror verify`: 0 the mirror is sound, 1 it is not (or there
 is no state.db, or a sync holds the lock). `mirror status`: 0, or 1 when there
 is no state.db.
 """
@@ -15,14 +16,15 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-from simplemirror import __version__, config, status, verify
+from simplemirror import __version__, config, daemon, logs, observe, status, verify
 from simplemirror.report import Reporter, RichReporter
 from simplemirror.sync import RunSummary, Sync, SyncError
 
@@ -37,6 +39,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upstream", help="root URL of the simple index to mirror")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument(
+        "--log-format", choices=logs.FORMATS, default="text",
+        help="text: plain lines (progress bars on a terminal); json: one JSON object per "
+        "line on stderr, never bars (default: text)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan; download and write nothing"
     )
     sync.add_argument("--no-progress", action="store_true", help="plain log lines, no bars")
+    sync.add_argument(
+        "--every", type=_interval, metavar="INTERVAL",
+        help="keep running: sync, pause INTERVAL (30s, 10m, 1h; plus up to 10%% at random), "
+        "sync again; a failed run does not end the loop, SIGTERM or SIGINT does",
+    )
+    sync.add_argument(
+        "--metrics-file", metavar="PATH",
+        help="write Prometheus metrics here after each run (a .prom file in node_exporter's "
+        "textfile collector directory); overrides 'metrics-file' in the config",
+    )
     sync.add_argument(
         "--allow-mass-delete", action="store_true",
         help="remove more than max-removal of the mirror in this run (after a real upstream "
@@ -90,16 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interval(text: str) -> float:
+    try:
+        return daemon.parse_interval(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _interactive(args: argparse.Namespace) -> bool:
+    """Progress bars and colour: only for a person at a terminal, never under systemd."""
+    return sys.stderr.isatty() and not args.quiet and args.log_format == "text"
+
+
 def _setup_logging(args: argparse.Namespace, console: Console | None) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler: logging.Handler
-    if console is not None:
+    if args.log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logs.JsonFormatter())
+    elif console is not None:
         handler = RichHandler(console=console, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         # Under systemd or a pipe: one plain line per event, no colour.
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(logging.Formatter(logs.TEXT_FORMAT))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -148,6 +180,49 @@ def _stop_on_signals(sync: Sync) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _sync_and_record(cfg: config.Config, sync: Sync, reporter: Reporter) -> int:
+    """One run, then its report and metrics (also when SyncError ends it, then re-raised)."""
+    since = observe.last_generation(cfg.state_path)
+    started = time.monotonic()
+    try:
+        with reporter:
+            summary = sync.run()
+    except SyncError as exc:
+        observe.record_error(cfg, str(exc), since=since, duration=time.monotonic() - started)
+        raise
+    _print_summary(summary)
+    path = observe.record_run(cfg, summary)
+    log.info(
+        "sync %s (exit %d); report %s", summary.outcome, summary.exit_code, path or "not written",
+        extra={"generation": summary.generation, "outcome": summary.outcome,
+               "exit_code": summary.exit_code, "report": str(path) if path else None},
+    )
+    return summary.exit_code
+
+
+def _sync_forever(
+    cfg: config.Config, interval: float, make_reporter: Callable[[], Reporter]
+) -> int:
+    gate = daemon.SignalGate()
+    gate.install()
+
+    def once() -> int:
+        reporter = make_reporter()
+        sync = Sync(cfg, reporter)
+        try:
+            if not gate.start_run(sync):
+                return EXIT_OK  # a signal came before the run began; the pause ends the loop
+            return _sync_and_record(cfg, sync, reporter)
+        except SyncError as exc:
+            # Another sync holding the lock, or an upstream down: the next run may fare better.
+            log.error("%s; trying again after the pause", exc)
+            return EXIT_INCOMPLETE
+        finally:
+            gate.end_run()
+
+    return daemon.run_every(interval, once, gate)
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     cfg = config.load(
         args.config,
@@ -156,20 +231,34 @@ def cmd_sync(args: argparse.Namespace) -> int:
         workers=args.workers,
         projects=args.project,
         allow_mass_delete=args.allow_mass_delete or None,
+        metrics_file=args.metrics_file,
     )
-    interactive = sys.stderr.isatty() and not args.no_progress and not args.quiet
+    if args.every is not None and args.dry_run:
+        raise config.ConfigError("--every repeats real runs; it cannot go with --dry-run")
+    if args.every is not None and args.allow_mass_delete:
+        # Every run of the loop would then be free to empty the mirror.
+        raise config.ConfigError(
+            "--allow-mass-delete is for one run after a real clean-up upstream: run "
+            "`mirror sync --allow-mass-delete` once by itself, then start --every again"
+        )
+    interactive = _interactive(args) and not args.no_progress
     console = Console(stderr=True) if interactive else None
     _setup_logging(args, console)
-    reporter = RichReporter(console) if console is not None else Reporter()
+
+    def make_reporter() -> Reporter:
+        return RichReporter(console) if console is not None else Reporter()
+
+    if args.every is not None:
+        return _sync_forever(cfg, args.every, make_reporter)
+    reporter = make_reporter()
     sync = Sync(cfg, reporter)
     _stop_on_signals(sync)
-    with reporter:
-        summary = sync.run(dry_run=args.dry_run)
     if args.dry_run:
+        with reporter:
+            summary = sync.run(dry_run=True)
         _print_plan(summary)
         return EXIT_OK
-    _print_summary(summary)
-    return summary.exit_code
+    return _sync_and_record(cfg, sync, reporter)
 
 
 def _no_directory() -> config.ConfigError:
@@ -211,8 +300,7 @@ def _offline_config(args: argparse.Namespace, *, network: bool, **overrides: Any
 
 def cmd_verify(args: argparse.Namespace) -> int:
     cfg = _offline_config(args, network=args.repair, workers=args.workers)
-    interactive = sys.stderr.isatty() and not args.quiet
-    console = Console(stderr=True) if interactive else None
+    console = Console(stderr=True) if _interactive(args) else None
     _setup_logging(args, console)
     progress = verify.RichVerifyProgress(console) if console else verify.VerifyProgress()
     try:
@@ -232,6 +320,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    _setup_logging(args, None)
     values = config.read_file(args.config) if args.config is not None else {}
     upstream = args.upstream or values.get("upstream")
     if upstream:

@@ -57,6 +57,10 @@ class Config:
     """Set for one run (--allow-mass-delete) to remove more than max_removal."""
     public_url: str | None = None
     """Where web/ is served, e.g. "https://mirror.example/"; needed to advertise provenance."""
+    keep_reports: int = 1000
+    """Run reports kept in <directory>/reports (the newest); 0 keeps every one."""
+    metrics_file: Path | None = None
+    """Where to write Prometheus metrics after each run (node_exporter textfile collector)."""
 
     @property
     def allowed_file_hosts(self) -> frozenset[str]:
@@ -96,6 +100,8 @@ KEYS: dict[str, tuple[str, type]] = {
     "max-file-size": ("max_file_size", int),
     "max-removal": ("max_removal", float),
     "public-url": ("public_url", str),
+    "keep-reports": ("keep_reports", int),
+    "metrics-file": ("metrics_file", str),
 }
 
 
@@ -159,11 +165,12 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         directory=Path(directory).expanduser().absolute(),
         projects=projects,
         file_hosts=tuple(sorted({h.lower() for h in hosts})),
+        metrics_file=_metrics_file(values.get("metrics_file")),
         **{
             f.name: values[f.name]
             for f in fields(Config)
             if f.name in values
-            and f.name not in {"upstream", "directory", "projects", "file_hosts"}
+            and f.name not in {"upstream", "directory", "projects", "file_hosts", "metrics_file"}
         },
     )
     if not 0.0 <= config.max_removal <= 1.0:
@@ -175,6 +182,8 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         raise ConfigError("public-url must be the http(s) URL web/ is served at, ending in /")
     if config.max_file_size < 1:
         raise ConfigError("max-file-size must be a positive number of bytes")
+    if config.keep_reports < 0:
+        raise ConfigError("keep-reports must be 0 (keep every report) or a positive count")
     if config.workers < 1 or config.workers > 256:
         raise ConfigError(f"workers must be between 1 and 256, not {config.workers}")
     for name in ("retries", "stale_retries"):
@@ -190,6 +199,20 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
             key = name.replace("_", "-")
             raise ConfigError(f"{key} must be a finite, non-negative number of seconds")
     return config
+
+
+def _metrics_file(value: str | Path | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser().absolute()
+    if not str(value).strip() or str(value).endswith("/") or path.suffix != ".prom":
+        # node_exporter's textfile collector reads only *.prom files.
+        raise ConfigError(
+            f"metrics-file must be a file name ending in .prom (node_exporter reads only "
+            f"those), like /var/lib/node_exporter/textfile_collector/simplemirror.prom, "
+            f"not {str(value)!r}"
+        )
+    return path
 
 
 def load(path: Path | None, **overrides: Any) -> Config:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +212,31 @@ def test_status_without_state_db(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_status_without_a_directory(capsys: pytest.CaptureFixture[str]):
     code, _, err = run(capsys, "status")
     assert code == 2 and "--directory" in err
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run the command as another user",
+)
+def test_status_as_a_user_who_cannot_write_beside_state_db_says_whom_to_run_as(
+    capsys: pytest.CaptureFixture[str], upstream: Upstream
+):
+    # pytest's own temporary directories are 0700: use one another user can enter.
+    base = Path(tempfile.mkdtemp())
+    try:
+        base.chmod(0o755)
+        directory = base / "mirror"
+        assert sync(capsys, upstream, directory) == 0
+        # A clean close removes the -shm file; a reader would have to create it.
+        for leftover in directory.glob("state.db-*"):
+            leftover.unlink()
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "simplemirror", "status", "--directory", str(directory)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/"},
+        )
+    finally:
+        shutil.rmtree(base)
+    assert done.returncode == 1, done.stderr
+    assert "run this as the mirror's user" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -7,6 +7,7 @@ neither disturbed nor seen half way.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -104,6 +105,13 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
         finally:
             conn.rollback()
     except sqlite3.Error as exc:
+        if "readonly" in str(exc) and not os.access(path.parent, os.W_OK):
+            # WAL mode: even a reader writes the -shm index beside state.db.
+            raise NoState(
+                f"{path} can only be read by a user who may write in {path.parent} "
+                "(SQLite's WAL mode); run this as the mirror's user, e.g. "
+                "`sudo -u simplemirror mirror status ...`"
+            ) from exc
         raise NoState(
             f"{path} cannot be read as a simplemirror state database ({exc}); "
             "check that it is one, or run `mirror sync` to create it"

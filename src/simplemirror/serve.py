@@ -13,7 +13,8 @@ For small sites and the air-gapped side of a mirror; a busy site should put ngin
   encoded) is refused (400), a symlink that leads out of web/ is 404, and there are no
   directory listings.
 - Each request is logged at INFO on the "simplemirror" logger, one line with the client,
-  request line, status, bytes sent and time taken.
+  request line, status, bytes sent, content type (which representation a page went out
+  as) and time taken.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class Handler(BaseHTTPRequestHandler):
 
     _status: int | None = None
     _sent: int = 0
+    _media: str = "-"
     _started: float = 0.0
 
     def version_string(self) -> str:
@@ -139,15 +141,17 @@ class Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def handle_one_request(self) -> None:
-        self._status, self._sent, self._started = None, 0, time.monotonic()
+        self._status, self._sent, self._media = None, 0, "-"
+        self._started = time.monotonic()
         try:
             super().handle_one_request()
         finally:
             if self._status is not None:
                 millis = (time.monotonic() - self._started) * 1000
                 log.info(
-                    '%s "%s" %d %d %.1fms', self.client_address[0],
-                    self.requestline.replace('"', "%22"), self._status, self._sent, millis,
+                    '%s "%s" %d %d %s %.1fms', self.client_address[0],
+                    self.requestline.replace('"', "%22"), self._status, self._sent,
+                    self._media, millis,
                 )
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -276,6 +280,7 @@ class Handler(BaseHTTPRequestHandler):
         return rules.parse_range(header, size)
 
     def _send_head(self, status: int, headers: dict[str, str]) -> None:
+        self._media = headers.get("Content-Type", "-").split(";", 1)[0]
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)

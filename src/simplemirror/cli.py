@@ -6,7 +6,9 @@ configuration error; 128 + the signal's number when stopped by SIGINT (130)
 or SIGTERM (143). `mirror sync --every`: 0 when a signal ends it between runs, 128 + the
 signal when one stops a run. `mirror verify`: 0 the mirror is sound, 1 it is not (or there
 is no state.db, or a sync holds the lock). `mirror status`: 0, or 1 when there
-is no state.db.
+is no state.db. `mirror serve`: runs until stopped, then 0 (SIGTERM or SIGINT is
+how it is meant to stop, so systemd sees a clean exit); 1 when it cannot start (no
+web/simple in the directory, the address cannot be bound); 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from simplemirror import __version__, config, daemon, logs, observe, status, verify
+from simplemirror import __version__, config, daemon, logs, observe, serve, status, verify
 from simplemirror.report import Reporter, RichReporter
 from simplemirror.sync import RunSummary, Sync, SyncError
 
@@ -104,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(status_cmd)
     status_cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    serve_cmd = commands.add_parser(
+        "serve", help="serve the mirror over HTTP (small sites; nginx for busy ones)",
+        description="Serve <directory>/web over HTTP, with PEP 691 content negotiation. "
+        "One line per request is logged (-q: none). Stops on SIGTERM or SIGINT.",
+    )
+    _common(serve_cmd)
+    serve_cmd.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)")
+    serve_cmd.add_argument("--port", type=int, default=8080,
+                           help="port to listen on (default 8080; 0 picks a free one)")
     return parser
 
 
@@ -339,6 +351,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    values = config.read_file(args.config) if args.config is not None else {}
+    where = args.directory or values.get("directory")
+    if not where:
+        raise _no_directory()
+    if not 0 <= args.port <= 65535:
+        raise config.ConfigError(f"--port must be between 0 and 65535, not {args.port}")
+    _setup_logging(args, None)  # plain access-log lines, also on a terminal
+    try:
+        server = serve.make_server(Path(where).expanduser().absolute() / "web",
+                                   args.host, args.port)
+        serve.serve_until_stopped(server)
+    except serve.ServeError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        log.warning("stopped at once by a second signal")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -346,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_verify(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         return cmd_sync(args)
     except status.NoState as exc:
         print(f"mirror: {exc}", file=sys.stderr)

@@ -56,10 +56,10 @@ def mirror_command(*args: str) -> list[str]:
     return [*base, *args]
 
 
-def sync_args(up: Upstream, directory: Path) -> list[str]:
+def sync_args(up: Upstream, directory: Path, processes: int = 0) -> list[str]:
     return mirror_command(
         "sync", "--upstream", up.url, "--directory", str(directory), "--workers", WORKERS,
-        "--no-progress",
+        "--no-progress", "--download-processes", str(processes),
     )
 
 
@@ -296,7 +296,11 @@ def test_kill_9_at_random_moments_never_leaves_a_broken_mirror(tmp_path: Path) -
             strategy = "requests" if k == 0 else rng.choice(
                 ["early", "requests", "requests", "requests", "late"]
             )
-            with spawned(sync_args(up, directory), tmp_path / f"run-{k}.log") as proc:
+            # Every other run downloads in child processes, which must not outlive a
+            # killed parent's run in any way that shows.
+            processes = 2 * (k % 2)
+            command = sync_args(up, directory, processes)
+            with spawned(command, tmp_path / f"run-{k}.log") as proc:
                 if strategy == "early":
                     # Starting up, taking the lock, opening state.db, reading the root.
                     moment = rng.uniform(0.0, 0.6)
@@ -329,7 +333,8 @@ def test_kill_9_at_random_moments_never_leaves_a_broken_mirror(tmp_path: Path) -
                 )
             made_requests = len(up.requests) - start
             history.append(
-                f"run {k}: mutation {mutation}; kill {strategy} {detail}; {outcome}; "
+                f"run {k} ({processes} processes): mutation {mutation}; "
+                f"kill {strategy} {detail}; {outcome}; "
                 f"{made_requests} requests"
             )
             print(history[-1])

@@ -17,8 +17,12 @@ from tests.support.upstream import Upstream, World
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_the_run_and_the_next_run_resumes(tmp_path: Path, signum: int):
+@pytest.mark.parametrize(
+    ("signum", "processes"), [(signal.SIGTERM, 0), (signal.SIGINT, 0), (signal.SIGTERM, 2)]
+)
+def test_signal_stops_the_run_and_the_next_run_resumes(
+    tmp_path: Path, signum: int, processes: int
+):
     world = World()
     for i in range(12):
         world.add_project(f"proj-{i}", ["1.0"])
@@ -31,7 +35,8 @@ def test_signal_stops_the_run_and_the_next_run_resumes(tmp_path: Path, signum: i
                     up.slow_body[f.path] = 1
         up.slow_chunk, up.slow_pause = 1024, 0.05
         command = [sys.executable, "-m", "simplemirror", "sync", "--upstream", up.url,
-                   "--directory", str(tmp_path), "--workers", "4"]
+                   "--directory", str(tmp_path), "--workers", "4",
+                   "--download-processes", str(processes)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
         deadline = time.monotonic() + 20
@@ -39,6 +44,9 @@ def test_signal_stops_the_run_and_the_next_run_resumes(tmp_path: Path, signum: i
             assert time.monotonic() < deadline, "the sync never started downloading"
             time.sleep(0.05)
         time.sleep(0.3)
+        children = _children_of(process.pid)
+        # The download processes, and with them multiprocessing's resource tracker.
+        assert len(children) == (processes + 1 if processes else 0)
         signalled = time.monotonic()
         process.send_signal(signum)
         out, err = process.communicate(timeout=30)
@@ -61,3 +69,26 @@ def test_signal_stops_the_run_and_the_next_run_resumes(tmp_path: Path, signum: i
         listed = assert_consistent(tmp_path / "web")
         assert len(listed) == 12 and all(len(files) == 3 for files in listed.values())
         assert not list((tmp_path / "tmp").iterdir())
+        # No download process outlived the stopped run.
+        assert not [pid for pid in children if _alive(pid)]
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live child processes of ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(") ", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue
+        if int(parent) == pid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

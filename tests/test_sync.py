@@ -388,3 +388,19 @@ def test_root_pages_are_not_rendered_again_when_nothing_changed(
     sync(upstream, tmp_path)
     assert calls == [1]
     assert_consistent(tmp_path / "web")
+
+
+def test_download_processes_publish_the_same_tree(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    threads, processes = tmp_path / "threads", tmp_path / "processes"
+    assert sync(upstream, threads).exit_code == 0
+    summary = sync(upstream, processes, download_processes=2)
+    assert summary.exit_code == 0 and summary.files_fetched == 6
+    assert_consistent(processes / "web")
+
+    def contents(directory: Path) -> dict[str, str]:
+        return {path: digest for path, (_, digest) in snapshot(directory / "web").items()
+                if path != "last-modified"}
+
+    assert contents(processes) == contents(threads)

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sync)
     sync.add_argument("--workers", type=int, help="parallel downloads")
     sync.add_argument(
+        "--download-processes", type=int, metavar="N",
+        help="download in N child processes (sharing the workers), to use more CPU cores",
+    )
+    sync.add_argument(
         "--project", action="append", default=[], metavar="NAME",
         help="mirror only this project (repeatable); overrides 'projects' in the config",
     )
@@ -241,6 +245,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         upstream=args.upstream,
         directory=args.directory,
         workers=args.workers,
+        download_processes=args.download_processes,
         projects=args.project,
         allow_mass_delete=args.allow_mass_delete or None,
         metrics_file=args.metrics_file,

@@ -32,6 +32,8 @@ class Config:
     directory: Path
     """Holds state.db, web/ (the served tree) and tmp/."""
     workers: int = 8
+    download_processes: int = 0
+    """Child processes that download files, sharing the workers; 0 downloads in this one."""
     projects: tuple[str, ...] = ()
     """Normalized names; empty means every project upstream lists."""
     connect_timeout: float = 10.0
@@ -86,6 +88,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "upstream": ("upstream", str),
     "directory": ("directory", str),
     "workers": ("workers", int),
+    "download-processes": ("download_processes", int),
     "projects": ("projects", list),
     "connect-timeout": ("connect_timeout", float),
     "read-timeout": ("read_timeout", float),
@@ -186,6 +189,10 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         raise ConfigError("keep-reports must be 0 (keep every report) or a positive count")
     if config.workers < 1 or config.workers > 256:
         raise ConfigError(f"workers must be between 1 and 256, not {config.workers}")
+    if not 0 <= config.download_processes <= 64:
+        raise ConfigError(
+            f"download-processes must be between 0 and 64, not {config.download_processes}"
+        )
     for name in ("retries", "stale_retries"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name.replace('_', '-')} must not be negative")

@@ -52,12 +52,12 @@ from simplemirror.render import ProjectInfo
 from simplemirror.report import Reporter
 from simplemirror.state import State, StateError
 from simplemirror.upstream import Client, Interrupted, PageResponse, StalePage, UpstreamError
-from simplemirror.workers import WorkerPool
+from simplemirror.workers import ChildLost, ProcessPool, WorkerPool
 
 log = logging.getLogger("simplemirror")
 
 # Errors a download can end in that concern one file, not the whole run.
-FILE_ERRORS = (UpstreamError, download.VerificationError, requests.RequestException)
+FILE_ERRORS = (UpstreamError, download.VerificationError, requests.RequestException, ChildLost)
 # How long finished projects may wait in an open transaction before a commit.
 COMMIT_EVERY = 2.0
 # After a stop request, how long in-flight downloads get to notice it and clean up.
@@ -178,6 +178,84 @@ def _held_file(
         provenance=siblings is not None and siblings.provenance and dist.provenance is not None,
         extra=dict(dist.extra),
     )
+
+
+def download_todo(client: Client, name: str, todo: FileTodo) -> tuple[HeldFile, int, str | None]:
+    """Worker (a thread, or one in a download process): fetch what ``todo`` needs.
+
+    Returns the held file, the bytes fetched, and what went wrong with its siblings
+    (the file is still published without them).
+    """
+    config, dist = client.config, todo.dist
+    fetched = 0
+    if todo.fetch_file:
+        got = download.fetch_file(
+            client, dist.url, dist.filename, expected_hashes=dist.hashes,
+            expected_size=dist.size, web=config.web, tmp=config.tmp,
+        )
+        held = _held_file(name, dist, got.path, got.size, got.hashes)
+        fetched += got.size
+    else:
+        assert todo.held is not None
+        held = _held_file(
+            name, dist, todo.held.path, todo.held.size, todo.held.hashes, todo.held
+        )
+    base_url = urldefrag(dist.url).url
+    wanted = [
+        (todo.fetch_metadata, "metadata", dist.metadata_url, layout.METADATA_SUFFIX),
+        (todo.fetch_signature, "signature", base_url + layout.SIGNATURE_SUFFIX,
+         layout.SIGNATURE_SUFFIX),
+        (todo.fetch_provenance, "provenance", dist.provenance or "",
+         layout.PROVENANCE_SUFFIX),
+    ]
+    errors: list[str] = []
+    for needed, kind, url, suffix in wanted:
+        if not needed:
+            continue
+        expected = dist.core_metadata if kind == "metadata" else {}
+        try:
+            if (urlsplit(url).hostname or "").lower() not in config.allowed_file_hosts:
+                raise UpstreamError(f"{url}: not an allowed file host")
+            got = download.fetch_sibling(
+                client, url, held.path, suffix,
+                expected_hashes=expected if isinstance(expected, Mapping) else {},
+                web=config.web, tmp=config.tmp,
+            )
+        except FILE_ERRORS as exc:
+            errors.append(f"{kind}: {exc}")
+            continue
+        fetched += got.size
+        if kind == "metadata":
+            held = replace(held, metadata_hashes=got.hashes)
+        else:
+            held = replace(held, **{kind: True})
+    return held, fetched, "; ".join(errors) or None
+
+
+class _FilePool:
+    """Runs download_todo in worker threads here, or in download processes.
+
+    The processes start with the first file, so a run with nothing to download
+    never pays for them.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._pool: WorkerPool | ProcessPool | None = None
+
+    def submit(self, name: str, todo: FileTodo) -> Future[tuple[HeldFile, int, str | None]]:
+        config = self.client.config
+        if config.download_processes:
+            if self._pool is None:
+                threads = -(-config.workers // config.download_processes)
+                self._pool = ProcessPool(config.download_processes, threads, Client, config)
+            return self._pool.submit(download_todo, name, todo)
+        if self._pool is None:
+            self._pool = WorkerPool(config.workers, "file")
+        return self._pool.submit(download_todo, self.client, name, todo)
+
+    def shutdown(self, timeout: float) -> bool:
+        return True if self._pool is None else self._pool.shutdown(timeout)
 
 
 class Sync:
@@ -416,8 +494,7 @@ class Sync:
         in_flight = {"pages": 0, "files": 0}
         self.reporter.start(len(plan.fetch))
 
-        def submit(pool: WorkerPool, kind: str, tag: Any, fn: Any, *args: Any) -> None:
-            future = pool.submit(fn, *args)
+        def track(kind: str, tag: Any, future: Future[Any]) -> None:
             in_flight["pages" if kind == "page" else "files"] += 1
             future.add_done_callback(lambda f: events.put((kind, tag, f)))
 
@@ -426,11 +503,11 @@ class Sync:
                 todo = next(todos, None)
                 if todo is None:
                     return
-                submit(page_pool, "page", todo, self.client.fetch_page, todo, todo.etag)
+                track("page", todo, page_pool.submit(self.client.fetch_page, todo, todo.etag))
 
         last_commit = time.monotonic()
         page_pool = WorkerPool(config.workers, "page")
-        file_pool = WorkerPool(config.workers, "file")
+        file_pool = _FilePool(self.client)
         state.db.execute("BEGIN")
         try:
             refill()
@@ -447,9 +524,7 @@ class Sync:
                     if project is not None:
                         for todo in project.files.fetch:
                             project.outstanding += 1
-                            submit(
-                                file_pool, "file", (project, todo), self._download, tag.name, todo
-                            )
+                            track("file", (project, todo), file_pool.submit(tag.name, todo))
                         self.reporter.files_planned(len(project.files.fetch))
                         if not project.outstanding:
                             self._finish(project, state, publisher, summary)
@@ -524,54 +599,6 @@ class Sync:
         state.set_status(name, status, error, generation)
         state.record_failure(generation, name, None, status.value, error)
         self.reporter.project_done()
-
-    def _download(self, name: str, todo: FileTodo) -> tuple[HeldFile, int, str | None]:
-        """Worker: fetch what ``todo`` needs. Returns the held file, the bytes fetched, and
-        what went wrong with its siblings (the file is still published without them)."""
-        config, dist = self.config, todo.dist
-        fetched = 0
-        if todo.fetch_file:
-            got = download.fetch_file(
-                self.client, dist.url, dist.filename, expected_hashes=dist.hashes,
-                expected_size=dist.size, web=config.web, tmp=config.tmp,
-            )
-            held = _held_file(name, dist, got.path, got.size, got.hashes)
-            fetched += got.size
-        else:
-            assert todo.held is not None
-            held = _held_file(
-                name, dist, todo.held.path, todo.held.size, todo.held.hashes, todo.held
-            )
-        base_url = urldefrag(dist.url).url
-        wanted = [
-            (todo.fetch_metadata, "metadata", dist.metadata_url, layout.METADATA_SUFFIX),
-            (todo.fetch_signature, "signature", base_url + layout.SIGNATURE_SUFFIX,
-             layout.SIGNATURE_SUFFIX),
-            (todo.fetch_provenance, "provenance", dist.provenance or "",
-             layout.PROVENANCE_SUFFIX),
-        ]
-        errors: list[str] = []
-        for needed, kind, url, suffix in wanted:
-            if not needed:
-                continue
-            expected = dist.core_metadata if kind == "metadata" else {}
-            try:
-                if (urlsplit(url).hostname or "").lower() not in config.allowed_file_hosts:
-                    raise UpstreamError(f"{url}: not an allowed file host")
-                got = download.fetch_sibling(
-                    self.client, url, held.path, suffix,
-                    expected_hashes=expected if isinstance(expected, Mapping) else {},
-                    web=config.web, tmp=config.tmp,
-                )
-            except FILE_ERRORS as exc:
-                errors.append(f"{kind}: {exc}")
-                continue
-            fetched += got.size
-            if kind == "metadata":
-                held = replace(held, metadata_hashes=got.hashes)
-            else:
-                held = replace(held, **{kind: True})
-        return held, fetched, "; ".join(errors) or None
 
     def _file_done(
         self, project: _Project, todo: FileTodo, future: Future[Any], summary: RunSummary

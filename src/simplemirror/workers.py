@@ -9,11 +9,18 @@ stop commits its state and exits, and an abandoned read dies with the process
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import multiprocessing
+import multiprocessing.connection
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 _STOP = object()
@@ -67,3 +74,158 @@ class WorkerPool:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
+
+
+class ProcessPool:
+    """Worker threads in child processes, so that downloads use more than one core.
+
+    One Python process is held to one core by its GIL, and hashing, writing and
+    HTTP parsing for many small files fill it. Each child runs ``threads`` daemon
+    threads over its own Client (``make_context(config)``); ``submit(fn, *args)``
+    runs ``fn(context, *args)`` in the least busy child and hands back a standard
+    Future. Functions, arguments, results and exceptions cross as pickles, so
+    ``fn`` must be a module-level function.
+
+    Children ignore SIGINT and SIGTERM: the parent decides when to stop, and tells
+    them (``shutdown``). A child whose parent dies sees its pipe close and exits.
+    Children are started with ``spawn``: a fork of a process whose threads may
+    hold locks could deadlock.
+    """
+
+    def __init__(
+        self, processes: int, threads: int, make_context: Callable[[Any], Any], config: Any
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conns: list[Connection] = []
+        self._children: list[BaseProcess] = []
+        for _ in range(processes):
+            parent_end, child_end = context.Pipe()
+            child = context.Process(
+                target=_child_main, args=(child_end, threads, make_context, config), daemon=True
+            )
+            child.start()
+            child_end.close()
+            self._conns.append(parent_end)
+            self._children.append(child)
+        self._futures: dict[int, tuple[Future[Any], int]] = {}
+        self._busy = [0] * processes
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="process-results", daemon=True)
+        self._reader.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        with self._lock:
+            child = min(range(len(self._busy)), key=self._busy.__getitem__)
+            task = next(self._ids)
+            self._futures[task] = (future, child)
+            self._busy[child] += 1
+        try:
+            self._conns[child].send((task, fn, args))
+        except (OSError, ValueError) as exc:  # the child is gone
+            self._settle(task, False, ChildLost(f"a download process ended: {exc}"))
+        return future
+
+    def _settle(self, task: int, ok: bool, value: Any) -> None:
+        with self._lock:
+            entry = self._futures.pop(task, None)
+            if entry is None:
+                return
+            future, child = entry
+            self._busy[child] -= 1
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def _read(self) -> None:
+        open_conns = list(self._conns)
+        while open_conns:
+            for conn in multiprocessing.connection.wait(open_conns):
+                assert isinstance(conn, Connection)
+                try:
+                    task, ok, value = conn.recv()
+                except (EOFError, OSError):
+                    open_conns.remove(conn)
+                    self._fail_child(self._conns.index(conn))
+                    continue
+                self._settle(task, ok, value)
+
+    def _fail_child(self, child: int) -> None:
+        """A child ended: what it still had can never finish."""
+        with self._lock:
+            lost = [task for task, (_, c) in self._futures.items() if c == child]
+        for task in lost:
+            self._settle(task, False, ChildLost("a download process ended before its task"))
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Tell every child to stop (running tasks end soon), wait up to ``timeout``.
+
+        Returns False if some child had to be killed.
+        """
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        clean = True
+        for child in self._children:
+            child.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                clean = False
+                child.kill()
+                child.join()
+        self._reader.join(1.0)
+        with self._lock:
+            left = list(self._futures)
+        for task in left:
+            self._settle(task, False, ChildLost("stopped before it finished"))
+        for conn in self._conns:
+            conn.close()
+        return clean
+
+
+class ChildLost(Exception):
+    """A download process ended (killed, or out of memory) before finishing a task."""
+
+
+def _child_main(
+    conn: Connection, threads: int, make_context: Callable[[Any], Any], config: Any
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    context = make_context(config)
+    pool = WorkerPool(threads, "child")
+    send_lock = threading.Lock()
+
+    def reply(task: int, future: Future[Any]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        message = (task, True, future.result()) if exc is None else (task, False, exc)
+        with send_lock:
+            try:
+                conn.send(message)
+            except (OSError, ValueError):
+                return  # the parent is gone
+            except Exception as unpicklable:  # say so rather than leave the parent waiting
+                conn.send((task, False, ChildLost(f"{exc or 'result'}: {unpicklable}")))
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            message = None  # the parent died: stop as if told to
+        if message is None:
+            stop = getattr(context, "stop", None)
+            if stop is not None:
+                stop.set()
+            pool.shutdown(5.0)
+            with send_lock:
+                conn.close()
+            return
+        task, fn, args = message
+        pool.submit(fn, context, *args).add_done_callback(
+            lambda future, task=task: reply(task, future)
+        )

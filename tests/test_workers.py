@@ -1,0 +1,122 @@
+"""Download processes: tasks run in children, results and errors come back, nothing outlives
+the parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from simplemirror.workers import ChildLost, ProcessPool
+
+
+class Context:
+    def __init__(self, config: str) -> None:
+        self.config = config
+        self.stop = threading.Event()
+
+
+def where(context: Context, value: int) -> tuple[int, str, int]:
+    return os.getpid(), context.config, value * 2
+
+
+def fail(context: Context) -> None:
+    raise FileNotFoundError(2, "no such file", "/nowhere")
+
+
+def wait_for_stop(context: Context) -> str:
+    context.stop.wait(30)
+    return "stopped" if context.stop.is_set() else "timed out"
+
+
+def test_tasks_run_in_child_processes_with_their_context() -> None:
+    pool = ProcessPool(2, 2, Context, "cfg")
+    try:
+        futures = [pool.submit(where, n) for n in range(6)]
+        results = [future.result(timeout=30) for future in futures]
+    finally:
+        assert pool.shutdown(10)
+    pids = {pid for pid, _, _ in results}
+    assert os.getpid() not in pids and len(pids) == 2  # spread over both children
+    assert [(config, doubled) for _, config, doubled in results] == [
+        ("cfg", n * 2) for n in range(6)
+    ]
+
+
+def test_an_exception_comes_back_with_its_type_and_fields() -> None:
+    pool = ProcessPool(1, 1, Context, "cfg")
+    try:
+        with pytest.raises(FileNotFoundError) as info:
+            pool.submit(fail).result(timeout=30)
+    finally:
+        pool.shutdown(10)
+    assert info.value.errno == 2 and info.value.filename == "/nowhere"
+
+
+def test_shutdown_tells_running_tasks_to_stop() -> None:
+    pool = ProcessPool(1, 1, Context, "cfg")
+    future = pool.submit(wait_for_stop)
+    time.sleep(0.5)  # let it start
+    started = time.monotonic()
+    assert pool.shutdown(10)
+    assert time.monotonic() - started < 5
+    assert future.result(timeout=1) == "stopped"
+
+
+def test_a_killed_child_fails_its_tasks_instead_of_hanging() -> None:
+    pool = ProcessPool(1, 1, Context, "cfg")
+    try:
+        pid = pool.submit(where, 1).result(timeout=30)[0]
+        future = pool.submit(wait_for_stop)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ChildLost):
+            future.result(timeout=10)
+    finally:
+        pool.shutdown(5)
+
+
+def test_children_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from simplemirror.workers import ProcessPool
+        from tests.test_workers import Context, where
+        pool = ProcessPool(2, 1, Context, "cfg")
+        futures = [pool.submit(where, n) for n in range(4)]
+        pids = {future.result(timeout=30)[0] for future in futures}
+        print(" ".join(map(str, sorted(pids))), flush=True)
+        time.sleep(60)
+        """
+    )
+    root = Path(__file__).resolve().parent.parent
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert parent.stdout is not None
+        children = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(children) == 2
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

@@ -404,3 +404,28 @@ def test_download_processes_publish_the_same_tree(
                 if path != "last-modified"}
 
     assert contents(processes) == contents(threads)
+
+
+def test_a_root_resent_byte_for_byte_is_not_parsed_or_compared_again(
+    upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from simplemirror import model
+
+    upstream.send_etags = False  # no 304s: the root comes whole every time
+    assert sync(upstream, tmp_path).exit_code == 0
+    parsed: list[int] = []
+    real = model.RootIndex.from_json_data
+    monkeypatch.setattr(
+        model.RootIndex, "from_json_data",
+        classmethod(lambda cls, *a, **k: parsed.append(1) or real(*a, **k)),
+    )
+    before = len(upstream.requests)
+    summary = sync(upstream, tmp_path)
+    assert summary.exit_code == 0 and summary.changed == 0
+    assert parsed == []
+    assert [r.path for r in upstream.requests[before:]] == ["/simple/"]
+
+    world.add_release("tiny", "0.2")  # new bytes: read and compared again
+    summary = sync(upstream, tmp_path)
+    assert parsed == [1] and summary.changed == 1
+    assert_consistent(tmp_path / "web")

@@ -14,12 +14,13 @@ raised as errors that would sink a whole page: they are dropped and listed in
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 from packaging.utils import (
@@ -91,14 +92,48 @@ def _serial_key(serial: int | None) -> int:
     return -1 if serial is None else serial
 
 
+# Valid and already in normal form: most names in a large root are, and the
+# check is several times cheaper than packaging's validate-and-normalize.
+_NORMAL_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
 def normalize_name(name: str) -> str:
     """PEP 503 normalization; raises InvalidName for a name that is not a valid project name."""
+    if _NORMAL_NAME.fullmatch(name):
+        return name
     return canonicalize_name(name, validate=True)
 
 
-@dataclass(frozen=True, slots=True)
-class RootProject:
-    """One project listed by the root index."""
+class _RootEntry(tuple[Any, Any]):
+    """A root's project entry as parsed: (name, serial), both unchecked.
+
+    Half a million small dicts, one per project, are most of a large root's
+    memory; their two values are all the mirror keeps.
+    """
+
+    __slots__ = ()
+
+
+def _compact_root_entry(obj: dict[str, Any]) -> object:
+    if "name" in obj and "projects" not in obj:
+        return _RootEntry((obj["name"], obj.get("_last-serial")))
+    return obj
+
+
+def parse_root_json(body: bytes) -> object:
+    """json.loads for a PEP 691 root, keeping each project entry as a compact pair.
+
+    The result is what RootIndex.from_json_data takes.
+    """
+    return json.loads(body, object_hook=_compact_root_entry)
+
+
+class RootProject(NamedTuple):
+    """One project listed by the root index.
+
+    A named tuple rather than a dataclass: a large root has hundreds of
+    thousands, and a tuple is both smaller and quicker to make.
+    """
 
     name: str
     """The name as upstream spells it (kept for display)."""
@@ -163,13 +198,20 @@ class RootIndex:
         serial = parse_serial(meta.get("_last-serial"))
         builder = _RootBuilder()
         for entry in data["projects"]:
-            name = entry.get("name") if isinstance(entry, dict) else None
+            if isinstance(entry, _RootEntry):
+                name, raw_serial = entry
+            elif isinstance(entry, dict):
+                name, raw_serial = entry.get("name"), entry.get("_last-serial")
+            else:
+                name = raw_serial = None
             if not isinstance(name, str):
+                shown = dict(name=name, **{"_last-serial": raw_serial}) if isinstance(
+                    entry, _RootEntry) else entry
                 builder.rejected.append(
-                    (repr(entry)[:200], "project entry without a string 'name'")
+                    (repr(shown)[:200], "project entry without a string 'name'")
                 )
                 continue
-            builder.add(name, parse_serial(entry.get("_last-serial")))
+            builder.add(name, parse_serial(raw_serial))
         return builder.build(serial if serial is not None else header_serial)
 
     @classmethod

@@ -148,6 +148,8 @@ class _Root:
     etag: str | None = None
     serial: int | None = None
     rejected: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
+    """Of the root's body, as read."""
 
 
 def _held_file(
@@ -325,8 +327,10 @@ class Sync:
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
         summary.removed = list(plan.removed)
-        if root.not_modified and not plan.fetch:
-            # 304 and nothing left over: the mirror is current. Write nothing.
+        root_pages_there = all((config.web / p).is_file() for p in layout.ROOT_PAGES)
+        if root.not_modified and not plan.fetch and root_pages_there:
+            # 304 (or the same bytes) and nothing left over: the mirror is current.
+            # Write nothing.
             summary.outcome = "unchanged"
             state.finish_run(generation, "unchanged")
             return summary
@@ -353,12 +357,13 @@ class Sync:
                 # when neither moved, they are the same bytes, and at 650,000
                 # projects rendering them just to find that out costs seconds.
                 unchanged = not summary.changed and not plan.removed and serial == before
-                if not unchanged or not all((config.web / p).is_file() for p in layout.ROOT_PAGES):
+                if not unchanged or not root_pages_there:
                     publisher.root(state.root_entries(), int(serial) if serial else None)
                 if not root.not_modified:
                     # Saved only now: a run that dies before this point sees
                     # the full root again next time, not a 304.
                     state.set_meta("root_etag", root.etag)
+                    state.set_meta("root_sha256", root.sha256)
                     state.set_meta("root_scope", self._scope())
             reap.unpublish_removed_projects(config.web, state, generation)
             summary.files_deleted = reap.reap_files(config.web, state, generation)
@@ -402,9 +407,9 @@ class Sync:
     def _plan(self, state: State, generation: int) -> _Root:
         """Read the root and decide; record what the root promised."""
         only = self.config.projects or None
-        response = self.client.fetch_root(self._etag(state))
+        response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
         if response is None:
-            log.info("upstream root index unchanged (HTTP 304)")
+            log.info("upstream root index unchanged (HTTP 304, or the same bytes)")
             if state.get_meta("root_serials") == "no":
                 return _Root(plan_retry(state.held_projects(), only, serials=False), True)
             return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
@@ -413,7 +418,7 @@ class Sync:
         if not usable_serials(index):
             # Each project is then asked with a conditional request instead.
             index = replace(
-                index, projects=tuple(replace(p, serial=None) for p in index.projects)
+                index, projects=tuple(p._replace(serial=None) for p in index.projects)
             )
         with state.transaction():
             state.set_meta("root_serials", "yes" if usable_serials(response.index) else "no")
@@ -441,7 +446,9 @@ class Sync:
             log.warning("project %s is no longer listed upstream; recorded as removed", name)
         for dropped, kept in index.collisions:
             log.warning("upstream lists %r and %r, one project; mirrored once", dropped, kept)
-        return _Root(plan, False, response.etag, index.serial, index.rejected)
+        return _Root(
+            plan, False, response.etag, index.serial, index.rejected, response.sha256
+        )
 
     def _scope(self) -> str:
         """What a saved root ETag is valid for: the same upstream and project filter."""
@@ -453,6 +460,11 @@ class Sync:
         if state.get_meta("root_scope") != self._scope():
             return None
         return state.get_meta("root_etag")
+
+    def _root_sha256(self, state: State) -> str | None:
+        if state.get_meta("root_scope") != self._scope():
+            return None
+        return state.get_meta("root_sha256")
 
     def _dry_run(self, started: float) -> RunSummary:
         config = self.config

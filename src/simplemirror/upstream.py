@@ -37,6 +37,7 @@ from simplemirror.model import (
     ProjectPage,
     RootIndex,
     UpstreamDataError,
+    parse_root_json,
     parse_serial,
 )
 from simplemirror.plan import ProjectTodo
@@ -113,6 +114,8 @@ def _is_transient(exc: BaseException) -> bool:
 class RootResponse:
     index: RootIndex
     etag: str | None
+    sha256: str
+    """Of the body: the same bytes next time mean the same root."""
 
 
 @dataclass(frozen=True)
@@ -286,10 +289,17 @@ class Client:
             should_retry,
         )
 
-    def _get(self, url: str, etag: str | None) -> _Answer | requests.Response:
+    def _get(
+        self,
+        url: str,
+        etag: str | None,
+        parse_json: Callable[[bytes], object] = json.loads,
+        same_as: str | None = None,
+    ) -> _Answer | requests.Response:
         """GET a Simple API document (PEP 691 JSON or PEP 503 HTML).
 
-        A 304 Not Modified comes back as the bare response, for its headers.
+        A 304 Not Modified comes back as the bare response, for its headers; so does
+        a body whose sha256 is ``same_as``, unparsed.
         """
         headers = {"Accept": ACCEPT}
         if etag:
@@ -300,6 +310,8 @@ class Client:
             if response.status_code == 304:
                 return response
             check_response(response)
+            if same_as is not None and hashlib.sha256(response.content).hexdigest() == same_as:
+                return response
             content_type = response.headers.get("Content-Type", "")
             media = content_type.split(";")[0].strip().lower()
             if media in HTML_TYPES:
@@ -312,7 +324,7 @@ class Client:
             try:
                 # From the bytes: JSON is UTF-8, and response.json() would
                 # guess another charset for bytes that are not, garbling names.
-                return _Answer(response, media, json.loads(response.content))
+                return _Answer(response, media, parse_json(response.content))
             except (ValueError, RecursionError) as exc:
                 # ValueError covers bad JSON and bytes that are not UTF-8 text.
                 raise UpstreamError(f"{url}: malformed JSON ({exc})") from None
@@ -322,9 +334,13 @@ class Client:
         except requests.RequestException as exc:
             raise UpstreamError(f"{url}: {exc}") from exc
 
-    def fetch_root(self, etag: str | None) -> RootResponse | None:
-        """The root index, or None when it is unchanged since ``etag``."""
-        got = self._get(self.config.upstream, etag)
+    def fetch_root(self, etag: str | None, sha256: str | None = None) -> RootResponse | None:
+        """The root index, or None when it is unchanged since ``etag`` (304), or its
+        bytes are those whose hash is ``sha256`` (an upstream that sends no ETags).
+
+        A large root takes seconds to parse and compare; the same bytes need neither.
+        """
+        got = self._get(self.config.upstream, etag, parse_root_json, same_as=sha256)
         if not isinstance(got, _Answer):
             return None
         response = got.response
@@ -339,7 +355,9 @@ class Client:
                 index = RootIndex.from_json_data(got.document, header_serial=header_serial)
         except UpstreamDataError as exc:
             raise UpstreamError(f"{self.config.upstream}: {exc} (answered {got.media})") from None
-        return RootResponse(index, response.headers.get("ETag"))
+        return RootResponse(
+            index, response.headers.get("ETag"), hashlib.sha256(response.content).hexdigest()
+        )
 
     def page_url(self, name: str) -> str:
         return urljoin(self.config.upstream, f"{name}/")

@@ -6,6 +6,7 @@ HTML (PEP 503) parsing is tested in test_html_parse.py.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ from simplemirror.model import (
     RootIndex,
     RootProject,
     UpstreamDataError,
+    parse_root_json,
     parse_serial,
     version_of,
 )
@@ -928,3 +930,30 @@ def test_filename_must_match_the_last_part_of_its_url(url: str) -> None:
 def test_percent_encoded_url_matches_its_filename() -> None:
     url = "https://files.example/p/foo%2Bbar-1.0%2Blocal.tar.gz#sha256=" + SHA_A
     assert parse_one(file_entry("foo+bar-1.0+local.tar.gz", url=url)).url == url
+
+
+def test_parsing_a_root_as_it_is_read_gives_the_same_index_as_parsing_it_whole():
+    body = json.dumps({
+        "meta": {"api-version": "1.1", "_last-serial": 40},
+        "projects": [
+            {"name": "django", "_last-serial": 10},
+            {"name": "Foo_Bar.Baz", "_last-serial": "11"},
+            {"name": "foo-bar-baz", "_last-serial": 12},  # the same project, newer
+            {"name": "-not valid-", "_last-serial": 13},
+            {"name": 7, "_last-serial": 14},
+            {"_last-serial": 15},
+            "just a string",
+            {"name": "no-serial"},
+            {"name": "bad-serial", "_last-serial": -3},
+        ],
+    }).encode()
+    streamed = RootIndex.from_json_data(parse_root_json(body))
+    assert streamed == RootIndex.from_json_data(json.loads(body))
+    assert streamed.projects == (
+        RootProject("django", "django", 10),
+        RootProject("foo-bar-baz", "foo-bar-baz", 12),
+        RootProject("no-serial", "no-serial", None),
+        RootProject("bad-serial", "bad-serial", None),
+    )
+    assert streamed.collisions == (("Foo_Bar.Baz", "foo-bar-baz"),)
+    assert len(streamed.rejected) == 4 and streamed.serial == 40

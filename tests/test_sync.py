@@ -429,3 +429,40 @@ def test_a_root_resent_byte_for_byte_is_not_parsed_or_compared_again(
     summary = sync(upstream, tmp_path)
     assert parsed == [1] and summary.changed == 1
     assert_consistent(tmp_path / "web")
+
+
+def test_unset_download_processes_start_only_once_a_run_has_many_files(
+    upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from simplemirror import sync as sync_module
+    from simplemirror.workers import ProcessPool
+
+    submitted: list[str] = []
+
+    class Counting(ProcessPool):
+        def submit(self, fn: Any, *args: Any) -> Any:
+            submitted.append(args[1].dist.filename)
+            return super().submit(fn, *args)
+
+    monkeypatch.setattr(sync_module, "ProcessPool", Counting)
+    monkeypatch.setattr(sync_module, "auto_download_processes", lambda: 2)
+    monkeypatch.setattr(sync_module, "PROCESSES_AFTER_FILES", 4)
+    summary = sync(upstream, tmp_path / "auto")  # download_processes unset: automatic
+    assert summary.exit_code == 0 and summary.files_fetched == 6
+    assert len(submitted) == 2  # the first 4 files in threads, the rest in processes
+    assert_consistent(tmp_path / "auto" / "web")
+
+    submitted.clear()
+    assert sync(upstream, tmp_path / "none", download_processes=0).exit_code == 0
+    assert submitted == []
+
+
+def test_automatic_download_processes_follow_the_cores_this_process_may_use(
+    monkeypatch: pytest.MonkeyPatch
+):
+    from simplemirror import sync as sync_module
+
+    for cores, expected in ((1, 0), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(sync_module.os, "sched_getaffinity", lambda _pid, n=cores: set(
+            range(n)))
+        assert sync_module.auto_download_processes() == expected

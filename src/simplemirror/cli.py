@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--workers", type=int, help="parallel downloads")
     sync.add_argument(
         "--download-processes", type=int, metavar="N",
-        help="download in N child processes (sharing the workers), to use more CPU cores",
+        help="download in N child processes sharing the workers (default: one per CPU core, "
+        "at most 4, once a run has many files; 0: none)",
     )
     sync.add_argument(
         "--project", action="append", default=[], metavar="NAME",

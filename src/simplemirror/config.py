@@ -32,8 +32,9 @@ class Config:
     directory: Path
     """Holds state.db, web/ (the served tree) and tmp/."""
     workers: int = 8
-    download_processes: int = 0
-    """Child processes that download files, sharing the workers; 0 downloads in this one."""
+    download_processes: int | None = None
+    """Child processes that download files, sharing the workers; 0 downloads in this one.
+    None (the default): one per CPU core, at most 4, once a run has many files (see sync)."""
     projects: tuple[str, ...] = ()
     """Normalized names; empty means every project upstream lists."""
     connect_timeout: float = 10.0
@@ -189,7 +190,7 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         raise ConfigError("keep-reports must be 0 (keep every report) or a positive count")
     if config.workers < 1 or config.workers > 256:
         raise ConfigError(f"workers must be between 1 and 256, not {config.workers}")
-    if not 0 <= config.download_processes <= 64:
+    if config.download_processes is not None and not 0 <= config.download_processes <= 64:
         raise ConfigError(
             f"download-processes must be between 0 and 64, not {config.download_processes}"
         )

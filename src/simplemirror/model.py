@@ -104,28 +104,31 @@ def normalize_name(name: str) -> str:
     return canonicalize_name(name, validate=True)
 
 
-class _RootEntry(tuple[Any, Any]):
-    """A root's project entry as parsed: (name, serial), both unchecked.
+def _root_entry(obj: dict[str, Any]) -> object:
+    """A root's project entry becomes its RootProject as soon as it is parsed.
 
-    Half a million small dicts, one per project, are most of a large root's
-    memory; their two values are all the mirror keeps.
+    Half a million small dicts, one per project, would otherwise be most of a
+    large root's memory. An entry that is not valid stays a dict, for
+    RootIndex.from_json_data to refuse with its reason.
     """
-
-    __slots__ = ()
-
-
-def _compact_root_entry(obj: dict[str, Any]) -> object:
-    if "name" in obj and "projects" not in obj:
-        return _RootEntry((obj["name"], obj.get("_last-serial")))
-    return obj
+    if "projects" in obj:
+        return obj  # the document itself
+    name = obj.get("name")
+    if not isinstance(name, str):
+        return obj
+    try:
+        normalized = normalize_name(name)
+    except InvalidName:
+        return obj
+    return RootProject(name, normalized, parse_serial(obj.get("_last-serial")))
 
 
 def parse_root_json(body: bytes) -> object:
-    """json.loads for a PEP 691 root, keeping each project entry as a compact pair.
+    """json.loads for a PEP 691 root, each valid project entry parsed as it is read.
 
     The result is what RootIndex.from_json_data takes.
     """
-    return json.loads(body, object_hook=_compact_root_entry)
+    return json.loads(body, object_hook=_root_entry)
 
 
 class RootProject(NamedTuple):
@@ -157,7 +160,10 @@ class _RootBuilder:
         except InvalidName:
             self.rejected.append((name[:200], "not a valid project name (PEP 508)"))
             return
-        project = RootProject(name, normalized, serial)
+        self.keep(RootProject(name, normalized, serial))
+
+    def keep(self, project: RootProject) -> None:
+        normalized = project.normalized
         previous = self.by_name.get(normalized)
         if previous is None:
             self.by_name[normalized] = project
@@ -198,20 +204,16 @@ class RootIndex:
         serial = parse_serial(meta.get("_last-serial"))
         builder = _RootBuilder()
         for entry in data["projects"]:
-            if isinstance(entry, _RootEntry):
-                name, raw_serial = entry
-            elif isinstance(entry, dict):
-                name, raw_serial = entry.get("name"), entry.get("_last-serial")
-            else:
-                name = raw_serial = None
+            if isinstance(entry, RootProject):  # from parse_root_json
+                builder.keep(entry)
+                continue
+            name = entry.get("name") if isinstance(entry, dict) else None
             if not isinstance(name, str):
-                shown = dict(name=name, **{"_last-serial": raw_serial}) if isinstance(
-                    entry, _RootEntry) else entry
                 builder.rejected.append(
-                    (repr(shown)[:200], "project entry without a string 'name'")
+                    (repr(entry)[:200], "project entry without a string 'name'")
                 )
                 continue
-            builder.add(name, parse_serial(raw_serial))
+            builder.add(name, parse_serial(entry.get("_last-serial")))
         return builder.build(serial if serial is not None else header_serial)
 
     @classmethod

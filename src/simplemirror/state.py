@@ -224,6 +224,21 @@ class State:
             for name, display, serial, upstream, status, etag, page_hash in rows
         }
 
+    def held_states(self) -> dict[str, HeldProject]:
+        """Every project ever seen: normalized name -> state (what planning needs).
+
+        Without display names: at 650,000 projects each string and pair less is
+        tens of megabytes.
+        """
+        rows = self.db.execute(
+            "SELECT name, serial, upstream_serial, status, page_etag, page_hash FROM projects"
+        )
+        statuses = {status.value: status for status in Status}
+        return {
+            name: HeldProject(serial, upstream, statuses[status], etag, page_hash)
+            for name, serial, upstream, status, etag, page_hash in rows
+        }
+
     def unfinished_projects(self) -> dict[str, tuple[str, HeldProject]]:
         """Like held_projects, but only those a 304 root leaves work for (with serials):
         not ok, or behind the serial the root listed. Cheap on a large, current mirror."""

@@ -234,30 +234,55 @@ def download_todo(client: Client, name: str, todo: FileTodo) -> tuple[HeldFile, 
     return held, fetched, "; ".join(errors) or None
 
 
+# With download-processes unset, a run starts its download processes only after
+# this many files: below it, starting them costs more than they save.
+PROCESSES_AFTER_FILES = 64
+
+
+def auto_download_processes() -> int:
+    """One download process per CPU core this process may use, at most 4; none on one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 0 if not cores or cores < 2 else min(cores, 4)
+
+
 class _FilePool:
     """Runs download_todo in worker threads here, or in download processes.
 
-    The processes start with the first file, so a run with nothing to download
-    never pays for them.
+    The processes start when needed: with ``download-processes`` set, at the first
+    file; unset, once a run has had PROCESSES_AFTER_FILES files (a small run never
+    pays for them). The threads keep what they were given.
     """
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._pool: WorkerPool | ProcessPool | None = None
+        config = client.config
+        if config.download_processes is None:
+            self._processes, self._after = auto_download_processes(), PROCESSES_AFTER_FILES
+        else:
+            self._processes, self._after = config.download_processes, 0
+        self._submitted = 0
+        self._threads: WorkerPool | None = None
+        self._children: ProcessPool | None = None
 
     def submit(self, name: str, todo: FileTodo) -> Future[tuple[HeldFile, int, str | None]]:
         config = self.client.config
-        if config.download_processes:
-            if self._pool is None:
-                threads = -(-config.workers // config.download_processes)
-                self._pool = ProcessPool(config.download_processes, threads, Client, config)
-            return self._pool.submit(download_todo, name, todo)
-        if self._pool is None:
-            self._pool = WorkerPool(config.workers, "file")
-        return self._pool.submit(download_todo, self.client, name, todo)
+        self._submitted += 1
+        if self._processes and self._submitted > self._after:
+            if self._children is None:
+                threads = -(-config.workers // self._processes)
+                self._children = ProcessPool(self._processes, threads, Client, config)
+            return self._children.submit(download_todo, name, todo)
+        if self._threads is None:
+            self._threads = WorkerPool(config.workers, "file")
+        return self._threads.submit(download_todo, self.client, name, todo)
 
     def shutdown(self, timeout: float) -> bool:
-        return True if self._pool is None else self._pool.shutdown(timeout)
+        deadline = time.monotonic() + timeout
+        clean = True
+        for pool in (self._threads, self._children):
+            if pool is not None:
+                clean = pool.shutdown(max(0.0, deadline - time.monotonic())) and clean
+        return clean
 
 
 class Sync:
@@ -413,7 +438,7 @@ class Sync:
             if state.get_meta("root_serials") == "no":
                 return _Root(plan_retry(state.held_projects(), only, serials=False), True)
             return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
-        held = state.held_projects()
+        held = state.held_states()
         index = response.index
         if not usable_serials(index):
             # Each project is then asked with a conditional request instead.
@@ -422,8 +447,9 @@ class Sync:
             )
         with state.transaction():
             state.set_meta("root_serials", "yes" if usable_serials(response.index) else "no")
-        plan = plan_sync(index, {name: h for name, (_, h) in held.items()}, only)
-        listed = sum(1 for _, h in held.values() if h.status is not Status.REMOVED)
+        plan = plan_sync(index, held, only)
+        listed = sum(1 for h in held.values() if h.status is not Status.REMOVED)
+        del held  # before the run's real work: at scale, hundreds of megabytes
         if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
             len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
         ):

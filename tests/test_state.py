@@ -78,3 +78,43 @@ def test_the_old_index_over_every_removed_gen_is_dropped(tmp_path: Path):
     state = State(path)
     names = {name for (name,) in state.db.execute("SELECT name FROM sqlite_master")}
     assert "files_removed" not in names and "files_tombstones" in names
+
+
+def test_root_changes_in_sql_plan_the_same_as_planning_in_memory(tmp_path: Path):
+    import random
+
+    from simplemirror.model import RootIndex, RootProject
+    from simplemirror.plan import HeldProject, Status, plan_changes, plan_sync
+
+    rng = random.Random(7)
+    state = State(tmp_path / "state.db")
+    held: dict[str, HeldProject] = {}
+    for i in range(400):
+        name = f"p{i}"
+        status = rng.choice(list(Status))
+        serial = rng.choice([None, i, i + 1])
+        upstream = rng.choice([None, i, i + 2])
+        etag = rng.choice([None, f'"e{i}"'])
+        held[name] = HeldProject(serial, upstream, status, etag, None)
+        state.db.execute(
+            "INSERT INTO projects (name, display_name, serial, upstream_serial, status,"
+            " page_etag, appeared_gen, updated_gen) VALUES (?, ?, ?, ?, ?, ?, 1, 1)",
+            [name, name.upper(), serial, upstream, status.value, etag],
+        )
+    # The root lists some held projects (at various serials), leaves some out, adds new ones.
+    root = RootIndex(
+        tuple(
+            RootProject(f"P{i}", f"p{i}", rng.choice([None, i, i + 1, i + 5]))
+            for i in range(100, 500)
+            if rng.random() < 0.9
+        ),
+        500,
+    )
+    for only in (None, {f"p{i}" for i in range(0, 500, 3)}):
+        expected = plan_sync(root, held, only)
+        got = plan_changes(state.root_changes(root.projects, only), only)
+        assert sorted(got.fetch, key=lambda t: t.name) == sorted(
+            expected.fetch, key=lambda t: t.name)
+        assert got.removed == expected.removed
+        assert got.unchanged == expected.unchanged
+        assert expected.fetch and expected.removed and expected.unchanged  # each case occurs

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from simplemirror.model import DistFile, HeldFile, RootIndex
+from simplemirror.model import DistFile, HeldFile, RootIndex, RootProject
 
 
 class Status(StrEnum):
@@ -75,7 +75,8 @@ def _todo(name: str, display: str, serial: int | None, held: HeldProject | None)
     return ProjectTodo(name, display, serial)
 
 
-def _needs_fetch(serial: int | None, held: HeldProject | None) -> bool:
+def needs_fetch(serial: int | None, held: HeldProject | None) -> bool:
+    """Whether a listed project must be looked at; State.root_changes asks the same in SQL."""
     if held is None or held.status is not Status.OK:
         return True
     # Without serials there is no cheap way to know, so look again. A serial
@@ -91,28 +92,47 @@ def plan_sync(
     ``only`` (normalized names) limits the run to those projects; projects
     outside it are neither fetched nor counted as removed.
     """
-    fetch: list[ProjectTodo] = []
-    unchanged = 0
-    listed: set[str] = set()
-    for project in root.projects:
-        listed.add(project.normalized)
-        if only is not None and project.normalized not in only:
-            continue
-        copy = held.get(project.normalized)
-        if _needs_fetch(project.serial, copy):
-            fetch.append(_todo(project.normalized, project.name, project.serial, copy))
-        else:
-            unchanged += 1
-    removed = tuple(
-        sorted(
-            name
-            for name, h in held.items()
-            if h.status is not Status.REMOVED
-            and name not in listed
-            and (only is None or name in only)
-        )
+    listed = {project.normalized for project in root.projects}
+    return plan_changes(
+        RootChanges(
+            changed=[
+                (project, held.get(project.normalized))
+                for project in root.projects
+                if needs_fetch(project.serial, held.get(project.normalized))
+            ],
+            unlisted=[
+                name for name, h in held.items()
+                if h.status is not Status.REMOVED and name not in listed
+            ],
+            listed=len(root.projects) if only is None
+            else sum(1 for project in root.projects if project.normalized in only),
+        ),
+        only,
     )
-    return SyncPlan(tuple(fetch), removed, unchanged)
+
+
+@dataclass(frozen=True)
+class RootChanges:
+    """A root compared with state.db, reduced to what can matter to the plan."""
+
+    changed: list[tuple[RootProject, HeldProject | None]]
+    """Listed projects that need fetching (needs_fetch), with what is held of them."""
+    unlisted: list[str]
+    """Held projects (not already removed) that the root no longer lists."""
+    listed: int
+    """Projects the root lists, within ``only`` when the run is limited to some."""
+
+
+def plan_changes(changes: RootChanges, only: Collection[str] | None = None) -> SyncPlan:
+    """The plan from a root's changes (from plan_sync, or from State.root_changes in SQL,
+    which spares a large mirror holding every project in memory)."""
+    fetch = tuple(
+        _todo(project.normalized, project.name, project.serial, copy)
+        for project, copy in changes.changed
+        if only is None or project.normalized in only
+    )
+    removed = tuple(sorted(n for n in changes.unlisted if only is None or n in only))
+    return SyncPlan(fetch, removed, changes.listed - len(fetch))
 
 
 def _behind(held: HeldProject) -> bool:

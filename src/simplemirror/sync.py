@@ -41,6 +41,7 @@ from simplemirror.plan import (
     Status,
     SyncPlan,
     is_mass_removal,
+    plan_changes,
     plan_files,
     plan_retry,
     plan_sync,
@@ -438,7 +439,6 @@ class Sync:
             if state.get_meta("root_serials") == "no":
                 return _Root(plan_retry(state.held_projects(), only, serials=False), True)
             return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
-        held = state.held_states()
         index = response.index
         if not usable_serials(index):
             # Each project is then asked with a conditional request instead.
@@ -447,9 +447,8 @@ class Sync:
             )
         with state.transaction():
             state.set_meta("root_serials", "yes" if usable_serials(response.index) else "no")
-        plan = plan_sync(index, held, only)
-        listed = sum(1 for h in held.values() if h.status is not Status.REMOVED)
-        del held  # before the run's real work: at scale, hundreds of megabytes
+        plan = plan_changes(state.root_changes(index.projects, only), only)
+        listed = state.held_counts()[0]
         if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
             len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
         ):

@@ -63,3 +63,18 @@ def test_compare_on_a_tiny_world(tmp_path: Path) -> None:
     assert incremental["pages_written"] >= CHANGES * 2
     # Nothing of the run is left behind but the report.
     assert not any((tmp_path / "work").iterdir())
+
+
+def test_noop_benchmark_on_a_small_synthetic_mirror(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.noop", "--projects", "300",
+         "--mirror", str(Path(sys.executable).parent / "mirror"), "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("300 projects")
+    for case in ("304", "same bytes", "new bytes"):
+        row = next(line for line in lines if line.strip().startswith(case))
+        assert row.endswith("exit 0")
+    assert not any(tmp_path.iterdir())  # its work directory is removed

@@ -115,8 +115,10 @@ def plan_sync(
 class RootChanges:
     """A root compared with state.db, reduced to what can matter to the plan."""
 
-    changed: list[tuple[RootProject, HeldProject | None]]
-    """Listed projects that need fetching (needs_fetch), with what is held of them."""
+    changed: Iterable[tuple[RootProject, HeldProject | None]]
+    """Listed projects that need fetching (needs_fetch), with what is held of them; read
+    once (from State.root_changes, a cursor: a first sync of 650,000 projects would
+    otherwise hold them all twice)."""
     unlisted: list[str]
     """Held projects (not already removed) that the root no longer lists."""
     listed: int

@@ -230,50 +230,49 @@ class State:
         """Compare a root's projects with those held, in SQLite: plan.needs_fetch in SQL.
 
         At PyPI's size, holding every project's state in memory to compare costs
-        hundreds of megabytes; a temporary table and a join cost next to none,
-        and only what changed comes back.
+        hundreds of megabytes; a temporary table and a join cost next to none.
+        ``changed`` is a cursor over that join, to be read before the next call
+        (which empties the table; closing state.db drops it).
         """
         self.db.execute(
             "CREATE TEMP TABLE IF NOT EXISTS root_listing"
             " (name TEXT PRIMARY KEY, display TEXT NOT NULL, serial INTEGER) WITHOUT ROWID"
         )
-        try:
-            with self.transaction():
-                self.db.execute("DELETE FROM temp.root_listing")
-                self.db.conn.executemany(
-                    "INSERT INTO temp.root_listing VALUES (?, ?, ?)",
-                    (
-                        (p.normalized, p.name, p.serial)
-                        for p in projects
-                        if only is None or p.normalized in only
-                    ),
-                )
-            (listed,) = self.db.execute("SELECT count(*) FROM temp.root_listing").fetchone()
-            statuses = {status.value: status for status in Status}
-            changed = [
+        with self.transaction():
+            self.db.execute("DELETE FROM temp.root_listing")
+            self.db.conn.executemany(
+                "INSERT INTO temp.root_listing VALUES (?, ?, ?)",
                 (
-                    RootProject(display, name, serial),
-                    None if status is None
-                    else HeldProject(held, upstream, statuses[status], etag, page_hash),
-                )
-                for name, display, serial, held, upstream, status, etag, page_hash
-                in self.db.execute(
-                    "SELECT r.name, r.display, r.serial, p.serial, p.upstream_serial, p.status,"
-                    " p.page_etag, p.page_hash FROM temp.root_listing AS r"
-                    " LEFT JOIN projects AS p ON p.name = r.name"
-                    " WHERE p.name IS NULL OR p.status != 'ok' OR r.serial IS NULL"
-                    " OR p.serial IS NULL OR r.serial != p.serial"
-                )
-            ]
-            unlisted = [
-                name
-                for (name,) in self.db.execute(
-                    "SELECT name FROM projects AS p WHERE status != 'removed' AND NOT EXISTS"
-                    " (SELECT 1 FROM temp.root_listing AS r WHERE r.name = p.name)"
-                )
-            ]
-        finally:
-            self.db.execute("DROP TABLE IF EXISTS temp.root_listing")
+                    (p.normalized, p.name, p.serial)
+                    for p in projects
+                    if only is None or p.normalized in only
+                ),
+            )
+        (listed,) = self.db.execute("SELECT count(*) FROM temp.root_listing").fetchone()
+        unlisted = [
+            name
+            for (name,) in self.db.execute(
+                "SELECT name FROM projects AS p WHERE status != 'removed' AND NOT EXISTS"
+                " (SELECT 1 FROM temp.root_listing AS r WHERE r.name = p.name)"
+            )
+        ]
+        statuses = {status.value: status for status in Status}
+        rows = self.db.execute(
+            "SELECT r.name, r.display, r.serial, p.serial, p.upstream_serial, p.status,"
+            " p.page_etag, p.page_hash FROM temp.root_listing AS r"
+            " LEFT JOIN projects AS p ON p.name = r.name"
+            " WHERE p.name IS NULL OR p.status != 'ok' OR r.serial IS NULL"
+            " OR p.serial IS NULL OR r.serial != p.serial"
+        )
+        changed = (
+            (
+                # One string where the display name is the normal one, as it mostly is.
+                RootProject(name if display == name else display, name, serial),
+                None if status is None
+                else HeldProject(held, upstream, statuses[status], etag, page_hash),
+            )
+            for name, display, serial, held, upstream, status, etag, page_hash in rows
+        )
         return RootChanges(changed, unlisted, listed)
 
     def unfinished_projects(self) -> dict[str, tuple[str, HeldProject]]:

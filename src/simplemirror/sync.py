@@ -439,15 +439,21 @@ class Sync:
             if state.get_meta("root_serials") == "no":
                 return _Root(plan_retry(state.held_projects(), only, serials=False), True)
             return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
-        index = response.index
-        if not usable_serials(index):
-            # Each project is then asked with a conditional request instead.
-            index = replace(
-                index, projects=tuple(p._replace(serial=None) for p in index.projects)
-            )
+        index, etag, sha256 = response.index, response.etag, response.sha256
+        serials = usable_serials(index)
         with state.transaction():
-            state.set_meta("root_serials", "yes" if usable_serials(response.index) else "no")
-        plan = plan_changes(state.root_changes(index.projects, only), only)
+            state.set_meta("root_serials", "yes" if serials else "no")
+        changes = state.root_changes(
+            # Without usable serials, each project is asked with a conditional request.
+            index.projects if serials else (p._replace(serial=None) for p in index.projects),
+            only,
+        )
+        missing = sorted(set(only) - {p.normalized for p in index.projects}) if only else []
+        serial, rejected, collisions = index.serial, index.rejected, index.collisions
+        # The projects are in state.db's temporary table now: at PyPI's size, the
+        # parsed root is a hundred megabytes better given back before planning.
+        del response, index
+        plan = plan_changes(changes, only)
         listed = state.held_counts()[0]
         if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
             len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
@@ -458,22 +464,18 @@ class Sync:
                 "If upstream really removed them, run again with --allow-mass-delete; "
                 "if not, its index is truncated: wait and run again"
             )
-        if only:
-            listed = {p.normalized for p in index.projects}
-            for name in sorted(set(only) - listed):
-                log.warning("project %s is not listed by the upstream index", name)
+        for name in missing:
+            log.warning("project %s is not listed by the upstream index", name)
         with state.transaction():
             state.note_listed(((t.name, t.display_name, t.serial) for t in plan.fetch), generation)
             state.mark_removed(plan.removed, generation)
-            for entry, reason in index.rejected:
+            for entry, reason in rejected:
                 state.record_failure(generation, entry, None, "rejected", reason)
         for name in plan.removed:
             log.warning("project %s is no longer listed upstream; recorded as removed", name)
-        for dropped, kept in index.collisions:
+        for dropped, kept in collisions:
             log.warning("upstream lists %r and %r, one project; mirrored once", dropped, kept)
-        return _Root(
-            plan, False, response.etag, index.serial, index.rejected, response.sha256
-        )
+        return _Root(plan, False, etag, serial, rejected, sha256)
 
     def _scope(self) -> str:
         """What a saved root ETag is valid for: the same upstream and project filter."""

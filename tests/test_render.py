@@ -460,3 +460,25 @@ def test_root_json_odd_display_name_round_trips() -> None:
 def test_root_accepts_any_iterable() -> None:
     entries = (RootEntry(n, n, None) for n in ["a", "b"])
     assert [p["name"] for p in json.loads(root_json(entries, None))["projects"]] == ["a", "b"]
+
+
+def test_root_json_is_exactly_what_json_dumps_gives_for_the_document():
+    import json
+
+    from simplemirror.render import API_VERSION, RootEntry, root_json
+
+    names = ["plain", 'quo"te', "back\\slash", "ctrl\x01\x1f", "ünïcode", "emoji-\U0001f600",
+             "line\u2028sep", "tab\there", "</script>"]
+    entries = [RootEntry(n, n.lower(), i if i % 3 else None) for i, n in enumerate(names)]
+    for serial in (None, 42):
+        meta: dict[str, object] = {"api-version": API_VERSION}
+        if serial is not None:
+            meta["_last-serial"] = serial
+        doc = {"meta": meta, "projects": [
+            {"name": e.name, **({} if e.serial is None else {"_last-serial": e.serial})}
+            for e in entries
+        ]}
+        expected = json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
+        assert root_json(entries, serial) == expected
+        assert root_json([], serial) == json.dumps(
+            {"meta": meta, "projects": []}, ensure_ascii=False, separators=(",", ":")) + "\n"

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from simplemirror import layout, render, tempfiles
@@ -72,9 +72,12 @@ class Publisher:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""
         self.page(layout.LAST_MODIFIED, time.strftime("%Y%m%dT%H:%M:%S", when) + "\n")
 
-    def root(self, entries: Iterable[render.RootEntry], serial: int | None) -> None:
-        """The root pages; call last, once every project page they link to is in place."""
-        listed = list(entries)
+    def root(self, entries: Callable[[], Iterable[render.RootEntry]], serial: int | None) -> None:
+        """The root pages; call last, once every project page they link to is in place.
+
+        ``entries`` is called once per format: at 650,000 projects, a list of them all
+        held for both would cost ~100 MB.
+        """
         html_path, json_path = layout.ROOT_PAGES
-        self.page(html_path, render.root_html(listed))
-        self.page(json_path, render.root_json(listed, serial))
+        self.page(html_path, render.root_html(entries()))
+        self.page(json_path, render.root_json(entries(), serial))

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from simplemirror import layout
@@ -180,14 +181,15 @@ def root_html(projects: Iterable[RootEntry]) -> str:
 
 
 def root_json(projects: Iterable[RootEntry], serial: int | None) -> str:
+    # The bytes json.dumps(doc, ensure_ascii=False, separators=(",", ":")) gives, built
+    # entry by entry: at 650,000 projects a dict per entry cost ~200 MB to render.
     meta: dict[str, Any] = {"api-version": API_VERSION}
     if serial is not None:
         meta["_last-serial"] = serial
-    listed = []
-    for p in projects:
-        entry: dict[str, Any] = {"name": p.name}
-        if p.serial is not None:
-            entry["_last-serial"] = p.serial
-        listed.append(entry)
-    doc = {"meta": meta, "projects": listed}
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
+    head = '{"meta":' + json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+    entries = ",".join(
+        '{"name":' + encode_basestring(p.name)
+        + ("}" if p.serial is None else f',"_last-serial":{int(p.serial)}}}')
+        for p in projects
+    )
+    return f'{head},"projects":[{entries}]}}\n'

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 SHIPPED_NGINX_CONF = Path(__file__).resolve().parents[2] / "systemd" / "nginx-simplemirror.conf"
 ROOT_PLACEHOLDER = "/srv/simplemirror/web"
@@ -114,9 +115,18 @@ class Logged:
 
 
 class Served:
-    """Common face of the two servers: ``url`` ends with ``/``; ``index`` is its /simple/."""
+    """Common face of the two servers: ``url`` ends with ``/``; ``index`` is its /simple/.
 
+    Each runs as a child process on ``port``, started with ``_start`` and stopped on
+    leaving the ``with`` block by ``stop_signal`` (its graceful stop).
+    """
+
+    name: str
+    stop_signal: int
     url: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    returncode: int | None = None
 
     @property
     def index(self) -> str:
@@ -125,19 +135,35 @@ class Served:
     def requests(self) -> list[Logged]:
         raise NotImplementedError
 
+    def _start(self, command: list[str], **popen: Any) -> None:
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, **popen)
+        try:
+            _wait_listening(self.port, self.proc, self.name)
+        except BaseException:
+            _stop(self.proc, signal.SIGKILL)
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.proc is not None:
+            self.returncode = _stop(self.proc, self.stop_signal)
+
 
 class NginxSite(Served):
     """nginx in the foreground, as a child, with a private nginx.conf in ``work``."""
 
     name = "nginx"
+    stop_signal = signal.SIGQUIT  # graceful: finish, then exit
 
     def __init__(self, web: Path, work: Path) -> None:
         self.web = web
         self.work = work
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
 
     @property
     def access_log(self) -> Path:
@@ -167,36 +193,21 @@ class NginxSite(Served):
         check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=60)
         if check.returncode != 0:
             raise AssertionError(f"nginx -t refused the configuration:\n{check.stderr}")
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        try:
-            _wait_listening(self.port, self.proc, "nginx")
-        except BaseException:
-            _stop(self.proc, signal.SIGKILL)
-            raise
+        self._start(command)
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc is not None:
-            self.returncode = _stop(self.proc, signal.SIGQUIT)  # graceful: finish, then exit
 
 
 class MirrorServe(Served):
     """`python -m simplemirror serve` as a child process; its log goes to ``log``."""
 
     name = "mirror serve"
+    stop_signal = signal.SIGTERM
 
     def __init__(self, directory: Path, work: Path) -> None:
         self.directory = directory
         self.log = work / "serve.log"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
 
     def requests(self) -> list[Logged]:
         logged = []
@@ -208,23 +219,9 @@ class MirrorServe(Served):
     def __enter__(self) -> MirrorServe:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
+            self._start(
                 [sys.executable, "-m", "simplemirror", "serve", "--directory",
                  str(self.directory), "--host", "127.0.0.1", "--port", str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                stdout=log, stderr=log,
             )
-        try:
-            _wait_listening(self.port, self.proc, "mirror serve")
-        except BaseException:
-            _stop(self.proc, signal.SIGKILL)
-            raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc is not None:
-            self.returncode = _stop(self.proc, signal.SIGTERM)

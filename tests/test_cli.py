@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +19,6 @@ from simplemirror.cli import EXIT_INCOMPLETE, EXIT_USAGE, main
 
 UPSTREAM = "http://index.test/simple/"
 SRC = Path(simplemirror.__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """cmd_sync installs a handler on the package logger; undo it after each test."""
-    logger = logging.getLogger("simplemirror")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(autouse=True)

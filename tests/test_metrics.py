@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,19 +11,6 @@ from simplemirror.cli import main
 from simplemirror.config import ConfigError, build
 from tests.support.prom import ExpositionError, parse
 from tests.support.upstream import Upstream, World
-
-
-@pytest.fixture(autouse=True)
-def restore_process_state() -> Iterator[None]:
-    """main() installs signal handlers and a log handler; put both back after each test."""
-    logger = logging.getLogger("simplemirror")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
-
 
 # -- the parser the other tests rely on refuses what it must -----------------------------
 

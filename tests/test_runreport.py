@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import signal
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -18,19 +16,6 @@ from simplemirror.cli import main
 from simplemirror.config import ConfigError, build
 from simplemirror.sync import RunSummary
 from tests.support.upstream import Upstream, World
-
-
-@pytest.fixture(autouse=True)
-def restore_process_state() -> Iterator[None]:
-    """main() installs signal handlers and a log handler; put both back after each test."""
-    logger = logging.getLogger("simplemirror")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
-
 
 TIMES = runreport.RunTimes("2025-01-01T00:00:00+00:00", "2025-01-01T00:01:00+00:00", 60.0004)
 

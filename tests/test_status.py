@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -19,14 +18,6 @@ import pytest
 from simplemirror import status
 from simplemirror.cli import main
 from tests.support.upstream import Upstream, World
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    logger = logging.getLogger("simplemirror")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture

@@ -28,15 +28,6 @@ from tests.support.upstream import Upstream, World
 ODD_NAME = "tiny-0.2 beta+local.tar.gz"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """The command installs a handler on the package logger; undo it after each test."""
-    logger = logging.getLogger("simplemirror")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 @pytest.fixture
 def world() -> World:
     w = World()

@@ -96,9 +96,9 @@ def plan_sync(
     return plan_changes(
         RootChanges(
             changed=[
-                (project, held.get(project.normalized))
+                (project, copy)
                 for project in root.projects
-                if needs_fetch(project.serial, held.get(project.normalized))
+                if needs_fetch(project.serial, copy := held.get(project.normalized))
             ],
             unlisted=[
                 name for name, h in held.items()

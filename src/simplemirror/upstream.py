@@ -137,6 +137,8 @@ class _Answer:
     """The content type without parameters, lowercased."""
     document: object
     """Decoded JSON, or the HTML text when ``media`` is in HTML_TYPES."""
+    sha256: str
+    """Of the body, hashed once: callers keep it to recognise the same bytes next time."""
 
     @property
     def html(self) -> bool:
@@ -310,12 +312,14 @@ class Client:
             if response.status_code == 304:
                 return response
             check_response(response)
-            if same_as is not None and hashlib.sha256(response.content).hexdigest() == same_as:
+            digest = hashlib.sha256(response.content).hexdigest()
+            if digest == same_as:
                 return response
             content_type = response.headers.get("Content-Type", "")
             media = content_type.split(";")[0].strip().lower()
             if media in HTML_TYPES:
-                return _Answer(response, media, decode_html(response.content, content_type, url))
+                text = decode_html(response.content, content_type, url)
+                return _Answer(response, media, text, digest)
             if media not in JSON_TYPES:
                 raise UpstreamError(
                     f"{url}: answered {media or 'no content type'}, neither PEP 691 JSON nor "
@@ -324,7 +328,7 @@ class Client:
             try:
                 # From the bytes: JSON is UTF-8, and response.json() would
                 # guess another charset for bytes that are not, garbling names.
-                return _Answer(response, media, parse_json(response.content))
+                return _Answer(response, media, parse_json(response.content), digest)
             except (ValueError, RecursionError) as exc:
                 # ValueError covers bad JSON and bytes that are not UTF-8 text.
                 raise UpstreamError(f"{url}: malformed JSON ({exc})") from None
@@ -356,7 +360,7 @@ class Client:
         except UpstreamDataError as exc:
             raise UpstreamError(f"{self.config.upstream}: {exc} (answered {got.media})") from None
         return RootResponse(
-            index, response.headers.get("ETag"), hashlib.sha256(response.content).hexdigest()
+            index, response.headers.get("ETag"), got.sha256
         )
 
     def page_url(self, name: str) -> str:
@@ -408,7 +412,7 @@ class Client:
                 )
             check_fresh(page.serial)
             return PageResponse(
-                page, response.headers.get("ETag"), hashlib.sha256(response.content).hexdigest()
+                page, response.headers.get("ETag"), got.sha256
             )
 
         def stale(exc: BaseException) -> bool:

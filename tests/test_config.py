@@ -330,6 +330,19 @@ def test_workers_out_of_bounds_from_override(tmp_path: Path) -> None:
     assert "workers" in error_of(minimal(tmp_path), workers=0)
 
 
+@pytest.mark.parametrize("processes", [0, 2, 64])
+def test_download_processes_in_bounds(tmp_path: Path, processes: int) -> None:
+    cfg = load(minimal(tmp_path, f"download-processes = {processes}"))
+    assert cfg.download_processes == processes
+    assert load(minimal(tmp_path)).download_processes is None  # unset: automatic
+
+
+@pytest.mark.parametrize("line", ["download-processes = -1", "download-processes = 65",
+                                  'download-processes = "auto"'])
+def test_download_processes_refused(tmp_path: Path, line: str) -> None:
+    assert "download-processes" in error_of(minimal(tmp_path, line))
+
+
 @pytest.mark.parametrize(
     "line",
     [

@@ -466,3 +466,14 @@ def test_automatic_download_processes_follow_the_cores_this_process_may_use(
         monkeypatch.setattr(sync_module.os, "sched_getaffinity", lambda _pid, n=cores: set(
             range(n)))
         assert sync_module.auto_download_processes() == expected
+
+
+def test_the_same_root_bytes_after_a_run_limited_to_some_projects_are_read_again(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    upstream.send_etags = False
+    assert sync(upstream, tmp_path, projects=["tiny"]).changed == 1
+    # Byte for byte the same root, but the last run looked at one project only.
+    summary = sync(upstream, tmp_path)
+    assert summary.exit_code == 0 and summary.changed == 1  # Foo__Bar.baz, now mirrored
+    assert_consistent(tmp_path / "web")

@@ -58,13 +58,22 @@ def time_rendering(names: list[str], serials: list[int], repeat: int = 3) -> dic
 
 def run_size(
     size: int, changes: int, work: Path, *, workers: int, binary: str, timeout: float,
-    count_files: bool, progress: Callable[[dict[str, Any]], None] = lambda _: None,
+    count_files: bool, reuse_world: bool = False,
+    progress: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> dict[str, Any]:
     """All phases at one size; ``progress`` gets the figures so far after each phase."""
     started = time.monotonic()
-    the_world = world.generate(work / "world", artifacts.METADATA_KIND, size, json_api=False)
+    if reuse_world and (work / "world" / world.MANIFEST).exists():
+        the_world = world.World.load(work / "world")
+        if the_world.projects != size or the_world.kind != artifacts.METADATA_KIND:
+            raise SystemExit(f"{work / 'world'} is not a fresh {size}-project metadata world")
+        print(f"{size} projects: world reused", flush=True)
+    else:
+        the_world = world.generate(
+            work / "world", artifacts.METADATA_KIND, size, json_api=False
+        )
     generated = time.monotonic() - started
-    print(f"{size} projects: world generated in {generated:.1f} s", flush=True)
+    print(f"{size} projects: world ready in {generated:.1f} s", flush=True)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     phases: list[Phase] = []
@@ -147,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only time simplemirror's root rendering at each size (no world, no sync)",
     )
     parser.add_argument(
+        "--reuse-world", action="store_true",
+        help="use the world already in <workdir>/size-N/world (made by `python -m "
+        "benchmarks.world DIR --world metadata --projects N`) instead of generating one",
+    )
+    parser.add_argument(
         "--count-files", action="store_true",
         help="walk the mirror's tree after each phase to count its files (minutes at 650k "
         "on a cold disk; by default the mirror's own summary line is the record)",
@@ -178,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows.append(run_size(
                 size, args.changes, work, workers=args.workers, binary=binary,
-                timeout=args.timeout, count_files=args.count_files, progress=save,
+                timeout=args.timeout, count_files=args.count_files,
+                reuse_world=args.reuse_world, progress=save,
             ))
             save()  # before the clean-up, which takes long for millions of files
         finally:

@@ -9,6 +9,7 @@ import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,19 +66,21 @@ class Config:
     metrics_file: Path | None = None
     """Where to write Prometheus metrics after each run (node_exporter textfile collector)."""
 
-    @property
+    # Cached: download workers ask for these once or twice per file, and building
+    # them again each time was a measurable share of a small file's CPU.
+    @cached_property
     def allowed_file_hosts(self) -> frozenset[str]:
         return frozenset({(urlsplit(self.upstream).hostname or "").lower(), *self.file_hosts})
 
-    @property
+    @cached_property
     def state_path(self) -> Path:
         return self.directory / "state.db"
 
-    @property
+    @cached_property
     def web(self) -> Path:
         return self.directory / "web"
 
-    @property
+    @cached_property
     def tmp(self) -> Path:
         # Inside the mirror directory, so that a finished download is renamed
         # into web/ on the same filesystem (an atomic step).

@@ -262,9 +262,12 @@ class Client:
 
         ``also`` names one more exception type worth retrying (a failed hash check).
         """
-        computed_wait = backoff(self.config.retry_wait, self.config.retry_max_wait)
+        computed_wait: wait_base | None = None  # built on the first retry: most calls need none
 
         def wait(state: RetryCallState) -> float:
+            nonlocal computed_wait
+            if computed_wait is None:
+                computed_wait = backoff(self.config.retry_wait, self.config.retry_max_wait)
             exc = state.outcome.exception() if state.outcome else None
             hint = getattr(exc, "retry_after", None)
             computed = computed_wait(state)

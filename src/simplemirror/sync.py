@@ -1,9 +1,10 @@
 """One run of `mirror sync`: root index -> plan -> pages and files -> published tree.
 
 Threads: worker pools do the network I/O (project pages in one pool, files in
-another, so that page fetches never queue behind a long file backlog). Only
-the coordinating thread touches state.db and writes pages, and it learns of
-finished work through a queue.
+another, so that page fetches never queue behind a long file backlog). Once a
+run has download processes (see _Workers), pages are fetched and parsed there
+too. Only the coordinating thread touches state.db and writes pages, and it
+learns of finished work through a queue.
 
 Publish order (see ``run``): a project's files are in place before its pages
 are written, and the root pages are written after every project page.
@@ -235,6 +236,18 @@ def download_todo(client: Client, name: str, todo: FileTodo) -> tuple[HeldFile, 
     return held, fetched, "; ".join(errors) or None
 
 
+def fetch_page_task(client: Client, todo: ProjectTodo) -> PageResponse | None:
+    """Worker in a download process: fetch and parse a project's page.
+
+    Anything raised must cross a pipe as a pickle, and requests' exceptions may
+    hold objects that cannot: their text is what the run reports anyway.
+    """
+    try:
+        return client.fetch_page(todo, todo.etag)
+    except requests.RequestException as exc:
+        raise UpstreamError(f"{client.page_url(todo.name)}: {exc}") from None
+
+
 # With download-processes unset, a run starts its download processes only after
 # this many files: below it, starting them costs more than they save.
 PROCESSES_AFTER_FILES = 64
@@ -246,12 +259,14 @@ def auto_download_processes() -> int:
     return 0 if not cores or cores < 2 else min(cores, 4)
 
 
-class _FilePool:
-    """Runs download_todo in worker threads here, or in download processes.
+class _Workers:
+    """Runs page fetches and download_todo in worker threads here, or in download processes.
 
     The processes start when needed: with ``download-processes`` set, at the first
     file; unset, once a run has had PROCESSES_AFTER_FILES files (a small run never
-    pays for them). The threads keep what they were given.
+    pays for them). From then on pages are fetched and parsed there as well: the
+    coordinating process, which records and publishes every project, was the
+    busiest of them. The threads keep what they were given.
     """
 
     def __init__(self, client: Client) -> None:
@@ -262,8 +277,16 @@ class _FilePool:
         else:
             self._processes, self._after = config.download_processes, 0
         self._submitted = 0
+        self._page_threads: WorkerPool | None = None
         self._threads: WorkerPool | None = None
         self._children: ProcessPool | None = None
+
+    def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
+        if self._children is not None:
+            return self._children.submit(fetch_page_task, todo)
+        if self._page_threads is None:
+            self._page_threads = WorkerPool(self.client.config.workers, "page")
+        return self._page_threads.submit(self.client.fetch_page, todo, todo.etag)
 
     def submit(self, name: str, todo: FileTodo) -> Future[tuple[HeldFile, int, str | None]]:
         config = self.client.config
@@ -280,7 +303,7 @@ class _FilePool:
     def shutdown(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         clean = True
-        for pool in (self._threads, self._children):
+        for pool in (self._page_threads, self._threads, self._children):
             if pool is not None:
                 clean = pool.shutdown(max(0.0, deadline - time.monotonic())) and clean
         return clean
@@ -542,11 +565,10 @@ class Sync:
                 todo = next(todos, None)
                 if todo is None:
                     return
-                track("page", todo, page_pool.submit(self.client.fetch_page, todo, todo.etag))
+                track("page", todo, workers.page(todo))
 
         last_commit = time.monotonic()
-        page_pool = WorkerPool(config.workers, "page")
-        file_pool = _FilePool(self.client)
+        workers = _Workers(self.client)
         state.db.execute("BEGIN")
         try:
             refill()
@@ -563,7 +585,7 @@ class Sync:
                     if project is not None:
                         for todo in project.files.fetch:
                             project.outstanding += 1
-                            track("file", (project, todo), file_pool.submit(tag.name, todo))
+                            track("file", (project, todo), workers.submit(tag.name, todo))
                         self.reporter.files_planned(len(project.files.fetch))
                         if not project.outstanding:
                             self._finish(project, state, publisher, summary)
@@ -585,8 +607,7 @@ class Sync:
             # Normally both pools are idle here. After a stop request or an
             # error, queued work is dropped and running downloads see the stop
             # within a chunk; a read stuck longer is abandoned (never published).
-            page_pool.shutdown(STOP_GRACE)
-            file_pool.shutdown(STOP_GRACE)
+            workers.shutdown(STOP_GRACE)
             state.db.execute("COMMIT")
 
     def _page_done(
@@ -605,7 +626,7 @@ class Sync:
         except StalePage as exc:
             self._give_up(todo.name, Status.DEFERRED, str(exc), state, generation, summary)
             return None
-        except (UpstreamError, requests.RequestException) as exc:
+        except (UpstreamError, requests.RequestException, ChildLost) as exc:
             self._give_up(todo.name, Status.FAILED, str(exc), state, generation, summary)
             return None
         if response is None or response.sha256 == todo.page_hash:

@@ -457,6 +457,45 @@ def test_unset_download_processes_start_only_once_a_run_has_many_files(
     assert submitted == []
 
 
+def test_pages_are_fetched_in_the_download_processes_once_they_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from concurrent.futures import Future
+
+    from simplemirror import sync as sync_module
+    from simplemirror.upstream import Client
+    from simplemirror.workers import ChildLost, ProcessPool
+
+    w = World()
+    for i in range(8):
+        w.add_project(f"p{i}", ["1.0"], wheel=False)
+    submitted: list[str] = []
+
+    class Counting(ProcessPool):
+        def submit(self, fn: Any, *args: Any) -> Any:
+            submitted.append(fn.__name__)
+            if fn is Client.fetch_page and args[0].name == "p7":
+                lost: Future[Any] = Future()  # as if the process died with it
+                lost.set_exception(ChildLost("a download process ended before its task"))
+                return lost
+            return super().submit(fn, *args)
+
+    monkeypatch.setattr(sync_module, "ProcessPool", Counting)
+    with Upstream(w) as up:
+        # One worker: pages are asked for two at a time, so most come after the
+        # first file has started the download process.
+        summary = sync(up, tmp_path, workers=1, download_processes=1)
+        assert "fetch_page" in submitted and "download_todo" in submitted
+        assert summary.failed == [("p7", "a download process ended before its task")]
+        assert summary.changed == 7 and summary.exit_code == 1
+        assert_consistent(tmp_path / "web")
+
+        summary = sync(up, tmp_path, workers=1, download_processes=1)  # p7 asked again
+        assert summary.exit_code == 0 and summary.changed == 1
+    assert_consistent(tmp_path / "web")
+    assert (tmp_path / "web/simple/p7/index.v1_json").is_file()
+
+
 def test_automatic_download_processes_follow_the_cores_this_process_may_use(
     monkeypatch: pytest.MonkeyPatch
 ):

@@ -236,18 +236,6 @@ def download_todo(client: Client, name: str, todo: FileTodo) -> tuple[HeldFile, 
     return held, fetched, "; ".join(errors) or None
 
 
-def fetch_page_task(client: Client, todo: ProjectTodo) -> PageResponse | None:
-    """Worker in a download process: fetch and parse a project's page.
-
-    Anything raised must cross a pipe as a pickle, and requests' exceptions may
-    hold objects that cannot: their text is what the run reports anyway.
-    """
-    try:
-        return client.fetch_page(todo, todo.etag)
-    except requests.RequestException as exc:
-        raise UpstreamError(f"{client.page_url(todo.name)}: {exc}") from None
-
-
 # With download-processes unset, a run starts its download processes only after
 # this many files: below it, starting them costs more than they save.
 PROCESSES_AFTER_FILES = 64
@@ -283,7 +271,7 @@ class _Workers:
 
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
         if self._children is not None:
-            return self._children.submit(fetch_page_task, todo)
+            return self._children.submit(Client.fetch_page, todo, todo.etag)
         if self._page_threads is None:
             self._page_threads = WorkerPool(self.client.config.workers, "page")
         return self._page_threads.submit(self.client.fetch_page, todo, todo.etag)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
@@ -92,6 +93,19 @@ def test_relative_url_from_root() -> None:
     url = layout.relative_url("simple", "simple/foo/index.html")
     assert url == "foo/index.html"
     assert resolve("simple", url) == "simple/foo/index.html"
+
+
+@pytest.mark.parametrize("from_dir", ["simple", "simple/foo", "packages/ab", "a/b/c/d"])
+@pytest.mark.parametrize(
+    "target",
+    ["simple/foo/index.html", "simple/foobar/index.html", "simple/fo", "packages/ab/cd/ef/x.whl",
+     "packages/abc/x", "a/b/c/d/e", "a/b", "simple", "x"],
+)
+def test_relative_url_agrees_with_relpath(from_dir: str, target: str) -> None:
+    # Shared leading characters are not a shared directory ("simple/fo" vs "simple/foo").
+    assert layout.relative_url(from_dir, target) == posixpath.relpath(target, from_dir)
+    if not (from_dir + "/").startswith(target + "/"):  # a directory resolves with its slash
+        assert resolve(from_dir, layout.relative_url(from_dir, target)) == target
 
 
 @pytest.mark.parametrize(

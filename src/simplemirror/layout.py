@@ -9,7 +9,6 @@ never has to change.
 
 from __future__ import annotations
 
-import posixpath
 from urllib.parse import quote
 
 SIMPLE = "simple"
@@ -48,8 +47,17 @@ def relative_url(from_dir: str, target: str) -> str:
     """A URL for ``target`` relative to a page in ``from_dir``, percent-encoded.
 
     Relative links let the tree be served from any prefix, or read over file://.
+    Both are tree paths (no ``.`` or ``..`` parts), so plain string work does what
+    ``posixpath.relpath`` would without its calls to ``os.getcwd`` for every link.
     """
-    return url_path(posixpath.relpath(target, from_dir))
+    start = from_dir.split("/") if from_dir else []
+    parts = target.split("/")
+    common = 0
+    for a, b in zip(start, parts, strict=False):
+        if a != b:
+            break
+        common += 1
+    return url_path("/".join([".."] * (len(start) - common) + parts[common:]) or ".")
 
 
 def url_path(path: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,29 @@ def test_a_body_left_unread_is_not_taken_for_the_next_answer(server: Canned) -> 
         assert stream.raw.read1(100)  # then abandoned, like a download cut off
     assert read(t, server.url("/small")) == (200, b"small")
     assert len({call.port for call in server.calls}) == 2  # the first connection was dropped
+
+
+def test_a_body_whose_rest_has_not_arrived_is_not_taken_for_the_next_answer(
+    server: Canned,
+) -> None:
+    # The rest of /big comes only after /small has been asked for: on the same
+    # connection it would be read as /small's answer. The abandoned connection
+    # must be closed, not handed back to the pool.
+    rest_may_come = threading.Event()
+    server.add("/big", BODY, pause=rest_may_come)
+    server.add("/small", b"small")
+    t = transport()
+    with t.stream(server.url("/big")) as stream:
+        # All that has arrived: nothing waits on the socket to make it look dropped.
+        assert stream.raw.read(len(BODY) // 2) == BODY[: len(BODY) // 2]
+    timer = threading.Timer(0.3, rest_may_come.set)
+    timer.start()
+    try:
+        assert read(t, server.url("/small")) == (200, b"small")
+    finally:
+        timer.cancel()
+        rest_may_come.set()
+    assert len({call.port for call in server.calls}) == 2
 
 
 def test_a_download_cut_off_at_its_declared_size_leaves_the_next_one_sound(

@@ -7,6 +7,7 @@ for one path are given in turn and the last one repeats; every request is record
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -22,6 +23,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     reset: bool = False
     """Drop the connection (TCP reset) instead of answering."""
+    pause: threading.Event | None = None
+    """Send half the body, then wait (5 s at most) for this event before the rest."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,16 @@ class Canned:
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
-                self.wfile.write(answer.body)
+                if answer.pause is None:
+                    self.wfile.write(answer.body)
+                    return
+                half = len(answer.body) // 2
+                self.wfile.write(answer.body[:half])
+                self.wfile.flush()
+                answer.pause.wait(5.0)
+                with contextlib.suppress(ConnectionError):  # the client gave up on it
+                    self.wfile.write(answer.body[half:])
+                    self.wfile.flush()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -87,13 +99,14 @@ class Canned:
         status: int = 200,
         headers: dict[str, str] | None = None,
         reset: bool = False,
+        pause: threading.Event | None = None,
     ) -> None:
         """Queue an answer for ``url`` (a full URL of this server, or a path)."""
         parts = urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         with self._lock:
             self._answers.setdefault(path, []).append(
-                Answer(status, body, dict(headers or {}), reset)
+                Answer(status, body, dict(headers or {}), reset, pause)
             )
 
     def _next(self, call: Call) -> Answer:

@@ -16,8 +16,8 @@ pages in web/ are rendered once from that state. Then it measures ``mirror sync`
 
 Each prints wall, CPU and peak RSS, and the run's exit status (0 expected). The
 root and the mirror are built in a child process and the root is streamed from a
-file, so that this process stays small: Linux counts the memory of the process that
-starts a program in that program's peak RSS (``ru_maxrss`` survives exec).
+file, so that this process stays small (``measure.run_measured`` also starts each
+run from a small launcher, see there).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -372,6 +373,21 @@ def test_fetch_page_parses_the_page(rsps: responses.RequestsMock, client: Client
     assert rsps.calls[0].request.url == FOO_URL
     assert rsps.calls[0].request.headers["Accept"] == ACCEPT
     assert "If-None-Match" not in rsps.calls[0].request.headers
+
+
+def test_credentials_in_the_upstream_url_are_sent_as_basic_auth(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    # A private index: the token lives in the configured URL, and every page below
+    # it is asked for with it.
+    upstream = "http://bot:s3cret@index.test/simple/"
+    client = Client(make_config(tmp_path, upstream=upstream))
+    add_json(rsps, upstream, root_doc())
+    add_json(rsps, f"{upstream}foo/", page_doc(serial=40))
+    client.fetch_root(None)
+    client.fetch_page(todo(40))
+    expected = "Basic " + base64.b64encode(b"bot:s3cret").decode()
+    assert [c.request.headers.get("Authorization") for c in rsps.calls] == [expected] * 2
 
 
 def test_newer_page_than_promised_is_fine(rsps: responses.RequestsMock, client: Client) -> None:

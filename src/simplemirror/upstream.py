@@ -225,7 +225,15 @@ class Client:
         adapter = session.get_adapter(url)
         merged = {**session.headers, **(headers or {})}
         for _ in range(MAX_REDIRECTS + 1):
-            request = requests.Request("GET", url, headers=merged).prepare()
+            # Only the parts a GET uses: PreparedRequest.prepare() would also work
+            # through a body and cookies this request does not have (~0.1 ms a
+            # request, a fifth of a small page's cost). Auth stays: credentials in
+            # the upstream URL (https://user:token@host/simple/) become Basic auth.
+            request = requests.PreparedRequest()
+            request.prepare_method("GET")
+            request.prepare_url(url, None)
+            request.prepare_headers(merged)
+            request.prepare_auth(None, url)
             response = adapter.send(
                 request, stream=stream, timeout=self.timeout, verify=session.verify
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -96,6 +97,27 @@ def test_a_download_cut_off_at_its_declared_size_leaves_the_next_one_sound(
         expected_size=5, web=cfg.web, tmp=cfg.tmp,
     )
     assert (cfg.web / got.path).read_bytes() == b"small"
+
+
+def test_credentials_in_a_file_url_are_sent_as_basic_auth_to_that_host_only(
+    server: Canned,
+) -> None:
+    # Relative file links on a page fetched as https://user:token@host/simple/x/
+    # resolve to URLs that carry the credentials too.
+    elsewhere = Canned()
+    try:
+        server.add("/f", status=302, headers={"Location": elsewhere.url("/g")})
+        elsewhere.add("/g", b"here")
+        t = transport()
+        with_auth = server.url("/f").replace("http://", "http://bot:s3%40cret@")
+        assert read(t, with_auth) == (200, b"here")
+        expected = "Basic " + base64.b64encode(b"bot:s3@cret").decode()
+        sent = [{k.lower(): v for k, v in c.headers.items()} for c in (*server.calls,
+                                                                       *elsewhere.calls)]
+        assert sent[0].get("authorization") == expected
+        assert "authorization" not in sent[1]
+    finally:
+        elsewhere.close()
 
 
 def test_redirects_are_followed_relative_and_absolute(server: Canned) -> None:

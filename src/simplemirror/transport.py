@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import urllib3
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
@@ -106,11 +106,17 @@ class Transport:
             target = parts.path or "/"
             if parts.query:
                 target += "?" + parts.query
+            headers = self._headers
+            if parts.username is not None:
+                # As requests does: credentials in the URL are sent as Basic auth, to
+                # that URL's host only (a redirect elsewhere carries none).
+                credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                headers = {**headers, **urllib3.make_headers(basic_auth=credentials)}
             try:
-                raw = self._pool(parts.scheme, parts.netloc).urlopen(
+                raw = self._pool(parts.scheme, parts.netloc.rpartition("@")[2]).urlopen(
                     "GET",
                     target,
-                    headers=self._headers,
+                    headers=headers,
                     redirect=False,
                     preload_content=False,
                     decode_content=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from types import TracebackType
+from typing import Self
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -12,25 +13,55 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 log = logging.getLogger("simplemirror")
 
 
-class Reporter:
-    """Counts progress; this base class logs a line every ``interval`` seconds."""
+class Periodic:
+    """Counts work and logs ``line()`` at most every ``interval`` seconds.
+
+    A context manager, so that a terminal subclass can start and stop its bars.
+    """
 
     def __init__(self, interval: float = 30.0) -> None:
         self.interval = interval
-        self.projects_total = 0
-        self.projects_done = 0
-        self.files_total = 0
-        self.files_done = 0
-        self.bytes_done = 0
         self._last = time.monotonic()
 
-    def __enter__(self) -> Reporter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         return None
+
+    def line(self) -> str:
+        raise NotImplementedError
+
+    def _changed(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            log.info("%s", self.line())
+
+
+def bar(console: Console) -> Progress:
+    """The progress display every terminal reporter uses."""
+    return Progress(
+        TextColumn("{task.description:<8}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+class Reporter(Periodic):
+    """A sync's progress; this base class logs a line every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 30.0) -> None:
+        super().__init__(interval)
+        self.projects_total = 0
+        self.projects_done = 0
+        self.files_total = 0
+        self.files_done = 0
+        self.bytes_done = 0
 
     def start(self, projects: int) -> None:
         self.projects_total = projects
@@ -48,18 +79,11 @@ class Reporter:
         self.projects_done += 1
         self._changed()
 
-    def _changed(self) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            self._last = now
-            log.info(
-                "progress: %d/%d projects, %d/%d files, %.1f MB",
-                self.projects_done,
-                self.projects_total,
-                self.files_done,
-                self.files_total,
-                self.bytes_done / 1e6,
-            )
+    def line(self) -> str:
+        return (
+            f"progress: {self.projects_done}/{self.projects_total} projects, "
+            f"{self.files_done}/{self.files_total} files, {self.bytes_done / 1e6:.1f} MB"
+        )
 
 
 class RichReporter(Reporter):
@@ -67,13 +91,7 @@ class RichReporter(Reporter):
 
     def __init__(self, console: Console) -> None:
         super().__init__()
-        self.progress = Progress(
-            TextColumn("{task.description:<8}"),
-            BarColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
+        self.progress = bar(console)
         self._started = time.monotonic()
         self._projects: TaskID | None = None
         self._files: TaskID | None = None

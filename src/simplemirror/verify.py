@@ -34,7 +34,6 @@ import logging
 import os
 import posixpath
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
@@ -47,13 +46,14 @@ from urllib.parse import unquote, urldefrag, urlsplit
 
 from packaging.utils import canonicalize_name
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import TaskID
 
 from simplemirror import download, layout, render
 from simplemirror.config import Config
 from simplemirror.model import HeldFile, version_of
 from simplemirror.plan import Status
 from simplemirror.publish import Publisher
+from simplemirror.report import Periodic, bar
 from simplemirror.state import State, StateError
 from simplemirror.sync import locked
 from simplemirror.upstream import Client, UpstreamError
@@ -161,24 +161,15 @@ class VerifyResult:
 # -- progress -------------------------------------------------------------------------------
 
 
-class VerifyProgress:
+class VerifyProgress(Periodic):
     """Counts files hashed; this base class logs a line every ``interval`` seconds."""
 
     def __init__(self, interval: float = 30.0) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.files_total = 0
         self.bytes_total = 0
         self.files_done = 0
         self.bytes_done = 0
-        self._last = time.monotonic()
-
-    def __enter__(self) -> VerifyProgress:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
     def start(self, files: int, nbytes: int) -> None:
         self.files_total, self.bytes_total = files, nbytes
@@ -192,17 +183,11 @@ class VerifyProgress:
     def phase(self, what: str) -> None:
         log.info("%s", what)
 
-    def _changed(self) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            self._last = now
-            log.info(
-                "verify progress: %d/%d files, %.1f/%.1f MB",
-                self.files_done,
-                self.files_total,
-                self.bytes_done / 1e6,
-                self.bytes_total / 1e6,
-            )
+    def line(self) -> str:
+        return (
+            f"verify progress: {self.files_done}/{self.files_total} files, "
+            f"{self.bytes_done / 1e6:.1f}/{self.bytes_total / 1e6:.1f} MB"
+        )
 
 
 class RichVerifyProgress(VerifyProgress):
@@ -210,13 +195,7 @@ class RichVerifyProgress(VerifyProgress):
 
     def __init__(self, console: Console) -> None:
         super().__init__()
-        self.progress = Progress(
-            TextColumn("{task.description:<8}"),
-            BarColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
+        self.progress = bar(console)
         self._task: TaskID | None = None
 
     def __enter__(self) -> RichVerifyProgress:

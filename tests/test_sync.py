@@ -378,8 +378,10 @@ def test_root_pages_are_not_rendered_again_when_nothing_changed(
     upstream.send_etags = False  # the root comes whole every time, never a 304
     sync(upstream, tmp_path)
     calls: list[int] = []
-    real = render.root_json
-    monkeypatch.setattr(render, "root_json", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = render.root_json_parts
+    monkeypatch.setattr(
+        render, "root_json_parts", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
 
     assert sync(upstream, tmp_path).changed == 0
     assert calls == []

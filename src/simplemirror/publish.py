@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from simplemirror import layout, render, tempfiles
@@ -21,17 +22,51 @@ from simplemirror.state import State
 PAGE_MODE = 0o644
 
 
-def write_atomic(target: Path, data: bytes, tmp: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _stage(tmp: Path, chunks: Iterable[bytes]) -> tuple[str, str]:
+    """Write ``chunks`` to a new file in ``tmp``; its name and sha256."""
     fd, name = tempfiles.create(tmp, "page-", PAGE_MODE)
+    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            for chunk in chunks:
+                digest.update(chunk)
+                out.write(chunk)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return name, digest.hexdigest()
+
+
+def _install(name: str, target: Path) -> None:
+    """Rename the staged file ``name`` over ``target``: readers see one or the other."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
+
+
+def write_atomic(target: Path, data: bytes, tmp: Path) -> str:
+    """Replace ``target`` with ``data`` whole; the sha256 of ``data``."""
+    name, digest = _stage(tmp, (data,))
+    _install(name, target)
+    return digest
+
+
+def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
+    it = iter(parts)
+    while pieces := list(itertools.islice(it, batch)):
+        yield "".join(pieces).encode("utf-8")
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
 
 
 class Publisher:
@@ -57,8 +92,19 @@ class Publisher:
         with contextlib.suppress(FileNotFoundError):
             if target.read_bytes() == data:
                 return
-        digest = hashlib.sha256(data).hexdigest()
-        write_atomic(target, data, self.tmp)
+        digest = write_atomic(target, data, self.tmp)
+        self.state.record_page(rel, digest, self.generation)
+        self.pages_written += 1
+
+    def page_from_parts(self, rel: str, parts: Iterable[str]) -> None:
+        """``page`` for a large page given in pieces: written as it is rendered, and
+        compared with the page on disk by hash, so neither is held whole in memory."""
+        target = self.web / rel
+        name, digest = _stage(self.tmp, _encoded(parts))
+        if _file_sha256(target) == digest:
+            os.unlink(name)
+            return
+        _install(name, target)
         self.state.record_page(rel, digest, self.generation)
         self.pages_written += 1
 
@@ -79,5 +125,5 @@ class Publisher:
         held for both would cost ~100 MB.
         """
         html_path, json_path = layout.ROOT_PAGES
-        self.page(html_path, render.root_html(entries()))
-        self.page(json_path, render.root_json(entries(), serial))
+        self.page_from_parts(html_path, render.root_html_parts(entries()))
+        self.page_from_parts(json_path, render.root_json_parts(entries(), serial))

@@ -1,0 +1,77 @@
+"""Pages written in pieces (the root): whole or not at all, and not rewritten unchanged."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simplemirror.publish import Publisher
+from simplemirror.state import State
+
+REL = "simple/index.html"
+
+
+@pytest.fixture
+def publisher(tmp_path: Path) -> Iterator[Publisher]:
+    (tmp_path / "web").mkdir()
+    (tmp_path / "tmp").mkdir()
+    state = State(tmp_path / "state.db")
+    generation = state.begin_run("http://mirror.example/simple/")
+    try:
+        yield Publisher(tmp_path / "web", tmp_path / "tmp", state, generation)
+    finally:
+        state.close()
+
+
+def parts(count: int, tag: str = "x") -> Iterator[str]:
+    # More pieces than one write batch holds, and a character that is not ASCII.
+    for i in range(count):
+        yield f"<a>{tag}-{i}-\u00e9</a>\n"
+
+
+def recorded(publisher: Publisher) -> list[tuple[str, str]]:
+    return publisher.state.db.execute("SELECT path, sha256 FROM pages").fetchall()
+
+
+def test_a_page_in_parts_is_written_whole_and_recorded(publisher: Publisher) -> None:
+    publisher.page_from_parts(REL, parts(10_000))
+    data = (publisher.web / REL).read_bytes()
+    assert data == "".join(parts(10_000)).encode("utf-8")
+    assert recorded(publisher) == [(REL, hashlib.sha256(data).hexdigest())]
+    assert publisher.pages_written == 1
+    assert list(publisher.tmp.iterdir()) == []
+
+
+def test_the_same_bytes_are_not_written_again(publisher: Publisher) -> None:
+    publisher.page_from_parts(REL, parts(5_000))
+    before = (publisher.web / REL).stat()
+    publisher.page_from_parts(REL, parts(5_000))
+    after = (publisher.web / REL).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert publisher.pages_written == 1
+    assert list(publisher.tmp.iterdir()) == []
+
+    publisher.page_from_parts(REL, parts(5_000, tag="y"))
+    assert (publisher.web / REL).read_bytes() == "".join(parts(5_000, "y")).encode()
+    assert publisher.pages_written == 2
+
+
+def test_a_failure_part_way_leaves_the_old_page_and_no_temporary_file(
+    publisher: Publisher,
+) -> None:
+    publisher.page_from_parts(REL, parts(100))
+    old = (publisher.web / REL).read_bytes()
+
+    def failing() -> Iterator[str]:
+        yield from parts(9_000, tag="new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        publisher.page_from_parts(REL, failing())
+    assert (publisher.web / REL).read_bytes() == old
+    assert list(publisher.tmp.iterdir()) == []
+    assert recorded(publisher) == [(REL, hashlib.sha256(old).hexdigest())]

@@ -69,6 +69,10 @@ def usable_serials(root: RootIndex) -> bool:
 
 
 def _todo(name: str, display: str, serial: int | None, held: HeldProject | None) -> ProjectTodo:
+    # A first sync at PyPI's size holds ~650,000 of these while it runs: one string
+    # where the display name is the normalized one saves ~40 MB there.
+    if display == name:
+        display = name
     if serial is None and held is not None and held.status is Status.OK:
         # Only a complete copy may be confirmed by "not modified".
         return ProjectTodo(name, display, None, held.page_etag, held.page_hash)

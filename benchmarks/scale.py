@@ -58,8 +58,8 @@ def time_rendering(names: list[str], serials: list[int], repeat: int = 3) -> dic
 
 def run_size(
     size: int, changes: int, work: Path, *, workers: int, binary: str, timeout: float,
-    count_files: bool, reuse_world: bool = False,
-    progress: Callable[[dict[str, Any]], None] = lambda _: None,
+    count_files: bool, reuse_world: bool = False, initial_only: bool = False,
+    count_pages: bool = True, progress: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> dict[str, Any]:
     """All phases at one size; ``progress`` gets the figures so far after each phase."""
     started = time.monotonic()
@@ -80,15 +80,19 @@ def run_size(
     with Nginx(the_world, work / "nginx") as nginx:
         client = clients.SimpleMirror(work / "mirror", nginx.url, workers, binary)
 
-        def phase(name: str, *, count_pages: bool = True) -> Phase:
+        def phase(name: str, *, pages: bool = count_pages) -> Phase:
             phases.append(run_phase(
                 client, name, nginx, log_dir=logs, timeout=timeout, count_tree=count_files,
-                count_pages=count_pages,
+                count_pages=pages,
             ))
             progress({"projects": size, "phases": [p.as_dict() for p in phases]})
             return phases[-1]
 
-        phase("initial", count_pages=False)
+        phase("initial", pages=False)
+        if initial_only:
+            return {"projects": size, "phases": [p.as_dict() for p in phases],
+                    "per_project_ms": phases[0].usage.wall / size * 1000,
+                    "cpu_per_project_ms": phases[0].usage.cpu / size * 1000}
         phase("noop-304")
         nginx.reload(etag=False)
         phase("noop-resent")
@@ -161,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks.world DIR --world metadata --projects N`) instead of generating one",
     )
     parser.add_argument(
+        "--initial-only", action="store_true",
+        help="only the first sync (its wall, CPU and peak RSS), then stop",
+    )
+    parser.add_argument(
+        "--no-count-pages", action="store_true",
+        help="do not walk web/simple for the pages each later run rewrote (minutes per "
+        "phase at 650k when the mirror is on a disk whose cache keeps little)",
+    )
+    parser.add_argument(
         "--count-files", action="store_true",
         help="walk the mirror's tree after each phase to count its files (minutes at 650k "
         "on a cold disk; by default the mirror's own summary line is the record)",
@@ -193,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_size(
                 size, args.changes, work, workers=args.workers, binary=binary,
                 timeout=args.timeout, count_files=args.count_files,
-                reuse_world=args.reuse_world, progress=save,
+                reuse_world=args.reuse_world, initial_only=args.initial_only,
+                count_pages=not args.no_count_pages, progress=save,
             ))
             save()  # before the clean-up, which takes long for millions of files
         finally:
@@ -202,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and args.workdir is None:
         shutil.rmtree(base, ignore_errors=True)
     print()
-    print(table(rows))
+    if args.initial_only:
+        for r in rows:
+            first = r["phases"][0]
+            print(f"{r['projects']} projects: initial {first['wall']:.1f} s, "
+                  f"{r['cpu_per_project_ms']:.3f} ms CPU per project, "
+                  f"peak RSS {first['max_rss_mb']:.0f} MB")
+    else:
+        print(table(rows))
     return 0
 
 

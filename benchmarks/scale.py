@@ -136,7 +136,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{p['noop-304']['wall']:>6.2f} {p['noop-304']['max_rss_mb']:>4.0f} "
             f"{p['noop-resent']['wall']:>8.2f} {p['noop-resent']['max_rss_mb']:>4.0f} "
             f"{p['incremental']['wall']:>6.1f} {p['incremental']['max_rss_mb']:>4.0f} "
-            f"{p['incremental']['pages_written']:>6} {r['render']['root_html']:>6.2f} "
+            f"{p['incremental']['pages_written'] or '-':>6} {r['render']['root_html']:>6.2f} "
             f"{r['render']['root_json']:>6.2f}"
         )
     per = [r["per_project_ms"] for r in rows]

@@ -155,29 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--mirror", help="simplemirror's `mirror` command")
     parser.add_argument("--timeout", type=float, default=4 * 3600)
-    parser.add_argument(
-        "--render-only", action="store_true",
-        help="only time simplemirror's root rendering at each size (no world, no sync)",
-    )
-    parser.add_argument(
-        "--reuse-world", action="store_true",
-        help="use the world already in <workdir>/size-N/world (made by `python -m "
-        "benchmarks.world DIR --world metadata --projects N`) instead of generating one",
-    )
-    parser.add_argument(
-        "--initial-only", action="store_true",
-        help="only the first sync (its wall, CPU and peak RSS), then stop",
-    )
-    parser.add_argument(
-        "--no-count-pages", action="store_true",
-        help="do not walk web/simple for the pages each later run rewrote (minutes per "
-        "phase at 650k when the mirror is on a disk whose cache keeps little)",
-    )
-    parser.add_argument(
-        "--count-files", action="store_true",
-        help="walk the mirror's tree after each phase to count its files (minutes at 650k "
-        "on a cold disk; by default the mirror's own summary line is the record)",
-    )
+    switches = {
+        "--render-only": "only time simplemirror's root rendering at each size (no world, "
+        "no sync)",
+        "--reuse-world": "use the world already in <workdir>/size-N/world (made by `python "
+        "-m benchmarks.world DIR --world metadata --projects N`) instead of generating one",
+        "--initial-only": "only the first sync (its wall, CPU and peak RSS), then stop",
+        "--no-count-pages": "do not walk web/simple for the pages each later run rewrote "
+        "(minutes per phase at 650k when the mirror is on a disk whose cache keeps little)",
+        "--count-files": "walk the mirror's tree after each phase to count its files "
+        "(minutes at 650k on a cold disk; by default the mirror's own summary line is the "
+        "record)",
+    }
+    for switch, text in switches.items():
+        parser.add_argument(switch, action="store_true", help=text)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.render_only:

@@ -239,9 +239,7 @@ def test_persistent_failure_of_metadata_publishes_the_file_without_it(
 
 @pytest.mark.parametrize("target", ["page", "file"])
 @pytest.mark.parametrize(
-    ("max_wait", "at_least", "below"),
-    [(0.2, 0.2, 0.9), (5.0, 1.0, 2.5)],
-    ids=["capped", "honoured"],
+    ("max_wait", "expected"), [(0.2, 0.2), (5.0, 1.0)], ids=["capped", "honoured"]
 )
 def test_429_waits_for_retry_after_up_to_the_cap(
     up: Upstream,
@@ -249,8 +247,8 @@ def test_429_waits_for_retry_after_up_to_the_cap(
     tmp_path: Path,
     target: str,
     max_wait: float,
-    at_least: float,
-    below: float,
+    expected: float,
+    sleeps: list[float],
 ) -> None:
     path = target_path(world, target)
     up.status[path] = (429, {"Retry-After": "1"}, 1)
@@ -259,8 +257,9 @@ def test_429_waits_for_retry_after_up_to_the_cap(
 
     assert summary.exit_code == 0, summary.failed
     assert gets(up, path) == 2
-    # retry_wait is 0: any pause comes from Retry-After, capped at retry_max_wait.
-    assert at_least <= summary.duration < below
+    # retry_wait is 0: the one pause comes from Retry-After, capped at retry_max_wait.
+    # The pauses are recorded, not slept: a wall-clock bound failed on a loaded machine.
+    assert sleeps == [pytest.approx(expected)]
     assert assert_clean(tmp_path, world) == complete_tree(world)
     assert_converges(up, tmp_path, world)
 

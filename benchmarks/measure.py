@@ -30,8 +30,9 @@ pid = os.fork()
 if pid == 0:
     try:
         os.execvp(sys.argv[2], sys.argv[2:])
-    finally:
-        os._exit(127)
+    except OSError as exc:
+        print(f"cannot start {sys.argv[2]}: {exc}", file=sys.stderr, flush=True)
+    os._exit(127)
 _, status, ru = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as out:
     json.dump({"user": ru.ru_utime, "sys": ru.ru_stime, "max_rss_kib": ru.ru_maxrss,

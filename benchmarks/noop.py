@@ -33,6 +33,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from benchmarks import clients
 from benchmarks.measure import run_measured
 
 
@@ -121,7 +122,7 @@ def build_mirror(directory: Path, projects: int, upstream: str, body: bytes) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--projects", type=int, default=650_000)
-    parser.add_argument("--mirror", default=shutil.which("mirror") or "mirror")
+    parser.add_argument("--mirror", help="simplemirror's `mirror` command")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="noop-", dir=args.workdir))
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if builder.exitcode != 0:
             print("building the root and the mirror failed")
             return 1
-        command = [args.mirror, "sync", "--upstream", server.url,
+        command = [args.mirror or clients.find_mirror(), "sync", "--upstream", server.url,
                    "--directory", str(work / "mirror"), "--no-progress"]
         cases = [
             ("304", '"root"', work / "root.json"),

@@ -482,15 +482,19 @@ class State:
 
     # -- removals -------------------------------------------------------------
 
-    def held_counts(self) -> tuple[int, int]:
-        """Projects still listed (not removed) and live file rows: the base of the removal cap."""
+    def listed_count(self) -> int:
+        """Projects still listed (not removed): the base of the project removal cap."""
         (projects,) = self.db.execute(
             "SELECT count(*) FROM projects WHERE status != 'removed'"
         ).fetchone()
+        return int(projects)
+
+    def live_files_count(self) -> int:
+        """Live file rows: the base of the file removal cap."""
         (files,) = self.db.execute(
             "SELECT count(*) FROM files WHERE removed_gen IS NULL"
         ).fetchone()
-        return projects, files
+        return int(files)
 
     def unpublish_pending(self) -> list[str]:
         """Removed projects whose pages are still published (deletion not done yet)."""

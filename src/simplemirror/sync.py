@@ -376,7 +376,7 @@ class Sync:
         # _fetch_all, as each project's downloads finish), then the root; only
         # then, what nothing links to any more leaves the disk.
         publisher = Publisher(config.web, config.tmp, state, generation, config.public_url)
-        self._files_held, self._files_removing = state.held_counts()[1], 0
+        self._files_held, self._files_removing = state.live_files_count(), 0
         complete = False
         try:
             self._fetch_all(plan, state, publisher, summary)
@@ -465,7 +465,8 @@ class Sync:
         # parsed root is a hundred megabytes better given back before planning.
         del response, index
         plan = plan_changes(changes, only)
-        listed = state.held_counts()[0]
+        # Counted only when needed: a full scan of the projects at PyPI's size.
+        listed = state.listed_count() if plan.removed else 0
         if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
             len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
         ):

@@ -92,9 +92,7 @@ class Publisher:
         with contextlib.suppress(FileNotFoundError):
             if target.read_bytes() == data:
                 return
-        digest = write_atomic(target, data, self.tmp)
-        self.state.record_page(rel, digest, self.generation)
-        self.pages_written += 1
+        self._written(rel, write_atomic(target, data, self.tmp))
 
     def page_from_parts(self, rel: str, parts: Iterable[str]) -> None:
         """``page`` for a large page given in pieces: written as it is rendered, and
@@ -105,6 +103,9 @@ class Publisher:
             os.unlink(name)
             return
         _install(name, target)
+        self._written(rel, digest)
+
+    def _written(self, rel: str, digest: str) -> None:
         self.state.record_page(rel, digest, self.generation)
         self.pages_written += 1
 

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
-import responses
 import tenacity.nap
 
 import simplemirror
 from simplemirror import __version__
 from simplemirror.cli import EXIT_INCOMPLETE, EXIT_USAGE, main
+from tests.support.canned import Canned
 
 UPSTREAM = "http://index.test/simple/"
 SRC = Path(simplemirror.__file__).resolve().parent.parent
@@ -31,11 +30,11 @@ def write_config(path: Path, body: str) -> Path:
     return path
 
 
-def fast_config(tmp_path: Path) -> Path:
+def fast_config(tmp_path: Path, upstream: str = UPSTREAM) -> Path:
     return write_config(
         tmp_path / "mirror.toml",
         "[mirror]\n"
-        f'upstream = "{UPSTREAM}"\n'
+        f'upstream = "{upstream}"\n'
         f'directory = "{(tmp_path / "mirror").as_posix()}"\n'
         "retries = 0\nretry-wait = 0\nretry-max-wait = 0\nstale-wait = 0\n",
     )
@@ -121,9 +120,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_upstream_server_error_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with responses.RequestsMock() as rsps:
-        rsps.add(responses.GET, UPSTREAM, status=503)
-        code = main(["sync", "-c", str(fast_config(tmp_path)), "--no-progress"])
+    server = Canned()
+    try:
+        server.add("/simple/", status=503)
+        config = fast_config(tmp_path, server.url("/simple/"))
+        code = main(["sync", "-c", str(config), "--no-progress"])
+    finally:
+        server.close()
     assert code == EXIT_INCOMPLETE == 1
     err = capsys.readouterr().err
     assert "could not read the upstream root index" in err
@@ -135,9 +138,10 @@ def test_unreachable_upstream_exits_1_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A connection error that outlasts the retries is an upstream failure, not a crash."""
-    with responses.RequestsMock() as rsps:
-        rsps.add(responses.GET, UPSTREAM, body=requests.ConnectionError("connection refused"))
-        code = main(["sync", "-c", str(fast_config(tmp_path)), "--no-progress"])
+    probe = Canned()
+    upstream = probe.url("/simple/")
+    probe.close()  # nothing listens on that port now
+    code = main(["sync", "-c", str(fast_config(tmp_path, upstream)), "--no-progress"])
     assert code == EXIT_INCOMPLETE
     assert "could not read the upstream root index" in capsys.readouterr().err
     assert run_outcomes(tmp_path / "mirror") == ["error"]  # not left 'running'
@@ -146,9 +150,13 @@ def test_unreachable_upstream_exits_1_with_a_message(
 def test_dry_run_upstream_server_error_exits_1_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with responses.RequestsMock() as rsps:
-        rsps.add(responses.GET, UPSTREAM, status=503)
-        code = main(["sync", "-c", str(fast_config(tmp_path)), "--dry-run", "--no-progress"])
+    server = Canned()
+    try:
+        server.add("/simple/", status=503)
+        config = fast_config(tmp_path, server.url("/simple/"))
+        code = main(["sync", "-c", str(config), "--dry-run", "--no-progress"])
+    finally:
+        server.close()
     assert code == EXIT_INCOMPLETE
     err = capsys.readouterr().err
     assert "503" in err

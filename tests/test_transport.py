@@ -1,10 +1,14 @@
-"""The file transport: kept-alive connections, redirects, and no reuse of a half-read body."""
+"""The transport: kept-alive connections, redirects, decoded bodies, no reuse of a half-read one."""
 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import json
 import threading
+import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +16,8 @@ import pytest
 
 from simplemirror import config, download
 from simplemirror.download import VerificationError
-from simplemirror.transport import Transport, TransportError
+from simplemirror.plan import ProjectTodo
+from simplemirror.transport import DeadEnd, Transport, TransportError
 from simplemirror.upstream import Client, TransientError
 from tests.support.canned import Canned
 
@@ -27,12 +32,12 @@ def server() -> Iterator[Canned]:
 
 
 def transport() -> Transport:
-    return Transport(user_agent="t", connect_timeout=5, read_timeout=5, maxsize=2)
+    return Transport(user_agent="t", connect_timeout=5, read_timeout=5)
 
 
 def read(t: Transport, url: str) -> tuple[int, bytes]:
     with t.stream(url) as stream:
-        return stream.status, stream.raw.read()
+        return stream.status, stream.body.read()
 
 
 def test_consecutive_requests_share_one_connection(server: Canned) -> None:
@@ -50,7 +55,7 @@ def test_a_body_left_unread_is_not_taken_for_the_next_answer(server: Canned) -> 
     server.add("/small", b"small")
     t = transport()
     with t.stream(server.url("/big")) as stream:
-        assert stream.raw.read1(100)  # then abandoned, like a download cut off
+        assert stream.body.read1(100)  # then abandoned, like a download cut off
     assert read(t, server.url("/small")) == (200, b"small")
     assert len({call.port for call in server.calls}) == 2  # the first connection was dropped
 
@@ -67,7 +72,10 @@ def test_a_body_whose_rest_has_not_arrived_is_not_taken_for_the_next_answer(
     t = transport()
     with t.stream(server.url("/big")) as stream:
         # All that has arrived: nothing waits on the socket to make it look dropped.
-        assert stream.raw.read(len(BODY) // 2) == BODY[: len(BODY) // 2]
+        half = b""
+        while len(half) < len(BODY) // 2:
+            half += stream.body.read1(len(BODY) // 2 - len(half))
+        assert half == BODY[: len(BODY) // 2]
     timer = threading.Timer(0.3, rest_may_come.set)
     timer.start()
     try:
@@ -126,7 +134,7 @@ def test_redirects_are_followed_relative_and_absolute(server: Canned) -> None:
     server.add("/three", b"here")
     t = transport()
     with t.stream(server.url("/one")) as stream:
-        assert (stream.url, stream.status, stream.raw.read()) == (server.url("/three"), 200,
+        assert (stream.url, stream.status, stream.body.read()) == (server.url("/three"), 200,
                                                                   b"here")
 
 
@@ -161,5 +169,139 @@ def test_files_go_through_a_proxy_the_environment_sets(
     cfg = config.build({}, {"upstream": "http://index.invalid/simple/",
                             "directory": str(tmp_path)})
     with Client(cfg).stream("http://files.invalid/packages/a.whl") as stream:
-        assert stream.raw.read() == b"via the proxy"
+        assert stream.body.read() == b"via the proxy"
     assert [call.path for call in server.calls] == ["http://files.invalid/packages/a.whl"]
+
+
+def test_a_page_goes_through_a_proxy_the_environment_sets(
+    server: Canned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.base)
+    page = {"meta": {"api-version": "1.1"}, "name": "a", "files": []}
+    server.add("/simple/a/", json.dumps(page).encode(),
+               headers={"Content-Type": "application/vnd.pypi.simple.v1+json"})
+    cfg = config.build({}, {"upstream": "http://index.invalid/simple/",
+                            "directory": str(tmp_path)})
+    got = Client(cfg).fetch_page(ProjectTodo("a", "a", None))
+    assert got is not None and got.page.name == "a"
+    assert [call.path for call in server.calls] == ["http://index.invalid/simple/a/"]
+
+
+# -- bodies: what Content-Encoding says, and what arrives --------------------------
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "wbits"),
+    [("gzip", 16 + zlib.MAX_WBITS), ("x-gzip", 16 + zlib.MAX_WBITS),
+     ("deflate", zlib.MAX_WBITS), ("deflate", -zlib.MAX_WBITS)],
+    ids=["gzip", "x-gzip", "deflate-zlib", "deflate-raw"],
+)
+def test_compressed_bodies_are_decoded(server: Canned, encoding: str, wbits: int) -> None:
+    server.add("/c", _deflate(BODY, wbits), headers={"Content-Encoding": encoding})
+    server.add("/after", b"next")
+    t = transport()
+    assert read(t, server.url("/c")) == (200, BODY)
+    assert read(t, server.url("/after")) == (200, b"next")
+    assert len({call.port for call in server.calls}) == 1  # the connection was kept
+
+
+def test_a_compressed_body_never_inflates_past_what_was_asked_for(server: Canned) -> None:
+    bomb = b"\0" * 20_000_000  # ~20 KB on the wire
+    server.add("/bomb", gzip.compress(bomb), headers={"Content-Encoding": "gzip"})
+    total = 0
+    with transport().stream(server.url("/bomb")) as stream:
+        while chunk := stream.body.read1(65536):
+            assert len(chunk) <= 65536
+            total += len(chunk)
+    assert total == len(bomb)
+
+
+def test_a_compressed_body_cut_short_is_an_error(server: Canned) -> None:
+    server.add("/cut", gzip.compress(BODY)[:-20], headers={"Content-Encoding": "gzip"})
+    with pytest.raises(TransportError, match="ends early"):
+        read(transport(), server.url("/cut"))
+
+
+def test_bytes_after_a_compressed_body_are_an_error(server: Canned) -> None:
+    server.add("/extra", gzip.compress(b"a") + b"junk", headers={"Content-Encoding": "gzip"})
+    with pytest.raises(TransportError, match="after the compressed body"):
+        read(transport(), server.url("/extra"))
+
+
+def test_an_encoding_that_was_not_asked_for_is_a_dead_end(server: Canned) -> None:
+    server.add("/br", b"\x8b\x00", headers={"Content-Encoding": "br"})
+    with pytest.raises(DeadEnd, match="'br'"):
+        read(transport(), server.url("/br"))
+
+
+def test_a_body_shorter_than_declared_is_an_error(server: Canned) -> None:
+    server.add("/short", b"x" * 100, length=1000)
+    with pytest.raises(TransportError, match="900 bytes still to come"):
+        read(transport(), server.url("/short"))
+
+
+def test_an_empty_answer_leaves_the_connection_usable(server: Canned) -> None:
+    server.add("/gone", status=304)
+    server.add("/next", b"next")
+    t = transport()
+    assert t.get(server.url("/gone")).status == 304
+    assert read(t, server.url("/next")) == (200, b"next")
+    assert len({call.port for call in server.calls}) == 1
+
+
+# -- connections -------------------------------------------------------------------
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(server: Canned) -> None:
+    # The server hangs up after answering without saying so (as one does when
+    # its keep-alive timeout runs out between two requests): the next request
+    # must not fail for it.
+    server.add("/first", b"first", close=True)
+    server.add("/second", b"second")
+    t = transport()
+    assert read(t, server.url("/first")) == (200, b"first")
+    time.sleep(0.1)  # the server's close has reached us
+    assert read(t, server.url("/second")) == (200, b"second")
+    assert len({call.port for call in server.calls}) == 2
+
+
+def test_a_server_that_does_not_answer_in_time_is_a_transient_error(server: Canned) -> None:
+    server.add("/slow", b"late", stall=1.0)
+    t = Transport(user_agent="t", connect_timeout=5, read_timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(TransportError) as info:
+        read(t, server.url("/slow"))
+    assert info.value.transient
+    assert time.monotonic() - started < 0.9
+
+
+def test_each_thread_keeps_its_own_connection(server: Canned) -> None:
+    server.add("/a", BODY)
+    t = transport()
+    results: list[tuple[int, bytes]] = []
+
+    def twice() -> None:
+        results.extend([read(t, server.url("/a")), read(t, server.url("/a"))])
+
+    threads = [threading.Thread(target=twice) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [(200, BODY)] * 6
+    by_port: dict[int, int] = {}
+    for call in server.calls:
+        by_port[call.port] = by_port.get(call.port, 0) + 1
+    assert sorted(by_port.values()) == [2, 2, 2]
+
+
+def test_a_port_that_is_not_a_number_is_a_dead_end() -> None:
+    with pytest.raises(DeadEnd, match="port"):
+        read(transport(), "http://127.0.0.1:http/x")

@@ -1,10 +1,15 @@
-"""Tests of upstream.Client against a mocked index (``responses``; no network, no sleeping)."""
+"""Tests of upstream.Client against a canned index on loopback; no sleeping.
+
+Through a proxy (the environment's), requests carries the requests: those are
+mocked with ``responses``.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +27,18 @@ from simplemirror.upstream import (
     StalePage,
     TransientError,
     UpstreamError,
+    check_response,
 )
+from tests.support.canned import Canned
 
-UPSTREAM = "http://index.test/simple/"
-FOO_URL = f"{UPSTREAM}foo/"
+ROOT = "/simple/"
+FOO = "/simple/foo/"
 SHA = "a" * 64
 
 
-def make_config(tmp_path: Path, **overrides: Any) -> Config:
+def make_config(tmp_path: Path, server: Canned, **overrides: Any) -> Config:
     values: dict[str, Any] = {
-        "upstream": UPSTREAM,
+        "upstream": server.url(ROOT),
         "directory": str(tmp_path),
         "retries": 2,
         "retry_wait": 0,
@@ -49,26 +56,31 @@ def _no_sleeping(sleeps: list[float]) -> None:
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Client:
-    return Client(make_config(tmp_path))
+def server() -> Iterator[Canned]:
+    canned = Canned()
+    yield canned
+    canned.close()
+
+
+@pytest.fixture
+def client(tmp_path: Path, server: Canned) -> Client:
+    return Client(make_config(tmp_path, server))
 
 
 def add_json(
-    rsps: responses.RequestsMock,
-    url: str,
+    server: Canned,
+    path: str,
     data: object,
     *,
     status: int = 200,
     headers: dict[str, str] | None = None,
     content_type: str = JSON_CONTENT_TYPE,
 ) -> None:
-    rsps.add(
-        responses.GET,
-        url,
-        body=json.dumps(data),
+    server.add(
+        path,
+        json.dumps(data).encode(),
         status=status,
-        headers=headers or {},
-        content_type=content_type,
+        headers={"Content-Type": content_type, **(headers or {})},
     )
 
 
@@ -103,84 +115,84 @@ def todo(serial: int | None = 40) -> ProjectTodo:
 
 
 def test_fetch_root_sends_pep691_accept_and_user_agent(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_json(rsps, UPSTREAM, root_doc())
+    add_json(server, ROOT, root_doc())
     got = client.fetch_root(None)
     assert got is not None
     assert [(p.normalized, p.serial) for p in got.index.projects] == [
         ("foo", 40),
         ("bar-baz", 7),
     ]
-    headers = rsps.calls[0].request.headers
-    assert headers["Accept"] == ACCEPT == (
+    call = server.calls[0]
+    assert call.header("Accept") == ACCEPT == (
         "application/vnd.pypi.simple.v1+json, "
         "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
     )
-    assert headers["User-Agent"] == f"simplemirror/{__version__}"
-    assert "If-None-Match" not in headers
+    assert call.header("User-Agent") == f"simplemirror/{__version__}"
+    assert call.header("If-None-Match") is None
 
 
 def test_fetch_root_uses_configured_user_agent(
-    rsps: responses.RequestsMock, tmp_path: Path
+    server: Canned, tmp_path: Path
 ) -> None:
-    client = Client(make_config(tmp_path, user_agent="mirror-bot/9 (ops@example.test)"))
-    add_json(rsps, UPSTREAM, root_doc())
+    client = Client(make_config(tmp_path, server, user_agent="mirror-bot/9 (ops@example.test)"))
+    add_json(server, ROOT, root_doc())
     client.fetch_root(None)
-    assert rsps.calls[0].request.headers["User-Agent"] == "mirror-bot/9 (ops@example.test)"
+    assert server.calls[0].header("User-Agent") == "mirror-bot/9 (ops@example.test)"
 
 
 def test_fetch_root_sends_if_none_match_and_304_returns_none(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    rsps.add(responses.GET, UPSTREAM, status=304, body=b"")
+    server.add(ROOT, status=304)
     assert client.fetch_root('"etag-1"') is None
-    assert len(rsps.calls) == 1
-    assert rsps.calls[0].request.headers["If-None-Match"] == '"etag-1"'
+    assert len(server.calls) == 1
+    assert server.calls[0].header("If-None-Match") == '"etag-1"'
 
 
-def test_fetch_root_returns_etag_of_200(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, UPSTREAM, root_doc(), headers={"ETag": '"etag-2"'})
+def test_fetch_root_returns_etag_of_200(server: Canned, client: Client) -> None:
+    add_json(server, ROOT, root_doc(), headers={"ETag": '"etag-2"'})
     got = client.fetch_root('"etag-1"')
     assert got is not None
     assert got.etag == '"etag-2"'
     assert got.index.serial == 42
 
 
-def test_fetch_root_without_etag_header(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, UPSTREAM, root_doc())
+def test_fetch_root_without_etag_header(server: Canned, client: Client) -> None:
+    add_json(server, ROOT, root_doc())
     got = client.fetch_root(None)
     assert got is not None
     assert got.etag is None
 
 
 def test_root_serial_from_meta_wins_over_header(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_json(rsps, UPSTREAM, root_doc(42), headers={"X-PyPI-Last-Serial": "99"})
+    add_json(server, ROOT, root_doc(42), headers={"X-PyPI-Last-Serial": "99"})
     got = client.fetch_root(None)
     assert got is not None
     assert got.index.serial == 42
 
 
 def test_root_serial_from_header_when_meta_lacks_it(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_json(rsps, UPSTREAM, root_doc(None), headers={"X-PyPI-Last-Serial": "77"})
+    add_json(server, ROOT, root_doc(None), headers={"X-PyPI-Last-Serial": "77"})
     got = client.fetch_root(None)
     assert got is not None
     assert got.index.serial == 77
 
 
-def test_root_serial_given_as_string(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, UPSTREAM, root_doc("123"))
+def test_root_serial_given_as_string(server: Canned, client: Client) -> None:
+    add_json(server, ROOT, root_doc("123"))
     got = client.fetch_root(None)
     assert got is not None
     assert got.index.serial == 123
 
 
-def test_root_without_any_serial(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, UPSTREAM, root_doc(None))
+def test_root_without_any_serial(server: Canned, client: Client) -> None:
+    add_json(server, ROOT, root_doc(None))
     got = client.fetch_root(None)
     assert got is not None
     assert got.index.serial is None
@@ -191,116 +203,117 @@ def test_root_without_any_serial(rsps: responses.RequestsMock, client: Client) -
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_server_errors_are_retried_then_succeed(
-    rsps: responses.RequestsMock, client: Client, sleeps: list[float], status: int
+    server: Canned, client: Client, sleeps: list[float], status: int
 ) -> None:
-    rsps.add(responses.GET, UPSTREAM, status=status)
-    rsps.add(responses.GET, UPSTREAM, status=status)
-    add_json(rsps, UPSTREAM, root_doc())
+    server.add(ROOT, status=status)
+    server.add(ROOT, status=status)
+    add_json(server, ROOT, root_doc())
     got = client.fetch_root(None)
     assert got is not None
     assert got.index.serial == 42
-    assert len(rsps.calls) == 3
+    assert len(server.calls) == 3
     assert sleeps == [0, 0]  # retry_max_wait=0 caps the backoff, jitter included
 
 
 def test_retries_exhausted_raise_transient_error_naming_the_url(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    rsps.add(responses.GET, UPSTREAM, status=503)
+    server.add(ROOT, status=503)
     with pytest.raises(TransientError) as info:
         client.fetch_root(None)
     assert isinstance(info.value, UpstreamError)
-    assert UPSTREAM in str(info.value)
+    assert client.config.upstream in str(info.value)
     assert "503" in str(info.value)
-    assert len(rsps.calls) == 3  # retries=2: one try and two more
+    assert len(server.calls) == 3  # retries=2: one try and two more
 
 
-def test_zero_retries_means_one_attempt(rsps: responses.RequestsMock, tmp_path: Path) -> None:
-    client = Client(make_config(tmp_path, retries=0))
-    rsps.add(responses.GET, UPSTREAM, status=500)
+def test_zero_retries_means_one_attempt(server: Canned, tmp_path: Path) -> None:
+    client = Client(make_config(tmp_path, server, retries=0))
+    server.add(ROOT, status=500)
     with pytest.raises(TransientError):
         client.fetch_root(None)
-    assert len(rsps.calls) == 1
+    assert len(server.calls) == 1
 
 
 def test_429_retry_after_is_capped_at_retry_max_wait(
-    rsps: responses.RequestsMock, tmp_path: Path, sleeps: list[float]
+    server: Canned, tmp_path: Path, sleeps: list[float]
 ) -> None:
-    client = Client(make_config(tmp_path, retry_wait=0, retry_max_wait=5))
-    rsps.add(responses.GET, UPSTREAM, status=429, headers={"Retry-After": "120"})
-    add_json(rsps, UPSTREAM, root_doc())
+    client = Client(make_config(tmp_path, server, retry_wait=0, retry_max_wait=5))
+    server.add(ROOT, status=429, headers={"Retry-After": "120"})
+    add_json(server, ROOT, root_doc())
     assert client.fetch_root(None) is not None
-    assert len(rsps.calls) == 2
+    assert len(server.calls) == 2
     assert sleeps == [5.0]
 
 
 def test_429_retry_after_below_the_cap_is_honoured(
-    rsps: responses.RequestsMock, tmp_path: Path, sleeps: list[float]
+    server: Canned, tmp_path: Path, sleeps: list[float]
 ) -> None:
-    client = Client(make_config(tmp_path, retry_wait=0, retry_max_wait=5))
-    rsps.add(responses.GET, UPSTREAM, status=429, headers={"Retry-After": "2"})
-    add_json(rsps, UPSTREAM, root_doc())
+    client = Client(make_config(tmp_path, server, retry_wait=0, retry_max_wait=5))
+    server.add(ROOT, status=429, headers={"Retry-After": "2"})
+    add_json(server, ROOT, root_doc())
     assert client.fetch_root(None) is not None
     # The backoff alone would be at most 1 s (jitter); Retry-After asks for 2.
     assert sleeps == [2.0]
 
 
 def test_429_exhausted_keeps_retry_after_on_the_error(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    rsps.add(responses.GET, UPSTREAM, status=429, headers={"Retry-After": "30"})
+    server.add(ROOT, status=429, headers={"Retry-After": "30"})
     with pytest.raises(TransientError) as info:
         client.fetch_root(None)
     assert info.value.retry_after == 30.0
     assert "429" in str(info.value)
-    assert len(rsps.calls) == 3
+    assert len(server.calls) == 3
 
 
-def test_404_is_not_retried(rsps: responses.RequestsMock, client: Client) -> None:
-    rsps.add(responses.GET, UPSTREAM, status=404)
+def test_404_is_not_retried(server: Canned, client: Client) -> None:
+    server.add(ROOT, status=404)
     with pytest.raises(UpstreamError) as info:
         client.fetch_root(None)
     assert not isinstance(info.value, TransientError)
-    assert UPSTREAM in str(info.value)
+    assert client.config.upstream in str(info.value)
     assert "404" in str(info.value)
-    assert len(rsps.calls) == 1
+    assert len(server.calls) == 1
 
 
-def test_connection_errors_are_retried(rsps: responses.RequestsMock, client: Client) -> None:
-    rsps.add(responses.GET, UPSTREAM, body=requests.ConnectionError("connection reset"))
-    rsps.add(responses.GET, UPSTREAM, body=requests.ConnectionError("connection reset"))
-    add_json(rsps, UPSTREAM, root_doc())
+def test_connection_errors_are_retried(server: Canned, client: Client) -> None:
+    server.add(ROOT, reset=True)
+    server.add(ROOT, reset=True)
+    add_json(server, ROOT, root_doc())
     got = client.fetch_root(None)
     assert got is not None
-    assert len(rsps.calls) == 3
+    assert len(server.calls) == 3
 
 
-def test_connection_errors_exhausted(rsps: responses.RequestsMock, client: Client) -> None:
-    rsps.add(responses.GET, UPSTREAM, body=requests.ConnectionError("connection reset"))
-    with pytest.raises((UpstreamError, requests.ConnectionError)):
+def test_connection_errors_exhausted(server: Canned, client: Client) -> None:
+    server.add(ROOT, reset=True)
+    with pytest.raises(TransientError):
         client.fetch_root(None)
-    assert len(rsps.calls) == 3
+    assert len(server.calls) == 3
 
 
-def test_timeouts_are_retried(rsps: responses.RequestsMock, client: Client) -> None:
-    rsps.add(responses.GET, UPSTREAM, body=requests.ReadTimeout("read timed out"))
-    add_json(rsps, UPSTREAM, root_doc())
+def test_timeouts_are_retried(server: Canned, tmp_path: Path) -> None:
+    client = Client(make_config(tmp_path, server, read_timeout=0.2))
+    server.add(ROOT, stall=1.0)
+    add_json(server, ROOT, root_doc())
     assert client.fetch_root(None) is not None
-    assert len(rsps.calls) == 2
+    assert len(server.calls) == 2
 
 
 # -- malformed answers ---------------------------------------------------------
 
 
 def test_malformed_json_is_an_upstream_error(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    rsps.add(responses.GET, UPSTREAM, body='{"projects": [', content_type=JSON_CONTENT_TYPE)
+    server.add(ROOT, b'{"projects": [', headers={"Content-Type": JSON_CONTENT_TYPE})
     with pytest.raises(UpstreamError) as info:
         client.fetch_root(None)
     assert "malformed JSON" in str(info.value)
-    assert UPSTREAM in str(info.value)
-    assert len(rsps.calls) == 1  # bad bytes are not worth another try
+    assert client.config.upstream in str(info.value)
+    assert len(server.calls) == 1  # bad bytes are not worth another try
 
 
 @pytest.mark.parametrize(
@@ -313,183 +326,177 @@ def test_malformed_json_is_an_upstream_error(
     ids=["not-utf8", "too-deep", "empty"],
 )
 def test_undecodable_json_body_is_malformed_json(
-    rsps: responses.RequestsMock, client: Client, body: bytes
+    server: Canned, client: Client, body: bytes
 ) -> None:
-    rsps.add(responses.GET, UPSTREAM, body=body, content_type=JSON_CONTENT_TYPE)
+    server.add(ROOT, body, headers={"Content-Type": JSON_CONTENT_TYPE})
     with pytest.raises(UpstreamError) as info:
         client.fetch_root(None)
     assert "malformed JSON" in str(info.value)
-    assert len(rsps.calls) == 1
+    assert len(server.calls) == 1
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/xml", None])
 def test_other_content_types_are_an_actionable_upstream_error(
-    rsps: responses.RequestsMock, client: Client, content_type: str | None
+    server: Canned, client: Client, content_type: str | None
 ) -> None:
-    rsps.add(
-        responses.GET,
-        UPSTREAM,
-        body="<a href='foo/'>foo</a>",
-        content_type=content_type,
-        auto_calculate_content_length=False,
-    )
+    server.add(ROOT, b"<a href='foo/'>foo</a>", headers={"Content-Type": content_type})
     with pytest.raises(UpstreamError) as info:
         client.fetch_root(None)
     message = str(info.value)
-    assert UPSTREAM in message
+    assert client.config.upstream in message
     assert (content_type or "no content type") in message
     assert "PEP 691 JSON nor PEP 503 HTML" in message
     assert "check that the upstream URL" in message
-    assert len(rsps.calls) == 1
+    assert len(server.calls) == 1
 
 
 def test_plain_application_json_is_accepted(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_json(rsps, UPSTREAM, root_doc(), content_type="application/json; charset=utf-8")
+    add_json(server, ROOT, root_doc(), content_type="application/json; charset=utf-8")
     got = client.fetch_root(None)
     assert got is not None
     assert got.index.serial == 42
 
 
-def test_root_json_that_is_not_an_index(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, UPSTREAM, {"hello": "world"})
+def test_root_json_that_is_not_an_index(server: Canned, client: Client) -> None:
+    add_json(server, ROOT, {"hello": "world"})
     with pytest.raises(UpstreamError) as info:
         client.fetch_root(None)
-    assert UPSTREAM in str(info.value)
+    assert client.config.upstream in str(info.value)
     assert "projects" in str(info.value)
 
 
 # -- fetch_page -----------------------------------------------------------------
 
 
-def test_fetch_page_parses_the_page(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, FOO_URL, page_doc(serial=40), headers={"ETag": '"p1"'})
+def test_fetch_page_parses_the_page(server: Canned, client: Client) -> None:
+    add_json(server, FOO, page_doc(serial=40), headers={"ETag": '"p1"'})
     got = client.fetch_page(todo(40))
     assert got.page.name == "foo"
     assert got.page.serial == 40
     assert got.etag == '"p1"'
-    assert [f.url for f in got.page.files] == ["http://index.test/packages/foo-1.0.tar.gz"]
-    assert rsps.calls[0].request.url == FOO_URL
-    assert rsps.calls[0].request.headers["Accept"] == ACCEPT
-    assert "If-None-Match" not in rsps.calls[0].request.headers
+    assert [f.url for f in got.page.files] == [server.url("/packages/foo-1.0.tar.gz")]
+    assert server.calls[0].path == FOO
+    assert server.calls[0].header("Accept") == ACCEPT
+    assert server.calls[0].header("If-None-Match") is None
 
 
 def test_credentials_in_the_upstream_url_are_sent_as_basic_auth(
-    rsps: responses.RequestsMock, tmp_path: Path
+    server: Canned, tmp_path: Path
 ) -> None:
     # A private index: the token lives in the configured URL, and every page below
     # it is asked for with it.
-    upstream = "http://bot:s3cret@index.test/simple/"
-    client = Client(make_config(tmp_path, upstream=upstream))
-    add_json(rsps, upstream, root_doc())
-    add_json(rsps, f"{upstream}foo/", page_doc(serial=40))
+    upstream = server.url(ROOT).replace("http://", "http://bot:s3cret@")
+    client = Client(make_config(tmp_path, server, upstream=upstream))
+    add_json(server, ROOT, root_doc())
+    add_json(server, FOO, page_doc(serial=40))
     client.fetch_root(None)
     client.fetch_page(todo(40))
     expected = "Basic " + base64.b64encode(b"bot:s3cret").decode()
-    assert [c.request.headers.get("Authorization") for c in rsps.calls] == [expected] * 2
+    assert [c.header("Authorization") for c in server.calls] == [expected] * 2
 
 
-def test_newer_page_than_promised_is_fine(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, FOO_URL, page_doc(serial=50))
+def test_newer_page_than_promised_is_fine(server: Canned, client: Client) -> None:
+    add_json(server, FOO, page_doc(serial=50))
     assert client.fetch_page(todo(40)).page.serial == 50
-    assert len(rsps.calls) == 1
+    assert len(server.calls) == 1
 
 
 def test_stale_page_retried_then_stale_page_error(
-    rsps: responses.RequestsMock, client: Client, sleeps: list[float]
+    server: Canned, client: Client, sleeps: list[float]
 ) -> None:
-    add_json(rsps, FOO_URL, page_doc(serial=39))
+    add_json(server, FOO, page_doc(serial=39))
     with pytest.raises(StalePage) as info:
         client.fetch_page(todo(40))
     assert "39" in str(info.value)
     assert "40" in str(info.value)
-    assert FOO_URL in str(info.value)
-    assert len(rsps.calls) == 3  # stale_retries=2
+    assert client.page_url("foo") in str(info.value)
+    assert len(server.calls) == 3  # stale_retries=2
     assert len(sleeps) == 2
 
 
 def test_stale_retries_count_is_configurable(
-    rsps: responses.RequestsMock, tmp_path: Path
+    server: Canned, tmp_path: Path
 ) -> None:
-    client = Client(make_config(tmp_path, stale_retries=4))
-    add_json(rsps, FOO_URL, page_doc(serial=1))
+    client = Client(make_config(tmp_path, server, stale_retries=4))
+    add_json(server, FOO, page_doc(serial=1))
     with pytest.raises(StalePage):
         client.fetch_page(todo(40))
-    assert len(rsps.calls) == 5
+    assert len(server.calls) == 5
 
 
-def test_stale_then_fresh_page_succeeds(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, FOO_URL, page_doc(serial=39))
-    add_json(rsps, FOO_URL, page_doc(serial=40))
+def test_stale_then_fresh_page_succeeds(server: Canned, client: Client) -> None:
+    add_json(server, FOO, page_doc(serial=39))
+    add_json(server, FOO, page_doc(serial=40))
     got = client.fetch_page(todo(40))
     assert got.page.serial == 40
-    assert len(rsps.calls) == 2
+    assert len(server.calls) == 2
 
 
-def test_staleness_from_header_only_serial(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, FOO_URL, page_doc(serial=None), headers={"X-PyPI-Last-Serial": "38"})
-    add_json(rsps, FOO_URL, page_doc(serial=None), headers={"X-PyPI-Last-Serial": "41"})
+def test_staleness_from_header_only_serial(server: Canned, client: Client) -> None:
+    add_json(server, FOO, page_doc(serial=None), headers={"X-PyPI-Last-Serial": "38"})
+    add_json(server, FOO, page_doc(serial=None), headers={"X-PyPI-Last-Serial": "41"})
     got = client.fetch_page(todo(40))
     assert got.page.serial == 41
-    assert len(rsps.calls) == 2
+    assert len(server.calls) == 2
 
 
-def test_no_serial_anywhere_is_not_stale(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, FOO_URL, page_doc(serial=None))
+def test_no_serial_anywhere_is_not_stale(server: Canned, client: Client) -> None:
+    add_json(server, FOO, page_doc(serial=None))
     got = client.fetch_page(todo(40))
     assert got.page.serial is None
-    assert len(rsps.calls) == 1
+    assert len(server.calls) == 1
 
 
 def test_server_error_inside_a_page_fetch_is_retried(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    rsps.add(responses.GET, FOO_URL, status=502)
-    add_json(rsps, FOO_URL, page_doc(serial=40))
+    server.add(FOO, status=502)
+    add_json(server, FOO, page_doc(serial=40))
     assert client.fetch_page(todo(40)).page.name == "foo"
-    assert len(rsps.calls) == 2
+    assert len(server.calls) == 2
 
 
 def test_page_for_another_project_is_an_error(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_json(rsps, FOO_URL, page_doc(name="bar"))
+    add_json(server, FOO, page_doc(name="bar"))
     with pytest.raises(UpstreamError) as info:
         client.fetch_page(todo(40))
     assert not isinstance(info.value, StalePage)
     assert "'bar'" in str(info.value)
     assert "'foo'" in str(info.value)
-    assert len(rsps.calls) == 1
+    assert len(server.calls) == 1
 
 
-def test_page_name_is_compared_normalized(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, f"{UPSTREAM}bar-baz/", page_doc(name="Bar_Baz", serial=7))
+def test_page_name_is_compared_normalized(server: Canned, client: Client) -> None:
+    add_json(server, "/simple/bar-baz/", page_doc(name="Bar_Baz", serial=7))
     got = client.fetch_page(ProjectTodo("bar-baz", "bar_baz", 7))
     assert got.page.name == "bar-baz"
 
 
-def test_page_that_is_not_a_project_page(rsps: responses.RequestsMock, client: Client) -> None:
-    add_json(rsps, FOO_URL, {"meta": {}, "name": "foo"})
+def test_page_that_is_not_a_project_page(server: Canned, client: Client) -> None:
+    add_json(server, FOO, {"meta": {}, "name": "foo"})
     with pytest.raises(UpstreamError) as info:
         client.fetch_page(todo(40))
     assert "files" in str(info.value)
 
 
 def test_relative_file_urls_resolve_against_the_url_after_redirect(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    final = "http://cdn.index.test/a/b/foo/"
-    rsps.add(responses.GET, FOO_URL, status=301, headers={"Location": final})
-    add_json(rsps, final, page_doc(url="../files/foo-1.0.tar.gz"))
+    final = server.url("/a/b/foo/")
+    server.add(FOO, status=301, headers={"Location": final})
+    add_json(server, final, page_doc(url="../files/foo-1.0.tar.gz"))
     got = client.fetch_page(todo(40))
-    assert [f.url for f in got.page.files] == ["http://cdn.index.test/a/b/files/foo-1.0.tar.gz"]
-    assert [c.request.url for c in rsps.calls] == [FOO_URL, final]
+    assert [f.url for f in got.page.files] == [server.url("/a/b/files/foo-1.0.tar.gz")]
+    assert [c.path for c in server.calls] == [FOO, "/a/b/foo/"]
 
 
-def test_page_url_stays_below_upstream(client: Client) -> None:
-    assert client.page_url("foo") == FOO_URL
-    assert client.page_url("bar-baz") == f"{UPSTREAM}bar-baz/"
+def test_page_url_stays_below_upstream(server: Canned, client: Client) -> None:
+    assert client.page_url("foo") == server.url(FOO)
+    assert client.page_url("bar-baz") == server.url("/simple/bar-baz/")
 
 
 # -- HTML (PEP 503) answers --------------------------------------------------------------------
@@ -515,20 +522,18 @@ def page_html(serial: int | None = 40, href: str = "../../packages/foo-1.0.tar.g
 
 
 def add_html(
-    rsps: responses.RequestsMock,
-    url: str,
+    server: Canned,
+    path: str,
     body: str | bytes,
     *,
     content_type: str = "text/html; charset=utf-8",
     headers: dict[str, str] | None = None,
     status: int = 200,
 ) -> None:
-    rsps.add(
-        responses.GET,
-        url,
-        body=body,
-        content_type=content_type,
-        headers=headers or {},
+    server.add(
+        path,
+        body if isinstance(body, bytes) else body.encode(),
+        headers={"Content-Type": content_type, **(headers or {})},
         status=status,
     )
 
@@ -537,11 +542,11 @@ def add_html(
     "content_type", ["text/html", "text/html; charset=utf-8", HTML_CONTENT_TYPE, "TEXT/HTML"]
 )
 def test_html_root_is_parsed(
-    rsps: responses.RequestsMock, client: Client, content_type: str
+    server: Canned, client: Client, content_type: str
 ) -> None:
     add_html(
-        rsps,
-        UPSTREAM,
+        server,
+        ROOT,
         ROOT_HTML + "<!--SERIAL 42-->",
         content_type=content_type,
         headers={"ETag": '"r1"', "X-PyPI-Last-Serial": "41"},
@@ -556,99 +561,99 @@ def test_html_root_is_parsed(
     assert got.etag == '"r1"'
 
 
-def test_html_root_serial_from_header(rsps: responses.RequestsMock, client: Client) -> None:
-    add_html(rsps, UPSTREAM, ROOT_HTML, headers={"X-PyPI-Last-Serial": "41"})
+def test_html_root_serial_from_header(server: Canned, client: Client) -> None:
+    add_html(server, ROOT, ROOT_HTML, headers={"X-PyPI-Last-Serial": "41"})
     got = client.fetch_root(None)
     assert got is not None
     assert got.index.serial == 41
 
 
 def test_html_maintenance_page_as_root_is_an_upstream_error(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
     # Read as an index, it would list no projects and make every project look removed.
-    add_html(rsps, UPSTREAM, "<html><body>Down for maintenance</body></html>")
+    add_html(server, ROOT, "<html><body>Down for maintenance</body></html>")
     with pytest.raises(UpstreamError) as info:
         client.fetch_root(None)
     message = str(info.value)
-    assert UPSTREAM in message
+    assert client.config.upstream in message
     assert "not a simple index" in message
     assert "text/html" in message
-    assert len(rsps.calls) == 1
+    assert len(server.calls) == 1
 
 
-def test_html_page_is_parsed(rsps: responses.RequestsMock, client: Client) -> None:
-    add_html(rsps, FOO_URL, page_html(serial=40), headers={"ETag": '"p1"'})
+def test_html_page_is_parsed(server: Canned, client: Client) -> None:
+    add_html(server, FOO, page_html(serial=40), headers={"ETag": '"p1"'})
     got = client.fetch_page(todo(40))
     assert got is not None
     page = got.page
     assert (page.name, page.serial, page.status, page.versions) == ("foo", 40, "archived", None)
     assert page.rejected == ()
     [dist] = page.files
-    assert dist.url == "http://index.test/packages/foo-1.0.tar.gz"
+    assert dist.url == server.url("/packages/foo-1.0.tar.gz")
     assert dict(dist.hashes) == {"sha256": SHA}
     assert (dist.requires_python, dist.yanked_reason) == (">=3.8", "caf\u00e9 broke")
     assert got.etag == '"p1"'
 
 
 def test_html_page_relative_links_follow_the_redirect(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    final = "http://cdn.index.test/a/b/foo/"
-    rsps.add(responses.GET, FOO_URL, status=302, headers={"Location": final})
-    add_html(rsps, final, page_html(href="../files/foo-1.0.tar.gz"))
+    final = server.url("/a/b/foo/")
+    server.add(FOO, status=302, headers={"Location": final})
+    add_html(server, final, page_html(href="../files/foo-1.0.tar.gz"))
     got = client.fetch_page(todo(40))
     assert got is not None
-    assert [f.url for f in got.page.files] == ["http://cdn.index.test/a/b/files/foo-1.0.tar.gz"]
+    assert [f.url for f in got.page.files] == [server.url("/a/b/files/foo-1.0.tar.gz")]
 
 
 def test_stale_html_page_retried_by_its_serial_comment(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_html(rsps, FOO_URL, page_html(serial=39))
-    add_html(rsps, FOO_URL, page_html(serial=41))
+    add_html(server, FOO, page_html(serial=39))
+    add_html(server, FOO, page_html(serial=41))
     got = client.fetch_page(todo(40))
     assert got is not None
     assert got.page.serial == 41
-    assert len(rsps.calls) == 2
+    assert len(server.calls) == 2
 
 
 def test_html_page_without_a_serial_uses_the_header(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_html(rsps, FOO_URL, page_html(serial=None), headers={"X-PyPI-Last-Serial": "38"})
+    add_html(server, FOO, page_html(serial=None), headers={"X-PyPI-Last-Serial": "38"})
     with pytest.raises(StalePage):
         client.fetch_page(todo(40))
-    assert len(rsps.calls) == 3
+    assert len(server.calls) == 3
 
 
 def test_html_error_page_for_a_project_is_an_upstream_error(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_html(rsps, FOO_URL, "<html><body>Service Unavailable</body></html>")
+    add_html(server, FOO, "<html><body>Service Unavailable</body></html>")
     with pytest.raises(UpstreamError) as info:
         client.fetch_page(todo(40))
     assert not isinstance(info.value, StalePage)
-    assert FOO_URL in str(info.value)
+    assert client.page_url("foo") in str(info.value)
     assert "not a simple index" in str(info.value)
 
 
 def test_html_body_in_the_declared_charset_when_not_utf8(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
     body = page_html().encode("latin-1")
     with pytest.raises(UnicodeDecodeError):
         body.decode("utf-8")  # so the declared charset is what decodes it
-    add_html(rsps, FOO_URL, body, content_type='text/html; charset="ISO-8859-1"')
+    add_html(server, FOO, body, content_type='text/html; charset="ISO-8859-1"')
     got = client.fetch_page(todo(40))
     assert got is not None
     assert got.page.files[0].yanked_reason == "caf\u00e9 broke"
 
 
 def test_html_body_that_is_utf8_is_read_as_utf8_whatever_the_charset_says(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_html(rsps, FOO_URL, page_html().encode(), content_type="text/html; charset=iso-8859-1")
+    add_html(server, FOO, page_html().encode(), content_type="text/html; charset=iso-8859-1")
     got = client.fetch_page(todo(40))
     assert got is not None
     assert got.page.files[0].yanked_reason == "caf\u00e9 broke"
@@ -665,72 +670,72 @@ def test_html_body_that_is_utf8_is_read_as_utf8_whatever_the_charset_says(
     ],
 )
 def test_undecodable_html_is_an_upstream_error(
-    rsps: responses.RequestsMock, client: Client, content_type: str
+    server: Canned, client: Client, content_type: str
 ) -> None:
-    add_html(rsps, FOO_URL, page_html().encode("latin-1"), content_type=content_type)
+    add_html(server, FOO, page_html().encode("latin-1"), content_type=content_type)
     with pytest.raises(UpstreamError) as info:
         client.fetch_page(todo(40))
-    assert FOO_URL in str(info.value)
+    assert client.page_url("foo") in str(info.value)
     assert "HTML page" in str(info.value)
-    assert len(rsps.calls) == 1  # bad bytes are not worth another try
+    assert len(server.calls) == 1  # bad bytes are not worth another try
 
 
 def test_undecodable_html_root_is_an_upstream_error(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_html(rsps, UPSTREAM, b"<a href='x/'>\xff\xfe</a>", content_type="text/html")
+    add_html(server, ROOT, b"<a href='x/'>\xff\xfe</a>", content_type="text/html")
     with pytest.raises(UpstreamError) as info:
         client.fetch_root(None)
-    assert UPSTREAM in str(info.value)
+    assert client.config.upstream in str(info.value)
 
 
 # -- fetch_page: conditional requests and body hashes -------------------------------------------
 
 
 def test_fetch_page_sends_if_none_match_and_304_returns_none(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    rsps.add(responses.GET, FOO_URL, status=304, body=b"")
+    server.add(FOO, status=304)
     assert client.fetch_page(todo(40), etag='"p1"') is None
-    assert len(rsps.calls) == 1
-    assert rsps.calls[0].request.headers["If-None-Match"] == '"p1"'
+    assert len(server.calls) == 1
+    assert server.calls[0].header("If-None-Match") == '"p1"'
 
 
 def test_fetch_page_with_etag_returns_the_new_page_on_200(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
-    add_json(rsps, FOO_URL, page_doc(serial=41), headers={"ETag": '"p2"'})
+    add_json(server, FOO, page_doc(serial=41), headers={"ETag": '"p2"'})
     got = client.fetch_page(todo(40), etag='"p1"')
     assert got is not None
     assert (got.page.serial, got.etag) == (41, '"p2"')
-    assert rsps.calls[0].request.headers["If-None-Match"] == '"p1"'
+    assert server.calls[0].header("If-None-Match") == '"p1"'
 
 
 def test_304_older_than_the_root_promised_is_stale(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
     # A lagging CDN node still holding the old page would confirm the old ETag.
-    rsps.add(responses.GET, FOO_URL, status=304, headers={"X-PyPI-Last-Serial": "39"})
+    server.add(FOO, status=304, headers={"X-PyPI-Last-Serial": "39"})
     with pytest.raises(StalePage) as info:
         client.fetch_page(todo(40), etag='"p1"')
     assert "39" in str(info.value)
-    assert len(rsps.calls) == 3
+    assert len(server.calls) == 3
 
 
-def test_304_then_fresh_after_stale(rsps: responses.RequestsMock, client: Client) -> None:
-    rsps.add(responses.GET, FOO_URL, status=304, headers={"X-PyPI-Last-Serial": "39"})
-    rsps.add(responses.GET, FOO_URL, status=304, headers={"X-PyPI-Last-Serial": "40"})
+def test_304_then_fresh_after_stale(server: Canned, client: Client) -> None:
+    server.add(FOO, status=304, headers={"X-PyPI-Last-Serial": "39"})
+    server.add(FOO, status=304, headers={"X-PyPI-Last-Serial": "40"})
     assert client.fetch_page(todo(40), etag='"p1"') is None
-    assert len(rsps.calls) == 2
+    assert len(server.calls) == 2
 
 
 def test_fetch_page_returns_sha256_of_the_body(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
     json_body = json.dumps(page_doc(serial=40)).encode()
     html_body = page_html(serial=40).encode()
-    rsps.add(responses.GET, FOO_URL, body=json_body, content_type=JSON_CONTENT_TYPE)
-    add_html(rsps, FOO_URL, html_body)
+    server.add(FOO, json_body, headers={"Content-Type": JSON_CONTENT_TYPE})
+    add_html(server, FOO, html_body)
     first = client.fetch_page(todo(40))
     second = client.fetch_page(todo(40))
     assert first is not None and second is not None
@@ -740,17 +745,17 @@ def test_fetch_page_returns_sha256_of_the_body(
 
 
 def test_sha256_is_of_the_bytes_not_the_decoded_text(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
     body = page_html().encode("latin-1")
-    add_html(rsps, FOO_URL, body, content_type="text/html; charset=latin-1")
+    add_html(server, FOO, body, content_type="text/html; charset=latin-1")
     got = client.fetch_page(todo(40))
     assert got is not None
     assert got.sha256 == hashlib.sha256(body).hexdigest()
 
 
 def test_environment_is_consulted_only_when_it_carries_settings(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: Canned
 ) -> None:
     from simplemirror.upstream import _environment_matters
 
@@ -764,15 +769,69 @@ def test_environment_is_consulted_only_when_it_carries_settings(
     monkeypatch.delenv("HTTPS_PROXY")
     (tmp_path / ".netrc").write_text("machine index.test login u password p\n")
     assert _environment_matters() is True
-    client = Client(make_config(tmp_path))
+    client = Client(make_config(tmp_path, server))
     assert client.session().trust_env is True
 
 
 def test_a_redirect_loop_ends_in_a_clear_error(
-    rsps: responses.RequestsMock, client: Client
+    server: Canned, client: Client
 ) -> None:
     url = client.config.upstream
-    rsps.add(responses.GET, url, status=302, headers={"Location": url})
+    server.add(url, status=302, headers={"Location": url})
     with pytest.raises(UpstreamError, match="redirects"):
         client.fetch_root(None)
-    assert len(rsps.calls) == 11
+    assert len(server.calls) == 11
+
+
+# -- through requests, when the environment sets a proxy (mocked with responses) --------------
+
+PROXIED = "http://index.invalid/simple/"
+
+
+@pytest.fixture
+def proxied(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Client:
+    """A client whose environment names a proxy: requests carries every request."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    return Client(config.build({}, {
+        "upstream": PROXIED, "directory": str(tmp_path), "retries": 2,
+        "retry_wait": 0, "retry_max_wait": 0, "stale_retries": 0,
+    }))
+
+
+def test_through_a_proxy_the_root_and_pages_are_read_alike(
+    rsps: responses.RequestsMock, proxied: Client
+) -> None:
+    rsps.add(responses.GET, PROXIED, json=root_doc(), content_type=JSON_CONTENT_TYPE,
+             headers={"ETag": '"r"'})
+    rsps.add(responses.GET, f"{PROXIED}foo/", status=304)
+    got = proxied.fetch_root(None)
+    assert got is not None and got.etag == '"r"'
+    assert [p.normalized for p in got.index.projects] == ["foo", "bar-baz"]
+    assert proxied.fetch_page(todo(40), etag='"p"') is None
+    assert rsps.calls[1].request.headers["If-None-Match"] == '"p"'
+
+
+def test_through_a_proxy_connection_errors_are_retried(
+    rsps: responses.RequestsMock, proxied: Client, sleeps: list[float]
+) -> None:
+    rsps.add(responses.GET, PROXIED, body=requests.ConnectionError("proxy refused"))
+    rsps.add(responses.GET, PROXIED, json=root_doc(), content_type=JSON_CONTENT_TYPE)
+    assert proxied.fetch_root(None) is not None
+    assert len(rsps.calls) == 2
+    assert len(sleeps) == 1
+
+
+def test_through_a_proxy_a_file_is_streamed_and_errors_are_upstream_errors(
+    rsps: responses.RequestsMock, proxied: Client
+) -> None:
+    rsps.add(responses.GET, "http://index.invalid/packages/a.whl", body=b"wheel" * 1000)
+    rsps.add(responses.GET, "http://index.invalid/packages/b.whl", status=404)
+    with proxied.stream("http://index.invalid/packages/a.whl") as stream:
+        assert (stream.status, stream.body.read()) == (200, b"wheel" * 1000)
+    with (
+        proxied.stream("http://index.invalid/packages/b.whl") as stream,
+        pytest.raises(UpstreamError, match="404"),
+    ):
+        check_response(stream)

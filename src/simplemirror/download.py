@@ -14,10 +14,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import urllib3
-
 from simplemirror import layout, tempfiles
-from simplemirror.transport import Stream
+from simplemirror.transport import Stream, TransportError
 from simplemirror.upstream import Client, TransientError, check_response
 
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
@@ -57,12 +55,12 @@ def _chunks(url: str, response: Stream) -> Iterator[bytes]:
     read1 returns what is there rather than waiting for a full chunk, so a
     stop request is seen promptly even on a slow link.
     """
-    read = response.raw.read1
+    read = response.body.read1
     try:
-        while chunk := read(CHUNK, decode_content=True):
+        while chunk := read(CHUNK):
             yield chunk
-    except urllib3.exceptions.HTTPError as exc:  # a reset or timeout mid-body
-        raise TransientError(f"{url}: {exc}") from exc
+    except TransportError as exc:  # a reset or timeout mid-body
+        raise TransientError(str(exc)) from exc
 
 
 def fetch_to(

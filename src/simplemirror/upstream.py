@@ -14,10 +14,11 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
@@ -41,7 +42,7 @@ from simplemirror.model import (
     parse_serial,
 )
 from simplemirror.plan import ProjectTodo
-from simplemirror.transport import Stream, Transport, TransportError
+from simplemirror.transport import Fetched, Stream, Transport, TransportError
 
 T = TypeVar("T")
 
@@ -51,7 +52,6 @@ ACCEPT = f"{JSON_CONTENT_TYPE}, {HTML_CONTENT_TYPE};q=0.2, text/html;q=0.1"
 JSON_TYPES = frozenset({JSON_CONTENT_TYPE, "application/json"})
 HTML_TYPES = frozenset({HTML_CONTENT_TYPE, "text/html"})
 SERIAL_HEADER = "X-PyPI-Last-Serial"
-MAX_REDIRECTS = 10
 
 
 class UpstreamError(Exception):
@@ -85,19 +85,23 @@ def backoff(first: float, ceiling: float) -> wait_base:
     return wait_exponential(multiplier=first, max=ceiling) + wait_random(0, first)
 
 
-def _retry_after(response: requests.Response | Stream) -> float | None:
+def _retry_after(response: Fetched | Stream) -> float | None:
     value = response.headers.get("Retry-After", "").strip()
     # Only the delta-seconds form; an HTTP date falls back to the computed backoff.
     return float(value) if value.isascii() and value.isdigit() else None
 
 
-def check_response(response: requests.Response | Stream) -> None:
+def check_response(response: Fetched | Stream) -> None:
     """Raise TransientError or UpstreamError for a response that is not a success."""
-    status = response.status_code if isinstance(response, requests.Response) else response.status
+    status = response.status
     if status == 429 or status >= 500:
         raise TransientError(f"{response.url}: HTTP {status}", _retry_after(response))
     if status >= 400:
         raise UpstreamError(f"{response.url}: HTTP {status}")
+
+
+def _upstream_error(exc: TransportError) -> UpstreamError:
+    return TransientError(str(exc)) if exc.transient else UpstreamError(str(exc))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -128,11 +132,30 @@ class PageResponse:
     from an upstream that gives neither ETags nor serials."""
 
 
+class _RawBody:
+    """A file body read through requests (proxies, netrc): its urllib3 response."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def read1(self, n: int) -> bytes:
+        try:
+            return self._raw.read1(n, decode_content=True)  # type: ignore[no-any-return]
+        except urllib3.exceptions.HTTPError as exc:  # a reset or timeout mid-body
+            raise TransportError(str(exc)) from exc
+
+    def read(self) -> bytes:
+        parts = []
+        while chunk := self.read1(1 << 20):
+            parts.append(chunk)
+        return b"".join(parts)
+
+
 @dataclass(frozen=True)
 class _Answer:
     """A successful GET of a Simple API document, decoded but not yet interpreted."""
 
-    response: requests.Response
+    response: Fetched
     media: str
     """The content type without parameters, lowercased."""
     document: object
@@ -179,7 +202,6 @@ class Client:
             user_agent=config.user_agent,
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
-            maxsize=config.workers,
         )
         self.stop = threading.Event()
         """Set to make every request, retry and download end soon (Interrupted)."""
@@ -210,56 +232,36 @@ class Client:
             self._local.session = session
         return session
 
-    def get(
-        self, url: str, headers: Mapping[str, str] | None = None, *, stream: bool = False
-    ) -> requests.Response:
-        """GET ``url``, following redirects.
+    def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> Fetched:
+        """GET a whole document (the root, a page), following redirects.
 
-        Straight through the thread's adapter when the environment has no proxy
-        or netrc settings: a Session's per-call merging of settings, cookies and
-        hooks costs more than a small request on a fast link.
+        Through requests only when the environment sets proxies or a netrc file,
+        which it knows how to apply; otherwise over the transport (see transport.py).
         """
         session = self.session()
         if session.trust_env:
-            return session.get(url, headers=headers, stream=stream, timeout=self.timeout)
-        adapter = session.get_adapter(url)
-        merged = {**session.headers, **(headers or {})}
-        for _ in range(MAX_REDIRECTS + 1):
-            # Only the parts a GET uses: PreparedRequest.prepare() would also work
-            # through a body and cookies this request does not have (~0.1 ms a
-            # request, a fifth of a small page's cost). Auth stays: credentials in
-            # the upstream URL (https://user:token@host/simple/) become Basic auth.
-            request = requests.PreparedRequest()
-            request.prepare_method("GET")
-            request.prepare_url(url, None)
-            request.prepare_headers(merged)
-            request.prepare_auth(None, url)
-            response = adapter.send(
-                request, stream=stream, timeout=self.timeout, verify=session.verify
-            )
-            if not response.is_redirect:
-                return response
-            url = urljoin(response.url, response.headers["Location"])
-            response.close()
-        raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
+            response = session.get(url, headers=headers, timeout=self.timeout)
+            return Fetched(response.url, response.status_code, response.headers, response.content)
+        try:
+            return self.transport.get(url, headers)
+        except TransportError as exc:
+            raise _upstream_error(exc) from exc
 
     @contextmanager
     def stream(self, url: str) -> Iterator[Stream]:
-        """GET a file's body to be read as it arrives (see transport.py).
-
-        Through requests only when the environment sets proxies or a netrc file,
-        which it knows how to apply.
-        """
+        """GET a file's body to be read as it arrives; through requests as ``fetch`` says."""
         session = self.session()
         if session.trust_env:
             with session.get(url, stream=True, timeout=self.timeout) as response:
-                yield Stream(response.url, response.status_code, response.headers, response.raw)
+                yield Stream(
+                    response.url, response.status_code, response.headers, _RawBody(response.raw)
+                )
             return
         try:
             with self.transport.stream(url) as stream:
                 yield stream
         except TransportError as exc:
-            raise TransientError(str(exc)) from exc
+            raise _upstream_error(exc) from exc
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -308,7 +310,7 @@ class Client:
         etag: str | None,
         parse_json: Callable[[bytes], object] = json.loads,
         same_as: str | None = None,
-    ) -> _Answer | requests.Response:
+    ) -> _Answer | Fetched:
         """GET a Simple API document (PEP 691 JSON or PEP 503 HTML).
 
         A 304 Not Modified comes back as the bare response, for its headers; so does
@@ -318,18 +320,18 @@ class Client:
         if etag:
             headers["If-None-Match"] = etag
 
-        def attempt() -> _Answer | requests.Response:
-            response = self.get(url, headers)
-            if response.status_code == 304:
+        def attempt() -> _Answer | Fetched:
+            response = self.fetch(url, headers)
+            if response.status == 304:
                 return response
             check_response(response)
-            digest = hashlib.sha256(response.content).hexdigest()
+            digest = hashlib.sha256(response.body).hexdigest()
             if digest == same_as:
                 return response
             content_type = response.headers.get("Content-Type", "")
             media = content_type.split(";")[0].strip().lower()
             if media in HTML_TYPES:
-                text = decode_html(response.content, content_type, url)
+                text = decode_html(response.body, content_type, url)
                 return _Answer(response, media, text, digest)
             if media not in JSON_TYPES:
                 raise UpstreamError(
@@ -337,9 +339,9 @@ class Client:
                     "PEP 503 HTML; check that the upstream URL is the root of a simple index"
                 )
             try:
-                # From the bytes: JSON is UTF-8, and response.json() would
-                # guess another charset for bytes that are not, garbling names.
-                return _Answer(response, media, parse_json(response.content), digest)
+                # From the bytes: JSON is UTF-8, and guessing another charset for
+                # bytes that are not would garble names.
+                return _Answer(response, media, parse_json(response.body), digest)
             except (ValueError, RecursionError) as exc:
                 # ValueError covers bad JSON and bytes that are not UTF-8 text.
                 raise UpstreamError(f"{url}: malformed JSON ({exc})") from None

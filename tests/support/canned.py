@@ -1,8 +1,9 @@
 """A loopback HTTP server that answers each path with canned responses, in order.
 
-For unit tests of code that talks HTTP below requests (the file transport uses
-urllib3 directly, which `responses` cannot see). Like `responses`, answers added
-for one path are given in turn and the last one repeats; every request is recorded.
+For unit tests of code that talks HTTP below requests (the transport uses
+http.client directly, which `responses` cannot see). Like `responses`, answers
+added for one path are given in turn and the last one repeats; every request is
+recorded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -21,11 +23,18 @@ from urllib.parse import urlsplit
 class Answer:
     status: int = 200
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | None] = field(default_factory=dict)
+    """Sent as given; None leaves a header out (Content-Type, say)."""
     reset: bool = False
     """Drop the connection (TCP reset) instead of answering."""
     pause: threading.Event | None = None
     """Send half the body, then wait (5 s at most) for this event before the rest."""
+    stall: float = 0.0
+    """Seconds to wait before answering at all."""
+    close: bool = False
+    """Close the connection after the answer without saying so (Connection: close)."""
+    length: int | None = None
+    """The Content-Length to declare, when it is not the body's."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,11 @@ class Call:
     headers: dict[str, str]
     port: int
     """The client's port: requests on one kept-alive connection share it."""
+
+    def header(self, name: str) -> str | None:
+        """A request header, whatever its case."""
+        lowered = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -66,6 +80,8 @@ class Canned:
                 answer = canned._next(
                     Call(self.path, dict(self.headers.items()), self.client_address[1])
                 )
+                if answer.stall:
+                    time.sleep(answer.stall)
                 if answer.reset:
                     # SO_LINGER 0: close() sends a reset, not an orderly end.
                     self.connection.setsockopt(
@@ -76,9 +92,13 @@ class Canned:
                 self.send_response(answer.status)
                 headers = {"Content-Type": "application/octet-stream", **answer.headers}
                 for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(answer.body)))
+                    if value is not None:
+                        self.send_header(key, value)
+                length = len(answer.body) if answer.length is None else answer.length
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
+                if answer.close or answer.length is not None:
+                    self.close_connection = True
                 if answer.pause is None:
                     self.wfile.write(answer.body)
                     return
@@ -105,16 +125,19 @@ class Canned:
         body: bytes = b"",
         *,
         status: int = 200,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | None] | None = None,
         reset: bool = False,
         pause: threading.Event | None = None,
+        stall: float = 0.0,
+        close: bool = False,
+        length: int | None = None,
     ) -> None:
         """Queue an answer for ``url`` (a full URL of this server, or a path)."""
         parts = urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         with self._lock:
             self._answers.setdefault(path, []).append(
-                Answer(status, body, dict(headers or {}), reset, pause)
+                Answer(status, body, dict(headers or {}), reset, pause, stall, close, length)
             )
 
     def _next(self, call: Call) -> Answer:

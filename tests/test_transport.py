@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import http.client
+import io
 import json
+import socket
 import threading
 import time
 import zlib
@@ -17,7 +20,7 @@ import pytest
 from simplemirror import config, download
 from simplemirror.download import VerificationError
 from simplemirror.plan import ProjectTodo
-from simplemirror.transport import DeadEnd, Transport, TransportError
+from simplemirror.transport import DeadEnd, Transport, TransportError, _read_headers
 from simplemirror.upstream import Client, TransientError
 from tests.support.canned import Canned
 
@@ -305,3 +308,76 @@ def test_each_thread_keeps_its_own_connection(server: Canned) -> None:
 def test_a_port_that_is_not_a_number_is_a_dead_end() -> None:
     with pytest.raises(DeadEnd, match="port"):
         read(transport(), "http://127.0.0.1:http/x")
+
+
+# -- response headers ----------------------------------------------------------------
+
+
+def test_headers_are_read_without_regard_to_case_first_of_a_repeat_kept() -> None:
+    block = (
+        b"Content-Type: text/html\r\n"
+        b"ETAG: \"e1\"\r\n"
+        b"X-Long: one\r\n"
+        b"  two\r\n"  # an obsolete folded continuation
+        b"not a header line\r\n"
+        b"etag: \"e2\"\r\n"
+        b"\r\n"
+        b"body"
+    )
+    fp = io.BytesIO(block)
+    headers = _read_headers(fp)
+    assert headers.get("content-type") == "text/html"
+    assert headers.get("ETag") == headers["etag"] == '"e1"'
+    assert headers.get("x-long") == "one two"
+    assert "Content-Type" in headers and "Location" not in headers
+    assert headers.get("Location", "none") == "none"
+    assert fp.read() == b"body"  # the body is left where it was
+
+
+def test_too_many_headers_or_too_long_a_line_is_an_error() -> None:
+    with pytest.raises(http.client.HTTPException, match="more than"):
+        _read_headers(io.BytesIO(b"X: y\r\n" * 101 + b"\r\n"))
+    with pytest.raises(http.client.LineTooLong):
+        _read_headers(io.BytesIO(b"X: " + b"y" * 70_000 + b"\r\n\r\n"))
+
+
+def _raw_server(answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    """Answers one connection with ``answer`` byte for byte, then closes it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nbo\r\n2;x=y\r\ndy\r\n0\r\n"
+        b"Trailer: t\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nbody",  # no length: the body ends with the connection
+    ],
+    ids=["100-continue", "chunked", "until-close"],
+)
+def test_framings_other_than_content_length(answer: bytes) -> None:
+    listener, thread = _raw_server(answer)
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        assert read(transport(), url) == (200, b"body")
+        thread.join(5)
+
+
+def test_a_status_line_that_is_not_http_is_a_transport_error() -> None:
+    listener, thread = _raw_server(b"SSH-2.0-OpenSSH_9.2\r\n")
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        with pytest.raises(TransportError, match="BadStatusLine"):
+            read(transport(), url)
+        thread.join(5)

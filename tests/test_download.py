@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from simplemirror import config, download, layout
+from simplemirror import config, download, layout, tempfiles
 from simplemirror.download import Downloaded, VerificationError
 from simplemirror.upstream import Client, TransientError, UpstreamError
 from tests.support.canned import Canned
@@ -97,25 +97,6 @@ def mirror(tmp_path: Path, file_url: str) -> Mirror:
 
 def add_body(rsps: Canned, body: bytes, path: str = FILE_PATH) -> None:
     rsps.add(path, body)
-
-
-class CountingFile:
-    """Wraps the temporary file fetch_to writes, counting the bytes written."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.written = 0
-
-    def write(self, data: bytes) -> int:
-        self.written += len(data)
-        return int(self.inner.write(data))
-
-    def __enter__(self) -> CountingFile:
-        self.inner.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> Any:
-        return self.inner.__exit__(*exc)
 
 
 # -- success ---------------------------------------------------------------------
@@ -236,25 +217,28 @@ def test_larger_body_than_declared_is_cut_off(
 ) -> None:
     monkeypatch.setattr(download, "CHUNK", 16)
     declared = 40
-    files: list[CountingFile] = []
-    real_fdopen = os.fdopen
+    written: list[int] = []  # bytes written to each temporary file, in order of opening
+    real_create, real_write_all = tempfiles.create, tempfiles.write_all
 
-    def counting_fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
-        wrapped = CountingFile(real_fdopen(fd, *args, **kwargs))
-        files.append(wrapped)
-        return wrapped
+    def counting_create(*args: Any) -> tuple[int, str]:
+        written.append(0)
+        return real_create(*args)
 
-    monkeypatch.setattr(download.os, "fdopen", counting_fdopen)
+    def counting_write_all(fd: int, data: bytes) -> None:
+        written[-1] += len(data)
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(download.tempfiles, "create", counting_create)
+    monkeypatch.setattr(download.tempfiles, "write_all", counting_write_all)
     add_body(rsps, BODY)
     with pytest.raises(VerificationError) as info:
         mirror.fetch_file(expected_hashes={"sha256": sha256(BODY[:declared])},
                           expected_size=declared)
     assert "larger" in str(info.value)
     assert f"{declared} bytes" in str(info.value)
-    assert len(files) == 3  # one temporary file per attempt
-    # Never more than declared is written (at worst, one chunk past it).
-    assert all(0 < f.written <= declared + download.CHUNK for f in files)
-    assert all(f.written <= declared for f in files)
+    assert len(written) == 3  # one temporary file per attempt
+    # Never more than declared is written, not even the chunk that goes past it.
+    assert all(0 < n <= declared for n in written)
     assert mirror.web_files() == []
     assert mirror.tmp_files() == []
 

@@ -1,4 +1,4 @@
-"""Pages written in pieces (the root): whole or not at all, and not rewritten unchanged."""
+"""Pages written whole or not at all, and not rewritten when their bytes are unchanged."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from simplemirror import layout, render
 from simplemirror.publish import Publisher
+from simplemirror.render import ProjectInfo
 from simplemirror.state import State
 
 REL = "simple/index.html"
@@ -75,3 +77,40 @@ def test_a_failure_part_way_leaves_the_old_page_and_no_temporary_file(
     assert (publisher.web / REL).read_bytes() == old
     assert list(publisher.tmp.iterdir()) == []
     assert recorded(publisher) == [(REL, hashlib.sha256(old).hexdigest())]
+
+
+def info(name: str = "foo", serial: int = 1) -> ProjectInfo:
+    return ProjectInfo(name, serial, ("1.0",), {})
+
+
+def test_a_new_project_is_written_and_an_unchanged_one_is_not(publisher: Publisher) -> None:
+    publisher.project(info(), [])
+    html, json_page = (publisher.web / p for p in layout.project_pages("foo"))
+    before = [html.stat(), json_page.stat()]
+    assert publisher.pages_written == 2
+    publisher.project(info(), [])  # the same bytes: left alone
+    after = [html.stat(), json_page.stat()]
+    assert [(s.st_ino, s.st_mtime_ns) for s in after] == [
+        (s.st_ino, s.st_mtime_ns) for s in before
+    ]
+    assert publisher.pages_written == 2
+    publisher.project(info(serial=2), [])  # the JSON page carries the serial
+    assert publisher.pages_written == 3
+    assert list(publisher.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "on_disk",
+    [b"", b"<html>old</html>", None],  # shorter, other, and the real page plus a byte
+)
+def test_a_page_on_disk_is_rewritten_unless_its_bytes_are_the_same(
+    publisher: Publisher, on_disk: bytes | None
+) -> None:
+    rel = layout.project_pages("foo")[0]
+    target = publisher.web / rel
+    page = render.project_html(info(), [])
+    target.parent.mkdir(parents=True)
+    target.write_bytes(page.encode() + b"!" if on_disk is None else on_disk)
+    publisher.page(rel, page)
+    assert target.read_bytes() == page.encode()
+    assert publisher.pages_written == 1

@@ -324,8 +324,8 @@ def test_disk_full_while_writing_pages_stops_cleanly_then_converges(
     world.add_release("tiny", "0.2")
     real_write = publish.write_atomic
 
-    def full_disk(target: Path, data: bytes, tmp: Path) -> None:
-        if target.parent.name == "tiny":
+    def full_disk(target: str, data: bytes, tmp: Path) -> None:
+        if Path(target).parent.name == "tiny":
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(target, data, tmp)
 

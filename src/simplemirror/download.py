@@ -72,10 +72,12 @@ def fetch_to(
     web: Path,
     tmp: Path,
     path_for_sha256: Callable[[str], str],
+    new_dir: bool = False,
 ) -> Downloaded:
     """One attempt: download ``url``, verify it, and move it to ``path_for_sha256(sha256)``.
 
     Never takes more than the declared size, or ``max-file-size`` when none was declared.
+    ``new_dir``: that path's directory is most likely new (see tempfiles.install).
     """
     limit = expected_size if expected_size is not None else client.config.max_file_size
     algorithms = {"sha256", *expected_hashes}
@@ -83,33 +85,32 @@ def fetch_to(
     size = 0
     fd, tmp_name = tempfiles.create(tmp, "dl-", PUBLISHED_MODE)
     try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            client.stream(url) as response,
-        ):
-            check_response(response)
-            for chunk in _chunks(url, response):
-                client.check_stop()
-                size += len(chunk)
-                # A lying or endless server cannot fill the disk.
-                if size > limit:
-                    raise VerificationError(
-                        f"{url}: body is larger than the {limit} bytes "
-                        + ("upstream declared" if expected_size is not None else "max-file-size")
-                    )
-                out.write(chunk)
-                for h in hashers.values():
-                    h.update(chunk)
+        try:
+            with client.stream(url) as response:
+                check_response(response)
+                for chunk in _chunks(url, response):
+                    client.check_stop()
+                    size += len(chunk)
+                    # A lying or endless server cannot fill the disk.
+                    if size > limit:
+                        raise VerificationError(
+                            f"{url}: body is larger than the {limit} bytes "
+                            + ("upstream declared" if expected_size is not None
+                               else "max-file-size")
+                        )
+                    tempfiles.write_all(fd, chunk)
+                    for h in hashers.values():
+                        h.update(chunk)
+        finally:
+            os.close(fd)
         digests = {a: h.hexdigest() for a, h in hashers.items()}
         _verify(url, digests, expected_hashes, size, expected_size)
         rel = path_for_sha256(digests["sha256"])
-        final = web / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_name, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    tempfiles.install(tmp_name, f"{web}/{rel}", new_dir=new_dir)
     return Downloaded(rel, size, digests)
 
 
@@ -133,6 +134,7 @@ def fetch_file(
             web=web,
             tmp=tmp,
             path_for_sha256=lambda sha256: layout.file_path(sha256, filename),
+            new_dir=True,  # each content-addressed file has a directory of its own
         ),
         also=VerificationError,
     )

@@ -7,7 +7,6 @@ A page whose bytes did not change is not written again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import os
@@ -27,32 +26,39 @@ def _stage(tmp: Path, chunks: Iterable[bytes]) -> tuple[str, str]:
     fd, name = tempfiles.create(tmp, "page-", PAGE_MODE)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out:
+        try:
             for chunk in chunks:
                 digest.update(chunk)
-                out.write(chunk)
+                tempfiles.write_all(fd, chunk)
+        finally:
+            os.close(fd)
     except BaseException:
         os.unlink(name)
         raise
     return name, digest.hexdigest()
 
 
-def _install(name: str, target: Path) -> None:
-    """Rename the staged file ``name`` over ``target``: readers see one or the other."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-
-
-def write_atomic(target: Path, data: bytes, tmp: Path) -> str:
+def write_atomic(target: str, data: bytes, tmp: Path) -> str:
     """Replace ``target`` with ``data`` whole; the sha256 of ``data``."""
     name, digest = _stage(tmp, (data,))
-    _install(name, target)
+    tempfiles.install(name, target)
     return digest
+
+
+def _same_bytes(path: str, data: bytes) -> bool:
+    """Whether the file at ``path`` holds exactly ``data`` (False when there is none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        held = b""
+        # One byte more than data: a longer file differs.
+        while len(held) <= len(data) and (more := os.read(fd, len(data) + 1 - len(held))):
+            held += more
+        return held == data
+    finally:
+        os.close(fd)
 
 
 def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
@@ -83,15 +89,18 @@ class Publisher:
         self.generation = generation
         self.pages_written = 0
 
-    def page(self, rel: str, text: str) -> None:
+    def page(self, rel: str, text: str, *, new: bool = False) -> None:
+        """Write the page at ``rel`` unless it holds these bytes already.
+
+        ``new``: its directory was just made, so there is nothing to compare with.
+        """
         data = text.encode("utf-8")
-        target = self.web / rel
+        target = f"{self.web}/{rel}"
         # Compare with the disk, not with state.db: after a crash the disk can
         # hold a newer page than state.db recorded, and a change that upstream
         # then reverted would otherwise never be written back.
-        with contextlib.suppress(FileNotFoundError):
-            if target.read_bytes() == data:
-                return
+        if not new and _same_bytes(target, data):
+            return
         self._written(rel, write_atomic(target, data, self.tmp))
 
     def page_from_parts(self, rel: str, parts: Iterable[str]) -> None:
@@ -102,7 +111,7 @@ class Publisher:
         if _file_sha256(target) == digest:
             os.unlink(name)
             return
-        _install(name, target)
+        tempfiles.install(name, str(target))
         self._written(rel, digest)
 
     def _written(self, rel: str, digest: str) -> None:
@@ -112,8 +121,17 @@ class Publisher:
     def project(self, info: render.ProjectInfo, files: Sequence[HeldFile]) -> None:
         """A project's pages; call only once every file in ``files`` is in place."""
         html_path, json_path = layout.project_pages(info.name)
-        self.page(html_path, render.project_html(info, files, self.public_url))
-        self.page(json_path, render.project_json(info, files, self.public_url))
+        # A project seen for the first time (every one, on a first sync) has no
+        # pages to compare with: making its directory says so in one call.
+        try:
+            os.mkdir(f"{self.web}/{layout.project_dir(info.name)}")
+            new = True
+        except FileExistsError:
+            new = False
+        except FileNotFoundError:  # web/simple itself is missing: page() makes it
+            new = False
+        self.page(html_path, render.project_html(info, files, self.public_url), new=new)
+        self.page(json_path, render.project_json(info, files, self.public_url), new=new)
 
     def last_modified(self, when: time.struct_time) -> None:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""

@@ -33,3 +33,45 @@ def create(tmp: Path, prefix: str, mode: int) -> tuple[int, str]:
             os.unlink(name)
         raise
     return fd, name
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a write may take only part)."""
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def install(name: str, target: str, *, new_dir: bool = False) -> None:
+    """Rename the finished temporary file ``name`` to ``target``, making its directory.
+
+    ``new_dir``: the directory is most likely not there yet (a content-addressed
+    file's own), so make it first rather than after a failed rename. Plain
+    ``os`` calls: at one or two per file, pathlib's objects cost more than the
+    system calls. On failure the temporary file is removed.
+    """
+    try:
+        if new_dir:
+            _make_dir(os.path.dirname(target))
+        try:
+            os.replace(name, target)
+        except FileNotFoundError:
+            if not os.path.exists(name):
+                raise
+            _make_dir(os.path.dirname(target))
+            os.replace(name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)

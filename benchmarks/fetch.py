@@ -7,6 +7,8 @@ place. That is "the machine's limit" for the file-heavy world.
 
 ``curl_all`` drives one curl process in parallel mode (``-Z``) over a URL list: the
 fastest generic client at hand, used to show the upstream is not the bottleneck.
+``curl_sha256`` is the same with every body piped into one ``sha256sum``: the
+issue's own example of the machine's fetch+hash limit, in native code.
 """
 
 from __future__ import annotations
@@ -116,15 +118,42 @@ def _drain(response: http.client.HTTPResponse, store: Path | None) -> int:
     return size
 
 
+def _curl_config(work: Path, base_url: str, paths: Sequence[str], output: str) -> Path:
+    config = work / "curl-urls.cfg"
+    with config.open("w") as out:
+        for path in paths:
+            out.write(f'url = "{base_url}{path}"\noutput = "{output}"\n')
+    return config
+
+
+def curl_sha256(
+    base_url: str, paths: Sequence[str], *, parallel: int = 10, work: Path
+) -> FetchResult:
+    """GET every path with one ``curl -Z`` process, every body piped into ``sha256sum``.
+
+    One hash over all the bytes rather than one a file: what it measures is how fast
+    this machine moves and hashes them, not the files' digests.
+    """
+    config = _curl_config(work, base_url, paths, "-")
+    command = ["curl", "-s", "-Z", "--parallel-max", str(parallel), "-K", str(config)]
+    started = time.monotonic()
+    curl = subprocess.Popen(command, stdout=subprocess.PIPE)
+    assert curl.stdout is not None
+    digest = subprocess.run(["sha256sum"], stdin=curl.stdout, capture_output=True, check=False)
+    curl.stdout.close()
+    returncode = curl.wait()
+    seconds = time.monotonic() - started
+    config.unlink()
+    failed = returncode != 0 or digest.returncode != 0
+    return FetchResult(len(paths), 0, seconds, 1 if failed else 0)
+
+
 def curl_all(
     base_url: str, paths: Sequence[str], *, parallel: int = 10, accept: str | None = None,
     work: Path,
 ) -> FetchResult:
     """GET every path with one ``curl -Z`` process, bodies discarded."""
-    config = work / "curl-urls.cfg"
-    with config.open("w") as out:
-        for path in paths:
-            out.write(f'url = "{base_url}{path}"\noutput = "/dev/null"\n')
+    config = _curl_config(work, base_url, paths, "/dev/null")
     command = [
         "curl", "-s", "-Z", "--parallel-max", str(parallel), "-K", str(config),
         "-w", "%{size_download}\n",

@@ -65,6 +65,30 @@ def test_compare_on_a_tiny_world(tmp_path: Path) -> None:
     assert not any((tmp_path / "work").iterdir())
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_yardsticks_on_a_tiny_file_world(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.compare", "--world", "files", "--projects", "3",
+            "--changes", "1", "--only", "simplemirror", "--workdir", str(tmp_path / "work"),
+            "--json-out", str(report_path),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    files, metadata = report["world_files"]["initial"]
+    limits = report["limit"]
+    assert set(limits) == {"hash only", "limit", "curl"}
+    for figures in limits.values():
+        assert figures["errors"] == 0
+        assert figures["requests"] == files + metadata
+        # Each yardstick fetched every file URL once and was timed and charged its CPU.
+        assert figures["mb"] > 0 and figures["seconds"] > 0 and figures["cpu"] > 0
+    assert "throughput / curl (curl|sha256sum)" in done.stdout
+
+
 def test_noop_benchmark_on_a_small_synthetic_mirror(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.noop", "--projects", "300",

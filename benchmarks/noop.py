@@ -114,7 +114,7 @@ def build_mirror(directory: Path, projects: int, upstream: str, body: bytes) -> 
         state.set_meta("root_sha256", hashlib.sha256(body).hexdigest())
         (directory / "tmp").mkdir(parents=True, exist_ok=True)
         publisher = Publisher(directory / "web", directory / "tmp", state, generation)
-        publisher.root(state.root_entries, projects)
+        publisher.root(state.root_entries(), projects)
     state.finish_run(generation, "ok")
     state.close()
 

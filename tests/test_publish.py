@@ -114,3 +114,30 @@ def test_a_page_on_disk_is_rewritten_unless_its_bytes_are_the_same(
     publisher.page(rel, page)
     assert target.read_bytes() == page.encode()
     assert publisher.pages_written == 1
+
+
+def test_both_root_pages_come_from_one_pass_over_the_entries(publisher: Publisher) -> None:
+    entries = [render.RootEntry(f"Proj_{i}", f"proj-{i}", i) for i in range(10_000)]
+    once = iter(entries)  # a second pass would find it empty
+    publisher.root(once, 42)
+    html_path, json_path = layout.ROOT_PAGES
+    assert (publisher.web / html_path).read_text() == "".join(render.root_html_parts(entries))
+    assert (publisher.web / json_path).read_text() == render.root_json(entries, 42)
+    assert publisher.pages_written == 2
+    assert list(publisher.tmp.iterdir()) == []
+
+
+def test_a_root_that_fails_part_way_leaves_both_old_pages(publisher: Publisher) -> None:
+    old = [render.RootEntry("a", "a", 1)]
+    publisher.root(old, 1)
+    before = [(publisher.web / p).read_bytes() for p in layout.ROOT_PAGES]
+
+    def failing() -> Iterator[render.RootEntry]:
+        for i in range(9_000):
+            yield render.RootEntry(f"p{i}", f"p{i}", i)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        publisher.root(failing(), 2)
+    assert [(publisher.web / p).read_bytes() for p in layout.ROOT_PAGES] == before
+    assert list(publisher.tmp.iterdir()) == []

@@ -7,11 +7,12 @@ A page whose bytes did not change is not written again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from simplemirror import layout, render, tempfiles
@@ -23,19 +24,44 @@ PAGE_MODE = 0o644
 
 def _stage(tmp: Path, chunks: Iterable[bytes]) -> tuple[str, str]:
     """Write ``chunks`` to a new file in ``tmp``; its name and sha256."""
-    fd, name = tempfiles.create(tmp, "page-", PAGE_MODE)
-    digest = hashlib.sha256()
+    [staged] = _stage_side_by_side(tmp, [chunks])
+    return staged
+
+
+def _stage_side_by_side(
+    tmp: Path, streams: Sequence[Iterable[bytes]]
+) -> list[tuple[str, str]]:
+    """Write each stream of chunks to a new file in ``tmp``, a chunk of each in turn.
+
+    In turn, so that streams rendered from one shared pass over their data (see
+    Publisher.root) never run far apart. Their names and sha256s, in order; on any
+    failure, none of the files is left.
+    """
+    files: list[tuple[int, str]] = []
     try:
-        try:
-            for chunk in chunks:
+        for _ in streams:
+            files.append(tempfiles.create(tmp, "page-", PAGE_MODE))
+        digests = [hashlib.sha256() for _ in streams]
+        active = [(iter(chunks), fd, digest)
+                  for chunks, (fd, _), digest in zip(streams, files, digests, strict=True)]
+        while active:
+            for entry in list(active):
+                chunks, fd, digest = entry
+                chunk = next(chunks, None)
+                if chunk is None:
+                    active.remove(entry)
+                    continue
                 digest.update(chunk)
                 tempfiles.write_all(fd, chunk)
-        finally:
-            os.close(fd)
     except BaseException:
-        os.unlink(name)
+        for _, name in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
         raise
-    return name, digest.hexdigest()
+    finally:
+        for fd, _ in files:
+            os.close(fd)
+    return [(name, digest.hexdigest()) for (_, name), digest in zip(files, digests, strict=True)]
 
 
 def write_atomic(target: str, data: bytes, tmp: Path) -> str:
@@ -106,13 +132,18 @@ class Publisher:
     def page_from_parts(self, rel: str, parts: Iterable[str]) -> None:
         """``page`` for a large page given in pieces: written as it is rendered, and
         compared with the page on disk by hash, so neither is held whole in memory."""
-        target = self.web / rel
-        name, digest = _stage(self.tmp, _encoded(parts))
-        if _file_sha256(target) == digest:
-            os.unlink(name)
-            return
-        tempfiles.install(name, str(target))
-        self._written(rel, digest)
+        self.pages_from_parts({rel: parts})
+
+    def pages_from_parts(self, pages: Mapping[str, Iterable[str]]) -> None:
+        """``page_from_parts`` for several pages at once, written side by side."""
+        staged = _stage_side_by_side(self.tmp, [_encoded(parts) for parts in pages.values()])
+        for rel, (name, digest) in zip(pages, staged, strict=True):
+            target = self.web / rel
+            if _file_sha256(target) == digest:
+                os.unlink(name)
+                continue
+            tempfiles.install(name, str(target))
+            self._written(rel, digest)
 
     def _written(self, rel: str, digest: str) -> None:
         self.state.record_page(rel, digest, self.generation)
@@ -137,12 +168,16 @@ class Publisher:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""
         self.page(layout.LAST_MODIFIED, time.strftime("%Y%m%dT%H:%M:%S", when) + "\n")
 
-    def root(self, entries: Callable[[], Iterable[render.RootEntry]], serial: int | None) -> None:
+    def root(self, entries: Iterable[render.RootEntry], serial: int | None) -> None:
         """The root pages; call last, once every project page they link to is in place.
 
-        ``entries`` is called once per format: at 650,000 projects, a list of them all
-        held for both would cost ~100 MB.
+        Both are rendered from one pass over ``entries``, written side by side: at
+        650,000 projects a list of them all would cost ~100 MB, and a pass for each
+        format read the projects table twice (seconds, when it is not in the cache).
         """
         html_path, json_path = layout.ROOT_PAGES
-        self.page_from_parts(html_path, render.root_html_parts(entries()))
-        self.page_from_parts(json_path, render.root_json_parts(entries(), serial))
+        for_html, for_json = itertools.tee(entries)
+        self.pages_from_parts({
+            html_path: render.root_html_parts(for_html),
+            json_path: render.root_json_parts(for_json, serial),
+        })

@@ -395,7 +395,7 @@ class Sync:
                 # projects rendering them just to find that out costs seconds.
                 unchanged = not summary.changed and not plan.removed and serial == before
                 if not unchanged or not root_pages_there:
-                    publisher.root(state.root_entries, int(serial) if serial else None)
+                    publisher.root(state.root_entries(), int(serial) if serial else None)
                 if not root.not_modified:
                     # Saved only now: a run that dies before this point sees
                     # the full root again next time, not a 304.

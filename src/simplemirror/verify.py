@@ -791,7 +791,7 @@ class Verifier:
                 cannot[name] = why
         if root:
             serial = self.state.get_meta("root_serial")
-            publisher.root(self.state.root_entries, int(serial) if serial else None)
+            publisher.root(self.state.root_entries(), int(serial) if serial else None)
         result.pages_rewritten = publisher.pages_written
         # Only what is still broken once written again stays unrepaired.
         result.broken, counted = [], result.pages_checked

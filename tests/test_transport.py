@@ -162,32 +162,32 @@ def test_only_http_urls(server: Canned) -> None:
         read(transport(), "ftp://127.0.0.1/x")
 
 
-def test_files_go_through_a_proxy_the_environment_sets(
-    server: Canned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def behind_proxy(server: Canned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Client:
+    """A client whose environment names ``server`` as its HTTP proxy."""
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", server.base)
+    return Client(config.build({}, {"upstream": "http://index.invalid/simple/",
+                                    "directory": str(tmp_path)}))
+
+
+def test_files_go_through_a_proxy_the_environment_sets(
+    server: Canned, behind_proxy: Client
+) -> None:
     server.add("/packages/a.whl", b"via the proxy")
-    cfg = config.build({}, {"upstream": "http://index.invalid/simple/",
-                            "directory": str(tmp_path)})
-    with Client(cfg).stream("http://files.invalid/packages/a.whl") as stream:
+    with behind_proxy.stream("http://files.invalid/packages/a.whl") as stream:
         assert stream.body.read() == b"via the proxy"
     assert [call.path for call in server.calls] == ["http://files.invalid/packages/a.whl"]
 
 
 def test_a_page_goes_through_a_proxy_the_environment_sets(
-    server: Canned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: Canned, behind_proxy: Client
 ) -> None:
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", server.base)
     page = {"meta": {"api-version": "1.1"}, "name": "a", "files": []}
     server.add("/simple/a/", json.dumps(page).encode(),
                headers={"Content-Type": "application/vnd.pypi.simple.v1+json"})
-    cfg = config.build({}, {"upstream": "http://index.invalid/simple/",
-                            "directory": str(tmp_path)})
-    got = Client(cfg).fetch_page(ProjectTodo("a", "a", None))
+    got = behind_proxy.fetch_page(ProjectTodo("a", "a", None))
     assert got is not None and got.page.name == "a"
     assert [call.path for call in server.calls] == ["http://index.invalid/simple/a/"]
 

@@ -279,7 +279,7 @@ def test_a_server_that_does_not_answer_in_time_is_a_transient_error(server: Cann
     server.add("/slow", b"late", stall=1.0)
     t = Transport(user_agent="t", connect_timeout=5, read_timeout=0.2)
     started = time.monotonic()
-    with pytest.raises(TransportError) as info:
+    with pytest.raises(TransportError, match="TimeoutError") as info:
         read(t, server.url("/slow"))
     assert info.value.transient
     assert time.monotonic() - started < 0.9
@@ -363,8 +363,10 @@ def _raw_server(answer: bytes) -> tuple[socket.socket, threading.Thread]:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nbo\r\n2;x=y\r\ndy\r\n0\r\n"
         b"Trailer: t\r\n\r\n",
         b"HTTP/1.0 200 OK\r\n\r\nbody",  # no length: the body ends with the connection
+        # A length that is not a number is no length: to the connection's end, again.
+        b"HTTP/1.1 200 OK\r\nContent-Length: four\r\n\r\nbody",
     ],
-    ids=["100-continue", "chunked", "until-close"],
+    ids=["100-continue", "chunked", "until-close", "bad-length"],
 )
 def test_framings_other_than_content_length(answer: bytes) -> None:
     listener, thread = _raw_server(answer)

@@ -770,6 +770,7 @@ def test_environment_is_consulted_only_when_it_carries_settings(
     (tmp_path / ".netrc").write_text("machine index.test login u password p\n")
     assert _environment_matters() is True
     client = Client(make_config(tmp_path, server))
+    assert client.via_requests
     assert client.session().trust_env is True
 
 

@@ -62,7 +62,10 @@ class Body(Protocol):
 
     def read(self) -> bytes:
         """All that is left."""
-        ...
+        parts = []
+        while chunk := self.read1(1 << 20):
+            parts.append(chunk)
+        return b"".join(parts)
 
 
 @dataclass
@@ -212,7 +215,7 @@ class _HTTPSConnection(_Timeouts, http.client.HTTPSConnection):
     response_class = _Response
 
 
-class _Decoded:
+class _Decoded(Body):
     """A body as it arrives, gunzipped or inflated when Content-Encoding says so.
 
     Never gives more than ``n`` decoded bytes at once, however well the input
@@ -286,12 +289,6 @@ class _Decoded:
                 raise TransportError(f"{self._url}: bytes after the compressed body")
             if out:
                 return out
-
-    def read(self) -> bytes:
-        parts = []
-        while chunk := self.read1(1 << 20):
-            parts.append(chunk)
-        return b"".join(parts)
 
 
 class Transport:

@@ -42,7 +42,7 @@ from simplemirror.model import (
     parse_serial,
 )
 from simplemirror.plan import ProjectTodo
-from simplemirror.transport import Fetched, Stream, Transport, TransportError
+from simplemirror.transport import Body, Fetched, Stream, Transport, TransportError
 
 T = TypeVar("T")
 
@@ -132,7 +132,7 @@ class PageResponse:
     from an upstream that gives neither ETags nor serials."""
 
 
-class _RawBody:
+class _RawBody(Body):
     """A file body read through requests (proxies, netrc): its urllib3 response."""
 
     def __init__(self, raw: Any) -> None:
@@ -143,12 +143,6 @@ class _RawBody:
             return self._raw.read1(n, decode_content=True)  # type: ignore[no-any-return]
         except urllib3.exceptions.HTTPError as exc:  # a reset or timeout mid-body
             raise TransportError(str(exc)) from exc
-
-    def read(self) -> bytes:
-        parts = []
-        while chunk := self.read1(1 << 20):
-            parts.append(chunk)
-        return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -193,7 +187,7 @@ def decode_html(body: bytes, content_type: str, url: str) -> str:
 
 
 class Client:
-    """HTTP access to upstream. Safe to share between threads: each has its own session."""
+    """HTTP access to upstream. Safe to share between threads: each has its own connections."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -203,6 +197,9 @@ class Client:
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
         )
+        self.via_requests = _environment_matters()
+        """The environment sets proxies or a netrc file, which requests knows how to
+        apply: every request goes through it. Otherwise, over the transport."""
         self.stop = threading.Event()
         """Set to make every request, retry and download end soon (Interrupted)."""
 
@@ -215,13 +212,11 @@ class Client:
             raise Interrupted("stopping")
 
     def session(self) -> requests.Session:
+        """This thread's requests session, for when ``via_requests``."""
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.config.user_agent
-            # Reading proxy variables and ~/.netrc again for every request costs
-            # more than a small request itself; do it only when they are there.
-            session.trust_env = _environment_matters()
             bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
             if bundle:
                 session.verify = bundle
@@ -233,14 +228,9 @@ class Client:
         return session
 
     def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> Fetched:
-        """GET a whole document (the root, a page), following redirects.
-
-        Through requests only when the environment sets proxies or a netrc file,
-        which it knows how to apply; otherwise over the transport (see transport.py).
-        """
-        session = self.session()
-        if session.trust_env:
-            response = session.get(url, headers=headers, timeout=self.timeout)
+        """GET a whole document (the root, a page), following redirects."""
+        if self.via_requests:
+            response = self.session().get(url, headers=headers, timeout=self.timeout)
             return Fetched(response.url, response.status_code, response.headers, response.content)
         try:
             return self.transport.get(url, headers)
@@ -249,10 +239,9 @@ class Client:
 
     @contextmanager
     def stream(self, url: str) -> Iterator[Stream]:
-        """GET a file's body to be read as it arrives; through requests as ``fetch`` says."""
-        session = self.session()
-        if session.trust_env:
-            with session.get(url, stream=True, timeout=self.timeout) as response:
+        """GET a file's body to be read as it arrives."""
+        if self.via_requests:
+            with self.session().get(url, stream=True, timeout=self.timeout) as response:
                 yield Stream(
                     response.url, response.status_code, response.headers, _RawBody(response.raw)
                 )

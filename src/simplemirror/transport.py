@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import re
 import socket
 import ssl
 import threading
@@ -134,34 +135,52 @@ class _Headers(dict[str, str]):
         return failobj if value is None else [value]
 
 
-def _read_headers(fp: BinaryIO) -> _Headers:
-    """The header block, read line by line up to its blank line.
+class HeaderParser:
+    """A response's header block, fed a line at a time (blocking or event-loop reads alike).
 
     http.client hands these lines to the email package, which works out MIME
     structure no HTTP response needs: about a fifth of the CPU of a small GET.
     """
-    headers = _Headers()
-    last = ""
-    for _ in range(MAX_HEADERS + 1):
-        line = fp.readline(MAX_LINE + 1)
+
+    def __init__(self) -> None:
+        self.headers = _Headers()
+        self._last = ""
+        self._lines = 0
+
+    def feed(self, line: bytes) -> bool:
+        """Take one line (with its line ending); True once the blank line ends the block."""
         if len(line) > MAX_LINE:
             raise http.client.LineTooLong("header line")
         if line in (b"\r\n", b"\n", b""):
-            return headers
+            return True
+        self._lines += 1
+        if self._lines > MAX_HEADERS:
+            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
+        headers = self.headers
         text = line.decode("iso-8859-1")
         if text[0] in " \t":  # an obsolete folded continuation (RFC 9112 5.2)
-            if last:
+            if self._last:
+                last = self._last
                 headers[last] = f"{dict.__getitem__(headers, last)} {text.strip()}"
-            continue
+            return False
         name, colon, value = text.partition(":")
         if not colon:
-            continue  # not a header; email's parser would skip it too
+            return False  # not a header; email's parser would skip it too
         last = name.strip().lower()
         if not dict.__contains__(headers, last):
             dict.__setitem__(headers, last, value.strip())
+            self._last = last
         else:
-            last = ""  # a continuation must not extend the first of two
-    raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
+            self._last = ""  # a continuation must not extend the first of two
+        return False
+
+
+def _read_headers(fp: BinaryIO) -> _Headers:
+    """The header block, read line by line up to its blank line."""
+    parser = HeaderParser()
+    while not parser.feed(fp.readline(MAX_LINE + 1)):
+        pass
+    return parser.headers
 
 
 class _Response(http.client.HTTPResponse):
@@ -215,27 +234,74 @@ class _HTTPSConnection(_Timeouts, http.client.HTTPSConnection):
     response_class = _Response
 
 
-class _Decoded(Body):
-    """A body as it arrives, gunzipped or inflated when Content-Encoding says so.
+class Inflater:
+    """Content-Encoding undone as the body arrives: gzip, deflate, or nothing to do.
 
     Never gives more than ``n`` decoded bytes at once, however well the input
-    compresses: a small hostile body cannot inflate into memory.
+    compresses: a small hostile body cannot inflate into memory. Pure: whoever
+    reads the body (a blocking socket, an event loop) hands the raw bytes in.
     """
 
-    def __init__(self, response: http.client.HTTPResponse, url: str) -> None:
-        self._response = response
-        self._url = url
-        encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+    def __init__(self, encoding: str | None, url: str) -> None:
+        encoding = (encoding or "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
             raise DeadEnd(f"{url}: unsupported Content-Encoding {encoding!r} (gzip and "
                           "deflate were asked for)")
-        self._encoded = encoding != "identity"
+        self._url = url
+        self.encoded = encoding != "identity"
+        """False: the raw bytes are the body."""
         # "deflate" is zlib-wrapped by the standard, raw from some servers: which
         # one is told by the first byte, so its decompressor waits for it.
         self._inflate = (
             zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding in ("gzip", "x-gzip") else None
         )
-        self._pending = b""
+
+    @property
+    def wants_input(self) -> bool:
+        """Nothing held back: the next ``decode`` needs more raw bytes."""
+        return self._inflate is None or (
+            not self._inflate.unconsumed_tail and not self._inflate.eof
+        )
+
+    @property
+    def done(self) -> bool:
+        """The compressed stream has ended."""
+        return self._inflate is not None and self._inflate.eof and not self._inflate.unconsumed_tail
+
+    def decode(self, data: bytes, n: int) -> bytes:
+        """Up to ``n`` decoded bytes from ``data`` (raw bytes just read, or b"" to go on
+        with what an earlier call held back); b"" when more input is needed."""
+        if self._inflate is None:
+            if not data:
+                return b""
+            wbits = zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS
+            self._inflate = zlib.decompressobj(wbits)
+        inflate = self._inflate
+        try:
+            out = inflate.decompress(data or inflate.unconsumed_tail, n)
+        except zlib.error as exc:
+            raise TransportError(f"{self._url}: body cannot be decompressed ({exc})") from exc
+        if inflate.unused_data:
+            raise TransportError(f"{self._url}: bytes after the compressed body")
+        return out
+
+    def ended(self, more: bytes) -> None:
+        """The raw body ended (``more`` is what was read after the stream's end)."""
+        if self._inflate is None:
+            return  # "deflate" with no byte at all: an empty body
+        if more:
+            raise TransportError(f"{self._url}: bytes after the compressed body")
+        if not self.done:
+            raise TransportError(f"{self._url}: the compressed body ends early")
+
+
+class _Decoded(Body):
+    """A body as it arrives over http.client, decoded by an Inflater."""
+
+    def __init__(self, response: http.client.HTTPResponse, url: str) -> None:
+        self._response = response
+        self._url = url
+        self._inflater = Inflater(response.getheader("Content-Encoding"), url)
 
     @property
     def complete(self) -> bool:
@@ -259,36 +325,62 @@ class _Decoded(Body):
         return data
 
     def read1(self, n: int) -> bytes:
-        return self._inflated(n) if self._encoded else self._raw(n)
-
-    def _inflated(self, n: int) -> bytes:
+        inflater = self._inflater
+        if not inflater.encoded:
+            return self._raw(n)
         while True:
-            if self._inflate is None:
-                first = self._raw(n)
-                if not first:
-                    return b""
-                wbits = zlib.MAX_WBITS if first[0] & 0x0F == 8 else -zlib.MAX_WBITS
-                self._inflate = zlib.decompressobj(wbits)
-                self._pending = first
-            inflate = self._inflate
-            data = self._pending or inflate.unconsumed_tail
-            self._pending = b""
-            if not data:
-                if inflate.eof:
-                    if not self.complete and self._raw(1 << 16):
-                        raise TransportError(f"{self._url}: bytes after the compressed body")
-                    return b""
-                data = self._raw(n)
-                if not data:
-                    raise TransportError(f"{self._url}: the compressed body ends early")
-            try:
-                out = inflate.decompress(data, n)
-            except zlib.error as exc:
-                raise TransportError(f"{self._url}: body cannot be decompressed ({exc})") from exc
-            if inflate.unused_data:
-                raise TransportError(f"{self._url}: bytes after the compressed body")
-            if out:
+            if inflater.done:
+                inflater.ended(b"" if self.complete else self._raw(1 << 16))
+                return b""
+            data = self._raw(n) if inflater.wants_input else b""
+            if inflater.wants_input and not data:
+                inflater.ended(b"")
+            if out := inflater.decode(data, n):
                 return out
+
+
+@dataclass(frozen=True)
+class Request:
+    """A GET, ready to send."""
+
+    scheme: str
+    host: str
+    port: int | None
+    target: str
+    """The path and query, as sent on the request line."""
+    headers: Mapping[str, str]
+
+
+def prepare(url: str, base: Mapping[str, str], extra: Mapping[str, str] | None) -> Request:
+    """What GET ``url`` sends: DeadEnd for a URL no request can be made of.
+
+    URLs come from upstream's pages; one with a space or a line break in it
+    could smuggle a second request onto a kept-alive connection, so such a URL
+    is refused rather than sent (as http.client refuses it).
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise DeadEnd(f"{url}: the port is not a number") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DeadEnd(f"{url}: not an http(s) URL")
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    if _UNSENDABLE.search(target) or _UNSENDABLE.search(parts.hostname):
+        raise DeadEnd(f"{url}: has control characters or spaces, which no request may carry")
+    headers = {**base, **extra} if extra else base
+    if parts.username is not None:
+        # As requests does: credentials in the URL are sent as Basic auth, to
+        # that URL's host only (a redirect elsewhere carries none).
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        token = base64.b64encode(credentials.encode()).decode("ascii")
+        headers = {**headers, "Authorization": f"Basic {token}"}
+    return Request(parts.scheme, parts.hostname, port, target, headers)
+
+
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
 
 
 class Transport:
@@ -356,26 +448,10 @@ class Transport:
         self, url: str, extra: Mapping[str, str] | None
     ) -> tuple[Stream, http.client.HTTPConnection]:
         for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
+            request = prepare(url, self._headers, extra)
+            conn = self._connection(request.scheme, request.host, request.port)
             try:
-                port = parts.port
-            except ValueError:
-                raise DeadEnd(f"{url}: the port is not a number") from None
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise DeadEnd(f"{url}: not an http(s) URL")
-            target = parts.path or "/"
-            if parts.query:
-                target += "?" + parts.query
-            headers = {**self._headers, **extra} if extra else self._headers
-            if parts.username is not None:
-                # As requests does: credentials in the URL are sent as Basic auth, to
-                # that URL's host only (a redirect elsewhere carries none).
-                credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-                token = base64.b64encode(credentials.encode()).decode("ascii")
-                headers = {**headers, "Authorization": f"Basic {token}"}
-            conn = self._connection(parts.scheme, parts.hostname, port)
-            try:
-                response = self._request(conn, target, headers)
+                response = self._request(conn, request.target, request.headers)
                 body = _Decoded(response, url)
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()

@@ -11,12 +11,15 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urldefrag, urlsplit
 
 from simplemirror import layout, tempfiles
+from simplemirror.model import DistFile, HeldFile
+from simplemirror.plan import FileTodo
 from simplemirror.transport import Stream, TransportError
-from simplemirror.upstream import Client, TransientError, check_response
+from simplemirror.upstream import Client, TransientError, UpstreamError, check_response
 
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
 # The tree is served by another user (nginx, say).
@@ -63,6 +66,66 @@ def _chunks(url: str, response: Stream) -> Iterator[bytes]:
         raise TransientError(str(exc)) from exc
 
 
+class Sink:
+    """One attempt at a file: its bytes counted, hashed and written to a temporary file
+    as they arrive, then checked and moved into place.
+
+    Never takes more than the declared size, or ``max-file-size`` when none was
+    declared. Whoever reads the body (a worker thread, an event loop) feeds it.
+    """
+
+    def __init__(
+        self, url: str, expected_hashes: Mapping[str, str], expected_size: int | None,
+        max_file_size: int, tmp: Path,
+    ) -> None:
+        self.url = url
+        self._expected_hashes = expected_hashes
+        self._expected_size = expected_size
+        self._limit = expected_size if expected_size is not None else max_file_size
+        self._hashers = [(a, hashlib.new(a)) for a in {"sha256", *expected_hashes}]
+        self.size = 0
+        self._fd, self._name = tempfiles.create(tmp, "dl-", PUBLISHED_MODE)
+        self._open = True
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        # A lying or endless server cannot fill the disk.
+        if self.size > self._limit:
+            raise VerificationError(
+                f"{self.url}: body is larger than the {self._limit} bytes "
+                + ("upstream declared" if self._expected_size is not None else "max-file-size")
+            )
+        tempfiles.write_all(self._fd, chunk)
+        for _, h in self._hashers:
+            h.update(chunk)
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            os.close(self._fd)
+
+    def discard(self) -> None:
+        """The attempt failed: nothing of it stays."""
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._name)
+
+    def finish(
+        self, web: Path, path_for_sha256: Callable[[str], str], new_dir: bool = False
+    ) -> Downloaded:
+        """The body is all there: verify it, and move it to ``path_for_sha256(sha256)``."""
+        try:
+            self._close()
+            digests = {a: h.hexdigest() for a, h in self._hashers}
+            _verify(self.url, digests, self._expected_hashes, self.size, self._expected_size)
+            rel = path_for_sha256(digests["sha256"])
+        except BaseException:
+            self.discard()
+            raise
+        tempfiles.install(self._name, f"{web}/{rel}", new_dir=new_dir)
+        return Downloaded(rel, self.size, digests)
+
+
 def fetch_to(
     client: Client,
     url: str,
@@ -76,42 +139,19 @@ def fetch_to(
 ) -> Downloaded:
     """One attempt: download ``url``, verify it, and move it to ``path_for_sha256(sha256)``.
 
-    Never takes more than the declared size, or ``max-file-size`` when none was declared.
     ``new_dir``: that path's directory is most likely new (see tempfiles.install).
     """
-    limit = expected_size if expected_size is not None else client.config.max_file_size
-    algorithms = {"sha256", *expected_hashes}
-    hashers = {a: hashlib.new(a) for a in algorithms}
-    size = 0
-    fd, tmp_name = tempfiles.create(tmp, "dl-", PUBLISHED_MODE)
+    sink = Sink(url, expected_hashes, expected_size, client.config.max_file_size, tmp)
     try:
-        try:
-            with client.stream(url) as response:
-                check_response(response)
-                for chunk in _chunks(url, response):
-                    client.check_stop()
-                    size += len(chunk)
-                    # A lying or endless server cannot fill the disk.
-                    if size > limit:
-                        raise VerificationError(
-                            f"{url}: body is larger than the {limit} bytes "
-                            + ("upstream declared" if expected_size is not None
-                               else "max-file-size")
-                        )
-                    tempfiles.write_all(fd, chunk)
-                    for h in hashers.values():
-                        h.update(chunk)
-        finally:
-            os.close(fd)
-        digests = {a: h.hexdigest() for a, h in hashers.items()}
-        _verify(url, digests, expected_hashes, size, expected_size)
-        rel = path_for_sha256(digests["sha256"])
+        with client.stream(url) as response:
+            check_response(response)
+            for chunk in _chunks(url, response):
+                client.check_stop()
+                sink.write(chunk)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        sink.discard()
         raise
-    tempfiles.install(tmp_name, f"{web}/{rel}", new_dir=new_dir)
-    return Downloaded(rel, size, digests)
+    return sink.finish(web, path_for_sha256, new_dir)
 
 
 def fetch_file(
@@ -182,3 +222,80 @@ def fetch_metadata(
         client, url, file_path, layout.METADATA_SUFFIX,
         expected_hashes=expected_hashes, web=web, tmp=tmp,
     )
+
+
+def held_file(
+    project: str, dist: DistFile, path: str, size: int, hashes: Mapping[str, str],
+    siblings: HeldFile | None = None,
+) -> HeldFile:
+    """What the mirror records and publishes for ``dist``: upstream's description, our bytes.
+
+    ``siblings``: the copy already held, whose metadata, signature and provenance are
+    kept for as long as upstream still advertises them.
+    """
+    metadata_hashes = None
+    if siblings is not None and dist.core_metadata is not False:
+        metadata_hashes = siblings.metadata_hashes
+    return HeldFile(
+        project=project,
+        filename=dist.filename,
+        path=path,
+        size=size,
+        hashes=dict(hashes),
+        url=dist.url,
+        requires_python=dist.requires_python,
+        yanked=dist.yanked,
+        yanked_reason=dist.yanked_reason,
+        upload_time=dist.upload_time,
+        metadata_hashes=dict(metadata_hashes) if metadata_hashes is not None else None,
+        signature=siblings is not None and siblings.signature and bool(dist.gpg_sig),
+        provenance=siblings is not None and siblings.provenance and dist.provenance is not None,
+        extra=dict(dist.extra),
+    )
+
+
+def held_already(project: str, todo: FileTodo) -> HeldFile:
+    """What is recorded for a file whose bytes the mirror holds already."""
+    assert todo.held is not None
+    return held_file(
+        project, todo.dist, todo.held.path, todo.held.size, todo.held.hashes, todo.held
+    )
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """A file that lives beside a distribution: its metadata, signature or provenance."""
+
+    kind: str
+    """metadata, signature or provenance."""
+    url: str
+    suffix: str
+    expected_hashes: Mapping[str, str]
+
+    def check_host(self, allowed_hosts: frozenset[str]) -> None:
+        if (urlsplit(self.url).hostname or "").lower() not in allowed_hosts:
+            raise UpstreamError(f"{self.url}: not an allowed file host")
+
+    def held_with(self, held: HeldFile, got: Downloaded) -> HeldFile:
+        """``held``, now with this sibling beside it."""
+        if self.kind == "metadata":
+            return replace(held, metadata_hashes=got.hashes)
+        return replace(held, **{self.kind: True})
+
+
+def siblings_wanted(todo: FileTodo) -> Iterator[Sibling]:
+    """The siblings ``todo`` asks for."""
+    dist = todo.dist
+    base_url = urldefrag(dist.url).url
+    wanted = [
+        (todo.fetch_metadata, "metadata", dist.metadata_url, layout.METADATA_SUFFIX),
+        (todo.fetch_signature, "signature", base_url + layout.SIGNATURE_SUFFIX,
+         layout.SIGNATURE_SUFFIX),
+        (todo.fetch_provenance, "provenance", dist.provenance or "",
+         layout.PROVENANCE_SUFFIX),
+    ]
+    for needed, kind, url, suffix in wanted:
+        if not needed:
+            continue
+        expected = dist.core_metadata if kind == "metadata" else {}
+        yield Sibling(kind, url, suffix, expected if isinstance(expected, Mapping) else {})

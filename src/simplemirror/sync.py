@@ -19,19 +19,18 @@ import os
 import queue
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urldefrag, urlsplit
 
 import requests
 
 from simplemirror import download, layout, reap
 from simplemirror.config import Config
-from simplemirror.model import DistFile, HeldFile, ProjectPage, version_of
+from simplemirror.model import HeldFile, ProjectPage, version_of
 from simplemirror.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
@@ -154,41 +153,12 @@ class _Root:
     """Of the root's body, as read."""
 
 
-def _held_file(
-    project: str, dist: DistFile, path: str, size: int, hashes: Mapping[str, str],
-    siblings: HeldFile | None = None,
-) -> HeldFile:
-    """What the mirror records and publishes for ``dist``: upstream's description, our bytes.
-
-    ``siblings``: the copy already held, whose metadata, signature and provenance are
-    kept for as long as upstream still advertises them.
-    """
-    metadata_hashes = None
-    if siblings is not None and dist.core_metadata is not False:
-        metadata_hashes = siblings.metadata_hashes
-    return HeldFile(
-        project=project,
-        filename=dist.filename,
-        path=path,
-        size=size,
-        hashes=dict(hashes),
-        url=dist.url,
-        requires_python=dist.requires_python,
-        yanked=dist.yanked,
-        yanked_reason=dist.yanked_reason,
-        upload_time=dist.upload_time,
-        metadata_hashes=dict(metadata_hashes) if metadata_hashes is not None else None,
-        signature=siblings is not None and siblings.signature and bool(dist.gpg_sig),
-        provenance=siblings is not None and siblings.provenance and dist.provenance is not None,
-        extra=dict(dist.extra),
-    )
-
-
 def download_todo(client: Client, name: str, todo: FileTodo) -> tuple[HeldFile, int, str | None]:
     """Worker (a thread, or one in a download process): fetch what ``todo`` needs.
 
     Returns the held file, the bytes fetched, and what went wrong with its siblings
-    (the file is still published without them).
+    (the file is still published without them). async_client.download_todo is
+    the same on an event loop.
     """
     config, dist = client.config, todo.dist
     fetched = 0
@@ -197,42 +167,23 @@ def download_todo(client: Client, name: str, todo: FileTodo) -> tuple[HeldFile, 
             client, dist.url, dist.filename, expected_hashes=dist.hashes,
             expected_size=dist.size, web=config.web, tmp=config.tmp,
         )
-        held = _held_file(name, dist, got.path, got.size, got.hashes)
+        held = download.held_file(name, dist, got.path, got.size, got.hashes)
         fetched += got.size
     else:
-        assert todo.held is not None
-        held = _held_file(
-            name, dist, todo.held.path, todo.held.size, todo.held.hashes, todo.held
-        )
-    base_url = urldefrag(dist.url).url
-    wanted = [
-        (todo.fetch_metadata, "metadata", dist.metadata_url, layout.METADATA_SUFFIX),
-        (todo.fetch_signature, "signature", base_url + layout.SIGNATURE_SUFFIX,
-         layout.SIGNATURE_SUFFIX),
-        (todo.fetch_provenance, "provenance", dist.provenance or "",
-         layout.PROVENANCE_SUFFIX),
-    ]
+        held = download.held_already(name, todo)
     errors: list[str] = []
-    for needed, kind, url, suffix in wanted:
-        if not needed:
-            continue
-        expected = dist.core_metadata if kind == "metadata" else {}
+    for sibling in download.siblings_wanted(todo):
         try:
-            if (urlsplit(url).hostname or "").lower() not in config.allowed_file_hosts:
-                raise UpstreamError(f"{url}: not an allowed file host")
+            sibling.check_host(config.allowed_file_hosts)
             got = download.fetch_sibling(
-                client, url, held.path, suffix,
-                expected_hashes=expected if isinstance(expected, Mapping) else {},
-                web=config.web, tmp=config.tmp,
+                client, sibling.url, held.path, sibling.suffix,
+                expected_hashes=sibling.expected_hashes, web=config.web, tmp=config.tmp,
             )
         except FILE_ERRORS as exc:
-            errors.append(f"{kind}: {exc}")
+            errors.append(f"{sibling.kind}: {exc}")
             continue
         fetched += got.size
-        if kind == "metadata":
-            held = replace(held, metadata_hashes=got.hashes)
-        else:
-            held = replace(held, **{kind: True})
+        held = sibling.held_with(held, got)
     return held, fetched, "; ".join(errors) or None
 
 
@@ -681,7 +632,7 @@ class Sync:
         """All of a project's downloads are over: record it, then write its pages."""
         page, name = project.page, project.todo.name
         for dist, copy in project.files.keep:
-            project.done[dist.filename] = _held_file(
+            project.done[dist.filename] = download.held_file(
                 name, dist, copy.path, copy.size, copy.hashes, copy
             )
         # Upstream's order; files that failed are left out (never advertised).

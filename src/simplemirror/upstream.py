@@ -186,6 +186,100 @@ def decode_html(body: bytes, content_type: str, url: str) -> str:
         raise UpstreamError(f"{url}: HTML page cannot be decoded as {charset!r} ({exc})") from None
 
 
+def document_headers(etag: str | None) -> dict[str, str]:
+    """The headers of a GET for a Simple API document (the root, a page)."""
+    headers = {"Accept": ACCEPT}
+    if etag:
+        headers["If-None-Match"] = etag
+    return headers
+
+
+def interpret(
+    response: Fetched,
+    url: str,
+    parse_json: Callable[[bytes], object] = json.loads,
+    same_as: str | None = None,
+) -> _Answer | Fetched:
+    """A Simple API document from its response, decoded but not yet interpreted.
+
+    A 304 Not Modified comes back as the bare response, for its headers; so does
+    a body whose sha256 is ``same_as``, unparsed.
+    """
+    if response.status == 304:
+        return response
+    check_response(response)
+    digest = hashlib.sha256(response.body).hexdigest()
+    if digest == same_as:
+        return response
+    content_type = response.headers.get("Content-Type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media in HTML_TYPES:
+        text = decode_html(response.body, content_type, url)
+        return _Answer(response, media, text, digest)
+    if media not in JSON_TYPES:
+        raise UpstreamError(
+            f"{url}: answered {media or 'no content type'}, neither PEP 691 JSON nor "
+            "PEP 503 HTML; check that the upstream URL is the root of a simple index"
+        )
+    try:
+        # From the bytes: JSON is UTF-8, and guessing another charset for
+        # bytes that are not would garble names.
+        return _Answer(response, media, parse_json(response.body), digest)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON and bytes that are not UTF-8 text.
+        raise UpstreamError(f"{url}: malformed JSON ({exc})") from None
+
+
+def page_response(got: _Answer | Fetched, todo: ProjectTodo, url: str) -> PageResponse | None:
+    """``todo``'s page from what its GET brought (see ``Client.fetch_page``)."""
+
+    def check_fresh(serial: int | None) -> None:
+        if todo.serial is not None and serial is not None and serial < todo.serial:
+            raise StalePage(
+                f"{url}: page serial {serial} is older than the root's {todo.serial}"
+            )
+
+    if not isinstance(got, _Answer):
+        check_fresh(parse_serial(got.headers.get(SERIAL_HEADER)))
+        return None
+    response = got.response
+    header_serial = parse_serial(response.headers.get(SERIAL_HEADER))
+    try:
+        if got.html:
+            assert isinstance(got.document, str)
+            page = ProjectPage.from_html(
+                got.document,
+                page_url=response.url,
+                name=todo.name,
+                header_serial=header_serial,
+            )
+        else:
+            page = ProjectPage.from_json_data(
+                got.document, page_url=response.url, header_serial=header_serial
+            )
+    except UpstreamDataError as exc:
+        raise UpstreamError(str(exc)) from None
+    if page.name != todo.name:
+        raise UpstreamError(
+            f"{url}: the page is for project {page.name!r}, not {todo.name!r}"
+        )
+    check_fresh(page.serial)
+    return PageResponse(page, response.headers.get("ETag"), got.sha256)
+
+
+def retry_test(also: type[BaseException] | None = None) -> Callable[[BaseException], bool]:
+    """Which failures the configured retries are for: transient ones, and ``also``."""
+
+    def should_retry(exc: BaseException) -> bool:
+        return _is_transient(exc) or (also is not None and isinstance(exc, also))
+
+    return should_retry
+
+
+def is_stale(exc: BaseException) -> bool:
+    return isinstance(exc, StalePage)
+
+
 class Client:
     """HTTP access to upstream. Safe to share between threads: each has its own connections."""
 
@@ -261,6 +355,20 @@ class Client:
 
         ``also`` names one more exception type worth retrying (a failed hash check).
         """
+        should_retry = retry_test(also)
+
+        def attempt() -> T:
+            self.check_stop()
+            return what()
+
+        return _first_then_retrying(
+            attempt, lambda: Retrying(**self.retry_policy(should_retry), sleep=self.pause),
+            should_retry,
+        )
+
+    def retry_policy(self, should_retry: Callable[[BaseException], bool]) -> dict[str, Any]:
+        """The configured retries of the failures ``should_retry`` picks (tenacity's
+        arguments, but ``sleep``). Built only once a first attempt has failed."""
         computed_wait: wait_base | None = None  # built on the first retry: most calls need none
 
         def wait(state: RetryCallState) -> float:
@@ -273,25 +381,13 @@ class Client:
             # Honour Retry-After, but never wait past the configured ceiling.
             return min(max(hint, computed), self.config.retry_max_wait) if hint else computed
 
-        def should_retry(exc: BaseException) -> bool:
-            return _is_transient(exc) or (also is not None and isinstance(exc, also))
-
-        def attempt() -> T:
-            self.check_stop()
-            return what()
-
-        return _first_then_retrying(
-            attempt,
-            lambda: Retrying(
-                stop=stop_after_attempt(self.config.retries + 1)
-                | stop_after_delay(self.config.retry_max_time),
-                wait=wait,
-                retry=retry_if_exception(should_retry),
-                sleep=self.pause,
-                reraise=True,
-            ),
-            should_retry,
-        )
+        return {
+            "stop": stop_after_attempt(self.config.retries + 1)
+            | stop_after_delay(self.config.retry_max_time),
+            "wait": wait,
+            "retry": retry_if_exception(should_retry),
+            "reraise": True,
+        }
 
     def _get(
         self,
@@ -300,43 +396,12 @@ class Client:
         parse_json: Callable[[bytes], object] = json.loads,
         same_as: str | None = None,
     ) -> _Answer | Fetched:
-        """GET a Simple API document (PEP 691 JSON or PEP 503 HTML).
-
-        A 304 Not Modified comes back as the bare response, for its headers; so does
-        a body whose sha256 is ``same_as``, unparsed.
-        """
-        headers = {"Accept": ACCEPT}
-        if etag:
-            headers["If-None-Match"] = etag
-
-        def attempt() -> _Answer | Fetched:
-            response = self.fetch(url, headers)
-            if response.status == 304:
-                return response
-            check_response(response)
-            digest = hashlib.sha256(response.body).hexdigest()
-            if digest == same_as:
-                return response
-            content_type = response.headers.get("Content-Type", "")
-            media = content_type.split(";")[0].strip().lower()
-            if media in HTML_TYPES:
-                text = decode_html(response.body, content_type, url)
-                return _Answer(response, media, text, digest)
-            if media not in JSON_TYPES:
-                raise UpstreamError(
-                    f"{url}: answered {media or 'no content type'}, neither PEP 691 JSON nor "
-                    "PEP 503 HTML; check that the upstream URL is the root of a simple index"
-                )
-            try:
-                # From the bytes: JSON is UTF-8, and guessing another charset for
-                # bytes that are not would garble names.
-                return _Answer(response, media, parse_json(response.body), digest)
-            except (ValueError, RecursionError) as exc:
-                # ValueError covers bad JSON and bytes that are not UTF-8 text.
-                raise UpstreamError(f"{url}: malformed JSON ({exc})") from None
-
+        """GET a Simple API document (PEP 691 JSON or PEP 503 HTML); see ``interpret``."""
+        headers = document_headers(etag)
         try:
-            return self.retrying(attempt)
+            return self.retrying(
+                lambda: interpret(self.fetch(url, headers), url, parse_json, same_as)
+            )
         except requests.RequestException as exc:
             raise UpstreamError(f"{url}: {exc}") from exc
 
@@ -379,58 +444,22 @@ class Client:
         """
         url = self.page_url(todo.name)
 
-        def check_fresh(serial: int | None) -> None:
-            if todo.serial is not None and serial is not None and serial < todo.serial:
-                raise StalePage(
-                    f"{url}: page serial {serial} is older than the root's {todo.serial}"
-                )
-
         def attempt() -> PageResponse | None:
             self.check_stop()
-            got = self._get(url, etag)
-            if not isinstance(got, _Answer):
-                check_fresh(parse_serial(got.headers.get(SERIAL_HEADER)))
-                return None
-            response = got.response
-            header_serial = parse_serial(response.headers.get(SERIAL_HEADER))
-            try:
-                if got.html:
-                    assert isinstance(got.document, str)
-                    page = ProjectPage.from_html(
-                        got.document,
-                        page_url=response.url,
-                        name=todo.name,
-                        header_serial=header_serial,
-                    )
-                else:
-                    page = ProjectPage.from_json_data(
-                        got.document, page_url=response.url, header_serial=header_serial
-                    )
-            except UpstreamDataError as exc:
-                raise UpstreamError(str(exc)) from None
-            if page.name != todo.name:
-                raise UpstreamError(
-                    f"{url}: the page is for project {page.name!r}, not {todo.name!r}"
-                )
-            check_fresh(page.serial)
-            return PageResponse(
-                page, response.headers.get("ETag"), got.sha256
-            )
-
-        def stale(exc: BaseException) -> bool:
-            return isinstance(exc, StalePage)
+            return page_response(self._get(url, etag), todo, url)
 
         return _first_then_retrying(
-            attempt,
-            lambda: Retrying(
-                stop=stop_after_attempt(self.config.stale_retries + 1),
-                wait=backoff(self.config.stale_wait, self.config.retry_max_wait),
-                retry=retry_if_exception(stale),
-                sleep=self.pause,
-                reraise=True,
-            ),
-            stale,
+            attempt, lambda: Retrying(**self.stale_policy(), sleep=self.pause), is_stale
         )
+
+    def stale_policy(self) -> dict[str, Any]:
+        """How a stale page is asked for again (tenacity's arguments, but ``sleep``)."""
+        return {
+            "stop": stop_after_attempt(self.config.stale_retries + 1),
+            "wait": backoff(self.config.stale_wait, self.config.retry_max_wait),
+            "retry": retry_if_exception(is_stale),
+            "reraise": True,
+        }
 
 
 def _first_then_retrying(

@@ -465,7 +465,7 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
     from concurrent.futures import Future
 
     from simplemirror import sync as sync_module
-    from simplemirror.upstream import Client
+    from simplemirror.async_client import AsyncClient
     from simplemirror.workers import ChildLost, ProcessPool
 
     w = World()
@@ -476,7 +476,7 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
     class Counting(ProcessPool):
         def submit(self, fn: Any, *args: Any) -> Any:
             submitted.append(fn.__name__)
-            if fn is Client.fetch_page and args[0].name == "p7":
+            if fn is AsyncClient.fetch_page and args[0].name == "p7":
                 lost: Future[Any] = Future()  # as if the process died with it
                 lost.set_exception(ChildLost("a download process ended before its task"))
                 return lost

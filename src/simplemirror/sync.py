@@ -29,6 +29,7 @@ from typing import Any
 import requests
 
 from simplemirror import download, layout, reap
+from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
 from simplemirror.model import HeldFile, ProjectPage, version_of
 from simplemirror.plan import (
@@ -216,13 +217,18 @@ class _Workers:
         else:
             self._processes, self._after = config.download_processes, 0
         self._submitted = 0
+        # The download processes run an event loop (async_client), but where the
+        # environment sets proxies or a netrc file, which only requests applies:
+        # then they run the blocking client in threads, as this process does.
+        self._blocking = client.via_requests
         self._page_threads: WorkerPool | None = None
         self._threads: WorkerPool | None = None
         self._children: ProcessPool | None = None
 
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
         if self._children is not None:
-            return self._children.submit(Client.fetch_page, todo, todo.etag)
+            fetch_page = Client.fetch_page if self._blocking else AsyncClient.fetch_page
+            return self._children.submit(fetch_page, todo, todo.etag)
         if self._page_threads is None:
             self._page_threads = WorkerPool(self.client.config.workers, "page")
         return self._page_threads.submit(self.client.fetch_page, todo, todo.etag)
@@ -233,8 +239,11 @@ class _Workers:
         if self._processes and self._submitted > self._after:
             if self._children is None:
                 threads = -(-config.workers // self._processes)
-                self._children = ProcessPool(self._processes, threads, Client, config)
-            return self._children.submit(download_todo, name, todo)
+                context = Client if self._blocking else AsyncClient
+                self._children = ProcessPool(self._processes, threads, context, config)
+            if self._blocking:
+                return self._children.submit(download_todo, name, todo)
+            return self._children.submit(AsyncClient.download_todo, name, todo)
         if self._threads is None:
             self._threads = WorkerPool(config.workers, "file")
         return self._threads.submit(download_todo, self.client, name, todo)

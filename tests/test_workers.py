@@ -3,6 +3,7 @@ the parent."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -58,6 +59,59 @@ def test_an_exception_comes_back_with_its_type_and_fields() -> None:
     finally:
         pool.shutdown(10)
     assert info.value.errno == 2 and info.value.filename == "/nowhere"
+
+
+async def where_async(context: Context, value: int) -> tuple[int, int, str]:
+    await asyncio.sleep(0.01)
+    return os.getpid(), threading.get_ident(), f"{context.config}:{value}"
+
+
+async def unpicklable_async(context: Context) -> object:
+    await asyncio.sleep(0.01)  # to finish in the same turn of the loop as its neighbours
+    return threading.Lock()
+
+
+async def sleep_long(context: Context) -> str:
+    await asyncio.sleep(60)
+    return "slept"
+
+
+def test_coroutine_functions_run_on_the_childs_event_loop() -> None:
+    pool = ProcessPool(1, 3, Context, "cfg")
+    try:
+        results = [f.result(timeout=30) for f in [pool.submit(where_async, n) for n in range(8)]]
+        thread_pid = pool.submit(where, 0).result(timeout=30)[0]
+    finally:
+        assert pool.shutdown(10)
+    assert [r[2] for r in results] == [f"cfg:{n}" for n in range(8)]
+    pids = {r[0] for r in results}
+    assert pids == {thread_pid} and os.getpid() not in pids
+    assert len({r[1] for r in results}) == 1  # one thread: the loop's
+
+
+def test_a_result_that_cannot_cross_fails_alone_not_its_batch() -> None:
+    pool = ProcessPool(1, 1, Context, "cfg")
+    try:
+        # Submitted together, so that their replies are likely to share a message.
+        futures = [pool.submit(where_async, 1), pool.submit(unpicklable_async),
+                   pool.submit(where_async, 2)]
+        assert futures[0].result(timeout=30)[2] == "cfg:1"
+        with pytest.raises(ChildLost, match="cannot pickle"):
+            futures[1].result(timeout=30)
+        assert futures[2].result(timeout=30)[2] == "cfg:2"
+    finally:
+        pool.shutdown(10)
+
+
+def test_shutdown_cancels_running_coroutines() -> None:
+    pool = ProcessPool(1, 1, Context, "cfg")
+    future = pool.submit(sleep_long)
+    time.sleep(0.5)  # let it start
+    started = time.monotonic()
+    assert pool.shutdown(10)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ChildLost):  # never finished: settled by the parent
+        future.result(timeout=1)
 
 
 def test_shutdown_tells_running_tasks_to_stop() -> None:

@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 from simplemirror.transport import (
+    MAX_HEADERS,
     MAX_LINE,
     MAX_REDIRECTS,
     REDIRECTS,
@@ -50,30 +52,188 @@ class _Stale(Exception):
     """A kept-alive connection was closed by the server before it answered."""
 
 
-class _Connection:
-    def __init__(self, key: tuple[str, str, int], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+# Reading pauses while this much has arrived unread: a slow disk or a busy loop
+# must not let a fast server fill memory.
+_HIGH_WATER = 1 << 20
+_RECEIVE = 1 << 18
+MAX_HEAD = MAX_LINE + MAX_HEADERS * 1024
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One HTTP/1.1 connection: what arrives is kept as the pieces it came in.
+
+    Not asyncio's StreamReader: it copies every byte into a buffer and out again,
+    and reads a response head line by line. A body's pieces are handed on as they
+    arrived, and a head is cut from them whole. Received into one buffer of the
+    connection's own: a fresh 256 KiB bytes object for every receive cost the
+    allocator an mmap, an mremap and a munmap each time, and the kernel its page
+    faults.
+    """
+
+    def __init__(
+        self, key: tuple[str, str, int], loop: asyncio.AbstractEventLoop, read_timeout: float
+    ) -> None:
         self.key = key
-        self.reader = reader
-        self.writer = writer
+        self._read_timeout = read_timeout
         self.reused = False
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._buffer = memoryview(bytearray(_RECEIVE))
+
+    # -- asyncio.BufferedProtocol ---------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._chunks.append(self._buffer[:nbytes].tobytes())
+        self._buffered += nbytes
+        if self._buffered > _HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- for the transport ----------------------------------------------------
 
     @property
     def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        """Idle and still open: nothing unasked-for has arrived, the server has not closed."""
+        transport = self._transport
+        return (transport is not None and not transport.is_closing() and not self._eof
+                and not self._chunks)
 
     def close(self) -> None:
-        self.writer.close()
+        if self._transport is not None:
+            self._transport.close()
+
+    def send(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    async def _arrival(self) -> None:
+        """Wait for more bytes, or the end: at most the read timeout, as a blocking
+        socket's every receive would. (A timer handle of its own: asyncio.timeout
+        costs several times as much, and this wait comes once or twice a request.)"""
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(self._read_timeout, self._expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
+    def _expire(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError(f"no answer for {self._read_timeout} s"))
+
+    def _joined(self) -> bytes:
+        chunks = self._chunks
+        if len(chunks) > 1:
+            data = b"".join(chunks)
+            chunks.clear()
+            chunks.append(data)
+        return chunks[0] if chunks else b""
+
+    def _take(self, n: int) -> bytes:
+        chunks = self._chunks
+        chunk = chunks[0]
+        if len(chunk) <= n:
+            chunks.popleft()
+        else:
+            chunks[0] = chunk[n:]
+            chunk = chunk[:n]
+        self._buffered -= len(chunk)
+        return chunk
+
+    def _ended(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    async def head(self) -> bytes:
+        """The next response head, up to and with the blank line that ends it.
+
+        Raises _Stale when the connection ended before a byte of it came.
+        """
+        while True:
+            data = self._joined()
+            # The blank line is CRLF, or from a few servers a bare LF. The head is
+            # often in one piece with much of the body: search only the head.
+            end = data.find(b"\n\r\n", 0, MAX_HEAD)
+            bare = data.find(b"\n\n", 0, MAX_HEAD if end < 0 else end)
+            if bare >= 0:
+                return self._take(bare + 2)
+            if end >= 0:
+                return self._take(end + 3)
+            if len(data) > MAX_HEAD:
+                raise http.client.LineTooLong("response head")
+            if self._eof:
+                if data:
+                    raise http.client.IncompleteRead(data)
+                if isinstance(self._error, ConnectionResetError | BrokenPipeError) or (
+                    self._error is None
+                ):
+                    raise _Stale("the server closed the connection without answering")
+                self._ended()
+            await self._arrival()
+
+    async def readline(self) -> bytes:
+        """A line (a chunk's size, a trailer), with its line ending."""
+        while True:
+            data = self._joined()
+            end = data.find(b"\n")
+            if end >= 0:
+                return self._take(end + 1)
+            if len(data) > MAX_LINE:
+                raise http.client.LineTooLong("chunk line")
+            if self._eof:
+                self._ended()
+                return self._take(len(data)) if data else b""
+            await self._arrival()
+
+    async def read(self, n: int) -> bytes:
+        """What has arrived, at most ``n`` bytes; b"" only at the connection's end."""
+        while not self._chunks:
+            if self._eof:
+                self._ended()
+                return b""
+            await self._arrival()
+        return self._take(n)
 
 
 class AsyncBody:
     """A response body as it arrives, decoded (gzip, deflate)."""
 
     def __init__(self, conn: _Connection, url: str, status: int, headers: _Headers,
-                 read_timeout: float) -> None:
+                 http10: bool = False) -> None:
         self._conn = conn
         self._url = url
-        self._timeout = read_timeout
         self._inflater = Inflater(headers.get("content-encoding"), url)
         encoding = (headers.get("transfer-encoding") or "").lower()
         self._chunked = encoding == "chunked"
@@ -89,19 +249,18 @@ class AsyncBody:
             except ValueError:
                 self._left = None
         connection = (headers.get("connection") or "").lower()
-        self.keep_alive = "close" not in connection and (self._chunked or self._left is not None)
+        # HTTP/1.0 closes after each answer unless it says it will not.
+        persistent = "keep-alive" in connection if http10 else "close" not in connection
+        self.keep_alive = persistent and (self._chunked or self._left is not None)
         """The connection can carry another request once this body is read."""
         self.complete = self._left == 0
         """The whole body was read."""
 
     async def _read(self, n: int) -> bytes:
-        reader = self._conn.reader
-        async with asyncio.timeout(self._timeout):
-            return await reader.read(n)
+        return await self._conn.read(n)
 
     async def _readline(self) -> bytes:
-        async with asyncio.timeout(self._timeout):
-            return await self._conn.reader.readline()
+        return await self._conn.readline()
 
     async def _raw(self, n: int) -> bytes:
         if self.complete:
@@ -157,6 +316,7 @@ class AsyncBody:
             data = await self._raw(n) if inflater.wants_input else b""
             if inflater.wants_input and not data:
                 inflater.ended(b"")
+                return b""
             if out := inflater.decode(data, n):
                 return out
 
@@ -203,11 +363,13 @@ class AsyncTransport:
             if self._context is None:
                 self._context = ssl.create_default_context(cafile=ca_bundle())
             tls = self._context
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_LINE + 2,
+            _, conn = await loop.create_connection(
+                lambda: _Connection(key, loop, self._read_timeout), host, port,
+                ssl=tls, server_hostname=host if tls else None,
             )
-        return _Connection(key, reader, writer)
+        return conn
 
     def _release(self, conn: _Connection, body: AsyncBody) -> None:
         if body.complete and body.keep_alive and conn.usable:
@@ -271,9 +433,9 @@ class AsyncTransport:
                 except _FAILED as exc:
                     raise TransportError(f"{url}: {_describe(exc)}") from exc
             try:
-                status, headers = await self._send(conn, request, port)
+                status, headers, http10 = await self._send(conn, request, port)
                 return AsyncStream(url, status, headers, AsyncBody(
-                    conn, url, status, headers, self._read_timeout)), conn
+                    conn, url, status, headers, http10)), conn
             except _Stale as exc:
                 conn.close()
                 if not conn.reused:
@@ -289,37 +451,32 @@ class AsyncTransport:
 
     async def _send(
         self, conn: _Connection, request: Request, port: int
-    ) -> tuple[int, _Headers]:
+    ) -> tuple[int, _Headers, bool]:
+        """Send the request, read the answer's head: its status, headers, and whether
+        it is HTTP/1.0."""
         host = request.host if ":" not in request.host else f"[{request.host}]"
         default = 443 if request.scheme == "https" else 80
         lines = [f"GET {request.target} HTTP/1.1",
                  f"Host: {host}" if port == default else f"Host: {host}:{port}"]
         lines += [f"{name}: {value}" for name, value in request.headers.items()]
         try:
-            conn.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            conn.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         except UnicodeEncodeError as exc:
             raise DeadEnd(f"{request.target}: a header is not Latin-1 ({exc})") from None
-        reader = conn.reader
-        try:
-            # One timeout for the whole head: it is a few hundred bytes, and a
-            # timer a line cost more than the parsing.
-            async with asyncio.timeout(self._read_timeout):
-                while True:
-                    line = await reader.readline()
-                    if not line:
-                        raise _Stale("the server closed the connection without answering")
-                    status = _status(line)
-                    parser = HeaderParser()
-                    while not parser.feed(await reader.readline()):
-                        pass
-                    if status != http.client.CONTINUE:
-                        return status, parser.headers
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            raise _Stale(_describe(exc)) from exc
+        while True:
+            status_line, *header_lines = (await conn.head()).split(b"\n")
+            status, http10 = _status(status_line)
+            if status == http.client.CONTINUE:
+                continue
+            parser = HeaderParser()
+            for line in header_lines:
+                if parser.feed(line + b"\n"):
+                    break
+            return status, parser.headers, http10
 
 
-def _status(line: bytes) -> int:
-    """The status code of a status line, as http.client reads it."""
+def _status(line: bytes) -> tuple[int, bool]:
+    """The status code of a status line, as http.client reads it; and whether HTTP/1.0."""
     try:
         version, code, *_ = line.decode("iso-8859-1").split(None, 2)
         if not version.startswith("HTTP/1.") and version not in ("HTTP/1.0", "HTTP/0.9"):
@@ -329,4 +486,4 @@ def _status(line: bytes) -> int:
             raise ValueError(code)
     except ValueError:
         raise http.client.BadStatusLine(repr(line[:80])) from None
-    return status
+    return status, version in ("HTTP/1.0", "HTTP/0.9")

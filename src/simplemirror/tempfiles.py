@@ -8,6 +8,15 @@ import os
 from pathlib import Path
 
 _serial = itertools.count()
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def create(tmp: Path, prefix: str, mode: int) -> tuple[int, str]:
@@ -19,7 +28,7 @@ def create(tmp: Path, prefix: str, mode: int) -> tuple[int, str]:
     umask: the published tree is read by another user (the web server).
     """
     while True:
-        name = f"{tmp}/{prefix}{os.getpid()}-{next(_serial)}"
+        name = f"{tmp}/{prefix}{_pid}-{next(_serial)}"
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         except FileExistsError:
@@ -69,9 +78,15 @@ def install(name: str, target: str, *, new_dir: bool = False) -> None:
 
 
 def _make_dir(path: str) -> None:
+    # Not os.makedirs: it looks at each parent before making it, and a
+    # content-addressed file's directory most often lacks one or two.
     try:
         os.mkdir(path)
     except FileExistsError:
         pass
     except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
+        parent = os.path.dirname(path)
+        if parent == path:
+            raise
+        _make_dir(parent)
+        _make_dir(path)

@@ -255,6 +255,7 @@ class Inflater:
         self._inflate = (
             zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding in ("gzip", "x-gzip") else None
         )
+        self._fed = False
 
     @property
     def wants_input(self) -> bool:
@@ -271,6 +272,8 @@ class Inflater:
     def decode(self, data: bytes, n: int) -> bytes:
         """Up to ``n`` decoded bytes from ``data`` (raw bytes just read, or b"" to go on
         with what an earlier call held back); b"" when more input is needed."""
+        if data:
+            self._fed = True
         if self._inflate is None:
             if not data:
                 return b""
@@ -287,8 +290,8 @@ class Inflater:
 
     def ended(self, more: bytes) -> None:
         """The raw body ended (``more`` is what was read after the stream's end)."""
-        if self._inflate is None:
-            return  # "deflate" with no byte at all: an empty body
+        if not self._fed:
+            return  # no body at all (a 304 says Content-Encoding too): nothing to decode
         if more:
             raise TransportError(f"{self._url}: bytes after the compressed body")
         if not self.done:
@@ -335,6 +338,7 @@ class _Decoded(Body):
             data = self._raw(n) if inflater.wants_input else b""
             if inflater.wants_input and not data:
                 inflater.ended(b"")
+                return b""
             if out := inflater.decode(data, n):
                 return out
 

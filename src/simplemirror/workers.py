@@ -153,12 +153,13 @@ class ProcessPool:
             for conn in multiprocessing.connection.wait(open_conns):
                 assert isinstance(conn, Connection)
                 try:
-                    task, ok, value = _recv(conn)
+                    replies = _recv(conn)
                 except (EOFError, OSError):
                     open_conns.remove(conn)
                     self._fail_child(self._conns.index(conn))
                     continue
-                self._settle(task, ok, value)
+                for task, ok, value in replies:
+                    self._settle(task, ok, value)
 
     def _fail_child(self, child: int) -> None:
         """A child ended: what it still had can never finish."""
@@ -225,21 +226,44 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
     send_lock = threading.Lock()
     told_to_stop: asyncio.Future[None] = loop.create_future()
 
-    def reply(task: int, exc: BaseException | None, result: Any) -> None:
-        message = (task, True, result) if exc is None else (task, False, exc)
+    # Replies go back in batches: the tasks that finish in one turn of the loop
+    # share one message, and the parent one wake-up.
+    outbox: list[tuple[int, bool, Any]] = []
+
+    def send(replies: list[tuple[int, bool, Any]]) -> None:
+        try:
+            data = pickle.dumps(replies, pickle.HIGHEST_PROTOCOL)
+        except Exception as unpicklable:
+            if len(replies) > 1:  # find the one that cannot cross; the rest can
+                for reply in replies:
+                    send([reply])
+                return
+            # Say so rather than leave the parent waiting.
+            task, _, value = replies[0]
+            lost = ChildLost(f"{value or 'result'}: {unpicklable}")
+            data = pickle.dumps([(task, False, lost)], pickle.HIGHEST_PROTOCOL)
         with send_lock:
             try:
-                _send(conn, message)
+                conn.send_bytes(data)
             except (OSError, ValueError):
                 return  # the parent is gone
-            except Exception as unpicklable:  # say so rather than leave the parent waiting
-                _send(conn, (task, False, ChildLost(f"{exc or 'result'}: {unpicklable}")))
+
+    def flush() -> None:
+        replies = outbox[:]
+        outbox.clear()
+        send(replies)
 
     def finished(task: int, future: Future[Any] | asyncio.Task[Any]) -> None:
         if future.cancelled():
             return  # only a stop cancels, and the parent settles what is left then
         exc = future.exception()
-        reply(task, exc, None if exc is not None else future.result())
+        reply = (task, True, future.result()) if exc is None else (task, False, exc)
+        if isinstance(future, Future):  # from a worker thread: at once
+            send([reply])
+            return
+        if not outbox:
+            loop.call_soon(flush)
+        outbox.append(reply)
 
     def on_message() -> None:
         nonlocal pool
@@ -279,5 +303,7 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
     close = getattr(context, "close", None)
     if close is not None:
         close()
+    if outbox:
+        flush()
     with send_lock:
         conn.close()

@@ -442,9 +442,9 @@ def test_unset_download_processes_start_only_once_a_run_has_many_files(
     submitted: list[str] = []
 
     class Counting(ProcessPool):
-        def submit(self, fn: Any, *args: Any) -> Any:
-            submitted.append(args[1].dist.filename)
-            return super().submit(fn, *args)
+        def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
+            submitted.extend(args[1].dist.filename for args in calls)
+            return super().submit_all(fn, calls)
 
     monkeypatch.setattr(sync_module, "ProcessPool", Counting)
     monkeypatch.setattr(sync_module, "auto_download_processes", lambda: 2)
@@ -474,13 +474,13 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
     submitted: list[str] = []
 
     class Counting(ProcessPool):
-        def submit(self, fn: Any, *args: Any) -> Any:
+        def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
             submitted.append(fn.__name__)
-            if fn is AsyncClient.fetch_page and args[0].name == "p7":
+            if fn is AsyncClient.fetch_page and calls[0][0].name == "p7":
                 lost: Future[Any] = Future()  # as if the process died with it
                 lost.set_exception(ChildLost("a download process ended before its task"))
-                return lost
-            return super().submit(fn, *args)
+                return [lost]
+            return super().submit_all(fn, calls)
 
     monkeypatch.setattr(sync_module, "ProcessPool", Counting)
     with Upstream(w) as up:

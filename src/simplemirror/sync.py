@@ -233,20 +233,31 @@ class _Workers:
             self._page_threads = WorkerPool(self.client.config.workers, "page")
         return self._page_threads.submit(self.client.fetch_page, todo, todo.etag)
 
-    def submit(self, name: str, todo: FileTodo) -> Future[tuple[HeldFile, int, str | None]]:
+    def submit(
+        self, name: str, todos: list[FileTodo]
+    ) -> list[Future[tuple[HeldFile, int, str | None]]]:
+        """download_todo for each of a project's ``todos``."""
         config = self.client.config
-        self._submitted += 1
-        if self._processes and self._submitted > self._after:
+        here = len(todos)
+        if self._processes:  # up to the file that starts them
+            here = max(0, min(here, self._after - self._submitted))
+        self._submitted += len(todos)
+        futures = []
+        if here:
+            if self._threads is None:
+                self._threads = WorkerPool(config.workers, "file")
+            futures = [
+                self._threads.submit(download_todo, self.client, name, todo)
+                for todo in todos[:here]
+            ]
+        if len(todos) > here:
             if self._children is None:
                 threads = -(-config.workers // self._processes)
                 context = Client if self._blocking else AsyncClient
                 self._children = ProcessPool(self._processes, threads, context, config)
-            if self._blocking:
-                return self._children.submit(download_todo, name, todo)
-            return self._children.submit(AsyncClient.download_todo, name, todo)
-        if self._threads is None:
-            self._threads = WorkerPool(config.workers, "file")
-        return self._threads.submit(download_todo, self.client, name, todo)
+            fn = download_todo if self._blocking else AsyncClient.download_todo
+            futures += self._children.submit_all(fn, [(name, todo) for todo in todos[here:]])
+        return futures
 
     def shutdown(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -532,9 +543,11 @@ class Sync:
                     in_flight["pages"] -= 1
                     project = self._page_done(tag, future, state, publisher, summary)
                     if project is not None:
-                        for todo in project.files.fetch:
+                        wanted = list(project.files.fetch)
+                        futures = workers.submit(tag.name, wanted) if wanted else []
+                        for todo, file_future in zip(wanted, futures, strict=True):
                             project.outstanding += 1
-                            track("file", (project, todo), workers.submit(tag.name, todo))
+                            track("file", (project, todo), file_future)
                         self.reporter.files_planned(len(project.files.fetch))
                         if not project.outstanding:
                             self._finish(project, state, publisher, summary)

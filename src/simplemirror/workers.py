@@ -122,18 +122,33 @@ class ProcessPool:
         self._reader.start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        future.set_running_or_notify_cancel()
+        return self.submit_all(fn, [args])[0]
+
+    def submit_all(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Future[Any]]:
+        """``fn(context, *args)`` for each ``args`` of ``calls``, spread over the children.
+
+        What goes to one child goes as one message: a project's files, say, cost
+        one write and one wake-up rather than one each.
+        """
+        futures: list[Future[Any]] = []
+        batches: dict[int, list[tuple[int, Any, tuple[Any, ...]]]] = {}
         with self._lock:
-            child = min(range(len(self._busy)), key=self._busy.__getitem__)
-            task = next(self._ids)
-            self._futures[task] = (future, child)
-            self._busy[child] += 1
-        try:
-            _send(self._conns[child], (task, fn, args))
-        except (OSError, ValueError) as exc:  # the child is gone
-            self._settle(task, False, ChildLost(f"a download process ended: {exc}"))
-        return future
+            for args in calls:
+                future: Future[Any] = Future()
+                future.set_running_or_notify_cancel()
+                child = min(range(len(self._busy)), key=self._busy.__getitem__)
+                task = next(self._ids)
+                self._futures[task] = (future, child)
+                self._busy[child] += 1
+                batches.setdefault(child, []).append((task, fn, args))
+                futures.append(future)
+        for child, batch in batches.items():
+            try:
+                _send(self._conns[child], batch)
+            except (OSError, ValueError) as exc:  # the child is gone
+                for task, _, _ in batch:
+                    self._settle(task, False, ChildLost(f"a download process ended: {exc}"))
+        return futures
 
     def _settle(self, task: int, ok: bool, value: Any) -> None:
         with self._lock:
@@ -276,18 +291,18 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
             if not told_to_stop.done():
                 told_to_stop.set_result(None)
             return
-        task, fn, args = message
-        if inspect.iscoroutinefunction(fn):
-            job = loop.create_task(fn(context, *args))
-            running.add(job)
-            job.add_done_callback(running.discard)
-            job.add_done_callback(lambda job, task=task: finished(task, job))
-        else:
-            if pool is None:
-                pool = WorkerPool(threads, "child")
-            pool.submit(fn, context, *args).add_done_callback(
-                lambda future, task=task: finished(task, future)
-            )
+        for task, fn, args in message:
+            if inspect.iscoroutinefunction(fn):
+                job = loop.create_task(fn(context, *args))
+                running.add(job)
+                job.add_done_callback(running.discard)
+                job.add_done_callback(lambda job, task=task: finished(task, job))
+            else:
+                if pool is None:
+                    pool = WorkerPool(threads, "child")
+                pool.submit(fn, context, *args).add_done_callback(
+                    lambda future, task=task: finished(task, future)
+                )
 
     loop.add_reader(conn.fileno(), on_message)
     await told_to_stop

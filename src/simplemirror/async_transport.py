@@ -8,7 +8,7 @@ files (1 GB) fetched, hashed, written and renamed by ten connections on one
 loop took 2.1 CPU s, against ~9 for the same in ten threads.
 
 The rules are the blocking transport's, from the same pieces: ``prepare`` (which
-URLs may be sent, Basic auth from the URL), ``HeaderParser``, ``Inflater``
+URLs may be sent, Basic auth from the URL), ``parse_header_lines``, ``Inflater``
 (gzip and deflate, never inflating more than asked), redirects, connect and
 read timeouts, and one more try on a new connection when a kept-alive one
 turns out to have been closed by the server while idle. HTTP/1.1 framing
@@ -33,13 +33,14 @@ from simplemirror.transport import (
     REDIRECTS,
     DeadEnd,
     Fetched,
-    HeaderParser,
     Inflater,
     Request,
     TransportError,
     _describe,
     _Headers,
     ca_bundle,
+    informational,
+    parse_header_lines,
     prepare,
 )
 
@@ -245,9 +246,11 @@ class AsyncBody:
             self._left = 0
         elif length and not self._chunked:
             try:
-                self._left = max(int(length), 0)
+                self._left = int(length)
             except ValueError:
                 self._left = None
+            if self._left is not None and self._left < 0:
+                self._left = None  # as http.client: no length, read to the close
         connection = (headers.get("connection") or "").lower()
         # HTTP/1.0 closes after each answer unless it says it will not.
         persistent = "keep-alive" in connection if http10 else "close" not in connection
@@ -464,15 +467,12 @@ class AsyncTransport:
         except UnicodeEncodeError as exc:
             raise DeadEnd(f"{request.target}: a header is not Latin-1 ({exc})") from None
         while True:
-            status_line, *header_lines = (await conn.head()).split(b"\n")
-            status, http10 = _status(status_line)
-            if status == http.client.CONTINUE:
-                continue
-            parser = HeaderParser()
-            for line in header_lines:
-                if parser.feed(line + b"\n"):
-                    break
-            return status, parser.headers, http10
+            # The head ends in its blank line: the last two pieces are that line's
+            # and what follows its line break (nothing).
+            lines = (await conn.head()).split(b"\n")
+            status, http10 = _status(lines[0])
+            if not informational(status):
+                return status, parse_header_lines(lines[1:-2]), http10
 
 
 def _status(line: bytes) -> tuple[int, bool]:

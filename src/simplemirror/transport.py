@@ -135,52 +135,57 @@ class _Headers(dict[str, str]):
         return failobj if value is None else [value]
 
 
-class HeaderParser:
-    """A response's header block, fed a line at a time (blocking or event-loop reads alike).
+def parse_header_lines(lines: list[bytes]) -> _Headers:
+    """A response's header lines (line endings kept or not; not the blank line that
+    ends the block), by lowercased name.
 
     http.client hands these lines to the email package, which works out MIME
     structure no HTTP response needs: about a fifth of the CPU of a small GET.
     """
-
-    def __init__(self) -> None:
-        self.headers = _Headers()
-        self._last = ""
-        self._lines = 0
-
-    def feed(self, line: bytes) -> bool:
-        """Take one line (with its line ending); True once the blank line ends the block."""
+    if len(lines) > MAX_HEADERS:
+        raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
+    headers = _Headers()
+    known = headers.__contains__
+    last = ""
+    for line in lines:
         if len(line) > MAX_LINE:
             raise http.client.LineTooLong("header line")
-        if line in (b"\r\n", b"\n", b""):
-            return True
-        self._lines += 1
-        if self._lines > MAX_HEADERS:
-            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
-        headers = self.headers
         text = line.decode("iso-8859-1")
-        if text[0] in " \t":  # an obsolete folded continuation (RFC 9112 5.2)
-            if self._last:
-                last = self._last
-                headers[last] = f"{dict.__getitem__(headers, last)} {text.strip()}"
-            return False
+        if text[:1] in (" ", "\t"):  # an obsolete folded continuation (RFC 9112 5.2)
+            if last:
+                headers[last] = f"{headers[last]} {text.strip()}"
+            continue
         name, colon, value = text.partition(":")
         if not colon:
-            return False  # not a header; email's parser would skip it too
+            continue  # not a header; email's parser would skip it too
         last = name.strip().lower()
-        if not dict.__contains__(headers, last):
-            dict.__setitem__(headers, last, value.strip())
-            self._last = last
+        if known(last):
+            last = ""  # a continuation must not extend the first of two
         else:
-            self._last = ""  # a continuation must not extend the first of two
-        return False
+            dict.__setitem__(headers, last, value.strip())
+    return headers
+
+
+def informational(status: int) -> bool:
+    """A 1xx answer that comes before the real one (100 Continue, 103 Early Hints...).
+
+    101 Switching Protocols is not one: nothing here asks to switch.
+    """
+    return 100 <= status < 200 and status != 101
 
 
 def _read_headers(fp: BinaryIO) -> _Headers:
     """The header block, read line by line up to its blank line."""
-    parser = HeaderParser()
-    while not parser.feed(fp.readline(MAX_LINE + 1)):
-        pass
-    return parser.headers
+    lines = []
+    while True:
+        line = fp.readline(MAX_LINE + 1)
+        if line in (b"\r\n", b"\n", b""):
+            return parse_header_lines(lines)
+        if len(line) > MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        lines.append(line)
+        if len(lines) > MAX_HEADERS:
+            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
 
 
 class _Response(http.client.HTTPResponse):
@@ -194,7 +199,7 @@ class _Response(http.client.HTTPResponse):
             return
         while True:
             version, status, reason = self._read_status()  # type: ignore[attr-defined]
-            if status != http.client.CONTINUE:
+            if not informational(status):
                 break
             _read_headers(self.fp)  # type: ignore[arg-type]
         self.code = self.status = status

@@ -134,7 +134,8 @@ def assert_clean(directory: Path, world: World) -> dict[str, list[str]]:
 
 def clear_faults(up: Upstream) -> None:
     with up.knob_lock:
-        for knob in (up.fail, up.status, up.reset, up.delay, up.slow_body, up.stale):
+        for knob in (up.fail, up.status, up.reset, up.reset_mid_body, up.delay, up.slow_body,
+                     up.stale):
             knob.clear()
         for names in (up.oversize, up.corrupt, up.truncate):
             names.clear()
@@ -366,6 +367,111 @@ def test_persistent_faults_give_up_within_bounded_time(
     # Files that failed are left out of the page (never advertised).
     assert assert_clean(tmp_path, world) == {**complete_tree(world), "foo-bar-baz": []}
     assert_converges(up, tmp_path, world)
+
+
+# -- the same faults in a download process (async_client, on an event loop) ------------------
+
+IN_A_PROCESS: dict[str, Any] = {"download_processes": 1}
+"""Files, and the pages asked for once the process runs, go through it from the first file."""
+
+
+@pytest.fixture
+def submitted(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
+    """What the run handed its download process: (function, project) pairs."""
+    from simplemirror import sync as sync_module
+    from simplemirror.workers import ProcessPool
+
+    handed: set[tuple[str, str]] = set()
+
+    def note(fn: Any, args: tuple[Any, ...]) -> None:
+        # fetch_page(todo, etag), download_todo(name, todo)
+        handed.add((fn.__qualname__, getattr(args[0], "name", args[0])))
+
+    class Recording(ProcessPool):
+        def submit(self, fn: Any, *args: Any) -> Any:
+            note(fn, args)
+            return super().submit(fn, *args)
+
+        def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
+            for args in calls:
+                note(fn, args)
+            return super().submit_all(fn, calls)
+
+    monkeypatch.setattr(sync_module, "ProcessPool", Recording)
+    return handed
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"), [("truncate", "still to come"), ("corrupt", "sha256")],
+    ids=["truncated", "wrong-hash"],
+)
+def test_a_bad_body_in_a_download_process_fails_only_its_project(
+    up: Upstream, world: World, tmp_path: Path, fault: str, message: str,
+    submitted: set[tuple[str, str]],
+) -> None:
+    getattr(up, fault).add(WHEEL)
+    path = file_path(world, WHEEL)
+
+    summary = sync(up, tmp_path, **IN_A_PROCESS)
+
+    assert ("AsyncClient.download_todo", "tiny") in submitted
+    assert summary.exit_code == 1 and failed_names(summary) == ["tiny"]
+    assert WHEEL in why(summary, "tiny") and message in why(summary, "tiny")
+    assert gets(up, path) == 3  # retries=2
+    assert assert_clean(tmp_path, world) == {**complete_tree(world), "tiny": [SDIST]}
+    assert not list((tmp_path / "web").rglob(WHEEL))
+    assert_converges(up, tmp_path, world, **IN_A_PROCESS)
+
+
+@pytest.mark.parametrize("target", ["file", "metadata"])
+@pytest.mark.parametrize("knob", ["reset", "reset_mid_body"])
+def test_a_reset_in_a_download_process_is_retried(
+    up: Upstream, world: World, tmp_path: Path, target: str, knob: str,
+    submitted: set[tuple[str, str]],
+) -> None:
+    path = target_path(world, target)
+    getattr(up, knob)[path] = 1
+
+    summary = sync(up, tmp_path, **IN_A_PROCESS)
+
+    assert ("AsyncClient.download_todo", "tiny") in submitted
+    assert summary.exit_code == 0, summary.failed
+    assert gets(up, path) == 2
+    assert assert_clean(tmp_path, world) == complete_tree(world)
+
+
+@pytest.mark.parametrize("target", ["page", "file"])
+def test_429_in_a_download_process_waits_for_retry_after_up_to_the_cap(
+    up: Upstream, world: World, tmp_path: Path, target: str,
+    submitted: set[tuple[str, str]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three more projects, asked for after tiny's first file has started the
+    # download process: with one worker, pages come two at a time.
+    for name in ("late-a", "late-b", "late-c"):
+        world.add_project(name, ["1.0"], wheel=False)
+    late = world.project("late-c")
+    path = {"page": "/simple/late-c/", "file": late.files[0].path}[target]
+    up.status[path] = (429, {"Retry-After": "2"}, 1)
+    seen: list[float] = []
+    take_status = up.take_status
+
+    def timed(key: str) -> tuple[int, dict[str, str]] | None:
+        if key == path:
+            seen.append(time.monotonic())
+        return take_status(key)
+
+    monkeypatch.setattr(up, "take_status", timed)
+
+    summary = sync(up, tmp_path, workers=1, retry_wait=0.0, retry_max_wait=0.25,
+                   **IN_A_PROCESS)
+
+    how = "AsyncClient.fetch_page" if target == "page" else "AsyncClient.download_todo"
+    assert (how, "late-c") in submitted
+    assert summary.exit_code == 0, summary.failed
+    assert gets(up, path) == 2 and len(seen) == 2
+    # retry_wait is 0: the wait comes from Retry-After (2 s), capped at retry_max_wait.
+    assert 0.2 <= seen[1] - seen[0] < 1.5
+    assert assert_clean(tmp_path, world) == complete_tree(world)
 
 
 # -- an unusable root index ------------------------------------------------------------------

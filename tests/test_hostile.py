@@ -80,6 +80,30 @@ def test_hostile_file_entry_is_refused_and_reported(
     assert listed["good"] and len(listed["victim"]) == 2  # the real files still mirrored
 
 
+def test_hostile_file_entries_are_refused_in_a_run_with_a_download_process(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    # The good files are fetched in the process; nothing hostile gets that far.
+    chosen = ("parent traversal", "absolute path", "percent-encoded traversal",
+              "name differs from URL", "non-hex hash")
+    for i, what in enumerate(chosen):
+        world.add_file("victim", f"escaped{i}-1.0.tar.gz", b"payload", extra=HOSTILE_ENTRIES[what])
+    mirror = tmp_path / "mirror"
+    outside_before = everything_outside(mirror, tmp_path)
+
+    summary = sync(upstream, mirror, download_processes=1)
+
+    assert summary.exit_code == 1 and summary.files_fetched == 4
+    assert [name for name, _ in summary.failed] == ["victim"]
+    assert summary.failed[0][1].count("refused") == len(chosen)
+    assert everything_outside(mirror, tmp_path) == outside_before
+    assert not [p for p in tmp_path.parent.parent.rglob("escaped*")]
+    assert not Path("/tmp/escaped-1.0.tar.gz").exists()
+    listed = assert_consistent(mirror / "web")
+    assert listed["good"] and len(listed["victim"]) == 2
+    assert list((mirror / "tmp").iterdir()) == []
+
+
 def test_file_on_a_foreign_host_is_refused(upstream: Upstream, world: World, tmp_path: Path):
     world.add_file(
         "victim", "foreign-1.0.tar.gz", b"payload",
@@ -92,14 +116,19 @@ def test_file_on_a_foreign_host_is_refused(upstream: Upstream, world: World, tmp
     assert "foreign-1.0.tar.gz" not in assert_consistent(tmp_path / "web")["victim"]
 
 
-def test_listed_file_host_is_allowed(upstream: Upstream, world: World, tmp_path: Path):
+@pytest.mark.parametrize("processes", [None, 1], ids=["threads", "download-process"])
+def test_listed_file_host_is_allowed(
+    upstream: Upstream, world: World, tmp_path: Path, processes: int | None
+):
     # "localhost" is the same server under another name: an operator-listed file host.
     url = upstream.file_url("victim", "victim-1.0.tar.gz").replace("127.0.0.1", "localhost")
     world.project("victim").file("victim-1.0.tar.gz").extra["url"] = url
     world.touch("victim")
-    refused = sync(upstream, tmp_path / "a")
-    allowed = sync(upstream, tmp_path / "b", file_hosts=["localhost"])
+    refused = sync(upstream, tmp_path / "a", download_processes=processes)
+    allowed = sync(upstream, tmp_path / "b", file_hosts=["localhost"],
+                   download_processes=processes)
     assert refused.exit_code == 1 and allowed.exit_code == 0
+    assert "victim-1.0.tar.gz" in assert_consistent(tmp_path / "b" / "web")["victim"]
 
 
 def test_invalid_project_names_are_refused_and_reported(

@@ -394,6 +394,18 @@ def test_status_reset_delay_slow_knobs(up: Upstream, world: World) -> None:
     assert [r.path for r in up.requests].count(path) == 8
 
 
+def test_reset_mid_body_knob(up: Upstream, world: World) -> None:
+    upfile = world.project("simple-pkg").file("simple_pkg-1.0-py3-none-any.whl")
+    url = up.file_url("simple-pkg", upfile.filename)
+    path = urlsplit(url).path
+    up.reset_mid_body[path] = 1
+    with pytest.raises((ConnectionError, http.client.IncompleteRead)):
+        fetch(url)
+    assert path not in up.reset_mid_body
+    assert fetch(url).body == upfile.content
+    assert [r.path for r in up.requests].count(path) == 2
+
+
 def test_oversize_and_replaced_bodies(up: Upstream, world: World) -> None:
     upfile = world.project("simple-pkg").file("simple_pkg-1.0-py3-none-any.whl")
     url = up.file_url("simple-pkg", upfile.filename)

@@ -20,7 +20,7 @@ import pytest
 from simplemirror import config, download
 from simplemirror.download import VerificationError
 from simplemirror.plan import ProjectTodo
-from simplemirror.transport import DeadEnd, Transport, TransportError, _read_headers
+from simplemirror.transport import DeadEnd, Inflater, Transport, TransportError, _read_headers
 from simplemirror.upstream import Client, TransientError
 from tests.support.canned import Canned
 
@@ -382,4 +382,39 @@ def test_a_status_line_that_is_not_http_is_a_transport_error() -> None:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
         with pytest.raises(TransportError, match="BadStatusLine"):
             read(transport(), url)
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("status", "encoding"), [(200, "deflate"), (304, "deflate"), (304, "gzip")],
+    ids=["empty-deflate", "304-deflate", "304-gzip"],
+)
+def test_an_answer_without_a_body_is_empty_whatever_its_encoding(
+    server: Canned, monkeypatch: pytest.MonkeyPatch, status: int, encoding: str
+) -> None:
+    real = Inflater.decode
+    idle = 0
+
+    def decode(self: Inflater, data: bytes, n: int) -> bytes:
+        # read1 asking for nothing again and again would never return: fail instead.
+        nonlocal idle
+        out = real(self, data, n)
+        idle = idle + 1 if not data and not out else 0
+        if idle > 1000:
+            raise AssertionError("read1 loops without reading or decoding anything")
+        return out
+
+    monkeypatch.setattr(Inflater, "decode", decode)
+    server.add("/e", status=status, headers={"Content-Encoding": encoding})
+    assert read(transport(), server.url("/e")) == (status, b"")
+
+
+def test_informational_answers_before_the_final_one_are_skipped() -> None:
+    listener, thread = _raw_server(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"
+    )
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        assert read(transport(), url) == (200, b"body")
         thread.join(5)

@@ -194,6 +194,9 @@ class _Connection(asyncio.BufferedProtocol):
                 return self._take(end + 3)
             if len(data) > MAX_HEAD:
                 raise http.client.LineTooLong("response head")
+            if data[:5] != b"HTTP/"[: len(data)]:
+                # Not HTTP (a banner, garbage): no point waiting for the rest.
+                raise http.client.BadStatusLine(repr(data[:80]))
             if self._eof:
                 if data:
                     raise http.client.IncompleteRead(data)

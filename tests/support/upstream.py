@@ -342,6 +342,8 @@ class Upstream:
       ``{"Retry-After": "1"}``) to the next n requests.
     - ``reset[path] = n``: read the request, then drop the connection with a TCP reset and
       no response at all.
+    - ``reset_mid_body[path] = n``: send the head and half the body of a file, then drop
+      the connection with a TCP reset.
     - ``delay[path] = (seconds, n)``: sleep before answering (to trip a read timeout).
     - ``slow_body[path] = n``: send the full response in ``slow_chunk``-byte pieces with
       ``slow_pause`` seconds between them (slow but complete).
@@ -370,6 +372,7 @@ class Upstream:
         self.fail: dict[str, int] = {}
         self.status: dict[str, tuple[int, dict[str, str], int]] = {}
         self.reset: dict[str, int] = {}
+        self.reset_mid_body: dict[str, int] = {}
         self.delay: dict[str, tuple[float, int]] = {}
         self.slow_body: dict[str, int] = {}
         self.slow_chunk = 256
@@ -795,6 +798,15 @@ class _UpstreamHandler(BaseHandler):
             body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
         if key in self.up.oversize:
             body += self.up.oversize_extra
+        if self.command == "GET" and self.up.take(self.up.reset_mid_body, path):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self._reset()
+            return
         if key in self.up.truncate and self.command == "GET":
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -385,13 +384,17 @@ def _parse_files(
     return tuple(files), tuple(rejected)
 
 
+# A path separator, or a character of Unicode category Cc (exactly these ranges).
+_SEPARATOR_OR_CONTROL = re.compile("[/\\\\\x00-\x1f\x7f-\x9f]")
+
+
 def check_filename(filename: object) -> str:
     """Return ``filename`` if it is safe to create as one file in one directory."""
     if not isinstance(filename, str) or not filename:
         raise UpstreamDataError("missing or empty 'filename'")
     if filename in {".", ".."} or filename.startswith("."):
         raise UpstreamDataError("file name starts with a dot")
-    if any(c in filename for c in "/\\") or any(unicodedata.category(c) == "Cc" for c in filename):
+    if _SEPARATOR_OR_CONTROL.search(filename):
         raise UpstreamDataError("file name contains a path separator or a control character")
     try:
         encoded = filename.encode("utf-8")

@@ -144,8 +144,7 @@ def parse_header_lines(lines: list[bytes]) -> _Headers:
     """
     if len(lines) > MAX_HEADERS:
         raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
-    headers = _Headers()
-    known = headers.__contains__
+    headers: dict[str, str] = {}
     last = ""
     for line in lines:
         if len(line) > MAX_LINE:
@@ -159,11 +158,11 @@ def parse_header_lines(lines: list[bytes]) -> _Headers:
         if not colon:
             continue  # not a header; email's parser would skip it too
         last = name.strip().lower()
-        if known(last):
+        if last in headers:
             last = ""  # a continuation must not extend the first of two
         else:
-            dict.__setitem__(headers, last, value.strip())
-    return headers
+            headers[last] = value.strip()
+    return _Headers(headers)
 
 
 def informational(status: int) -> bool:

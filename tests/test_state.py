@@ -118,3 +118,16 @@ def test_root_changes_in_sql_plan_the_same_as_planning_in_memory(tmp_path: Path)
         assert got.removed == expected.removed
         assert got.unchanged == expected.unchanged
         assert expected.fetch and expected.removed and expected.unchanged  # each case occurs
+
+
+def test_undo_in_memory_keeps_savepoint_journals_off_the_disk(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    try:
+        assert state.db.execute("PRAGMA temp_store").fetchone()[0] == 0  # the default: a file
+        state.undo_in_memory()
+        assert state.db.execute("PRAGMA temp_store").fetchone()[0] == 2  # memory
+        with state.transaction():  # still usable, savepoints and all
+            state.set_meta("k", "v")
+        assert state.get_meta("k") == "v"
+    finally:
+        state.close()

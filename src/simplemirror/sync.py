@@ -529,6 +529,7 @@ class Sync:
 
         last_commit = time.monotonic()
         workers = _Workers(self.client)
+        state.undo_in_memory()  # the plan is made: the root's table can go
         state.db.execute("BEGIN")
         try:
             refill()

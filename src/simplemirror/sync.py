@@ -507,7 +507,7 @@ class Sync:
     ) -> None:
         """Fetch every planned page, download its files, publish each project as it completes."""
         config = self.config
-        events: queue.Queue[tuple[str, Any, Future[Any]]] = queue.Queue()
+        events: queue.SimpleQueue[tuple[str, Any, Future[Any]]] = queue.SimpleQueue()
         todos = iter(plan.fetch)
         # Bounded look-ahead keeps memory flat however large the plan: a new
         # page is asked for only while the file backlog is short.

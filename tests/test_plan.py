@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,6 +19,7 @@ from simplemirror.plan import (
     plan_retry,
     plan_sync,
     refuse_foreign_hosts,
+    url_host,
 )
 
 NOT_OK = [Status.PENDING, Status.DEFERRED, Status.FAILED, Status.REMOVED]
@@ -414,3 +417,41 @@ def test_files_on_foreign_hosts_are_refused_with_a_reason() -> None:
     assert [d.filename for d in allowed] == ["a-1.tar.gz", "b-1.tar.gz"]
     assert [name for name, _ in refused] == ["c-1.tar.gz"]
     assert "evil.example" in refused[0][1] and "file-hosts" in refused[0][1]
+
+
+def _urlsplit_host(url: str) -> str | type[ValueError]:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ValueError
+
+
+def _url_host(url: str) -> str | type[ValueError]:
+    try:
+        return url_host(url)
+    except ValueError:
+        return ValueError
+
+
+@pytest.mark.parametrize("url", [
+    "https://Files.Example/packages/a/b/x.whl",
+    "https://user:pw@files.example:8443/x.whl",
+    "https://files.example?x/y", "https://files.example#frag/x", "https://files.example",
+    "http://evil.example\\@files.example/x", "https://files.example\\@evil.example/x",
+    "//files.example/x", "files.example/x", "ht tp://files.example/x", "a:b://files.example/",
+    " https://files.example/x", "\thttps://files.example/x", "https://files.ex\tample/x",
+    "https://files.example\r\n/x", "https://[::1]:8080/x", "https://[::1/x", "https://]::1[/x",
+    "HTTPS://FILES.EXAMPLE/X", "https://@/x", "https://:80/x", "https:///x", "",
+    "https://files.example/x?y#z",
+])
+def test_url_host_reads_hosts_as_urlsplit_does(url: str) -> None:
+    assert _url_host(url) == _urlsplit_host(url)
+
+
+def test_url_host_agrees_with_urlsplit_on_random_urls() -> None:
+    rng = random.Random(7)
+    alphabet = "aB:/?#@[]\\.%-_ \t\r\n\x00\x7f1é"
+    schemes = ["https://", "http://", "h:", "//", "", "x+y://"]
+    for _ in range(20_000):
+        url = rng.choice(schemes) + "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        assert _url_host(url) == _urlsplit_host(url), url

@@ -13,11 +13,11 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urldefrag, urlsplit
+from urllib.parse import urldefrag
 
 from simplemirror import layout, tempfiles
 from simplemirror.model import DistFile, HeldFile
-from simplemirror.plan import FileTodo
+from simplemirror.plan import FileTodo, url_host
 from simplemirror.transport import Stream, TransportError
 from simplemirror.upstream import Client, TransientError, UpstreamError, check_response
 
@@ -273,7 +273,7 @@ class Sibling:
     expected_hashes: Mapping[str, str]
 
     def check_host(self, allowed_hosts: frozenset[str]) -> None:
-        if (urlsplit(self.url).hostname or "").lower() not in allowed_hosts:
+        if url_host(self.url) not in allowed_hosts:
             raise UpstreamError(f"{self.url}: not an allowed file host")
 
     def held_with(self, held: HeldFile, got: Downloaded) -> HeldFile:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import gzip
 import hashlib
 import json
@@ -24,6 +25,7 @@ from simplemirror.config import Config
 from simplemirror.download import VerificationError
 from simplemirror.model import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, DistFile, HeldFile
 from simplemirror.plan import FileTodo, ProjectTodo
+from simplemirror.transport import TransportError
 from simplemirror.upstream import (
     ACCEPT,
     Client,
@@ -615,3 +617,45 @@ def test_download_todo_gives_what_the_blocking_one_gives(
     awaited = run(awaited_cfg, lambda c: c.download_todo("foo", todo_))
     assert awaited == blocking
     assert listing(awaited_cfg.web) == listing(blocking_cfg.web)
+
+
+# -- a file's body as it arrives ----------------------------------------------------------
+
+
+def test_a_body_that_stalls_midway_times_out_and_is_retried(
+    server: Canned, tmp_path: Path
+) -> None:
+    cfg = make_config(tmp_path, server, read_timeout=0.3, retries=1)
+    never = threading.Event()
+    server.add(FILE_PATH, BODY, pause=never)  # half the body, then nothing
+    try:
+        with pytest.raises(TransientError, match="TimeoutError"):
+            run(cfg, lambda c: fetch_file(c, server.url(FILE_PATH)))
+    finally:
+        never.set()
+    assert len(server.calls) == 2  # tried again after the first timed out
+    assert listing(cfg.web) == [] and listing(cfg.tmp) == []
+
+
+def test_a_body_that_arrives_in_pieces_is_poured_whole(server: Canned, cfg: Config) -> None:
+    resume = threading.Event()
+    server.add(FILE_PATH, BODY, pause=resume)  # half, then the rest once resumed
+    threading.Timer(0.2, resume.set).start()
+    got = run(cfg, lambda c: fetch_file(c, server.url(FILE_PATH)))
+    assert (cfg.web / got.path).read_bytes() == BODY
+    assert got.size == len(BODY) and listing(cfg.tmp) == []
+
+
+def test_a_disk_error_while_pouring_is_not_taken_for_the_servers(
+    server: Canned, cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download.tempfiles, "write_all", disk_full)
+    server.add(FILE_PATH, BODY)
+    with pytest.raises(OSError) as info:
+        run(cfg, lambda c: fetch_file(c, server.url(FILE_PATH)))
+    assert info.value.errno == errno.ENOSPC  # as it was, not a TransportError to retry
+    assert not isinstance(info.value, TransportError)
+    assert len(server.calls) == 1 and listing(cfg.tmp) == []

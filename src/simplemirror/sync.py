@@ -1,10 +1,11 @@
 """One run of `mirror sync`: root index -> plan -> pages and files -> published tree.
 
-Threads: worker pools do the network I/O (project pages in one pool, files in
-another, so that page fetches never queue behind a long file backlog). Once a
-run has download processes (see _Workers), pages are fetched and parsed there
-too. Only the coordinating thread touches state.db and writes pages, and it
-learns of finished work through a queue.
+Workers do the network I/O: threads of this process at first (project pages in
+one pool, files in another, so that page fetches never queue behind a long file
+backlog), then, once a run has download processes (see _Workers), tasks of an
+event loop in each of them (async_client), pages included. Only the
+coordinating thread touches state.db and writes pages, and it learns of
+finished work through a queue.
 
 Publish order (see ``run``): a project's files are in place before its pages
 are written, and the root pages are written after every project page.

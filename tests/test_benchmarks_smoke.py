@@ -107,11 +107,11 @@ def test_noop_benchmark_on_a_small_synthetic_mirror(tmp_path: Path) -> None:
 def test_workers_alone_on_a_tiny_world(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.workers_alone", "--projects", "20",
-         "--threads", "1,3", "--workdir", str(tmp_path)],
+         "--threads", "1,3", "--tasks", "2", "--workdir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line.split() for line in done.stdout.splitlines()[1:]]
-    assert [row[0] for row in rows] == ["1", "3"]
-    assert all(float(value) > 0 for row in rows for value in (row[1], row[4]))
+    assert [row[:2] for row in rows] == [["1", "threads"], ["3", "threads"], ["2", "tasks"]]
+    assert all(float(value) > 0 for row in rows for value in (row[2], row[5]))
     assert not any(tmp_path.iterdir())  # its work directory is removed

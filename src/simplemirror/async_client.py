@@ -22,18 +22,16 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying
 
-from simplemirror import download, layout
+from simplemirror import download
 from simplemirror.async_transport import AsyncTransport
 from simplemirror.config import Config
 from simplemirror.download import Downloaded, Sink, VerificationError
-from simplemirror.model import HeldFile
 from simplemirror.plan import FileTodo, ProjectTodo
 from simplemirror.transport import Fetched, TransportError
 from simplemirror.upstream import (
     Client,
     Interrupted,
     PageResponse,
-    UpstreamError,
     _Answer,
     _upstream_error,
     check_response,
@@ -140,37 +138,24 @@ class AsyncClient:
 
         return await self.retrying(attempt, also=VerificationError)
 
-    async def download_todo(
-        self, name: str, todo: FileTodo
-    ) -> tuple[HeldFile, int, str | None]:
-        """As sync.download_todo."""
-        dist = todo.dist
-        fetched = 0
-        if todo.fetch_file:
-            got = await self.fetch_to(
-                dist.url, expected_hashes=dist.hashes, expected_size=dist.size,
-                path_for_sha256=lambda sha256: layout.file_path(sha256, dist.filename),
-                new_dir=True,
-            )
-            held = download.held_file(name, dist, got.path, got.size, got.hashes)
-            fetched += got.size
-        else:
-            held = download.held_already(name, todo)
-        errors: list[str] = []
-        for sibling in download.siblings_wanted(todo):
-            try:
-                sibling.check_host(self.config.allowed_file_hosts)
-                beside = held.path + sibling.suffix
-                got = await self.fetch_to(
-                    sibling.url, expected_hashes=dict(sibling.expected_hashes),
-                    expected_size=None, path_for_sha256=lambda _sha256, at=beside: at,
-                )
-            except (UpstreamError, VerificationError) as exc:
-                errors.append(f"{sibling.kind}: {exc}")
-                continue
-            fetched += got.size
-            held = sibling.held_with(held, got)
-        return held, fetched, "; ".join(errors) or None
+    async def download_todo(self, name: str, todo: FileTodo) -> download.TodoResult:
+        """As sync.download_todo: the same steps (download.todo_steps), awaited."""
+        steps = download.todo_steps(name, todo, self.config.allowed_file_hosts)
+        try:
+            wanted = next(steps)
+            while True:
+                try:
+                    got = await self.fetch_to(
+                        wanted.url, expected_hashes=dict(wanted.expected_hashes),
+                        expected_size=wanted.expected_size,
+                        path_for_sha256=wanted.path_for_sha256, new_dir=wanted.new_dir,
+                    )
+                except Exception as exc:
+                    wanted = steps.throw(exc)
+                else:
+                    wanted = steps.send(got)
+        except StopIteration as done:
+            return done.value
 
     def close(self) -> None:
         self.transport.close()

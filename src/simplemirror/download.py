@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urldefrag
+
+import requests
 
 from simplemirror import layout, tempfiles
 from simplemirror.model import DistFile, HeldFile
@@ -299,3 +301,76 @@ def siblings_wanted(todo: FileTodo) -> Iterator[Sibling]:
             continue
         expected = dist.core_metadata if kind == "metadata" else {}
         yield Sibling(kind, url, suffix, expected if isinstance(expected, Mapping) else {})
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One download a todo needs: a file, or a sibling beside it (see todo_steps)."""
+
+    url: str
+    expected_hashes: Mapping[str, str]
+    expected_size: int | None
+    path_for_sha256: Callable[[str], str]
+    new_dir: bool = False
+
+
+# What a sibling's download may fail with and leave its file published without it.
+SIBLING_ERRORS = (UpstreamError, VerificationError, requests.RequestException)
+
+TodoResult = tuple[HeldFile, int, str | None]
+"""The held file, the bytes fetched, and what went wrong with its siblings."""
+
+
+def todo_steps(
+    project: str, todo: FileTodo, allowed_hosts: frozenset[str]
+) -> Generator[Fetch, Downloaded, TodoResult]:
+    """What fetching ``todo`` takes, without the fetching: each download it needs is
+    yielded, and what came of it is sent back (or its error thrown in).
+
+    The blocking workers (sync.download_todo) and the download processes' event loop
+    (async_client) drive the same steps, each with its own I/O. A file that fails
+    ends the todo; a sibling that fails is reported and the file kept.
+    """
+    dist = todo.dist
+    fetched = 0
+    if todo.fetch_file:
+        got = yield Fetch(
+            dist.url, dist.hashes, dist.size,
+            lambda sha256: layout.file_path(sha256, dist.filename),
+            new_dir=True,  # each content-addressed file has a directory of its own
+        )
+        held = held_file(project, dist, got.path, got.size, got.hashes)
+        fetched += got.size
+    else:
+        held = held_already(project, todo)
+    errors: list[str] = []
+    for sibling in siblings_wanted(todo):
+        try:
+            sibling.check_host(allowed_hosts)
+            beside = held.path + sibling.suffix
+            got = yield Fetch(
+                sibling.url, sibling.expected_hashes, None, lambda _sha256, at=beside: at
+            )
+        except SIBLING_ERRORS as exc:
+            errors.append(f"{sibling.kind}: {exc}")
+            continue
+        fetched += got.size
+        held = sibling.held_with(held, got)
+    return held, fetched, "; ".join(errors) or None
+
+
+def run_steps(
+    steps: Generator[Fetch, Downloaded, TodoResult], fetch: Callable[[Fetch], Downloaded]
+) -> TodoResult:
+    """Drive ``steps`` with a blocking ``fetch``."""
+    try:
+        wanted = next(steps)
+        while True:
+            try:
+                got = fetch(wanted)
+            except Exception as exc:
+                wanted = steps.throw(exc)
+            else:
+                wanted = steps.send(got)
+    except StopIteration as done:
+        return done.value

@@ -155,38 +155,28 @@ class _Root:
     """Of the root's body, as read."""
 
 
-def download_todo(client: Client, name: str, todo: FileTodo) -> tuple[HeldFile, int, str | None]:
+def download_todo(client: Client, name: str, todo: FileTodo) -> download.TodoResult:
     """Worker (a thread, or one in a download process): fetch what ``todo`` needs.
 
     Returns the held file, the bytes fetched, and what went wrong with its siblings
-    (the file is still published without them). async_client.download_todo is
-    the same on an event loop.
+    (the file is still published without them). async_client drives the same
+    steps on an event loop.
     """
-    config, dist = client.config, todo.dist
-    fetched = 0
-    if todo.fetch_file:
-        got = download.fetch_file(
-            client, dist.url, dist.filename, expected_hashes=dist.hashes,
-            expected_size=dist.size, web=config.web, tmp=config.tmp,
+    config = client.config
+
+    def fetch(wanted: download.Fetch) -> download.Downloaded:
+        return client.retrying(
+            lambda: download.fetch_to(
+                client, wanted.url, expected_hashes=wanted.expected_hashes,
+                expected_size=wanted.expected_size, web=config.web, tmp=config.tmp,
+                path_for_sha256=wanted.path_for_sha256, new_dir=wanted.new_dir,
+            ),
+            also=download.VerificationError,
         )
-        held = download.held_file(name, dist, got.path, got.size, got.hashes)
-        fetched += got.size
-    else:
-        held = download.held_already(name, todo)
-    errors: list[str] = []
-    for sibling in download.siblings_wanted(todo):
-        try:
-            sibling.check_host(config.allowed_file_hosts)
-            got = download.fetch_sibling(
-                client, sibling.url, held.path, sibling.suffix,
-                expected_hashes=sibling.expected_hashes, web=config.web, tmp=config.tmp,
-            )
-        except FILE_ERRORS as exc:
-            errors.append(f"{sibling.kind}: {exc}")
-            continue
-        fetched += got.size
-        held = sibling.held_with(held, got)
-    return held, fetched, "; ".join(errors) or None
+
+    return download.run_steps(
+        download.todo_steps(name, todo, config.allowed_file_hosts), fetch
+    )
 
 
 # With download-processes unset, a run starts its download processes only after

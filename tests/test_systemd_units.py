@@ -380,7 +380,11 @@ def test_sandbox_denies_what_the_unit_denies(tmp_path: Path):
 
 @pytest.mark.slow
 @needs_seccomp
-def test_sync_converges_inside_the_units_seccomp_rules(tmp_path: Path):
+@pytest.mark.parametrize(
+    "processes", ["", "download-processes = 1\n"], ids=["threads", "download-process"]
+)
+def test_sync_converges_inside_the_units_seccomp_rules(tmp_path: Path, processes: str):
+    # With a download process: spawn, its pipes and its event loop (epoll) under the rules.
     world = World()
     world.add_project("alpha", ["1.0", "2.0"])
     world.add_project("beta", ["0.1"])
@@ -390,6 +394,7 @@ def test_sync_converges_inside_the_units_seccomp_rules(tmp_path: Path):
         config = tmp_path / "mirror.toml"
         config.write_text(
             f'[mirror]\nupstream = "{up.url}"\ndirectory = "{directory}"\nworkers = 4\n'
+            + processes
         )
         result = _in_sandbox(spec, sys.executable, "-m", "simplemirror", "sync",
                              "-c", str(config))

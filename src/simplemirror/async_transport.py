@@ -44,6 +44,9 @@ from simplemirror.transport import (
     prepare,
 )
 
+# A piece of a body: bytes, or a view of bytes (see _Connection._take).
+Buffer = bytes | memoryview
+
 # Errors a socket, the TLS layer or a short body can end in: the request failed.
 _FAILED = (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError,
            http.client.HTTPException)
@@ -79,7 +82,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.reused = False
         self._loop = loop
         self._transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self._buffered = 0
         self._paused = False
         self._eof = False
@@ -156,20 +159,24 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _joined(self) -> bytes:
         chunks = self._chunks
-        if len(chunks) > 1:
+        if len(chunks) > 1 or (chunks and isinstance(chunks[0], memoryview)):
             data = b"".join(chunks)
             chunks.clear()
             chunks.append(data)
-        return chunks[0] if chunks else b""
+        return chunks[0] if chunks else b""  # type: ignore[return-value]
 
-    def _take(self, n: int) -> bytes:
+    def _take(self, n: int) -> bytes | memoryview:
+        """The next ``n`` bytes at most. Cut from a piece as a view: a response's head
+        and body most often come in one piece, and slicing it as bytes copied the body
+        (a copy of every byte of every file)."""
         chunks = self._chunks
         chunk = chunks[0]
         if len(chunk) <= n:
             chunks.popleft()
         else:
-            chunks[0] = chunk[n:]
-            chunk = chunk[:n]
+            view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
+            chunks[0] = view[n:]
+            chunk = view[:n]
         self._buffered -= len(chunk)
         return chunk
 
@@ -189,9 +196,9 @@ class _Connection(asyncio.BufferedProtocol):
             end = data.find(b"\n\r\n", 0, MAX_HEAD)
             bare = data.find(b"\n\n", 0, MAX_HEAD if end < 0 else end)
             if bare >= 0:
-                return self._take(bare + 2)
+                return bytes(self._take(bare + 2))
             if end >= 0:
-                return self._take(end + 3)
+                return bytes(self._take(end + 3))
             if len(data) > MAX_HEAD:
                 raise http.client.LineTooLong("response head")
             if data[:5] != b"HTTP/"[: len(data)]:
@@ -213,15 +220,15 @@ class _Connection(asyncio.BufferedProtocol):
             data = self._joined()
             end = data.find(b"\n")
             if end >= 0:
-                return self._take(end + 1)
+                return bytes(self._take(end + 1))
             if len(data) > MAX_LINE:
                 raise http.client.LineTooLong("chunk line")
             if self._eof:
                 self._ended()
-                return self._take(len(data)) if data else b""
+                return bytes(self._take(len(data))) if data else b""
             await self._arrival()
 
-    async def read(self, n: int) -> bytes:
+    async def read(self, n: int) -> Buffer:
         """What has arrived, at most ``n`` bytes; b"" only at the connection's end."""
         while not self._chunks:
             if self._eof:
@@ -262,13 +269,13 @@ class AsyncBody:
         self.complete = self._left == 0
         """The whole body was read."""
 
-    async def _read(self, n: int) -> bytes:
+    async def _read(self, n: int) -> Buffer:
         return await self._conn.read(n)
 
     async def _readline(self) -> bytes:
         return await self._conn.readline()
 
-    async def _raw(self, n: int) -> bytes:
+    async def _raw(self, n: int) -> Buffer:
         if self.complete:
             return b""
         try:
@@ -289,7 +296,7 @@ class AsyncBody:
         self.complete = self._left == 0
         return data
 
-    async def _chunk(self, n: int) -> bytes:
+    async def _chunk(self, n: int) -> Buffer:
         if not self._chunk_left:
             line = await self._readline()
             try:
@@ -310,8 +317,9 @@ class AsyncBody:
             raise http.client.HTTPException("a chunk does not end in a line break")
         return data
 
-    async def read1(self, n: int) -> bytes:
-        """What has arrived, at most ``n`` bytes (at least one unless the body is over)."""
+    async def read1(self, n: int) -> Buffer:
+        """What has arrived, at most ``n`` bytes (at least one unless the body is over),
+        as bytes or a memoryview of them."""
         inflater = self._inflater
         if not inflater.encoded:
             return await self._raw(n)

@@ -89,7 +89,7 @@ class Sink:
         self._fd, self._name = tempfiles.create(tmp, "dl-", PUBLISHED_MODE)
         self._open = True
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
         # A lying or endless server cannot fill the disk.
         if self.size > self._limit:

@@ -44,7 +44,7 @@ def create(tmp: Path, prefix: str, mode: int) -> tuple[int, str]:
     return fd, name
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """os.write until all of ``data`` is written (a write may take only part)."""
     written = os.write(fd, data)
     if written < len(data):

@@ -273,7 +273,7 @@ class Inflater:
         """The compressed stream has ended."""
         return self._inflate is not None and self._inflate.eof and not self._inflate.unconsumed_tail
 
-    def decode(self, data: bytes, n: int) -> bytes:
+    def decode(self, data: bytes | memoryview, n: int) -> bytes:
         """Up to ``n`` decoded bytes from ``data`` (raw bytes just read, or b"" to go on
         with what an earlier call held back); b"" when more input is needed."""
         if data:

@@ -518,3 +518,35 @@ def test_the_same_root_bytes_after_a_run_limited_to_some_projects_are_read_again
     summary = sync(upstream, tmp_path)
     assert summary.exit_code == 0 and summary.changed == 1  # Foo__Bar.baz, now mirrored
     assert_consistent(tmp_path / "web")
+
+
+def test_download_processes_keep_requests_where_the_environment_sets_a_proxy(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Proxies (and netrc files) are applied by requests alone: with one set, the
+    # download processes run the blocking client in threads instead of the event loop.
+    from simplemirror import sync as sync_module
+    from simplemirror.workers import ProcessPool
+
+    used: list[tuple[str, str]] = []
+
+    class Recording(ProcessPool):
+        def __init__(self, processes: int, threads: int, make_context: Any, config: Any):
+            self.make_context = make_context
+            super().__init__(processes, threads, make_context, config)
+
+        def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
+            used.append((self.make_context.__name__, fn.__qualname__))
+            return super().submit_all(fn, calls)
+
+    monkeypatch.setattr(sync_module, "ProcessPool", Recording)
+    # Requests is told of a proxy, and that the test upstream is not behind it.
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1")
+    summary = sync(upstream, tmp_path, download_processes=1)
+    assert summary.exit_code == 0 and summary.files_fetched == 6
+    assert ("Client", "download_todo") in used  # not AsyncClient's
+    assert {fn for _, fn in used} <= {"Client.fetch_page", "download_todo"}
+    assert {context for context, _ in used} == {"Client"}
+    assert_consistent(tmp_path / "web")

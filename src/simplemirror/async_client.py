@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from tenacity import AsyncRetrying
@@ -112,7 +112,7 @@ class AsyncClient:
         self,
         url: str,
         *,
-        expected_hashes: dict[str, str],
+        expected_hashes: Mapping[str, str],
         expected_size: int | None,
         path_for_sha256: Callable[[str], str],
         new_dir: bool = False,
@@ -146,7 +146,7 @@ class AsyncClient:
             while True:
                 try:
                     got = await self.fetch_to(
-                        wanted.url, expected_hashes=dict(wanted.expected_hashes),
+                        wanted.url, expected_hashes=wanted.expected_hashes,
                         expected_size=wanted.expected_size,
                         path_for_sha256=wanted.path_for_sha256, new_dir=wanted.new_dir,
                     )

@@ -47,9 +47,9 @@ from simplemirror.transport import (
 # A piece of a body: bytes, or a view of bytes (see _Connection._take).
 Buffer = bytes | memoryview
 
-# Errors a socket, the TLS layer or a short body can end in: the request failed.
-_FAILED = (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError,
-           http.client.HTTPException)
+# Errors a socket, the TLS layer or a bad answer end a request in. ValueError: a
+# host name IDNA cannot encode (UnicodeError) fails as the connection is made.
+_FAILED = (OSError, TimeoutError, ValueError, http.client.HTTPException)
 
 
 class _Stale(Exception):
@@ -207,8 +207,8 @@ class _Connection(asyncio.BufferedProtocol):
             if self._eof:
                 if data:
                     raise http.client.IncompleteRead(data)
-                if isinstance(self._error, ConnectionResetError | BrokenPipeError) or (
-                    self._error is None
+                if self._error is None or isinstance(
+                    self._error, ConnectionResetError | BrokenPipeError
                 ):
                     raise _Stale("the server closed the connection without answering")
                 self._ended()
@@ -269,12 +269,6 @@ class AsyncBody:
         self.complete = self._left == 0
         """The whole body was read."""
 
-    async def _read(self, n: int) -> Buffer:
-        return await self._conn.read(n)
-
-    async def _readline(self) -> bytes:
-        return await self._conn.readline()
-
     async def _raw(self, n: int) -> Buffer:
         if self.complete:
             return b""
@@ -282,10 +276,10 @@ class AsyncBody:
             if self._chunked:
                 return await self._chunk(n)
             if self._left is None:  # to the close
-                data = await self._read(n)
+                data = await self._conn.read(n)
                 self.complete = not data
                 return data
-            data = await self._read(min(n, self._left))
+            data = await self._conn.read(min(n, self._left))
         except _FAILED as exc:
             raise TransportError(f"{self._url}: {_describe(exc)}") from exc
         if not data:
@@ -298,22 +292,22 @@ class AsyncBody:
 
     async def _chunk(self, n: int) -> Buffer:
         if not self._chunk_left:
-            line = await self._readline()
+            line = await self._conn.readline()
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
                 raise http.client.HTTPException(f"bad chunk size line {line[:40]!r}") from None
             if size == 0:
-                while (await self._readline()) not in (b"\r\n", b"\n", b""):
+                while (await self._conn.readline()) not in (b"\r\n", b"\n", b""):
                     pass  # trailer fields: nothing here needs them
                 self.complete = True
                 return b""
             self._chunk_left = size
-        data = await self._read(min(n, self._chunk_left))
+        data = await self._conn.read(min(n, self._chunk_left))
         if not data:
             raise http.client.IncompleteRead(b"", self._chunk_left)
         self._chunk_left -= len(data)
-        if not self._chunk_left and (await self._readline()) not in (b"\r\n", b"\n"):
+        if not self._chunk_left and (await self._conn.readline()) not in (b"\r\n", b"\n"):
             raise http.client.HTTPException("a chunk does not end in a line break")
         return data
 

@@ -156,6 +156,48 @@ def fetch_to(
     return sink.finish(web, path_for_sha256, new_dir)
 
 
+@dataclass(frozen=True)
+class Fetch:
+    """One download: where from, what it must be, and where it goes below web/."""
+
+    url: str
+    expected_hashes: Mapping[str, str]
+    expected_size: int | None
+    path_for_sha256: Callable[[str], str]
+    new_dir: bool = False
+    """The path's directory is most likely new (see tempfiles.install)."""
+
+    @classmethod
+    def file(
+        cls, url: str, filename: str, expected_hashes: Mapping[str, str],
+        expected_size: int | None,
+    ) -> Fetch:
+        """A distribution file, to its content-addressed path."""
+        return cls(
+            url, expected_hashes, expected_size,
+            lambda sha256: layout.file_path(sha256, filename),
+            new_dir=True,  # each content-addressed file has a directory of its own
+        )
+
+    @classmethod
+    def beside(cls, url: str, path: str, expected_hashes: Mapping[str, str]) -> Fetch:
+        """A file that lives at ``path``, beside a distribution: its metadata (PEP 658),
+        signature (.asc) or provenance (PEP 740)."""
+        return cls(url, expected_hashes, None, lambda _sha256: path)
+
+
+def fetch(client: Client, wanted: Fetch, *, web: Path, tmp: Path) -> Downloaded:
+    """``wanted``, with the configured retries (a failed hash check among them)."""
+    return client.retrying(
+        lambda: fetch_to(
+            client, wanted.url, expected_hashes=wanted.expected_hashes,
+            expected_size=wanted.expected_size, web=web, tmp=tmp,
+            path_for_sha256=wanted.path_for_sha256, new_dir=wanted.new_dir,
+        ),
+        also=VerificationError,
+    )
+
+
 def fetch_file(
     client: Client,
     url: str,
@@ -167,19 +209,8 @@ def fetch_file(
     tmp: Path,
 ) -> Downloaded:
     """Download a distribution file to its content-addressed path, with retries."""
-    return client.retrying(
-        lambda: fetch_to(
-            client,
-            url,
-            expected_hashes=expected_hashes,
-            expected_size=expected_size,
-            web=web,
-            tmp=tmp,
-            path_for_sha256=lambda sha256: layout.file_path(sha256, filename),
-            new_dir=True,  # each content-addressed file has a directory of its own
-        ),
-        also=VerificationError,
-    )
+    wanted = Fetch.file(url, filename, expected_hashes, expected_size)
+    return fetch(client, wanted, web=web, tmp=tmp)
 
 
 def fetch_sibling(
@@ -192,22 +223,8 @@ def fetch_sibling(
     web: Path,
     tmp: Path,
 ) -> Downloaded:
-    """Download a file that lives beside a distribution (``file_path + suffix``), with retries.
-
-    Its metadata (PEP 658), signature (.asc) or provenance (PEP 740).
-    """
-    return client.retrying(
-        lambda: fetch_to(
-            client,
-            url,
-            expected_hashes=expected_hashes,
-            expected_size=None,
-            web=web,
-            tmp=tmp,
-            path_for_sha256=lambda _sha256: file_path + suffix,
-        ),
-        also=VerificationError,
-    )
+    """Download a file that lives beside a distribution (``file_path + suffix``), with retries."""
+    return fetch(client, Fetch.beside(url, file_path + suffix, expected_hashes), web=web, tmp=tmp)
 
 
 def fetch_metadata(
@@ -303,17 +320,6 @@ def siblings_wanted(todo: FileTodo) -> Iterator[Sibling]:
         yield Sibling(kind, url, suffix, expected if isinstance(expected, Mapping) else {})
 
 
-@dataclass(frozen=True)
-class Fetch:
-    """One download a todo needs: a file, or a sibling beside it (see todo_steps)."""
-
-    url: str
-    expected_hashes: Mapping[str, str]
-    expected_size: int | None
-    path_for_sha256: Callable[[str], str]
-    new_dir: bool = False
-
-
 # What a sibling's download may fail with and leave its file published without it.
 SIBLING_ERRORS = (UpstreamError, VerificationError, requests.RequestException)
 
@@ -334,11 +340,7 @@ def todo_steps(
     dist = todo.dist
     fetched = 0
     if todo.fetch_file:
-        got = yield Fetch(
-            dist.url, dist.hashes, dist.size,
-            lambda sha256: layout.file_path(sha256, dist.filename),
-            new_dir=True,  # each content-addressed file has a directory of its own
-        )
+        got = yield Fetch.file(dist.url, dist.filename, dist.hashes, dist.size)
         held = held_file(project, dist, got.path, got.size, got.hashes)
         fetched += got.size
     else:
@@ -347,9 +349,8 @@ def todo_steps(
     for sibling in siblings_wanted(todo):
         try:
             sibling.check_host(allowed_hosts)
-            beside = held.path + sibling.suffix
-            got = yield Fetch(
-                sibling.url, sibling.expected_hashes, None, lambda _sha256, at=beside: at
+            got = yield Fetch.beside(
+                sibling.url, held.path + sibling.suffix, sibling.expected_hashes
             )
         except SIBLING_ERRORS as exc:
             errors.append(f"{sibling.kind}: {exc}")

@@ -163,19 +163,9 @@ def download_todo(client: Client, name: str, todo: FileTodo) -> download.TodoRes
     steps on an event loop.
     """
     config = client.config
-
-    def fetch(wanted: download.Fetch) -> download.Downloaded:
-        return client.retrying(
-            lambda: download.fetch_to(
-                client, wanted.url, expected_hashes=wanted.expected_hashes,
-                expected_size=wanted.expected_size, web=config.web, tmp=config.tmp,
-                path_for_sha256=wanted.path_for_sha256, new_dir=wanted.new_dir,
-            ),
-            also=download.VerificationError,
-        )
-
     return download.run_steps(
-        download.todo_steps(name, todo, config.allowed_file_hosts), fetch
+        download.todo_steps(name, todo, config.allowed_file_hosts),
+        lambda wanted: download.fetch(client, wanted, web=config.web, tmp=config.tmp),
     )
 
 
@@ -536,7 +526,7 @@ class Sync:
                     project = self._page_done(tag, future, state, publisher, summary)
                     if project is not None:
                         wanted = list(project.files.fetch)
-                        futures = workers.submit(tag.name, wanted) if wanted else []
+                        futures = workers.submit(tag.name, wanted)
                         for todo, file_future in zip(wanted, futures, strict=True):
                             project.outstanding += 1
                             track("file", (project, todo), file_future)

@@ -790,3 +790,63 @@ def test_a_head_that_never_ends_is_a_transport_error(
     with pytest.raises(TransportError):
         run(lambda t: read(t, up.url + "/x"), read_timeout=0.5)
     assert time.monotonic() - started < 3
+
+
+# -- whether an answer leaves its connection for the next request --------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "kept"),
+    [
+        (ok(b"body"), True),
+        (ok(b"body", "Connection: close"), False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nbody", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\nbody", True),
+    ],
+    ids=["1.1", "1.1-close", "1.0", "1.0-keep-alive"],
+)
+def test_an_answer_says_whether_its_connection_carries_the_next(
+    raw: Callable[..., Raw], answer: bytes, kept: bool
+) -> None:
+    # The server would answer a second request on the same connection either way:
+    # only what the first answer said decides whether the client sends it there.
+    up = raw(answering(answer, ok(b"next")))
+
+    async def scenario(t: AsyncTransport) -> list[tuple[int, bytes]]:
+        return [await read(t, up.url + "/1"), await read(t, up.url + "/2")]
+
+    first, second = run(scenario)
+    assert first == (200, b"body")
+    assert second == ((200, b"next") if kept else (200, b"body"))
+    assert up.connections == (1 if kept else 2)
+
+
+def test_a_body_read_slower_than_it_arrives_is_held_back_and_comes_whole(
+    server: Canned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many times the connection's high-water mark: reading pauses while that much is
+    # unread and resumes as it is taken, and no byte is lost or doubled.
+    from simplemirror import async_transport
+
+    held: list[int] = []
+    received = async_transport._Connection.buffer_updated
+
+    def recording(self: async_transport._Connection, nbytes: int) -> None:
+        received(self, nbytes)
+        held.append(self._buffered)
+
+    monkeypatch.setattr(async_transport._Connection, "buffer_updated", recording)
+    big = bytes(range(256)) * (4 * 1024 * 16)  # 16 MiB
+    server.add("/big", big)
+
+    async def scenario(t: AsyncTransport) -> bytes:
+        pieces = []
+        async with t.stream(server.url("/big")) as stream:
+            await asyncio.sleep(0.2)  # time enough for all of it to arrive, unread
+            while piece := await stream.body.read1(1 << 16):
+                pieces.append(bytes(piece))
+        return b"".join(pieces)
+
+    assert run(scenario) == big
+    high = async_transport._HIGH_WATER
+    assert high < max(held) <= high + async_transport._RECEIVE  # held back, not all of it

@@ -689,6 +689,15 @@ class _UpstreamHandler(BaseHandler):
         else:
             self.send_body(404, b"not found\n")
 
+    def _send_half(self, body: bytes) -> None:
+        """A file's head, with its whole length, and only the first half of its body."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+
     def _reset(self) -> None:
         """Drop the connection without a response: SO_LINGER 0 makes close() send a RST."""
         self.close_connection = True
@@ -799,21 +808,11 @@ class _UpstreamHandler(BaseHandler):
         if key in self.up.oversize:
             body += self.up.oversize_extra
         if self.command == "GET" and self.up.take(self.up.reset_mid_body, path):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
+            self._send_half(body)
             self._reset()
             return
         if key in self.up.truncate and self.command == "GET":
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
+            self._send_half(body)
             # Closing after a short body is what a dropped CDN connection looks like.
             self.close_connection = True
             return

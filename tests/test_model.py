@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
 
+from simplemirror import model
 from simplemirror.model import (
     MAX_FILENAME_BYTES,
     DistFile,
@@ -957,3 +959,64 @@ def test_parsing_a_root_as_it_is_read_gives_the_same_index_as_parsing_it_whole()
     )
     assert streamed.collisions == (("Foo_Bar.Baz", "foo-bar-baz"),)
     assert len(streamed.rejected) == 4 and streamed.serial == 40
+
+
+# -- resolving file URLs: the fast paths give what urljoin and urlsplit give --------
+
+
+def _resolve_by_urljoin(value: str, page_url: str) -> tuple[str, str] | None:
+    if not value:
+        return None
+    absolute = urljoin(page_url, value)
+    parts = urlsplit(absolute)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return None
+    return absolute, parts.path
+
+
+def _outcome(fn: Any, value: str, page_url: str) -> object:
+    try:
+        return fn(value, page_url)
+    except ValueError:
+        return ValueError
+
+
+_PAGES = [
+    "https://index.example/simple/proj/", "http://Index.Example:8080/a/./b/../simple/proj/",
+    "https://u:p@index.example/simple/proj/?q#f", "file:///srv/simple/proj/",
+    "https:///simple/proj/", "https://[::1]:8443/simple/proj/",
+]
+
+
+@pytest.mark.parametrize("value", [
+    "https://files.example/packages/ab/cd/x-1.0.tar.gz",
+    "http://files.example:8080/p/x-1.0-py3-none-any.whl", "https://files.example:/x.whl",
+    "/packages/ab/x-1.0.tar.gz", "/packages/./ab/x.whl", "/packages/../x.whl", "/a/b/..",
+    "/a/b/.", "//files.example/x.whl", "/x%20y.whl", "/x;y.whl", "/x.whl?", "/x.whl#",
+    "/x.whl#sha256=ab", "https://files.example/x.whl?a=b", "https://files.example/a;b",
+    "HTTPS://files.example/x.whl", "https://files.example", "https://@files.example/x",
+    "https://files.example/x y.whl", "/x\ty.whl", "/x\ny.whl", " /x.whl", "/x.whl ",
+    "../../packages/x.whl", "x.whl", "ftp://files.example/x.whl", "https://[::1]/x.whl",
+    "https://files..example/x", "https://-/x", "/é.whl", "https://files.example//x//y.whl",
+    "https://files.example/.x/../y.whl",
+])
+@pytest.mark.parametrize("page_url", _PAGES)
+def test_resolving_file_urls_agrees_with_urljoin(value: str, page_url: str) -> None:
+    value = value.replace("\\t", "\t").replace("\\n", "\n")
+    assert _outcome(model._resolve, value, page_url) == _outcome(
+        _resolve_by_urljoin, value, page_url
+    )
+
+
+def test_resolving_random_file_urls_agrees_with_urljoin() -> None:
+    rng = random.Random(11)
+    alphabet = "aB0:/?#;@[]\\.%-_~+= \t\r\n\x00\x7fé"
+    starts = ["https://files.example", "http://h:1", "/", "//", "", "./", "../", "https://"]
+    for _ in range(20_000):
+        value = rng.choice(starts) + "".join(
+            rng.choice(alphabet) for _ in range(rng.randrange(14))
+        )
+        page_url = rng.choice(_PAGES)
+        assert _outcome(model._resolve, value, page_url) == _outcome(
+            _resolve_by_urljoin, value, page_url
+        ), (value, page_url)

@@ -13,6 +13,7 @@ raised as errors that would sink a whole page: they are dropped and listed in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -425,13 +426,47 @@ def parse_hashes(value: object, *, what: str = "hashes") -> dict[str, str]:
 
 def _http_url(value: object, page_url: str) -> str | None:
     """``value`` resolved against ``page_url`` if that gives an http(s) URL with a host."""
+    resolved = _resolve(value, page_url)
+    return None if resolved is None else resolved[0]
+
+
+def _resolve(value: object, page_url: str) -> tuple[str, str] | None:
+    """``value`` resolved against ``page_url``, and that URL's path; None unless it is
+    an http(s) URL with a host."""
     if not isinstance(value, str) or not value:
         return None
+    # The two forms upstream pages give, in plain characters, need no parsing:
+    # urljoin returns such an absolute URL as it is, and such a path after the
+    # page's origin. Through urljoin and urlsplit, they cost a download process
+    # a twentieth of its CPU.
+    if plain := _PLAIN_ABSOLUTE.fullmatch(value):
+        return value, plain[1]
+    if value[1:2] != "/" and "/." not in value and _PLAIN_PATH.fullmatch(value):
+        origin = _http_origin(page_url)
+        if origin is not None:
+            return origin + value, value
     absolute = urljoin(page_url, value)
     parts = urlsplit(absolute)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         return None
-    return absolute
+    return absolute, parts.path
+
+
+# No query, fragment, parameters, spaces or escapes urlsplit would remove or
+# change; a host-relative path must also have no dot segment and not start with
+# "//" (see _resolve).
+_PLAIN = "/[A-Za-z0-9._~%!$&'()*+,=:@/-]*"
+_PLAIN_PATH = re.compile(_PLAIN)
+_PLAIN_ABSOLUTE = re.compile(f"https?://[A-Za-z0-9.-]+(?::[0-9]*)?({_PLAIN})")
+
+
+@functools.lru_cache(maxsize=64)
+def _http_origin(page_url: str) -> str | None:
+    """``scheme://netloc`` of an http(s) page URL with a host, as urljoin keeps them."""
+    parts = urlsplit(page_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def parse_file(entry: object, *, page_url: str) -> DistFile:
@@ -442,12 +477,13 @@ def parse_file(entry: object, *, page_url: str) -> DistFile:
     url = entry.get("url")
     if not isinstance(url, str) or not url:
         raise UpstreamDataError("missing 'url'")
-    absolute = _http_url(url, page_url)
-    if absolute is None:
+    resolved = _resolve(url, page_url)
+    if resolved is None:
         raise UpstreamDataError("file URL is not http(s)")
+    absolute, path = resolved
     # Clients name the file after the URL; a page that says otherwise is lying
     # about one of them.
-    if unquote(urlsplit(absolute).path.rsplit("/", 1)[-1]) != filename:
+    if unquote(path.rsplit("/", 1)[-1]) != filename:
         raise UpstreamDataError("file name does not match the last part of its URL")
     hashes = parse_hashes(entry.get("hashes", {}))
     if not hashes:

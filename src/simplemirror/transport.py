@@ -17,6 +17,7 @@ through it instead.
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import os
 import re
@@ -28,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
@@ -368,24 +369,47 @@ def prepare(url: str, base: Mapping[str, str], extra: Mapping[str, str] | None) 
     """
     parts = urlsplit(url)
     try:
-        port = parts.port
-    except ValueError:
-        raise DeadEnd(f"{url}: the port is not a number") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DeadEnd(f"{url}: not an http(s) URL")
+        host, port, authorization = _origin(parts.scheme, parts.netloc)
+    except _Unusable as exc:
+        raise DeadEnd(f"{url}: {exc}") from None
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    if _UNSENDABLE.search(target) or _UNSENDABLE.search(parts.hostname):
+    if _UNSENDABLE.search(target):
         raise DeadEnd(f"{url}: has control characters or spaces, which no request may carry")
     headers = {**base, **extra} if extra else base
-    if parts.username is not None:
-        # As requests does: credentials in the URL are sent as Basic auth, to
-        # that URL's host only (a redirect elsewhere carries none).
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        token = base64.b64encode(credentials.encode()).decode("ascii")
-        headers = {**headers, "Authorization": f"Basic {token}"}
-    return Request(parts.scheme, parts.hostname, port, target, headers)
+    if authorization is not None:
+        headers = {**headers, "Authorization": authorization}
+    return Request(parts.scheme, host, port, target, headers)
+
+
+class _Unusable(Exception):
+    """Why no request can be made to an origin."""
+
+
+@functools.lru_cache(maxsize=64)
+def _origin(scheme: str, netloc: str) -> tuple[str, int | None, str | None]:
+    """An origin's host, port, and Authorization header value (None without credentials).
+
+    Cached: a sync's many thousand URLs share a handful of origins, and each of
+    urlsplit's host, port and user attributes parses the netloc again.
+    """
+    parts = SplitResult(scheme, netloc, "", "", "")
+    try:
+        port = parts.port
+    except ValueError:
+        raise _Unusable("the port is not a number") from None
+    host = parts.hostname
+    if scheme not in ("http", "https") or not host:
+        raise _Unusable("not an http(s) URL")
+    if _UNSENDABLE.search(host):
+        raise _Unusable("has control characters or spaces, which no request may carry")
+    if parts.username is None:
+        return host, port, None
+    # As requests does: credentials in the URL are sent as Basic auth, to that
+    # URL's host only (a redirect elsewhere carries none).
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return host, port, "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
 
 
 _UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")

@@ -137,8 +137,13 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+# One encoder: json.dumps with any option builds a new one for every call, and a
+# first sync encodes a few values for every file.
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return None if value is None else _encode(value)
 
 
 class State:
@@ -346,33 +351,36 @@ class State:
         generation: int,
     ) -> None:
         """Record a project whose pages are about to be rewritten from ``files``."""
-        for f in gone:
-            self.db.execute(
-                "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
-                " AND removed_gen IS NULL",
-                [generation, name, f.filename],
-            )
-        for f in files:
-            # Same name, other bytes (an index that lets files be replaced):
-            # the old row goes away and a new one appears.
-            self.db.execute(
-                "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
-                " AND removed_gen IS NULL AND path != ?",
-                [generation, name, f.filename, f.path],
-            )
-            self.db.execute(
-                "INSERT INTO files (project, filename, path, size, hashes, url, requires_python,"
-                " yanked, yanked_reason, upload_time, metadata_hashes, signature, provenance,"
-                " extra, appeared_gen, updated_gen)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (project, filename) WHERE removed_gen IS NULL DO UPDATE SET"
-                " url = excluded.url, requires_python = excluded.requires_python,"
-                " yanked = excluded.yanked, yanked_reason = excluded.yanked_reason,"
-                " upload_time = excluded.upload_time,"
-                " metadata_hashes = excluded.metadata_hashes, signature = excluded.signature,"
-                " provenance = excluded.provenance, extra = excluded.extra,"
-                " updated_gen = excluded.updated_gen",
-                [
+        # executemany on the connection itself: a first sync records every file,
+        # and sqlite_utils' execute wraps each call.
+        conn = self.db.conn
+        conn.executemany(
+            "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
+            " AND removed_gen IS NULL",
+            [(generation, name, f.filename) for f in gone],
+        )
+        files = list(files)
+        # Same name, other bytes (an index that lets files be replaced): the old
+        # row goes away and a new one appears.
+        conn.executemany(
+            "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
+            " AND removed_gen IS NULL AND path != ?",
+            [(generation, name, f.filename, f.path) for f in files],
+        )
+        conn.executemany(
+            "INSERT INTO files (project, filename, path, size, hashes, url, requires_python,"
+            " yanked, yanked_reason, upload_time, metadata_hashes, signature, provenance,"
+            " extra, appeared_gen, updated_gen)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (project, filename) WHERE removed_gen IS NULL DO UPDATE SET"
+            " url = excluded.url, requires_python = excluded.requires_python,"
+            " yanked = excluded.yanked, yanked_reason = excluded.yanked_reason,"
+            " upload_time = excluded.upload_time,"
+            " metadata_hashes = excluded.metadata_hashes, signature = excluded.signature,"
+            " provenance = excluded.provenance, extra = excluded.extra,"
+            " updated_gen = excluded.updated_gen",
+            [
+                (
                     name,
                     f.filename,
                     f.path,
@@ -389,8 +397,10 @@ class State:
                     _json(dict(f.extra)) if f.extra else None,
                     generation,
                     generation,
-                ],
-            )
+                )
+                for f in files
+            ],
+        )
         complete = status is Status.OK
         self.db.execute(
             "UPDATE projects SET status = ?, error = ?, page_serial = ?, page_data = ?,"

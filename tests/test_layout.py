@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from urllib.parse import unquote, urljoin, urlsplit
+import random
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import pytest
 
@@ -132,3 +133,11 @@ def test_relative_url_plus_round_trips() -> None:
     url = layout.relative_url("simple/foo", target)
     assert resolve("simple/foo", url) == target
     assert " " not in unquote(url)
+
+
+def test_url_path_encodes_as_quote_does() -> None:
+    rng = random.Random(3)
+    alphabet = "aZ09_.-~/+ #%?&=:@;é\u00a0\x00\x7f!$'()*,[]"
+    for _ in range(20_000):
+        path = "".join(rng.choice(alphabet) for _ in range(rng.randrange(10)))
+        assert layout.url_path(path) == quote(path, safe="/+"), path

@@ -9,6 +9,7 @@ never has to change.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 SIMPLE = "simple"
@@ -50,6 +51,9 @@ def relative_url(from_dir: str, target: str) -> str:
     Both are tree paths (no ``.`` or ``..`` parts), so plain string work does what
     ``posixpath.relpath`` would without its calls to ``os.getcwd`` for every link.
     """
+    if from_dir and target.partition("/")[0] != from_dir.partition("/")[0]:
+        # Nothing in common (a project page's link to a file): climb out whole.
+        return url_path("../" * (from_dir.count("/") + 1) + target)
     start = from_dir.split("/") if from_dir else []
     parts = target.split("/")
     common = 0
@@ -62,4 +66,9 @@ def relative_url(from_dir: str, target: str) -> str:
 
 def url_path(path: str) -> str:
     """A tree path as a URL path: percent-encoded, slashes kept."""
-    return quote(path, safe="/+")
+    # Most paths need no encoding, and saying so by pattern is cheaper than quote's.
+    return path if _URL_SAFE.fullmatch(path) else quote(path, safe="/+")
+
+
+# What quote(..., safe="/+") leaves as it is.
+_URL_SAFE = re.compile("[A-Za-z0-9_.~/+-]*")

@@ -20,6 +20,9 @@ from simplemirror.model import HeldFile
 # (project status). PEP 708 (1.2) was rejected: none of its keys are emitted.
 API_VERSION = "1.4"
 
+# One encoder for every page: json.dumps with options builds a new one each call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 
 @dataclass(frozen=True)
 class ProjectInfo:
@@ -164,7 +167,7 @@ def project_json(
         if info.status_reason is not None:
             status["reason"] = info.status_reason
         doc["project-status"] = status
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return _encode(doc) + "\n"
 
 
 def root_html(projects: Iterable[RootEntry]) -> str:

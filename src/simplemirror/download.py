@@ -11,11 +11,10 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urldefrag
-
-import requests
 
 from simplemirror import layout, tempfiles
 from simplemirror.model import DistFile, HeldFile
@@ -84,7 +83,8 @@ class Sink:
         self._expected_hashes = expected_hashes
         self._expected_size = expected_size
         self._limit = expected_size if expected_size is not None else max_file_size
-        self._hashers = [(a, hashlib.new(a)) for a in {"sha256", *expected_hashes}]
+        self._hashers = [("sha256", hashlib.sha256())]
+        self._hashers += [(a, hashlib.new(a)) for a in expected_hashes if a != "sha256"]
         self.size = 0
         self._fd, self._name = tempfiles.create(tmp, "dl-", PUBLISHED_MODE)
         self._open = True
@@ -245,15 +245,16 @@ def fetch_metadata(
 
 def held_file(
     project: str, dist: DistFile, path: str, size: int, hashes: Mapping[str, str],
-    siblings: HeldFile | None = None,
+    siblings: HeldFile | None = None, *, metadata_hashes: Mapping[str, str] | None = None,
+    signature: bool = False, provenance: bool = False,
 ) -> HeldFile:
     """What the mirror records and publishes for ``dist``: upstream's description, our bytes.
 
     ``siblings``: the copy already held, whose metadata, signature and provenance are
-    kept for as long as upstream still advertises them.
+    kept for as long as upstream still advertises them. ``metadata_hashes``,
+    ``signature``, ``provenance``: siblings just fetched beside the file.
     """
-    metadata_hashes = None
-    if siblings is not None and dist.core_metadata is not False:
+    if metadata_hashes is None and siblings is not None and dist.core_metadata is not False:
         metadata_hashes = siblings.metadata_hashes
     return HeldFile(
         project=project,
@@ -267,17 +268,13 @@ def held_file(
         yanked_reason=dist.yanked_reason,
         upload_time=dist.upload_time,
         metadata_hashes=dict(metadata_hashes) if metadata_hashes is not None else None,
-        signature=siblings is not None and siblings.signature and bool(dist.gpg_sig),
-        provenance=siblings is not None and siblings.provenance and dist.provenance is not None,
+        signature=signature or (
+            siblings is not None and siblings.signature and bool(dist.gpg_sig)
+        ),
+        provenance=provenance or (
+            siblings is not None and siblings.provenance and dist.provenance is not None
+        ),
         extra=dict(dist.extra),
-    )
-
-
-def held_already(project: str, todo: FileTodo) -> HeldFile:
-    """What is recorded for a file whose bytes the mirror holds already."""
-    assert todo.held is not None
-    return held_file(
-        project, todo.dist, todo.held.path, todo.held.size, todo.held.hashes, todo.held
     )
 
 
@@ -295,11 +292,11 @@ class Sibling:
         if url_host(self.url) not in allowed_hosts:
             raise UpstreamError(f"{self.url}: not an allowed file host")
 
-    def held_with(self, held: HeldFile, got: Downloaded) -> HeldFile:
-        """``held``, now with this sibling beside it."""
+    def gained(self, got: Downloaded) -> dict[str, Any]:
+        """What held_file is told of this sibling, now that ``got`` is beside the file."""
         if self.kind == "metadata":
-            return replace(held, metadata_hashes=got.hashes)
-        return replace(held, **{self.kind: True})
+            return {"metadata_hashes": got.hashes}
+        return {self.kind: True}
 
 
 def siblings_wanted(todo: FileTodo) -> Iterator[Sibling]:
@@ -321,7 +318,7 @@ def siblings_wanted(todo: FileTodo) -> Iterator[Sibling]:
 
 
 # What a sibling's download may fail with and leave its file published without it.
-SIBLING_ERRORS = (UpstreamError, VerificationError, requests.RequestException)
+SIBLING_ERRORS = (UpstreamError, VerificationError)
 
 TodoResult = tuple[HeldFile, int, str | None]
 """The held file, the bytes fetched, and what went wrong with its siblings."""
@@ -339,24 +336,28 @@ def todo_steps(
     """
     dist = todo.dist
     fetched = 0
+    copy: HeldFile | None = None
     if todo.fetch_file:
         got = yield Fetch.file(dist.url, dist.filename, dist.hashes, dist.size)
-        held = held_file(project, dist, got.path, got.size, got.hashes)
+        path, size, hashes = got.path, got.size, got.hashes
         fetched += got.size
     else:
-        held = held_already(project, todo)
+        copy = todo.held
+        assert copy is not None
+        path, size, hashes = copy.path, copy.size, copy.hashes
     errors: list[str] = []
+    # Told to held_file at the end: one HeldFile a todo, not a copy for each sibling.
+    gained: dict[str, Any] = {}
     for sibling in siblings_wanted(todo):
         try:
             sibling.check_host(allowed_hosts)
-            got = yield Fetch.beside(
-                sibling.url, held.path + sibling.suffix, sibling.expected_hashes
-            )
+            got = yield Fetch.beside(sibling.url, path + sibling.suffix, sibling.expected_hashes)
         except SIBLING_ERRORS as exc:
             errors.append(f"{sibling.kind}: {exc}")
             continue
         fetched += got.size
-        held = sibling.held_with(held, got)
+        gained.update(sibling.gained(got))
+    held = held_file(project, dist, path, size, hashes, copy, **gained)
     return held, fetched, "; ".join(errors) or None
 
 

@@ -64,10 +64,24 @@ DROPPED_PAGE_KEYS = frozenset({"tracks", "alternate-locations"})
 _HEX = re.compile(r"[0-9a-f]+")
 # ASCII only: str.isdigit() also accepts digits like "²" that int() refuses.
 _DECIMAL = re.compile(r"[0-9]+")
+
+
+def _digest_size(algorithm: str) -> int | None:
+    try:
+        return hashlib.new(algorithm).digest_size
+    except ValueError:  # listed, but this OpenSSL will not compute it (a FIPS build)
+        return None
+
+
+# Hex digest lengths, worked out once: parse_hashes checks one for every file.
 # Extendable-output functions have no fixed digest, so a digest of them cannot be checked.
-VERIFIABLE_ALGORITHMS = frozenset(
-    a for a in hashlib.algorithms_available if not a.startswith("shake")
-)
+_HEX_LENGTHS = {
+    a: 2 * size
+    for a in hashlib.algorithms_available
+    if not a.startswith("shake") and (size := _digest_size(a)) is not None
+}
+VERIFIABLE_ALGORITHMS = frozenset(_HEX_LENGTHS)
+
 # The longest file name the mirror accepts, in bytes: most filesystems allow
 # 255, and the PEP 658 sibling needs room for ".metadata".
 MAX_FILENAME_BYTES = 255 - len(".metadata")
@@ -418,7 +432,7 @@ def parse_hashes(value: object, *, what: str = "hashes") -> dict[str, str]:
         if not isinstance(digest, str) or not _HEX.fullmatch(digest.lower()):
             raise UpstreamDataError(f"{what}[{algorithm!r}] is not a hex digest")
         digest = digest.lower()
-        if len(digest) != hashlib.new(algorithm).digest_size * 2:
+        if len(digest) != _HEX_LENGTHS[algorithm]:
             raise UpstreamDataError(f"{what}[{algorithm!r}] has the wrong length for {algorithm}")
         hashes[algorithm] = digest
     return hashes

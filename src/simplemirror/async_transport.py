@@ -21,8 +21,7 @@ import asyncio
 import http.client
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -387,16 +386,10 @@ class AsyncTransport:
             # The rest of an unread body would be taken for the next answer.
             conn.close()
 
-    @asynccontextmanager
-    async def stream(
-        self, url: str, headers: Mapping[str, str] | None = None
-    ) -> AsyncIterator[AsyncStream]:
-        """GET ``url`` following redirects; its connection is kept if the body was read."""
-        stream, conn = await self._follow(url, headers)
-        try:
-            yield stream
-        finally:
-            self._release(conn, stream.body)
+    def stream(self, url: str, headers: Mapping[str, str] | None = None) -> _Streaming:
+        """GET ``url`` following redirects, as ``async with``; its connection is kept
+        if the body was read."""
+        return _Streaming(self, url, headers)
 
     async def get(self, url: str, headers: Mapping[str, str] | None = None) -> Fetched:
         """GET ``url`` following redirects, the whole body read."""
@@ -478,6 +471,32 @@ class AsyncTransport:
             status, http10 = _status(lines[0])
             if not informational(status):
                 return status, parse_header_lines(lines[1:-2]), http10
+
+
+class _Streaming:
+    """AsyncTransport.stream's context. A class, not asynccontextmanager: that one
+    drives an async generator and ends it by raising StopAsyncIteration, a cost
+    paid on every file."""
+
+    __slots__ = ("_headers", "_open", "_transport", "_url")
+
+    def __init__(
+        self, transport: AsyncTransport, url: str, headers: Mapping[str, str] | None
+    ) -> None:
+        self._transport = transport
+        self._url = url
+        self._headers = headers
+        self._open: tuple[AsyncStream, _Connection] | None = None
+
+    async def __aenter__(self) -> AsyncStream:
+        self._open = await self._transport._follow(self._url, self._headers)
+        return self._open[0]
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._open is not None:
+            stream, conn = self._open
+            self._open = None
+            self._transport._release(conn, stream.body)
 
 
 def _status(line: bytes) -> tuple[int, bool]:

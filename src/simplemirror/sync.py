@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from simplemirror import download, layout, reap
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
@@ -60,7 +58,7 @@ from simplemirror.workers import ChildLost, ProcessPool, WorkerPool
 log = logging.getLogger("simplemirror")
 
 # Errors a download can end in that concern one file, not the whole run.
-FILE_ERRORS = (UpstreamError, download.VerificationError, requests.RequestException, ChildLost)
+FILE_ERRORS = (UpstreamError, download.VerificationError, ChildLost)
 # How long finished projects may wait in an open transaction before a commit.
 COMMIT_EVERY = 2.0
 # After a stop request, how long in-flight downloads get to notice it and clean up.
@@ -359,8 +357,6 @@ class Sync:
             if complete:
                 publisher.last_modified(time.gmtime())
         except OSError as exc:
-            if isinstance(exc, requests.RequestException):
-                raise
             raise SyncError(
                 f"cannot write into {config.directory}: {exc}; "
                 "free some space or fix its permissions, then run again"
@@ -570,7 +566,7 @@ class Sync:
         except StalePage as exc:
             self._give_up(todo.name, Status.DEFERRED, str(exc), state, generation, summary)
             return None
-        except (UpstreamError, requests.RequestException, ChildLost) as exc:
+        except (UpstreamError, ChildLost) as exc:
             self._give_up(todo.name, Status.FAILED, str(exc), state, generation, summary)
             return None
         if response is None or response.sha256 == todo.page_hash:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
+import certifi
 
 MAX_REDIRECTS = 10
 MAX_HEADERS = 100
@@ -104,7 +104,7 @@ def ca_bundle() -> str:
     return (
         os.environ.get("REQUESTS_CA_BUNDLE")
         or os.environ.get("CURL_CA_BUNDLE")
-        or DEFAULT_CA_BUNDLE_PATH
+        or certifi.where()  # what requests.utils.DEFAULT_CA_BUNDLE_PATH is
     )
 
 

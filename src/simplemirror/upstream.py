@@ -14,12 +14,9 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -43,6 +40,9 @@ from simplemirror.model import (
 )
 from simplemirror.plan import ProjectTodo
 from simplemirror.transport import Body, Fetched, Stream, Transport, TransportError
+
+if TYPE_CHECKING:
+    import requests
 
 T = TypeVar("T")
 
@@ -105,13 +105,24 @@ def _upstream_error(exc: TransportError) -> UpstreamError:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(
-        exc,
-        TransientError
-        | requests.ConnectionError
-        | requests.Timeout
-        | requests.exceptions.ChunkedEncodingError,
-    )
+    return isinstance(exc, TransientError)
+
+
+@contextmanager
+def _requests_errors(url: str) -> Iterator[None]:
+    """requests' failures, as ours: a connection, a timeout or a broken body is
+    transient. Translated where requests is called, so that nothing else needs to
+    know them, and a download process, which never uses requests, never loads it."""
+    import requests
+
+    try:
+        yield
+    except (
+        requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError
+    ) as exc:
+        raise TransientError(f"{url}: {exc}") from exc
+    except requests.RequestException as exc:
+        raise UpstreamError(f"{url}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,8 @@ class _RawBody(Body):
         self._raw = raw
 
     def read1(self, n: int) -> bytes:
+        import urllib3  # loaded with requests, which made this body
+
         try:
             return self._raw.read1(n, decode_content=True)  # type: ignore[no-any-return]
         except urllib3.exceptions.HTTPError as exc:  # a reset or timeout mid-body
@@ -309,6 +322,9 @@ class Client:
         """This thread's requests session, for when ``via_requests``."""
         session = getattr(self._local, "session", None)
         if session is None:
+            import requests
+            from requests.adapters import HTTPAdapter
+
             session = requests.Session()
             session.headers["User-Agent"] = self.config.user_agent
             bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
@@ -324,8 +340,11 @@ class Client:
     def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> Fetched:
         """GET a whole document (the root, a page), following redirects."""
         if self.via_requests:
-            response = self.session().get(url, headers=headers, timeout=self.timeout)
-            return Fetched(response.url, response.status_code, response.headers, response.content)
+            with _requests_errors(url):
+                response = self.session().get(url, headers=headers, timeout=self.timeout)
+                return Fetched(
+                    response.url, response.status_code, response.headers, response.content
+                )
         try:
             return self.transport.get(url, headers)
         except TransportError as exc:
@@ -335,7 +354,10 @@ class Client:
     def stream(self, url: str) -> Iterator[Stream]:
         """GET a file's body to be read as it arrives."""
         if self.via_requests:
-            with self.session().get(url, stream=True, timeout=self.timeout) as response:
+            with (
+                _requests_errors(url),
+                self.session().get(url, stream=True, timeout=self.timeout) as response,
+            ):
                 yield Stream(
                     response.url, response.status_code, response.headers, _RawBody(response.raw)
                 )
@@ -398,12 +420,7 @@ class Client:
     ) -> _Answer | Fetched:
         """GET a Simple API document (PEP 691 JSON or PEP 503 HTML); see ``interpret``."""
         headers = document_headers(etag)
-        try:
-            return self.retrying(
-                lambda: interpret(self.fetch(url, headers), url, parse_json, same_as)
-            )
-        except requests.RequestException as exc:
-            raise UpstreamError(f"{url}: {exc}") from exc
+        return self.retrying(lambda: interpret(self.fetch(url, headers), url, parse_json, same_as))
 
     def fetch_root(self, etag: str | None, sha256: str | None = None) -> RootResponse | None:
         """The root index, or None when it is unchanged since ``etag`` (304), or its

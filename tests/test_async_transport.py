@@ -642,6 +642,47 @@ def test_a_body_that_stops_arriving_is_a_transient_error(server: Canned) -> None
     assert time.monotonic() - started < 2.0
 
 
+def test_each_wait_has_the_whole_read_timeout(raw: Callable[..., Raw]) -> None:
+    # Six pieces 0.1 s apart: 0.5 s in all, more than the 0.3 s read timeout, but
+    # no single wait is that long. The deadline moves with each wait.
+    pieces = [b"x" * 10] * 6
+
+    def script(server: Raw, conn: socket.socket, n: int) -> None:
+        server.request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\n")
+        for piece in pieces:
+            time.sleep(0.1)
+            conn.sendall(piece)
+
+    up = raw(script)
+    assert run(lambda t: read(t, up.url + "/x"), read_timeout=0.3) == (200, b"x" * 60)
+
+
+def test_a_stall_after_quick_answers_times_out_on_time(raw: Callable[..., Raw]) -> None:
+    # Many quick waits on one connection, then one that never ends: the deadline
+    # left by the quick ones must not hide it, nor end it early.
+    def script(server: Raw, conn: socket.socket, n: int) -> None:
+        for _ in range(20):
+            server.request(conn)
+            conn.sendall(ok(b"quick"))
+        server.request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        time.sleep(3)
+
+    up = raw(script)
+
+    async def scenario(t: AsyncTransport) -> float:
+        for _ in range(20):
+            assert await read(t, up.url + "/q") == (200, b"quick")
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="TimeoutError"):
+            await read(t, up.url + "/stall")
+        return time.monotonic() - started
+
+    waited = run(scenario, read_timeout=0.4)
+    assert 0.35 < waited < 1.5
+
+
 def test_a_refused_connection_is_a_transient_error() -> None:
     probe = Canned()
     url = probe.url("/gone")

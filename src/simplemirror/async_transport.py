@@ -87,6 +87,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._eof = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        """When the wait for ``_waiter`` times out (the loop's clock)."""
+        self._timer: asyncio.TimerHandle | None = None
         self._buffer = memoryview(bytearray(_RECEIVE))
 
     # -- asyncio.BufferedProtocol ---------------------------------------------
@@ -115,6 +118,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._eof = True
         self._error = exc
         self._wake()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -140,21 +146,33 @@ class _Connection(asyncio.BufferedProtocol):
 
     async def _arrival(self) -> None:
         """Wait for more bytes, or the end: at most the read timeout, as a blocking
-        socket's every receive would. (A timer handle of its own: asyncio.timeout
-        costs several times as much, and this wait comes once or twice a request.)"""
+        socket's every receive would.
+
+        The wait's deadline is kept here and one timer of the connection's checks
+        it: most waits end in a millisecond, and a timer made and cancelled for
+        each cost more than the rest of the wait.
+        """
         if self._paused and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
         waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(self._read_timeout, self._expire, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
+        self._deadline = self._loop.time() + self._read_timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+        await waiter
 
-    def _expire(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            waiter.set_exception(TimeoutError(f"no answer for {self._read_timeout} s"))
+    def _check_deadline(self) -> None:
+        """The timer: end a wait that has lasted the read timeout; for a later wait,
+        check again at its deadline."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting now: the next wait sets a timer
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._waiter = None
+        waiter.set_exception(TimeoutError(f"no answer for {self._read_timeout} s"))
 
     def _joined(self) -> bytes:
         chunks = self._chunks

@@ -8,19 +8,28 @@ import hashlib
 import http.client
 import io
 import json
+import random
 import socket
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from simplemirror import config, download
 from simplemirror.download import VerificationError
 from simplemirror.plan import ProjectTodo
-from simplemirror.transport import DeadEnd, Inflater, Transport, TransportError, _read_headers
+from simplemirror.transport import (
+    DeadEnd,
+    Inflater,
+    Transport,
+    TransportError,
+    _read_headers,
+    _split,
+)
 from simplemirror.upstream import Client, TransientError
 from tests.support.canned import Canned
 
@@ -418,3 +427,41 @@ def test_informational_answers_before_the_final_one_are_skipped() -> None:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
         assert read(transport(), url) == (200, b"body")
         thread.join(5)
+
+
+# -- splitting URLs: the plain-URL pattern gives what urlsplit gives -----------------
+
+
+def _both(url: str) -> tuple[object, object]:
+    def outcome(split: object) -> object:
+        try:
+            return split(url)  # type: ignore[operator]
+        except ValueError:
+            return ValueError
+
+    expected = outcome(lambda u: tuple(urlsplit(u))[:4])
+    return outcome(_split), expected
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080/packages/ab/x-1.0.tar.gz", "https://files.example/a/b?c=d#e",
+    "https://files.example", "https://files.example?q", "https://files.example#f",
+    "https://files.example/?", "https://files.example/#", "https://u:p@files.example/x",
+    "https://[::1]:8443/x", "https://[::1/x", "https://files.example/a[b]",
+    "HTTPS://files.example/x", "https://files.example/a b", "https://files.example/a\tb",
+    " https://files.example/x", "https://files.éxample/x", "https://files.example/é",
+    "ftp://files.example/x", "https:/x", "https:///x", "https://files.example//x",
+])
+def test_split_agrees_with_urlsplit(url: str) -> None:
+    got, expected = _both(url.replace("\\t", "\t"))
+    assert got == expected
+
+
+def test_split_agrees_with_urlsplit_on_random_urls() -> None:
+    rng = random.Random(5)
+    alphabet = "aZ0:/?#@[]\\.%-_~;= \t\r\n\x00\x7fé"
+    starts = ["https://", "http://", "https://files.example/", "HTTP://", "//", ""]
+    for _ in range(20_000):
+        url = rng.choice(starts) + "".join(rng.choice(alphabet) for _ in range(rng.randrange(14)))
+        got, expected = _both(url)
+        assert got == expected, url

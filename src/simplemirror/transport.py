@@ -367,20 +367,40 @@ def prepare(url: str, base: Mapping[str, str], extra: Mapping[str, str] | None) 
     could smuggle a second request onto a kept-alive connection, so such a URL
     is refused rather than sent (as http.client refuses it).
     """
-    parts = urlsplit(url)
+    scheme, netloc, path, query = _split(url)
     try:
-        host, port, authorization = _origin(parts.scheme, parts.netloc)
+        host, port, authorization = _origin(scheme, netloc)
     except _Unusable as exc:
         raise DeadEnd(f"{url}: {exc}") from None
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
+    target = path or "/"
+    if query:
+        target += "?" + query
     if _UNSENDABLE.search(target):
         raise DeadEnd(f"{url}: has control characters or spaces, which no request may carry")
     headers = {**base, **extra} if extra else base
     if authorization is not None:
         headers = {**headers, "Authorization": authorization}
-    return Request(parts.scheme, host, port, target, headers)
+    return Request(scheme, host, port, target, headers)
+
+
+def _split(url: str) -> tuple[str, str, str, str]:
+    """urlsplit's scheme, netloc, path and query of ``url``.
+
+    A URL of plain characters (what pages give) is split by one pattern: urlsplit
+    is several times slower, and every request split one.
+    """
+    plain = _PLAIN_URL.fullmatch(url) if url.isascii() else None
+    if plain is not None:
+        return plain[1], plain[2], plain[3] or "", plain[4] or ""
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc, parts.path, parts.query
+
+
+# No control characters, spaces or brackets, which urlsplit removes or checks.
+_PLAIN_URL = re.compile(
+    r"(https?)://([^/?#\[\]\x00-\x20\x7f]*)(/[^?#\x00-\x20\x7f]*)?"
+    r"(?:\?([^#\x00-\x20\x7f]*))?(?:#[^\x00-\x20\x7f]*)?"
+)
 
 
 class _Unusable(Exception):

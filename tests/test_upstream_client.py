@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -836,3 +838,33 @@ def test_through_a_proxy_a_file_is_streamed_and_errors_are_upstream_errors(
         pytest.raises(UpstreamError, match="404"),
     ):
         check_response(stream)
+
+
+def test_through_a_proxy_errors_that_will_not_pass_are_upstream_errors_at_once(
+    rsps: responses.RequestsMock, proxied: Client, sleeps: list[float]
+) -> None:
+    rsps.add(responses.GET, PROXIED, body=requests.exceptions.InvalidURL("no such URL"))
+    with pytest.raises(UpstreamError, match="no such URL") as info:
+        proxied.fetch_root(None)
+    assert not isinstance(info.value, TransientError)
+    assert (len(rsps.calls), sleeps) == (1, [])
+
+
+def test_through_a_proxy_a_broken_file_download_is_transient(
+    rsps: responses.RequestsMock, proxied: Client
+) -> None:
+    url = "http://index.invalid/packages/a.whl"
+    rsps.add(responses.GET, url, body=requests.ConnectionError("reset by proxy"))
+    with pytest.raises(TransientError, match="reset by proxy"), proxied.stream(url):
+        pass
+
+
+def test_download_processes_do_not_load_requests() -> None:
+    # What a download process imports, in a fresh interpreter: requests (about
+    # 40 ms of CPU to load) is for proxies and netrc, which these never use.
+    code = (
+        "import sys, simplemirror.async_client, simplemirror.plan, simplemirror.config; "
+        "print(sorted(m for m in ('requests', 'urllib3') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

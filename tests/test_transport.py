@@ -8,7 +8,6 @@ import hashlib
 import http.client
 import io
 import json
-import random
 import socket
 import threading
 import time
@@ -32,6 +31,7 @@ from simplemirror.transport import (
 )
 from simplemirror.upstream import Client, TransientError
 from tests.support.canned import Canned
+from tests.support.fuzz import random_strings
 
 BODY = b"0123456789" * 10_000
 
@@ -458,10 +458,8 @@ def test_split_agrees_with_urlsplit(url: str) -> None:
 
 
 def test_split_agrees_with_urlsplit_on_random_urls() -> None:
-    rng = random.Random(5)
     alphabet = "aZ0:/?#@[]\\.%-_~;= \t\r\n\x00\x7fé"
     starts = ["https://", "http://", "https://files.example/", "HTTP://", "//", ""]
-    for _ in range(20_000):
-        url = rng.choice(starts) + "".join(rng.choice(alphabet) for _ in range(rng.randrange(14)))
+    for url in random_strings(5, alphabet, starts=starts):
         got, expected = _both(url)
         assert got == expected, url

@@ -338,8 +338,9 @@ class AsyncBody:
             if inflater.done:
                 inflater.ended(await self._raw(1 << 16))
                 return b""
-            data = await self._raw(n) if inflater.wants_input else b""
-            if inflater.wants_input and not data:
+            wants_input = inflater.wants_input
+            data = await self._raw(n) if wants_input else b""
+            if wants_input and not data:
                 inflater.ended(b"")
                 return b""
             if out := inflater.decode(data, n):

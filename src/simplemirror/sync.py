@@ -214,7 +214,7 @@ class _Workers:
 
     def submit(
         self, name: str, todos: list[FileTodo]
-    ) -> list[Future[tuple[HeldFile, int, str | None]]]:
+    ) -> list[Future[download.TodoResult]]:
         """download_todo for each of a project's ``todos``."""
         config = self.client.config
         here = len(todos)

@@ -176,16 +176,17 @@ def informational(status: int) -> bool:
 
 def _read_headers(fp: BinaryIO) -> _Headers:
     """The header block, read line by line up to its blank line."""
-    lines = []
-    while True:
+    lines: list[bytes] = []
+    # Read no further than a line too many or a line too long: parse_header_lines
+    # refuses either.
+    while len(lines) <= MAX_HEADERS:
         line = fp.readline(MAX_LINE + 1)
         if line in (b"\r\n", b"\n", b""):
-            return parse_header_lines(lines)
-        if len(line) > MAX_LINE:
-            raise http.client.LineTooLong("header line")
+            break
         lines.append(line)
-        if len(lines) > MAX_HEADERS:
-            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
+        if len(line) > MAX_LINE:
+            break
+    return parse_header_lines(lines)
 
 
 class _Response(http.client.HTTPResponse):
@@ -340,8 +341,9 @@ class _Decoded(Body):
             if inflater.done:
                 inflater.ended(b"" if self.complete else self._raw(1 << 16))
                 return b""
-            data = self._raw(n) if inflater.wants_input else b""
-            if inflater.wants_input and not data:
+            wants_input = inflater.wants_input
+            data = self._raw(n) if wants_input else b""
+            if wants_input and not data:
                 inflater.ended(b"")
                 return b""
             if out := inflater.decode(data, n):

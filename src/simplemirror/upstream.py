@@ -104,10 +104,6 @@ def _upstream_error(exc: TransportError) -> UpstreamError:
     return TransientError(str(exc)) if exc.transient else UpstreamError(str(exc))
 
 
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TransientError)
-
-
 @contextmanager
 def _requests_errors(url: str) -> Iterator[None]:
     """requests' failures, as ours: a connection, a timeout or a broken body is
@@ -170,9 +166,12 @@ class _Answer:
     sha256: str
     """Of the body, hashed once: callers keep it to recognise the same bytes next time."""
 
-    @property
-    def html(self) -> bool:
-        return self.media in HTML_TYPES
+    def parse(self, from_html: Callable[[str], T], from_json: Callable[[object], T]) -> T:
+        """The document read by whichever of the two its media type calls for."""
+        if self.media in HTML_TYPES:
+            assert isinstance(self.document, str)
+            return from_html(self.document)
+        return from_json(self.document)
 
 
 def _charset(content_type: str) -> str | None:
@@ -258,18 +257,14 @@ def page_response(got: _Answer | Fetched, todo: ProjectTodo, url: str) -> PageRe
     response = got.response
     header_serial = parse_serial(response.headers.get(SERIAL_HEADER))
     try:
-        if got.html:
-            assert isinstance(got.document, str)
-            page = ProjectPage.from_html(
-                got.document,
-                page_url=response.url,
-                name=todo.name,
-                header_serial=header_serial,
-            )
-        else:
-            page = ProjectPage.from_json_data(
-                got.document, page_url=response.url, header_serial=header_serial
-            )
+        page = got.parse(
+            lambda text: ProjectPage.from_html(
+                text, page_url=response.url, name=todo.name, header_serial=header_serial
+            ),
+            lambda data: ProjectPage.from_json_data(
+                data, page_url=response.url, header_serial=header_serial
+            ),
+        )
     except UpstreamDataError as exc:
         raise UpstreamError(str(exc)) from None
     if page.name != todo.name:
@@ -284,7 +279,7 @@ def retry_test(also: type[BaseException] | None = None) -> Callable[[BaseExcepti
     """Which failures the configured retries are for: transient ones, and ``also``."""
 
     def should_retry(exc: BaseException) -> bool:
-        return _is_transient(exc) or (also is not None and isinstance(exc, also))
+        return isinstance(exc, TransientError) or (also is not None and isinstance(exc, also))
 
     return should_retry
 
@@ -434,13 +429,12 @@ class Client:
         response = got.response
         header_serial = parse_serial(response.headers.get(SERIAL_HEADER))
         try:
-            if got.html:
-                assert isinstance(got.document, str)
-                index = RootIndex.from_html(
-                    got.document, page_url=response.url, header_serial=header_serial
-                )
-            else:
-                index = RootIndex.from_json_data(got.document, header_serial=header_serial)
+            index = got.parse(
+                lambda text: RootIndex.from_html(
+                    text, page_url=response.url, header_serial=header_serial
+                ),
+                lambda data: RootIndex.from_json_data(data, header_serial=header_serial),
+            )
         except UpstreamDataError as exc:
             raise UpstreamError(f"{self.config.upstream}: {exc} (answered {got.media})") from None
         return RootResponse(

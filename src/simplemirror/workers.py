@@ -254,6 +254,7 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
     async def in_turn(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         async with turns:
             return await fn(context, *args)
+
     send_lock = threading.Lock()
     told_to_stop: asyncio.Future[None] = loop.create_future()
 

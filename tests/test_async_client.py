@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from simplemirror import config, download, layout, sync, tempfiles
+from simplemirror import config, download, layout, sync
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
 from simplemirror.download import VerificationError
@@ -35,6 +35,7 @@ from simplemirror.upstream import (
     UpstreamError,
 )
 from tests.support.canned import Canned
+from tests.support.spies import temp_file_writes
 
 T = TypeVar("T")
 _real_sleep = asyncio.sleep
@@ -254,19 +255,7 @@ def test_a_body_larger_than_declared_is_cut_off_and_the_next_download_is_sound(
 
     monkeypatch.setattr(async_client, "CHUNK", 16)
     declared = 40
-    written: list[int] = []  # bytes written to each temporary file, in order of opening
-    real_create, real_write_all = tempfiles.create, tempfiles.write_all
-
-    def counting_create(*args: Any) -> tuple[int, str]:
-        written.append(0)
-        return real_create(*args)
-
-    def counting_write_all(fd: int, data: bytes) -> None:
-        written[-1] += len(data)
-        real_write_all(fd, data)
-
-    monkeypatch.setattr(download.tempfiles, "create", counting_create)
-    monkeypatch.setattr(download.tempfiles, "write_all", counting_write_all)
+    written = temp_file_writes(monkeypatch)  # bytes to each temporary file, in order
     server.add(FILE_PATH, BODY)
     server.add("/small", b"small")
 

@@ -23,8 +23,9 @@ from typing import TypeVar
 import pytest
 
 from simplemirror.async_transport import AsyncTransport
-from simplemirror.transport import DeadEnd, Inflater, TransportError
+from simplemirror.transport import DeadEnd, TransportError
 from tests.support.canned import Canned
+from tests.support.spies import refuse_spinning_inflater
 
 BODY = b"0123456789" * 10_000
 T = TypeVar("T")
@@ -39,22 +40,7 @@ def server() -> Iterator[Canned]:
 
 @pytest.fixture(autouse=True)
 def no_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read1 that asks its decoder for nothing, again and again, fails instead of hanging.
-
-    Such a loop never awaits, so no asyncio timeout could end it.
-    """
-    real = Inflater.decode
-    idle = 0
-
-    def decode(self: Inflater, data: bytes, n: int) -> bytes:
-        nonlocal idle
-        out = real(self, data, n)
-        idle = idle + 1 if not data and not out else 0
-        if idle > 1000:
-            raise AssertionError("read1 loops without reading or decoding anything")
-        return out
-
-    monkeypatch.setattr(Inflater, "decode", decode)
+    refuse_spinning_inflater(monkeypatch)
 
 
 def run(test: Callable[[AsyncTransport], Awaitable[T]], *, read_timeout: float = 5.0) -> T:

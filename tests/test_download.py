@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import requests
 
-from simplemirror import config, download, layout, tempfiles
+from simplemirror import config, download, layout
 from simplemirror.download import Downloaded, VerificationError
 from simplemirror.upstream import Client, TransientError, UpstreamError
 from tests.support.canned import Canned
+from tests.support.spies import temp_file_writes
 
 UPSTREAM = "http://index.test/simple/"
 FILE_PATH = "/packages/foo-1.0.tar.gz"
@@ -217,19 +218,7 @@ def test_larger_body_than_declared_is_cut_off(
 ) -> None:
     monkeypatch.setattr(download, "CHUNK", 16)
     declared = 40
-    written: list[int] = []  # bytes written to each temporary file, in order of opening
-    real_create, real_write_all = tempfiles.create, tempfiles.write_all
-
-    def counting_create(*args: Any) -> tuple[int, str]:
-        written.append(0)
-        return real_create(*args)
-
-    def counting_write_all(fd: int, data: bytes) -> None:
-        written[-1] += len(data)
-        real_write_all(fd, data)
-
-    monkeypatch.setattr(download.tempfiles, "create", counting_create)
-    monkeypatch.setattr(download.tempfiles, "write_all", counting_write_all)
+    written = temp_file_writes(monkeypatch)  # bytes to each temporary file, in order
     add_body(rsps, BODY)
     with pytest.raises(VerificationError) as info:
         mirror.fetch_file(expected_hashes={"sha256": sha256(BODY[:declared])},

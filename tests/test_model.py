@@ -1017,3 +1017,20 @@ def test_resolving_random_file_urls_agrees_with_urljoin() -> None:
         assert _outcome(model._resolve, value, page_url) == _outcome(
             _resolve_by_urljoin, value, page_url
         ), (value, page_url)
+
+
+def test_an_algorithm_this_openssl_will_not_compute_is_not_verifiable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As on a FIPS build: hashlib lists md5, but making one raises ValueError.
+    real_new = hashlib.new
+
+    def fips_new(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "md5":
+            raise ValueError("[digital envelope routines] unsupported")
+        return real_new(name, *args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "new", fips_new)
+    assert model._digest_size("md5") is None
+    assert model._digest_size("sha256") == 32
+    assert model._digest_size("no-such-algorithm") is None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import layout, render
+from simplemirror import layout, render, tempfiles
 from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
 from simplemirror.state import State
@@ -141,3 +141,21 @@ def test_a_root_that_fails_part_way_leaves_both_old_pages(publisher: Publisher) 
         publisher.root(failing(), 2)
     assert [(publisher.web / p).read_bytes() for p in layout.ROOT_PAGES] == before
     assert list(publisher.tmp.iterdir()) == []
+
+
+def test_a_small_page_that_cannot_be_written_leaves_the_old_one_and_no_temporary_file(
+    publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher.page(REL, "old\n")
+    written = recorded(publisher)
+
+    def disk_full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfiles, "write_all", disk_full)
+    with pytest.raises(OSError) as info:
+        publisher.page(REL, "new\n")
+    assert info.value.errno == errno.ENOSPC
+    assert (publisher.web / REL).read_text() == "old\n"
+    assert list(publisher.tmp.iterdir()) == []
+    assert recorded(publisher) == written

@@ -23,15 +23,16 @@ from simplemirror.download import VerificationError
 from simplemirror.plan import ProjectTodo
 from simplemirror.transport import (
     DeadEnd,
-    Inflater,
     Transport,
     TransportError,
     _read_headers,
     _split,
+    prepare,
 )
 from simplemirror.upstream import Client, TransientError
 from tests.support.canned import Canned
 from tests.support.fuzz import random_strings
+from tests.support.spies import refuse_spinning_inflater
 
 BODY = b"0123456789" * 10_000
 
@@ -401,19 +402,7 @@ def test_a_status_line_that_is_not_http_is_a_transport_error() -> None:
 def test_an_answer_without_a_body_is_empty_whatever_its_encoding(
     server: Canned, monkeypatch: pytest.MonkeyPatch, status: int, encoding: str
 ) -> None:
-    real = Inflater.decode
-    idle = 0
-
-    def decode(self: Inflater, data: bytes, n: int) -> bytes:
-        # read1 asking for nothing again and again would never return: fail instead.
-        nonlocal idle
-        out = real(self, data, n)
-        idle = idle + 1 if not data and not out else 0
-        if idle > 1000:
-            raise AssertionError("read1 loops without reading or decoding anything")
-        return out
-
-    monkeypatch.setattr(Inflater, "decode", decode)
+    refuse_spinning_inflater(monkeypatch)
     server.add("/e", status=status, headers={"Content-Encoding": encoding})
     assert read(transport(), server.url("/e")) == (status, b"")
 
@@ -463,3 +452,36 @@ def test_split_agrees_with_urlsplit_on_random_urls() -> None:
     for url in random_strings(5, alphabet, starts=starts):
         got, expected = _both(url)
         assert got == expected, url
+
+
+# -- prepare: what a GET sends, or why it cannot be sent -----------------------------
+
+BASE = {"User-Agent": "t"}
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://ho st/x", "control characters or spaces"),
+    ("http://host\x7f/x", "control characters or spaces"),
+    ("http://host:eighty/x", "port is not a number"),
+    ("ftp://host/x", "not an http"),
+    ("https:///x", "not an http"),
+    ("http://host/a b", "control characters or spaces"),
+])
+def test_prepare_refuses_what_no_request_can_carry(url: str, why: str) -> None:
+    with pytest.raises(DeadEnd, match=why):
+        prepare(url, BASE, None)
+
+
+def test_prepare_sends_a_urls_credentials_to_its_own_origin_only() -> None:
+    token = "Basic " + base64.b64encode(b"bot:s3@cret").decode()
+    with_them = prepare("https://bot:s3%40cret@files.example:8443/a?b=c#f", BASE, None)
+    assert (with_them.scheme, with_them.host, with_them.port) == ("https", "files.example", 8443)
+    assert with_them.target == "/a?b=c"
+    assert with_them.headers == {**BASE, "Authorization": token}
+    # The origin's reading is cached: another origin, or the same host without
+    # credentials, must not inherit them.
+    assert prepare("https://files.example:8443/a", BASE, None).headers == BASE
+    assert prepare("https://other.example/a", BASE, {"Accept": "x"}).headers == {
+        **BASE, "Accept": "x"
+    }
+    assert BASE == {"User-Agent": "t"}  # the shared base is never changed in place

@@ -23,6 +23,9 @@ from simplemirror.serve import MirrorServer, ServeError, make_server
 
 JSON = rules.JSON_V1
 V1HTML = rules.HTML_V1
+# PEP 691's "latest" meta version: an alias the server answers with the version it serves.
+LATEST_JSON = "application/vnd.pypi.simple.latest+json"
+LATEST_HTML = "application/vnd.pypi.simple.latest+html"
 PIP_ACCEPT = f"{JSON}, {V1HTML}; q=0.1, text/html; q=0.01"
 WHEEL = "packages/ab/cd/ef01/foo_bar-1.0-py3-none-any.whl"
 SDIST = "packages/12/34/5678/foo_bar-1.0.tar.gz"
@@ -88,6 +91,18 @@ def test_parse_accept_ignores_parameters_other_than_q():
     ("*/*;q=0", None),
     (f"{JSON};q=0, {V1HTML};q=0, text/html;q=0", None),
     ("image/png, text/plain", None),
+    # "latest" names the v1 types (PEP 691), wherever v1 could be named.
+    (LATEST_JSON, JSON),
+    (LATEST_HTML, V1HTML),
+    ("Application/VND.pypi.simple.LATEST+JSON", JSON),
+    (f"{LATEST_JSON}, {LATEST_HTML};q=0.1, text/html;q=0.01", JSON),
+    (f"{LATEST_HTML}, text/html", V1HTML),
+    (f"text/html;q=0.4, {LATEST_JSON};q=0.5", JSON),
+    (f"{LATEST_JSON};q=0, */*", "text/html"),
+    (f"{LATEST_JSON};q=0, {LATEST_HTML};q=0, text/html;q=0", None),
+    # A version this server does not have is not acceptable.
+    ("application/vnd.pypi.simple.v2+json", None),
+    ("application/vnd.pypi.simple.latest+xml", None),
 ])
 def test_negotiate_by_accept(accept: str | None, expected: str | None):
     assert rules.negotiate(accept, None) == expected
@@ -102,6 +117,10 @@ def test_negotiate_by_accept(accept: str | None, expected: str | None):
     ("json", None),
     ("application/json", None),
     ("*/*", None),
+    (LATEST_JSON, JSON),
+    (LATEST_HTML, V1HTML),
+    ("application/vnd.pypi.simple.Latest+JSON", JSON),
+    ("application/vnd.pypi.simple.v2+json", None),
 ])
 def test_format_overrides_accept(fmt: str, expected: str | None):
     # Whatever Accept says, ?format= decides.
@@ -318,6 +337,10 @@ def running(web: Path) -> Iterator[Running]:
     ("/simple/foo-bar/", V1HTML, PAGE_HTML, V1HTML),
     ("/simple/foo-bar/", f"text/html;q=0.2, {JSON};q=0.3", PAGE_JSON, JSON),
     ("/simple/foo-bar/", f"text/html;q=0.4, {JSON};q=0.3", PAGE_HTML, "text/html; charset=utf-8"),
+    # Asked for "latest", answered with the version it is (PEP 691 requires it).
+    ("/simple/", LATEST_JSON, ROOT_JSON, JSON),
+    ("/simple/foo-bar/", LATEST_JSON, PAGE_JSON, JSON),
+    ("/simple/foo-bar/", LATEST_HTML, PAGE_HTML, V1HTML),
 ])
 def test_pages_are_negotiated(
     running: Running, path: str, accept: str | None, body: bytes, ctype: str
@@ -334,6 +357,9 @@ def test_format_parameter_overrides_accept(running: Running):
     assert (status, headers["Content-Type"], body) == (200, JSON, PAGE_JSON)
     status, headers, body = running.request("/simple/?format=text%2Fhtml", {"Accept": PIP_ACCEPT})
     assert (status, headers["Content-Type"], body) == (200, "text/html; charset=utf-8", ROOT_HTML)
+    status, headers, body = running.request(f"/simple/foo-bar/?format={LATEST_HTML}",
+                                            {"Accept": PIP_ACCEPT})
+    assert (status, headers["Content-Type"], body) == (200, V1HTML, PAGE_HTML)
     status, headers, _ = running.request("/simple/foo-bar/?format=application/json")
     assert status == 406
     assert headers["Vary"] == "Accept"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sqlite3
 import subprocess
@@ -13,7 +14,7 @@ import tenacity.nap
 
 import simplemirror
 from simplemirror import __version__
-from simplemirror.cli import EXIT_INCOMPLETE, EXIT_USAGE, main
+from simplemirror.cli import EXIT_INCOMPLETE, EXIT_USAGE, build_parser, main
 from tests.support.canned import Canned
 
 UPSTREAM = "http://index.test/simple/"
@@ -108,6 +109,47 @@ def test_argparse_usage_errors_exit_2(
         main(argv)
     assert info.value.code == 2
     assert "usage: mirror" in capsys.readouterr().err
+
+
+def _help_of(command: str) -> str:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[command].format_help()
+
+
+@pytest.mark.parametrize(("command", "own"), [
+    ("serve", ["--host", "--port"]),
+    ("status", ["--json"]),
+])
+def test_serve_and_status_list_only_the_options_they_use(command: str, own: list[str]) -> None:
+    text = _help_of(command)
+    for option in ["--config", "--directory", "--verbose", "--quiet",
+                   "--log-format", *own]:
+        assert option in text, option
+    # They read no upstream and draw no progress bars.
+    for absent in ["--upstream", "--no-progress", "progress", "bars"]:
+        assert absent not in text, absent
+
+
+def test_sync_and_verify_keep_the_upstream_and_their_bars() -> None:
+    for command in ("sync", "verify"):
+        text = _help_of(command)
+        assert "--upstream" in text and "bars" in text, command
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--upstream", "http://index.example/simple/"],
+    ["serve", "--no-progress"],
+    ["status", "--upstream", "http://index.example/simple/"],
+    ["status", "--no-progress"],
+])
+def test_options_serve_and_status_do_not_use_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert f"unrecognized arguments: {argv[1]}" in capsys.readouterr().err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import signal
@@ -12,17 +13,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 
 from simplemirror import serve_rules as rules
+from simplemirror.logs import JsonFormatter
 from simplemirror.serve import MirrorServer, ServeError, make_server
 
 JSON = rules.JSON_V1
 V1HTML = rules.HTML_V1
+# PEP 691's "latest" meta version: an alias the server answers with the version it serves.
+LATEST_JSON = "application/vnd.pypi.simple.latest+json"
+LATEST_HTML = "application/vnd.pypi.simple.latest+html"
 PIP_ACCEPT = f"{JSON}, {V1HTML}; q=0.1, text/html; q=0.01"
 WHEEL = "packages/ab/cd/ef01/foo_bar-1.0-py3-none-any.whl"
 SDIST = "packages/12/34/5678/foo_bar-1.0.tar.gz"
@@ -88,6 +93,18 @@ def test_parse_accept_ignores_parameters_other_than_q():
     ("*/*;q=0", None),
     (f"{JSON};q=0, {V1HTML};q=0, text/html;q=0", None),
     ("image/png, text/plain", None),
+    # "latest" names the v1 types (PEP 691), wherever v1 could be named.
+    (LATEST_JSON, JSON),
+    (LATEST_HTML, V1HTML),
+    ("Application/VND.pypi.simple.LATEST+JSON", JSON),
+    (f"{LATEST_JSON}, {LATEST_HTML};q=0.1, text/html;q=0.01", JSON),
+    (f"{LATEST_HTML}, text/html", V1HTML),
+    (f"text/html;q=0.4, {LATEST_JSON};q=0.5", JSON),
+    (f"{LATEST_JSON};q=0, */*", "text/html"),
+    (f"{LATEST_JSON};q=0, {LATEST_HTML};q=0, text/html;q=0", None),
+    # A version this server does not have is not acceptable.
+    ("application/vnd.pypi.simple.v2+json", None),
+    ("application/vnd.pypi.simple.latest+xml", None),
 ])
 def test_negotiate_by_accept(accept: str | None, expected: str | None):
     assert rules.negotiate(accept, None) == expected
@@ -102,6 +119,10 @@ def test_negotiate_by_accept(accept: str | None, expected: str | None):
     ("json", None),
     ("application/json", None),
     ("*/*", None),
+    (LATEST_JSON, JSON),
+    (LATEST_HTML, V1HTML),
+    ("application/vnd.pypi.simple.Latest+JSON", JSON),
+    ("application/vnd.pypi.simple.v2+json", None),
 ])
 def test_format_overrides_accept(fmt: str, expected: str | None):
     # Whatever Accept says, ?format= decides.
@@ -318,6 +339,10 @@ def running(web: Path) -> Iterator[Running]:
     ("/simple/foo-bar/", V1HTML, PAGE_HTML, V1HTML),
     ("/simple/foo-bar/", f"text/html;q=0.2, {JSON};q=0.3", PAGE_JSON, JSON),
     ("/simple/foo-bar/", f"text/html;q=0.4, {JSON};q=0.3", PAGE_HTML, "text/html; charset=utf-8"),
+    # Asked for "latest", answered with the version it is (PEP 691 requires it).
+    ("/simple/", LATEST_JSON, ROOT_JSON, JSON),
+    ("/simple/foo-bar/", LATEST_JSON, PAGE_JSON, JSON),
+    ("/simple/foo-bar/", LATEST_HTML, PAGE_HTML, V1HTML),
 ])
 def test_pages_are_negotiated(
     running: Running, path: str, accept: str | None, body: bytes, ctype: str
@@ -334,6 +359,9 @@ def test_format_parameter_overrides_accept(running: Running):
     assert (status, headers["Content-Type"], body) == (200, JSON, PAGE_JSON)
     status, headers, body = running.request("/simple/?format=text%2Fhtml", {"Accept": PIP_ACCEPT})
     assert (status, headers["Content-Type"], body) == (200, "text/html; charset=utf-8", ROOT_HTML)
+    status, headers, body = running.request(f"/simple/foo-bar/?format={LATEST_HTML}",
+                                            {"Accept": PIP_ACCEPT})
+    assert (status, headers["Content-Type"], body) == (200, V1HTML, PAGE_HTML)
     status, headers, _ = running.request("/simple/foo-bar/?format=application/json")
     assert status == 406
     assert headers["Vary"] == "Accept"
@@ -570,6 +598,55 @@ def test_one_log_line_per_request(running: Running):
     assert '"GET /simple/nope/ HTTP/1.1" 404 ' in lines[1]
 
 
+def _access_records(running: Running, send: Callable[[], None], count: int) -> list[dict]:
+    """The JSON log objects of the access lines ``send`` causes (``count`` of them)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("simplemirror")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        send()
+        deadline = time.monotonic() + 5
+        while len(records) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return [json.loads(JsonFormatter().format(r)) for r in records]
+
+
+def test_json_access_lines_have_fields(running: Running):
+    def send() -> None:
+        running.request("/simple/foo-bar/?x=%22q%22", {"Accept": JSON})
+        running.request(f"/{WHEEL}", method="HEAD")
+
+    docs = sorted(_access_records(running, send, 2), key=lambda doc: doc["method"])
+    assert len(docs) == 2
+    get, head = docs
+    assert {k: get[k] for k in ("client", "method", "path", "status", "bytes", "content_type")} \
+        == {"client": "127.0.0.1", "method": "GET", "path": "/simple/foo-bar/?x=%22q%22",
+            "status": 200, "bytes": len(PAGE_JSON), "content_type": JSON}
+    assert isinstance(get["seconds"], float) and 0 <= get["seconds"] < 5
+    # The message stays the text line, for people reading the JSON.
+    assert get["message"].startswith('127.0.0.1 "GET /simple/foo-bar/?x=%22q%22 HTTP/1.1" 200 ')
+    assert (head["method"], head["path"], head["status"], head["bytes"]) == (
+        "HEAD", f"/{WHEEL}", 200, 0)
+
+
+def test_json_access_line_of_a_request_that_cannot_be_parsed(running: Running):
+    def send() -> None:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(b"GET /a /b HTTP/1.1\r\n\r\n")  # four words: no method, no path
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+
+    (doc,) = _access_records(running, send, 1)
+    assert (doc["method"], doc["path"], doc["status"]) == (None, None, 400)
+
+
 def test_drain_closes_idle_connections_at_once(web: Path):
     run = Running(make_server(web, "127.0.0.1", 0))
     conn = run.connect()
@@ -647,6 +724,31 @@ def test_mirror_serve_stops_cleanly_on_a_signal(web: Path, signum: int):
             proc.wait()
     assert proc.returncode == 0, err
     assert f"{signal.Signals(signum).name} received: stopping" in err
+
+
+def test_mirror_serve_log_format_json_gives_each_request_its_fields(web: Path):
+    proc = _mirror("--directory", str(web.parent), "--port", "0", "--log-format", "json")
+    try:
+        assert proc.stderr is not None
+        started = json.loads(proc.stderr.readline())
+        assert started["message"].startswith("serving ")
+        port = int(started["message"].rsplit(":", 1)[1].split("/", 1)[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/simple/foo-bar/", headers={"Accept": JSON})
+        assert conn.getresponse().read() == PAGE_JSON
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    docs = [json.loads(line) for line in err.splitlines()]
+    (access,) = [doc for doc in docs if "status" in doc]
+    assert (access["method"], access["path"], access["status"], access["bytes"],
+            access["content_type"]) == ("GET", "/simple/foo-bar/", 200, len(PAGE_JSON), JSON)
+    assert access["client"] == "127.0.0.1" and access["seconds"] >= 0
 
 
 def test_mirror_serve_without_a_mirror_exits_1(tmp_path: Path):

@@ -29,6 +29,8 @@ pytestmark = [
 JSON = "application/vnd.pypi.simple.v1+json"
 V1HTML = "application/vnd.pypi.simple.v1+html"
 HTML = "text/html"
+LATEST_JSON = "application/vnd.pypi.simple.latest+json"
+LATEST_HTML = "application/vnd.pypi.simple.latest+html"
 # What pip and uv send for index pages.
 PIP_ACCEPT = f"{JSON}, {V1HTML}; q=0.1, text/html; q=0.01"
 UV_ACCEPT = f"{JSON}, {V1HTML};q=0.2, text/html;q=0.01"
@@ -189,6 +191,15 @@ def test_json_to_clients_that_prefer_it_and_html_to_others(server: Served, path:
     (PIP_ACCEPT, "format=text/html", HTML),
     ("application/json", "", 406),
     (HTML, "format=application/json", 406),
+    # PEP 691's "latest" alias, answered with the concrete type.
+    (LATEST_JSON, "", JSON),
+    (LATEST_HTML, "", V1HTML),
+    (f"{LATEST_JSON}, {LATEST_HTML};q=0.2, text/html;q=0.01", "", JSON),
+    (f"{LATEST_HTML}, {HTML}", "", V1HTML),
+    (f"{LATEST_JSON};q=0, */*", "", HTML),
+    (HTML, f"format={LATEST_JSON}", JSON),
+    (PIP_ACCEPT, "format=application%2Fvnd.pypi.simple.latest%2Bhtml", V1HTML),
+    ("application/vnd.pypi.simple.v2+json", "", 406),
 ])
 def test_both_servers_negotiate_alike(server: Served, accept: str, query: str, expected: object):
     status, ctype, _, vary = get(server, f"simple/foo-bar-baz/?{query}", accept)

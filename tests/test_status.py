@@ -86,10 +86,13 @@ def test_status_after_a_sync(
     assert info["deferred"] == info["failed"] == []
     assert upstream.requests == []  # status never goes to the network
 
-    # An upstream given on the command line is the one shown.
-    code, text, _ = run(
-        capsys, "status", "--directory", str(directory), "--upstream", "https://other.test/simple/"
+    # The config file's upstream is the one shown (status takes no --upstream: it would
+    # only be echoed back).
+    other = directory.with_name("other.toml")
+    other.write_text(
+        f'[mirror]\nupstream = "https://other.test/simple/"\ndirectory = "{directory}"\n'
     )
+    code, text, _ = run(capsys, "status", "-c", str(other))
     assert code == 0 and "upstream:      https://other.test/simple/ (from the config)" in text
 
 

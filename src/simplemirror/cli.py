@@ -36,15 +36,27 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.S
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that talk to the upstream and show progress."""
+    _where(parser)
+    parser.add_argument("--upstream", help="root URL of the simple index to mirror")
+    _logging(parser, bars=True)
+
+
+def _where(parser: argparse.ArgumentParser) -> None:
+    """Where the mirror is: every command needs it."""
     parser.add_argument("-c", "--config", type=Path, help="TOML config file ([mirror] table)")
     parser.add_argument("--directory", help="mirror directory (holds state.db and web/)")
-    parser.add_argument("--upstream", help="root URL of the simple index to mirror")
+
+
+def _logging(parser: argparse.ArgumentParser, *, bars: bool) -> None:
+    """How much is logged and how; ``bars``: the command shows progress on a terminal."""
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    on_terminal, never = (" (progress bars on a terminal)", ", never bars") if bars else ("", "")
     parser.add_argument(
         "--log-format", choices=logs.FORMATS, default="text",
-        help="text: plain lines (progress bars on a terminal); json: one JSON object per "
-        "line on stderr, never bars (default: text)",
+        help=f"text: plain lines{on_terminal}; json: one JSON object per line on stderr{never} "
+        "(default: text)",
     )
 
 
@@ -109,14 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show the mirror's state from state.db alone (no network; safe while "
         "a sync runs).",
     )
-    _common(status_cmd)
+    # The upstream shown is the config file's, else the last run's: state.db tells the rest.
+    _where(status_cmd)
+    _logging(status_cmd, bars=False)
     status_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     serve_cmd = commands.add_parser(
         "serve", help="serve the mirror over HTTP (small sites; nginx for busy ones)",
         description="Serve <directory>/web over HTTP, with PEP 691 content negotiation. "
         "One line per request is logged (-q: none). Stops on SIGTERM or SIGINT.",
     )
-    _common(serve_cmd)
+    _where(serve_cmd)
+    _logging(serve_cmd, bars=False)
     serve_cmd.add_argument("--host", default="127.0.0.1",
                            help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)")
     serve_cmd.add_argument("--port", type=int, default=8080,
@@ -340,9 +355,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     _setup_logging(args, None)
     values = config.read_file(args.config) if args.config is not None else {}
-    upstream = args.upstream or values.get("upstream")
+    upstream = values.get("upstream")
     if upstream:
-        cfg = config.load(args.config, upstream=args.upstream, directory=args.directory)
+        cfg = config.load(args.config, directory=args.directory)
         directory, upstream = cfg.directory, cfg.upstream
     else:
         where = args.directory or values.get("directory")

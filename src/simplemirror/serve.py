@@ -14,7 +14,8 @@ For small sites and the air-gapped side of a mirror; a busy site should put ngin
   directory listings.
 - Each request is logged at INFO on the "simplemirror" logger, one line with the client,
   request line, status, bytes sent, content type (which representation a page went out
-  as) and time taken.
+  as) and time taken; the same parts go with it as fields (access_fields), which JSON
+  logs give as keys.
 """
 
 from __future__ import annotations
@@ -121,6 +122,23 @@ class MirrorServer(ThreadingHTTPServer):
                 log.warning("stopping with %d response(s) unfinished", len(self._connections))
 
 
+def access_fields(
+    client: str, requestline: str, status: int, sent: int, media: str, seconds: float
+) -> dict[str, Any]:
+    """The access line's parts as structured fields (keys of the object in JSON logs).
+
+    ``method`` and ``path`` (the request target as sent, query included) are None when the
+    request line could not be read as one; ``content_type`` is None when nothing was sent
+    with one.
+    """
+    words = requestline.split()
+    method, path = (words[0], words[1]) if 2 <= len(words) <= 3 else (None, None)
+    return {
+        "client": client, "method": method, "path": path, "status": status, "bytes": sent,
+        "content_type": None if media == "-" else media, "seconds": round(seconds, 6),
+    }
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every response has a Content-Length
     timeout = IDLE_TIMEOUT
@@ -147,11 +165,14 @@ class Handler(BaseHTTPRequestHandler):
             super().handle_one_request()
         finally:
             if self._status is not None:
-                millis = (time.monotonic() - self._started) * 1000
+                seconds = time.monotonic() - self._started
+                client = self.client_address[0]
                 log.info(
-                    '%s "%s" %d %d %s %.1fms', self.client_address[0],
+                    '%s "%s" %d %d %s %.1fms', client,
                     self.requestline.replace('"', "%22"), self._status, self._sent,
-                    self._media, millis,
+                    self._media, seconds * 1000,
+                    extra=access_fields(client, self.requestline, self._status, self._sent,
+                                        self._media, seconds),
                 )
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:

@@ -23,6 +23,17 @@ HTML_V1: Final = "application/vnd.pypi.simple.v1+html"
 HTML: Final = "text/html"
 PAGE_TYPES: Final = (JSON_V1, HTML_V1, HTML)
 """Every representation a simple page has, in the order JSON wins ties between named types."""
+LATEST: Final = {
+    "application/vnd.pypi.simple.latest+json": JSON_V1,
+    "application/vnd.pypi.simple.latest+html": HTML_V1,
+}
+"""PEP 691's ``latest`` meta version, by the v1 type it stands for: v1 is the newest served,
+and the answer must name the concrete version, never ``latest``."""
+
+
+def concrete(media: str) -> str:
+    """``media`` (lowercase, no parameters) with a ``latest`` alias resolved to its version."""
+    return LATEST.get(media, media)
 
 
 # -- content negotiation ------------------------------------------------------------------
@@ -36,15 +47,16 @@ class MediaRange:
     q: float
 
     def specificity(self, media: str) -> int:
-        """How closely this range names ``media``: 2 exactly, 1 ``type/*``, 0 ``*/*``, -1 not."""
-        major, _, minor = media.partition("/")
+        """How closely this range names ``media``: 2 by name (or its ``latest`` alias),
+        1 ``type/*``, 0 ``*/*``, -1 not at all."""
+        major = media.partition("/")[0]
         if self.type == "*":
             return 0
         if self.type != major:
             return -1
         if self.subtype == "*":
             return 1
-        return 2 if self.subtype == minor else -1
+        return 2 if concrete(f"{self.type}/{self.subtype}") == media else -1
 
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -96,14 +108,15 @@ def negotiate(accept: str | None, format_param: str | None = None) -> str | None
 
     ``format_param`` (the ``?format=`` query value, PEP 691) overrides Accept: it must
     name one of the three page types (case and parameters aside), else nothing is
-    acceptable. Otherwise the highest q wins. On equal q, a type the client named beats one
+    acceptable. In either, a ``latest`` type names its v1 type, which is what is returned.
+    Otherwise the highest q wins. On equal q, a type the client named beats one
     only a wildcard covers, and among named types JSON beats HTML (the richer format, what
     pip and uv want); a wildcard alone means the client does not mind, so it gets
     ``text/html``, which every client reads. No Accept header, an empty one, or one with no
     valid entry also gets ``text/html``.
     """
     if format_param:
-        wanted = format_param.split(";", 1)[0].strip().lower()
+        wanted = concrete(format_param.split(";", 1)[0].strip().lower())
         return wanted if wanted in PAGE_TYPES else None
     ranges = parse_accept(accept or "")
     if not ranges:

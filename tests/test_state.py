@@ -131,3 +131,31 @@ def test_undo_in_memory_keeps_savepoint_journals_off_the_disk(tmp_path: Path) ->
         assert state.get_meta("k") == "v"
     finally:
         state.close()
+
+
+def test_project_changes_are_recorded_from_the_first_run_after_the_upgrade(tmp_path: Path):
+    new = State(tmp_path / "new.db")
+    try:
+        assert new.get_meta("changes_since") == "1"
+    finally:
+        new.close()
+
+    path = tmp_path / "state.db"
+    state = State(path)
+    for _ in range(3):
+        state.finish_run(state.begin_run("http://127.0.0.1/simple/"), "ok")
+    state.close()
+    # What a schema-2 simplemirror left: three runs, and no record of project changes.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE project_changes")
+        db.execute("DELETE FROM meta WHERE key = 'changes_since'")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+    for _ in range(2):  # the first opening upgrades; the next leaves it be
+        state = State(path)
+        try:
+            assert state.db["project_changes"].exists()
+            assert state.get_meta("changes_since") == "4"
+            assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+        finally:
+            state.close()

@@ -6,7 +6,8 @@ configuration error; 128 + the signal's number when stopped by SIGINT (130)
 or SIGTERM (143). `mirror sync --every`: 0 when a signal ends it between runs, 128 + the
 signal when one stops a run. `mirror verify`: 0 the mirror is sound, 1 it is not (or there
 is no state.db, or a sync holds the lock). `mirror status`: 0, or 1 when there
-is no state.db. `mirror serve`: runs until stopped, then 0 (SIGTERM or SIGINT is
+is no state.db. `mirror log`: 0, or 1 when there is no state.db or no such generation.
+`mirror serve`: runs until stopped, then 0 (SIGTERM or SIGINT is
 how it is meant to stop, so systemd sees a clean exit); 1 when it cannot start (no
 web/simple in the directory, the address cannot be bound); 2 usage or configuration error.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from simplemirror import __version__, config, daemon, logs, observe, serve, status, verify
+from simplemirror import __version__, config, daemon, history, logs, observe, serve, status, verify
 from simplemirror.report import Reporter, RichReporter
 from simplemirror.sync import RunSummary, Sync, SyncError
 
@@ -125,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     _where(status_cmd)
     _logging(status_cmd, bars=False)
     status_cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    log_cmd = commands.add_parser(
+        "log", help="list the runs, newest first, or what one run changed",
+        description="List the runs from state.db, newest first, or with --generation what "
+        "one run changed: projects added, changed and removed, files added and removed "
+        "(no network; safe while a sync runs).",
+    )
+    _common(log_cmd)
+    log_cmd.add_argument("--limit", type=_positive, default=20, metavar="N",
+                         help="list the N newest runs (default 20)")
+    log_cmd.add_argument("--generation", type=int, metavar="N",
+                         help="show what the run of generation N changed")
+    log_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     serve_cmd = commands.add_parser(
         "serve", help="serve the mirror over HTTP (small sites; nginx for busy ones)",
         description="Serve <directory>/web over HTTP, with PEP 691 content negotiation. "
@@ -144,6 +157,16 @@ def _interval(text: str) -> float:
         return daemon.parse_interval(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _interactive(args: argparse.Namespace) -> bool:
@@ -372,6 +395,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_log(args: argparse.Namespace) -> int:
+    _setup_logging(args, None)
+    values = config.read_file(args.config) if args.config is not None else {}
+    where = args.directory or values.get("directory")
+    if not where:
+        raise _no_directory()
+    directory = Path(where).expanduser().absolute()
+    if args.generation is None:
+        info, render = history.runs(directory, args.limit), history.format_runs
+    else:
+        try:
+            info, render = history.changes(directory, args.generation), history.format_changes
+        except history.NoGeneration as exc:
+            print(f"mirror: {exc}", file=sys.stderr)
+            return EXIT_INCOMPLETE
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(render(info), end="")
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     values = config.read_file(args.config) if args.config is not None else {}
     where = args.directory or values.get("directory")
@@ -401,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "log":
+            return cmd_log(args)
         return cmd_sync(args)
     except status.NoState as exc:
         print(f"mirror: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ from simplemirror.model import HeldFile, RootProject
 from simplemirror.plan import HeldProject, RootChanges, Status
 from simplemirror.render import RootEntry
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -116,6 +116,17 @@ CREATE TABLE IF NOT EXISTS failures (
     error      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS failures_generation ON failures (generation);
+
+-- What each run did to each project's published pages, for `mirror log`: the
+-- projects row keeps only the latest of each. added: written, none published before
+-- (a new project, or one back after its removal); changed: written again; removed:
+-- deleted (upstream stopped listing it). Kept from generation meta changes_since on.
+CREATE TABLE IF NOT EXISTS project_changes (
+    generation INTEGER NOT NULL,
+    project    TEXT NOT NULL,
+    change     TEXT NOT NULL,           -- added, changed, removed
+    PRIMARY KEY (generation, project)
+) WITHOUT ROWID;
 """
 
 
@@ -166,7 +177,11 @@ class State:
             )
         with self.transaction():
             self._migrate()
+        changes_since = None if self.db["project_changes"].exists() else self._next_generation()
         self.db.executescript(SCHEMA)  # after the new columns exist, for their indexes
+        if changes_since is not None:
+            # The runs before this one (an older state.db's) recorded no project changes.
+            self.set_meta("changes_since", str(changes_since))
         self.set_meta("schema_version", str(SCHEMA_VERSION))
 
     def _migrate(self) -> None:
@@ -177,6 +192,12 @@ class State:
                 continue  # a new state.db: the schema creates it whole
             if column not in self.db[table].columns_dict:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _next_generation(self) -> int:
+        if not self.db["runs"].exists():
+            return 1
+        (last,) = self.db.execute("SELECT coalesce(max(generation), 0) FROM runs").fetchone()
+        return int(last) + 1
 
     def close(self) -> None:
         self.db.close()
@@ -402,6 +423,13 @@ class State:
             ],
         )
         complete = status is Status.OK
+        # Before published_gen moves: pages published before make this a change.
+        self.db.execute(
+            "INSERT OR REPLACE INTO project_changes (generation, project, change)"
+            " SELECT ?, name, CASE WHEN published_gen IS NULL THEN 'added' ELSE 'changed' END"
+            " FROM projects WHERE name = ?",
+            [generation, name],
+        )
         self.db.execute(
             "UPDATE projects SET status = ?, error = ?, page_serial = ?, page_data = ?,"
             " page_etag = ?, page_hash = ?, serial = CASE WHEN ? THEN ? ELSE serial END,"
@@ -536,6 +564,11 @@ class State:
                 [generation, name],
             )
             self.db.execute("UPDATE projects SET published_gen = NULL WHERE name = ?", [name])
+            self.db.execute(
+                "INSERT OR REPLACE INTO project_changes (generation, project, change)"
+                " VALUES (?, ?, 'removed')",
+                [generation, name],
+            )
 
     def reapable(self) -> list[tuple[int, str]]:
         """(id, path) of files off every page whose bytes are still on disk.

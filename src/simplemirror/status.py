@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from simplemirror.plan import Status
 
-_RUN_COLUMNS = "generation, started, finished, outcome, error"
+RUN_COLUMNS = "generation, started, finished, outcome, error"
+T = TypeVar("T")
 _STATUS_ORDER = (Status.OK, Status.DEFERRED, Status.FAILED, Status.PENDING, Status.REMOVED)
 
 
@@ -54,7 +56,37 @@ def last_upstream(path: Path) -> str | None:
     return row[0] if row else None
 
 
-def _run(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
+def read_snapshot(
+    path: Path, query: Callable[[sqlite3.Connection], T], command: str = "status"
+) -> T:
+    """``query``'s answer from the state.db at ``path``, opened read-only, in one read
+    transaction. Raises NoState (saying what to do) when it cannot be read."""
+    conn = connect_readonly(path)
+    try:
+        # One snapshot for every query, however a running sync moves on meanwhile.
+        conn.execute("BEGIN")
+        try:
+            return query(conn)
+        finally:
+            conn.rollback()
+    except sqlite3.Error as exc:
+        if "readonly" in str(exc) and not os.access(path.parent, os.W_OK):
+            # WAL mode: even a reader writes the -shm index beside state.db.
+            raise NoState(
+                f"{path} can only be read by a user who may write in {path.parent} "
+                "(SQLite's WAL mode); run this as the mirror's user, e.g. "
+                f"`sudo -u simplemirror mirror {command} ...`"
+            ) from exc
+        raise NoState(
+            f"{path} cannot be read as a simplemirror state database ({exc}); "
+            "check that it is one, or run `mirror sync` to create it"
+        ) from exc
+    finally:
+        conn.close()
+
+
+def run_info(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    """A runs row (RUN_COLUMNS) as JSON-ready keys, with its duration."""
     if row is None:
         return None
     generation, started, finished, outcome, error = row
@@ -95,29 +127,7 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
 
     Raises NoState when there is no usable state.db.
     """
-    path = directory / "state.db"
-    conn = connect_readonly(path)
-    try:
-        # One snapshot for every query, however a running sync moves on meanwhile.
-        conn.execute("BEGIN")
-        try:
-            info = _collect(conn)
-        finally:
-            conn.rollback()
-    except sqlite3.Error as exc:
-        if "readonly" in str(exc) and not os.access(path.parent, os.W_OK):
-            # WAL mode: even a reader writes the -shm index beside state.db.
-            raise NoState(
-                f"{path} can only be read by a user who may write in {path.parent} "
-                "(SQLite's WAL mode); run this as the mirror's user, e.g. "
-                "`sudo -u simplemirror mirror status ...`"
-            ) from exc
-        raise NoState(
-            f"{path} cannot be read as a simplemirror state database ({exc}); "
-            "check that it is one, or run `mirror sync` to create it"
-        ) from exc
-    finally:
-        conn.close()
+    info = read_snapshot(directory / "state.db", _collect)
     last_upstream = info.pop("_last_upstream")
     if configured_upstream:
         upstream, source = configured_upstream, "config"
@@ -130,10 +140,10 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
 
 def _collect(conn: sqlite3.Connection) -> dict[str, Any]:
     last = conn.execute(
-        f"SELECT {_RUN_COLUMNS}, upstream FROM runs ORDER BY generation DESC LIMIT 1"
+        f"SELECT {RUN_COLUMNS}, upstream FROM runs ORDER BY generation DESC LIMIT 1"
     ).fetchone()
     complete = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE outcome = 'ok' ORDER BY generation DESC LIMIT 1"
+        f"SELECT {RUN_COLUMNS} FROM runs WHERE outcome = 'ok' ORDER BY generation DESC LIMIT 1"
     ).fetchone()
     seen = conn.execute(
         "SELECT upstream_serial FROM runs WHERE upstream_serial IS NOT NULL"
@@ -158,9 +168,9 @@ def _collect(conn: sqlite3.Connection) -> dict[str, Any]:
         return [{"name": name, "error": error} for name, error in rows]
 
     return {
-        "last_run": _run(last[:5]) if last else None,
+        "last_run": run_info(last[:5]) if last else None,
         "_last_upstream": last[5] if last else None,
-        "last_complete_run": _run(complete),
+        "last_complete_run": run_info(complete),
         "serial_held": int(held[0]) if held and held[0] is not None else None,
         "upstream_serial_seen": seen[0] if seen else None,
         "projects": projects,
@@ -171,7 +181,7 @@ def _collect(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-def _describe_run(run: dict[str, Any] | None) -> str:
+def describe_run(run: dict[str, Any] | None) -> str:
     if run is None:
         return "none"
     text = f"generation {run['generation']}, {run['outcome']}, started {run['started']}"
@@ -197,8 +207,8 @@ def format_text(info: dict[str, Any]) -> str:
     lines = [
         f"mirror:        {info['directory']}",
         f"upstream:      {info['upstream'] or 'unknown (not configured, and no run yet)'}{source}",
-        f"last run:      {_describe_run(info['last_run'])}",
-        f"last complete: {_describe_run(info['last_complete_run'])}",
+        f"last run:      {describe_run(info['last_run'])}",
+        f"last complete: {describe_run(info['last_complete_run'])}",
         f"serial:        {serial}",
         f"projects:      {counts}",
         f"files:         {info['files_held']} held, {info['bytes_held'] / 1e6:.1f} MB",

@@ -1,0 +1,218 @@
+"""`mirror log`: the runs, newest first, and what one run changed, from state.db alone.
+
+Read-only, like `mirror status` (status.read_snapshot): one read transaction on a
+``mode=ro`` connection, so it is safe while a sync runs. Every query of `mirror log` is
+in this module.
+
+What "changed in generation N" means, in state.db's columns:
+
+- project added: ``project_changes.change = 'added'``: its pages were written in N and
+  none were published before it (a new project, or one back after its removal);
+- project changed: ``'changed'``: its pages were written again in N (new or dropped
+  files, or only its data: a yank, a status, a serial);
+- project removed: ``'removed'``: its pages were deleted in N, because upstream no longer
+  lists it (usually in the run that noticed; in the next one, when that run stopped early).
+  The projects row keeps only the latest of all this, hence that table (schema 3); for
+  generations before meta ``changes_since`` (runs of an older simplemirror), project
+  changes are unknown;
+- file added: a files row with ``appeared_gen = N``: a new filename, or new bytes under a
+  filename held before (then the old row shows as removed in N too);
+- file removed: ``removed_gen = N``: it left its project's pages (its bytes leave the
+  disk once nothing else links them, ``deleted_gen``).
+
+A dry run records nothing, so has no generation. A run that stopped (interrupted, error,
+or killed and still ``running``) shows what it committed before it stopped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from simplemirror import status
+
+_COUNTS = (
+    "projects_changed", "projects_deferred", "projects_failed", "projects_removed",
+    "files_fetched", "bytes_fetched",
+)
+_RUN_QUERY = (
+    f"SELECT {status.RUN_COLUMNS}, upstream, upstream_serial, {', '.join(_COUNTS)} FROM runs"
+)
+_PROJECT_CHANGES = ("added", "changed", "removed")
+
+
+class NoGeneration(Exception):
+    """The generation asked for is not in state.db; the message says which are."""
+
+
+def _run(row: tuple[Any, ...]) -> dict[str, Any]:
+    info = status.run_info(row[:5])
+    assert info is not None
+    upstream, upstream_serial, *counts = row[5:]
+    return {**info, "upstream": upstream, "upstream_serial": upstream_serial,
+            **dict(zip(_COUNTS, counts, strict=True))}
+
+
+def runs(directory: Path, limit: int) -> dict[str, Any]:
+    """The last ``limit`` runs, newest first, as one JSON-ready object.
+
+    Keys: ``directory``; ``runs``: a list of objects with the keys of `mirror status`'s
+    ``last_run`` (generation, started, finished, outcome, duration_seconds, error), plus
+    ``upstream``, ``upstream_serial`` and the run's own counts: ``projects_changed``,
+    ``projects_deferred``, ``projects_failed``, ``projects_removed``, ``files_fetched``,
+    ``bytes_fetched``.
+    """
+
+    def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        rows = conn.execute(f"{_RUN_QUERY} ORDER BY generation DESC LIMIT ?", [limit])
+        return [_run(row) for row in rows]
+
+    return {"directory": str(directory),
+            "runs": status.read_snapshot(directory / "state.db", query, "log")}
+
+
+def changes(directory: Path, generation: int) -> dict[str, Any]:
+    """What generation ``generation`` changed, as one JSON-ready object.
+
+    Keys: ``directory``; ``run``: as one item of runs()'s list; ``projects``: null when
+    not recorded for this generation, else ``added``, ``changed``, ``removed``: lists of
+    (normalized) names; ``files``: ``added`` and ``removed``, lists of ``{"project",
+    "filename", "size", "path"}`` (path below web/), with ``bytes_added`` and
+    ``bytes_removed``, their totals. Raises NoGeneration when there is no such run.
+    """
+    path = directory / "state.db"
+
+    def query(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = conn.execute(f"{_RUN_QUERY} WHERE generation = ?", [generation]).fetchone()
+        if row is None:
+            raise NoGeneration(_missing(conn, path, generation))
+        added, removed = (_files(conn, column, generation)
+                          for column in ("appeared_gen", "removed_gen"))
+        return {
+            "directory": str(directory),
+            "run": _run(row),
+            "projects": _projects(conn, generation),
+            "files": {
+                "added": added,
+                "removed": removed,
+                "bytes_added": sum(f["size"] for f in added),
+                "bytes_removed": sum(f["size"] for f in removed),
+            },
+        }
+
+    return status.read_snapshot(path, query, "log")
+
+
+def _missing(conn: sqlite3.Connection, path: Path, generation: int) -> str:
+    low, high = conn.execute("SELECT min(generation), max(generation) FROM runs").fetchone()
+    if low is None:
+        return f"no run is recorded in {path} yet, so there is no generation {generation}"
+    return (
+        f"there is no generation {generation} in {path} (it holds {low} to {high}); "
+        "`mirror log` lists the runs"
+    )
+
+
+def _projects(conn: sqlite3.Connection, generation: int) -> dict[str, list[str]] | None:
+    table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'project_changes'"
+    ).fetchone()
+    since = conn.execute("SELECT value FROM meta WHERE key = 'changes_since'").fetchone()
+    # No table: no simplemirror that records them has opened this state.db yet.
+    if table is None or generation < int(since[0] if since else 1):
+        return None
+    found: dict[str, list[str]] = {change: [] for change in _PROJECT_CHANGES}
+    rows = conn.execute(
+        "SELECT change, project FROM project_changes WHERE generation = ? ORDER BY project",
+        [generation],
+    )
+    for change, project in rows:
+        found[change].append(project)
+    return found
+
+
+def _files(conn: sqlite3.Connection, column: str, generation: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        f"SELECT project, filename, size, path FROM files WHERE {column} = ?"
+        " ORDER BY project, filename",
+        [generation],
+    )
+    return [{"project": p, "filename": f, "size": s, "path": w} for p, f, s, w in rows]
+
+
+# -- text -----------------------------------------------------------------------------
+
+
+def _human_bytes(n: int) -> str:
+    """512 B, 12.3 kB, 4.5 MB: decimal units, as the sync summary's MB."""
+    if n < 1000:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if round(value, 1) < 1000 or unit == "TB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"  # not finished: still running, or killed
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+_HEADER = ("generation", "started (UTC)", "duration", "outcome", "changed", "removed",
+           "files", "fetched")
+_WIDTHS = (10, -25, 12, -11, 7, 7, 6, 9)  # negative: left-aligned
+
+
+def _columns(values: tuple[str, ...]) -> str:
+    cells = (f"{v:<{-w}}" if w < 0 else f"{v:>{w}}" for v, w in zip(values, _WIDTHS, strict=True))
+    return "  ".join(cells).rstrip()
+
+
+def format_runs(info: dict[str, Any]) -> str:
+    """One line per run, newest first, under a header."""
+    if not info["runs"]:
+        return f"no run is recorded in {info['directory']} yet\n"
+    lines = [_columns(_HEADER)]
+    for run in info["runs"]:
+        lines.append(_columns((
+            str(run["generation"]), run["started"], _human_duration(run["duration_seconds"]),
+            run["outcome"], str(run["projects_changed"]), str(run["projects_removed"]),
+            str(run["files_fetched"]), _human_bytes(run["bytes_fetched"]),
+        )))
+    return "\n".join(lines) + "\n"
+
+
+def format_changes(info: dict[str, Any]) -> str:
+    """The run, then its projects added, changed and removed, then its files added and
+    removed, with sizes and totals."""
+    run, files = info["run"], info["files"]
+    lines = [
+        status.describe_run(run),
+        f"fetched: {run['files_fetched']} file(s), {_human_bytes(run['bytes_fetched'])}",
+    ]
+    if info["projects"] is None:
+        lines.append("projects: not recorded for this generation (its run predates "
+                     "`mirror log`); its files are below")
+    else:
+        for change in _PROJECT_CHANGES:
+            names = info["projects"][change]
+            lines.append(f"projects {change} ({len(names)}){':' if names else ''}")
+            lines.extend(f"  {name}" for name in names)
+    for change in ("added", "removed"):
+        listed = files[change]
+        total = _human_bytes(files[f"bytes_{change}"])
+        lines.append(f"files {change} ({len(listed)}, {total}){':' if listed else ''}")
+        width = max((len(f["project"]) + len(f["filename"]) + 1 for f in listed), default=0)
+        for f in listed:
+            name = f"{f['project']}/{f['filename']}"
+            lines.append(f"  {name:<{width}}  {_human_bytes(f['size']):>9}")
+    return "\n".join(lines) + "\n"

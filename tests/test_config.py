@@ -395,12 +395,13 @@ def test_shipped_example_config_loads_and_documents_every_key() -> None:
         assert documented, f"config.example.toml does not document {key}"
 
 
-def test_file_hosts_extend_the_upstream_host() -> None:
+def test_file_hosts_are_lowercased_host_names() -> None:
     from simplemirror.config import build
 
     cfg = build({}, {"upstream": "https://Index.Example/simple/", "directory": "/x",
-                     "file_hosts": ["Files.Example"]})
-    assert cfg.allowed_file_hosts == {"index.example", "files.example"}
+                     "file_hosts": ["Files.Example", "files.example", "B.example"]})
+    assert cfg.file_hosts == ("b.example", "files.example")
+    assert build({}, {"upstream": "https://i.example/simple/", "directory": "/x"}).file_hosts == ()
     with pytest.raises(ConfigError, match="file-hosts"):
         build({}, {"upstream": "https://i.example/simple/", "directory": "/x",
                    "file_hosts": ["https://files.example/"]})

@@ -9,6 +9,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -19,7 +20,6 @@ from simplemirror.upstream import Client, TransientError, UpstreamError
 from tests.support.canned import Canned
 from tests.support.spies import temp_file_writes
 
-UPSTREAM = "http://index.test/simple/"
 FILE_PATH = "/packages/foo-1.0.tar.gz"
 FILENAME = "foo-1.0.tar.gz"
 BODY = b"pretend this is a gzipped tarball\n" * 100
@@ -35,7 +35,8 @@ class Mirror:
     def __init__(self, root: Path, file_url: str, **overrides: Any) -> None:
         self.file_url = file_url
         values: dict[str, Any] = {
-            "upstream": UPSTREAM,
+            # The file's own server: the files here are the upstream's.
+            "upstream": urljoin(file_url, "/simple/"),
             "directory": str(root),
             "retries": 2,
             "retry_wait": 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,15 +121,77 @@ def test_file_on_a_foreign_host_is_refused(upstream: Upstream, world: World, tmp
 def test_listed_file_host_is_allowed(
     upstream: Upstream, world: World, tmp_path: Path, processes: int | None
 ):
-    # "localhost" is the same server under another name: an operator-listed file host.
+    # "localhost" is the same server under another name. Set, file-hosts is the whole
+    # list besides the upstream's host: one without it refuses it unasked.
     url = upstream.file_url("victim", "victim-1.0.tar.gz").replace("127.0.0.1", "localhost")
     world.project("victim").file("victim-1.0.tar.gz").extra["url"] = url
     world.touch("victim")
-    refused = sync(upstream, tmp_path / "a", download_processes=processes)
+    refused = sync(upstream, tmp_path / "a", file_hosts=["files.example"],
+                   download_processes=processes)
+    asked = [r for r in upstream.requests if r.header("host", "").startswith("localhost")]
     allowed = sync(upstream, tmp_path / "b", file_hosts=["localhost"],
                    download_processes=processes)
-    assert refused.exit_code == 1 and allowed.exit_code == 0
+    assert refused.exit_code == 1 and allowed.exit_code == 0 and asked == []
+    assert "'localhost'" in refused.failed[0][1] and "file-hosts" in refused.failed[0][1]
     assert "victim-1.0.tar.gz" in assert_consistent(tmp_path / "b" / "web")["victim"]
+    # Unset, any host passes but for the address guard; loopback files are fine for a
+    # loopback upstream.
+    assert sync(upstream, tmp_path / "c", download_processes=processes).exit_code == 0
+
+
+def project_row(mirror: Path, name: str) -> tuple[str, str, int | None]:
+    db = sqlite3.connect(mirror / "state.db")
+    try:
+        return db.execute(
+            "SELECT status, error, published_gen FROM projects WHERE name = ?", [name]
+        ).fetchone()
+    finally:
+        db.close()
+
+
+def test_a_new_project_whose_files_are_all_refused_is_not_published(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    # Every file of the index is on "localhost"; the operator's list names another host.
+    upstream.files_host = "localhost"
+    summary = sync(upstream, tmp_path, file_hosts=["files.example"])
+
+    assert summary.exit_code == 1
+    assert sorted(name for name, _ in summary.failed) == ["good", "victim"]
+    assert summary.blocked == {"good", "victim"}
+    assert "page was not written" in summary.failed[0][1]
+    assert "'localhost'" in summary.failed[0][1]
+    # No page saying "no files", and no root entry leading to a missing page.
+    assert assert_consistent(tmp_path / "web") == {}
+    assert not (tmp_path / "web/simple/good").exists()
+    status, error, published = project_row(tmp_path, "good")
+    assert (status, published) == ("failed", None) and "'localhost'" in error
+
+    # Once the operator allows the host, the next run mirrors them.
+    again = sync(upstream, tmp_path, file_hosts=["localhost"])
+    assert again.exit_code == 0
+    assert {n: len(f) for n, f in assert_consistent(tmp_path / "web").items()} == {
+        "good": 2, "victim": 2,
+    }
+
+
+def test_a_published_project_keeps_its_page_when_every_new_file_is_refused(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    world.add_project("empty", [])  # published with no files: that was the truth
+    assert sync(upstream, tmp_path).exit_code == 0
+    page = (tmp_path / "web/simple/empty/index.v1_json").read_bytes()
+    world.add_file("empty", "empty-1.0.tar.gz", b"payload",
+                   extra={"url": "http://169.254.169.254/empty-1.0.tar.gz"})
+
+    summary = sync(upstream, tmp_path)
+
+    assert summary.exit_code == 1 and summary.blocked == {"empty"}
+    assert "link-local" in dict(summary.failed)["empty"]
+    assert (tmp_path / "web/simple/empty/index.v1_json").read_bytes() == page
+    assert assert_consistent(tmp_path / "web")["empty"] == []
+    status, error, published = project_row(tmp_path, "empty")
+    assert status == "failed" and published == 1 and "169.254.169.254" in error
 
 
 def test_invalid_project_names_are_refused_and_reported(

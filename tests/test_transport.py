@@ -178,8 +178,10 @@ def behind_proxy(server: Canned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", server.base)
+    # files.invalid is listed: nothing to resolve (the proxy would, not this host).
     return Client(config.build({}, {"upstream": "http://index.invalid/simple/",
-                                    "directory": str(tmp_path)}))
+                                    "directory": str(tmp_path),
+                                    "file_hosts": ["files.invalid"]}))
 
 
 def test_files_go_through_a_proxy_the_environment_sets(

@@ -351,13 +351,18 @@ def test_repair_reports_a_file_upstream_no_longer_serves(mirror: Mirror, world: 
 
 
 def test_repair_refuses_a_host_the_config_does_not_allow(mirror: Mirror, upstream: Upstream):
+    # The files were recorded on 127.0.0.1; the upstream is now "localhost", and the
+    # file hosts are set without 127.0.0.1 (unset, loopback would pass for a loopback
+    # upstream).
     flip_byte(mirror.path_of("tiny-0.1.tar.gz"))
     other = mirror.config.with_name("other.toml")
     other.write_text(
         mirror.config.read_text().replace("127.0.0.1", "localhost")
     )
 
-    result = mirror.run("verify", "-c", str(other), "--repair")
+    result = mirror.run(
+        "verify", "-c", str(other), "--repair", "--file-host", "files.example"
+    )
 
     assert result.code == 1
     assert "'127.0.0.1'" in result.out and "file-hosts" in result.out

@@ -123,7 +123,9 @@ class AsyncClient:
         async def attempt() -> Downloaded:
             sink = Sink(url, expected_hashes, expected_size, config.max_file_size, config.tmp)
             try:
-                async with self.transport.stream(url) as response:
+                async with self.transport.stream(
+                    url, check=self.client.check_file_url
+                ) as response:
                     check_response(response)
                     read = response.body.read1
                     while chunk := await read(CHUNK):
@@ -140,7 +142,7 @@ class AsyncClient:
 
     async def download_todo(self, name: str, todo: FileTodo) -> download.TodoResult:
         """As sync.download_todo: the same steps (download.todo_steps), awaited."""
-        steps = download.todo_steps(name, todo, self.config.allowed_file_hosts)
+        steps = download.todo_steps(name, todo)
         try:
             wanted = next(steps)
             while True:

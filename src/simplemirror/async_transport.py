@@ -21,7 +21,7 @@ import asyncio
 import http.client
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -405,10 +405,13 @@ class AsyncTransport:
             # The rest of an unread body would be taken for the next answer.
             conn.close()
 
-    def stream(self, url: str, headers: Mapping[str, str] | None = None) -> _Streaming:
+    def stream(
+        self, url: str, headers: Mapping[str, str] | None = None,
+        check: Callable[[str], None] | None = None,
+    ) -> _Streaming:
         """GET ``url`` following redirects, as ``async with``; its connection is kept
-        if the body was read."""
-        return _Streaming(self, url, headers)
+        if the body was read. ``check`` as Transport.stream's."""
+        return _Streaming(self, url, headers, check)
 
     async def get(self, url: str, headers: Mapping[str, str] | None = None) -> Fetched:
         """GET ``url`` following redirects, the whole body read."""
@@ -416,9 +419,12 @@ class AsyncTransport:
             return Fetched(stream.url, stream.status, stream.headers, await stream.body.read())
 
     async def _follow(
-        self, url: str, extra: Mapping[str, str] | None
+        self, url: str, extra: Mapping[str, str] | None,
+        check: Callable[[str], None] | None = None,
     ) -> tuple[AsyncStream, _Connection]:
         for _ in range(MAX_REDIRECTS + 1):
+            if check is not None:
+                check(url)
             request = prepare(url, self._headers, extra)
             stream, conn = await self._exchange(url, request)
             location = stream.headers.get("location")
@@ -497,18 +503,20 @@ class _Streaming:
     drives an async generator and ends it by raising StopAsyncIteration, a cost
     paid on every file."""
 
-    __slots__ = ("_headers", "_open", "_transport", "_url")
+    __slots__ = ("_check", "_headers", "_open", "_transport", "_url")
 
     def __init__(
-        self, transport: AsyncTransport, url: str, headers: Mapping[str, str] | None
+        self, transport: AsyncTransport, url: str, headers: Mapping[str, str] | None,
+        check: Callable[[str], None] | None = None,
     ) -> None:
         self._transport = transport
         self._url = url
         self._headers = headers
+        self._check = check
         self._open: tuple[AsyncStream, _Connection] | None = None
 
     async def __aenter__(self) -> AsyncStream:
-        self._open = await self._transport._follow(self._url, self._headers)
+        self._open = await self._transport._follow(self._url, self._headers, self._check)
         return self._open[0]
 
     async def __aexit__(self, *_: object) -> None:

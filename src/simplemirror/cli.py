@@ -61,6 +61,15 @@ def _logging(parser: argparse.ArgumentParser, *, bars: bool) -> None:
     )
 
 
+def _file_host_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--file-host", action="append", default=[], metavar="HOST",
+        help="a host besides the upstream's that may serve files (repeatable); once any is "
+        "given, no other may. Default: any host not on a loopback, link-local or private "
+        "address (unless the upstream is on one). Overrides 'file-hosts' in the config",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirror", description="Keep a verified local copy of a Python package index."
@@ -82,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--project", action="append", default=[], metavar="NAME",
         help="mirror only this project (repeatable); overrides 'projects' in the config",
     )
+    _file_host_option(sync)
     sync.add_argument(
         "--dry-run", action="store_true", help="print the plan; download and write nothing"
     )
@@ -113,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch missing or corrupt files again from upstream (needs the upstream "
         "configured) and write broken pages again from state.db",
     )
+    _file_host_option(verify_cmd)
     verify_cmd.add_argument(
         "--delete-orphans", action="store_true",
         help="delete files under web/packages that neither state.db nor any page references",
@@ -214,11 +225,21 @@ def _print_summary(summary: RunSummary) -> None:
     for name, why in summary.deferred:
         print(f"  deferred {name}: {why} (upstream page is stale; the next run retries)")
     for name, why in summary.failed:
-        print(f"  failed {name}: {why} (the next run retries)")
+        print(f"  failed {name}: {why} ({_failed_hint(name in summary.blocked)})")
     for entry, why in summary.rejected:
         print(f"  refused {entry}: {why} (upstream data this mirror will not copy)")
     if summary.stopped_by is not None:
         print("  stopped before the end: the next run resumes where this one stopped")
+
+
+def _failed_hint(refused: bool) -> str:
+    if not refused:
+        return "the next run retries"
+    # A refusal is a decision, not a mishap: the same page gets the same answer.
+    return (
+        "running again changes nothing for a refused file: it waits for upstream to "
+        "correct its page, or for you to allow its host with file-hosts or --file-host"
+    )
 
 
 def _stop_on_signals(sync: Sync) -> None:
@@ -286,6 +307,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         workers=args.workers,
         download_processes=args.download_processes,
         projects=args.project,
+        file_hosts=args.file_host,
         allow_mass_delete=args.allow_mass_delete or None,
         metrics_file=args.metrics_file,
     )
@@ -355,7 +377,9 @@ def _offline_config(args: argparse.Namespace, *, network: bool, **overrides: Any
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    cfg = _offline_config(args, network=args.repair, workers=args.workers)
+    cfg = _offline_config(
+        args, network=args.repair, workers=args.workers, file_hosts=args.file_host
+    )
     console = Console(stderr=True) if _interactive(args) else None
     _setup_logging(args, console)
     progress = verify.RichVerifyProgress(console) if console else verify.VerifyProgress()

@@ -52,7 +52,8 @@ class Config:
     stale_wait: float = 2.0
     user_agent: str = DEFAULT_USER_AGENT
     file_hosts: tuple[str, ...] = ()
-    """Hosts besides the upstream's own that may serve files (lowercase)."""
+    """When set, the only hosts besides the upstream's own that may serve files
+    (lowercase); empty: any host the guard in filehosts lets through."""
     max_file_size: int = 16 * 1024**3
     """Largest download accepted when upstream does not declare a file's size."""
     max_removal: float = 0.10
@@ -68,10 +69,6 @@ class Config:
 
     # Cached: download workers ask for these once or twice per file, and building
     # them again each time was a measurable share of a small file's CPU.
-    @cached_property
-    def allowed_file_hosts(self) -> frozenset[str]:
-        return frozenset({(urlsplit(self.upstream).hostname or "").lower(), *self.file_hosts})
-
     @cached_property
     def state_path(self) -> Path:
         return self.directory / "state.db"
@@ -166,7 +163,9 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         raise ConfigError(f"projects: {exc}") from None
     hosts = values.get("file_hosts", ())
     if not all(isinstance(h, str) and h and "/" not in h for h in hosts):
-        raise ConfigError("file-hosts must be a list of host names, like [\"files.example.org\"]")
+        raise ConfigError(
+            "file-hosts (--file-host) must be host names, like [\"files.example.org\"]"
+        )
     config = Config(
         upstream=upstream,
         directory=Path(directory).expanduser().absolute(),

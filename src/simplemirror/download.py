@@ -18,7 +18,7 @@ from urllib.parse import urldefrag
 
 from simplemirror import layout, tempfiles
 from simplemirror.model import DistFile, HeldFile
-from simplemirror.plan import FileTodo, url_host
+from simplemirror.plan import FileTodo
 from simplemirror.transport import Stream, TransportError
 from simplemirror.upstream import Client, TransientError, UpstreamError, check_response
 
@@ -288,10 +288,6 @@ class Sibling:
     suffix: str
     expected_hashes: Mapping[str, str]
 
-    def check_host(self, allowed_hosts: frozenset[str]) -> None:
-        if url_host(self.url) not in allowed_hosts:
-            raise UpstreamError(f"{self.url}: not an allowed file host")
-
     def gained(self, got: Downloaded) -> dict[str, Any]:
         """What held_file is told of this sibling, now that ``got`` is beside the file."""
         if self.kind == "metadata":
@@ -324,9 +320,7 @@ TodoResult = tuple[HeldFile, int, str | None]
 """The held file, the bytes fetched, and what went wrong with its siblings."""
 
 
-def todo_steps(
-    project: str, todo: FileTodo, allowed_hosts: frozenset[str]
-) -> Generator[Fetch, Downloaded, TodoResult]:
+def todo_steps(project: str, todo: FileTodo) -> Generator[Fetch, Downloaded, TodoResult]:
     """What fetching ``todo`` takes, without the fetching: each download it needs is
     yielded, and what came of it is sent back (or its error thrown in).
 
@@ -350,7 +344,7 @@ def todo_steps(
     gained: dict[str, Any] = {}
     for sibling in siblings_wanted(todo):
         try:
-            sibling.check_host(allowed_hosts)
+            # A sibling on a host the policy refuses fails here, unasked (Client.stream).
             got = yield Fetch.beside(sibling.url, path + sibling.suffix, sibling.expected_hashes)
         except SIBLING_ERRORS as exc:
             errors.append(f"{sibling.kind}: {exc}")

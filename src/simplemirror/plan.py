@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlsplit
 
 from simplemirror.model import DistFile, HeldFile, RootIndex, RootProject
 
@@ -173,45 +171,21 @@ def plan_retry(
     return SyncPlan(tuple(fetch), (), len(in_scope) - len(fetch))
 
 
-def url_host(url: str) -> str:
-    """The host of ``url``, lowercased ("" when it has none), as urlsplit reads it.
-
-    The files of one index come from a few origins: each is parsed once (urlsplit
-    cost as much as the rest of planning a project). urlsplit reads the host from
-    what precedes the first "/", "?" or "#" after "://", so that prefix has the
-    same host as the whole URL (tests/test_plan.py checks this on tricky URLs).
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return (urlsplit(url).hostname or "").lower()
-    end = len(rest)
-    for delimiter in "/?#":
-        found = rest.find(delimiter, 0, end)
-        if found >= 0:
-            end = found
-    return _origin_host(url[: len(scheme) + 3 + end])
-
-
-@functools.lru_cache(maxsize=1024)
-def _origin_host(origin: str) -> str:
-    return (urlsplit(origin).hostname or "").lower()
-
-
 def refuse_foreign_hosts(
-    files: Iterable[DistFile], hosts: Collection[str]
+    files: Iterable[DistFile], refusal: Callable[[str], str | None]
 ) -> tuple[list[DistFile], list[tuple[str, str]]]:
-    """Split files into those served from an allowed host and (filename, reason) for the rest."""
+    """Split files into those ``refusal`` allows and (filename, reason) for the rest.
+
+    ``refusal`` is the file-host policy (filehosts.FileHostGuard.refusal).
+    """
     allowed: list[DistFile] = []
     refused: list[tuple[str, str]] = []
     for dist in files:
-        host = url_host(dist.url)
-        if host in hosts:
+        why = refusal(dist.url)
+        if why is None:
             allowed.append(dist)
         else:
-            refused.append(
-                (dist.filename, f"served from {host!r}, which is not an allowed file host "
-                 "(add it to file-hosts if it is the index's own file server)")
-            )
+            refused.append((dist.filename, why))
     return allowed, refused
 
 

@@ -52,7 +52,14 @@ from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
 from simplemirror.report import Reporter
 from simplemirror.state import State, StateError
-from simplemirror.upstream import Client, Interrupted, PageResponse, StalePage, UpstreamError
+from simplemirror.upstream import (
+    Client,
+    Interrupted,
+    PageResponse,
+    RefusedURL,
+    StalePage,
+    UpstreamError,
+)
 from simplemirror.workers import ChildLost, ProcessPool, WorkerPool
 
 log = logging.getLogger("simplemirror")
@@ -80,6 +87,9 @@ class RunSummary:
     removed: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     """Entries upstream listed that cannot be mirrored (invalid names...): warnings."""
+    blocked: set[str] = field(default_factory=set)
+    """Failed projects with refused files: running again does not help until upstream
+    corrects its page or the operator allows the file host."""
     files_fetched: int = 0
     bytes_fetched: int = 0
     files_deleted: int = 0
@@ -137,6 +147,10 @@ class _Project:
     outstanding: int = 0
     done: dict[str, HeldFile] = field(default_factory=dict)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    offers_files: bool = False
+    """Upstream's page offers files (mirrorable or refused); quarantine offers none."""
+    refused: bool = False
+    """Some of its files (or their redirects) were refused: see RunSummary.blocked."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,7 @@ def download_todo(client: Client, name: str, todo: FileTodo) -> download.TodoRes
     """
     config = client.config
     return download.run_steps(
-        download.todo_steps(name, todo, config.allowed_file_hosts),
+        download.todo_steps(name, todo),
         lambda wanted: download.fetch(client, wanted, web=config.web, tmp=config.tmp),
     )
 
@@ -577,7 +591,7 @@ class Sync:
         page = response.page
         # PEP 792: a quarantined project offers no files, whatever its page lists.
         offered = () if page.status == "quarantined" else page.files
-        listed, foreign = refuse_foreign_hosts(offered, self.config.allowed_file_hosts)
+        listed, foreign = refuse_foreign_hosts(offered, self.client.file_guard.refusal)
         refused = [*page.rejected, *foreign]
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
@@ -588,6 +602,8 @@ class Sync:
         return _Project(
             todo, page, files, response.etag, response.sha256,
             errors=[(f, f"refused: {r}") for f, r in refused],
+            offers_files=bool(offered or page.rejected) and page.status != "quarantined",
+            refused=bool(refused),
         )
 
     def _give_up(
@@ -611,6 +627,7 @@ class Sync:
         except FILE_ERRORS as exc:
             project.outstanding -= 1
             project.errors.append((filename, str(exc)))
+            project.refused = project.refused or isinstance(exc, RefusedURL)
             log.warning("%s: %s failed: %s", project.todo.name, filename, exc)
             self.reporter.file_done(0)
             return
@@ -643,6 +660,9 @@ class Sync:
             # delete: what it dropped stays listed until a run gets through cleanly.
             files += gone
             gone = []
+        if not files and project.errors and project.offers_files:
+            self._withhold(project, state, publisher.generation, summary)
+            return
         if gone and not self.config.allow_mass_delete and is_mass_removal(
             self._files_removing + len(gone), self._files_held, self.config.max_removal,
             MASS_DELETE_FLOOR_FILES,
@@ -687,4 +707,31 @@ class Sync:
         summary.changed += 1
         if project.errors:
             summary.failed.append((name, error or ""))
+            if project.refused:
+                summary.blocked.add(name)
+        self.reporter.project_done()
+
+    def _withhold(
+        self, project: _Project, state: State, generation: int, summary: RunSummary
+    ) -> None:
+        """Upstream offers files and none could be mirrored: no page saying it has none.
+
+        A project published before keeps its last pages (and its place in the root);
+        a new one stays unpublished. Either way it is recorded failed, with why, and
+        its page is asked for again by the next run.
+        """
+        name = project.todo.name
+        error = (
+            "none of its files could be mirrored, so its page was not written (one "
+            "published before is kept as it was): "
+            + "; ".join(f"{f}: {e}" for f, e in project.errors)
+        )
+        log.warning("%s failed: none of its files could be mirrored; page not written", name)
+        with state.transaction():
+            state.set_status(name, Status.FAILED, error, generation)
+            for filename, err in project.errors:
+                state.record_failure(generation, name, filename, "failed", err)
+        summary.failed.append((name, error))
+        if project.refused:
+            summary.blocked.add(name)
         self.reporter.project_done()

@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -479,9 +479,16 @@ class Transport:
         return conn
 
     @contextmanager
-    def stream(self, url: str, headers: Mapping[str, str] | None = None) -> Iterator[Stream]:
-        """GET ``url`` following redirects; its connection is kept if the body was read."""
-        stream, conn = self._follow(url, headers)
+    def stream(
+        self, url: str, headers: Mapping[str, str] | None = None,
+        check: Callable[[str], None] | None = None,
+    ) -> Iterator[Stream]:
+        """GET ``url`` following redirects; its connection is kept if the body was read.
+
+        ``check`` is called with ``url`` and each redirect's target before it is
+        asked, and raises to refuse it.
+        """
+        stream, conn = self._follow(url, headers, check)
         body = stream.body
         assert isinstance(body, _Decoded)
         try:
@@ -499,9 +506,12 @@ class Transport:
             return Fetched(stream.url, stream.status, stream.headers, stream.body.read())
 
     def _follow(
-        self, url: str, extra: Mapping[str, str] | None
+        self, url: str, extra: Mapping[str, str] | None,
+        check: Callable[[str], None] | None = None,
     ) -> tuple[Stream, http.client.HTTPConnection]:
         for _ in range(MAX_REDIRECTS + 1):
+            if check is not None:
+                check(url)
             request = prepare(url, self._headers, extra)
             conn = self._connection(request.scheme, request.host, request.port)
             try:

@@ -29,6 +29,7 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from simplemirror.config import Config
+from simplemirror.filehosts import FileHostGuard
 from simplemirror.model import (
     HTML_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -64,6 +65,10 @@ class TransientError(UpstreamError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RefusedURL(UpstreamError):
+    """A download the file-host policy refuses (filehosts): trying again will not help."""
 
 
 class Interrupted(Exception):
@@ -304,6 +309,8 @@ class Client:
         apply: every request goes through it. Otherwise, over the transport."""
         self.stop = threading.Event()
         """Set to make every request, retry and download end soon (Interrupted)."""
+        self.file_guard = FileHostGuard(config.upstream, config.file_hosts)
+        """Which hosts may serve files: asked for each download and each of its redirects."""
 
     def pause(self, seconds: float) -> None:
         """Wait between attempts; a stop request cuts the wait short."""
@@ -345,20 +352,39 @@ class Client:
         except TransportError as exc:
             raise _upstream_error(exc) from exc
 
+    def check_file_url(self, url: str) -> None:
+        """Raise RefusedURL unless the file-host policy lets a download ask ``url``."""
+        why = self.file_guard.refusal(url)
+        if why is not None:
+            raise RefusedURL(f"{url}: refused: {why}")
+
+    def _check_redirect(self, response: requests.Response, **_: Any) -> None:
+        """A requests hook: the policy for a redirect's target, before requests follows it."""
+        if response.is_redirect:
+            try:
+                self.check_file_url(urljoin(response.url, response.headers["location"]))
+            except RefusedURL:
+                response.close()
+                raise
+
     @contextmanager
     def stream(self, url: str) -> Iterator[Stream]:
-        """GET a file's body to be read as it arrives."""
+        """GET a file's body to be read as it arrives (the file-host policy applies)."""
         if self.via_requests:
+            self.check_file_url(url)
+            hooks = {"response": self._check_redirect}
             with (
                 _requests_errors(url),
-                self.session().get(url, stream=True, timeout=self.timeout) as response,
+                self.session().get(
+                    url, stream=True, timeout=self.timeout, hooks=hooks
+                ) as response,
             ):
                 yield Stream(
                     response.url, response.status_code, response.headers, _RawBody(response.raw)
                 )
             return
         try:
-            with self.transport.stream(url) as stream:
+            with self.transport.stream(url, check=self.check_file_url) as stream:
                 yield stream
         except TransportError as exc:
             raise _upstream_error(exc) from exc

@@ -730,13 +730,9 @@ class Verifier:
         Returns (bytes fetched, error or None) for each of ``wanted``.
         """
         config = self.config
-        host = (urlsplit(row.url).hostname or "").lower()
         error: str | None = None
-        if host not in config.allowed_file_hosts:
-            error = (
-                f"its recorded URL {row.url} is on {host!r}, which is neither the upstream's "
-                "host nor in file-hosts; add it to file-hosts to repair from it"
-            )
+        if (refused := client.file_guard.refusal(row.url)) is not None:
+            error = f"its recorded URL {row.url} is refused: {refused}"
         elif row.path != layout.file_path(row.sha256, row.filename):
             error = f"state.db path {row.path} is not the content address of its sha256"
         if error is not None:

@@ -356,6 +356,9 @@ class Upstream:
     def __init__(self, world: World | None = None) -> None:
         self.world = world if world is not None else World()
         self.url_style: UrlStyle = "absolute"
+        # The host named in absolute file URLs: files on a second host, as many indexes
+        # keep them. "localhost" is this same server under another name (both loopback).
+        self.files_host = "127.0.0.1"
         self.serial_as_string = False
         self._file_index: dict[str, tuple[UpFile, str]] = {}
         self._file_index_key: tuple[int, int] | None = None
@@ -425,9 +428,14 @@ class Upstream:
     def page_url(self, name: str) -> str:
         return f"{self.base}/simple/{normalize(name)}/"
 
+    @property
+    def files_base(self) -> str:
+        """Where absolute file URLs point (see ``files_host``)."""
+        return f"http://{self.files_host}:{self.port}"
+
     def file_url(self, name: str, filename: str) -> str:
         with self.world.lock:
-            return self.base + self.world.project(name).file(filename).path
+            return self.files_base + self.world.project(name).file(filename).path
 
     # -- introspection ---------------------------------------------------------------------
     @property
@@ -503,7 +511,7 @@ class Upstream:
 
     def _file_href(self, upfile: UpFile) -> str:
         if self.url_style == "absolute":
-            return self.base + upfile.path
+            return self.files_base + upfile.path
         if self.url_style == "host-relative":
             return upfile.path
         # Project pages live at /simple/<name>/, two levels below the root.

@@ -13,6 +13,7 @@ are written, and the root pages are written after every project page.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -67,6 +68,26 @@ STOP_GRACE = 5.0
 
 class SyncError(Exception):
     """The run could not be carried out at all (upstream root unusable, mirror locked)."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full, from the OS or SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)  # extended: the primary code in the low byte
+    return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+
+
+def write_error(directory: Path, exc: OSError | sqlite3.Error) -> SyncError:
+    """What to say when the mirror's files or state.db cannot be written."""
+    if disk_full(exc):
+        return SyncError(
+            f"the disk holding {directory} is full ({exc}); free some space, then run again"
+        )
+    return SyncError(
+        f"cannot write into {directory}: {exc}; "
+        "free some space or fix its permissions, then run again"
+    )
 
 
 @dataclass
@@ -284,6 +305,8 @@ class Sync:
                     leftover.unlink(missing_ok=True)
                 state = State(config.state_path)
             except (OSError, sqlite3.Error, StateError) as exc:
+                if disk_full(exc):
+                    raise write_error(config.directory, exc) from exc
                 raise SyncError(
                     f"cannot use {config.directory}: {exc}; it must be writable by this user"
                 ) from exc
@@ -296,12 +319,33 @@ class Sync:
 
     def _run_locked(self, state: State) -> RunSummary:
         config = self.config
-        generation = state.begin_run(config.upstream)
+        try:
+            generation = state.begin_run(config.upstream)
+        except sqlite3.Error as exc:
+            raise write_error(config.directory, exc) from exc
         try:
             return self._sync(state, generation)
+        except sqlite3.Error as exc:
+            # state.db could not be written (a full disk, most likely): one clear error,
+            # which also keeps a --every loop going.
+            error = write_error(config.directory, exc)
+            self._record_error(state, generation, error)
+            raise error from exc
         except SyncError as exc:
-            state.finish_run(generation, "error", error=str(exc))
+            self._record_error(state, generation, exc)
             raise
+
+    def _record_error(self, state: State, generation: int, error: SyncError) -> None:
+        """Record the run as ended in ``error``, if state.db can still be written."""
+        try:
+            if state.db.conn.in_transaction:
+                state.db.conn.rollback()  # what a failed statement left half done
+            state.finish_run(generation, "error", error=str(error))
+        except sqlite3.Error as exc:
+            log.warning(
+                "could not record run %d as failed in state.db (%s); `mirror status` "
+                "shows it as not finished", generation, exc,
+            )
 
     def _sync(self, state: State, generation: int) -> RunSummary:
         config = self.config
@@ -357,10 +401,7 @@ class Sync:
             if complete:
                 publisher.last_modified(time.gmtime())
         except OSError as exc:
-            raise SyncError(
-                f"cannot write into {config.directory}: {exc}; "
-                "free some space or fix its permissions, then run again"
-            ) from exc
+            raise write_error(config.directory, exc) from exc
         summary.outcome = "ok" if complete else "partial"
         state.finish_run(
             generation,
@@ -548,7 +589,10 @@ class Sync:
             # error, queued work is dropped and running downloads see the stop
             # within a chunk; a read stuck longer is abandoned (never published).
             workers.shutdown(STOP_GRACE)
-            state.db.execute("COMMIT")
+            # SQLite rolls back by itself after some errors (a full disk): then there is
+            # nothing to commit, and the error that did it is the one to report.
+            if state.db.conn.in_transaction:
+                state.db.execute("COMMIT")
 
     def _page_done(
         self,

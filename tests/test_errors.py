@@ -6,8 +6,11 @@ and the exit statuses of `mirror status` and `mirror verify` that monitoring rel
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +154,46 @@ def test_a_run_that_cannot_record_its_failure_still_ends_with_one_message(
     assert "could not record run 2 as failed" in err
     assert "Traceback" not in err
     assert outcomes(tmp_path / "m") == ["ok", "running"]
+
+
+# -- a reader of stdout that goes away early (`mirror ... | head`) ------------------------
+
+
+def with_stdout_closed(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mirror ARGS` whose stdout is a pipe nobody reads any more, as after `| head`."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "simplemirror", *args],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+        )
+    finally:
+        os.close(write)
+
+
+def assert_quiet(done: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "BrokenPipe" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_commands_whose_reader_goes_away_end_quietly_with_their_own_status(
+    upstream: Upstream, world: World, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, upstream.url)
+    directory = tmp_path / "m"
+
+    synced = with_stdout_closed("sync", "-c", str(config), "-q")
+    assert_quiet(synced)
+    assert synced.returncode == 0
+    assert (directory / "reports" / "1.json").is_file()  # the report after the summary
+    for args in (("status",), ("status", "--json"), ("verify", "-q")):
+        done = with_stdout_closed(*args, "--directory", str(directory))
+        assert_quiet(done)
+        assert done.returncode == 0, (args, done.stderr)
+
+    for i in range(600):  # a plan longer than stdout's buffer: the pipe breaks mid-print
+        world.add_project(f"many-{i}", ["1.0"])
+    planned = with_stdout_closed("sync", "-c", str(config), "--dry-run", "-q")
+    assert_quiet(planned)
+    assert planned.returncode == 0

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,39 @@ def _setup_logging(args: argparse.Namespace, console: Console | None) -> None:
     log.propagate = False
 
 
+def _drop_stdout() -> None:
+    """stdout's reader has gone (`mirror status | head`): whatever else is printed, and
+    Python's own flush at exit, go to /dev/null instead of raising BrokenPipeError."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return  # not a file (a test's capture): nothing to redirect
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    """Flush now, while a reader gone away can be dealt with (at exit, Python complains)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+
+
+@contextmanager
+def _printing() -> Iterator[None]:
+    """Print to stdout inside this; a reader that stops early ends the output quietly and
+    leaves the command to finish (a sync still writes its report) with its own status."""
+    try:
+        yield
+    except BrokenPipeError:
+        _drop_stdout()
+    _flush_stdout()
+
+
 def _print_plan(summary: RunSummary) -> None:
     plan = summary.plan
     assert plan is not None
@@ -207,7 +242,8 @@ def _sync_and_record(cfg: config.Config, sync: Sync, reporter: Reporter) -> int:
     except SyncError as exc:
         observe.record_error(cfg, str(exc), since=since, duration=time.monotonic() - started)
         raise
-    _print_summary(summary)
+    with _printing():
+        _print_summary(summary)
     path = observe.record_run(cfg, summary)
     log.info(
         "sync %s (exit %d); report %s", summary.outcome, summary.exit_code, path or "not written",
@@ -274,7 +310,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.dry_run:
         with reporter:
             summary = sync.run(dry_run=True)
-        _print_plan(summary)
+        with _printing():
+            _print_plan(summary)
         return EXIT_OK
     return _sync_and_record(cfg, sync, reporter)
 
@@ -333,7 +370,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("mirror: verify interrupted; nothing is left half written, run it again",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    print("\n".join(verify.report_lines(result)))
+    with _printing():
+        print("\n".join(verify.report_lines(result)))
     return EXIT_OK if result.sound else EXIT_INCOMPLETE
 
 
@@ -350,10 +388,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise _no_directory()
         directory = Path(where).expanduser().absolute()
     info = status.collect(directory, upstream)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(status.format_text(info), end="")
+    with _printing():
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(status.format_text(info), end="")
     return EXIT_OK
 
 
@@ -399,3 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mirror: interrupted; the next run resumes where this one stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output a command printed without _printing, cut off by its reader: quietly.
+        _drop_stdout()
+        return EXIT_INCOMPLETE
+    finally:
+        _flush_stdout()

@@ -20,6 +20,8 @@ from simplemirror import daemon
 from simplemirror import sync as sync_module
 from simplemirror.cli import main
 from simplemirror.state import State
+from tests.support.canned import Canned
+from tests.support.static import StaticServer
 from tests.support.upstream import Upstream, World
 
 
@@ -197,3 +199,73 @@ def test_commands_whose_reader_goes_away_end_quietly_with_their_own_status(
     planned = with_stdout_closed("sync", "-c", str(config), "--dry-run", "-q")
     assert_quiet(planned)
     assert planned.returncode == 0
+
+
+# -- an upstream URL that is not an index's root -------------------------------------------
+
+
+def listing(tmp: Path) -> set[str]:
+    return {str(p.relative_to(tmp)) for p in tmp.rglob("*")}
+
+
+def test_a_static_servers_root_without_simple_says_so_and_leaves_nothing_behind(
+    upstream: Upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source"
+    assert main(["sync", "--upstream", upstream.url, "--directory", str(source), "-q"]) == 0
+    target = tmp_path / "target"
+    with StaticServer(source / "web") as server:
+        capsys.readouterr()
+        code = main(["sync", "--upstream", server.url, "--directory", str(target),
+                     "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert "HTTP 404" in err and "does the URL end in /simple/?" in err
+        assert "Traceback" not in err
+        assert not target.exists()  # no skeleton: no web/, tmp/, state.db or .lock
+
+        # The URL the message points at is the right one.
+        assert main(["sync", "--upstream", server.url + "simple/", "--directory",
+                     str(target), "-q"]) == 0
+
+
+def test_a_directory_listing_given_as_upstream_names_the_root_to_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What a web server with directory listings shows for a static mirror's web/.
+    page = (b'<html><body><h1>Index of /</h1><ul><li><a href="last-modified">last-modified'
+            b'</a></li><li><a href="packages/">packages/</a></li>'
+            b'<li><a href="simple/">simple/</a></li></ul></body></html>')
+    server = Canned()
+    try:
+        server.add("/", page, headers={"Content-Type": "text/html; charset=utf-8"})
+        directory = tmp_path / "m"
+        directory.mkdir()
+        (directory / "notes.txt").write_text("the operator's\n")
+        (directory / "web").mkdir()
+        before = listing(directory)
+        code = main(["sync", "--upstream", server.url("/"), "--directory", str(directory),
+                     "--no-progress"])
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"give its Simple API root, {server.url('/simple/')}" in err
+    # What was there stays; only what this run created is gone.
+    assert listing(directory) == before
+    assert (directory / "notes.txt").read_text() == "the operator's\n"
+
+
+def test_an_existing_mirror_keeps_everything_and_records_the_failed_run(
+    upstream: Upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, upstream.url)
+    assert sync(config) == 0
+    before = listing(tmp_path / "m")
+    upstream.status["/simple/"] = (404, {}, 1)
+
+    assert sync(config) == 1
+
+    assert "does the URL end in /simple/?" in capsys.readouterr().err
+    assert outcomes(tmp_path / "m") == ["ok", "error"]
+    assert listing(tmp_path / "m") == before | {"reports/2.json"}

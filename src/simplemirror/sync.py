@@ -70,6 +70,10 @@ class SyncError(Exception):
     """The run could not be carried out at all (upstream root unusable, mirror locked)."""
 
 
+class RootUnusable(SyncError):
+    """The upstream root index could not be read or used; nothing in the mirror changed."""
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk (or the user's quota) is full, from the OS or SQLite."""
     if isinstance(exc, OSError):
@@ -117,6 +121,10 @@ class RunSummary:
         return 1 if self.deferred or self.failed or self.rejected else 0
 
 
+def lock_path(directory: Path) -> Path:
+    return directory / ".lock"
+
+
 @contextmanager
 def locked(directory: Path) -> Iterator[None]:
     """Hold the mirror's lock; a second run on the same directory refuses to start.
@@ -124,7 +132,7 @@ def locked(directory: Path) -> Iterator[None]:
     flock is released by the kernel when the process dies, so a crashed run
     never leaves a lock behind.
     """
-    path = directory / ".lock"
+    path = lock_path(directory)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -292,6 +300,11 @@ class Sync:
         config = self.config
         if dry_run:
             return self._dry_run(started)
+        # What this run brings into being: a first run that never gets a usable root
+        # removes it again (see _undo_first_run).
+        first = not config.state_path.exists()
+        made = [p for p in (config.directory, config.web, config.tmp, lock_path(config.directory))
+                if not p.exists()]
         try:
             for d in (config.directory, config.web, config.tmp):
                 d.mkdir(parents=True, exist_ok=True)
@@ -312,10 +325,33 @@ class Sync:
                 ) from exc
             try:
                 summary = self._run_locked(state)
+            except RootUnusable:
+                state.close()
+                if first:
+                    self._undo_first_run(made)
+                raise
             finally:
                 state.close()
         summary.duration = time.monotonic() - started
         return summary
+
+    def _undo_first_run(self, made: list[Path]) -> None:
+        """Leave the directory as this first run found it: its state.db and what it made.
+
+        Called under the lock, so that the lock file goes while still held. Only empty
+        directories are removed: nothing this run did not create is ever touched.
+        """
+        state_path = self.config.state_path
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)
+        for path in reversed(made):  # the lock file and the innermost directories first
+            try:
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.debug("left %s in place: %s", path, exc)
 
     def _run_locked(self, state: State) -> RunSummary:
         config = self.config
@@ -354,7 +390,7 @@ class Sync:
         except Interrupted:
             return self._interrupted(RunSummary(generation, "interrupted"), state)
         except UpstreamError as exc:
-            raise SyncError(f"could not read the upstream root index: {exc}") from None
+            raise RootUnusable(f"could not read the upstream root index: {exc}") from None
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
         summary.removed = list(plan.removed)

@@ -269,3 +269,22 @@ def test_an_existing_mirror_keeps_everything_and_records_the_failed_run(
     assert "does the URL end in /simple/?" in capsys.readouterr().err
     assert outcomes(tmp_path / "m") == ["ok", "error"]
     assert listing(tmp_path / "m") == before | {"reports/2.json"}
+
+
+# -- mirror verify --------------------------------------------------------------------------
+
+
+def test_verify_accepts_no_progress_as_the_readme_offers(
+    upstream: Upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = write_config(tmp_path, upstream.url)
+    assert sync(config) == 0
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # where bars would be drawn
+    capsys.readouterr()
+
+    assert main(["verify", "-c", str(config), "--no-progress"]) == 0
+
+    captured = capsys.readouterr()
+    assert "verify: the mirror is sound" in captured.out
+    assert "\x1b[" not in captured.err  # plain lines: no bars, no colour

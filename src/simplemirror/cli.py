@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-orphans", action="store_true",
         help="delete files under web/packages that neither state.db nor any page references",
     )
+    verify_cmd.add_argument("--no-progress", action="store_true",
+                            help="plain log lines, no bars")
     status_cmd = commands.add_parser(
         "status", help="show what the mirror holds and how its last runs went",
         description="Show the mirror's state from state.db alone (no network; safe while "
@@ -355,7 +357,7 @@ def _offline_config(args: argparse.Namespace, *, network: bool, **overrides: Any
 
 def cmd_verify(args: argparse.Namespace) -> int:
     cfg = _offline_config(args, network=args.repair, workers=args.workers)
-    console = Console(stderr=True) if _interactive(args) else None
+    console = Console(stderr=True) if _interactive(args) and not args.no_progress else None
     _setup_logging(args, console)
     progress = verify.RichVerifyProgress(console) if console else verify.VerifyProgress()
     try:

@@ -6,17 +6,21 @@ and the exit statuses of `mirror status` and `mirror verify` that monitoring rel
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from simplemirror import daemon
+from simplemirror import daemon, status
 from simplemirror import sync as sync_module
 from simplemirror.cli import main
 from simplemirror.state import State
@@ -80,6 +84,19 @@ def state_filling_up(monkeypatch: pytest.MonkeyPatch, runs: int = 1) -> None:
     monkeypatch.setattr(sync_module, "State", FillingUp)
 
 
+def state_read_only_after_begin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Syncs can begin their run, and then write nothing more to state.db, as on a file
+    system remounted read-only: not even their end."""
+
+    class ReadOnlyAfterBegin(State):
+        def begin_run(self, upstream: str) -> int:
+            generation = super().begin_run(upstream)
+            self.db.execute("PRAGMA query_only = 1")
+            return generation
+
+    monkeypatch.setattr(sync_module, "State", ReadOnlyAfterBegin)
+
+
 def add_projects(world: World, count: int) -> None:
     for i in range(count):
         world.add_project(f"new-{i}", ["1.0", "2.0"])
@@ -139,14 +156,7 @@ def test_a_run_that_cannot_record_its_failure_still_ends_with_one_message(
     config = write_config(tmp_path, upstream.url)
     assert sync(config) == 0
     world.add_release("alpha", "2.0")
-
-    class ReadOnlyAfterBegin(State):
-        def begin_run(self, upstream: str) -> int:
-            generation = super().begin_run(upstream)
-            self.db.execute("PRAGMA query_only = 1")  # every later write fails, as on a
-            return generation  # file system remounted read-only
-
-    monkeypatch.setattr(sync_module, "State", ReadOnlyAfterBegin)
+    state_read_only_after_begin(monkeypatch)
     capsys.readouterr()
 
     assert sync(config) == 1
@@ -288,3 +298,136 @@ def test_verify_accepts_no_progress_as_the_readme_offers(
     captured = capsys.readouterr()
     assert "verify: the mirror is sound" in captured.out
     assert "\x1b[" not in captured.err  # plain lines: no bars, no colour
+
+
+def hold_shared(directory: Path) -> int:
+    """Take the mirror's lock as a plain verify does (read-only, shared); returns the fd."""
+    fd = os.open(directory / ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_plain_verify_shares_the_lock_and_writes_nothing_into_it(
+    upstream: Upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, upstream.url)
+    assert sync(config) == 0
+    directory = tmp_path / "m"
+    holder = (directory / ".lock").read_text()
+    fd = hold_shared(directory)  # another plain verify, reading
+    try:
+        capsys.readouterr()
+        assert main(["verify", "--directory", str(directory), "-q"]) == 0
+        assert "the mirror is sound" in capsys.readouterr().out
+
+        # Writers still wait for the readers, and say whom for.
+        assert main(["verify", "--directory", str(directory), "--delete-orphans", "-q"]) == 1
+        err = capsys.readouterr().err
+        assert "mirror verify --delete-orphans cannot run while a mirror verify is reading" in err
+        assert sync(config) == 1
+        err = capsys.readouterr().err
+        assert f"mirror sync cannot run while a mirror verify is reading {directory}" in err
+    finally:
+        os.close(fd)
+    assert (directory / ".lock").read_text() == holder  # still the last sync's pid
+
+
+def test_a_sync_waits_out_a_status_looking_at_the_lock(tmp_path: Path) -> None:
+    (tmp_path / ".lock").touch()
+    fd = hold_shared(tmp_path)  # `mirror status` asking whether a sync runs
+    release = threading.Timer(sync_module.LOCK_PATIENCE, os.close, [fd])
+    release.start()
+    try:
+        with sync_module.locked(tmp_path) as held:
+            assert held
+    finally:
+        release.join()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run the command as another user",
+)
+def test_verify_by_a_user_who_cannot_write_in_the_directory(
+    upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pytest's own temporary directories are 0700: use one another user can enter.
+    base = Path(tempfile.mkdtemp())
+    try:
+        base.chmod(0o755)
+        config = write_config(base, upstream.url)
+        directory = base / "m"
+        assert sync(config, "-q") == 0
+        # A clean close removes the -shm file; a reader would have to create it.
+        for leftover in directory.glob("state.db-*"):
+            leftover.unlink()
+        before = listing(directory)
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "simplemirror", "verify", "--directory", str(directory)],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": "/"},
+        )
+        after = listing(directory)
+    finally:
+        shutil.rmtree(base)
+    assert done.returncode == 0, done.stderr
+    assert "verify: the mirror is sound" in done.stdout
+    assert "Traceback" not in done.stderr
+    assert after == before
+
+
+# -- mirror status: an exit status for monitoring ------------------------------------------
+
+
+@pytest.mark.parametrize(("runs", "running", "expected"), [
+    ([], False, False),  # never synced
+    ([("ok", None)], False, True),
+    ([("unchanged", None), ("partial", None)], False, True),
+    ([("partial", None), ("ok", None)], False, False),
+    ([("error", "upstream down"), ("ok", None)], False, False),
+    ([("interrupted", None), ("ok", None)], False, False),
+    ([("running", None), ("ok", None)], True, True),  # a sync going: the run before decides
+    ([("running", None), ("partial", None)], True, False),
+    ([("running", None)], True, True),  # the first sync, still going
+    ([("running", None), ("ok", None)], False, False),  # died without recording its end
+    ([("running", None), ("ok", None)], None, True),  # cannot tell: not a failure
+    ([("repair", None), ("ok", None)], False, True),
+    ([("repair", None), ("partial", None)], False, False),
+    ([("repair", "x: HTTP 404"), ("ok", None)], False, False),
+])
+def test_up_to_date(
+    runs: list[tuple[str, str | None]], running: bool | None, expected: bool
+) -> None:
+    assert status.up_to_date(runs, running) is expected
+
+
+def status_of(directory: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["status", "--directory", str(directory)])
+    return code, capsys.readouterr().out
+
+
+def test_status_exits_3_when_the_last_run_did_not_converge(
+    upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = write_config(tmp_path, upstream.url)
+    directory = tmp_path / "m"
+    assert sync(config) == 0
+    assert status_of(directory, capsys)[0] == 0
+
+    upstream.status["/simple/"] = (404, {}, 1)
+    assert sync(config) == 1
+    code, text = status_of(directory, capsys)
+    assert code == 3 and "generation 2, error" in text
+
+    assert sync(config) == 0  # unchanged since the last good run
+    assert status_of(directory, capsys)[0] == 0
+
+    # A run that could not record its end, and no sync holding the lock: it died.
+    world.add_release("alpha", "2.0")
+    state_read_only_after_begin(monkeypatch)
+    assert sync(config) == 1
+    code, text = status_of(directory, capsys)
+    assert code == 3
+    assert "generation 4, running" in text and "its process ended without recording how" in text

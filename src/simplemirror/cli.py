@@ -5,10 +5,14 @@ projects were deferred or failed, or it could not run at all; 2 usage or
 configuration error; 128 + the signal's number when stopped by SIGINT (130)
 or SIGTERM (143). `mirror sync --every`: 0 when a signal ends it between runs, 128 + the
 signal when one stops a run. `mirror verify`: 0 the mirror is sound, 1 it is not (or there
-is no state.db, or a sync holds the lock). `mirror status`: 0, or 1 when there
-is no state.db. `mirror serve`: runs until stopped, then 0 (SIGTERM or SIGINT is
-how it is meant to stop, so systemd sees a clean exit); 1 when it cannot start (no
-web/simple in the directory, the address cannot be bound); 2 usage or configuration error.
+is no state.db, or a sync holds the lock). `mirror status`: 0 when the last run that
+finished left the mirror up to date (ok or unchanged; a sync still running is not a
+failure: the run before it decides); 3 when it did not (partial, error, interrupted, a
+repair that left problems, a run that died without recording its end, or none finished
+yet); 1 when there is no state.db to read. `mirror serve`: runs until stopped, then 0
+(SIGTERM or SIGINT is how it is meant to stop, so systemd sees a clean exit); 1 when it
+cannot start (no web/simple in the directory, the address cannot be bound); 2 usage or
+configuration error. Output cut short by its reader (`| head`) changes no exit status.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from simplemirror.sync import RunSummary, Sync, SyncError
 log = logging.getLogger("simplemirror")
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
+# `mirror status`: state.db was read, and says the mirror is not known to be up to date.
+EXIT_NOT_UP_TO_DATE = 3
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -395,7 +401,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(json.dumps(info, indent=2))
         else:
             print(status.format_text(info), end="")
-    return EXIT_OK
+    return EXIT_OK if info["up_to_date"] else EXIT_NOT_UP_TO_DATE
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

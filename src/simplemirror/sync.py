@@ -53,6 +53,7 @@ from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
 from simplemirror.report import Reporter
 from simplemirror.state import State, StateError
+from simplemirror.status import lock_path
 from simplemirror.upstream import Client, Interrupted, PageResponse, StalePage, UpstreamError
 from simplemirror.workers import ChildLost, ProcessPool, WorkerPool
 
@@ -121,34 +122,84 @@ class RunSummary:
         return 1 if self.deferred or self.failed or self.rejected else 0
 
 
-def lock_path(directory: Path) -> Path:
-    return directory / ".lock"
+# A lock found taken is asked for again this many times, LOCK_PATIENCE seconds apart:
+# `mirror status` holds it shared for an instant to see whether a sync runs.
+LOCK_TRIES, LOCK_PATIENCE = 5, 0.05
+SYNC_COMMAND = "mirror sync"
+
+
+def _flock(fd: int, operation: int, tries: int = LOCK_TRIES) -> bool:
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(LOCK_PATIENCE)
+    return False
+
+
+def lock_refusal(command: str, directory: Path, holder: str | None, pid: str | None) -> str:
+    """Why ``command`` cannot have the lock: ``holder`` (a command, None: readers only)
+    with ``pid`` (None: unknown) has it."""
+    if holder is None:
+        busy = f"a mirror verify is reading {directory}"
+    else:
+        if holder != SYNC_COMMAND:
+            who = holder
+        elif command == SYNC_COMMAND:
+            who = "another mirror sync"
+        else:
+            who = "a sync"
+        busy = f"{who} (pid {pid or 'unknown'}) is running on {directory}"
+    return f"{command} cannot run while {busy}; wait for it to finish"
+
+
+def _holder(fd: int) -> tuple[str, str | None]:
+    """The command holding the lock, and its pid, as it wrote them (a sync: its pid only)."""
+    lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines()
+    pid = lines[0].strip() if lines and lines[0].strip() else None
+    command = lines[1].strip() if len(lines) > 1 and lines[1].strip() else SYNC_COMMAND
+    return command, pid
 
 
 @contextmanager
-def locked(directory: Path) -> Iterator[None]:
+def locked(
+    directory: Path, command: str = SYNC_COMMAND, *, shared: bool = False
+) -> Iterator[bool]:
     """Hold the mirror's lock; a second run on the same directory refuses to start.
+
+    ``command`` names what runs, in the message of a refusal. ``shared``: a read lock, for
+    a command that only reads (a plain verify): several may hold it at once, and a user
+    who can only read the mirror can take it; where the lock file is missing and cannot
+    be made, the command goes on without it. Yields whether the lock is held.
 
     flock is released by the kernel when the process dies, so a crashed run
     never leaves a lock behind.
     """
     path = lock_path(directory)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Read-only suffices for flock: a reader needs no write permission on the file.
+        fd = os.open(path, (os.O_RDONLY if shared else os.O_RDWR) | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise SyncError(f"cannot create the lock file {path}: {exc}") from exc
+        if not shared:
+            raise SyncError(f"cannot create the lock file {path}: {exc}") from exc
+        log.debug("cannot open the lock file %s (%s): reading without it", path, exc)
+        fd = -1
+    if fd < 0:
+        yield False
+        return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise SyncError(
-                f"another mirror sync (pid {holder}) is running on {directory}; "
-                "wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        if not _flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX):
+            holder, pid = _holder(fd)
+            if not shared and _flock(fd, fcntl.LOCK_SH, tries=1):
+                holder, pid = None, None  # only readers hold it: plain verifies
+            raise SyncError(lock_refusal(command, directory, holder, pid))
+        if not shared:
+            os.ftruncate(fd, 0)
+            named = "" if command == SYNC_COMMAND else f"{command}\n"
+            os.pwrite(fd, f"{os.getpid()}\n{named}".encode(), 0)
+        yield True
     finally:
         os.close(fd)
 

@@ -353,7 +353,6 @@ class Sync:
             return self._dry_run(started)
         # What this run brings into being: a first run that never gets a usable root
         # removes it again (see _undo_first_run).
-        first = not config.state_path.exists()
         made = [p for p in (config.directory, config.web, config.tmp, lock_path(config.directory))
                 if not p.exists()]
         try:
@@ -367,6 +366,7 @@ class Sync:
                 # left by a run that died, and was never published.
                 for leftover in config.tmp.iterdir():
                     leftover.unlink(missing_ok=True)
+                first = not config.state_path.exists()  # under the lock: no run makes it now
                 state = State(config.state_path)
             except (OSError, sqlite3.Error, StateError) as exc:
                 if disk_full(exc):

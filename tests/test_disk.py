@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from simplemirror import config
+from simplemirror.cli import main
 from simplemirror.sync import RunSummary, Sync, SyncError
 from tests.support.tree import assert_consistent, snapshot
 from tests.support.upstream import Upstream, World
@@ -84,3 +85,25 @@ def test_read_only_directory(small_disk: Path):
         remount(small_disk, "rw")
         assert sync(up, mirror).exit_code == 0
         assert len(assert_consistent(mirror / "web")["small"]) == 4
+
+
+def test_state_db_filling_the_disk_is_one_error_and_status_says_so(
+    small_disk: Path, capsys: pytest.CaptureFixture[str]
+):
+    world = World()
+    for i in range(400):  # small files, many rows: state.db is what fills the disk
+        world.add_project(f"proj-{i}", ["1.0"])
+    mirror = small_disk / "mirror"
+    with Upstream(world) as up:
+        args = ["--upstream", up.url, "--directory", str(mirror), "--no-progress", "-q",
+                "--download-processes", "0"]
+        assert main(["sync", *args]) == 1
+        err = capsys.readouterr().err
+        assert "database or disk is full" in err and "free some space" in err
+        assert "Traceback" not in err
+        assert main(["status", "--directory", str(mirror)]) == 3  # it did not converge
+
+        remount(small_disk, "size=16m")
+        assert main(["sync", *args]) == 0
+        assert main(["status", "--directory", str(mirror)]) == 0
+        assert len(assert_consistent(mirror / "web")) == 400

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -384,7 +385,14 @@ def test_no_state_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
 def test_verify_waits_for_no_sync(mirror: Mirror):
     with locked(mirror.directory):
         result = mirror.verify()
-    assert result.code == 1 and "another mirror sync" in result.err
+        repair = mirror.repair()
+    # The message names what the user ran, and who holds the lock.
+    pid = os.getpid()
+    assert result.code == 1
+    assert f"mirror verify cannot run while a sync (pid {pid}) is running on" in result.err
+    assert repair.code == 1
+    assert f"mirror verify --repair cannot run while a sync (pid {pid})" in repair.err
+    assert "wait for it to finish" in repair.err
 
 
 def test_progress_on_a_terminal_and_in_logs(

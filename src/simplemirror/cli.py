@@ -5,11 +5,15 @@ projects were deferred or failed, or it could not run at all; 2 usage or
 configuration error; 128 + the signal's number when stopped by SIGINT (130)
 or SIGTERM (143). `mirror sync --every`: 0 when a signal ends it between runs, 128 + the
 signal when one stops a run. `mirror verify`: 0 the mirror is sound, 1 it is not (or there
-is no state.db, or a sync holds the lock). `mirror status`: 0, or 1 when there
-is no state.db. `mirror log`: 0, or 1 when there is no state.db or no such generation.
-`mirror serve`: runs until stopped, then 0 (SIGTERM or SIGINT is
-how it is meant to stop, so systemd sees a clean exit); 1 when it cannot start (no
-web/simple in the directory, the address cannot be bound); 2 usage or configuration error.
+is no state.db, or a sync holds the lock). `mirror status`: 0 when the last run that
+finished left the mirror up to date (ok or unchanged; a sync still running is not a
+failure: the run before it decides); 3 when it did not (partial, error, interrupted, a
+repair that left problems, a run that died without recording its end, or none finished
+yet); 1 when there is no state.db to read. `mirror log`: 0, or 1 when there is no
+state.db or no such generation. `mirror serve`: runs until stopped, then 0
+(SIGTERM or SIGINT is how it is meant to stop, so systemd sees a clean exit); 1 when it
+cannot start (no web/simple in the directory, the address cannot be bound); 2 usage or
+configuration error. Output cut short by its reader (`| head`) changes no exit status.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ from simplemirror.sync import RunSummary, Sync, SyncError
 log = logging.getLogger("simplemirror")
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
+# `mirror status`: state.db was read, and says the mirror is not known to be up to date.
+EXIT_NOT_UP_TO_DATE = 3
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-orphans", action="store_true",
         help="delete files under web/packages that neither state.db nor any page references",
     )
+    verify_cmd.add_argument("--no-progress", action="store_true",
+                            help="plain log lines, no bars")
     status_cmd = commands.add_parser(
         "status", help="show what the mirror holds and how its last runs went",
         description="Show the mirror's state from state.db alone (no network; safe while "
@@ -203,6 +213,39 @@ def _setup_logging(args: argparse.Namespace, console: Console | None) -> None:
     log.propagate = False
 
 
+def _drop_stdout() -> None:
+    """stdout's reader has gone (`mirror status | head`): whatever else is printed, and
+    Python's own flush at exit, go to /dev/null instead of raising BrokenPipeError."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return  # not a file (a test's capture): nothing to redirect
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    """Flush now, while a reader gone away can be dealt with (at exit, Python complains)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+
+
+@contextmanager
+def _printing() -> Iterator[None]:
+    """Print to stdout inside this; a reader that stops early ends the output quietly and
+    leaves the command to finish (a sync still writes its report) with its own status."""
+    try:
+        yield
+    except BrokenPipeError:
+        _drop_stdout()
+    _flush_stdout()
+
+
 def _print_plan(summary: RunSummary) -> None:
     plan = summary.plan
     assert plan is not None
@@ -266,7 +309,8 @@ def _sync_and_record(cfg: config.Config, sync: Sync, reporter: Reporter) -> int:
     except SyncError as exc:
         observe.record_error(cfg, str(exc), since=since, duration=time.monotonic() - started)
         raise
-    _print_summary(summary)
+    with _printing():
+        _print_summary(summary)
     path = observe.record_run(cfg, summary)
     log.info(
         "sync %s (exit %d); report %s", summary.outcome, summary.exit_code, path or "not written",
@@ -334,7 +378,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.dry_run:
         with reporter:
             summary = sync.run(dry_run=True)
-        _print_plan(summary)
+        with _printing():
+            _print_plan(summary)
         return EXIT_OK
     return _sync_and_record(cfg, sync, reporter)
 
@@ -380,7 +425,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     cfg = _offline_config(
         args, network=args.repair, workers=args.workers, file_hosts=args.file_host
     )
-    console = Console(stderr=True) if _interactive(args) else None
+    console = Console(stderr=True) if _interactive(args) and not args.no_progress else None
     _setup_logging(args, console)
     progress = verify.RichVerifyProgress(console) if console else verify.VerifyProgress()
     try:
@@ -395,7 +440,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("mirror: verify interrupted; nothing is left half written, run it again",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    print("\n".join(verify.report_lines(result)))
+    with _printing():
+        print("\n".join(verify.report_lines(result)))
     return EXIT_OK if result.sound else EXIT_INCOMPLETE
 
 
@@ -412,11 +458,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise _no_directory()
         directory = Path(where).expanduser().absolute()
     info = status.collect(directory, upstream)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(status.format_text(info), end="")
-    return EXIT_OK
+    with _printing():
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(status.format_text(info), end="")
+    return EXIT_OK if info["up_to_date"] else EXIT_NOT_UP_TO_DATE
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -434,10 +481,11 @@ def cmd_log(args: argparse.Namespace) -> int:
         except history.NoGeneration as exc:
             print(f"mirror: {exc}", file=sys.stderr)
             return EXIT_INCOMPLETE
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(render(info), end="")
+    with _printing():
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(render(info), end="")
     return EXIT_OK
 
 
@@ -485,3 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mirror: interrupted; the next run resumes where this one stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output a command printed without _printing, cut off by its reader: quietly.
+        _drop_stdout()
+        return EXIT_INCOMPLETE
+    finally:
+        _flush_stdout()

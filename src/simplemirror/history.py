@@ -69,7 +69,7 @@ def runs(directory: Path, limit: int) -> dict[str, Any]:
         return [_run(row) for row in rows]
 
     return {"directory": str(directory),
-            "runs": status.read_snapshot(directory / "state.db", query, "log")}
+            "runs": status.read_snapshot(directory / "state.db", query, "mirror log")}
 
 
 def changes(directory: Path, generation: int) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def changes(directory: Path, generation: int) -> dict[str, Any]:
             },
         }
 
-    return status.read_snapshot(path, query, "log")
+    return status.read_snapshot(path, query, "mirror log")
 
 
 def _missing(conn: sqlite3.Connection, path: Path, generation: int) -> str:

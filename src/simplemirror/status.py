@@ -7,9 +7,10 @@ neither disturbed nor seen half way.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,56 @@ class NoState(Exception):
     """There is no state.db to read; the message says what to do."""
 
 
+def lock_path(directory: Path) -> Path:
+    """The mirror's lock file: a sync (or a repair) holds it exclusively, a plain verify shared."""
+    return directory / ".lock"
+
+
+def sync_running(directory: Path) -> bool | None:
+    """Whether a sync (or a verify --repair) holds the mirror's lock now; None: cannot tell.
+
+    Asking takes a shared lock for an instant, which needs only read access; a sync
+    starting in that instant waits for it (see sync.locked).
+    """
+    try:
+        fd = os.open(lock_path(directory), os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # no run ever took the lock here
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock
+    return False
+
+
+# Outcomes of a finished run that leave the mirror an exact copy of what upstream listed.
+UP_TO_DATE = frozenset({"ok", "unchanged"})
+
+
+def up_to_date(runs: Iterable[tuple[str, str | None]], running: bool | None) -> bool:
+    """Whether the runs (outcome, error; newest first) leave the mirror known up to date.
+
+    The last run that finished decides. A run still going (``running``: a sync holds the
+    lock; None, cannot tell, is taken as yes) is not a failure: the one before it decides,
+    and during a first sync there is none. A run recorded as running with no sync going
+    died without saying how (killed, or its disk full). A repair without problems left
+    the mirror as the sync before it did; one that could not repair everything did not.
+    """
+    going = False
+    for index, (outcome, error) in enumerate(runs):
+        if index == 0 and outcome == "running" and running is not False:
+            going = True
+            continue
+        if outcome == "repair" and error is None:
+            continue
+        return outcome in UP_TO_DATE
+    return going  # only a first sync, still going
+
+
 def connect_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection to an existing state.db (never creates one)."""
     if not path.is_file():
@@ -40,24 +91,33 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
         raise NoState(f"cannot open {path} for reading: {exc}") from exc
 
 
-def last_upstream(path: Path) -> str | None:
-    """The upstream of the last run recorded in the state.db at ``path``, if any."""
-    if not path.is_file():
-        return None
+def connect_reader(path: Path, command: str, *, unchanging: bool) -> sqlite3.Connection:
+    """A read-only connection to state.db, tried; NoState, saying why, when it cannot read.
+
+    In WAL mode, SQLite's readers share an index in the -shm file beside the database
+    and create it when it is missing, which a user who cannot write in the directory
+    cannot do. When no -wal file holds commits beyond the database file, that file is
+    all there is, and with ``unchanging`` it is read as immutable (no index, no locks).
+    That is sound only while nothing writes it: the caller holds the mirror's lock, or
+    reads a row or two whose failure costs no more than a detail.
+    """
     conn = connect_readonly(path)
     try:
-        row = conn.execute(
-            "SELECT upstream FROM runs ORDER BY generation DESC LIMIT 1"
-        ).fetchone()
-    except sqlite3.Error:
-        return None  # not a state.db this version knows: the caller reports what is missing
-    finally:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+        return conn
+    except sqlite3.Error as exc:
         conn.close()
-    return row[0] if row else None
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        wal = path.with_name(path.name + "-wal")
+        if (not unchanging or code != sqlite3.SQLITE_READONLY
+                or (wal.exists() and wal.stat().st_size)):
+            raise _unreadable(path, exc, command) from exc
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro&immutable=1"
+    return sqlite3.connect(uri, uri=True)
 
 
 def read_snapshot(
-    path: Path, query: Callable[[sqlite3.Connection], T], command: str = "status"
+    path: Path, query: Callable[[sqlite3.Connection], T], command: str = "mirror status"
 ) -> T:
     """``query``'s answer from the state.db at ``path``, opened read-only, in one read
     transaction. Raises NoState (saying what to do) when it cannot be read."""
@@ -70,23 +130,45 @@ def read_snapshot(
         finally:
             conn.rollback()
     except sqlite3.Error as exc:
-        if "readonly" in str(exc) and not os.access(path.parent, os.W_OK):
-            # WAL mode: even a reader writes the -shm index beside state.db.
-            raise NoState(
-                f"{path} can only be read by a user who may write in {path.parent} "
-                "(SQLite's WAL mode); run this as the mirror's user, e.g. "
-                f"`sudo -u simplemirror mirror {command} ...`"
-            ) from exc
-        raise NoState(
-            f"{path} cannot be read as a simplemirror state database ({exc}); "
-            "check that it is one, or run `mirror sync` to create it"
-        ) from exc
+        raise _unreadable(path, exc, command) from exc
     finally:
         conn.close()
 
 
+def _unreadable(path: Path, exc: sqlite3.Error, command: str = "mirror status") -> NoState:
+    if "readonly" in str(exc) and not os.access(path.parent, os.W_OK):
+        # WAL mode: even a reader writes the -shm index beside state.db.
+        return NoState(
+            f"{path} can only be read by a user who may write in {path.parent} "
+            "(SQLite's WAL mode); run this as the mirror's user, e.g. "
+            f"`sudo -u simplemirror {command} ...`"
+        )
+    return NoState(
+        f"{path} cannot be read as a simplemirror state database ({exc}); "
+        "check that it is one, or run `mirror sync` to create it"
+    )
+
+
+def last_upstream(path: Path) -> str | None:
+    """The upstream of the last run recorded in the state.db at ``path``, if any."""
+    if not path.is_file():
+        return None
+    try:
+        conn = connect_reader(path, "mirror status", unchanging=True)
+    except NoState:
+        return None  # the caller reports what is missing
+    try:
+        row = conn.execute(
+            "SELECT upstream FROM runs ORDER BY generation DESC LIMIT 1"
+        ).fetchone()
+    except sqlite3.Error:
+        return None  # not a state.db this version knows: the caller reports what is missing
+    finally:
+        conn.close()
+    return row[0] if row else None
+
+
 def run_info(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
-    """A runs row (RUN_COLUMNS) as JSON-ready keys, with its duration."""
     if row is None:
         return None
     generation, started, finished, outcome, error = row
@@ -118,6 +200,10 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
       is null while a run is going, or if it died), ``outcome`` (running, ok, partial,
       unchanged, interrupted, error, repair), ``duration_seconds`` (null until finished)
       and ``error``.
+    - ``sync_running``: whether a sync (or a verify --repair) holds the mirror's lock now
+      (null: the lock file cannot be read).
+    - ``up_to_date``: whether the last run that finished left the mirror an exact copy
+      (see up_to_date); `mirror status` exits 3 when it is false.
     - ``serial_held``: the upstream serial of the last complete copy (meta root_serial).
     - ``upstream_serial_seen``: the upstream root's serial at the last run that saw one.
     - ``projects``: the number of projects in each status: ok, deferred, failed, pending,
@@ -127,7 +213,17 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
 
     Raises NoState when there is no usable state.db.
     """
-    info = read_snapshot(directory / "state.db", _collect)
+    running = sync_running(directory)
+
+    def query(conn: sqlite3.Connection) -> dict[str, Any]:
+        info = _collect(conn)
+        info["sync_running"] = running
+        info["up_to_date"] = up_to_date(
+            conn.execute("SELECT outcome, error FROM runs ORDER BY generation DESC"), running
+        )
+        return info
+
+    info = read_snapshot(directory / "state.db", query)
     last_upstream = info.pop("_last_upstream")
     if configured_upstream:
         upstream, source = configured_upstream, "config"
@@ -181,13 +277,21 @@ def _collect(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-def describe_run(run: dict[str, Any] | None) -> str:
+_NOT_FINISHED = {
+    True: ", still running",
+    False: ", not finished: its process ended without recording how (killed, or its disk "
+    "full); the next sync resumes",
+    None: ", not finished (still running, or killed: the next sync resumes)",
+}
+
+
+def describe_run(run: dict[str, Any] | None, running: bool | None = None) -> str:
     if run is None:
         return "none"
     text = f"generation {run['generation']}, {run['outcome']}, started {run['started']}"
     if run["finished"] is None:
         if run["outcome"] == "running":
-            text += ", not finished (still running, or killed: the next sync resumes)"
+            text += _NOT_FINISHED[running]
         return text
     text += f", finished {run['finished']} ({run['duration_seconds']:.0f} s)"
     if run["error"]:
@@ -207,7 +311,7 @@ def format_text(info: dict[str, Any]) -> str:
     lines = [
         f"mirror:        {info['directory']}",
         f"upstream:      {info['upstream'] or 'unknown (not configured, and no run yet)'}{source}",
-        f"last run:      {describe_run(info['last_run'])}",
+        f"last run:      {describe_run(info['last_run'], info.get('sync_running'))}",
         f"last complete: {describe_run(info['last_complete_run'])}",
         f"serial:        {serial}",
         f"projects:      {counts}",

@@ -13,6 +13,7 @@ are written, and the root pages are written after every project page.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -52,6 +53,7 @@ from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
 from simplemirror.report import Reporter
 from simplemirror.state import State, StateError
+from simplemirror.status import lock_path
 from simplemirror.upstream import (
     Client,
     Interrupted,
@@ -74,6 +76,30 @@ STOP_GRACE = 5.0
 
 class SyncError(Exception):
     """The run could not be carried out at all (upstream root unusable, mirror locked)."""
+
+
+class RootUnusable(SyncError):
+    """The upstream root index could not be read or used; nothing in the mirror changed."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full, from the OS or SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)  # extended: the primary code in the low byte
+    return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+
+
+def write_error(directory: Path, exc: OSError | sqlite3.Error) -> SyncError:
+    """What to say when the mirror's files or state.db cannot be written."""
+    if disk_full(exc):
+        return SyncError(
+            f"the disk holding {directory} is full ({exc}); free some space, then run again"
+        )
+    return SyncError(
+        f"cannot write into {directory}: {exc}; "
+        "free some space or fix its permissions, then run again"
+    )
 
 
 @dataclass
@@ -106,30 +132,84 @@ class RunSummary:
         return 1 if self.deferred or self.failed or self.rejected else 0
 
 
+# A lock found taken is asked for again this many times, LOCK_PATIENCE seconds apart:
+# `mirror status` holds it shared for an instant to see whether a sync runs.
+LOCK_TRIES, LOCK_PATIENCE = 5, 0.05
+SYNC_COMMAND = "mirror sync"
+
+
+def _flock(fd: int, operation: int, tries: int = LOCK_TRIES) -> bool:
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(LOCK_PATIENCE)
+    return False
+
+
+def lock_refusal(command: str, directory: Path, holder: str | None, pid: str | None) -> str:
+    """Why ``command`` cannot have the lock: ``holder`` (a command, None: readers only)
+    with ``pid`` (None: unknown) has it."""
+    if holder is None:
+        busy = f"a mirror verify is reading {directory}"
+    else:
+        if holder != SYNC_COMMAND:
+            who = holder
+        elif command == SYNC_COMMAND:
+            who = "another mirror sync"
+        else:
+            who = "a sync"
+        busy = f"{who} (pid {pid or 'unknown'}) is running on {directory}"
+    return f"{command} cannot run while {busy}; wait for it to finish"
+
+
+def _holder(fd: int) -> tuple[str, str | None]:
+    """The command holding the lock, and its pid, as it wrote them (a sync: its pid only)."""
+    lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines()
+    pid = lines[0].strip() if lines and lines[0].strip() else None
+    command = lines[1].strip() if len(lines) > 1 and lines[1].strip() else SYNC_COMMAND
+    return command, pid
+
+
 @contextmanager
-def locked(directory: Path) -> Iterator[None]:
+def locked(
+    directory: Path, command: str = SYNC_COMMAND, *, shared: bool = False
+) -> Iterator[bool]:
     """Hold the mirror's lock; a second run on the same directory refuses to start.
+
+    ``command`` names what runs, in the message of a refusal. ``shared``: a read lock, for
+    a command that only reads (a plain verify): several may hold it at once, and a user
+    who can only read the mirror can take it; where the lock file is missing and cannot
+    be made, the command goes on without it. Yields whether the lock is held.
 
     flock is released by the kernel when the process dies, so a crashed run
     never leaves a lock behind.
     """
-    path = directory / ".lock"
+    path = lock_path(directory)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Read-only suffices for flock: a reader needs no write permission on the file.
+        fd = os.open(path, (os.O_RDONLY if shared else os.O_RDWR) | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise SyncError(f"cannot create the lock file {path}: {exc}") from exc
+        if not shared:
+            raise SyncError(f"cannot create the lock file {path}: {exc}") from exc
+        log.debug("cannot open the lock file %s (%s): reading without it", path, exc)
+        fd = -1
+    if fd < 0:
+        yield False
+        return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise SyncError(
-                f"another mirror sync (pid {holder}) is running on {directory}; "
-                "wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        if not _flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX):
+            holder, pid = _holder(fd)
+            if not shared and _flock(fd, fcntl.LOCK_SH, tries=1):
+                holder, pid = None, None  # only readers hold it: plain verifies
+            raise SyncError(lock_refusal(command, directory, holder, pid))
+        if not shared:
+            os.ftruncate(fd, 0)
+            named = "" if command == SYNC_COMMAND else f"{command}\n"
+            os.pwrite(fd, f"{os.getpid()}\n{named}".encode(), 0)
+        yield True
     finally:
         os.close(fd)
 
@@ -285,6 +365,10 @@ class Sync:
         config = self.config
         if dry_run:
             return self._dry_run(started)
+        # What this run brings into being: a first run that never gets a usable root
+        # removes it again (see _undo_first_run).
+        made = [p for p in (config.directory, config.web, config.tmp, lock_path(config.directory))
+                if not p.exists()]
         try:
             for d in (config.directory, config.web, config.tmp):
                 d.mkdir(parents=True, exist_ok=True)
@@ -296,26 +380,73 @@ class Sync:
                 # left by a run that died, and was never published.
                 for leftover in config.tmp.iterdir():
                     leftover.unlink(missing_ok=True)
+                first = not config.state_path.exists()  # under the lock: no run makes it now
                 state = State(config.state_path)
             except (OSError, sqlite3.Error, StateError) as exc:
+                if disk_full(exc):
+                    raise write_error(config.directory, exc) from exc
                 raise SyncError(
                     f"cannot use {config.directory}: {exc}; it must be writable by this user"
                 ) from exc
             try:
                 summary = self._run_locked(state)
+            except RootUnusable:
+                state.close()
+                if first:
+                    self._undo_first_run(made)
+                raise
             finally:
                 state.close()
         summary.duration = time.monotonic() - started
         return summary
 
+    def _undo_first_run(self, made: list[Path]) -> None:
+        """Leave the directory as this first run found it: its state.db and what it made.
+
+        Called under the lock, so that the lock file goes while still held. Only empty
+        directories are removed: nothing this run did not create is ever touched.
+        """
+        state_path = self.config.state_path
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)
+        for path in reversed(made):  # the lock file and the innermost directories first
+            try:
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.debug("left %s in place: %s", path, exc)
+
     def _run_locked(self, state: State) -> RunSummary:
         config = self.config
-        generation = state.begin_run(config.upstream)
+        try:
+            generation = state.begin_run(config.upstream)
+        except sqlite3.Error as exc:
+            raise write_error(config.directory, exc) from exc
         try:
             return self._sync(state, generation)
+        except sqlite3.Error as exc:
+            # state.db could not be written (a full disk, most likely): one clear error,
+            # which also keeps a --every loop going.
+            error = write_error(config.directory, exc)
+            self._record_error(state, generation, error)
+            raise error from exc
         except SyncError as exc:
-            state.finish_run(generation, "error", error=str(exc))
+            self._record_error(state, generation, exc)
             raise
+
+    def _record_error(self, state: State, generation: int, error: SyncError) -> None:
+        """Record the run as ended in ``error``, if state.db can still be written."""
+        try:
+            if state.db.conn.in_transaction:
+                state.db.conn.rollback()  # what a failed statement left half done
+            state.finish_run(generation, "error", error=str(error))
+        except sqlite3.Error as exc:
+            log.warning(
+                "could not record run %d as failed in state.db (%s); `mirror status` "
+                "shows it as not finished", generation, exc,
+            )
 
     def _sync(self, state: State, generation: int) -> RunSummary:
         config = self.config
@@ -324,7 +455,7 @@ class Sync:
         except Interrupted:
             return self._interrupted(RunSummary(generation, "interrupted"), state)
         except UpstreamError as exc:
-            raise SyncError(f"could not read the upstream root index: {exc}") from None
+            raise RootUnusable(f"could not read the upstream root index: {exc}") from None
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
         summary.removed = list(plan.removed)
@@ -371,10 +502,7 @@ class Sync:
             if complete:
                 publisher.last_modified(time.gmtime())
         except OSError as exc:
-            raise SyncError(
-                f"cannot write into {config.directory}: {exc}; "
-                "free some space or fix its permissions, then run again"
-            ) from exc
+            raise write_error(config.directory, exc) from exc
         summary.outcome = "ok" if complete else "partial"
         state.finish_run(
             generation,
@@ -562,7 +690,10 @@ class Sync:
             # error, queued work is dropped and running downloads see the stop
             # within a chunk; a read stuck longer is abandoned (never published).
             workers.shutdown(STOP_GRACE)
-            state.db.execute("COMMIT")
+            # SQLite rolls back by itself after some errors (a full disk): then there is
+            # nothing to commit, and the error that did it is the one to report.
+            if state.db.conn.in_transaction:
+                state.db.execute("COMMIT")
 
     def _page_done(
         self,

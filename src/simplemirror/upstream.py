@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -71,6 +71,14 @@ class RefusedURL(UpstreamError):
     """A download the file-host policy refuses (filehosts): trying again will not help."""
 
 
+class NotFound(UpstreamError):
+    """Upstream answered 404 or 410: there is nothing at that URL, and asking again won't help."""
+
+
+# A root URL answering 404 is most often one without the Simple API's path.
+NOT_A_ROOT = "is that the index's Simple API root? (does the URL end in /simple/?)"
+
+
 class Interrupted(Exception):
     """The run was told to stop (SIGTERM, SIGINT); not an upstream fault."""
 
@@ -96,11 +104,22 @@ def _retry_after(response: Fetched | Stream) -> float | None:
     return float(value) if value.isascii() and value.isdigit() else None
 
 
+def listing_of_a_tree(rejected: Iterable[tuple[str, str]]) -> bool:
+    """Whether a root's refused entries show a directory listing of a mirror's tree.
+
+    No index lists ``simple/`` (not a project name); a web server listing the directory
+    that holds ``simple/`` (the root of a static mirror, given without /simple/) does.
+    """
+    return any(entry == "simple/" for entry, _ in rejected)
+
+
 def check_response(response: Fetched | Stream) -> None:
     """Raise TransientError or UpstreamError for a response that is not a success."""
     status = response.status
     if status == 429 or status >= 500:
         raise TransientError(f"{response.url}: HTTP {status}", _retry_after(response))
+    if status in (404, 410):
+        raise NotFound(f"{response.url}: HTTP {status}")
     if status >= 400:
         raise UpstreamError(f"{response.url}: HTTP {status}")
 
@@ -449,7 +468,10 @@ class Client:
 
         A large root takes seconds to parse and compare; the same bytes need neither.
         """
-        got = self._get(self.config.upstream, etag, parse_root_json, same_as=sha256)
+        try:
+            got = self._get(self.config.upstream, etag, parse_root_json, same_as=sha256)
+        except NotFound as exc:
+            raise NotFound(f"{exc}; {NOT_A_ROOT}") from None
         if not isinstance(got, _Answer):
             return None
         response = got.response
@@ -463,6 +485,12 @@ class Client:
             )
         except UpstreamDataError as exc:
             raise UpstreamError(f"{self.config.upstream}: {exc} (answered {got.media})") from None
+        if listing_of_a_tree(index.rejected):
+            raise UpstreamError(
+                f"{self.config.upstream} lists a directory simple/, as a web server's listing "
+                f"of a mirror's files does: give its Simple API root, "
+                f"{urljoin(self.config.upstream, 'simple/')}"
+            )
         return RootResponse(
             index, response.headers.get("ETag"), got.sha256
         )

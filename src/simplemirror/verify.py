@@ -21,9 +21,12 @@ space but no page links them, so no client can be served a wrong byte. They are
 reported, and with ``--delete-orphans`` deleted; an orphan that cannot be deleted then
 makes the run unsound, since the operator asked for it to go.
 
-Verify holds the mirror's lock throughout, like a sync: a sync running at the same time
-would make files it has not recorded yet look like orphans, and its page rewrites race
-with a repair's.
+Verify holds the mirror's lock throughout: a sync running at the same time would make
+files it has not recorded yet look like orphans, and its page rewrites race with a
+repair's. A plain verify only reads: it holds the lock shared (several at once, none
+during a sync, and no write permission needed) and opens state.db read-only, so a user
+who may only read the mirror can check it. ``--repair`` and ``--delete-orphans`` write:
+they hold it exclusively, like a sync.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.progress import TaskID
 
-from simplemirror import download, layout, render
+from simplemirror import download, layout, render, status
 from simplemirror.config import Config
 from simplemirror.model import HeldFile, version_of
 from simplemirror.plan import Status
@@ -343,12 +346,19 @@ def _remove_empty_dirs(directory: Path, stop: Path) -> None:
 
 
 class Verifier:
-    """One verification of a mirror whose lock the caller holds."""
+    """One verification of a mirror whose lock the caller holds.
 
-    def __init__(self, config: Config, state: State, progress: VerifyProgress) -> None:
+    ``db`` is read; ``state``, the same database opened for writing, is needed only to
+    repair.
+    """
+
+    def __init__(
+        self, config: Config, db: sqlite3.Connection, progress: VerifyProgress,
+        state: State | None = None,
+    ) -> None:
         self.config = config
-        self.state = state
-        self.db = state.db.conn
+        self._state = state
+        self.db = db
         self.web = config.web
         self.progress = progress
         self.result = VerifyResult()
@@ -372,6 +382,11 @@ class Verifier:
         if delete_orphans:
             self._delete_orphans()
         return result
+
+    @property
+    def state(self) -> State:
+        assert self._state is not None, "a repair opens state.db for writing"
+        return self._state
 
     # -- files --------------------------------------------------------------------------
 
@@ -851,25 +866,36 @@ def verify(
 ) -> VerifyResult:
     """Check (and optionally repair) the mirror in ``config.directory``.
 
-    Raises VerifyError when there is no usable state.db, and sync.SyncError when another
-    process holds the mirror's lock.
+    Raises VerifyError (or status.NoState) when there is no usable state.db, and
+    sync.SyncError when a sync holds the mirror's lock.
     """
     if not config.state_path.is_file():
         raise VerifyError(
             f"no state.db in {config.directory}: there is no mirror to verify there. "
             "Check --directory (or the config's directory), or run `mirror sync` first"
         )
-    with locked(config.directory):
+    writes = repair or delete_orphans
+    command = " ".join(["mirror verify", *(["--repair"] if repair else []),
+                        *(["--delete-orphans"] if delete_orphans else [])])
+    with locked(config.directory, command, shared=not writes) as held:
+        state = None
         try:
-            state = State(config.state_path)
+            if writes:
+                state = State(config.state_path)
+                db = state.db.conn
+            else:  # while the lock is held, no sync writes state.db
+                db = status.connect_reader(config.state_path, "mirror verify", unchanging=held)
         except (sqlite3.Error, StateError) as exc:
             raise VerifyError(f"cannot use {config.state_path}: {exc}") from exc
         try:
-            return Verifier(config, state, progress or VerifyProgress()).run(
+            return Verifier(config, db, progress or VerifyProgress(), state).run(
                 repair=repair, delete_orphans=delete_orphans
             )
         finally:
-            state.close()
+            if state is not None:
+                state.close()
+            else:
+                db.close()
 
 
 def report_lines(result: VerifyResult) -> list[str]:

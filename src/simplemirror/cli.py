@@ -29,6 +29,7 @@ from rich.logging import RichHandler
 from simplemirror import __version__, config, daemon, logs, observe, serve, status, verify
 from simplemirror.report import Reporter, RichReporter
 from simplemirror.sync import RunSummary, Sync, SyncError
+from simplemirror.units import human_bytes
 
 log = logging.getLogger("simplemirror")
 
@@ -166,12 +167,12 @@ def _print_plan(summary: RunSummary) -> None:
 
 
 def _print_summary(summary: RunSummary) -> None:
-    mb = summary.bytes_fetched / 1e6
     print(
         f"sync {summary.outcome}: {summary.changed} project(s) changed, "
         f"{len(summary.deferred)} deferred, {len(summary.failed)} failed, "
         f"{len(summary.removed)} removed upstream; {summary.files_fetched} file(s), "
-        f"{mb:.1f} MB fetched in {summary.duration:.1f} s (generation {summary.generation})"
+        f"{human_bytes(summary.bytes_fetched)} fetched in {summary.duration:.1f} s "
+        f"(generation {summary.generation})"
     )
     for name, why in summary.deferred:
         print(f"  deferred {name}: {why} (upstream page is stale; the next run retries)")

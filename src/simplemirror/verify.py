@@ -56,6 +56,7 @@ from simplemirror.publish import Publisher
 from simplemirror.report import Periodic, bar
 from simplemirror.state import State, StateError
 from simplemirror.sync import locked
+from simplemirror.units import human_bytes
 from simplemirror.upstream import Client, UpstreamError
 from simplemirror.workers import WorkerPool
 
@@ -173,7 +174,7 @@ class VerifyProgress(Periodic):
 
     def start(self, files: int, nbytes: int) -> None:
         self.files_total, self.bytes_total = files, nbytes
-        log.info("verifying %d file(s), %.1f MB", files, nbytes / 1e6)
+        log.info("verifying %d file(s), %s", files, human_bytes(nbytes))
 
     def advance(self, nbytes: int) -> None:
         self.files_done += 1
@@ -186,7 +187,7 @@ class VerifyProgress(Periodic):
     def line(self) -> str:
         return (
             f"verify progress: {self.files_done}/{self.files_total} files, "
-            f"{self.bytes_done / 1e6:.1f}/{self.bytes_total / 1e6:.1f} MB"
+            f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}"
         )
 
 
@@ -225,7 +226,7 @@ class RichVerifyProgress(VerifyProgress):
             total=self.bytes_total or None,
             completed=self.bytes_done,
             detail=f"{self.files_done}/{self.files_total} files  "
-            f"{self.bytes_done / 1e6:.1f}/{self.bytes_total / 1e6:.1f} MB",
+            f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}",
         )
 
 
@@ -879,7 +880,7 @@ def verify(
 def report_lines(result: VerifyResult) -> list[str]:
     """The summary printed at the end: counts, then one line per finding."""
     lines = [
-        f"verify: {result.files_checked} file(s) ({result.bytes_checked / 1e6:.1f} MB), "
+        f"verify: {result.files_checked} file(s) ({human_bytes(result.bytes_checked)}), "
         f"{result.metadata_checked} metadata file(s) and {result.pages_checked} page(s) "
         f"checked; {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
         f"{len(result.broken)} broken page link(s), {len(result.orphans)} orphan(s)"

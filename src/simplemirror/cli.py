@@ -144,7 +144,8 @@ def _setup_logging(args: argparse.Namespace, console: Console | None) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logs.JsonFormatter())
     elif console is not None:
-        handler = RichHandler(console=console, show_path=False, markup=False)
+        handler = RichHandler(console=console, show_path=False, markup=False,
+                              log_time_format=logs.TERMINAL_TIME_FORMAT)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         # Under systemd or a pipe: one plain line per event, no colour.

@@ -20,3 +20,9 @@ def human_bytes(count: float) -> str:
             return f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} {_UNITS[-1]}"
+
+
+def clock(seconds: float) -> str:
+    """A duration as hours:minutes:seconds (0:03:10), as the progress bars show one."""
+    whole = max(0, round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"

@@ -34,6 +34,7 @@ import logging
 import os
 import posixpath
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
@@ -53,10 +54,10 @@ from simplemirror.config import Config
 from simplemirror.model import HeldFile, version_of
 from simplemirror.plan import Status
 from simplemirror.publish import Publisher
-from simplemirror.report import Periodic, bar
+from simplemirror.report import Periodic, bar, seconds_left
 from simplemirror.state import State, StateError
 from simplemirror.sync import locked
-from simplemirror.units import human_bytes
+from simplemirror.units import clock, human_bytes
 from simplemirror.upstream import Client, UpstreamError
 from simplemirror.workers import WorkerPool
 
@@ -171,9 +172,11 @@ class VerifyProgress(Periodic):
         self.bytes_total = 0
         self.files_done = 0
         self.bytes_done = 0
+        self._started = time.monotonic()
 
     def start(self, files: int, nbytes: int) -> None:
         self.files_total, self.bytes_total = files, nbytes
+        self._started = time.monotonic()
         log.info("verifying %d file(s), %s", files, human_bytes(nbytes))
 
     def advance(self, nbytes: int) -> None:
@@ -185,9 +188,11 @@ class VerifyProgress(Periodic):
         log.info("%s", what)
 
     def line(self) -> str:
+        left = seconds_left(self.bytes_done, self.bytes_total, time.monotonic() - self._started)
         return (
             f"verify progress: {self.files_done}/{self.files_total} files, "
             f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}"
+            + ("" if left is None else f", about {clock(left)} left")
         )
 
 
@@ -212,6 +217,7 @@ class RichVerifyProgress(VerifyProgress):
 
     def start(self, files: int, nbytes: int) -> None:
         self.files_total, self.bytes_total = files, nbytes
+        self._started = time.monotonic()
         self._changed()
 
     def phase(self, what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -54,3 +55,11 @@ def test_dry_run_prints_the_plan(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "would fetch 1 project(s)" in result.stdout and "fetch alpha" in result.stdout
     assert not (tmp_path / "web").exists()
+
+
+def test_the_quick_start_mirror_is_ignored_by_git() -> None:
+    """The README's first command writes a mirror inside the clone: git must not see it."""
+    root = Path(__file__).parent.parent
+    written = re.findall(r"--directory \./(\S+)", (root / "README.md").read_text())
+    ignored = (root / ".gitignore").read_text().splitlines()
+    assert written and all(f"/{name}/" in ignored for name in written)

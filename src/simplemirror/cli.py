@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--no-progress", action="store_true", help="plain log lines, no bars")
     sync.add_argument(
         "--every", type=_interval, metavar="INTERVAL",
-        help="keep running: sync, pause INTERVAL (30s, 10m, 1h; plus up to 10%% at random), "
-        "sync again; a failed run does not end the loop, SIGTERM or SIGINT does",
+        help="keep running: sync, pause INTERVAL (30s, 10m, 1h, 1d; plus up to 10%% at "
+        "random), sync again; a failed run does not end the loop, SIGTERM or SIGINT does; "
+        "overrides 'every' in the config",
     )
     sync.add_argument(
         "--metrics-file", metavar="PATH",
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _interval(text: str) -> float:
     try:
-        return daemon.parse_interval(text)
+        return config.parse_interval(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -252,6 +253,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         projects=args.project,
         allow_mass_delete=args.allow_mass_delete or None,
         metrics_file=args.metrics_file,
+        every=args.every,
     )
     if args.every is not None and args.dry_run:
         raise config.ConfigError("--every repeats real runs; it cannot go with --dry-run")
@@ -268,8 +270,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     def make_reporter() -> Reporter:
         return RichReporter(console) if console is not None else Reporter()
 
-    if args.every is not None:
-        return _sync_forever(cfg, args.every, make_reporter)
+    # With `every` from the config file alone, --dry-run and --allow-mass-delete on the
+    # command line ask for one run: that is what they are for (one look at the plan; one
+    # run allowed to remove much), and looping either would be wrong.
+    every = None if args.dry_run or args.allow_mass_delete else cfg.every
+    if every is not None:
+        return _sync_forever(cfg, every, make_reporter)
     reporter = make_reporter()
     sync = Sync(cfg, reporter)
     _stop_on_signals(sync)

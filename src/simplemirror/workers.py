@@ -195,7 +195,9 @@ class ProcessPool:
                     continue
                 for task, ok, value in replies:
                     if task == _LOG:
-                        logging.getLogger(value.name).handle(value)
+                        # A record that could not cross comes as a ChildLost: dropped.
+                        if isinstance(value, logging.LogRecord):
+                            logging.getLogger(value.name).handle(value)
                     else:
                         self._settle(task, ok, value)
 
@@ -263,6 +265,15 @@ class _ToParent:
         self._send = send
 
     def put_nowait(self, record: logging.LogRecord) -> None:
+        try:
+            pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            # An extra= field that cannot cross (a lock, a socket): its text instead.
+            for key, value in list(vars(record).items()):
+                try:
+                    pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+                except Exception:
+                    setattr(record, key, str(value))
         self._send([(_LOG, True, record)])
 
 

@@ -181,9 +181,20 @@ class RichReporter(Reporter):
     def start(self, projects: int) -> None:
         super().start(projects)
         if self._projects is None:
-            self._projects = self.progress.add_task("projects", total=projects, detail="")
-            self._files = self.progress.add_task("files", total=None, detail="")
+            # Whole from the first frame: rich redraws on a thread of its own.
+            self._projects = self.progress.add_task(
+                "projects", total=projects, detail=self._projects_detail()
+            )
+            self._files = self.progress.add_task(
+                "files", total=None, detail=self._files_detail()
+            )
         self._changed()
+
+    def _projects_detail(self) -> str:
+        return f"{self.projects_done}/{self.projects_total}"
+
+    def _files_detail(self) -> str:
+        return f"{self.files_text()}  {human_bytes(self.bytes_done)}  {human_bytes(self.rate())}/s"
 
     def _changed(self) -> None:
         if self._projects is None or self._files is None:
@@ -192,7 +203,7 @@ class RichReporter(Reporter):
             self._projects,
             total=self.projects_total,
             completed=self.projects_done,
-            detail=f"{self.projects_done}/{self.projects_total}",
+            detail=self._projects_detail(),
         )
         self.progress.update(
             self._files,
@@ -200,6 +211,5 @@ class RichReporter(Reporter):
             # whose end moves away as it fills says nothing true.
             total=self.files_total if self.files_total_known else None,
             completed=self.files_done,
-            detail=f"{self.files_text()}  {human_bytes(self.bytes_done)}  "
-            f"{human_bytes(self.rate())}/s",
+            detail=self._files_detail(),
         )

@@ -77,8 +77,7 @@ def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     )
     assert main(["sync", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown key 'wrokers'" in err
-    assert "workers" in err  # the known keys are listed
+    assert "unknown key 'wrokers' in [mirror]; did you mean 'workers'?" in err
 
 
 def test_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -221,3 +220,11 @@ def test_python_m_simplemirror_help() -> None:
     assert result.stdout.startswith("usage: mirror")
     assert "sync" in result.stdout
     assert "--version" in result.stdout
+
+
+def test_summary_shows_a_small_run_in_kilobytes(capsys: pytest.CaptureFixture[str]) -> None:
+    from simplemirror.cli import _print_summary
+    from simplemirror.sync import RunSummary
+
+    _print_summary(RunSummary(3, "ok", changed=1, files_fetched=2, bytes_fetched=12_345))
+    assert "2 file(s), 12.3 kB fetched in" in capsys.readouterr().out

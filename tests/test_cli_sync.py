@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,11 @@ def test_refused_files_are_reported_with_what_to_do_not_a_retry(tmp_path: Path):
     assert "next run retries" not in result.stdout
     assert "--file-host" in failed[0] and "running again changes nothing" in failed[0]
     assert assert_consistent(tmp_path / "m" / "web") == {}
+
+
+def test_the_quick_start_mirror_is_ignored_by_git() -> None:
+    """The README's first command writes a mirror inside the clone: git must not see it."""
+    root = Path(__file__).parent.parent
+    written = re.findall(r"--directory \./(\S+)", (root / "README.md").read_text())
+    ignored = (root / ".gitignore").read_text().splitlines()
+    assert written and all(f"/{name}/" in ignored for name in written)

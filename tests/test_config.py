@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import textwrap
+import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -214,10 +218,22 @@ def test_no_mirror_table(tmp_path: Path, body: str) -> None:
 
 
 def test_unknown_key_lists_known_keys(tmp_path: Path) -> None:
-    message = error_of(minimal(tmp_path, "worker = 3"))
-    assert "'worker'" in message
+    # Nothing near it to suggest: every known key is listed.
+    message = error_of(minimal(tmp_path, "colour = 3"))
+    assert "'colour'" in message
     for key in KNOWN_KEYS:
         assert key in message
+
+
+@pytest.mark.parametrize(("key", "near"), [
+    ("worker", "workers"), ("wrokers", "workers"), ("retry_wait", "retry-wait"),
+    ("metrics_file", "metrics-file"), ("file-host", "file-hosts"), ("evrey", "every"),
+])
+def test_unknown_key_suggests_the_closest_known_one(tmp_path: Path, key: str, near: str) -> None:
+    path = minimal(tmp_path, f"{key} = 3")
+    assert error_of(path) == (
+        f"{path}: unknown key {key!r} in [mirror]; did you mean {near!r}?"
+    )
 
 
 def test_underscore_spelling_is_unknown(tmp_path: Path) -> None:
@@ -247,6 +263,36 @@ def test_bad_types(tmp_path: Path, line: str, key: str) -> None:
     message = error_of(minimal(tmp_path, line))
     assert key in message
     assert "must be" in message
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ('workers = "8"', 'workers must be an integer, not "8"; e.g. workers = 8'),
+    ("retries = 2.0", "retries must be an integer, not 2.0; e.g. retries = 3"),
+    ('read-timeout = "60"', 'read-timeout must be a number, not "60"; e.g. read-timeout = 60.0'),
+    ("max-removal = true", "max-removal must be a number, not true; e.g. max-removal = 0.1"),
+    ("user-agent = 3", 'user-agent must be a string, not 3; e.g. user-agent = "simplemirror/'),
+    ('projects = "foo"',
+     'projects must be a list of strings, not "foo"; e.g. projects = ["sampleproject"]'),
+    ("download-processes = 1.5",
+     "download-processes must be an integer, not 1.5; e.g. download-processes = 2"),
+    ("every = 10", 'every must be a string, not 10; e.g. every = "10m"'),
+])
+def test_a_wrong_type_is_named_in_words_with_an_example(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    path = minimal(tmp_path, line)
+    assert error_of(path).startswith(f"{path}: {says}")
+
+
+def test_every_is_an_interval_with_a_unit(tmp_path: Path) -> None:
+    assert load(minimal(tmp_path)).every is None  # unset: one run
+    assert load(minimal(tmp_path, 'every = "10m"')).every == 600.0
+    assert load(minimal(tmp_path, 'every = "1d"')).every == 86400.0
+    assert load(minimal(tmp_path, 'every = "10m"'), every=30.0).every == 30.0  # --every wins
+    path = minimal(tmp_path, 'every = "10 minutes"')
+    message = error_of(path)
+    assert message.startswith(f"{path}: every: '10 minutes' is not an interval")
+    assert "30s, 10m, 1h or 1d" in message
 
 
 @pytest.mark.parametrize(
@@ -384,11 +430,56 @@ def test_infinite_timeouts_rejected(tmp_path: Path) -> None:
         assert key in message
 
 
+EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
+NO_DEFAULT_SHOWN = {"upstream", "directory", "user-agent"}
+"""Keys set in config.example.toml to something other than their default, as its header
+says: the two required ones, and user-agent (an example with a contact in it)."""
+
+
+def test_shipped_example_config_points_nowhere_real() -> None:
+    from simplemirror.cli import build_parser
+
+    cfg = load(EXAMPLE)
+    # Not where `mirror serve` listens by default: an unedited config must not make the
+    # mirror its own upstream. A reserved name (RFC 2606) resolves nowhere.
+    serve = build_parser().parse_args(["serve"])
+    assert f"{serve.host}:{serve.port}" not in cfg.upstream
+    assert (urlsplit(cfg.upstream).hostname or "").endswith(".example")
+
+
+def _shown(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(keys set, keys commented out) in the example, each with the value written."""
+    line = re.compile(r"^(#\s*)?([a-z-]+) = (.+)$")
+    shown: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    for match in filter(None, map(line.match, text.splitlines())):
+        shown[bool(match.group(1))][match.group(2)] = match.group(3)
+    return shown
+
+
+def test_shipped_example_config_shows_the_defaults_its_header_promises() -> None:
+    text = EXAMPLE.read_text()
+    set_keys, commented = _shown(text)
+    header = text.split("[mirror]")[0]
+    assert all(key in header for key in NO_DEFAULT_SHOWN)  # and it says so
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for key, written in set_keys.items():
+        if key in NO_DEFAULT_SHOWN:
+            continue
+        value = tomllib.loads(f"v = {written}")["v"]
+        default = defaults[KEYS[key][0]]
+        assert (tuple(value) if isinstance(value, list) else value) == default, (
+            f"config.example.toml shows {key} = {written}, but its default is {default!r}"
+        )
+    for key in commented:
+        # Commented out: unset by default, the value only an example.
+        assert defaults[KEYS[key][0]] is None, f"{key} has a default: show it set"
+    assert set(set_keys) | set(commented) == set(KEYS)
+
+
 def test_shipped_example_config_loads_and_documents_every_key() -> None:
-    example = Path(__file__).parent.parent / "config.example.toml"
+    example = EXAMPLE
     text = example.read_text()
-    cfg = load(example)
-    assert cfg.upstream.startswith("http://127.0.0.1")
+    load(example)
     for key in KEYS:
         # A key without a default is shown commented out, with an example value.
         documented = f"\n{key} = " in text or f"\n# {key} = " in text

@@ -18,7 +18,7 @@ import pytest
 
 from simplemirror import daemon
 from simplemirror.cli import main
-from simplemirror.config import build
+from simplemirror.config import build, parse_interval
 from simplemirror.sync import Sync
 from tests.support.prom import parse
 from tests.support.upstream import Upstream, World
@@ -28,15 +28,17 @@ from tests.support.upstream import Upstream, World
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("1s", 1), ("30s", 30), ("10m", 600), ("1h", 3600), ("90m", 5400), (" 2M ", 120),
+    ("1d", 86400), ("7D", 7 * 86400),
 ])
 def test_parse_interval(text: str, seconds: float) -> None:
-    assert daemon.parse_interval(text) == seconds
+    assert parse_interval(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["10", "0s", "1.5h", "10 m", "-1s", "1d", "", "m", "1h30m"])
+@pytest.mark.parametrize("text", ["10", "0s", "0d", "1.5h", "10 m", "-1s", "1w", "", "m",
+                                  "1h30m", "1.5d"])
 def test_parse_interval_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match=r"30s, 10m or 1h|longer than zero"):
-        daemon.parse_interval(text)
+    with pytest.raises(ValueError, match=r"30s, 10m, 1h or 1d|longer than zero"):
+        parse_interval(text)
 
 
 @pytest.mark.parametrize("argv", [
@@ -64,6 +66,77 @@ def test_every_refuses_options_meant_for_one_run(
     assert main(argv) == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+# -- `every` in the config file -----------------------------------------------------------
+
+
+def _every_config(tmp_path: Path, every: str, upstream: str = "http://127.0.0.1:9/simple/") -> Path:
+    path = tmp_path / "every.toml"
+    path.write_text(f'[mirror]\nupstream = "{upstream}"\ndirectory = "{tmp_path / "m"}"\n'
+                    f"every = {every}\nretries = 0\n")
+    return path
+
+
+@pytest.fixture
+def loops(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The intervals `mirror sync` started a loop with (the loop itself is not run)."""
+    from simplemirror import cli
+
+    started: list[float] = []
+
+    def record(_cfg: Any, interval: float, _make_reporter: Any) -> int:
+        started.append(interval)
+        return 0
+
+    monkeypatch.setattr(cli, "_sync_forever", record)
+    return started
+
+
+def test_every_in_the_config_loops_and_the_command_line_overrides_it(
+    tmp_path: Path, loops: list[float]
+) -> None:
+    config_file = str(_every_config(tmp_path, '"10m"'))
+    assert main(["sync", "-c", config_file]) == 0
+    assert main(["sync", "-c", config_file, "--every", "2d"]) == 0
+    assert loops == [600.0, 2 * 86400.0]
+
+
+@pytest.mark.parametrize("value", ['"10"', '"often"', '"0m"', "10", '""'])
+def test_a_bad_every_in_the_config_is_a_configuration_error_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], loops: list[float], value: str
+) -> None:
+    config_file = _every_config(tmp_path, value)
+    assert main(["sync", "-c", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error" in err and "every" in err and str(config_file) in err
+    assert loops == [] and not (tmp_path / "m").exists()
+
+
+def test_dry_run_with_every_in_the_config_makes_one_dry_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], loops: list[float]
+) -> None:
+    """--dry-run on the command line asks for one look, whatever the file says."""
+    world = World()
+    world.add_project("alpha", ["1.0"])
+    with Upstream(world) as up:
+        config_file = str(_every_config(tmp_path, '"10m"', up.url))
+        assert main(["sync", "-c", config_file, "--dry-run"]) == 0
+    assert loops == []
+    assert "would fetch 1 project(s)" in capsys.readouterr().out
+    assert not (tmp_path / "m" / "state.db").exists()
+
+
+def test_allow_mass_delete_with_every_in_the_config_makes_one_run(
+    tmp_path: Path, loops: list[float]
+) -> None:
+    world = World()
+    world.add_project("alpha", ["1.0"])
+    with Upstream(world) as up:
+        config_file = str(_every_config(tmp_path, '"10m"', up.url))
+        assert main(["sync", "-c", config_file, "--allow-mass-delete"]) == 0
+    assert loops == []
+    assert sorted(_reports(tmp_path)) == [1]
 
 
 def test_pause_length_adds_up_to_ten_percent() -> None:
@@ -265,6 +338,23 @@ def test_a_signal_during_the_pause_exits_0_at_once(tmp_path: Path, signum: int) 
     assert code == 0, log.read_text()
     assert took < 5
     assert "received between runs: exiting" in log.read_text()
+    assert [r["outcome"] for r in _reports(tmp_path).values()] == ["ok"]
+
+
+def test_every_from_the_config_file_keeps_a_process_syncing(tmp_path: Path) -> None:
+    world = World()
+    world.add_project("alpha", ["1.0"])
+    with Upstream(world) as up:
+        config_file = _config(tmp_path, up)
+        config_file.write_text(config_file.read_text() + 'every = "1h"\n')
+        process, log = _start(tmp_path, "-c", str(config_file))
+        try:
+            _wait("the pause", lambda: "next sync in" in log.read_text(), process, log)
+            code, _ = _stop(process)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert code == 0, log.read_text()
     assert [r["outcome"] for r in _reports(tmp_path).values()] == ["ok"]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -634,3 +636,60 @@ def test_garbage_page_on_a_fresh_mirror_is_not_published(
     assert assert_clean(tmp_path, world) == {"foo-bar-baz": complete_tree(world)["foo-bar-baz"]}
     assert not (tmp_path / "web/simple/tiny").exists()
     assert_converges(up, tmp_path, world)
+
+
+# -- retries, as `-v` shows them -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["here", "in a process"])
+@pytest.mark.parametrize("target", ["page", "file"])
+def test_each_retry_is_logged_at_debug_with_what_failed_and_the_wait(
+    up: Upstream, world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    target: str, where: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="simplemirror")
+    path = target_path(world, target)
+    up.status[path] = (503, {}, 1)
+
+    summary = sync(up, tmp_path, retry_wait=0.01, retry_max_wait=0.01,
+                   **(IN_A_PROCESS if where == "in a process" else {}))
+
+    assert summary.exit_code == 0, summary.failed
+    retries = [r for r in caplog.records if "trying again" in r.getMessage()]
+    assert [r.levelno for r in retries] == [logging.DEBUG]
+    assert re.fullmatch(
+        rf"attempt 1 failed, trying again in 0\.0 s: {re.escape(up.base + path)}: HTTP 503",
+        retries[0].getMessage(),
+    ), retries[0].getMessage()
+
+
+def test_retries_show_with_verbose_and_not_without(
+    up: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = file_path(world, WHEEL)
+    for verbose, directory in ((False, tmp_path / "quiet"), (True, tmp_path / "verbose")):
+        up.status[path] = (503, {}, 1)
+        capsys.readouterr()
+        argv = ["sync", "--upstream", up.url, "--directory", str(directory), "--no-progress",
+                "--download-processes", "0", "-c", str(retry_config(tmp_path))]
+        assert main(argv + (["-v"] if verbose else [])) == 0
+        err = capsys.readouterr().err
+        assert ("DEBUG attempt 1 failed, trying again in" in err) is verbose, err
+        assert (f"{path}: HTTP 503" in err) is verbose
+
+
+def retry_config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text("[mirror]\nretry-wait = 0.0\nretry-max-wait = 0.01\n")
+    return cfg
+
+
+def test_a_stale_page_asked_again_is_logged_at_debug(
+    up: Upstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="simplemirror")
+    up.stale["tiny"] = 1
+
+    assert sync(up, tmp_path, stale_retries=1).exit_code == 0
+    retries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(retries) == 1 and f"{up.base}{PAGE}: page serial" in retries[0], retries

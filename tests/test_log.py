@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from simplemirror.cli import main
-from simplemirror.history import _human_bytes, _human_duration
+from simplemirror.history import _human_duration
+from simplemirror.units import human_bytes
 from tests.support.upstream import Upstream, World
 
 
@@ -92,10 +93,10 @@ def expected_sections(projects: dict[str, list[str]],
         lines.append(f"projects {change} ({len(names)}){':' if names else ''}")
         lines += [f"  {name}" for name in names]
     for change, held in (("added", added), ("removed", removed)):
-        total = _human_bytes(sum(size for _, _, size in held))
+        total = human_bytes(sum(size for _, _, size in held))
         lines.append(f"files {change} ({len(held)}, {total}){':' if held else ''}")
         width = max((len(p) + len(f) + 1 for p, f, _ in held), default=0)
-        lines += [f"  {p + '/' + f:<{width}}  {_human_bytes(s):>9}" for p, f, s in sorted(held)]
+        lines += [f"  {p + '/' + f:<{width}}  {human_bytes(s):>9}" for p, f, s in sorted(held)]
     return lines
 
 
@@ -170,7 +171,7 @@ def test_log_reports_exactly_what_each_run_changed(
         assert cells[:2] == [str(r["generation"]), r["started"]]
         assert cells[2:] == [*_human_duration(r["duration_seconds"]).split(), r["outcome"],
                               str(r["projects_changed"]), str(r["projects_removed"]),
-                              str(r["files_fetched"]), *_human_bytes(r["bytes_fetched"]).split()]
+                              str(r["files_fetched"]), *human_bytes(r["bytes_fetched"]).split()]
 
     assert [r["generation"] for r in log_json(capsys, directory, "--limit", "2")["runs"]] == [5, 4]
     assert len(log_text(capsys, directory, "--limit", "2").splitlines()) == 3
@@ -353,15 +354,6 @@ def test_a_state_db_from_before_the_log_shows_files_and_project_changes_from_the
     new = log_json(capsys, directory, "--generation", "2")
     assert new["projects"] == {"added": ["fresh"], "changed": [], "removed": []}
     assert files(new, "added") == upfiles(world, "fresh")
-
-
-@pytest.mark.parametrize(("n", "text"), [
-    (0, "0 B"), (512, "512 B"), (999, "999 B"), (1000, "1.0 kB"), (12_345, "12.3 kB"),
-    (999_949, "999.9 kB"), (999_999, "1.0 MB"), (4_500_000, "4.5 MB"), (7 * 10**9, "7.0 GB"),
-    (3 * 10**15, "3000.0 TB"),
-])
-def test_human_bytes(n: int, text: str):
-    assert _human_bytes(n) == text
 
 
 @pytest.mark.parametrize(("seconds", "text"), [

@@ -54,6 +54,23 @@ def test_json_formatter_keeps_tracebacks_on_one_line() -> None:
     assert "RuntimeError: boom" in json.loads(line)["exception"]
 
 
+def test_terminal_log_lines_carry_iso_dates() -> None:
+    """On a terminal, rich writes the time: in ISO order, not as its locale's [12/07/26 ...]."""
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from simplemirror.cli import _setup_logging
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    _setup_logging(argparse.Namespace(verbose=False, quiet=False, log_format="text"), console)
+    logging.getLogger("simplemirror").warning("beta deferred")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # colours off
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +WARNING +beta deferred", text), text
+
+
 def _mirror(*args: str) -> list[str]:
     return [sys.executable, "-m", "simplemirror", *args]
 

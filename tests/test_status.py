@@ -74,11 +74,11 @@ def test_status_after_a_sync(
     assert "last complete: generation 1, ok" in text
     assert f"serial:        held {world.serial}, upstream last seen {world.serial}\n" in text
     assert "projects:      2 ok, 0 deferred, 0 failed, 0 pending, 0 removed" in text
-    assert "files:         6 held" in text
+    sizes = sum(f.size for p in world.projects.values() for f in p.files)
+    assert sizes < 100_000 and f"files:         6 held, {sizes / 1000:.1f} kB\n" in text
     assert "deferred" not in text.split("projects:")[1].split("\n", 1)[1]
 
     info = status_json(capsys, directory)
-    sizes = sum(f.size for p in world.projects.values() for f in p.files)
     assert info["upstream"] == upstream.url and info["upstream_from"] == "last run"
     assert info["last_run"]["generation"] == 1 and info["last_run"]["outcome"] == "ok"
     assert info["last_run"]["duration_seconds"] >= 0

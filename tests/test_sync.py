@@ -360,7 +360,15 @@ def test_progress_bars_on_a_terminal(upstream: Upstream, tmp_path: Path):
     assert summary.exit_code == 0
     assert (reporter.projects_done, reporter.files_done) == (2, 6)
     text = out.getvalue()
-    assert "projects" in text and "2/2" in text and "6/6" in text and "MB/s" in text
+    assert "projects" in text and "2/2" in text and "6/6 files" in text and "kB/s" in text
+    assert "+ files" not in text.rsplit("projects", 1)[1]  # the last frame: every page read
+
+    # Nothing changed upstream: the run never makes a plan, and shows no bars at all.
+    out.seek(0)
+    out.truncate()
+    with RichReporter(console) as reporter:
+        assert Sync(cfg, reporter).run().outcome == "unchanged"
+    assert "projects" not in out.getvalue() and "files" not in out.getvalue()
 
 
 def test_leftovers_of_a_dead_run_are_cleared(upstream: Upstream, tmp_path: Path):

@@ -118,6 +118,9 @@ def test_synced_mirror_verifies_clean(mirror: Mirror, upstream: Upstream):
 
     assert result.code == 0, result.out
     assert "7 file(s)" in result.out and "3 metadata file(s)" in result.out
+    # A small mirror's size in kB, not "0.0 MB".
+    held = sum(size for (size,) in mirror.sql("SELECT size FROM files"))
+    assert held < 100_000 and f"7 file(s) ({held / 1000:.1f} kB)" in result.out
     # The root and two projects, each in both formats.
     assert "6 page(s)" in result.out
     assert "0 missing, 0 corrupt, 0 broken page link(s), 0 orphan(s)" in result.out

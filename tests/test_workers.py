@@ -227,3 +227,30 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[1][0] != "Z"  # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+def log_in_child(context: Context, value: int) -> int:
+    import logging
+
+    log = logging.getLogger("simplemirror")
+    log.debug("child debug %d", value)
+    log.warning("child warning %d", value, extra={"lock": threading.Lock()})  # cannot cross
+    return value
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO"])
+def test_a_child_logs_at_the_parent_level_into_the_parent(
+    caplog: pytest.LogCaptureFixture, level: str
+) -> None:
+    caplog.set_level(level, logger="simplemirror")
+    pool = ProcessPool(1, 1, Context, "cfg")
+    try:
+        assert pool.submit(log_in_child, 7).result(timeout=30) == 7
+        assert pool.submit(where, 1).result(timeout=30)[2] == 2  # the pool goes on working
+    finally:
+        assert pool.shutdown(10)
+    records = [r for r in caplog.records if r.name == "simplemirror"]
+    assert [r.getMessage() for r in records] == (
+        ["child debug 7"] if level == "DEBUG" else []
+    ) + ["child warning 7"]
+    assert "lock" in records[-1].lock  # an extra field that cannot cross comes as its text

@@ -36,6 +36,7 @@ from rich.logging import RichHandler
 from simplemirror import __version__, config, daemon, history, logs, observe, serve, status, verify
 from simplemirror.report import Reporter, RichReporter
 from simplemirror.sync import RunSummary, Sync, SyncError
+from simplemirror.units import human_bytes
 
 log = logging.getLogger("simplemirror")
 
@@ -106,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--no-progress", action="store_true", help="plain log lines, no bars")
     sync.add_argument(
         "--every", type=_interval, metavar="INTERVAL",
-        help="keep running: sync, pause INTERVAL (30s, 10m, 1h; plus up to 10%% at random), "
-        "sync again; a failed run does not end the loop, SIGTERM or SIGINT does",
+        help="keep running: sync, pause INTERVAL (30s, 10m, 1h, 1d; plus up to 10%% at "
+        "random), sync again; a failed run does not end the loop, SIGTERM or SIGINT does; "
+        "overrides 'every' in the config",
     )
     sync.add_argument(
         "--metrics-file", metavar="PATH",
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _interval(text: str) -> float:
     try:
-        return daemon.parse_interval(text)
+        return config.parse_interval(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -202,7 +204,8 @@ def _setup_logging(args: argparse.Namespace, console: Console | None) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logs.JsonFormatter())
     elif console is not None:
-        handler = RichHandler(console=console, show_path=False, markup=False)
+        handler = RichHandler(console=console, show_path=False, markup=False,
+                              log_time_format=logs.TERMINAL_TIME_FORMAT)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         # Under systemd or a pipe: one plain line per event, no colour.
@@ -258,12 +261,12 @@ def _print_plan(summary: RunSummary) -> None:
 
 
 def _print_summary(summary: RunSummary) -> None:
-    mb = summary.bytes_fetched / 1e6
     print(
         f"sync {summary.outcome}: {summary.changed} project(s) changed, "
         f"{len(summary.deferred)} deferred, {len(summary.failed)} failed, "
         f"{len(summary.removed)} removed upstream; {summary.files_fetched} file(s), "
-        f"{mb:.1f} MB fetched in {summary.duration:.1f} s (generation {summary.generation})"
+        f"{human_bytes(summary.bytes_fetched)} fetched in {summary.duration:.1f} s "
+        f"(generation {summary.generation})"
     )
     for name, why in summary.deferred:
         print(f"  deferred {name}: {why} (upstream page is stale; the next run retries)")
@@ -354,6 +357,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         file_hosts=args.file_host,
         allow_mass_delete=args.allow_mass_delete or None,
         metrics_file=args.metrics_file,
+        every=args.every,
     )
     if args.every is not None and args.dry_run:
         raise config.ConfigError("--every repeats real runs; it cannot go with --dry-run")
@@ -370,8 +374,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     def make_reporter() -> Reporter:
         return RichReporter(console) if console is not None else Reporter()
 
-    if args.every is not None:
-        return _sync_forever(cfg, args.every, make_reporter)
+    # With `every` from the config file alone, --dry-run and --allow-mass-delete on the
+    # command line ask for one run: that is what they are for (one look at the plan; one
+    # run allowed to remove much), and looping either would be wrong.
+    every = None if args.dry_run or args.allow_mass_delete else cfg.every
+    if every is not None:
+        return _sync_forever(cfg, every, make_reporter)
     reporter = make_reporter()
     sync = Sync(cfg, reporter)
     _stop_on_signals(sync)

@@ -5,7 +5,10 @@ Every key is documented in config.example.toml at the top of the repository.
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -66,6 +69,9 @@ class Config:
     """Run reports kept in <directory>/reports (the newest); 0 keeps every one."""
     metrics_file: Path | None = None
     """Where to write Prometheus metrics after each run (node_exporter textfile collector)."""
+    every: float | None = None
+    """Seconds to pause between runs of `mirror sync`, which then keeps running (the
+    ``every`` key, e.g. "10m", or --every); None: one run."""
 
     # Cached: download workers ask for these once or twice per file, and building
     # them again each time was a measurable share of a small file's CPU.
@@ -106,7 +112,74 @@ KEYS: dict[str, tuple[str, type]] = {
     "public-url": ("public_url", str),
     "keep-reports": ("keep_reports", int),
     "metrics-file": ("metrics_file", str),
+    "every": ("every", str),
 }
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
+
+# How to write a key that has no default to show (see _example).
+_EXAMPLES: dict[str, str] = {
+    "upstream": '"https://index.example/simple/"',
+    "directory": '"/srv/simplemirror"',
+    "download-processes": "2",
+    "projects": '["sampleproject"]',
+    "file-hosts": '["files.example.org"]',
+    "public-url": '"https://mirror.example.org/"',
+    "metrics-file": '"/var/lib/node_exporter/textfile_collector/simplemirror.prom"',
+    "every": '"10m"',
+}
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_INTERVAL = re.compile(r"(\d+)([smhd])")
+
+
+def parse_interval(text: str) -> float:
+    """Seconds in ``text``: a whole number with a unit, s, m, h or d (``30s``, ``10m``,
+    ``1h``, ``1d``)."""
+    match = _INTERVAL.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not an interval: give a whole number and a unit, "
+            "like 30s, 10m, 1h or 1d"
+        )
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: the interval must be longer than zero")
+    return float(seconds)
+
+
+def _toml(value: Any) -> str:
+    """``value`` as it would be written in the file (near enough, for a message)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _example(key: str) -> str | None:
+    """``key = value`` for a message: its default, or a made-up value when it has none."""
+    if key in _EXAMPLES:
+        return f"{key} = {_EXAMPLES[key]}"
+    default = {f.name: f.default for f in fields(Config)}.get(KEYS[key][0])
+    if isinstance(default, int | float | str) and not isinstance(default, bool):
+        return f"{key} = {_toml(default)}"
+    return None
+
+
+def _wrong_type(path: Path, key: str, kind: type, value: Any) -> ConfigError:
+    example = _example(key)
+    return ConfigError(
+        f"{path}: {key} must be {_KINDS[kind]}, not {_toml(value)}"
+        + (f"; e.g. {example}" if example else "")
+    )
+
+
+def _unknown_key(path: Path, key: str) -> ConfigError:
+    near = difflib.get_close_matches(key, KEYS, n=1)
+    if near:
+        return ConfigError(f"{path}: unknown key {key!r} in [mirror]; did you mean {near[0]!r}?")
+    known = ", ".join(sorted(KEYS))
+    return ConfigError(f"{path}: unknown key {key!r} in [mirror]; known keys: {known}")
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -124,14 +197,18 @@ def read_file(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in KEYS:
-            known = ", ".join(sorted(KEYS))
-            raise ConfigError(f"{path}: unknown key {key!r} in [mirror]; known keys: {known}")
+            raise _unknown_key(path, key)
         name, kind = KEYS[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{path}: {key} must be a {kind.__name__}, not {value!r}")
+            raise _wrong_type(path, key, kind, value)
         values[name] = value
+    if "every" in values:  # seconds, as --every gives them
+        try:
+            values["every"] = parse_interval(values["every"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}: every: {exc}") from None
     return values
 
 

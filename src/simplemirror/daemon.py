@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -21,23 +20,6 @@ log = logging.getLogger("simplemirror")
 JITTER = 0.10
 """Each pause is the interval plus up to this share of it, at random: mirrors started
 together (a fleet, after a reboot) drift apart instead of reaching upstream in step."""
-
-_UNITS = {"s": 1, "m": 60, "h": 3600}
-_INTERVAL = re.compile(r"(\d+)([smh])")
-
-
-def parse_interval(text: str) -> float:
-    """Seconds in ``text``: a whole number with a unit, s, m or h (``30s``, ``10m``, ``1h``)."""
-    match = _INTERVAL.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValueError(
-            f"{text!r} is not an interval: give a whole number and a unit, "
-            "like 30s, 10m or 1h"
-        )
-    seconds = int(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"{text!r}: the interval must be longer than zero")
-    return float(seconds)
 
 
 def pause_length(interval: float, draw: Callable[[], float] = random.random) -> float:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from simplemirror import status
+from simplemirror.units import human_bytes
 
 _COUNTS = (
     "projects_changed", "projects_deferred", "projects_failed", "projects_removed",
@@ -144,18 +145,6 @@ def _files(conn: sqlite3.Connection, column: str, generation: int) -> list[dict[
 # -- text -----------------------------------------------------------------------------
 
 
-def _human_bytes(n: int) -> str:
-    """512 B, 12.3 kB, 4.5 MB: decimal units, as the sync summary's MB."""
-    if n < 1000:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("kB", "MB", "GB", "TB"):
-        value /= 1000
-        if round(value, 1) < 1000 or unit == "TB":
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
 def _human_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"  # not finished: still running, or killed
@@ -186,7 +175,7 @@ def format_runs(info: dict[str, Any]) -> str:
         lines.append(_columns((
             str(run["generation"]), run["started"], _human_duration(run["duration_seconds"]),
             run["outcome"], str(run["projects_changed"]), str(run["projects_removed"]),
-            str(run["files_fetched"]), _human_bytes(run["bytes_fetched"]),
+            str(run["files_fetched"]), human_bytes(run["bytes_fetched"]),
         )))
     return "\n".join(lines) + "\n"
 
@@ -197,7 +186,7 @@ def format_changes(info: dict[str, Any]) -> str:
     run, files = info["run"], info["files"]
     lines = [
         status.describe_run(run),
-        f"fetched: {run['files_fetched']} file(s), {_human_bytes(run['bytes_fetched'])}",
+        f"fetched: {run['files_fetched']} file(s), {human_bytes(run['bytes_fetched'])}",
     ]
     if info["projects"] is None:
         lines.append("projects: not recorded for this generation (its run predates "
@@ -209,10 +198,10 @@ def format_changes(info: dict[str, Any]) -> str:
             lines.extend(f"  {name}" for name in names)
     for change in ("added", "removed"):
         listed = files[change]
-        total = _human_bytes(files[f"bytes_{change}"])
+        total = human_bytes(files[f"bytes_{change}"])
         lines.append(f"files {change} ({len(listed)}, {total}){':' if listed else ''}")
         width = max((len(f["project"]) + len(f["filename"]) + 1 for f in listed), default=0)
         for f in listed:
             name = f"{f['project']}/{f['filename']}"
-            lines.append(f"  {name:<{width}}  {_human_bytes(f['size']):>9}")
+            lines.append(f"  {name:<{width}}  {human_bytes(f['size']):>9}")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,9 @@ from typing import Any
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+TERMINAL_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+"""Local time, ISO 8601 order, on a terminal: rich's default ([12/07/26 16:41:27]) reads
+differently in every locale, and one cannot tell the day from the month or the year."""
 
 # Every attribute a LogRecord has of its own; anything else on a record came from
 # `extra=` and is passed through as a structured field.

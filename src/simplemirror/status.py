@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from simplemirror.plan import Status
+from simplemirror.units import human_bytes
 
 RUN_COLUMNS = "generation, started, finished, outcome, error"
 T = TypeVar("T")
@@ -315,7 +316,7 @@ def format_text(info: dict[str, Any]) -> str:
         f"last complete: {describe_run(info['last_complete_run'])}",
         f"serial:        {serial}",
         f"projects:      {counts}",
-        f"files:         {info['files_held']} held, {info['bytes_held'] / 1e6:.1f} MB",
+        f"files:         {info['files_held']} held, {human_bytes(info['bytes_held'])}",
     ]
     for kind in ("deferred", "failed"):
         for project in info[kind]:

@@ -661,6 +661,7 @@ class Sync:
                     continue
                 if kind == "page":
                     in_flight["pages"] -= 1
+                    self.reporter.page_read()
                     project = self._page_done(tag, future, state, publisher, summary)
                     if project is not None:
                         wanted = list(project.files.fetch)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import urllib.request
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     import requests
 
 T = TypeVar("T")
+
+log = logging.getLogger("simplemirror")
 
 # Prefer JSON (it carries per-project serials, sizes and upload times), but
 # take PEP 503 HTML from an index that offers nothing else.
@@ -312,6 +315,17 @@ def is_stale(exc: BaseException) -> bool:
     return isinstance(exc, StalePage)
 
 
+def log_retry(state: RetryCallState) -> None:
+    """tenacity's ``before_sleep``: say, at DEBUG (``-v``), what failed and how long until
+    the next try. tenacity calls it only when a retry is coming, never on the hot path of
+    a request that succeeds."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    log.debug(
+        "attempt %d failed, trying again in %.1f s: %s",
+        state.attempt_number, state.upcoming_sleep, exc,
+    )
+
+
 class Client:
     """HTTP access to upstream. Safe to share between threads: each has its own connections."""
 
@@ -448,6 +462,7 @@ class Client:
             | stop_after_delay(self.config.retry_max_time),
             "wait": wait,
             "retry": retry_if_exception(should_retry),
+            "before_sleep": log_retry,
             "reraise": True,
         }
 
@@ -523,6 +538,7 @@ class Client:
             "stop": stop_after_attempt(self.config.stale_retries + 1),
             "wait": backoff(self.config.stale_wait, self.config.retry_max_wait),
             "retry": retry_if_exception(is_stale),
+            "before_sleep": log_retry,
             "reraise": True,
         }
 

@@ -37,6 +37,7 @@ import logging
 import os
 import posixpath
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
@@ -56,9 +57,10 @@ from simplemirror.config import Config
 from simplemirror.model import HeldFile, version_of
 from simplemirror.plan import Status
 from simplemirror.publish import Publisher
-from simplemirror.report import Periodic, bar
+from simplemirror.report import Periodic, bar, seconds_left
 from simplemirror.state import State, StateError
 from simplemirror.sync import locked
+from simplemirror.units import clock, human_bytes
 from simplemirror.upstream import Client, UpstreamError
 from simplemirror.workers import WorkerPool
 
@@ -173,10 +175,12 @@ class VerifyProgress(Periodic):
         self.bytes_total = 0
         self.files_done = 0
         self.bytes_done = 0
+        self._started = time.monotonic()
 
     def start(self, files: int, nbytes: int) -> None:
         self.files_total, self.bytes_total = files, nbytes
-        log.info("verifying %d file(s), %.1f MB", files, nbytes / 1e6)
+        self._started = time.monotonic()
+        log.info("verifying %d file(s), %s", files, human_bytes(nbytes))
 
     def advance(self, nbytes: int) -> None:
         self.files_done += 1
@@ -187,9 +191,11 @@ class VerifyProgress(Periodic):
         log.info("%s", what)
 
     def line(self) -> str:
+        left = seconds_left(self.bytes_done, self.bytes_total, time.monotonic() - self._started)
         return (
             f"verify progress: {self.files_done}/{self.files_total} files, "
-            f"{self.bytes_done / 1e6:.1f}/{self.bytes_total / 1e6:.1f} MB"
+            f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}"
+            + ("" if left is None else f", about {clock(left)} left")
         )
 
 
@@ -214,6 +220,7 @@ class RichVerifyProgress(VerifyProgress):
 
     def start(self, files: int, nbytes: int) -> None:
         self.files_total, self.bytes_total = files, nbytes
+        self._started = time.monotonic()
         self._changed()
 
     def phase(self, what: str) -> None:
@@ -228,7 +235,7 @@ class RichVerifyProgress(VerifyProgress):
             total=self.bytes_total or None,
             completed=self.bytes_done,
             detail=f"{self.files_done}/{self.files_total} files  "
-            f"{self.bytes_done / 1e6:.1f}/{self.bytes_total / 1e6:.1f} MB",
+            f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}",
         )
 
 
@@ -901,7 +908,7 @@ def verify(
 def report_lines(result: VerifyResult) -> list[str]:
     """The summary printed at the end: counts, then one line per finding."""
     lines = [
-        f"verify: {result.files_checked} file(s) ({result.bytes_checked / 1e6:.1f} MB), "
+        f"verify: {result.files_checked} file(s) ({human_bytes(result.bytes_checked)}), "
         f"{result.metadata_checked} metadata file(s) and {result.pages_checked} page(s) "
         f"checked; {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
         f"{len(result.broken)} broken page link(s), {len(result.orphans)} orphan(s)"

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+import logging
+import logging.handlers
 import multiprocessing
 import multiprocessing.connection
 import pickle
@@ -27,6 +29,11 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 _STOP = object()
+
+_LOG = -1
+"""The task number of a reply that is a log record from a child, not a task's result."""
+
+LOGGER = "simplemirror"
 
 # How long a download process holds a finished task's reply for others to join it
 # (seconds). Sent at once, each small file cost a pipe write and a wake-up of the
@@ -112,12 +119,16 @@ class ProcessPool:
         self, processes: int, threads: int, make_context: Callable[[Any], Any], config: Any
     ) -> None:
         context = multiprocessing.get_context("spawn")
+        # A spawned child starts with no logging set up: it logs at the parent's level,
+        # and sends its records here (a retry, at DEBUG, shows with -v as the parent's do).
+        level = logging.getLogger(LOGGER).getEffectiveLevel()
         self._conns: list[Connection] = []
         self._children: list[BaseProcess] = []
         for _ in range(processes):
             parent_end, child_end = context.Pipe()
             child = context.Process(
-                target=_child_main, args=(child_end, threads, make_context, config), daemon=True
+                target=_child_main, args=(child_end, threads, make_context, config, level),
+                daemon=True,
             )
             child.start()
             child_end.close()
@@ -183,7 +194,12 @@ class ProcessPool:
                     self._fail_child(self._conns.index(conn))
                     continue
                 for task, ok, value in replies:
-                    self._settle(task, ok, value)
+                    if task == _LOG:
+                        # A record that could not cross comes as a ChildLost: dropped.
+                        if isinstance(value, logging.LogRecord):
+                            logging.getLogger(value.name).handle(value)
+                    else:
+                        self._settle(task, ok, value)
 
     def _fail_child(self, child: int) -> None:
         """A child ended: what it still had can never finish."""
@@ -234,14 +250,36 @@ class ChildLost(Exception):
 
 
 def _child_main(
-    conn: Connection, threads: int, make_context: Callable[[Any], Any], config: Any
+    conn: Connection, threads: int, make_context: Callable[[Any], Any], config: Any,
+    level: int = logging.WARNING,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    asyncio.run(_serve(conn, threads, make_context(config)))
+    asyncio.run(_serve(conn, threads, make_context(config), level))
 
 
-async def _serve(conn: Connection, threads: int, context: Any) -> None:
+class _ToParent:
+    """What QueueHandler puts a record into: the pipe to the parent, as a reply."""
+
+    def __init__(self, send: Callable[[list[tuple[int, bool, Any]]], None]) -> None:
+        self._send = send
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        try:
+            pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            # An extra= field that cannot cross (a lock, a socket): its text instead.
+            for key, value in list(vars(record).items()):
+                try:
+                    pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+                except Exception:
+                    setattr(record, key, str(value))
+        self._send([(_LOG, True, record)])
+
+
+async def _serve(
+    conn: Connection, threads: int, context: Any, level: int = logging.WARNING
+) -> None:
     """Run the parent's tasks until it says stop (or dies): coroutine functions as
     tasks of this event loop, ``threads`` at a time, other functions in ``threads``
     worker threads."""
@@ -279,6 +317,13 @@ async def _serve(conn: Connection, threads: int, context: Any) -> None:
                 conn.send_bytes(data)
             except (OSError, ValueError):
                 return  # the parent is gone
+
+    # QueueHandler renders the message and drops what cannot cross (arguments, traceback
+    # objects). Records are rare (at INFO, none; retries at DEBUG): each goes at once.
+    logger = logging.getLogger(LOGGER)
+    logger.handlers[:] = [logging.handlers.QueueHandler(_ToParent(send))]  # type: ignore[arg-type]
+    logger.setLevel(level)
+    logger.propagate = False
 
     def flush() -> None:
         if not outbox:

@@ -119,6 +119,7 @@ def _help_of(command: str) -> str:
 @pytest.mark.parametrize(("command", "own"), [
     ("serve", ["--host", "--port"]),
     ("status", ["--json"]),
+    ("log", ["--json", "--limit", "--generation"]),
 ])
 def test_serve_and_status_list_only_the_options_they_use(command: str, own: list[str]) -> None:
     text = _help_of(command)
@@ -141,6 +142,7 @@ def test_sync_and_verify_keep_the_upstream_and_their_bars() -> None:
     ["serve", "--no-progress"],
     ["status", "--upstream", "http://index.example/simple/"],
     ["status", "--no-progress"],
+    ["log", "--upstream", "http://index.example/simple/"],
 ])
 def test_options_serve_and_status_do_not_use_are_usage_errors(
     argv: list[str], capsys: pytest.CaptureFixture[str]

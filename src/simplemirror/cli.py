@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "one run changed: projects added, changed and removed, files added and removed "
         "(no network; safe while a sync runs).",
     )
-    _common(log_cmd)
+    _where(log_cmd)
+    _logging(log_cmd, bars=False)
     log_cmd.add_argument("--limit", type=_positive, default=20, metavar="N",
                          help="list the N newest runs (default 20)")
     log_cmd.add_argument("--generation", type=int, metavar="N",
@@ -399,6 +400,14 @@ def _no_directory() -> config.ConfigError:
     )
 
 
+def _mirror_directory(args: argparse.Namespace, values: dict[str, Any]) -> Path:
+    """The mirror directory from --directory, else the config file's."""
+    where = args.directory or values.get("directory")
+    if not where:
+        raise _no_directory()
+    return Path(where).expanduser().absolute()
+
+
 def _offline_config(args: argparse.Namespace, *, network: bool, **overrides: Any) -> config.Config:
     """The configuration for verify and status.
 
@@ -461,10 +470,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         cfg = config.load(args.config, directory=args.directory)
         directory, upstream = cfg.directory, cfg.upstream
     else:
-        where = args.directory or values.get("directory")
-        if not where:
-            raise _no_directory()
-        directory = Path(where).expanduser().absolute()
+        directory = _mirror_directory(args, values)
     info = status.collect(directory, upstream)
     with _printing():
         if args.json:
@@ -477,10 +483,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     _setup_logging(args, None)
     values = config.read_file(args.config) if args.config is not None else {}
-    where = args.directory or values.get("directory")
-    if not where:
-        raise _no_directory()
-    directory = Path(where).expanduser().absolute()
+    directory = _mirror_directory(args, values)
     if args.generation is None:
         info, render = history.runs(directory, args.limit), history.format_runs
     else:
@@ -499,15 +502,12 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     values = config.read_file(args.config) if args.config is not None else {}
-    where = args.directory or values.get("directory")
-    if not where:
-        raise _no_directory()
+    directory = _mirror_directory(args, values)
     if not 0 <= args.port <= 65535:
         raise config.ConfigError(f"--port must be between 0 and 65535, not {args.port}")
     _setup_logging(args, None)  # plain access-log lines, also on a terminal
     try:
-        server = serve.make_server(Path(where).expanduser().absolute() / "web",
-                                   args.host, args.port)
+        server = serve.make_server(directory / "web", args.host, args.port)
         serve.serve_until_stopped(server)
     except serve.ServeError as exc:
         print(f"mirror: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ import os
 import queue
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -331,9 +331,9 @@ class Sync:
         try:
             self._fetch_all(plan, state, publisher, summary)
             if self.stopped_by is not None:
-                # What finished is published and recorded; the root pages and
-                # the ETag wait for a run that gets through everything.
-                return self._interrupted(summary, state)
+                # What finished is published and recorded, and a root lists it;
+                # the root's ETag and serial wait for a run that gets through.
+                return self._interrupted(summary, state, publisher, root_pages_there)
             complete = not summary.deferred and not summary.failed
             with state.transaction():
                 before = state.get_meta("root_serial")
@@ -375,11 +375,23 @@ class Sync:
         )
         return summary
 
-    def _interrupted(self, summary: RunSummary, state: State) -> RunSummary:
+    def _interrupted(
+        self,
+        summary: RunSummary,
+        state: State,
+        publisher: Publisher | None = None,
+        root_pages_there: bool = True,
+    ) -> RunSummary:
         assert summary.generation is not None
         summary.outcome = "interrupted"
         summary.stopped_by = self.stopped_by
         log.warning("stopped on request; the next run resumes where this one stopped")
+        if publisher is not None and (summary.changed or summary.removed or not root_pages_there):
+            # The root for what is complete (root_entries: pages written, rows
+            # recorded), so that a first sync stopped early still serves /simple/.
+            # With the serial of the last complete copy, not this root's.
+            serial = state.get_meta("root_serial")
+            publisher.root(state.root_entries(), int(serial) if serial else None)
         state.finish_run(
             summary.generation,
             "interrupted",
@@ -491,10 +503,15 @@ class Sync:
         page_window = config.workers * 2
         file_window = config.workers * 32
         in_flight = {"pages": 0, "files": 0}
+        # Projects with downloads under way, for a stop to find their finished files;
+        # each leaves as it completes (a first sync has 650,000 of them).
+        downloading: dict[str, _Project] = {}
         self.reporter.start(len(plan.fetch))
 
         def track(kind: str, tag: Any, future: Future[Any]) -> None:
             in_flight["pages" if kind == "page" else "files"] += 1
+            if kind == "file":
+                downloading[tag[0].todo.name] = tag[0]
             future.add_done_callback(lambda f: events.put((kind, tag, f)))
 
         def refill() -> None:
@@ -534,6 +551,7 @@ class Sync:
                     project, todo = tag
                     self._file_done(project, todo, future, summary)
                     if not project.outstanding:
+                        del downloading[project.todo.name]
                         self._finish(project, state, publisher, summary)
                 if time.monotonic() - last_commit > COMMIT_EVERY:
                     state.db.execute("COMMIT")
@@ -549,6 +567,35 @@ class Sync:
             # within a chunk; a read stuck longer is abandoned (never published).
             workers.shutdown(STOP_GRACE)
             state.db.execute("COMMIT")
+        if self.stopped_by is not None:
+            self._keep_finished(events, downloading.values(), state, publisher, summary)
+
+    def _keep_finished(
+        self,
+        events: queue.SimpleQueue[tuple[str, Any, Future[Any]]],
+        projects: Iterable[_Project],
+        state: State,
+        publisher: Publisher,
+        summary: RunSummary,
+    ) -> None:
+        """After a stop, keep every download that finished: a project it completes is
+        published; the finished files of the others are staged, for the next run to
+        keep without fetching them again and without any page listing them before."""
+        while True:
+            try:
+                kind, tag, future = events.get_nowait()
+            except queue.Empty:
+                break
+            # Pages, and downloads cut short (cancelled, ended by the stop) are left
+            # for the next run: none of them is a failure.
+            if kind == "file" and not future.cancelled() and future.exception() is None:
+                project, todo = tag
+                self._file_done(project, todo, future, summary)
+                if not project.outstanding:
+                    self._finish(project, state, publisher, summary)
+        for project in projects:  # _finish-ed ones have none outstanding
+            if project.outstanding and project.done:
+                state.stage_files(project.todo.name, project.done.values(), publisher.generation)
 
     def _page_done(
         self,
@@ -582,7 +629,9 @@ class Sync:
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
         files = plan_files(
-            listed, state.held_files(todo.name), provenance=self.config.public_url is not None
+            # With what a stopped run left staged, so as not to fetch it again.
+            listed, state.planning_files(todo.name),
+            provenance=self.config.public_url is not None,
         )
         # A refused file is work left undone: the project does not converge.
         return _Project(

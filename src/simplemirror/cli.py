@@ -154,15 +154,64 @@ def _setup_logging(args: argparse.Namespace, console: Console | None) -> None:
     log.propagate = False
 
 
+def _human_bytes(count: int) -> str:
+    """``count`` bytes in decimal units, as a person reads them: 950 B, 1.2 MB, 3.4 TB."""
+    if count < 1000:
+        return f"{count} B"
+    value = float(count)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 1000 or unit == "TB":
+            break
+    return f"{value:.1f} {unit}"
+
+
 def _print_plan(summary: RunSummary) -> None:
-    plan = summary.plan
-    assert plan is not None
+    """What `sync --dry-run` found: the plan, and what the run would download and decide."""
+    plan, forecast = summary.plan, summary.forecast
+    if plan is None or forecast is None:
+        print("stopped before the upstream root was read: nothing was planned")
+        return
+    if forecast.not_modified:
+        print("upstream root unchanged since the last run (HTTP 304, or the same bytes)")
+    if not forecast.serials:
+        print("upstream gives no usable serials: every project is asked again, with a "
+              "conditional request where a complete copy is held")
     print(f"would fetch {len(plan.fetch)} project(s); {plan.unchanged} unchanged")
     for todo in plan.fetch:
         serial = "" if todo.serial is None else f" (serial {todo.serial})"
         print(f"  fetch {todo.name}{serial}")
     for name in plan.removed:
         print(f"  removed upstream: {name}")
+    if forecast.refusal is not None:
+        print("would stop before changing anything: it removes more than max-removal")
+        return
+    if forecast.pages_unchanged:
+        print(f"pages: {forecast.pages_read - forecast.pages_unchanged} changed, "
+              f"{forecast.pages_unchanged} unchanged (HTTP 304, or the same bytes)")
+    sizes = _sizes(forecast.files, forecast.bytes, forecast.unknown_size)
+    print(f"would download {forecast.files} file(s){sizes}")
+    if forecast.files_dropped:
+        print(f"would remove {forecast.files_dropped} file(s) their pages no longer list")
+    if forecast.file_refusal is not None:
+        print(f"  {forecast.file_refusal}")
+    for name, why in summary.deferred:
+        print(f"  would defer {name}: {why} (upstream page is stale)")
+    for name, why in summary.failed:
+        print(f"  would fail {name}: {why}")
+    for entry, why in summary.rejected:
+        print(f"  would refuse {entry}: {why} (upstream data this mirror will not copy)")
+    if summary.stopped_by is not None:
+        print("  stopped before every page was read: the counts above are partial")
+
+
+def _sizes(files: int, total: int, unknown: int) -> str:
+    """How much ``files`` weigh: ``total`` bytes, over those that declare a size."""
+    if not unknown:
+        return f", {_human_bytes(total)}"
+    if unknown == files:
+        return ", none with a declared size (HTML pages give none)"
+    return f": {files - unknown} of {_human_bytes(total)}, {unknown} of unknown size"
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -275,7 +324,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
         with reporter:
             summary = sync.run(dry_run=True)
         _print_plan(summary)
-        return EXIT_OK
+        if summary.forecast is not None and summary.forecast.refusal is not None:
+            # What the run would stop with, where it would say it.
+            print(f"mirror: {summary.forecast.refusal}", file=sys.stderr)
+        return summary.exit_code
     return _sync_and_record(cfg, sync, reporter)
 
 

@@ -4,7 +4,9 @@ Exit status: 0 the mirror is fully up to date; 1 the run finished but some
 projects were deferred or failed, or it could not run at all; 2 usage or
 configuration error; 128 + the signal's number when stopped by SIGINT (130)
 or SIGTERM (143). `mirror sync --every`: 0 when a signal ends it between runs, 128 + the
-signal when one stops a run. `mirror verify`: 0 the mirror is sound, 1 it is not (or there
+signal when one stops a run. `mirror sync --dry-run`: the status the run would end with,
+as far as the pages it reads tell (1 when it would refuse a mass removal).
+`mirror verify`: 0 the mirror is sound, 1 it is not (or there
 is no state.db, or a sync holds the lock). `mirror status`: 0, or 1 when there
 is no state.db. `mirror serve`: runs until stopped, then 0 (SIGTERM or SIGINT is
 how it is meant to stop, so systemd sees a clean exit); 1 when it cannot start (no

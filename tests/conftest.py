@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
+import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import responses
@@ -23,6 +26,32 @@ def restore_process_state() -> Iterator[None]:
     logger.handlers[:], logger.level, logger.propagate = saved
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
+
+
+_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+@pytest.fixture(autouse=True)
+def no_name_lookups_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests never touch the network beyond loopback, DNS included: a name other than
+    localhost looked up in this process fails the test (the file-host guard resolves the
+    hosts pages name, so a test that forgets to set file-hosts would ask real DNS)."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name and name.lower() not in _LOCAL_NAMES:
+            try:
+                ipaddress.ip_address(name.split("%", 1)[0])
+            except ValueError:
+                asked.append(name)
+                raise socket.gaierror(socket.EAI_NONAME, f"test looked up {name!r}") from None
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    assert not asked, f"the test looked up names beyond loopback: {sorted(set(asked))}"
 
 
 @pytest.fixture

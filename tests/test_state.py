@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
+from simplemirror.model import HeldFile, RootProject
+from simplemirror.plan import Status
 from simplemirror.state import SCHEMA_VERSION, State, StateError
 
 
@@ -159,3 +162,127 @@ def test_project_changes_are_recorded_from_the_first_run_after_the_upgrade(tmp_p
             assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
         finally:
             state.close()
+
+
+# -- staged files: finished by a stopped run, on no page yet -------------------------------
+
+
+def _file(project: str, filename: str, digest: str) -> HeldFile:
+    return HeldFile(
+        project=project, filename=filename, path=f"packages/{digest}/{filename}", size=3,
+        hashes={"sha256": digest * 64}, url=f"http://127.0.0.1/{filename}",
+    )
+
+
+def _record(
+    state: State, name: str, files: list[HeldFile], generation: int,
+    gone: tuple[HeldFile, ...] = (),
+) -> None:
+    with state.transaction():
+        state.record_project(
+            name, status=Status.OK, error=None, page_serial=1, page_data={}, files=files,
+            gone=gone, generation=generation,
+        )
+
+
+def test_staged_files_are_planned_with_but_never_listed_nor_reaped(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    state.note_listed([("p", "p", 1)], 1)
+    old = _file("p", "p-1.0.tar.gz", "a")
+    _record(state, "p", [old], 1)
+    _record(state, "p", [], 2, gone=(old,))  # upstream dropped it: a tombstone, reapable
+    assert state.reapable() == [(1, old.path)]
+    # It comes back, and a run stopped with it downloaded again (at the same path).
+    again = _file("p", "p-1.0.tar.gz", "a")
+    state.stage_files("p", [again], 3)
+
+    assert state.reapable() == []  # the staged file's bytes stay
+    assert state.held_files("p") == []  # no page lists it, no count holds it
+    assert state.live_files_count() == 0
+    assert state.planning_files("p") == [again]  # but the next run keeps it
+
+    _record(state, "p", [again], 4)
+    assert state.held_files("p") == [again]
+    assert state.db.execute("SELECT count(*) FROM staged_files").fetchone() == (0,)
+
+
+def test_a_staged_file_stands_in_for_the_listed_one_of_the_same_name(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    state.note_listed([("p", "p", 1)], 1)
+    listed = _file("p", "p-1.0.tar.gz", "a")
+    _record(state, "p", [listed], 1)
+    replaced = _file("p", "p-1.0.tar.gz", "b")  # upstream replaced the bytes
+    state.stage_files("p", [replaced], 2)
+    assert state.planning_files("p") == [replaced]
+
+
+def test_staged_files_no_page_takes_become_tombstones_for_the_reaper(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    state.note_listed([("p", "p", 1), ("q", "q", 1)], 1)
+    dropped = _file("p", "p-1.0.tar.gz", "a")
+    kept = _file("p", "p-1.1.tar.gz", "b")
+    state.stage_files("p", [dropped, kept], 1)
+    of_removed = _file("q", "q-1.0.tar.gz", "c")
+    state.stage_files("q", [of_removed], 1)
+
+    _record(state, "p", [kept], 2)  # the page no longer lists p-1.0
+    state.mark_removed(["q"], 2)  # upstream no longer lists q
+
+    assert sorted(path for _, path in state.reapable()) == [dropped.path, of_removed.path]
+    assert state.held_files("p") == [kept]
+    assert state.db.execute("SELECT count(*) FROM staged_files").fetchone() == (0,)
+
+
+def test_a_read_only_state_plans_and_never_waits_on_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = State(path)
+    state.note_listed([("p", "p", 1)], 1)
+    state.stage_files("p", [_file("p", "p-1.0.tar.gz", "a")], 1)
+    state.close()
+    writer = sqlite3.connect(path)
+    writer.execute("BEGIN IMMEDIATE")  # a sync in the middle of a transaction
+    writer.execute("UPDATE projects SET serial = 5")
+    try:
+        started = time.monotonic()
+        reader = State.readonly(path)
+        try:
+            changes = reader.root_changes([RootProject("p", "p", 2), RootProject("n", "n", 1)])
+            assert sorted(project.normalized for project, _ in changes.changed) == ["n", "p"]
+            assert [f.filename for f in reader.planning_files("p")] == ["p-1.0.tar.gz"]
+        finally:
+            reader.close()
+        assert time.monotonic() - started < 2
+    finally:
+        writer.rollback()
+        writer.close()
+    with sqlite3.connect(path) as db:  # and it wrote nothing
+        assert db.execute("SELECT count(*) FROM projects").fetchone() == (1,)
+
+
+def test_a_read_only_state_reads_one_written_before_staging_existed(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = State(path)
+    state.note_listed([("p", "p", 1)], 1)
+    _record(state, "p", [_file("p", "p-1.0.tar.gz", "a")], 1)
+    state.db.execute("DROP TABLE staged_files")
+    state.close()
+    reader = State.readonly(path)
+    try:
+        assert [f.filename for f in reader.planning_files("p")] == ["p-1.0.tar.gz"]
+    finally:
+        reader.close()
+    with sqlite3.connect(path) as db:
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'staged_files'").fetchall()
+
+
+def test_a_read_only_state_refuses_a_state_db_it_would_have_to_upgrade(tmp_path: Path) -> None:
+    import pytest
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+            "INSERT INTO meta VALUES ('schema_version', '1');"
+        )
+    with pytest.raises(StateError, match="run `mirror sync` once"):
+        State.readonly(path)

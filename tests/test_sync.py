@@ -296,7 +296,9 @@ def test_dry_run_writes_nothing(upstream: Upstream, tmp_path: Path):
     assert summary.plan is not None
     assert sorted(t.name for t in summary.plan.fetch) == ["foo-bar-baz", "tiny"]
     assert not target.exists()
-    assert upstream.paths("GET") == ["/simple/"]
+    # The pages it would fetch are read, to count their files; no file is downloaded.
+    assert sorted(upstream.paths("GET")) == ["/simple/", "/simple/foo-bar-baz/", "/simple/tiny/"]
+    assert summary.forecast is not None and summary.forecast.files == 6
 
 
 def test_widening_the_project_filter_does_not_trust_the_old_etag(

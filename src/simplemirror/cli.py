@@ -4,7 +4,9 @@ Exit status: 0 the mirror is fully up to date; 1 the run finished but some
 projects were deferred or failed, or it could not run at all; 2 usage or
 configuration error; 128 + the signal's number when stopped by SIGINT (130)
 or SIGTERM (143). `mirror sync --every`: 0 when a signal ends it between runs, 128 + the
-signal when one stops a run. `mirror verify`: 0 the mirror is sound, 1 it is not (or there
+signal when one stops a run. `mirror sync --dry-run`: the status the run would end with,
+as far as the pages it reads tell (1 when it would refuse a mass removal).
+`mirror verify`: 0 the mirror is sound, 1 it is not (or there
 is no state.db, or a sync holds the lock). `mirror status`: 0 when the last run that
 finished left the mirror up to date (ok or unchanged; a sync still running is not a
 failure: the run before it decides); 3 when it did not (partial, error, interrupted, a
@@ -251,14 +253,51 @@ def _printing() -> Iterator[None]:
 
 
 def _print_plan(summary: RunSummary) -> None:
-    plan = summary.plan
-    assert plan is not None
+    """What `sync --dry-run` found: the plan, and what the run would download and decide."""
+    plan, forecast = summary.plan, summary.forecast
+    if plan is None or forecast is None:
+        print("stopped before the upstream root was read: nothing was planned")
+        return
+    if forecast.not_modified:
+        print("upstream root unchanged since the last run (HTTP 304, or the same bytes)")
+    if not forecast.serials:
+        print("upstream gives no usable serials: every project is asked again, with a "
+              "conditional request where a complete copy is held")
     print(f"would fetch {len(plan.fetch)} project(s); {plan.unchanged} unchanged")
     for todo in plan.fetch:
         serial = "" if todo.serial is None else f" (serial {todo.serial})"
         print(f"  fetch {todo.name}{serial}")
     for name in plan.removed:
         print(f"  removed upstream: {name}")
+    if forecast.refusal is not None:
+        print("would stop before changing anything: it removes more than max-removal")
+        return
+    if forecast.pages_unchanged:
+        print(f"pages: {forecast.pages_read - forecast.pages_unchanged} changed, "
+              f"{forecast.pages_unchanged} unchanged (HTTP 304, or the same bytes)")
+    sizes = _sizes(forecast.files, forecast.bytes, forecast.unknown_size)
+    print(f"would download {forecast.files} file(s){sizes}")
+    if forecast.files_dropped:
+        print(f"would remove {forecast.files_dropped} file(s) their pages no longer list")
+    if forecast.file_refusal is not None:
+        print(f"  {forecast.file_refusal}")
+    for name, why in summary.deferred:
+        print(f"  would defer {name}: {why} (upstream page is stale)")
+    for name, why in summary.failed:
+        print(f"  would fail {name}: {why}")
+    for entry, why in summary.rejected:
+        print(f"  would refuse {entry}: {why} (upstream data this mirror will not copy)")
+    if summary.stopped_by is not None:
+        print("  stopped before every page was read: the counts above are partial")
+
+
+def _sizes(files: int, total: int, unknown: int) -> str:
+    """How much ``files`` weigh: ``total`` bytes, over those that declare a size."""
+    if not unknown:
+        return f", {human_bytes(total)}"
+    if unknown == files:
+        return ", none with a declared size (HTML pages give none)"
+    return f": {files - unknown} of {human_bytes(total)}, {unknown} of unknown size"
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -389,7 +428,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
             summary = sync.run(dry_run=True)
         with _printing():
             _print_plan(summary)
-        return EXIT_OK
+        if summary.forecast is not None and summary.forecast.refusal is not None:
+            # What the run would stop with, where it would say it.
+            print(f"mirror: {summary.forecast.refusal}", file=sys.stderr)
+        return summary.exit_code
     return _sync_and_record(cfg, sync, reporter)
 
 

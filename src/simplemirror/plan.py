@@ -6,7 +6,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from simplemirror.model import DistFile, HeldFile, RootIndex, RootProject
+from simplemirror.model import DistFile, HeldFile, ProjectPage, RootIndex, RootProject
 
 
 class Status(StrEnum):
@@ -255,6 +255,24 @@ def plan_files(
             keep.append((dist, copy))
     gone = tuple(h for name, h in held_by_name.items() if name not in listed)
     return FilePlan(tuple(keep), tuple(fetch), gone)
+
+
+def plan_page(
+    page: ProjectPage,
+    held: Iterable[HeldFile],
+    refusal: Callable[[str], str | None],
+    *,
+    provenance: bool,
+) -> tuple[FilePlan, list[tuple[str, str]]]:
+    """A fetched project page's file plan, and the entries refused as (filename, reason).
+
+    What a sync does with each page, and what --dry-run counts: one function, so the
+    forecast cannot drift from the run.
+    """
+    # PEP 792: a quarantined project offers no files, whatever its page lists.
+    offered = () if page.status == "quarantined" else page.files
+    listed, foreign = refuse_foreign_hosts(offered, refusal)
+    return plan_files(listed, held, provenance=provenance), [*page.rejected, *foreign]
 
 
 # Below these counts a removal is never "mass", whatever the share: deleting one

@@ -12,11 +12,13 @@ that everything that changed between two generations can be listed exactly
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -98,6 +100,31 @@ CREATE INDEX IF NOT EXISTS files_tombstones ON files (removed_gen)
     WHERE removed_gen IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
 
+-- Files verified and in place under web/packages whose project no page lists them for
+-- yet: a run stopped (SIGTERM, SIGINT) before the project was complete. The next run
+-- plans with them (State.planning_files) instead of downloading them again; its
+-- record_project then makes them live rows, or tombstones for the reaper. Never on a
+-- page, never counted as held, never reaped while here.
+CREATE TABLE IF NOT EXISTS staged_files (
+    project         TEXT NOT NULL,
+    filename        TEXT NOT NULL,
+    path            TEXT NOT NULL,      -- below web/
+    size            INTEGER NOT NULL,
+    hashes          TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    requires_python TEXT,
+    yanked          INTEGER NOT NULL DEFAULT 0,
+    yanked_reason   TEXT,
+    upload_time     TEXT,
+    metadata_hashes TEXT,
+    signature       INTEGER NOT NULL DEFAULT 0,
+    provenance      INTEGER NOT NULL DEFAULT 0,
+    extra           TEXT,
+    staged_gen      INTEGER NOT NULL,
+    PRIMARY KEY (project, filename)
+);
+CREATE INDEX IF NOT EXISTS staged_files_path ON staged_files (path);
+
 CREATE TABLE IF NOT EXISTS pages (
     path         TEXT PRIMARY KEY,      -- below web/
     sha256       TEXT NOT NULL,
@@ -157,6 +184,53 @@ def _json(value: Any) -> str | None:
     return None if value is None else _encode(value)
 
 
+# The columns of a file that a HeldFile holds, in _held_file's and _file_values' order.
+_HELD_COLUMNS = (
+    "filename, path, size, hashes, url, requires_python, yanked, yanked_reason, upload_time,"
+    " metadata_hashes, signature, provenance, extra"
+)
+
+
+def _held_file(project: str, row: tuple[Any, ...]) -> HeldFile:
+    (filename, path, size, hashes, url, requires_python, yanked, yanked_reason, upload_time,
+     metadata, signature, provenance, extra) = row
+    return HeldFile(
+        project=project,
+        filename=filename,
+        path=path,
+        size=size,
+        hashes=json.loads(hashes),
+        url=url,
+        requires_python=requires_python,
+        yanked=bool(yanked),
+        yanked_reason=yanked_reason,
+        upload_time=upload_time,
+        metadata_hashes=json.loads(metadata) if metadata else None,
+        signature=bool(signature),
+        provenance=bool(provenance),
+        extra=json.loads(extra) if extra else {},
+    )
+
+
+def _file_values(f: HeldFile) -> tuple[Any, ...]:
+    """``f`` as the values of _HELD_COLUMNS."""
+    return (
+        f.filename,
+        f.path,
+        f.size,
+        _json(dict(f.hashes)),
+        f.url,
+        f.requires_python,
+        int(f.yanked),
+        f.yanked_reason,
+        f.upload_time,
+        _json(dict(f.metadata_hashes) if f.metadata_hashes is not None else None),
+        int(f.signature),
+        int(f.provenance),
+        _json(dict(f.extra)) if f.extra else None,
+    )
+
+
 class State:
     def __init__(self, path: Path) -> None:
         self.db = sqlite_utils.Database(path)
@@ -199,6 +273,46 @@ class State:
         (last,) = self.db.execute("SELECT coalesce(max(generation), 0) FROM runs").fetchone()
         return int(last) + 1
 
+    @classmethod
+    def readonly(cls, path: Path) -> State:
+        """An existing state.db opened read-only, for `mirror sync --dry-run`.
+
+        It takes no lock and never waits on a sync writing (WAL: readers and the
+        writer do not block each other); opening it the ordinary way would write
+        (the schema, the migration) and so wait for that sync, then fail. Only
+        temporary tables (root_changes) are written, and those live in this
+        connection alone. Raises StateError when state.db needs an upgrade first.
+        """
+        uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+        state = cls.__new__(cls)
+        state.db = sqlite_utils.Database(sqlite3.connect(uri, uri=True))
+        try:
+            found = state.get_meta("schema_version") if state.db["meta"].exists() else None
+            if found is None or int(found) != SCHEMA_VERSION:
+                raise StateError(
+                    f"{path} was written by another version of simplemirror (schema "
+                    f"{found}); run `mirror sync` once with this one to upgrade it"
+                )
+            for table, column, _ in _ADDED_COLUMNS:
+                if column not in state.db[table].columns_dict:
+                    raise StateError(
+                        f"{path} predates this version of simplemirror; run `mirror sync` "
+                        "once with it to upgrade state.db, then --dry-run can read it"
+                    )
+            if not state.db["staged_files"].exists():
+                # Written before staging existed, so nothing is staged: an empty
+                # stand-in with the columns planning_files reads.
+                state.db.execute("CREATE TEMP TABLE staged_files AS SELECT * FROM files WHERE 0")
+        except BaseException:
+            state.close()
+            raise
+        return state
+
+    @classmethod
+    def empty(cls) -> State:
+        """A state.db in memory, holding nothing: what a dry run plans against before any sync."""
+        return cls(Path(":memory:"))
+
     def close(self) -> None:
         self.db.close()
 
@@ -236,6 +350,16 @@ class State:
             "WHERE generation = ?",
             [now(), outcome, *counts.values(), generation],
         )
+
+    def synced_upstream(self) -> str | None:
+        """The upstream of the last run that got to its end (ok, partial or unchanged):
+        the index the projects held came from. Runs that stopped early are left out,
+        since they may have stopped before they read anything."""
+        row = self.db.execute(
+            "SELECT upstream FROM runs WHERE outcome IN ('ok', 'partial', 'unchanged')"
+            " ORDER BY generation DESC LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
 
     # -- projects -----------------------------------------------------------
 
@@ -342,12 +466,15 @@ class State:
             )
 
     def mark_removed(self, names: Iterable[str], generation: int) -> None:
+        names = list(names)
         with self.transaction():
             self.db.conn.executemany(
                 "UPDATE projects SET status = 'removed', removed_gen = ?, updated_gen = ? "
                 "WHERE name = ?",
                 ((generation, generation, name) for name in names),
             )
+            for name in names:
+                self._settle_staged(name, (), generation)
 
     def set_status(
         self, name: str, status: Status, error: str | None, generation: int
@@ -400,28 +527,9 @@ class State:
             " metadata_hashes = excluded.metadata_hashes, signature = excluded.signature,"
             " provenance = excluded.provenance, extra = excluded.extra,"
             " updated_gen = excluded.updated_gen",
-            [
-                (
-                    name,
-                    f.filename,
-                    f.path,
-                    f.size,
-                    _json(dict(f.hashes)),
-                    f.url,
-                    f.requires_python,
-                    int(f.yanked),
-                    f.yanked_reason,
-                    f.upload_time,
-                    _json(dict(f.metadata_hashes) if f.metadata_hashes is not None else None),
-                    int(f.signature),
-                    int(f.provenance),
-                    _json(dict(f.extra)) if f.extra else None,
-                    generation,
-                    generation,
-                )
-                for f in files
-            ],
+            [(name, *_file_values(f), generation, generation) for f in files],
         )
+        self._settle_staged(name, files, generation)
         complete = status is Status.OK
         # Before published_gen moves: pages published before make this a change.
         self.db.execute(
@@ -459,44 +567,55 @@ class State:
 
     def held_files(self, project: str) -> list[HeldFile]:
         rows = self.db.execute(
-            "SELECT filename, path, size, hashes, url, requires_python, yanked, yanked_reason,"
-            " upload_time, metadata_hashes, signature, provenance, extra FROM files"
-            " WHERE project = ? AND removed_gen IS NULL ORDER BY id",
+            f"SELECT {_HELD_COLUMNS} FROM files WHERE project = ? AND removed_gen IS NULL"
+            " ORDER BY id",
             [project],
         )
-        return [
-            HeldFile(
-                project=project,
-                filename=filename,
-                path=path,
-                size=size,
-                hashes=json.loads(hashes),
-                url=url,
-                requires_python=requires_python,
-                yanked=bool(yanked),
-                yanked_reason=yanked_reason,
-                upload_time=upload_time,
-                metadata_hashes=json.loads(metadata) if metadata else None,
-                signature=bool(signature),
-                provenance=bool(provenance),
-                extra=json.loads(extra) if extra else {},
+        return [_held_file(project, row) for row in rows]
+
+    def planning_files(self, project: str) -> list[HeldFile]:
+        """What plan_files may keep of ``project``: the files its pages list, and those a
+        stopped run left in place without listing them (staged), which stand in for a
+        listed file of the same name: they are what upstream offered last."""
+        held = {f.filename: f for f in self.held_files(project)}
+        rows = self.db.execute(
+            f"SELECT {_HELD_COLUMNS} FROM staged_files WHERE project = ? ORDER BY filename",
+            [project],
+        )
+        for row in rows:
+            staged = _held_file(project, row)
+            held[staged.filename] = staged
+        return list(held.values())
+
+    def stage_files(self, project: str, files: Iterable[HeldFile], generation: int) -> None:
+        """Record files of an unfinished project that are verified and in place, so that
+        the next run keeps them; its pages do not list them (see staged_files)."""
+        with self.transaction():
+            self.db.conn.executemany(
+                f"INSERT OR REPLACE INTO staged_files ({_HELD_COLUMNS}, project, staged_gen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*_file_values(f), project, generation) for f in files],
             )
-            for (
-                filename,
-                path,
-                size,
-                hashes,
-                url,
-                requires_python,
-                yanked,
-                yanked_reason,
-                upload_time,
-                metadata,
-                signature,
-                provenance,
-                extra,
-            ) in rows
-        ]
+
+    def _settle_staged(self, name: str, live: Iterable[HeldFile], generation: int) -> None:
+        """Empty ``name``'s staging: a file staged under a path now ``live`` needs nothing
+        more; any other becomes a tombstone, whose bytes the reaper deletes."""
+        if self.db.execute(
+            "SELECT 1 FROM staged_files WHERE project = ? LIMIT 1", [name]
+        ).fetchone() is None:
+            return  # the common case, and one look-up
+        conn = self.db.conn
+        conn.executemany(
+            "DELETE FROM staged_files WHERE project = ? AND filename = ? AND path = ?",
+            [(name, f.filename, f.path) for f in live],
+        )
+        conn.execute(
+            f"INSERT INTO files ({_HELD_COLUMNS}, project, appeared_gen, updated_gen,"
+            f" removed_gen) SELECT {_HELD_COLUMNS}, project, staged_gen, ?, ?"
+            " FROM staged_files WHERE project = ?",
+            (generation, generation, name),
+        )
+        conn.execute("DELETE FROM staged_files WHERE project = ?", (name,))
 
     def root_entries(self) -> Iterator[RootEntry]:
         """Projects the root index lists: published and still listed upstream."""
@@ -574,12 +693,14 @@ class State:
         """(id, path) of files off every page whose bytes are still on disk.
 
         A path that a live row still uses (the same bytes under the same name in
-        another project) is kept.
+        another project), or a staged file, is kept.
         """
         rows = self.db.execute(
             "SELECT id, path FROM files AS gone WHERE removed_gen IS NOT NULL"
             " AND deleted_gen IS NULL AND NOT EXISTS (SELECT 1 FROM files AS live"
             " WHERE live.path = gone.path AND live.removed_gen IS NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM staged_files AS staged"
+            " WHERE staged.path = gone.path)"
         )
         return list(rows)
 

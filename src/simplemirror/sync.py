@@ -13,6 +13,7 @@ are written, and the root pages are written after every project page.
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import json
@@ -21,7 +22,7 @@ import os
 import queue
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,16 +38,13 @@ from simplemirror.plan import (
     MASS_DELETE_FLOOR_PROJECTS,
     FilePlan,
     FileTodo,
-    HeldProject,
     ProjectTodo,
     Status,
     SyncPlan,
     is_mass_removal,
     plan_changes,
-    plan_files,
+    plan_page,
     plan_retry,
-    plan_sync,
-    refuse_foreign_hosts,
     usable_serials,
 )
 from simplemirror.publish import Publisher
@@ -103,6 +101,33 @@ def write_error(directory: Path, exc: OSError | sqlite3.Error) -> SyncError:
 
 
 @dataclass
+class Forecast:
+    """What `mirror sync --dry-run` found out, beyond the plan, about the run it stands for."""
+
+    not_modified: bool = False
+    """The root was unchanged (304, or the same bytes): only unfinished projects count."""
+    serials: bool = True
+    """False: upstream gives no usable serials, so every project is asked again (with a
+    conditional request where a complete copy is held)."""
+    refusal: str | None = None
+    """Why the real run would stop before changing anything (the mass-removal cap), in
+    the words it would use; nothing past the plan is read then."""
+    pages_read: int = 0
+    pages_unchanged: int = 0
+    """Pages upstream answered 304 or with the same bytes: nothing to do there."""
+    files: int = 0
+    """Files to download (their siblings, such as .metadata, not counted)."""
+    bytes: int = 0
+    """Their declared sizes, added up; ``unknown_size`` of them declare none."""
+    unknown_size: int = 0
+    files_dropped: int = 0
+    """Held files the pages read no longer list."""
+    file_refusal: str | None = None
+    """Set when those are more than max-removal of the files held: the real run keeps
+    them and exits 1."""
+
+
+@dataclass
 class RunSummary:
     generation: int | None
     outcome: str
@@ -124,11 +149,15 @@ class RunSummary:
     plan: SyncPlan | None = None
     stopped_by: int | None = None
     """The signal that stopped the run early, if one did."""
+    forecast: Forecast | None = None
+    """A dry run's findings; its exit code is the one the real run would end with."""
 
     @property
     def exit_code(self) -> int:
         if self.stopped_by is not None:
             return 128 + self.stopped_by  # the shell's convention: 130 SIGINT, 143 SIGTERM
+        if self.forecast is not None and (self.forecast.refusal or self.forecast.file_refusal):
+            return 1
         return 1 if self.deferred or self.failed or self.rejected else 0
 
 
@@ -245,6 +274,35 @@ class _Root:
     rejected: tuple[tuple[str, str], ...] = ()
     sha256: str | None = None
     """Of the root's body, as read."""
+    serials: bool = True
+    """Whether upstream's serials are usable (on a 304, as the last root said)."""
+    refusal: str | None = None
+    """Set when the plan removes too much: the run must stop, saying this."""
+
+
+def mass_removal_refusal(
+    removing: int, listed: int, share: float, upstream: str, last_upstream: str | None
+) -> str:
+    """What a run refused by the project removal cap says, and what to do about it."""
+    said = (
+        f"upstream no longer lists {removing} of the {listed} projects held "
+        f"(more than max-removal, {share:.0%}); nothing was changed. "
+    )
+    if last_upstream is not None and last_upstream != upstream:
+        # Imported here: runreport imports this module.
+        from simplemirror.runreport import redact
+
+        # --allow-mass-delete would then empty the mirror of the old index: say so first.
+        return said + (
+            f"The upstream, {redact(upstream)}, is not the one the last run synced from, "
+            f"{redact(last_upstream)}: if that is a mistake, set the upstream back; only if "
+            "the mirror is to follow the new index, run again with --allow-mass-delete, "
+            "which removes every project the new index does not list"
+        )
+    return said + (
+        "If upstream really removed them, run again with --allow-mass-delete; "
+        "if not, its index is truncated: wait and run again"
+    )
 
 
 def download_todo(client: Client, name: str, todo: FileTodo) -> download.TodoResult:
@@ -476,9 +534,9 @@ class Sync:
         try:
             self._fetch_all(plan, state, publisher, summary)
             if self.stopped_by is not None:
-                # What finished is published and recorded; the root pages and
-                # the ETag wait for a run that gets through everything.
-                return self._interrupted(summary, state)
+                # What finished is published and recorded, and a root lists it;
+                # the root's ETag and serial wait for a run that gets through.
+                return self._interrupted(summary, state, publisher, root_pages_there)
             complete = not summary.deferred and not summary.failed
             with state.transaction():
                 before = state.get_meta("root_serial")
@@ -517,11 +575,23 @@ class Sync:
         )
         return summary
 
-    def _interrupted(self, summary: RunSummary, state: State) -> RunSummary:
+    def _interrupted(
+        self,
+        summary: RunSummary,
+        state: State,
+        publisher: Publisher | None = None,
+        root_pages_there: bool = True,
+    ) -> RunSummary:
         assert summary.generation is not None
         summary.outcome = "interrupted"
         summary.stopped_by = self.stopped_by
         log.warning("stopped on request; the next run resumes where this one stopped")
+        if publisher is not None and (summary.changed or summary.removed or not root_pages_there):
+            # The root for what is complete (root_entries: pages written, rows
+            # recorded), so that a first sync stopped early still serves /simple/.
+            # With the serial of the last complete copy, not this root's.
+            serial = state.get_meta("root_serial")
+            publisher.root(state.root_entries(), int(serial) if serial else None)
         state.finish_run(
             summary.generation,
             "interrupted",
@@ -533,17 +603,39 @@ class Sync:
 
     def _plan(self, state: State, generation: int) -> _Root:
         """Read the root and decide; record what the root promised."""
+        root = self._decide(state)
+        if root.refusal is not None:
+            raise SyncError(root.refusal)
+        if root.not_modified:
+            return root
+        plan = root.plan
+        with state.transaction():
+            state.set_meta("root_serials", "yes" if root.serials else "no")
+            state.note_listed(((t.name, t.display_name, t.serial) for t in plan.fetch), generation)
+            state.mark_removed(plan.removed, generation)
+            for entry, reason in root.rejected:
+                state.record_failure(generation, entry, None, "rejected", reason)
+        for name in plan.removed:
+            log.warning("project %s is no longer listed upstream; recorded as removed", name)
+        return root
+
+    def _decide(self, state: State) -> _Root:
+        """Read the root and plan the run from it and ``state``, writing nothing.
+
+        The run (``_plan``) and --dry-run (over state.db opened read-only) both plan
+        here, so that a dry run says what the run will do: which projects it asks
+        for, the fallback without serials, the plan on a 304, the removal cap.
+        """
         only = self.config.projects or None
         response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
         if response is None:
             log.info("upstream root index unchanged (HTTP 304, or the same bytes)")
             if state.get_meta("root_serials") == "no":
-                return _Root(plan_retry(state.held_projects(), only, serials=False), True)
+                plan = plan_retry(state.held_projects(), only, serials=False)
+                return _Root(plan, True, serials=False)
             return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
         index, etag, sha256 = response.index, response.etag, response.sha256
         serials = usable_serials(index)
-        with state.transaction():
-            state.set_meta("root_serials", "yes" if serials else "no")
         changes = state.root_changes(
             # Without usable serials, each project is asked with a conditional request.
             index.projects if serials else (p._replace(serial=None) for p in index.projects),
@@ -557,27 +649,19 @@ class Sync:
         plan = plan_changes(changes, only)
         # Counted only when needed: a full scan of the projects at PyPI's size.
         listed = state.listed_count() if plan.removed else 0
+        refusal = None
         if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
             len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
         ):
-            raise SyncError(
-                f"upstream no longer lists {len(plan.removed)} of the {listed} projects held "
-                f"(more than max-removal, {self.config.max_removal:.0%}); nothing was changed. "
-                "If upstream really removed them, run again with --allow-mass-delete; "
-                "if not, its index is truncated: wait and run again"
+            refusal = mass_removal_refusal(
+                len(plan.removed), listed, self.config.max_removal, self.config.upstream,
+                state.synced_upstream(),
             )
         for name in missing:
             log.warning("project %s is not listed by the upstream index", name)
-        with state.transaction():
-            state.note_listed(((t.name, t.display_name, t.serial) for t in plan.fetch), generation)
-            state.mark_removed(plan.removed, generation)
-            for entry, reason in rejected:
-                state.record_failure(generation, entry, None, "rejected", reason)
-        for name in plan.removed:
-            log.warning("project %s is no longer listed upstream; recorded as removed", name)
         for dropped, kept in collisions:
             log.warning("upstream lists %r and %r, one project; mirrored once", dropped, kept)
-        return _Root(plan, False, etag, serial, rejected, sha256)
+        return _Root(plan, False, etag, serial, rejected, sha256, serials, refusal)
 
     def _scope(self) -> str:
         """What a saved root ETag is valid for: the same upstream and project filter."""
@@ -596,28 +680,103 @@ class Sync:
         return state.get_meta("root_sha256")
 
     def _dry_run(self, started: float) -> RunSummary:
-        config = self.config
-        held: dict[str, tuple[str, HeldProject]] = {}
-        etag = None
-        if config.state_path.exists():
-            state = State(config.state_path)
-            try:
-                held, etag = state.held_projects(), self._etag(state)
-            finally:
-                state.close()
-        only = config.projects or None
+        """Plan as the run would, then read the pages it would fetch and count their files.
+
+        state.db is opened read-only (a sync may be writing it) and nothing is written
+        or downloaded. The exit code is the one the run would end with, as far as
+        pages tell: the removal caps, pages that fail, entries refused.
+        """
+        path = self.config.state_path
         try:
-            response = self.client.fetch_root(etag)
-        except UpstreamError as exc:
-            raise SyncError(f"could not read the upstream root index: {exc}") from None
-        if response is None:
-            plan = plan_retry(held, only)
-        else:
-            plan = plan_sync(response.index, {n: h for n, (_, h) in held.items()}, only)
-        return RunSummary(
-            None, "dry-run", plan=plan, removed=list(plan.removed),
-            duration=time.monotonic() - started,
+            state = State.readonly(path) if path.exists() else State.empty()
+        except (sqlite3.Error, StateError) as exc:
+            raise SyncError(f"cannot read {path}: {exc}") from exc
+        summary = RunSummary(None, "dry-run")
+        try:
+            try:
+                root = self._decide(state)
+            except Interrupted:
+                summary.stopped_by = self.stopped_by
+                return summary
+            except UpstreamError as exc:
+                raise SyncError(f"could not read the upstream root index: {exc}") from None
+            forecast = Forecast(root.not_modified, root.serials, root.refusal)
+            summary.plan, summary.forecast = root.plan, forecast
+            summary.removed, summary.rejected = list(root.plan.removed), list(root.rejected)
+            if root.refusal is None:  # else the run stops before any page
+                self._forecast_pages(root.plan, state, summary, forecast)
+        finally:
+            state.close()
+            summary.duration = time.monotonic() - started
+        return summary
+
+    def _forecast_pages(
+        self, plan: SyncPlan, state: State, summary: RunSummary, forecast: Forecast
+    ) -> None:
+        """Fetch the planned pages (as the run would: conditional where it would be) and
+        count what plan_page would download; pages that fail are the run's failures."""
+        config = self.config
+        pages = WorkerPool(config.workers, "page")
+        waiting: collections.deque[tuple[ProjectTodo, Future[PageResponse | None]]] = (
+            collections.deque()
         )
+        todos = iter(plan.fetch)
+        self.reporter.start(len(plan.fetch))
+        try:
+            while True:
+                # A bounded look-ahead, as in the run: memory stays flat at any size.
+                while len(waiting) < config.workers * 2 and (
+                    (todo := next(todos, None)) is not None
+                ):
+                    waiting.append((todo, pages.submit(self.client.fetch_page, todo, todo.etag)))
+                if not waiting:
+                    break
+                todo, future = waiting.popleft()
+                try:
+                    response = future.result()
+                except Interrupted:
+                    summary.stopped_by = self.stopped_by
+                    return
+                except StalePage as exc:
+                    summary.deferred.append((todo.name, str(exc)))
+                    continue
+                except UpstreamError as exc:
+                    summary.failed.append((todo.name, str(exc)))
+                    continue
+                finally:
+                    self.reporter.project_done()
+                forecast.pages_read += 1
+                if response is None or response.sha256 == todo.page_hash:
+                    forecast.pages_unchanged += 1
+                    continue
+                files, refused = plan_page(
+                    response.page, state.planning_files(todo.name),
+                    self.client.file_guard.refusal, provenance=config.public_url is not None,
+                )
+                if refused:
+                    summary.failed.append(
+                        (todo.name, "; ".join(f"{f}: refused: {r}" for f, r in refused))
+                    )
+                elif files.gone:  # a page with refused entries deletes nothing
+                    forecast.files_dropped += len(files.gone)
+                for wanted in files.fetch:
+                    if wanted.fetch_file:
+                        forecast.files += 1
+                        if wanted.dist.size is None:
+                            forecast.unknown_size += 1
+                        else:
+                            forecast.bytes += wanted.dist.size
+        finally:
+            pages.shutdown(STOP_GRACE)
+        held = state.live_files_count()
+        if not config.allow_mass_delete and is_mass_removal(
+            forecast.files_dropped, held, config.max_removal, MASS_DELETE_FLOOR_FILES
+        ):
+            forecast.file_refusal = (
+                f"upstream dropped {forecast.files_dropped} file(s), more than max-removal "
+                f"({config.max_removal:.0%}) of the {held} files held: the run keeps them and "
+                "exits 1. Run with --allow-mass-delete if that is right"
+            )
 
     # -- fetching and publishing projects ------------------------------------
 
@@ -633,10 +792,15 @@ class Sync:
         page_window = config.workers * 2
         file_window = config.workers * 32
         in_flight = {"pages": 0, "files": 0}
+        # Projects with downloads under way, for a stop to find their finished files;
+        # each leaves as it completes (a first sync has 650,000 of them).
+        downloading: dict[str, _Project] = {}
         self.reporter.start(len(plan.fetch))
 
         def track(kind: str, tag: Any, future: Future[Any]) -> None:
             in_flight["pages" if kind == "page" else "files"] += 1
+            if kind == "file":
+                downloading[tag[0].todo.name] = tag[0]
             future.add_done_callback(lambda f: events.put((kind, tag, f)))
 
         def refill() -> None:
@@ -677,6 +841,7 @@ class Sync:
                     project, todo = tag
                     self._file_done(project, todo, future, summary)
                     if not project.outstanding:
+                        del downloading[project.todo.name]
                         self._finish(project, state, publisher, summary)
                 if time.monotonic() - last_commit > COMMIT_EVERY:
                     state.db.execute("COMMIT")
@@ -695,6 +860,35 @@ class Sync:
             # nothing to commit, and the error that did it is the one to report.
             if state.db.conn.in_transaction:
                 state.db.execute("COMMIT")
+        if self.stopped_by is not None:
+            self._keep_finished(events, downloading.values(), state, publisher, summary)
+
+    def _keep_finished(
+        self,
+        events: queue.SimpleQueue[tuple[str, Any, Future[Any]]],
+        projects: Iterable[_Project],
+        state: State,
+        publisher: Publisher,
+        summary: RunSummary,
+    ) -> None:
+        """After a stop, keep every download that finished: a project it completes is
+        published; the finished files of the others are staged, for the next run to
+        keep without fetching them again and without any page listing them before."""
+        while True:
+            try:
+                kind, tag, future = events.get_nowait()
+            except queue.Empty:
+                break
+            # Pages, and downloads cut short (cancelled, ended by the stop) are left
+            # for the next run: none of them is a failure.
+            if kind == "file" and not future.cancelled() and future.exception() is None:
+                project, todo = tag
+                self._file_done(project, todo, future, summary)
+                if not project.outstanding:
+                    self._finish(project, state, publisher, summary)
+        for project in projects:  # _finish-ed ones have none outstanding
+            if project.outstanding and project.done:
+                state.stage_files(project.todo.name, project.done.values(), publisher.generation)
 
     def _page_done(
         self,
@@ -721,20 +915,18 @@ class Sync:
             self.reporter.project_done()
             return None
         page = response.page
-        # PEP 792: a quarantined project offers no files, whatever its page lists.
-        offered = () if page.status == "quarantined" else page.files
-        listed, foreign = refuse_foreign_hosts(offered, self.client.file_guard.refusal)
-        refused = [*page.rejected, *foreign]
+        # planning_files: with what a stopped run left staged, so as not to fetch it again.
+        files, refused = plan_page(
+            page, state.planning_files(todo.name), self.client.file_guard.refusal,
+            provenance=self.config.public_url is not None,
+        )
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
-        files = plan_files(
-            listed, state.held_files(todo.name), provenance=self.config.public_url is not None
-        )
         # A refused file is work left undone: the project does not converge.
         return _Project(
             todo, page, files, response.etag, response.sha256,
             errors=[(f, f"refused: {r}") for f, r in refused],
-            offers_files=bool(offered or page.rejected) and page.status != "quarantined",
+            offers_files=bool(page.files or page.rejected) and page.status != "quarantined",
             refused=bool(refused),
         )
 

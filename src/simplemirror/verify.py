@@ -9,9 +9,10 @@ Three checks, each in bounded memory however large the mirror:
 2. orphans: files under ``web/packages/`` that no row of state.db holds. A row holds its
    path until its bytes are deleted (``deleted_gen``), so a file already off every page
    but not yet reaped by a sync is not an orphan: deleting it here would make state.db
-   claim bytes the disk no longer has. The siblings of a held file (its ``.metadata``)
-   are not orphans either. Every path found is looked up in state.db (through the
-   ``files_path`` index of the schema), never in a set of every path held in memory.
+   claim bytes the disk no longer has. The siblings of a held file (its ``.metadata``),
+   and files a stopped sync left staged for its next run, are not orphans either. Every
+   path found is looked up in state.db (through the ``files_path`` and
+   ``staged_files_path`` indexes), never in a set of every path held in memory.
 3. pages: the root and every project page under ``web/simple/`` parse, and every link on
    them resolves to a file whose bytes are what the page advertises.
 
@@ -437,11 +438,12 @@ class Verifier:
     # -- orphans ------------------------------------------------------------------------
 
     def _held(self, path: str) -> bool:
-        """Some row of state.db holds ``path`` on disk (live, or off every page but not
-        yet reaped)."""
+        """Some row of state.db holds ``path`` on disk (live, off every page but not yet
+        reaped, or staged by a stopped sync for its next run)."""
         return (
             self.db.execute(
-                "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL LIMIT 1", [path]
+                "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL"
+                " UNION ALL SELECT 1 FROM staged_files WHERE path = ? LIMIT 1", [path, path]
             ).fetchone()
             is not None
         )

@@ -13,6 +13,7 @@ import pytest
 import responses
 
 from simplemirror.upstream import Client
+from tests.support.upstream import Upstream, World
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +53,13 @@ def no_name_lookups_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield
     assert not asked, f"the test looked up names beyond loopback: {sorted(set(asked))}"
+
+
+@pytest.fixture
+def upstream(world: World) -> Iterator[Upstream]:
+    """The fake index serving the test module's ``world`` fixture, on 127.0.0.1."""
+    with Upstream(world) as up:
+        yield up
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,6 @@ def world() -> World:
     w.add_project("beta", ["1.0", "2.0"])
     w.add_project("gamma", ["0.1"])
     return w
-
-
-@pytest.fixture
-def upstream(world: World) -> Iterator[Upstream]:
-    with Upstream(world) as up:
-        yield up
 
 
 def settings(url: str, directory: Path, **overrides: Any) -> config.Config:

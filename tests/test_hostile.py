@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,6 @@ def world() -> World:
     w.add_project("good", ["1.0"])
     w.add_project("victim", ["1.0"])
     return w
-
-
-@pytest.fixture
-def upstream(world: World) -> Iterator[Upstream]:
-    with Upstream(world) as up:
-        yield up
 
 
 def sync(up: Upstream, directory: Path, **overrides: Any) -> RunSummary:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,6 @@ def world() -> World:
     w.add_project("keeper", ["1.0"])
     w.add_project("doomed", ["1.0", "2.0"])
     return w
-
-
-@pytest.fixture
-def upstream(world: World) -> Iterator[Upstream]:
-    with Upstream(world) as up:
-        yield up
 
 
 def sync(up: Upstream, directory: Path, **overrides: Any) -> RunSummary:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,6 @@ def world() -> World:
     w.add_project("doomed", ["1.0", "2.0"])
     w.add_project("tweak", ["1.0"])
     return w
-
-
-@pytest.fixture
-def upstream(world: World) -> Iterator[Upstream]:
-    with Upstream(world) as up:
-        yield up
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

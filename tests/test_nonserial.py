@@ -4,7 +4,6 @@ one conditional request per project tells what changed; HTML-only upstreams work
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,6 @@ def world() -> World:
     w.add_project("beta", ["1.0", "2.0"])
     w.add_project("gamma", ["0.1"])
     return w
-
-
-@pytest.fixture
-def upstream(world: World) -> Iterator[Upstream]:
-    with Upstream(world) as up:
-        yield up
 
 
 def sync(url: str, directory: Path, **overrides: Any) -> RunSummary:

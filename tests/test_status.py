@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,6 @@ def world() -> World:
     w.add_project("Foo__Bar.baz", ["1.0", "2.0"])
     w.add_project("tiny", ["0.1"])
     return w
-
-
-@pytest.fixture
-def upstream(world: World) -> Iterator[Upstream]:
-    with Upstream(world) as up:
-        yield up
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,6 @@ def world() -> World:
     w.add_project("tiny", ["0.1"], requires_python=">=3.8")
     w.yank("tiny", "tiny-0.1.tar.gz", 'broken <build> & "quotes"')
     return w
-
-
-@pytest.fixture
-def upstream(world: World) -> Iterator[Upstream]:
-    with Upstream(world) as up:
-        yield up
 
 
 def sync(up: Upstream, directory: Path, **overrides: Any) -> RunSummary:

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 from collections.abc import Iterator
 
 import pytest
 import responses
 
 from simplemirror.upstream import Client
+from tests.support.process import process_state_kept
 
 
 @pytest.fixture(autouse=True)
 def restore_process_state() -> Iterator[None]:
     """The commands install a log handler on the package logger and signal handlers;
     put both back after each test."""
-    logger = logging.getLogger("simplemirror")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+    with process_state_kept():
+        yield
 
 
 @pytest.fixture

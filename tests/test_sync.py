@@ -574,3 +574,14 @@ def test_no_proxy_alone_is_no_proxy_and_keeps_the_event_loop(
     assert summary.exit_code == 0 and summary.files_fetched == 6
     assert used and set(used) <= {("AsyncClient", "AsyncClient.download_todo")}
     assert_consistent(tmp_path / "mirror" / "web")
+
+
+@pytest.mark.parametrize("processes", [None, 1], ids=["threads", "download-process"])
+def test_an_ipv6_literal_upstream_is_mirrored(
+    world: World, tmp_path: Path, processes: int | None
+):
+    with Upstream(world, host="::1") as up:
+        assert up.url.startswith("http://[::1]:")
+        summary = sync(up, tmp_path, download_processes=processes)
+    assert summary.exit_code == 0 and summary.files_fetched == 6
+    assert sorted(assert_consistent(tmp_path / "web")) == ["foo-bar-baz", "tiny"]

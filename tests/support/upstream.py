@@ -353,7 +353,8 @@ class Upstream:
     ``page_body`` (see ``_root`` and ``_project``).
     """
 
-    def __init__(self, world: World | None = None) -> None:
+    def __init__(self, world: World | None = None, host: str = "127.0.0.1") -> None:
+        """``host``: the loopback address to listen on, 127.0.0.1 or ::1."""
         self.world = world if world is not None else World()
         self.url_style: UrlStyle = "absolute"
         self.serial_as_string = False
@@ -388,7 +389,7 @@ class Upstream:
         self.requests: list[RequestRecord] = []
         self.knob_lock = threading.Lock()
         self._requests_lock = threading.Lock()
-        self._thread = ServerThread(_UpstreamHandler, self)
+        self._thread = ServerThread(_UpstreamHandler, self, host)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Upstream:
@@ -416,7 +417,8 @@ class Upstream:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = self._thread.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def url(self) -> str:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -56,6 +57,18 @@ HOSTILE_ENTRIES = {
     "only unknown algorithm": {"hashes": {"rot13": "abc"}},
     "negative size": {"size": -5},
     "string size": {"size": "many"},
+    # Names whose URL names the same file: the name checks alone refuse them.
+    "parent traversal, its URL agreeing": {
+        "filename": "../../../escaped-1.0.tar.gz",
+        "url": "/packages/" + quote("../../../escaped-1.0.tar.gz", safe=""),
+    },
+    "NUL, its URL agreeing": {
+        "filename": "escaped\x00-1.0.tar.gz", "url": "/packages/escaped%00-1.0.tar.gz",
+    },
+    "right-to-left override": {
+        "filename": "escaped-1.0\u202ezg.rat.whl",
+        "url": "/packages/" + quote("escaped-1.0\u202ezg.rat.whl"),
+    },
 }
 
 

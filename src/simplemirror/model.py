@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -401,6 +402,19 @@ def _parse_files(
 
 # A path separator, or a character of Unicode category Cc (exactly these ranges).
 _SEPARATOR_OR_CONTROL = re.compile("[/\\\\\x00-\x1f\x7f-\x9f]")
+# Characters that change how a name reads, not what it is: format characters (Cf:
+# the bidirectional overrides and isolates U+202A-U+202E and U+2066-U+2069 that
+# reorder what follows them on a page or a terminal, zero-width spaces and joiners,
+# the byte order mark...) and the line and paragraph separators (Zl, Zp) that split
+# a log line. No distribution's name has any: project names and versions are ASCII.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zl", "Zp"})
+
+
+def _has_invisible(filename: str) -> bool:
+    # Almost every name is ASCII, which has none of these: skip the per-character look-up.
+    return not filename.isascii() and any(
+        unicodedata.category(c) in _INVISIBLE_CATEGORIES for c in filename
+    )
 
 
 def check_filename(filename: object) -> str:
@@ -411,6 +425,11 @@ def check_filename(filename: object) -> str:
         raise UpstreamDataError("file name starts with a dot")
     if _SEPARATOR_OR_CONTROL.search(filename):
         raise UpstreamDataError("file name contains a path separator or a control character")
+    if _has_invisible(filename):
+        raise UpstreamDataError(
+            "file name contains a format character (such as a bidirectional override) "
+            "or a line separator"
+        )
     try:
         encoded = filename.encode("utf-8")
     except UnicodeEncodeError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -295,6 +296,51 @@ def test_root_collision_does_not_disturb_other_projects() -> None:
 def test_root_not_usable_raises_upstream_data_error(data: object) -> None:
     with pytest.raises(UpstreamDataError):
         RootIndex.from_json_data(data)
+
+
+# -- the Simple API version (PEP 629) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["2.0", "2", " 2.1 ", "10.0"])
+def test_root_and_page_of_an_unknown_major_version_are_refused(version: str) -> None:
+    message = "upstream speaks Simple API version 2.0, which this simplemirror does not know"
+    with pytest.raises(UpstreamDataError, match=message.replace("2.0", r"\d+\.\d")):
+        root([{"name": "foo"}], meta={"api-version": version})
+    with pytest.raises(UpstreamDataError, match=re.escape(f"{PAGE_URL}: upstream speaks")):
+        parse_page(file_entry(), meta={"api-version": version})
+
+
+def test_an_unknown_major_version_is_refused_before_the_shape_is_judged() -> None:
+    # Version 2 may shape its documents otherwise: the version is what is wrong.
+    with pytest.raises(UpstreamDataError, match=r"version 2\.0"):
+        RootIndex.from_json_data({"meta": {"api-version": "2.0"}, "entries": []})
+    with pytest.raises(UpstreamDataError, match=r"version 2\.0"):
+        ProjectPage.from_json_data({"meta": {"api-version": "2.0"}}, page_url=PAGE_URL)
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("1.0", (1, 0)), ("1.1", (1, 1)), ("1.4", (1, 4)), ("1.99", (1, 99)), (" 1.5 ", (1, 5)),
+     ("0.9", (0, 9)), ("1", (1, 0)), (None, None), (1.1, None), ("one", None), ("1.x", None),
+     ("", None), ("1" * 12 + ".0", None)],
+)
+def test_a_known_major_or_unusable_version_is_parsed_not_refused(
+    version: object, expected: tuple[int, int] | None
+) -> None:
+    meta = {} if version is None else {"api-version": version}
+    assert root([{"name": "foo"}], meta=meta).api_version == expected
+    page = parse_page(file_entry(), meta=meta)
+    assert page.api_version == expected and len(page.files) == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "newer"),
+    [((1, 5), True), ((1, 99), True), ((1, 4), False), ((1, 0), False), ((0, 9), False),
+     (None, False)],
+)
+def test_newer_minor_than_this_mirror_knows(version: tuple[int, int] | None, newer: bool) -> None:
+    assert model.API_VERSION == "1.4"
+    assert model.newer_api_version(version) is newer
 
 
 def test_upstream_data_error_is_a_value_error() -> None:

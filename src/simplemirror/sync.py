@@ -30,7 +30,7 @@ from typing import Any
 from simplemirror import download, layout, reap
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
-from simplemirror.model import HeldFile, ProjectPage, version_of
+from simplemirror.model import API_VERSION, HeldFile, ProjectPage, newer_api_version, version_of
 from simplemirror.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
@@ -255,6 +255,7 @@ class Sync:
         self.client = Client(config)
         self.reporter = reporter or Reporter()
         self.stopped_by: int | None = None
+        self._api_versions_warned: set[tuple[int, int]] = set()
 
     def request_stop(self, signum: int) -> None:
         """Finish soon: no new work, in-flight downloads abandoned, state committed.
@@ -399,6 +400,7 @@ class Sync:
                 return _Root(plan_retry(state.held_projects(), only, serials=False), True)
             return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
         index, etag, sha256 = response.index, response.etag, response.sha256
+        self._warn_of_newer_api(index.api_version)
         serials = usable_serials(index)
         with state.transaction():
             state.set_meta("root_serials", "yes" if serials else "no")
@@ -575,6 +577,7 @@ class Sync:
             self.reporter.project_done()
             return None
         page = response.page
+        self._warn_of_newer_api(page.api_version)
         # PEP 792: a quarantined project offers no files, whatever its page lists.
         offered = () if page.status == "quarantined" else page.files
         listed, foreign = refuse_foreign_hosts(offered, self.config.allowed_file_hosts)
@@ -589,6 +592,18 @@ class Sync:
             todo, page, files, response.etag, response.sha256,
             errors=[(f, f"refused: {r}") for f, r in refused],
         )
+
+    def _warn_of_newer_api(self, version: tuple[int, int] | None) -> None:
+        """PEP 629: say so when upstream speaks a newer minor version, once a run
+        (the root and every page would say the same)."""
+        if version is None or version in self._api_versions_warned:
+            return
+        if newer_api_version(version):
+            self._api_versions_warned.add(version)
+            log.warning(
+                "upstream speaks Simple API version %d.%d, newer than the %s this simplemirror "
+                "knows; mirroring what it understands", *version, API_VERSION,
+            )
 
     def _give_up(
         self, name: str, status: Status, error: str, state: State, generation: int,

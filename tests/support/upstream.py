@@ -350,7 +350,7 @@ class Upstream:
 
     Content knobs, not counted: ``corrupt``/``truncate``/``oversize`` (file names, with
     ``.metadata`` appended for a metadata file), ``root_body``/``root_content_type`` and
-    ``page_body`` (see ``_root`` and ``_project``).
+    ``page_body`` (see ``_root`` and ``_project``), ``api_version`` (PEP 629, every page).
     """
 
     def __init__(self, world: World | None = None, host: str = "127.0.0.1") -> None:
@@ -367,6 +367,8 @@ class Upstream:
         # False: pages carry no ETag (and If-None-Match is ignored).
         self.send_etags = True
         self.json_enabled = True
+        # PEP 629: the Simple API version the root and every page declare.
+        self.api_version = "1.1"
         self.stale: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.truncate: set[str] = set()
@@ -518,7 +520,8 @@ class Upstream:
             if media == JSON_V1:
                 doc = {
                     "meta": self._without_none(
-                        {"api-version": "1.1", "_last-serial": self._serial_value(serial)}
+                        {"api-version": self.api_version,
+                         "_last-serial": self._serial_value(serial)}
                     ),
                     "projects": [
                         self._without_none(
@@ -534,7 +537,7 @@ class Upstream:
             )
         text = (
             "<!DOCTYPE html>\n<html>\n  <head>\n"
-            '    <meta name="pypi:repository-version" content="1.1">\n'
+            f'    <meta name="pypi:repository-version" content="{self.api_version}">\n'
             "    <title>Simple index</title>\n  </head>\n  <body>\n"
             f"{links}  </body>\n</html>\n{self._serial_comment(serial)}"
         )
@@ -568,7 +571,7 @@ class Upstream:
                 files.append(entry)
             doc: dict[str, Any] = {
                 "meta": self._without_none({
-                    "api-version": "1.1",
+                    "api-version": self.api_version,
                     "_last-serial": self._serial_value(serial),
                     **project.extra_meta,
                 }),
@@ -614,7 +617,7 @@ class Upstream:
                 status += f'    <meta name="pypi:project-status-reason" content="{reason}">\n'
         text = (
             "<!DOCTYPE html>\n<html>\n  <head>\n"
-            '    <meta name="pypi:repository-version" content="1.1">\n'
+            f'    <meta name="pypi:repository-version" content="{self.api_version}">\n'
             + status +
             f"    <title>Links for {title}</title>\n  </head>\n  <body>\n"
             f"    <h1>Links for {title}</h1>\n{''.join(rows)}  </body>\n</html>\n"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
-import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +11,7 @@ import pytest
 import responses
 
 from simplemirror.upstream import Client
+from tests.support.process import process_state_kept
 from tests.support.upstream import Upstream, World
 
 
@@ -20,13 +19,8 @@ from tests.support.upstream import Upstream, World
 def restore_process_state() -> Iterator[None]:
     """The commands install a log handler on the package logger and signal handlers;
     put both back after each test."""
-    logger = logging.getLogger("simplemirror")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+    with process_state_kept():
+        yield
 
 
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})

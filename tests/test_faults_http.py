@@ -28,6 +28,7 @@ from tests.support.tree import assert_consistent, snapshot
 from tests.support.upstream import Upstream, World
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
+HTML_V1 = "application/vnd.pypi.simple.v1+html"
 ROOT = "/simple/"
 PAGE = "/simple/tiny/"
 WHEEL = "tiny-0.1-py3-none-any.whl"
@@ -144,6 +145,8 @@ def clear_faults(up: Upstream) -> None:
         up.page_body.clear()
         up.root_body = None
         up.root_content_type = None
+        up.api_version = "1.1"
+        up.json_enabled = True
 
 
 def assert_converges(up: Upstream, directory: Path, world: World, **overrides: Any) -> None:
@@ -496,6 +499,9 @@ ROOT_FAULTS: dict[str, dict[str, Any]] = {
     "no-projects": {"root_body": b'{"meta": {"api-version": "1.1"}}'},
     "projects-not-a-list": {"root_body": b'{"meta": {"api-version": "1.1"}, "projects": {}}'},
     "json-array": {"root_body": b"[]"},
+    # PEP 629: a major version this mirror does not know is refused, in either format.
+    "api-version-2.0": {"api_version": "2.0"},
+    "html-api-version-2.0": {"api_version": "2.0", "json_enabled": False},
 }
 
 
@@ -578,6 +584,14 @@ def page_garbage(up: Upstream, world: World, kind: str) -> tuple[bytes, str]:
         real = up.render_project(tiny, JSON_V1, tiny.serial).body
         assert real.count(b'"REASON"') == 1
         return real.replace(b'"REASON"', b'"caf\xe9 broke"'), JSON_V1
+    if kind.endswith("api-version-2.0"):
+        # The real page, declaring a major version this mirror does not know.
+        media = HTML_V1 if kind.startswith("html") else JSON_V1
+        tiny = world.project("tiny")
+        real = up.render_project(tiny, media, tiny.serial).body
+        said = b'content="1.1"' if media == HTML_V1 else b'"api-version": "1.1"'
+        assert real.count(said) == 1
+        return real.replace(said, said.replace(b"1.1", b"2.0")), media
     if kind == "other-project":
         other = world.project("Foo__Bar.baz")
         return up.render_project(other, JSON_V1, world.serial).body, JSON_V1
@@ -595,7 +609,10 @@ def page_garbage(up: Upstream, world: World, kind: str) -> tuple[bytes, str]:
     }[kind]
 
 
-PAGE_FAULTS = ["malformed-json", "html", "other-project", "no-name", "files-not-a-list", "not-utf8"]
+PAGE_FAULTS = [
+    "malformed-json", "html", "other-project", "no-name", "files-not-a-list", "not-utf8",
+    "api-version-2.0", "html-api-version-2.0",
+]
 
 
 @pytest.mark.parametrize("kind", PAGE_FAULTS)
@@ -693,3 +710,42 @@ def test_a_stale_page_asked_again_is_logged_at_debug(
     assert sync(up, tmp_path, stale_retries=1).exit_code == 0
     retries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
     assert len(retries) == 1 and f"{up.base}{PAGE}: page serial" in retries[0], retries
+
+
+# -- the Simple API version upstream speaks (PEP 629) ------------------------------------------
+
+
+@pytest.mark.parametrize("json_enabled", [True, False], ids=["json", "html"])
+def test_an_unknown_major_api_version_of_the_root_is_a_clear_run_error(
+    up: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    json_enabled: bool,
+) -> None:
+    cfg = tmp_path / "mirror.toml"
+    cfg.write_text(f'[mirror]\nupstream = "{up.url}"\ndirectory = "{tmp_path / "m"}"\n')
+    up.api_version, up.json_enabled = "2.0", json_enabled
+
+    assert main(["sync", "-c", str(cfg), "--no-progress", "-q"]) == 1
+
+    err = capsys.readouterr().err
+    assert "upstream speaks Simple API version 2.0, which this simplemirror does not know" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert [r.path for r in up.requests] == [ROOT]
+    assert not (tmp_path / "m" / "web" / "simple" / "tiny").exists()
+
+
+@pytest.mark.parametrize("json_enabled", [True, False], ids=["json", "html"])
+def test_a_newer_minor_api_version_is_warned_about_once_and_mirrored(
+    up: Upstream, world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    json_enabled: bool,
+) -> None:
+    # PEP 629: a newer minor version only adds what an older client may ignore.
+    up.api_version, up.json_enabled = "1.99", json_enabled
+    caplog.set_level(logging.WARNING, logger="simplemirror")
+
+    summary = sync(up, tmp_path)
+
+    assert summary.exit_code == 0, summary.failed
+    assert assert_clean(tmp_path, world) == complete_tree(world)
+    warnings = [r.getMessage() for r in caplog.records if "Simple API version" in r.getMessage()]
+    assert len(warnings) == 1  # the root and both pages say so; one warning says it all
+    assert "upstream speaks Simple API version 1.99, newer than the 1.4" in warnings[0]

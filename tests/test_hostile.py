@@ -7,6 +7,7 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -34,6 +35,17 @@ def everything_outside(mirror: Path, top: Path) -> set[str]:
     return {str(p) for p in top.rglob("*") if p != mirror and mirror not in p.parents}
 
 
+def escaped_above(tmp_path: Path) -> list[str]:
+    """Files named escaped* two levels above the test's directory, where other pytest
+    runs come and go: a directory that vanishes mid-walk is skipped, not an error."""
+    return [
+        os.path.join(where, name)
+        for where, dirs, files in os.walk(tmp_path.parent.parent)
+        for name in (*dirs, *files)
+        if name.startswith("escaped")
+    ]
+
+
 HOSTILE_ENTRIES = {
     "parent traversal": {"filename": "../../../escaped-1.0.tar.gz"},
     "absolute path": {"filename": "/tmp/escaped-1.0.tar.gz"},
@@ -50,6 +62,18 @@ HOSTILE_ENTRIES = {
     "only unknown algorithm": {"hashes": {"rot13": "abc"}},
     "negative size": {"size": -5},
     "string size": {"size": "many"},
+    # Names whose URL names the same file: the name checks alone refuse them.
+    "parent traversal, its URL agreeing": {
+        "filename": "../../../escaped-1.0.tar.gz",
+        "url": "/packages/" + quote("../../../escaped-1.0.tar.gz", safe=""),
+    },
+    "NUL, its URL agreeing": {
+        "filename": "escaped\x00-1.0.tar.gz", "url": "/packages/escaped%00-1.0.tar.gz",
+    },
+    "right-to-left override": {
+        "filename": "escaped-1.0\u202ezg.rat.whl",
+        "url": "/packages/" + quote("escaped-1.0\u202ezg.rat.whl"),
+    },
 }
 
 
@@ -68,7 +92,7 @@ def test_hostile_file_entry_is_refused_and_reported(
     assert "refused" in summary.failed[0][1]
     # Nothing lands outside the mirror directory, and nothing hostile inside it.
     assert everything_outside(mirror, tmp_path) == outside_before
-    assert not [p for p in tmp_path.parent.parent.rglob("escaped*")]
+    assert not escaped_above(tmp_path)
     assert not Path("/tmp/escaped-1.0.tar.gz").exists()
     listed = assert_consistent(mirror / "web")
     assert listed["good"] and len(listed["victim"]) == 2  # the real files still mirrored
@@ -91,7 +115,7 @@ def test_hostile_file_entries_are_refused_in_a_run_with_a_download_process(
     assert [name for name, _ in summary.failed] == ["victim"]
     assert summary.failed[0][1].count("refused") == len(chosen)
     assert everything_outside(mirror, tmp_path) == outside_before
-    assert not [p for p in tmp_path.parent.parent.rglob("escaped*")]
+    assert not escaped_above(tmp_path)
     assert not Path("/tmp/escaped-1.0.tar.gz").exists()
     listed = assert_consistent(mirror / "web")
     assert listed["good"] and len(listed["victim"]) == 2

@@ -5,9 +5,10 @@ the PEP 792 meta tags. JSON parsing is tested in test_model.py."""
 from __future__ import annotations
 
 import hashlib
+import re
 from html import escape
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -98,6 +99,36 @@ def root(*body: str, tail: str = "", header_serial: int | None = None) -> RootIn
 
 
 # -- RootIndex.from_html --------------------------------------------------------------------
+
+
+def with_version(version: str, *body: str) -> str:
+    return document(*body, meta=False, head=f'<meta name="pypi:repository-version" '
+                    f'content="{version}">')
+
+
+def test_root_and_page_of_an_unknown_major_version_are_refused() -> None:
+    message = "upstream speaks Simple API version 2.0, which this simplemirror does not know"
+    text = with_version("2.0", anchor())
+    with pytest.raises(UpstreamDataError, match=re.escape(message)):
+        RootIndex.from_html(text, page_url=ROOT_URL)
+    with pytest.raises(UpstreamDataError, match=re.escape(f"{PAGE_URL}: {message}")):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"), [("1.0", (1, 0)), ("1.99", (1, 99)), ("garbage", None)]
+)
+def test_a_known_major_version_is_parsed(version: str, expected: tuple[int, int]) -> None:
+    text = with_version(version, anchor())
+    assert RootIndex.from_html(text, page_url=ROOT_URL).api_version == expected
+    page = parse(text)
+    assert page.api_version == expected and len(page.files) == 1
+
+
+def test_without_a_version_the_page_says_none() -> None:
+    assert parse(document(anchor(), meta=False)).api_version is None
+    assert root('<a href="x/">foo</a>').api_version == (1, 1)  # document()'s own
+
 
 
 def test_root_names_come_from_the_link_text_and_are_normalized() -> None:
@@ -463,22 +494,26 @@ def test_percent_encoded_href_matches_its_text() -> None:
 # -- hostile and odd link texts -----------------------------------------------------------------
 
 
+# Each with the reason of the one check that must refuse it; the href names the same
+# file, so that no other check refuses it first (see test_model.HOSTILE_NAMES).
 @pytest.mark.parametrize(
-    "text",
+    ("text", "reason"),
     [
-        "../x",
-        "..",
-        "a/b",
-        "a\\b",
-        ".hidden",
-        "a\x1bb",
-        "a\x7fb",
-        "a\x85b",
-        "x" * (MAX_FILENAME_BYTES + 1),
+        ("../x", "starts with a dot"),
+        ("..", "starts with a dot"),
+        (".hidden", "starts with a dot"),
+        ("a/b", "path separator or a control character"),
+        ("a\\b", "path separator or a control character"),
+        ("a\x1bb", "path separator or a control character"),
+        ("a\x7fb", "path separator or a control character"),
+        ("a\x85b", "path separator or a control character"),
+        ("foo-1.0\u202ezg.rat.whl", "format character"),
+        ("foo-1.0\u2028.tar.gz", "format character"),
+        ("x" * (MAX_FILENAME_BYTES + 1), "longer than"),
     ],
 )
-def test_hostile_link_texts_rejected(text: str) -> None:
-    rejection(anchor(text, href="https://files.example/x"))
+def test_hostile_link_texts_rejected(text: str, reason: str) -> None:
+    assert reason in rejection(anchor(text, href=f"{FILES}/{quote(text, safe='')}"))
 
 
 def test_link_text_is_unescaped_and_may_be_split_by_markup() -> None:

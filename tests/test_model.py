@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -43,11 +44,23 @@ SHA_A = sha256(b"file a")
 SHA_B = sha256(b"file b")
 
 
+def url_part(filename: str) -> str:
+    """``filename`` as the last part of a URL that names that very file: percent-encoded,
+    "/" included, or as it is when it holds a lone surrogate, which no escape carries."""
+    try:
+        return quote(filename, safe="")
+    except UnicodeEncodeError:
+        return filename
+
+
 def file_entry(filename: str = "foo-1.0.tar.gz", **overrides: Any) -> dict[str, Any]:
-    """A valid PEP 691 file entry; keyword arguments replace or add keys (None removes)."""
+    """A valid PEP 691 file entry; keyword arguments replace or add keys (None removes).
+
+    Its URL names the same file, so that a name is judged by the name checks alone.
+    """
     entry: dict[str, Any] = {
         "filename": filename,
-        "url": f"https://files.example/packages/ab/cd/{quote(filename, errors='surrogatepass')}",
+        "url": f"https://files.example/packages/ab/cd/{url_part(filename)}",
         "hashes": {"sha256": SHA_A},
     }
     for key, value in overrides.items():
@@ -283,6 +296,51 @@ def test_root_collision_does_not_disturb_other_projects() -> None:
 def test_root_not_usable_raises_upstream_data_error(data: object) -> None:
     with pytest.raises(UpstreamDataError):
         RootIndex.from_json_data(data)
+
+
+# -- the Simple API version (PEP 629) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["2.0", "2", " 2.1 ", "10.0"])
+def test_root_and_page_of_an_unknown_major_version_are_refused(version: str) -> None:
+    message = "upstream speaks Simple API version 2.0, which this simplemirror does not know"
+    with pytest.raises(UpstreamDataError, match=message.replace("2.0", r"\d+\.\d")):
+        root([{"name": "foo"}], meta={"api-version": version})
+    with pytest.raises(UpstreamDataError, match=re.escape(f"{PAGE_URL}: upstream speaks")):
+        parse_page(file_entry(), meta={"api-version": version})
+
+
+def test_an_unknown_major_version_is_refused_before_the_shape_is_judged() -> None:
+    # Version 2 may shape its documents otherwise: the version is what is wrong.
+    with pytest.raises(UpstreamDataError, match=r"version 2\.0"):
+        RootIndex.from_json_data({"meta": {"api-version": "2.0"}, "entries": []})
+    with pytest.raises(UpstreamDataError, match=r"version 2\.0"):
+        ProjectPage.from_json_data({"meta": {"api-version": "2.0"}}, page_url=PAGE_URL)
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("1.0", (1, 0)), ("1.1", (1, 1)), ("1.4", (1, 4)), ("1.99", (1, 99)), (" 1.5 ", (1, 5)),
+     ("0.9", (0, 9)), ("1", (1, 0)), (None, None), (1.1, None), ("one", None), ("1.x", None),
+     ("", None), ("1" * 12 + ".0", None)],
+)
+def test_a_known_major_or_unusable_version_is_parsed_not_refused(
+    version: object, expected: tuple[int, int] | None
+) -> None:
+    meta = {} if version is None else {"api-version": version}
+    assert root([{"name": "foo"}], meta=meta).api_version == expected
+    page = parse_page(file_entry(), meta=meta)
+    assert page.api_version == expected and len(page.files) == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "newer"),
+    [((1, 5), True), ((1, 99), True), ((1, 4), False), ((1, 0), False), ((0, 9), False),
+     (None, False)],
+)
+def test_newer_minor_than_this_mirror_knows(version: tuple[int, int] | None, newer: bool) -> None:
+    assert model.API_VERSION == "1.4"
+    assert model.newer_api_version(version) is newer
 
 
 def test_upstream_data_error_is_a_value_error() -> None:
@@ -525,40 +583,64 @@ def test_missing_or_non_string_url_rejected(url: object) -> None:
 # -- ProjectPage: file names ---------------------------------------------------------------
 
 
+DOT = "starts with a dot"
+SEPARATOR = "path separator or a control character"
+FORMAT = "format character"
+LONG = "longer than"
+# Each name with the reason of the one check that must refuse it. Its URL names the
+# same file (see file_entry), so that no other check refuses it first: removing
+# that one check lets the name through, or refuses it for another reason.
+HOSTILE_NAMES = [
+    ("../x", DOT),
+    ("..", DOT),
+    (".", DOT),
+    (".hidden", DOT),
+    (".metadata", DOT),
+    ("..\\x", DOT),
+    ("a/b", SEPARATOR),
+    ("/etc/passwd", SEPARATOR),
+    ("x/../../y", SEPARATOR),
+    ("a\\b", SEPARATOR),
+    ("a\0b", SEPARATOR),
+    ("a\nb", SEPARATOR),
+    ("a\rb", SEPARATOR),
+    ("a\tb", SEPARATOR),
+    ("a\x1bb", SEPARATOR),
+    ("a\x7fb", SEPARATOR),
+    ("foo-1.0\u202ezg.rat.whl", FORMAT),  # right-to-left override: shows "foo-1.0lhw.tar.gz"
+    ("foo\u2066-1.0\u2069.tar.gz", FORMAT),  # left-to-right isolate
+    ("foo-1.0\u2028.tar.gz", FORMAT),  # line separator
+    ("foo-1.0\u2029.tar.gz", FORMAT),  # paragraph separator
+    ("foo\u200b-1.0.tar.gz", FORMAT),  # zero-width space
+    ("\ufefffoo-1.0.tar.gz", FORMAT),  # byte order mark
+    ("x" * (MAX_FILENAME_BYTES + 1), LONG),
+    ("\u00e9" * (MAX_FILENAME_BYTES // 2 + 1), LONG),
+]
+
+
+@pytest.mark.parametrize(("filename", "reason"), HOSTILE_NAMES)
+def test_hostile_filenames_rejected(filename: str, reason: str) -> None:
+    assert reason in rejection(file_entry(filename))
+
+
 @pytest.mark.parametrize(
-    "filename",
-    [
-        "../x",
-        "..",
-        ".",
-        "a/b",
-        "/etc/passwd",
-        "a\\b",
-        "..\\x",
-        "a\0b",
-        "a\nb",
-        "a\rb",
-        "a\tb",
-        "a\x1bb",
-        "a\x7fb",
-        ".hidden",
-        ".metadata",
-        "x" * (MAX_FILENAME_BYTES + 1),
-        "\u00e9" * (MAX_FILENAME_BYTES // 2 + 1),
-    ],
+    "control", [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029)]
 )
-def test_hostile_filenames_rejected(filename: str) -> None:
-    rejection(file_entry(filename, url="https://files.example/x"))
+def test_every_bidirectional_control_and_line_separator_in_a_filename_rejected(
+    control: str,
+) -> None:
+    assert FORMAT in rejection(file_entry(f"foo{control}-1.0.tar.gz"))
 
 
 @pytest.mark.parametrize("filename", [None, "", 5, ["a"]])
 def test_missing_or_non_string_filename_rejected(filename: object) -> None:
-    entry = file_entry()
+    # The URL's last part is empty, as the empty name is: only the name's check refuses it.
+    entry = file_entry(url="https://files.example/packages/")
     if filename is None:
         del entry["filename"]
     else:
         entry["filename"] = filename
-    assert "filename" in rejection(entry)
+    assert "missing or empty 'filename'" in rejection(entry)
 
 
 def test_filename_length_limit_is_in_bytes() -> None:
@@ -575,14 +657,14 @@ def test_c1_control_characters_in_filename_rejected() -> None:
     # U+0080..U+009F are control characters (Unicode category Cc) just like
     # U+0000..U+001F and U+007F; U+0085 is even a line break for str.splitlines.
     for control in ["\x80", "\x85", "\x9f"]:
-        rejection(file_entry(f"foo{control}-1.0.tar.gz"))
+        assert SEPARATOR in rejection(file_entry(f"foo{control}-1.0.tar.gz"))
 
 
 def test_lone_surrogate_in_filename_rejected() -> None:
     # json.loads('"\\ud800"') yields a lone surrogate; such a name cannot be
     # encoded as UTF-8, so it can be neither written to disk nor put on a page.
     name = "foo-1.0\ud800.tar.gz"
-    rejection(file_entry(name))
+    assert "not valid Unicode" in rejection(file_entry(name))
 
 
 @pytest.mark.parametrize(
@@ -594,6 +676,11 @@ def test_lone_surrogate_in_filename_rejected() -> None:
         "caf\u00e9-1.0.tar.gz",
         "a<b>&\"'.zip",
         "foo..bar-1.0.tar.gz",
+        # Letters of any script, marks and spaces are names, not controls.
+        "\u65e5\u672c\u8a9e-1.0.tar.gz",
+        "\u0645\u0631\u062d\u0628\u0627-1.0.tar.gz",  # right-to-left letters, no override
+        "cafe\u0301-1.0.tar.gz",  # a combining accent
+        "a\u00a0b-1.0.zip",  # no-break space
     ],
 )
 def test_ordinary_and_odd_but_safe_filenames_accepted(filename: str) -> None:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import sqlite3
 import time
+import tomllib
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from simplemirror.model import HeldFile, RootProject
 from simplemirror.plan import Status
 from simplemirror.state import SCHEMA_VERSION, State, StateError
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def test_the_declared_sqlite_utils_has_the_transactions_state_uses():
+    # State.transaction is Database.atomic, which came with sqlite-utils 4.0: a 3.x
+    # that the declaration let in would install, then fail on the first State().
+    declared = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    (requirement,) = [r for r in map(Requirement, declared) if r.name == "sqlite-utils"]
+    assert not requirement.specifier.contains("3.39.1")  # the last 3.x
+    assert requirement.specifier.contains(importlib.metadata.version("sqlite-utils"))
 
 
 def test_a_schema_1_state_db_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path):

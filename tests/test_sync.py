@@ -523,11 +523,8 @@ def test_the_same_root_bytes_after_a_run_limited_to_some_projects_are_read_again
     assert_consistent(tmp_path / "web")
 
 
-def test_download_processes_keep_requests_where_the_environment_sets_a_proxy(
-    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    # Proxies (and netrc files) are applied by requests alone: with one set, the
-    # download processes run the blocking client in threads instead of the event loop.
+def record_process_pools(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(client class, function) of each batch of downloads sent to the download processes."""
     from simplemirror import sync as sync_module
     from simplemirror.workers import ProcessPool
 
@@ -543,6 +540,15 @@ def test_download_processes_keep_requests_where_the_environment_sets_a_proxy(
             return super().submit_all(fn, calls)
 
     monkeypatch.setattr(sync_module, "ProcessPool", Recording)
+    return used
+
+
+def test_download_processes_keep_requests_where_the_environment_sets_a_proxy(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Proxies (and netrc files) are applied by requests alone: with one set, the
+    # download processes run the blocking client in threads instead of the event loop.
+    used = record_process_pools(monkeypatch)
     # Requests is told of a proxy, and that the test upstream is not behind it.
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     for name in ("NO_PROXY", "no_proxy"):
@@ -553,3 +559,32 @@ def test_download_processes_keep_requests_where_the_environment_sets_a_proxy(
     assert {fn for _, fn in used} <= {"Client.fetch_page", "download_todo"}
     assert {context for context, _ in used} == {"Client"}
     assert_consistent(tmp_path / "web")
+
+
+def test_no_proxy_alone_is_no_proxy_and_keeps_the_event_loop(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # NO_PROXY only says which hosts bypass a proxy; with no proxy set there is nothing
+    # for requests to apply, and the download processes keep their event loop.
+    used = record_process_pools(monkeypatch)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # and no ~/.netrc
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,.example")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,.example")
+    summary = sync(upstream, tmp_path / "mirror", download_processes=1)
+    assert summary.exit_code == 0 and summary.files_fetched == 6
+    assert used and set(used) <= {("AsyncClient", "AsyncClient.download_todo")}
+    assert_consistent(tmp_path / "mirror" / "web")
+
+
+@pytest.mark.parametrize("processes", [None, 1], ids=["threads", "download-process"])
+def test_an_ipv6_literal_upstream_is_mirrored(
+    world: World, tmp_path: Path, processes: int | None
+):
+    with Upstream(world, host="::1") as up:
+        assert up.url.startswith("http://[::1]:")
+        summary = sync(up, tmp_path, download_processes=processes)
+    assert summary.exit_code == 0 and summary.files_fetched == 6
+    assert sorted(assert_consistent(tmp_path / "web")) == ["foo-bar-baz", "tiny"]

@@ -474,6 +474,21 @@ def test_prepare_refuses_what_no_request_can_carry(url: str, why: str) -> None:
         prepare(url, BASE, None)
 
 
+@pytest.mark.parametrize("url", [
+    "http://[::1]/simple/", "http://[::1]:8080/simple/", "https://[::1]/simple/",
+    "https://[2001:db8::1]:8443/x", "http://127.0.0.1/simple/", "http://127.0.0.1:8080/x",
+    "https://files.example/x",
+])
+def test_prepare_connects_where_urlsplit_says(url: str) -> None:
+    # An IPv6 literal without a port was handed to http.client as "::1" with no
+    # port, which it read as host ":" and port 1.
+    parts = urlsplit(url)
+    request = prepare(url, BASE, None)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(request.host, request.port)  # not connected: where it would connect
+    assert (conn.host, conn.port) == (parts.hostname, parts.port or kind.default_port)
+
+
 def test_prepare_sends_a_urls_credentials_to_its_own_origin_only() -> None:
     token = "Basic " + base64.b64encode(b"bot:s3@cret").decode()
     with_them = prepare("https://bot:s3%40cret@files.example:8443/a?b=c#f", BASE, None)

@@ -766,6 +766,8 @@ def test_environment_is_consulted_only_when_it_carries_settings(
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert _environment_matters() is False  # fast path: no proxies, no netrc
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert _environment_matters() is False  # which hosts bypass a proxy: no proxy
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     assert _environment_matters() is True
     monkeypatch.delenv("HTTPS_PROXY")

@@ -22,6 +22,7 @@ from simplemirror.cli import main
 from simplemirror.sync import locked
 from simplemirror.workers import WorkerPool
 from tests.support.consistency import assert_mirror_invariants
+from tests.support.process import process_state_kept
 from tests.support.tree import assert_consistent
 from tests.support.upstream import Upstream, World
 
@@ -56,9 +57,15 @@ class Mirror:
         return self.directory / "web"
 
     def run(self, *args: str) -> Result:
-        """`mirror ARGS` in this process; verify is given only the directory unless told."""
+        """`mirror ARGS` in this process; verify is given only the directory unless told.
+
+        Its log handler and logger settings go with it: they would hide later log
+        records from caplog (the fixture runs a sync), with or without a pytest
+        that copes with loggers made non-propagating before a test.
+        """
         self.capsys.readouterr()
-        code = main(list(args))
+        with process_state_kept():
+            code = main(list(args))
         captured = self.capsys.readouterr()
         return Result(code, captured.out, captured.err)
 

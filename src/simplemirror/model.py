@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -34,6 +35,14 @@ from packaging.utils import (
 
 JSON_CONTENT_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_CONTENT_TYPE = "application/vnd.pypi.simple.v1+html"
+
+# The Simple API version (PEP 629) this mirror knows, read and written on its pages.
+# 1.4: PEP 700 (versions, size, upload-time), PEP 740 (provenance) and PEP 792
+# (project status). PEP 708 (1.2) was rejected: none of its keys are emitted.
+_KNOWN_API = (1, 4)
+API_VERSION = f"{_KNOWN_API[0]}.{_KNOWN_API[1]}"
+# "major.minor"; a bare major is read as major.0. Longer numbers are no version.
+_API_VERSION = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,9}))?")
 
 # Keys the mirror interprets itself; every other key of a file entry is kept
 # verbatim in ``extra``. Interpreted keys never reach ``extra``, so whoever
@@ -89,6 +98,36 @@ MAX_FILENAME_BYTES = 255 - len(".metadata")
 
 class UpstreamDataError(ValueError):
     """Upstream sent a document this mirror cannot use at all."""
+
+
+def api_version(value: object) -> tuple[int, int] | None:
+    """The (major, minor) of a PEP 629 version; None when unsaid or not one.
+
+    Raises UpstreamDataError for a major newer than this mirror knows: PEP 629
+    has a client refuse what such a version may have changed in meaning.
+    """
+    match = _API_VERSION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return None  # an index that does not say speaks 1.0, as PEP 629 began
+    version = int(match[1]), int(match[2] or 0)
+    if version[0] > _KNOWN_API[0]:
+        raise UpstreamDataError(
+            f"upstream speaks Simple API version {version[0]}.{version[1]}, which this "
+            f"simplemirror does not know; use a simplemirror that does, or an upstream "
+            f"that speaks version {_KNOWN_API[0]}"
+        )
+    return version
+
+
+def _json_api_version(data: object) -> object:
+    """``meta.api-version`` of a PEP 691 document, whatever else it holds."""
+    meta = data.get("meta") if isinstance(data, dict) else None
+    return meta.get("api-version") if isinstance(meta, dict) else None
+
+
+def newer_api_version(version: tuple[int, int] | None) -> bool:
+    """Whether ``version`` is a newer minor than this mirror knows (PEP 629: warn, go on)."""
+    return version is not None and version > _KNOWN_API
 
 
 def parse_serial(value: object) -> int | None:
@@ -189,9 +228,10 @@ class _RootBuilder:
         self.by_name[normalized] = keep
         self.collisions.append((drop.name, keep.name))
 
-    def build(self, serial: int | None) -> RootIndex:
+    def build(self, serial: int | None, version: tuple[int, int] | None) -> RootIndex:
         return RootIndex(
-            tuple(self.by_name.values()), serial, tuple(self.rejected), tuple(self.collisions)
+            tuple(self.by_name.values()), serial, tuple(self.rejected), tuple(self.collisions),
+            version,
         )
 
 
@@ -208,10 +248,14 @@ class RootIndex:
     """(entry, reason) for each listed project the mirror refuses to track."""
     collisions: tuple[tuple[str, str], ...] = ()
     """(dropped, kept) spellings of one project listed twice; the page is one."""
+    api_version: tuple[int, int] | None = None
+    """PEP 629 (major, minor) the root declared; None when it did not say."""
 
     @classmethod
     def from_json_data(cls, data: object, *, header_serial: int | None = None) -> RootIndex:
         """Parse a PEP 691 root; raises UpstreamDataError when it is not one at all."""
+        # First: in a version it does not know, the rest of the document may be anything.
+        version = api_version(_json_api_version(data))
         if not isinstance(data, dict) or not isinstance(data.get("projects"), list):
             raise UpstreamDataError("the root index is not a PEP 691 JSON object with 'projects'")
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
@@ -228,7 +272,7 @@ class RootIndex:
                 )
                 continue
             builder.add(name, parse_serial(entry.get("_last-serial")))
-        return builder.build(serial if serial is not None else header_serial)
+        return builder.build(serial if serial is not None else header_serial, version)
 
     @classmethod
     def from_html(
@@ -244,10 +288,11 @@ class RootIndex:
         doc = _parse_html(text)
         if not doc.anchors and not doc.is_simple_index:
             raise UpstreamDataError(f"the root index is an {_NOT_AN_INDEX}")
+        version = api_version(doc.meta.get(_VERSION_META))
         builder = _RootBuilder()
         for anchor in doc.anchors:
             builder.add(anchor.text, None)
-        return builder.build(doc.serial if doc.serial is not None else header_serial)
+        return builder.build(doc.serial if doc.serial is not None else header_serial, version)
 
 
 @dataclass(frozen=True)
@@ -307,20 +352,23 @@ class ProjectPage:
     newer value kept verbatim); None when upstream did not say or said it malformed."""
     status_reason: str | None = None
     """PEP 792 free-text reason for the status; None without a usable status."""
+    api_version: tuple[int, int] | None = None
+    """PEP 629 (major, minor) the page declared; None when it did not say."""
 
     @classmethod
     def from_json_data(
         cls, data: object, *, page_url: str, header_serial: int | None = None
     ) -> ProjectPage:
         """Parse a PEP 691 page; bad file entries are rejected, not raised."""
+        version = _page_api_version(_json_api_version(data), page_url)  # first, as for a root
         if not isinstance(data, dict) or not isinstance(data.get("files"), list):
             raise UpstreamDataError(
                 f"{page_url}: not a PEP 691 project page (no 'files' list)"
             )
+        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         name = data.get("name")
         if not isinstance(name, str):
             raise UpstreamDataError(f"{page_url}: project page without a 'name'")
-        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         serial = parse_serial(meta.get("_last-serial"))
         files, rejected = _parse_files(data["files"], page_url=page_url)
         versions = data.get("versions")
@@ -338,6 +386,7 @@ class ProjectPage:
             rejected=rejected,
             status=status,
             status_reason=reason,
+            api_version=version,
         )
 
     @classmethod
@@ -352,6 +401,7 @@ class ProjectPage:
         doc = _parse_html(text)
         if not doc.anchors and not doc.is_simple_index:
             raise UpstreamDataError(f"{page_url}: an {_NOT_AN_INDEX}")
+        version = _page_api_version(doc.meta.get(_VERSION_META), page_url)
         # HTML resolves every link against <base href> when there is one.
         base = urljoin(page_url, doc.base) if doc.base is not None else page_url
         files, rejected = _parse_files((_html_entry(a) for a in doc.anchors), page_url=base)
@@ -366,7 +416,16 @@ class ProjectPage:
             rejected=rejected,
             status=status,
             status_reason=reason,
+            api_version=version,
         )
+
+
+def _page_api_version(value: object, page_url: str) -> tuple[int, int] | None:
+    """api_version, its refusal naming the page (a root's caller names the root)."""
+    try:
+        return api_version(value)
+    except UpstreamDataError as exc:
+        raise UpstreamDataError(f"{page_url}: {exc}") from None
 
 
 def _parse_status(value: object) -> tuple[str | None, str | None]:
@@ -401,6 +460,19 @@ def _parse_files(
 
 # A path separator, or a character of Unicode category Cc (exactly these ranges).
 _SEPARATOR_OR_CONTROL = re.compile("[/\\\\\x00-\x1f\x7f-\x9f]")
+# Characters that change how a name reads, not what it is: format characters (Cf:
+# the bidirectional overrides and isolates U+202A-U+202E and U+2066-U+2069 that
+# reorder what follows them on a page or a terminal, zero-width spaces and joiners,
+# the byte order mark...) and the line and paragraph separators (Zl, Zp) that split
+# a log line. No distribution's name has any: project names and versions are ASCII.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zl", "Zp"})
+
+
+def _has_invisible(filename: str) -> bool:
+    # Almost every name is ASCII, which has none of these: skip the per-character look-up.
+    return not filename.isascii() and any(
+        unicodedata.category(c) in _INVISIBLE_CATEGORIES for c in filename
+    )
 
 
 def check_filename(filename: object) -> str:
@@ -411,6 +483,11 @@ def check_filename(filename: object) -> str:
         raise UpstreamDataError("file name starts with a dot")
     if _SEPARATOR_OR_CONTROL.search(filename):
         raise UpstreamDataError("file name contains a path separator or a control character")
+    if _has_invisible(filename):
+        raise UpstreamDataError(
+            "file name contains a format character (such as a bidirectional override) "
+            "or a line separator"
+        )
     try:
         encoded = filename.encode("utf-8")
     except UnicodeEncodeError:

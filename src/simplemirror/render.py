@@ -14,11 +14,7 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from simplemirror import layout
-from simplemirror.model import HeldFile
-
-# 1.4: PEP 700 (versions, size, upload-time), PEP 740 (provenance) and PEP 792
-# (project status). PEP 708 (1.2) was rejected: none of its keys are emitted.
-API_VERSION = "1.4"
+from simplemirror.model import API_VERSION, HeldFile
 
 # One encoder for every page: json.dumps with options builds a new one each call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -32,7 +32,7 @@ from typing import Any
 from simplemirror import download, layout, reap
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
-from simplemirror.model import HeldFile, ProjectPage, version_of
+from simplemirror.model import API_VERSION, HeldFile, ProjectPage, newer_api_version, version_of
 from simplemirror.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
@@ -407,6 +407,7 @@ class Sync:
         self.client = Client(config)
         self.reporter = reporter or Reporter()
         self.stopped_by: int | None = None
+        self._api_versions_warned: set[tuple[int, int]] = set()
 
     def request_stop(self, signum: int) -> None:
         """Finish soon: no new work, in-flight downloads abandoned, state committed.
@@ -635,6 +636,7 @@ class Sync:
                 return _Root(plan, True, serials=False)
             return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
         index, etag, sha256 = response.index, response.etag, response.sha256
+        self._warn_of_newer_api(index.api_version)
         serials = usable_serials(index)
         changes = state.root_changes(
             # Without usable serials, each project is asked with a conditional request.
@@ -915,6 +917,7 @@ class Sync:
             self.reporter.project_done()
             return None
         page = response.page
+        self._warn_of_newer_api(page.api_version)
         # planning_files: with what a stopped run left staged, so as not to fetch it again.
         files, refused = plan_page(
             page, state.planning_files(todo.name), self.client.file_guard.refusal,
@@ -929,6 +932,18 @@ class Sync:
             offers_files=bool(page.files or page.rejected) and page.status != "quarantined",
             refused=bool(refused),
         )
+
+    def _warn_of_newer_api(self, version: tuple[int, int] | None) -> None:
+        """PEP 629: say so when upstream speaks a newer minor version, once a run
+        (the root and every page would say the same)."""
+        if version is None or version in self._api_versions_warned:
+            return
+        if newer_api_version(version):
+            self._api_versions_warned.add(version)
+            log.warning(
+                "upstream speaks Simple API version %d.%d, newer than the %s this simplemirror "
+                "knows; mirroring what it understands", *version, API_VERSION,
+            )
 
     def _give_up(
         self, name: str, status: Status, error: str, state: State, generation: int,

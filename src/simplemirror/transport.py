@@ -356,7 +356,7 @@ class Request:
 
     scheme: str
     host: str
-    port: int | None
+    port: int
     target: str
     """The path and query, as sent on the request line."""
     headers: Mapping[str, str]
@@ -410,7 +410,7 @@ class _Unusable(Exception):
 
 
 @functools.lru_cache(maxsize=64)
-def _origin(scheme: str, netloc: str) -> tuple[str, int | None, str | None]:
+def _origin(scheme: str, netloc: str) -> tuple[str, int, str | None]:
     """An origin's host, port, and Authorization header value (None without credentials).
 
     Cached: a sync's many thousand URLs share a handful of origins, and each of
@@ -426,6 +426,10 @@ def _origin(scheme: str, netloc: str) -> tuple[str, int | None, str | None]:
         raise _Unusable("not an http(s) URL")
     if _UNSENDABLE.search(host):
         raise _Unusable("has control characters or spaces, which no request may carry")
+    if port is None:
+        # Given no port, http.client looks for one after the host's last colon,
+        # which an IPv6 literal ("::1") always has.
+        port = 443 if scheme == "https" else 80
     if parts.username is None:
         return host, port, None
     # As requests does: credentials in the URL are sent as Basic auth, to that
@@ -463,7 +467,7 @@ class Transport:
                 self._context = ssl.create_default_context(cafile=ca_bundle())
             return self._context
 
-    def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
+    def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
         connections = self._connections()
         key = (scheme, f"{host}:{port}")
         conn = connections.get(key)

@@ -93,7 +93,9 @@ class StalePage(UpstreamError):
 def _environment_matters() -> bool:
     """Whether requests must consult the environment: proxies or a netrc file are set."""
     netrc = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    return bool(urllib.request.getproxies()) or os.path.exists(netrc)
+    proxies = urllib.request.getproxies()
+    proxies.pop("no", None)  # NO_PROXY: hosts that bypass a proxy, not a proxy
+    return bool(proxies) or os.path.exists(netrc)
 
 
 def backoff(first: float, ceiling: float) -> wait_base:

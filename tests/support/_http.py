@@ -119,8 +119,10 @@ class TestHTTPServer(ThreadingHTTPServer):
         owner: Any,
         log: list[str],
         errors: list[str],
+        host: str = "127.0.0.1",
     ) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, 0), handler)
         self.owner = owner
         self.log = log
         self.errors = errors
@@ -160,9 +162,12 @@ class TestHTTPServer(ThreadingHTTPServer):
 class ServerThread:
     """Runs a TestHTTPServer in a daemon thread; start()/stop() are idempotent."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], owner: Any) -> None:
+    def __init__(
+        self, handler: type[BaseHTTPRequestHandler], owner: Any, host: str = "127.0.0.1"
+    ) -> None:
         self._handler = handler
         self._owner = owner
+        self.host = host
         self.server: TestHTTPServer | None = None
         self._thread: threading.Thread | None = None
         # Owned here rather than by the server so they stay readable after stop().
@@ -178,7 +183,9 @@ class ServerThread:
     def start(self) -> None:
         if self.server is not None:
             return
-        self.server = TestHTTPServer(self._handler, self._owner, self.log, self.errors)
+        self.server = TestHTTPServer(
+            self._handler, self._owner, self.log, self.errors, self.host
+        )
         self._thread = threading.Thread(
             target=self.server.serve_forever,
             kwargs={"poll_interval": 0.01},

@@ -350,15 +350,17 @@ class Upstream:
 
     Content knobs, not counted: ``corrupt``/``truncate``/``oversize`` (file names, with
     ``.metadata`` appended for a metadata file), ``root_body``/``root_content_type`` and
-    ``page_body`` (see ``_root`` and ``_project``).
+    ``page_body`` (see ``_root`` and ``_project``), ``api_version`` (PEP 629, every page).
     """
 
-    def __init__(self, world: World | None = None) -> None:
+    def __init__(self, world: World | None = None, host: str = "127.0.0.1") -> None:
+        """``host``: the loopback address to listen on, 127.0.0.1 or ::1."""
         self.world = world if world is not None else World()
         self.url_style: UrlStyle = "absolute"
         # The host named in absolute file URLs: files on a second host, as many indexes
         # keep them. "localhost" is this same server under another name (both loopback).
-        self.files_host = "127.0.0.1"
+        # None: the host the server listens on, as the pages' own URLs name it.
+        self.files_host: str | None = None
         self.serial_as_string = False
         self._file_index: dict[str, tuple[UpFile, str]] = {}
         self._file_index_key: tuple[int, int] | None = None
@@ -369,6 +371,8 @@ class Upstream:
         # False: pages carry no ETag (and If-None-Match is ignored).
         self.send_etags = True
         self.json_enabled = True
+        # PEP 629: the Simple API version the root and every page declare.
+        self.api_version = "1.1"
         self.stale: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.truncate: set[str] = set()
@@ -391,7 +395,7 @@ class Upstream:
         self.requests: list[RequestRecord] = []
         self.knob_lock = threading.Lock()
         self._requests_lock = threading.Lock()
-        self._thread = ServerThread(_UpstreamHandler, self)
+        self._thread = ServerThread(_UpstreamHandler, self, host)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Upstream:
@@ -419,7 +423,8 @@ class Upstream:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = self._thread.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -431,6 +436,8 @@ class Upstream:
     @property
     def files_base(self) -> str:
         """Where absolute file URLs point (see ``files_host``)."""
+        if self.files_host is None:
+            return self.base
         return f"http://{self.files_host}:{self.port}"
 
     def file_url(self, name: str, filename: str) -> str:
@@ -524,7 +531,8 @@ class Upstream:
             if media == JSON_V1:
                 doc = {
                     "meta": self._without_none(
-                        {"api-version": "1.1", "_last-serial": self._serial_value(serial)}
+                        {"api-version": self.api_version,
+                         "_last-serial": self._serial_value(serial)}
                     ),
                     "projects": [
                         self._without_none(
@@ -540,7 +548,7 @@ class Upstream:
             )
         text = (
             "<!DOCTYPE html>\n<html>\n  <head>\n"
-            '    <meta name="pypi:repository-version" content="1.1">\n'
+            f'    <meta name="pypi:repository-version" content="{self.api_version}">\n'
             "    <title>Simple index</title>\n  </head>\n  <body>\n"
             f"{links}  </body>\n</html>\n{self._serial_comment(serial)}"
         )
@@ -574,7 +582,7 @@ class Upstream:
                 files.append(entry)
             doc: dict[str, Any] = {
                 "meta": self._without_none({
-                    "api-version": "1.1",
+                    "api-version": self.api_version,
                     "_last-serial": self._serial_value(serial),
                     **project.extra_meta,
                 }),
@@ -620,7 +628,7 @@ class Upstream:
                 status += f'    <meta name="pypi:project-status-reason" content="{reason}">\n'
         text = (
             "<!DOCTYPE html>\n<html>\n  <head>\n"
-            '    <meta name="pypi:repository-version" content="1.1">\n'
+            f'    <meta name="pypi:repository-version" content="{self.api_version}">\n'
             + status +
             f"    <title>Links for {title}</title>\n  </head>\n  <body>\n"
             f"    <h1>Links for {title}</h1>\n{''.join(rows)}  </body>\n</html>\n"

@@ -1,0 +1,27 @@
+"""What a command changes in the test process, put back: the package logger, signal handlers.
+
+A command run in-process (``cli.main``) installs its own log handler, on a stream that
+is pytest's capture of that moment, and stops the package logger from propagating, so
+that ``caplog`` sees nothing after it; and it installs signal handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def process_state_kept() -> Iterator[None]:
+    """The package logger and the SIGINT/SIGTERM handlers, as they were before."""
+    logger = logging.getLogger("simplemirror")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

@@ -407,12 +407,15 @@ class Sync:
             index.projects if serials else (p._replace(serial=None) for p in index.projects),
             only,
         )
-        missing = sorted(set(only) - {p.normalized for p in index.projects}) if only else []
+        missing = sorted(
+            set(only) - {p.normalized for p in index.projects} - set(index.held_back)
+        ) if only else []
         serial, rejected, collisions = index.serial, index.rejected, index.collisions
+        held_back = index.held_back
         # The projects are in state.db's temporary table now: at PyPI's size, the
         # parsed root is a hundred megabytes better given back before planning.
         del response, index
-        plan = plan_changes(changes, only)
+        plan = plan_changes(changes, only, held_back)
         # Counted only when needed: a full scan of the projects at PyPI's size.
         listed = state.listed_count() if plan.removed else 0
         if plan.removed and not self.config.allow_mass_delete and is_mass_removal(

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simplemirror import download, layout, reap
+from simplemirror import download, layout, reap, tempfiles
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
 from simplemirror.model import HeldFile, ProjectPage, version_of
@@ -280,8 +280,7 @@ class Sync:
             try:
                 # Under the lock nothing else uses tmp/: whatever is there was
                 # left by a run that died, and was never published.
-                for leftover in config.tmp.iterdir():
-                    leftover.unlink(missing_ok=True)
+                tempfiles.clear_leftovers(config.tmp)
                 state = State(config.state_path)
             except (OSError, sqlite3.Error, StateError) as exc:
                 raise SyncError(

@@ -40,19 +40,19 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
         raise NoState(f"cannot open {path} for reading: {exc}") from exc
 
 
-def last_upstream(path: Path) -> str | None:
-    """The upstream of the last run recorded in the state.db at ``path``, if any."""
+def last_upstream(path: Path, command: str = "verify") -> str | None:
+    """The upstream of the last run recorded in the state.db at ``path``; None without
+    a state.db or a run. Raises NoState (saying what to do) when it cannot be read:
+    "no upstream" would send the operator looking for the wrong thing."""
     if not path.is_file():
         return None
-    conn = connect_readonly(path)
-    try:
-        row = conn.execute(
+    row = read_snapshot(
+        path,
+        lambda conn: conn.execute(
             "SELECT upstream FROM runs ORDER BY generation DESC LIMIT 1"
-        ).fetchone()
-    except sqlite3.Error:
-        return None  # not a state.db this version knows: the caller reports what is missing
-    finally:
-        conn.close()
+        ).fetchone(),
+        command,
+    )
     return row[0] if row else None
 
 
@@ -78,8 +78,10 @@ def read_snapshot(
                 f"`sudo -u simplemirror mirror {command} ...`"
             ) from exc
         raise NoState(
-            f"{path} cannot be read as a simplemirror state database ({exc}); "
-            "check that it is one, or run `mirror sync` to create it"
+            f"{path} cannot be read as a simplemirror state database ({exc}); check that "
+            "the directory is the mirror's, and if it is, state.db is damaged: restore it "
+            "from a backup, or move it aside and run `mirror sync` to build a new one "
+            "(which downloads every file again)"
         ) from exc
     finally:
         conn.close()

@@ -253,6 +253,22 @@ def test_parse_range(header: str, expected: object):
     assert rules.parse_range(header, 10) == expected
 
 
+HUGE = "9" * 5000  # past the 4300 digits int() reads
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (f"bytes=0-{HUGE}", (0, 9)),  # a last position past the end means the end
+    (f"bytes=3-{HUGE}", (3, 9)),
+    (f"bytes=-{HUGE}", (0, 9)),  # a suffix longer than the file is all of it
+    (f"bytes={HUGE}-", rules.UNSATISFIABLE),
+    (f"bytes={HUGE}-{HUGE}", rules.UNSATISFIABLE),
+    (f"bytes={'0' * 5000}7-{'0' * 5000}8", (7, 8)),  # leading zeros are just zeros
+    (f"bytes={'0' * 5000}-", (0, 9)),
+])
+def test_parse_range_reads_numbers_of_any_length(header: str, expected: object):
+    assert rules.parse_range(header, 10) == expected
+
+
 def test_parse_range_on_an_empty_file_is_unsatisfiable():
     assert rules.parse_range("bytes=0-", 0) == rules.UNSATISFIABLE
     assert rules.parse_range("bytes=-5", 0) == rules.UNSATISFIABLE
@@ -496,6 +512,20 @@ def test_an_unsatisfiable_range_is_416(running: Running):
     status, headers, _ = running.request(f"/{WHEEL}", {"Range": f"bytes={size}-"})
     assert (status, headers["Content-Range"]) == (416, f"bytes */{size}")
     assert running.request("/packages/00/00/empty/empty-1.0.zip", {"Range": "bytes=0-"})[0] == 416
+
+
+def test_a_range_of_5000_digits_is_answered(
+    running: Running, caplog: pytest.LogCaptureFixture
+):
+    size = len(WHEEL_BYTES)
+    with caplog.at_level(logging.DEBUG, logger="simplemirror"):
+        status, headers, body = running.request(f"/{WHEEL}", {"Range": f"bytes=0-{HUGE}"})
+        assert (status, headers["Content-Range"], body) == (
+            206, f"bytes 0-{size - 1}/{size}", WHEEL_BYTES
+        )
+        status, headers, _ = running.request(f"/{WHEEL}", {"Range": f"bytes={HUGE}-"})
+        assert (status, headers["Content-Range"]) == (416, f"bytes */{size}")
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
 
 
 def test_several_ranges_or_a_stale_if_range_get_the_whole_file(running: Running):

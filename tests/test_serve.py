@@ -781,6 +781,62 @@ def test_mirror_serve_log_format_json_gives_each_request_its_fields(web: Path):
     assert access["client"] == "127.0.0.1" and access["seconds"] >= 0
 
 
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:"))
+               .split()[1])
+
+
+def _answered(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(100)
+    except TimeoutError:
+        return b""
+
+
+def test_mirror_serve_serves_at_most_max_connections_and_the_rest_wait(web: Path):
+    proc = _mirror("--directory", str(web.parent), "--port", "0", "--max-connections", "2")
+    sockets: list[socket.socket] = []
+    try:
+        port = _listening_port(proc)
+        idle_threads = _threads(proc.pid)
+        held = []
+        for _ in range(2):  # two keep-alive connections, answered once, then idle
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/simple/")
+            assert conn.getresponse().read() == ROOT_HTML
+            held.append(conn)
+        for _ in range(8):  # and more clients asking
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /simple/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            sockets.append(sock)
+
+        assert _answered(sockets[0], 0.5) == b""  # waiting in the listen backlog
+        assert _threads(proc.pid) <= idle_threads + 2  # a thread per connection served
+        held[0].close()  # a place frees up: the first one waiting is served
+        assert _answered(sockets[0], 10).startswith(b"HTTP/1.1 200")
+        assert _threads(proc.pid) <= idle_threads + 2
+
+        proc.send_signal(signal.SIGTERM)  # at the cap, with clients waiting: still stops
+        _, err = proc.communicate(timeout=20)
+        held[1].close()
+    finally:
+        for sock in sockets:
+            sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_mirror_serve_refuses_max_connections_below_1(web: Path):
+    proc = _mirror("--directory", str(web.parent), "--max-connections", "0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--max-connections" in err
+
+
 def test_mirror_serve_without_a_mirror_exits_1(tmp_path: Path):
     proc = _mirror("--directory", str(tmp_path), "--port", "0")
     _, err = proc.communicate(timeout=30)

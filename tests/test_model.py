@@ -234,6 +234,20 @@ def test_a_root_with_a_number_of_5000_digits_costs_its_entry_only(as_string: boo
     assert index.serial == 40  # the meta's serial is unusable: the header's
 
 
+def test_a_5000_digit_number_is_never_a_name_nor_a_serial() -> None:
+    huge = "9" * 5000
+    body = (
+        f'{{"projects": [{{"name": {huge}}}, {{"name": "neg", "_last-serial": -{huge}}},'
+        f' {{"name": "ok", "_last-serial": 12345678901234567890}}]}}'
+    ).encode()
+    index = RootIndex.from_json_data(parse_root_json(body))
+    assert index.projects == (RootProject("neg", "neg", None),)  # negative: no serial
+    assert index.rejected == (
+        ("{'name': <a number of 5000 digits>}", "project entry without a string 'name'"),
+        ("ok", "'_last-serial' is too large to be a serial (2**63 or more)"),
+    )
+
+
 def test_a_root_that_is_not_json_still_fails_to_parse() -> None:
     with pytest.raises(ValueError):
         parse_root_json(b'{"projects": [')

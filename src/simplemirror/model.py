@@ -166,10 +166,28 @@ def _root_entry(obj: dict[str, Any]) -> object:
     return RootProject(name, normalized, serial)
 
 
-def _int_or_digits(text: str) -> int | str:
-    """A JSON number as int, or as its text when too long for a serial (int() may refuse
-    to read it); read_serial reads the text as a serial too large."""
-    return int(text) if len(text) <= _MAX_SERIAL_DIGITS + 1 else text
+class _LongNumber(int):
+    """Stands in for a JSON integer too long to be a serial, which int() may refuse to
+    read: as much too large (or negative) for one, and shown by its length."""
+
+    digits: int
+
+    def __new__(cls, text: str) -> _LongNumber:
+        negative = text.startswith("-")
+        number = super().__new__(cls, -1 if negative else MAX_SERIAL + 1)
+        number.digits = len(text) - negative
+        return number
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.digits} digits>"
+
+
+def _json_int(text: str) -> int:
+    """A JSON integer, as json reads it unless it is too long to be a serial (a root's
+    numbers are only ever serials)."""
+    if len(text) <= _MAX_SERIAL_DIGITS + 1:  # JSON integers have no leading zeros
+        return int(text)
+    return _LongNumber(text)
 
 
 def parse_root_json(body: bytes) -> object:
@@ -183,7 +201,7 @@ def parse_root_json(body: bytes) -> object:
         # Perhaps a number of more digits than int() reads, which ends json.loads:
         # in a root, a serial, which must cost its entry only. Read again, numbers
         # through Python (slower, so only now); JSON that is broken fails again.
-        return json.loads(body, object_hook=_root_entry, parse_int=_int_or_digits)
+        return json.loads(body, object_hook=_root_entry, parse_int=_json_int)
 
 
 class RootProject(NamedTuple):

@@ -189,6 +189,11 @@ def test_root_serial_from_serial_comment_not_given_to_projects() -> None:
     assert index.projects[0].serial is None
 
 
+def test_root_serial_too_large_falls_back_to_header() -> None:
+    assert root('<a href="foo/">foo</a>', tail=f"<!--SERIAL {'9' * 5000}-->", header_serial=7
+                ).serial == 7
+
+
 def test_root_serial_falls_back_to_header_then_none() -> None:
     assert root('<a href="foo/">foo</a>', header_serial=7).serial == 7
     assert root('<a href="foo/">foo</a>').serial is None
@@ -617,6 +622,11 @@ def test_project_status_meta_without_content_ignored() -> None:
         ("<!--serial of nothing 5-->", None, None),
         # The trailing comment is the page's; one earlier on is not.
         ("<!--SERIAL 1-->\n<!--SERIAL 5-->", None, 5),
+        # Too large to be a serial (past SQLite's INTEGER; past what int() reads).
+        (f"<!--SERIAL {2**63 - 1}-->", 17, 2**63 - 1),
+        (f"<!--SERIAL {2**63}-->", 17, 17),
+        (f"<!--SERIAL {'9' * 5000}-->", 17, 17),
+        (f"<!--SERIAL {'9' * 5000}-->", None, None),
     ],
 )
 def test_page_serial(tail: str, header: int | None, expected: int | None) -> None:

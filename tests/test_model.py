@@ -25,6 +25,7 @@ from simplemirror.model import (
     UpstreamDataError,
     parse_root_json,
     parse_serial,
+    read_serial,
     version_of,
 )
 from tests.support.fuzz import random_strings
@@ -138,6 +139,26 @@ def test_parse_serial_non_decimal_digit_string_is_none_not_an_exception() -> Non
     assert parse_serial("1\u00b2") is None
 
 
+TOO_LARGE_SERIALS = [2**63, str(2**63), 10**30, "9" * 5000, " " + "9" * 100_000]
+
+
+@pytest.mark.parametrize("value", TOO_LARGE_SERIALS, ids=lambda v: f"{len(str(v))} digits")
+def test_a_serial_too_large_for_sqlite_is_refused_by_read_serial_none_for_parse_serial(
+    value: object,
+) -> None:
+    # SQLite's INTEGER stops at 2**63 - 1; int() refuses more than 4300 digits.
+    with pytest.raises(UpstreamDataError, match="too large"):
+        read_serial(value)
+    assert parse_serial(value) is None
+
+
+def test_the_largest_serial_and_leading_zeros_are_read() -> None:
+    assert read_serial(2**63 - 1) == parse_serial(str(2**63 - 1)) == 2**63 - 1
+    assert read_serial("0" * 5000 + "7") == 7
+    assert read_serial("0" * 5000) == 0
+    assert read_serial(-1) is None and read_serial("x") is None and read_serial(None) is None
+
+
 # -- RootIndex ---------------------------------------------------------------------------
 
 
@@ -201,6 +222,48 @@ def test_root_project_serials() -> None:
         "garbage": None,
     }
     assert index.rejected == ()
+
+
+@pytest.mark.parametrize("serial", [2**63, "9" * 5000], ids=["2**63", "5000 digits"])
+def test_a_root_entry_with_a_serial_too_large_is_rejected_and_held_back(serial: object) -> None:
+    index = root([{"name": "Good", "_last-serial": 3}, {"name": "Bad_One", "_last-serial": serial}])
+    assert index.projects == (RootProject("Good", "good", 3),)
+    assert [entry for entry, _ in index.rejected] == ["Bad_One"]
+    assert "too large" in index.rejected[0][1]
+    assert index.held_back == ("bad-one",)  # listed: a copy held is not removed
+
+
+@pytest.mark.parametrize("as_string", [False, True], ids=["number", "string"])
+def test_a_root_with_a_number_of_5000_digits_costs_its_entry_only(as_string: bool) -> None:
+    huge = "9" * 5000  # json.loads cannot read it as a number: it is spliced in as text
+    text = f'"{huge}"' if as_string else huge
+    body = (
+        f'{{"meta": {{"api-version": "1.1", "_last-serial": {text}}}, "projects": ['
+        f'{{"name": "good", "_last-serial": 3}}, {{"name": "bad", "_last-serial": {text}}}]}}'
+    ).encode()
+    index = RootIndex.from_json_data(parse_root_json(body), header_serial=40)
+    assert index.projects == (RootProject("good", "good", 3),)
+    assert [entry for entry, _ in index.rejected] == ["bad"] and index.held_back == ("bad",)
+    assert index.serial == 40  # the meta's serial is unusable: the header's
+
+
+def test_a_5000_digit_number_is_never_a_name_nor_a_serial() -> None:
+    huge = "9" * 5000
+    body = (
+        f'{{"projects": [{{"name": {huge}}}, {{"name": "neg", "_last-serial": -{huge}}},'
+        f' {{"name": "ok", "_last-serial": 12345678901234567890}}]}}'
+    ).encode()
+    index = RootIndex.from_json_data(parse_root_json(body))
+    assert index.projects == (RootProject("neg", "neg", None),)  # negative: no serial
+    assert index.rejected == (
+        ("{'name': <a number of 5000 digits>}", "project entry without a string 'name'"),
+        ("ok", "'_last-serial' is too large to be a serial (2**63 or more)"),
+    )
+
+
+def test_a_root_that_is_not_json_still_fails_to_parse() -> None:
+    with pytest.raises(ValueError):
+        parse_root_json(b'{"projects": [')
 
 
 def test_root_project_serial_does_not_inherit_header_serial() -> None:
@@ -391,6 +454,14 @@ def test_page_serial_header_fallback() -> None:
     assert ProjectPage.from_json_data(data, page_url=PAGE_URL, header_serial=8).serial == 8
     data["meta"]["_last-serial"] = True
     assert ProjectPage.from_json_data(data, page_url=PAGE_URL, header_serial=8).serial == 8
+
+
+@pytest.mark.parametrize("serial", TOO_LARGE_SERIALS[:4], ids=lambda v: f"{len(str(v))} digits")
+def test_page_serial_too_large_is_no_serial(serial: object) -> None:
+    data = page_data()
+    data["meta"]["_last-serial"] = serial
+    assert ProjectPage.from_json_data(data, page_url=PAGE_URL, header_serial=8).serial == 8
+    assert ProjectPage.from_json_data(data, page_url=PAGE_URL).serial is None
 
 
 def test_page_versions() -> None:

@@ -103,6 +103,15 @@ def test_unlisted_held_project_is_removed() -> None:
     assert plan.unchanged == 1
 
 
+def test_a_project_listed_with_a_refused_entry_is_neither_fetched_nor_removed() -> None:
+    index = RootIndex(
+        (RootProject("foo", "foo", 1),), 100, (("Held_Back", "serial too large"),),
+        held_back=("held-back",),
+    )
+    plan = plan_sync(index, {"foo": ok(1), "held-back": ok(2), "gone": ok(3)})
+    assert plan.removed == ("gone",) and plan.fetch == ()
+
+
 def test_already_removed_project_is_not_removed_again() -> None:
     plan = plan_sync(root(("foo", 1)), {"foo": ok(1), "gone": HeldProject(2, 2, Status.REMOVED)})
     assert plan.removed == ()

@@ -253,6 +253,22 @@ def test_parse_range(header: str, expected: object):
     assert rules.parse_range(header, 10) == expected
 
 
+HUGE = "9" * 5000  # past the 4300 digits int() reads
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (f"bytes=0-{HUGE}", (0, 9)),  # a last position past the end means the end
+    (f"bytes=3-{HUGE}", (3, 9)),
+    (f"bytes=-{HUGE}", (0, 9)),  # a suffix longer than the file is all of it
+    (f"bytes={HUGE}-", rules.UNSATISFIABLE),
+    (f"bytes={HUGE}-{HUGE}", rules.UNSATISFIABLE),
+    (f"bytes={'0' * 5000}7-{'0' * 5000}8", (7, 8)),  # leading zeros are just zeros
+    (f"bytes={'0' * 5000}-", (0, 9)),
+])
+def test_parse_range_reads_numbers_of_any_length(header: str, expected: object):
+    assert rules.parse_range(header, 10) == expected
+
+
 def test_parse_range_on_an_empty_file_is_unsatisfiable():
     assert rules.parse_range("bytes=0-", 0) == rules.UNSATISFIABLE
     assert rules.parse_range("bytes=-5", 0) == rules.UNSATISFIABLE
@@ -496,6 +512,20 @@ def test_an_unsatisfiable_range_is_416(running: Running):
     status, headers, _ = running.request(f"/{WHEEL}", {"Range": f"bytes={size}-"})
     assert (status, headers["Content-Range"]) == (416, f"bytes */{size}")
     assert running.request("/packages/00/00/empty/empty-1.0.zip", {"Range": "bytes=0-"})[0] == 416
+
+
+def test_a_range_of_5000_digits_is_answered(
+    running: Running, caplog: pytest.LogCaptureFixture
+):
+    size = len(WHEEL_BYTES)
+    with caplog.at_level(logging.DEBUG, logger="simplemirror"):
+        status, headers, body = running.request(f"/{WHEEL}", {"Range": f"bytes=0-{HUGE}"})
+        assert (status, headers["Content-Range"], body) == (
+            206, f"bytes 0-{size - 1}/{size}", WHEEL_BYTES
+        )
+        status, headers, _ = running.request(f"/{WHEEL}", {"Range": f"bytes={HUGE}-"})
+        assert (status, headers["Content-Range"]) == (416, f"bytes */{size}")
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
 
 
 def test_several_ranges_or_a_stale_if_range_get_the_whole_file(running: Running):
@@ -749,6 +779,62 @@ def test_mirror_serve_log_format_json_gives_each_request_its_fields(web: Path):
     assert (access["method"], access["path"], access["status"], access["bytes"],
             access["content_type"]) == ("GET", "/simple/foo-bar/", 200, len(PAGE_JSON), JSON)
     assert access["client"] == "127.0.0.1" and access["seconds"] >= 0
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:"))
+               .split()[1])
+
+
+def _answered(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(100)
+    except TimeoutError:
+        return b""
+
+
+def test_mirror_serve_serves_at_most_max_connections_and_the_rest_wait(web: Path):
+    proc = _mirror("--directory", str(web.parent), "--port", "0", "--max-connections", "2")
+    sockets: list[socket.socket] = []
+    try:
+        port = _listening_port(proc)
+        idle_threads = _threads(proc.pid)
+        held = []
+        for _ in range(2):  # two keep-alive connections, answered once, then idle
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/simple/")
+            assert conn.getresponse().read() == ROOT_HTML
+            held.append(conn)
+        for _ in range(8):  # and more clients asking
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /simple/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            sockets.append(sock)
+
+        assert _answered(sockets[0], 0.5) == b""  # waiting in the listen backlog
+        assert _threads(proc.pid) <= idle_threads + 2  # a thread per connection served
+        held[0].close()  # a place frees up: the first one waiting is served
+        assert _answered(sockets[0], 10).startswith(b"HTTP/1.1 200")
+        assert _threads(proc.pid) <= idle_threads + 2
+
+        proc.send_signal(signal.SIGTERM)  # at the cap, with clients waiting: still stops
+        _, err = proc.communicate(timeout=20)
+        held[1].close()
+    finally:
+        for sock in sockets:
+            sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_mirror_serve_refuses_max_connections_below_1(web: Path):
+    proc = _mirror("--directory", str(web.parent), "--max-connections", "0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--max-connections" in err
 
 
 def test_mirror_serve_without_a_mirror_exits_1(tmp_path: Path):

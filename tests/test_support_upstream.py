@@ -288,6 +288,28 @@ def test_serial_knobs(up: Upstream, world: World) -> None:
     assert "X-PyPI-Last-Serial" not in get_json(up.url).headers
 
 
+def test_serial_text_knobs_send_serials_verbatim(up: Upstream, world: World) -> None:
+    huge = "9" * 5000  # more digits than json (or int()) reads by default
+    up.root_serial_text = str(2**63)
+    up.entry_serial_text["simple-pkg"] = huge
+    up.page_serial_text["foo-bar-baz"] = huge
+    up.header_serial_text = huge
+    root = get_json(up.url)
+    assert root.headers["X-PyPI-Last-Serial"] == huge
+    assert f'"_last-serial": {2**63}' in root.body.decode()
+    assert f'{{"name": "simple-pkg", "_last-serial": {huge}}}' in root.body.decode()
+    # The others are untouched.
+    other = world.project("foo-bar-baz")
+    assert f'{{"name": "Foo__Bar.baz", "_last-serial": {other.serial}}}' in root.body.decode()
+    page = get_json(up.page_url("foo-bar-baz"))
+    assert f'"_last-serial": {huge}}}, "name"' in page.body.decode()
+    html_page = fetch(up.page_url("foo-bar-baz"), {"Accept": "text/html"}).body.decode()
+    assert f"<!--SERIAL {huge}-->" in html_page
+    assert f"<!--SERIAL {2**63}-->" in fetch(up.url, {"Accept": "text/html"}).body.decode()
+    up.serial_as_string = True
+    assert f'"_last-serial": "{huge}"}}' in get_json(up.page_url("foo-bar-baz")).body.decode()
+
+
 def test_stale_counter(up: Upstream, world: World) -> None:
     current = world.project("simple-pkg").serial
     up.stale["simple-pkg"] = 2

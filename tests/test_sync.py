@@ -373,6 +373,29 @@ def test_leftovers_of_a_dead_run_are_cleared(upstream: Upstream, tmp_path: Path)
     assert not list((tmp_path / "tmp").iterdir())
 
 
+def test_leftover_directories_are_cleared_and_symlinks_never_followed(
+    upstream: Upstream, tmp_path: Path
+):
+    mirror, outside = tmp_path / "mirror", tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "keep").write_bytes(b"not the mirror's")
+    (outside / "sub" / "keep").write_bytes(b"nor this")
+    tmp = mirror / "tmp"
+    (tmp / "dir" / "nested").mkdir(parents=True)
+    (tmp / "dir" / "nested" / "dl-1").write_bytes(b"half a wheel")
+    (tmp / "dir" / "link-inside").symlink_to(outside)
+    (tmp / "link-to-dir").symlink_to(outside, target_is_directory=True)
+    (tmp / "link-to-file").symlink_to(outside / "keep")
+    (tmp / "dangling").symlink_to(tmp_path / "nowhere")
+
+    assert sync(upstream, mirror).exit_code == 0
+
+    assert list(tmp.iterdir()) == []
+    assert sorted(p.relative_to(outside).as_posix() for p in outside.rglob("*")) == [
+        "keep", "sub", "sub/keep",
+    ]
+
+
 def test_root_pages_are_not_rendered_again_when_nothing_changed(
     upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

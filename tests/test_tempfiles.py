@@ -92,3 +92,19 @@ def test_install_of_a_temporary_file_that_is_gone_says_so(tmp_path: Path) -> Non
     with pytest.raises(FileNotFoundError):
         tempfiles.install(str(tmp_path / "never-made"), str(tmp_path / "web" / "f"))
     assert not (tmp_path / "web").exists()  # no directories made for nothing
+
+
+def test_clear_leftovers_empties_tmp_without_following_a_symlink(tmp_path: Path) -> None:
+    tmp, outside = tmp_path / "tmp", tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "file").write_bytes(b"x")
+    (tmp / "a" / "b").mkdir(parents=True)
+    (tmp / "a" / "b" / "dl-3").write_bytes(b"x")
+    (tmp / "a" / "out").symlink_to(outside)
+    (tmp / "out").symlink_to(outside)
+    (tmp / "dl-4").write_bytes(b"x")
+
+    tempfiles.clear_leftovers(tmp)
+
+    assert list(tmp.iterdir()) == []
+    assert (outside / "deep" / "file").read_bytes() == b"x"

@@ -386,6 +386,20 @@ def test_no_state_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert not (tmp_path / "state.db").exists()
 
 
+@pytest.mark.parametrize(
+    "content", [b"\x8f" * 8192, b"SQLite format 3\x00" + b"\x00" * 84, b""],
+    ids=["garbage", "torn-header", "empty"],
+)
+def test_an_unreadable_state_db_is_named_not_taken_for_a_missing_upstream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+):
+    (tmp_path / "state.db").write_bytes(content)
+    assert main(["verify", "--directory", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'state.db'} cannot be read" in err and "restore it" in err
+    assert "upstream" not in err and "Traceback" not in err
+
+
 def test_verify_waits_for_no_sync(mirror: Mirror):
     with locked(mirror.directory):
         result = mirror.verify()

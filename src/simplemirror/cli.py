@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)")
     serve_cmd.add_argument("--port", type=int, default=8080,
                            help="port to listen on (default 8080; 0 picks a free one)")
+    serve_cmd.add_argument(
+        "--max-connections", type=_positive, default=serve.MAX_CONNECTIONS, metavar="N",
+        help=f"connections served at once, a thread each (default {serve.MAX_CONNECTIONS}); "
+        "more wait until one ends",
+    )
     return parser
 
 
@@ -549,7 +554,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise config.ConfigError(f"--port must be between 0 and 65535, not {args.port}")
     _setup_logging(args, None)  # plain access-log lines, also on a terminal
     try:
-        server = serve.make_server(directory / "web", args.host, args.port)
+        server = serve.make_server(directory / "web", args.host, args.port, args.max_connections)
         serve.serve_until_stopped(server)
     except serve.ServeError as exc:
         print(f"mirror: {exc}", file=sys.stderr)

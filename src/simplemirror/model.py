@@ -130,15 +130,43 @@ def newer_api_version(version: tuple[int, int] | None) -> bool:
     return version is not None and version > _KNOWN_API
 
 
-def parse_serial(value: object) -> int | None:
-    """Return a serial given as an int or a decimal string; None when absent or unusable."""
+# Serials are stored in SQLite, whose INTEGER is a signed 64-bit number.
+MAX_SERIAL = 2**63 - 1
+_MAX_SERIAL_DIGITS = len(str(MAX_SERIAL))
+_SERIAL_TOO_LARGE = "'_last-serial' is too large to be a serial (2**63 or more)"
+
+
+def read_serial(value: object) -> int | None:
+    """A serial given as an int or a decimal string; None when absent or not a whole
+    number of at least 0 (upstreams send such things for "no serial").
+
+    Raises UpstreamDataError for a number too large to be a serial: it would not fit
+    state.db, and past 4300 digits int() refuses to read it at all.
+    """
+    if type(value) is int and 0 <= value <= MAX_SERIAL:
+        return value  # first: a large root has hundreds of thousands of these
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
-        return int(value.strip())
-    return None
+        number = value
+    elif isinstance(value, str) and _DECIMAL.fullmatch(digits := value.strip()):
+        digits = digits.lstrip("0") or "0"
+        if len(digits) > _MAX_SERIAL_DIGITS:
+            raise UpstreamDataError(_SERIAL_TOO_LARGE)
+        number = int(digits)
+    else:
+        return None
+    if number > MAX_SERIAL:
+        raise UpstreamDataError(_SERIAL_TOO_LARGE)
+    return number if number >= 0 else None
+
+
+def parse_serial(value: object) -> int | None:
+    """Like read_serial, but a number too large to be a serial is no serial either."""
+    try:
+        return read_serial(value)
+    except UpstreamDataError:
+        return None
 
 
 def _serial_key(serial: int | None) -> int:
@@ -171,9 +199,34 @@ def _root_entry(obj: dict[str, Any]) -> object:
         return obj
     try:
         normalized = normalize_name(name)
-    except InvalidName:
+        serial = read_serial(obj.get("_last-serial"))
+    except (InvalidName, UpstreamDataError):
         return obj
-    return RootProject(name, normalized, parse_serial(obj.get("_last-serial")))
+    return RootProject(name, normalized, serial)
+
+
+class _LongNumber(int):
+    """Stands in for a JSON integer too long to be a serial, which int() may refuse to
+    read: as much too large (or negative) for one, and shown by its length."""
+
+    digits: int
+
+    def __new__(cls, text: str) -> _LongNumber:
+        negative = text.startswith("-")
+        number = super().__new__(cls, -1 if negative else MAX_SERIAL + 1)
+        number.digits = len(text) - negative
+        return number
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.digits} digits>"
+
+
+def _json_int(text: str) -> int:
+    """A JSON integer, as json reads it unless it is too long to be a serial (a root's
+    numbers are only ever serials)."""
+    if len(text) <= _MAX_SERIAL_DIGITS + 1:  # JSON integers have no leading zeros
+        return int(text)
+    return _LongNumber(text)
 
 
 def parse_root_json(body: bytes) -> object:
@@ -181,7 +234,13 @@ def parse_root_json(body: bytes) -> object:
 
     The result is what RootIndex.from_json_data takes.
     """
-    return json.loads(body, object_hook=_root_entry)
+    try:
+        return json.loads(body, object_hook=_root_entry)
+    except ValueError:
+        # Perhaps a number of more digits than int() reads, which ends json.loads:
+        # in a root, a serial, which must cost its entry only. Read again, numbers
+        # through Python (slower, so only now); JSON that is broken fails again.
+        return json.loads(body, object_hook=_root_entry, parse_int=_json_int)
 
 
 class RootProject(NamedTuple):
@@ -206,14 +265,21 @@ class _RootBuilder:
         self.by_name: dict[str, RootProject] = {}
         self.rejected: list[tuple[str, str]] = []
         self.collisions: list[tuple[str, str]] = []
+        self.held_back: list[str] = []
 
-    def add(self, name: str, serial: int | None) -> None:
+    def add(self, name: str, serial: object) -> None:
+        """A listed project, its serial as upstream gave it (None for HTML)."""
         try:
             normalized = normalize_name(name)
         except InvalidName:
             self.rejected.append((name[:200], "not a valid project name (PEP 508)"))
             return
-        self.keep(RootProject(name, normalized, serial))
+        try:
+            self.keep(RootProject(name, normalized, read_serial(serial)))
+        except UpstreamDataError as exc:
+            # Listed, but not to be fetched: a copy held stays as it is.
+            self.rejected.append((name, str(exc)))
+            self.held_back.append(normalized)
 
     def keep(self, project: RootProject) -> None:
         normalized = project.normalized
@@ -231,7 +297,7 @@ class _RootBuilder:
     def build(self, serial: int | None, version: tuple[int, int] | None) -> RootIndex:
         return RootIndex(
             tuple(self.by_name.values()), serial, tuple(self.rejected), tuple(self.collisions),
-            version,
+            api_version=version, held_back=tuple(self.held_back),
         )
 
 
@@ -250,6 +316,9 @@ class RootIndex:
     """(dropped, kept) spellings of one project listed twice; the page is one."""
     api_version: tuple[int, int] | None = None
     """PEP 629 (major, minor) the root declared; None when it did not say."""
+    held_back: tuple[str, ...] = ()
+    """Normalized names of projects listed with an entry refused for its serial: not
+    fetched, but not gone from upstream either (a copy held is kept)."""
 
     @classmethod
     def from_json_data(cls, data: object, *, header_serial: int | None = None) -> RootIndex:
@@ -271,7 +340,7 @@ class RootIndex:
                     (repr(entry)[:200], "project entry without a string 'name'")
                 )
                 continue
-            builder.add(name, parse_serial(entry.get("_last-serial")))
+            builder.add(name, entry.get("_last-serial"))
         return builder.build(serial if serial is not None else header_serial, version)
 
     @classmethod
@@ -696,7 +765,7 @@ class _SimpleHTMLParser(HTMLParser):
     def handle_comment(self, data: str) -> None:
         match = _SERIAL_COMMENT.fullmatch(data)
         if match:
-            self.doc.serial = int(match[1])  # the last one wins: PyPI puts it at the end
+            self.doc.serial = parse_serial(match[1])  # the last one wins: PyPI puts it at the end
 
     def _end_anchor(self) -> None:
         if self._anchor is not None:

@@ -111,6 +111,7 @@ def plan_sync(
             else sum(1 for project in root.projects if project.normalized in only),
         ),
         only,
+        root.held_back,
     )
 
 
@@ -128,15 +129,24 @@ class RootChanges:
     """Projects the root lists, within ``only`` when the run is limited to some."""
 
 
-def plan_changes(changes: RootChanges, only: Collection[str] | None = None) -> SyncPlan:
+def plan_changes(
+    changes: RootChanges, only: Collection[str] | None = None, held_back: Iterable[str] = ()
+) -> SyncPlan:
     """The plan from a root's changes (from plan_sync, or from State.root_changes in SQL,
-    which spares a large mirror holding every project in memory)."""
+    which spares a large mirror holding every project in memory).
+
+    ``held_back``: projects the root lists with an entry refused (RootIndex.held_back);
+    not in the changes, and not removed either.
+    """
     fetch = tuple(
         _todo(project.normalized, project.name, project.serial, copy)
         for project, copy in changes.changed
         if only is None or project.normalized in only
     )
-    removed = tuple(sorted(n for n in changes.unlisted if only is None or n in only))
+    kept = set(held_back)
+    removed = tuple(sorted(
+        n for n in changes.unlisted if (only is None or n in only) and n not in kept
+    ))
     return SyncPlan(fetch, removed, changes.listed - len(fetch))
 
 

@@ -12,6 +12,8 @@ For small sites and the air-gapped side of a mirror; a busy site should put ngin
 - Nothing outside web/ is ever sent: a path with ``..``, a backslash or NUL (however
   encoded) is refused (400), a symlink that leads out of web/ is 404, and there are no
   directory listings.
+- At most ``max_connections`` connections are served at once (a thread each); more
+  wait in the listen backlog until one ends.
 - Each request is logged at INFO on the "simplemirror" logger, one line with the client,
   request line, status, bytes sent, content type (which representation a page went out
   as) and time taken; the same parts go with it as fields (access_fields), which JSON
@@ -46,6 +48,8 @@ IDLE_TIMEOUT = 60.0
 """Seconds a keep-alive connection may sit idle (or a send may stall) before it is closed."""
 STOP_GRACE = 10.0
 """Seconds a stop waits for responses in flight before the process exits anyway."""
+MAX_CONNECTIONS = 256
+"""Connections served at once (a thread each) unless --max-connections says otherwise."""
 
 
 _ETAG_TAGS = {rules.JSON_V1: "-j", rules.HTML_V1: "-v", rules.HTML: "-h"}
@@ -56,18 +60,28 @@ class ServeError(Exception):
 
 
 class MirrorServer(ThreadingHTTPServer):
-    """One thread per connection, over the web/ directory ``web``."""
+    """One thread per connection, over the web/ directory ``web``.
+
+    At most ``max_connections`` at once: past that, a new connection is not accepted
+    until one ends, and waits in the listen backlog (as nginx does at its
+    worker_connections), so that a crowd of slow or idle clients costs a bounded
+    number of threads.
+    """
 
     daemon_threads = True
     # Clients open bursts of parallel connections; the default backlog of 5 drops some.
     request_queue_size = 128
 
-    def __init__(self, web: Path, host: str, port: int) -> None:
+    def __init__(
+        self, web: Path, host: str, port: int, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.root = os.path.realpath(web)
+        self.max_connections = max_connections
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._stopping = False
         super().__init__((host, port), Handler)
 
     def server_bind(self) -> None:
@@ -84,6 +98,12 @@ class MirrorServer(ThreadingHTTPServer):
         return f"http://{shown}:{port}/"
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        # Only serve_forever's thread accepts, so a free place seen here stays free.
+        with self._lock:
+            while len(self._connections) >= self.max_connections and not self._stopping:
+                self._idle.wait()  # a connection ending, or shutdown(), wakes it
+            if self._stopping:
+                raise OSError("stopping")  # serve_forever skips it, then sees the shutdown
         sock, address = super().get_request()
         # Without it, Nagle's algorithm and the client's delayed ACK add ~40 ms to every
         # response on a keep-alive connection (headers and body go in separate writes).
@@ -97,6 +117,12 @@ class MirrorServer(ThreadingHTTPServer):
             self._connections.discard(request)
             self._idle.notify_all()
         super().shutdown_request(request)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stopping = True  # no waiting for a free place any more
+            self._idle.notify_all()
+        super().shutdown()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
@@ -329,11 +355,13 @@ def check_tree(web: Path) -> None:
         )
 
 
-def make_server(web: Path, host: str, port: int) -> MirrorServer:
+def make_server(
+    web: Path, host: str, port: int, max_connections: int = MAX_CONNECTIONS
+) -> MirrorServer:
     """A server bound to ``host:port`` (0: any free port) over ``web``, not yet serving."""
     check_tree(web)
     try:
-        return MirrorServer(web, host, port)
+        return MirrorServer(web, host, port, max_connections)
     except OSError as exc:
         raise ServeError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port "

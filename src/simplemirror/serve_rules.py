@@ -335,13 +335,22 @@ def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     if not first_text:
         if not last_text:
             return None
-        suffix = int(last_text)
+        suffix = _position(last_text, size)
         if suffix == 0 or size == 0:
             return UNSATISFIABLE
         return max(size - suffix, 0), size - 1
-    first = int(first_text)
-    if last_text and int(last_text) < first:
+    first = _position(first_text, size)
+    if last_text and _position(last_text, size) < first:
         return None  # not a valid range: ignored
     if first >= size:
         return UNSATISFIABLE
-    return first, min(int(last_text), size - 1) if last_text else size - 1
+    return first, min(_position(last_text, size), size - 1) if last_text else size - 1
+
+
+def _position(digits: str, size: int) -> int:
+    """A range's decimal number, or ``size`` when it is larger: past the end, all numbers
+    mean the same (RFC 9110 14.1.2), and int() refuses to read more than 4300 digits."""
+    digits = digits.lstrip("0")
+    if len(digits) > len(str(size)):
+        return size
+    return min(int(digits or "0"), size)

@@ -145,25 +145,24 @@ def _unreadable(path: Path, exc: sqlite3.Error, command: str = "mirror status") 
             f"`sudo -u simplemirror {command} ...`"
         )
     return NoState(
-        f"{path} cannot be read as a simplemirror state database ({exc}); "
-        "check that it is one, or run `mirror sync` to create it"
+        f"{path} cannot be read as a simplemirror state database ({exc}); check that "
+        "the directory is the mirror's, and if it is, state.db is damaged: restore it "
+        "from a backup, or move it aside and run `mirror sync` to build a new one "
+        "(which downloads every file again)"
     )
 
 
-def last_upstream(path: Path) -> str | None:
-    """The upstream of the last run recorded in the state.db at ``path``, if any."""
+def last_upstream(path: Path, command: str = "mirror verify") -> str | None:
+    """The upstream of the last run recorded in the state.db at ``path``; None without
+    a state.db or a run. Raises NoState (saying what to do) when it cannot be read:
+    "no upstream" would send the operator looking for the wrong thing."""
     if not path.is_file():
         return None
+    conn = connect_reader(path, command, unchanging=True)
     try:
-        conn = connect_reader(path, "mirror status", unchanging=True)
-    except NoState:
-        return None  # the caller reports what is missing
-    try:
-        row = conn.execute(
-            "SELECT upstream FROM runs ORDER BY generation DESC LIMIT 1"
-        ).fetchone()
-    except sqlite3.Error:
-        return None  # not a state.db this version knows: the caller reports what is missing
+        row = conn.execute("SELECT upstream FROM runs ORDER BY generation DESC LIMIT 1").fetchone()
+    except sqlite3.Error as exc:
+        raise _unreadable(path, exc, command) from exc
     finally:
         conn.close()
     return row[0] if row else None

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simplemirror import download, layout, reap
+from simplemirror import download, layout, reap, tempfiles
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
 from simplemirror.model import API_VERSION, HeldFile, ProjectPage, newer_api_version, version_of
@@ -437,8 +437,7 @@ class Sync:
             try:
                 # Under the lock nothing else uses tmp/: whatever is there was
                 # left by a run that died, and was never published.
-                for leftover in config.tmp.iterdir():
-                    leftover.unlink(missing_ok=True)
+                tempfiles.clear_leftovers(config.tmp)
                 first = not config.state_path.exists()  # under the lock: no run makes it now
                 state = State(config.state_path)
             except (OSError, sqlite3.Error, StateError) as exc:
@@ -643,12 +642,15 @@ class Sync:
             index.projects if serials else (p._replace(serial=None) for p in index.projects),
             only,
         )
-        missing = sorted(set(only) - {p.normalized for p in index.projects}) if only else []
+        missing = sorted(
+            set(only) - {p.normalized for p in index.projects} - set(index.held_back)
+        ) if only else []
         serial, rejected, collisions = index.serial, index.rejected, index.collisions
+        held_back = index.held_back
         # The projects are in state.db's temporary table now: at PyPI's size, the
         # parsed root is a hundred megabytes better given back before planning.
         del response, index
-        plan = plan_changes(changes, only)
+        plan = plan_changes(changes, only, held_back)
         # Counted only when needed: a full scan of the projects at PyPI's size.
         listed = state.listed_count() if plan.removed else 0
         refusal = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 from pathlib import Path
 
 _serial = itertools.count()
@@ -90,3 +91,19 @@ def _make_dir(path: str) -> None:
             raise
         _make_dir(parent)
         _make_dir(path)
+
+
+def clear_leftovers(tmp: Path) -> None:
+    """Empty ``tmp`` of what a run that died left there (never published).
+
+    Directories too, whoever made them, and everything in them; but a symlink is
+    removed, never followed, so that nothing outside tmp/ is ever deleted
+    (shutil.rmtree does not follow the symlinks inside a directory either).
+    """
+    with os.scandir(tmp) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)

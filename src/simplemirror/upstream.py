@@ -268,7 +268,15 @@ def interpret(
         return _Answer(response, media, parse_json(response.body), digest)
     except (ValueError, RecursionError) as exc:
         # ValueError covers bad JSON and bytes that are not UTF-8 text.
-        raise UpstreamError(f"{url}: malformed JSON ({exc})") from None
+        raise UpstreamError(f"{url}: malformed JSON ({_json_problem(exc)})") from None
+
+
+def _json_problem(exc: Exception) -> str:
+    # Python's words for a number too long to read suggest a Python setting; an
+    # operator needs to know what upstream sent.
+    if "integer string conversion" in str(exc):
+        return "a number of more digits than this mirror reads"
+    return str(exc)
 
 
 def page_response(got: _Answer | Fetched, todo: ProjectTodo, url: str) -> PageResponse | None:
@@ -296,6 +304,12 @@ def page_response(got: _Answer | Fetched, todo: ProjectTodo, url: str) -> PageRe
         )
     except UpstreamDataError as exc:
         raise UpstreamError(str(exc)) from None
+    except Exception as exc:
+        # Something in the page that the parser did not expect to meet: still this
+        # project's failure, not the run's (this runs in download processes too).
+        raise UpstreamError(
+            f"{url}: the page could not be parsed ({type(exc).__name__}: {exc})"
+        ) from None
     if page.name != todo.name:
         raise UpstreamError(
             f"{url}: the page is for project {page.name!r}, not {todo.name!r}"

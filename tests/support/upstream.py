@@ -45,6 +45,9 @@ __all__ = [
 
 UrlStyle = Literal["absolute", "host-relative", "relative"]
 
+# Stands in a JSON document for a serial sent as given text (see Upstream._json_serial).
+_RAW_SERIAL = "\x00raw-serial-{}\x00"
+
 # Upload times are derived from the serial so that pages are reproducible run to run.
 _EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -350,7 +353,9 @@ class Upstream:
 
     Content knobs, not counted: ``corrupt``/``truncate``/``oversize`` (file names, with
     ``.metadata`` appended for a metadata file), ``root_body``/``root_content_type`` and
-    ``page_body`` (see ``_root`` and ``_project``), ``api_version`` (PEP 629, every page).
+    ``page_body`` (see ``_root`` and ``_project``), ``api_version`` (PEP 629, every page),
+    and the ``*_serial_text`` knobs, which send a serial as given text in place of the
+    World's.
     """
 
     def __init__(self, world: World | None = None, host: str = "127.0.0.1") -> None:
@@ -368,6 +373,14 @@ class Upstream:
         # "normal"; "none": no serials anywhere (plain static trees, many private indexes);
         # "constant": the same fake serial everywhere (as some servers send).
         self.serial_mode = "normal"
+        # Serials sent as this text (decimal digits) instead of the World's, so that a test
+        # can send what json.dumps cannot write as a number (5000 digits) or what no real
+        # serial is (2**63). In JSON the text is a number, or a string with
+        # serial_as_string; in HTML it goes into <!--SERIAL text-->.
+        self.root_serial_text: str | None = None  # the root's own serial
+        self.entry_serial_text: dict[str, str] = {}  # normalized name -> its root entry's
+        self.page_serial_text: dict[str, str] = {}  # normalized name -> its page's
+        self.header_serial_text: str | None = None  # X-PyPI-Last-Serial, on every page
         # False: pages carry no ETag (and If-None-Match is ignored).
         self.send_etags = True
         self.json_enabled = True
@@ -508,9 +521,25 @@ class Upstream:
             serial = 1
         return str(serial) if self.serial_as_string else serial
 
-    def _serial_comment(self, serial: int) -> str:
-        value = self._serial_value(serial)
+    def _serial_comment(self, serial: int, text: str | None = None) -> str:
+        value = self._serial_value(serial) if text is None else text
         return "" if value is None else f"<!--SERIAL {value}-->\n"
+
+    def _json_serial(self, serial: int, text: str | None, raws: list[str]) -> object:
+        """The serial's JSON value; a ``text`` override stands in as a placeholder
+        that ``_dumps`` replaces with the text verbatim (json.dumps cannot write
+        an int of 5000 digits)."""
+        if text is None:
+            return self._serial_value(serial)
+        raws.append(json.dumps(text) if self.serial_as_string else text)
+        return _RAW_SERIAL.format(len(raws) - 1)
+
+    @staticmethod
+    def _dumps(doc: dict[str, Any], raws: list[str]) -> bytes:
+        text = json.dumps(doc)
+        for i, raw in enumerate(raws):
+            text = text.replace(json.dumps(_RAW_SERIAL.format(i)), raw)
+        return text.encode("utf-8")
 
     @staticmethod
     def _without_none(doc: dict[str, Any]) -> dict[str, Any]:
@@ -529,19 +558,23 @@ class Upstream:
             serial = self.world.serial
             projects = sorted(self.world.projects.values(), key=lambda p: p.normalized)
             if media == JSON_V1:
+                raws: list[str] = []
+                root_serial = self._json_serial(serial, self.root_serial_text, raws)
                 doc = {
                     "meta": self._without_none(
-                        {"api-version": self.api_version,
-                         "_last-serial": self._serial_value(serial)}
+                        {"api-version": self.api_version, "_last-serial": root_serial}
                     ),
                     "projects": [
-                        self._without_none(
-                            {"name": p.name, "_last-serial": self._serial_value(p.serial)}
-                        )
+                        self._without_none({
+                            "name": p.name,
+                            "_last-serial": self._json_serial(
+                                p.serial, self.entry_serial_text.get(p.normalized), raws
+                            ),
+                        })
                         for p in projects
                     ],
                 }
-                return _Snapshot(json.dumps(doc).encode("utf-8"), JSON_V1, serial)
+                return _Snapshot(self._dumps(doc, raws), JSON_V1, serial)
             links = "".join(
                 f'    <a href="/simple/{quote(p.normalized)}/">{html.escape(p.name)}</a><br />\n'
                 for p in projects
@@ -550,12 +583,13 @@ class Upstream:
             "<!DOCTYPE html>\n<html>\n  <head>\n"
             f'    <meta name="pypi:repository-version" content="{self.api_version}">\n'
             "    <title>Simple index</title>\n  </head>\n  <body>\n"
-            f"{links}  </body>\n</html>\n{self._serial_comment(serial)}"
+            f"{links}  </body>\n</html>\n{self._serial_comment(serial, self.root_serial_text)}"
         )
         return _Snapshot(text.encode("utf-8"), media, serial)
 
     def render_project(self, project: UpProject, media: str, serial: int) -> _Snapshot:
         """Render with an explicit ``serial`` so callers can simulate stale CDN answers."""
+        serial_text = self.page_serial_text.get(project.normalized)
         if media == JSON_V1:
             files = []
             for f in project.files:
@@ -580,10 +614,11 @@ class Upstream:
                     entry["provenance"] = self.base + f.provenance_path
                 entry.update(f.extra)
                 files.append(entry)
+            raws: list[str] = []
             doc: dict[str, Any] = {
                 "meta": self._without_none({
                     "api-version": self.api_version,
-                    "_last-serial": self._serial_value(serial),
+                    "_last-serial": self._json_serial(serial, serial_text, raws),
                     **project.extra_meta,
                 }),
                 "name": project.normalized,
@@ -595,7 +630,7 @@ class Upstream:
                 doc["project-status"] = {"status": project.status}
                 if project.status_reason is not None:
                     doc["project-status"]["reason"] = project.status_reason
-            return _Snapshot(json.dumps(doc).encode("utf-8"), JSON_V1, serial)
+            return _Snapshot(self._dumps(doc, raws), JSON_V1, serial)
 
         rows = []
         for f in project.files:
@@ -632,7 +667,7 @@ class Upstream:
             + status +
             f"    <title>Links for {title}</title>\n  </head>\n  <body>\n"
             f"    <h1>Links for {title}</h1>\n{''.join(rows)}  </body>\n</html>\n"
-            f"{self._serial_comment(serial)}"
+            f"{self._serial_comment(serial, serial_text)}"
         )
         return _Snapshot(text.encode("utf-8"), media, serial)
 
@@ -756,6 +791,8 @@ class _UpstreamHandler(BaseHandler):
         if self.up.send_etags:
             headers["ETag"] = strong_etag(snap.body)
         serial = self.up._serial_value(snap.serial) if snap.serial is not None else None
+        if self.up.header_serial_text is not None:
+            serial = self.up.header_serial_text
         if self.up.send_serial_header and serial is not None:
             headers["X-PyPI-Last-Serial"] = str(serial)
         if "ETag" in headers and etag_matches(self.headers.get("If-None-Match"), headers["ETag"]):

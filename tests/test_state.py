@@ -13,6 +13,7 @@ from packaging.requirements import Requirement
 from simplemirror.model import HeldFile, RootProject
 from simplemirror.plan import Status
 from simplemirror.state import SCHEMA_VERSION, State, StateError
+from tests.support.schemas import as_schema_2
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
@@ -279,8 +280,8 @@ def test_a_read_only_state_reads_one_written_before_staging_existed(tmp_path: Pa
     state = State(path)
     state.note_listed([("p", "p", 1)], 1)
     _record(state, "p", [_file("p", "p-1.0.tar.gz", "a")], 1)
-    state.db.execute("DROP TABLE staged_files")
     state.close()
+    as_schema_2(path)  # as a simplemirror before staging left it: no upgrade needed to read
     reader = State.readonly(path)
     try:
         assert [f.filename for f in reader.planning_files("p")] == ["p-1.0.tar.gz"]
@@ -288,6 +289,8 @@ def test_a_read_only_state_reads_one_written_before_staging_existed(tmp_path: Pa
         reader.close()
     with sqlite3.connect(path) as db:
         assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'staged_files'").fetchall()
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == ("2",)
 
 
 def test_a_read_only_state_refuses_a_state_db_it_would_have_to_upgrade(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from simplemirror.sync import locked
 from simplemirror.workers import WorkerPool
 from tests.support.consistency import assert_mirror_invariants
 from tests.support.process import process_state_kept
+from tests.support.schemas import as_schema_2
 from tests.support.tree import assert_consistent
 from tests.support.upstream import Upstream, World
 
@@ -251,6 +252,21 @@ def test_stray_file_is_an_orphan_and_deleted_on_request(mirror: Mirror):
     assert not (mirror.web / "packages/zz").exists()  # its directories went with it
     assert "0 orphan(s)" in mirror.verify().out
     assert_mirror_invariants(mirror.directory)
+
+
+def test_a_state_db_of_the_schema_before_staging_is_verified_as_it_is(mirror: Mirror):
+    # An operator upgrades and runs verify before the next sync: the state.db is as
+    # the older simplemirror left it, and a plain verify only reads.
+    as_schema_2(mirror.directory / "state.db")
+    stray = mirror.web / "packages/zz/zz" / ("f" * 60) / "stray-1.0.tar.gz"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"left by someone")
+
+    result = mirror.verify()
+
+    assert result.code == 0, result.out + result.err
+    assert "7 file(s)" in result.out and "1 orphan(s)" in result.out
+    assert mirror.sql("SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
 
 
 def test_orphans_exclude_files_state_db_or_a_page_still_holds(mirror: Mirror):

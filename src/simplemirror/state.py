@@ -27,6 +27,8 @@ from simplemirror.plan import HeldProject, RootChanges, Status
 from simplemirror.render import RootEntry
 
 SCHEMA_VERSION = 3
+# What a read-only State (a dry run) reads as it is, without the upgrade a sync makes.
+READABLE_SCHEMAS = frozenset({"2", str(SCHEMA_VERSION)})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -288,7 +290,7 @@ class State:
         state.db = sqlite_utils.Database(sqlite3.connect(uri, uri=True))
         try:
             found = state.get_meta("schema_version") if state.db["meta"].exists() else None
-            if found is None or int(found) != SCHEMA_VERSION:
+            if found not in READABLE_SCHEMAS:
                 raise StateError(
                     f"{path} was written by another version of simplemirror (schema "
                     f"{found}); run `mirror sync` once with this one to upgrade it"
@@ -300,8 +302,9 @@ class State:
                         "once with it to upgrade state.db, then --dry-run can read it"
                     )
             if not state.db["staged_files"].exists():
-                # Written before staging existed, so nothing is staged: an empty
-                # stand-in with the columns planning_files reads.
+                # Schema 2, written before staging existed, so nothing is staged: an
+                # empty stand-in with the columns planning_files reads. (A dry run
+                # reads nothing of schema 3's other addition, project_changes.)
                 state.db.execute("CREATE TEMP TABLE staged_files AS SELECT * FROM files WHERE 0")
         except BaseException:
             state.close()

@@ -376,6 +376,15 @@ class Verifier:
         # Paths pages link that state.db does not hold: never deleted as orphans.
         self.linked_unrecorded: set[str] = set()
         self._files_fetched = 0
+        # A state.db from before staging (schema 2) has no staged_files, hence nothing
+        # staged; a plain verify reads it as it is, without upgrading it.
+        self._held_query = (
+            "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL"
+            + (" UNION ALL SELECT 1 FROM staged_files WHERE path = ?" if db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'staged_files'"
+            ).fetchone() else " AND ? IS NOT NULL")
+            + " LIMIT 1"
+        )
         self._bytes_fetched = 0
 
     def run(self, *, repair: bool, delete_orphans: bool) -> VerifyResult:
@@ -441,10 +450,7 @@ class Verifier:
         """Some row of state.db holds ``path`` on disk (live, off every page but not yet
         reaped, or staged by a stopped sync for its next run)."""
         return (
-            self.db.execute(
-                "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL"
-                " UNION ALL SELECT 1 FROM staged_files WHERE path = ? LIMIT 1", [path, path]
-            ).fetchone()
+            self.db.execute(self._held_query, [path, path]).fetchone()
             is not None
         )
 

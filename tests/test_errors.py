@@ -381,7 +381,7 @@ def test_verify_by_a_user_who_cannot_write_in_the_directory(
     ([("interrupted", None), ("ok", None)], False, False),
     ([("running", None), ("ok", None)], True, True),  # a sync going: the run before decides
     ([("running", None), ("partial", None)], True, False),
-    ([("running", None)], True, True),  # the first sync, still going
+    ([("running", None)], True, False),  # the first sync, still going: nothing whole yet
     ([("running", None), ("ok", None)], False, False),  # died without recording its end
     ([("running", None), ("ok", None)], None, True),  # cannot tell: not a failure
     ([("repair", None), ("ok", None)], False, True),

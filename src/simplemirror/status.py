@@ -62,20 +62,21 @@ def up_to_date(runs: Iterable[tuple[str, str | None]], running: bool | None) -> 
     """Whether the runs (outcome, error; newest first) leave the mirror known up to date.
 
     The last run that finished decides. A run still going (``running``: a sync holds the
-    lock; None, cannot tell, is taken as yes) is not a failure: the one before it decides,
-    and during a first sync there is none. A run recorded as running with no sync going
-    died without saying how (killed, or its disk full). A repair without problems left
-    the mirror as the sync before it did; one that could not repair everything did not.
+    lock; None, cannot tell, is taken as yes) is not a failure: the one before it
+    decides; during a first sync there is none, so the mirror is not up to date. A run
+    recorded as running with no sync going died without saying how (killed, or its disk
+    full). A repair without problems left the mirror as the sync before it did; one that
+    could not repair everything did not.
     """
-    going = False
     for index, (outcome, error) in enumerate(runs):
         if index == 0 and outcome == "running" and running is not False:
-            going = True
             continue
         if outcome == "repair" and error is None:
             continue
         return outcome in UP_TO_DATE
-    return going  # only a first sync, still going
+    # None finished: never synced, or a first sync still going (a mirror that holds
+    # nothing whole yet, however long that sync has run).
+    return False
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:

@@ -28,7 +28,7 @@ from tests.support.upstream import Upstream, World
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("1s", 1), ("30s", 30), ("10m", 600), ("1h", 3600), ("90m", 5400), (" 2M ", 120),
-    ("1d", 86400), ("7D", 7 * 86400),
+    ("1d", 86400), ("7D", 7 * 86400), ("365d", 365 * 86400), ("0010m", 600),
 ])
 def test_parse_interval(text: str, seconds: float) -> None:
     assert parse_interval(text) == seconds
@@ -41,9 +41,17 @@ def test_parse_interval_refuses(text: str) -> None:
         parse_interval(text)
 
 
+@pytest.mark.parametrize("text", ["366d", "99999999999999d", "9" * 400 + "d", "9" * 5000 + "s"])
+def test_parse_interval_refuses_more_than_a_year(text: str) -> None:
+    # Once a traceback from int() or time.sleep() (OverflowError), after the first run.
+    with pytest.raises(ValueError, match="at most 365d"):
+        parse_interval(text)
+
+
 @pytest.mark.parametrize("argv", [
     ["sync", "--every", "10"],  # no unit: seconds or minutes? say it
     ["sync", "--every", "0s"],
+    ["sync", "--every", "99999999999999d"],
 ])
 def test_a_bad_interval_is_a_usage_error(
     argv: list[str], capsys: pytest.CaptureFixture[str]

@@ -259,14 +259,15 @@ def test_log_of_a_generation_that_does_not_exist(
 ):
     directory = tmp_path / "mirror"
     assert sync(capsys, upstream, directory) == 0
-    for missing in ("2", "0", "-1"):
+    for missing in ("2", "0", "-1", "9" * 30, "-" + "9" * 30):
         code, out, err = run(capsys, "log", "--directory", str(directory), "--generation", missing)
         assert code == 1 and out == ""
         assert err == (f"mirror: there is no generation {missing} in {directory / 'state.db'}"
                        " (it holds 1 to 1); `mirror log` lists the runs\n")
-    with pytest.raises(SystemExit) as exited:
-        main(["log", "--directory", str(directory), "--limit", "0"])
-    assert exited.value.code == 2 and "--limit" in capsys.readouterr().err
+    for limit in ("0", "9" * 30):
+        with pytest.raises(SystemExit) as exited:
+            main(["log", "--directory", str(directory), "--limit", limit])
+        assert exited.value.code == 2 and "--limit" in capsys.readouterr().err
 
 
 def test_log_of_a_state_db_with_no_run_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -195,8 +195,10 @@ def _positive(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    if not 1 <= value < 2**63:  # SQLite's integers, where --limit goes
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to {2**63 - 1}, not {text!r}"
+        )
     return value
 
 

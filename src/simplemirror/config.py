@@ -130,6 +130,8 @@ _EXAMPLES: dict[str, str] = {
 }
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_INTERVAL = 365 * 86400
+"""The longest --every: a year. Past it, a number is more likely a slip than a schedule."""
 _INTERVAL = re.compile(r"(\d+)([smhd])")
 
 
@@ -142,10 +144,14 @@ def parse_interval(text: str) -> float:
             f"{text!r} is not an interval: give a whole number and a unit, "
             "like 30s, 10m, 1h or 1d"
         )
-    seconds = int(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
+    digits = match.group(1).lstrip("0")
+    if not digits:
         raise ValueError(f"{text!r}: the interval must be longer than zero")
-    return float(seconds)
+    # The digits are counted first: int() refuses thousands of them, and sleep() a
+    # count of days fourteen digits long.
+    if len(digits) > 9 or int(digits) * _UNITS[match.group(2)] > MAX_INTERVAL:
+        raise ValueError(f"{text!r}: the interval must be at most 365d (a year)")
+    return float(int(digits) * _UNITS[match.group(2)])
 
 
 def _toml(value: Any) -> str:

@@ -85,8 +85,12 @@ def changes(directory: Path, generation: int) -> dict[str, Any]:
     path = directory / "state.db"
 
     def query(conn: sqlite3.Connection) -> dict[str, Any]:
-        row = conn.execute(f"{_RUN_QUERY} WHERE generation = ?", [generation]).fetchone()
-        if row is None:
+        # A number SQLite cannot hold names no generation either.
+        in_range = -(2**63) <= generation < 2**63
+        row = in_range and conn.execute(
+            f"{_RUN_QUERY} WHERE generation = ?", [generation]
+        ).fetchone()
+        if not row:
             raise NoGeneration(_missing(conn, path, generation))
         added, removed = (_files(conn, column, generation)
                           for column in ("appeared_gen", "removed_gen"))

@@ -219,13 +219,14 @@ def test_a_static_servers_root_without_simple_says_so_and_leaves_nothing_behind(
     target = tmp_path / "target"
     with StaticServer(source / "web") as server:
         capsys.readouterr()
-        code = main(["sync", "--upstream", server.url, "--directory", str(target),
-                     "--no-progress"])
+        code = main(["sync", "--upstream", server.url, "--directory",
+                     str(target / "not" / "yet" / "there"), "--no-progress"])
         err = capsys.readouterr().err
         assert code == 1
         assert "HTTP 404" in err and "does the URL end in /simple/?" in err
         assert "Traceback" not in err
-        assert not target.exists()  # no skeleton: no web/, tmp/, state.db or .lock
+        # No skeleton: no web/, tmp/, state.db or .lock, nor the parents made for them.
+        assert not target.exists()
 
         # The URL the message points at is the right one.
         assert main(["sync", "--upstream", server.url + "simple/", "--directory",

@@ -426,8 +426,10 @@ class Sync:
             return self._dry_run(started)
         # What this run brings into being: a first run that never gets a usable root
         # removes it again (see _undo_first_run).
-        made = [p for p in (config.directory, config.web, config.tmp, lock_path(config.directory))
-                if not p.exists()]
+        # mkdir(parents=True) makes missing parents too: the outermost first.
+        wanted = (*reversed(config.directory.parents), config.directory, config.web, config.tmp,
+                  lock_path(config.directory))
+        made = [p for p in wanted if not p.exists()]
         try:
             for d in (config.directory, config.web, config.tmp):
                 d.mkdir(parents=True, exist_ok=True)

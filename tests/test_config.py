@@ -496,3 +496,21 @@ def test_file_hosts_are_lowercased_host_names() -> None:
     with pytest.raises(ConfigError, match="file-hosts"):
         build({}, {"upstream": "https://i.example/simple/", "directory": "/x",
                    "file_hosts": ["https://files.example/"]})
+
+
+def test_file_hosts_name_hosts_as_urls_spell_them_without_a_port() -> None:
+    from simplemirror.config import build
+    from simplemirror.filehosts import FileHostGuard
+
+    def hosts(*given: str) -> tuple[str, ...]:
+        return build({}, {"upstream": "https://i.example/simple/", "directory": "/x",
+                          "file_hosts": list(given)}).file_hosts
+
+    # An IPv6 literal, bracketed or not, is the host urlsplit reads from a URL.
+    assert hosts("[2001:db8::1]", "2001:DB8::2") == ("2001:db8::1", "2001:db8::2")
+    guard = FileHostGuard("https://i.example/simple/", hosts("[2001:db8::1]"))
+    assert guard.refusal("https://[2001:db8::1]/f-1.0.tar.gz") is None
+    # A port would never match (the policy compares hosts): say so rather than refuse
+    # every file from that host later.
+    with pytest.raises(ConfigError, match=r"without a port: 'files.example:8443'.*'files.example'"):
+        hosts("files.example:8443")

@@ -467,12 +467,10 @@ def _offline_config(args: argparse.Namespace, *, network: bool, **overrides: Any
     """
     values = config.read_file(args.config) if args.config is not None else {}
     given: dict[str, Any] = {"upstream": args.upstream, "directory": args.directory, **overrides}
-    directory = args.directory or values.get("directory")
-    if not directory:
-        raise _no_directory()
+    directory = _mirror_directory(args, values)
     if args.upstream or values.get("upstream"):
         return config.build(values, given)
-    state_path = Path(directory).expanduser() / "state.db"
+    state_path = directory / "state.db"
     last = status.last_upstream(state_path)
     if not network:
         if last is None:

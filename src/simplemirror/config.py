@@ -6,6 +6,7 @@ Every key is documented in config.example.toml at the top of the repository.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import re
@@ -249,11 +250,18 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         raise ConfigError(
             "file-hosts (--file-host) must be host names, like [\"files.example.org\"]"
         )
+    for host in hosts:
+        if ":" in host and not _ipv6(host):
+            # The policy compares host names alone: "files.example:8443" matches nothing.
+            raise ConfigError(
+                f"file-hosts (--file-host) names hosts without a port: {host!r} would never "
+                f"match; give {host.rsplit(':', 1)[0]!r}"
+            )
     config = Config(
         upstream=upstream,
         directory=Path(directory).expanduser().absolute(),
         projects=projects,
-        file_hosts=tuple(sorted({h.lower() for h in hosts})),
+        file_hosts=tuple(sorted({h.lower().strip("[]") for h in hosts})),
         metrics_file=_metrics_file(values.get("metrics_file")),
         **{
             f.name: values[f.name]
@@ -292,6 +300,14 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
             key = name.replace("_", "-")
             raise ConfigError(f"{key} must be a finite, non-negative number of seconds")
     return config
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _metrics_file(value: str | Path | None) -> Path | None:

@@ -780,8 +780,8 @@ class Sync:
         ):
             forecast.file_refusal = (
                 f"upstream dropped {forecast.files_dropped} file(s), more than max-removal "
-                f"({config.max_removal:.0%}) of the {held} files held: the run keeps them and "
-                "exits 1. Run with --allow-mass-delete if that is right"
+                f"({config.max_removal:.0%}) of the {held} files held: the run keeps those "
+                "past the cap and exits 1. Run with --allow-mass-delete if that is right"
             )
 
     # -- fetching and publishing projects ------------------------------------

@@ -22,9 +22,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from simplemirror.model import HeldFile, RootProject
-from simplemirror.plan import HeldProject, RootChanges, Status
-from simplemirror.render import RootEntry
+from simplemirror.model import HeldFile, HeldProject, RootChanges, RootEntry, RootProject, Status
 
 SCHEMA_VERSION = 3
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from simplemirror.plan import Status
+from simplemirror.model import Status
 from simplemirror.units import human_bytes
 
 RUN_COLUMNS = "generation, started, finished, outcome, error"

@@ -32,14 +32,20 @@ from typing import Any
 from simplemirror import download, layout, reap, tempfiles
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
-from simplemirror.model import API_VERSION, HeldFile, ProjectPage, newer_api_version, version_of
+from simplemirror.model import (
+    API_VERSION,
+    HeldFile,
+    ProjectPage,
+    Status,
+    newer_api_version,
+    version_of,
+)
 from simplemirror.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
     FilePlan,
     FileTodo,
     ProjectTodo,
-    Status,
     SyncPlan,
     is_mass_removal,
     plan_changes,

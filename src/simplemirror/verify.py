@@ -55,8 +55,7 @@ from rich.progress import TaskID
 
 from simplemirror import download, layout, render, status
 from simplemirror.config import Config
-from simplemirror.model import HeldFile, version_of
-from simplemirror.plan import Status
+from simplemirror.model import HeldFile, Status, version_of
 from simplemirror.publish import Publisher
 from simplemirror.report import Periodic, bar, seconds_left
 from simplemirror.state import State, StateError

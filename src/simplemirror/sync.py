@@ -503,8 +503,7 @@ class Sync:
     def _record_error(self, state: State, generation: int, error: SyncError) -> None:
         """Record the run as ended in ``error``, if state.db can still be written."""
         try:
-            if state.db.conn.in_transaction:
-                state.db.conn.rollback()  # what a failed statement left half done
+            state.rollback()  # what a failed statement left half done
             state.finish_run(generation, "error", error=str(error))
         except sqlite3.Error as exc:
             log.warning(
@@ -820,10 +819,9 @@ class Sync:
                     return
                 track("page", todo, workers.page(todo))
 
-        last_commit = time.monotonic()
         workers = _Workers(self.client)
         state.undo_in_memory()  # the plan is made: the root's table can go
-        state.db.execute("BEGIN")
+        batch = state.batch(COMMIT_EVERY)
         try:
             refill()
             while (in_flight["pages"] or in_flight["files"]) and not self.client.stop.is_set():
@@ -853,10 +851,7 @@ class Sync:
                     if not project.outstanding:
                         del downloading[project.todo.name]
                         self._finish(project, state, publisher, summary)
-                if time.monotonic() - last_commit > COMMIT_EVERY:
-                    state.db.execute("COMMIT")
-                    state.db.execute("BEGIN")
-                    last_commit = time.monotonic()
+                batch.due()
                 refill()
         except BaseException:
             self.client.stop.set()
@@ -866,10 +861,7 @@ class Sync:
             # error, queued work is dropped and running downloads see the stop
             # within a chunk; a read stuck longer is abandoned (never published).
             workers.shutdown(STOP_GRACE)
-            # SQLite rolls back by itself after some errors (a full disk): then there is
-            # nothing to commit, and the error that did it is the one to report.
-            if state.db.conn.in_transaction:
-                state.db.execute("COMMIT")
+            batch.end()
         if self.stopped_by is not None:
             self._keep_finished(events, downloading.values(), state, publisher, summary)
 

@@ -328,7 +328,9 @@ class RootIndex:
         version = api_version(_json_api_version(data))
         if not isinstance(data, dict) or not isinstance(data.get("projects"), list):
             raise UpstreamDataError("the root index is not a PEP 691 JSON object with 'projects'")
-        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        meta = data.get("meta")
+        if not isinstance(meta, dict):
+            meta = {}
         serial = parse_serial(meta.get("_last-serial"))
         builder = _RootBuilder()
         for entry in data["projects"]:
@@ -435,7 +437,9 @@ class ProjectPage:
             raise UpstreamDataError(
                 f"{page_url}: not a PEP 691 project page (no 'files' list)"
             )
-        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        meta = data.get("meta")
+        if not isinstance(meta, dict):
+            meta = {}
         name = data.get("name")
         if not isinstance(name, str):
             raise UpstreamDataError(f"{page_url}: project page without a 'name'")

@@ -94,7 +94,7 @@ def disk_full(exc: BaseException) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
 
 
-def write_error(directory: Path, exc: OSError | sqlite3.Error) -> SyncError:
+def write_error(directory: Path, exc: Exception) -> SyncError:
     """What to say when the mirror's files or state.db cannot be written."""
     if disk_full(exc):
         return SyncError(
@@ -236,6 +236,7 @@ def locked(
         return
     try:
         if not _flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX):
+            holder: str | None
             holder, pid = _holder(fd)
             if not shared and _flock(fd, fcntl.LOCK_SH, tries=1):
                 holder, pid = None, None  # only readers hold it: plain verifies

@@ -586,8 +586,8 @@ class Verifier:
                 continue
             url = str(entry.get("url") or "")
             hashes = entry.get("hashes")
-            digest = hashes.get("sha256") if isinstance(hashes, dict) else None
-            if not isinstance(digest, str):
+            sha256 = hashes.get("sha256") if isinstance(hashes, dict) else None
+            if not isinstance(sha256, str):
                 self._broken(json_page, name, f"link {url!r}: no sha256 hash")
                 continue
             size = entry.get("size")
@@ -596,7 +596,7 @@ class Verifier:
                 self._broken(json_page, name, f"link {url!r}: does not end in its file name")
                 continue
             self._check_link(
-                json_page, name, url, target, digest, size if isinstance(size, int) else None
+                json_page, name, url, target, sha256, size if isinstance(size, int) else None
             )
             core = entry.get("core-metadata")
             if core and target is not None:

@@ -304,3 +304,57 @@ def test_a_read_only_state_refuses_a_state_db_it_would_have_to_upgrade(tmp_path:
         )
     with pytest.raises(StateError, match="run `mirror sync` once"):
         State.readonly(path)
+
+
+def _committed_runs(path: Path) -> int:
+    with sqlite3.connect(path) as other:
+        return int(other.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+
+def test_a_batch_commits_when_due_and_at_its_end(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = State(path)
+    try:
+        batch = state.batch(0.05)
+        state.begin_run("http://127.0.0.1/simple/")
+        batch.due()  # too early: still one open transaction
+        assert _committed_runs(path) == 0
+        time.sleep(0.06)
+        batch.due()
+        assert _committed_runs(path) == 1  # another connection sees it now
+        state.begin_run("http://127.0.0.1/simple/")
+        batch.end()
+        assert _committed_runs(path) == 2
+        assert not state.db.conn.in_transaction
+    finally:
+        state.close()
+
+
+def test_a_batch_ends_quietly_when_sqlite_rolled_it_back_already(tmp_path: Path) -> None:
+    # After some errors (a full disk) SQLite ends the transaction itself: the error that
+    # did it is the one to report, not a COMMIT with no transaction.
+    path = tmp_path / "state.db"
+    state = State(path)
+    try:
+        batch = state.batch(60)
+        state.begin_run("http://127.0.0.1/simple/")
+        state.db.conn.rollback()
+        batch.end()
+        state.begin_run("http://127.0.0.1/simple/")  # written outside any batch
+        state.rollback()  # nothing open: nothing to undo
+        assert _committed_runs(path) == 1
+    finally:
+        state.close()
+
+
+def test_rollback_undoes_what_the_open_transaction_holds(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    try:
+        state.batch(60)
+        state.begin_run("http://127.0.0.1/simple/")
+        state.rollback()
+        assert not state.db.conn.in_transaction
+        assert state.synced_upstream() is None
+        assert state.db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    finally:
+        state.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from simplemirror import status
+from simplemirror import state as state_module
 from simplemirror.cli import main
 from simplemirror.sync import locked
 from tests.support.upstream import Upstream, World
@@ -172,14 +172,14 @@ def test_status_reads_one_snapshot_without_writing(
     directory = tmp_path / "mirror"
     assert sync(capsys, upstream, directory) == 0
     statements: list[str] = []
-    real_connect = status.connect_readonly
+    real_connect = state_module.connect_readonly
 
     def traced(path: Path) -> sqlite3.Connection:
         conn = real_connect(path)
         conn.set_trace_callback(statements.append)
         return conn
 
-    monkeypatch.setattr(status, "connect_readonly", traced)
+    monkeypatch.setattr(state_module, "connect_readonly", traced)
     status_json(capsys, directory)
 
     # Every query between one BEGIN and its end, so a sync committing meanwhile cannot

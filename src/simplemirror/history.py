@@ -1,8 +1,8 @@
 """`mirror log`: the runs, newest first, and what one run changed, from state.db alone.
 
-Read-only, like `mirror status` (status.read_snapshot): one read transaction on a
-``mode=ro`` connection, so it is safe while a sync runs. Every query of `mirror log` is
-in this module.
+Read-only, like `mirror status` (state.read_snapshot): one read transaction on a
+``mode=ro`` connection, so it is safe while a sync runs. Its queries are
+state.StateReader's, with every other statement on state.db.
 
 What "changed in generation N" means, in state.db's columns:
 
@@ -26,20 +26,13 @@ or killed and still ``running``) shows what it committed before it stopped.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from simplemirror import status
+from simplemirror.state import RUN_COUNTS, StateReader, read_snapshot
 from simplemirror.units import human_bytes
 
-_COUNTS = (
-    "projects_changed", "projects_deferred", "projects_failed", "projects_removed",
-    "files_fetched", "bytes_fetched",
-)
-_RUN_QUERY = (
-    f"SELECT {status.RUN_COLUMNS}, upstream, upstream_serial, {', '.join(_COUNTS)} FROM runs"
-)
 _PROJECT_CHANGES = ("added", "changed", "removed")
 
 
@@ -52,7 +45,7 @@ def _run(row: tuple[Any, ...]) -> dict[str, Any]:
     assert info is not None
     upstream, upstream_serial, *counts = row[5:]
     return {**info, "upstream": upstream, "upstream_serial": upstream_serial,
-            **dict(zip(_COUNTS, counts, strict=True))}
+            **dict(zip(RUN_COUNTS, counts, strict=True))}
 
 
 def runs(directory: Path, limit: int) -> dict[str, Any]:
@@ -65,12 +58,11 @@ def runs(directory: Path, limit: int) -> dict[str, Any]:
     ``bytes_fetched``.
     """
 
-    def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-        rows = conn.execute(f"{_RUN_QUERY} ORDER BY generation DESC LIMIT ?", [limit])
-        return [_run(row) for row in rows]
+    def query(reader: StateReader) -> list[dict[str, Any]]:
+        return [_run(row) for row in reader.runs(limit)]
 
     return {"directory": str(directory),
-            "runs": status.read_snapshot(directory / "state.db", query, "mirror log")}
+            "runs": read_snapshot(directory / "state.db", query, "mirror log")}
 
 
 def changes(directory: Path, generation: int) -> dict[str, Any]:
@@ -84,20 +76,16 @@ def changes(directory: Path, generation: int) -> dict[str, Any]:
     """
     path = directory / "state.db"
 
-    def query(conn: sqlite3.Connection) -> dict[str, Any]:
-        # A number SQLite cannot hold names no generation either.
-        in_range = -(2**63) <= generation < 2**63
-        row = in_range and conn.execute(
-            f"{_RUN_QUERY} WHERE generation = ?", [generation]
-        ).fetchone()
-        if not row:
-            raise NoGeneration(_missing(conn, path, generation))
-        added, removed = (_files(conn, column, generation)
-                          for column in ("appeared_gen", "removed_gen"))
+    def query(reader: StateReader) -> dict[str, Any]:
+        row = reader.run(generation)
+        if row is None:
+            raise NoGeneration(_missing(reader, path, generation))
+        added, removed = (_files(reader, generation, removed=removed)
+                          for removed in (False, True))
         return {
             "directory": str(directory),
             "run": _run(row),
-            "projects": _projects(conn, generation),
+            "projects": _projects(reader, generation),
             "files": {
                 "added": added,
                 "removed": removed,
@@ -106,11 +94,11 @@ def changes(directory: Path, generation: int) -> dict[str, Any]:
             },
         }
 
-    return status.read_snapshot(path, query, "mirror log")
+    return read_snapshot(path, query, "mirror log")
 
 
-def _missing(conn: sqlite3.Connection, path: Path, generation: int) -> str:
-    low, high = conn.execute("SELECT min(generation), max(generation) FROM runs").fetchone()
+def _missing(reader: StateReader, path: Path, generation: int) -> str:
+    low, high = reader.generations()
     if low is None:
         return f"no run is recorded in {path} yet, so there is no generation {generation}"
     return (
@@ -119,30 +107,18 @@ def _missing(conn: sqlite3.Connection, path: Path, generation: int) -> str:
     )
 
 
-def _projects(conn: sqlite3.Connection, generation: int) -> dict[str, list[str]] | None:
-    table = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'project_changes'"
-    ).fetchone()
-    since = conn.execute("SELECT value FROM meta WHERE key = 'changes_since'").fetchone()
-    # No table: no simplemirror that records them has opened this state.db yet.
-    if table is None or generation < int(since[0] if since else 1):
+def _projects(reader: StateReader, generation: int) -> dict[str, list[str]] | None:
+    rows = reader.project_changes(generation)
+    if rows is None:
         return None
     found: dict[str, list[str]] = {change: [] for change in _PROJECT_CHANGES}
-    rows = conn.execute(
-        "SELECT change, project FROM project_changes WHERE generation = ? ORDER BY project",
-        [generation],
-    )
     for change, project in rows:
         found[change].append(project)
     return found
 
 
-def _files(conn: sqlite3.Connection, column: str, generation: int) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        f"SELECT project, filename, size, path FROM files WHERE {column} = ?"
-        " ORDER BY project, filename",
-        [generation],
-    )
+def _files(reader: StateReader, generation: int, *, removed: bool) -> list[dict[str, Any]]:
+    rows = reader.files_changed(generation, removed=removed)
     return [{"project": p, "filename": f, "size": s, "path": w} for p, f, s, w in rows]
 
 

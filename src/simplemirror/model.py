@@ -20,6 +20,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from html.parser import HTMLParser
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
@@ -327,7 +328,9 @@ class RootIndex:
         version = api_version(_json_api_version(data))
         if not isinstance(data, dict) or not isinstance(data.get("projects"), list):
             raise UpstreamDataError("the root index is not a PEP 691 JSON object with 'projects'")
-        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        meta = data.get("meta")
+        if not isinstance(meta, dict):
+            meta = {}
         serial = parse_serial(meta.get("_last-serial"))
         builder = _RootBuilder()
         for entry in data["projects"]:
@@ -434,7 +437,9 @@ class ProjectPage:
             raise UpstreamDataError(
                 f"{page_url}: not a PEP 691 project page (no 'files' list)"
             )
-        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        meta = data.get("meta")
+        if not isinstance(meta, dict):
+            meta = {}
         name = data.get("name")
         if not isinstance(name, str):
             raise UpstreamDataError(f"{page_url}: project page without a 'name'")
@@ -866,3 +871,57 @@ class HeldFile:
             and bool(common)
             and all(self.hashes[a] == dist.hashes[a] for a in common)
         )
+
+
+# -- what state.db holds, as planning and rendering see it ------------------------------
+
+
+class Status(StrEnum):
+    """Where a project stands in state.db."""
+
+    PENDING = "pending"
+    """Listed upstream, not yet mirrored completely (also: a run died midway)."""
+    OK = "ok"
+    DEFERRED = "deferred"
+    """Upstream kept serving a stale page; tried again next run."""
+    FAILED = "failed"
+    REMOVED = "removed"
+    """No longer listed upstream (kept on disk until deletion is implemented)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldProject:
+    """The part of a project's state that planning needs."""
+
+    serial: int | None
+    """Serial of the last page mirrored completely."""
+    upstream_serial: int | None
+    """Serial the upstream root listed at the last look."""
+    status: Status
+    page_etag: str | None = None
+    """ETag of the upstream page last mirrored (for upstreams without serials)."""
+    page_hash: str | None = None
+    """sha256 of that page's body, for upstreams that send no ETag either."""
+
+
+@dataclass(frozen=True)
+class RootChanges:
+    """A root compared with state.db, reduced to what can matter to the plan."""
+
+    changed: Iterable[tuple[RootProject, HeldProject | None]]
+    """Listed projects that need fetching (needs_fetch), with what is held of them; read
+    once (from State.root_changes, a cursor: a first sync of 650,000 projects would
+    otherwise hold them all twice)."""
+    unlisted: list[str]
+    """Held projects (not already removed) that the root no longer lists."""
+    listed: int
+    """Projects the root lists, within ``only`` when the run is limited to some."""
+
+
+@dataclass(frozen=True, slots=True)
+class RootEntry:
+    name: str
+    """Display name, as upstream spelt it."""
+    normalized: str
+    serial: int | None
+    """Serial of the last complete copy of the project; None until there is one."""

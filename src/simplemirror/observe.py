@@ -19,6 +19,7 @@ from pathlib import Path
 
 from simplemirror import metrics, runreport, status
 from simplemirror.config import Config
+from simplemirror.state import NoState, StateReader, open_reader
 from simplemirror.sync import RunSummary
 
 log = logging.getLogger("simplemirror")
@@ -57,48 +58,19 @@ def last_generation(state_path: Path) -> int:
     if not state_path.is_file():
         return 0
     try:
-        conn = status.connect_readonly(state_path)
-        try:
-            row = conn.execute("SELECT max(generation) FROM runs").fetchone()
-        finally:
-            conn.close()
-    except (sqlite3.Error, status.NoState):
+        with open_reader(state_path) as reader:
+            return reader.last_generation()
+    except (sqlite3.Error, NoState):
         return 0
-    return int(row[0] or 0)
 
 
-def _serials(conn: sqlite3.Connection) -> runreport.Serials:
-    seen = conn.execute(
-        "SELECT upstream_serial FROM runs WHERE upstream_serial IS NOT NULL"
-        " ORDER BY generation DESC LIMIT 1"
-    ).fetchone()
-    held = conn.execute("SELECT value FROM meta WHERE key = 'root_serial'").fetchone()
-    return runreport.Serials(
-        upstream=int(seen[0]) if seen else None,
-        held=int(held[0]) if held and held[0] is not None else None,
-    )
+def _serials(reader: StateReader) -> runreport.Serials:
+    return runreport.Serials(upstream=reader.upstream_serial_seen(), held=reader.serial_held())
 
 
-def _times(conn: sqlite3.Connection, generation: int, duration: float) -> runreport.RunTimes:
-    row = conn.execute(
-        "SELECT started, finished FROM runs WHERE generation = ?", [generation]
-    ).fetchone()
-    started, finished = row if row else (None, None)
+def _times(reader: StateReader, generation: int, duration: float) -> runreport.RunTimes:
+    started, finished = reader.run_times(generation)
     return runreport.RunTimes(started, finished, duration)
-
-
-def _failed_generation(conn: sqlite3.Connection, since: int, error: str) -> int | None:
-    """The generation this process began and ended in ``error``, if it got that far.
-
-    A run refused by the lock begins none; the runs newer than ``since`` are then another
-    process's, and never carry this process's error message.
-    """
-    row = conn.execute(
-        "SELECT max(generation) FROM runs WHERE generation > ? AND outcome = 'error'"
-        " AND error = ?",
-        [since, error],
-    ).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
 
 
 def _write_report(directory: Path, generation: int, doc: dict[str, object], keep: int) -> Path:
@@ -118,14 +90,9 @@ def _held(config: Config) -> metrics.Held:
     if not config.state_path.is_file():
         return metrics.Held()
     info = status.collect(config.directory)  # one read snapshot; safe beside a running sync
-    conn = status.connect_readonly(config.state_path)
-    try:
-        row = conn.execute(
-            "SELECT max(finished) FROM runs WHERE outcome IN ('ok', 'unchanged')"
-        ).fetchone()
-    finally:
-        conn.close()
-    success = datetime.fromisoformat(row[0]).timestamp() if row and row[0] else None
+    with open_reader(config.state_path) as reader:
+        finished = reader.last_success()
+    success = datetime.fromisoformat(finished).timestamp() if finished else None
     return metrics.Held(
         last_success=success,
         upstream_serial=info["upstream_serial_seen"],
@@ -142,7 +109,7 @@ def write_metrics(config: Config, run: metrics.LastRun) -> None:
     try:
         text = metrics.render(str(config.directory), run, _held(config))
         write_durable(config.metrics_file, text.encode())
-    except (OSError, sqlite3.Error, status.NoState) as exc:
+    except (OSError, sqlite3.Error, NoState) as exc:
         log.error(
             "cannot write the metrics file %s: %s; check that its directory exists and is "
             "writable by this user", config.metrics_file, exc,
@@ -154,15 +121,12 @@ def record_run(config: Config, summary: RunSummary) -> Path | None:
     assert summary.generation is not None
     path = None
     try:
-        conn = status.connect_readonly(config.state_path)
-        try:
-            times = _times(conn, summary.generation, summary.duration)
-            serials = _serials(conn)
-        finally:
-            conn.close()
+        with open_reader(config.state_path) as reader:
+            times = _times(reader, summary.generation, summary.duration)
+            serials = _serials(reader)
         doc = runreport.render(summary, upstream=config.upstream, times=times, serials=serials)
         path = _write_report(config.directory, summary.generation, doc, config.keep_reports)
-    except (OSError, sqlite3.Error, status.NoState) as exc:
+    except (OSError, sqlite3.Error, NoState) as exc:
         log.error("cannot write the run report into %s: %s", config.directory / REPORTS, exc)
     failures = {
         "deferred": len(summary.deferred),
@@ -187,20 +151,20 @@ def record_error(config: Config, error: str, *, since: int, duration: float) -> 
     generation = None
     if config.state_path.is_file():
         try:
-            conn = status.connect_readonly(config.state_path)
-            try:
-                generation = _failed_generation(conn, since, error)
+            with open_reader(config.state_path) as reader:
+                # The generation this process began and ended in ``error``, if it got that
+                # far. A run refused by the lock begins none; the runs newer than ``since``
+                # are then another process's, and never carry this process's error message.
+                generation = reader.failed_generation(since, error)
                 if generation is not None:
-                    times = _times(conn, generation, duration)
-                    serials = _serials(conn)
-            finally:
-                conn.close()
+                    times = _times(reader, generation, duration)
+                    serials = _serials(reader)
             if generation is not None:
                 doc = runreport.render_error(
                     generation, error, upstream=config.upstream, times=times, serials=serials
                 )
                 path = _write_report(config.directory, generation, doc, config.keep_reports)
-        except (OSError, sqlite3.Error, status.NoState) as exc:
+        except (OSError, sqlite3.Error, NoState) as exc:
             log.error("cannot write the run report into %s: %s", config.directory / REPORTS, exc)
     write_metrics(config, metrics.LastRun(
         finished=round(time.time(), 3), duration=round(duration, 3), outcome="error", exit_code=1,

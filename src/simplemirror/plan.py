@@ -4,37 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
-from simplemirror.model import DistFile, HeldFile, ProjectPage, RootIndex, RootProject
-
-
-class Status(StrEnum):
-    """Where a project stands in state.db."""
-
-    PENDING = "pending"
-    """Listed upstream, not yet mirrored completely (also: a run died midway)."""
-    OK = "ok"
-    DEFERRED = "deferred"
-    """Upstream kept serving a stale page; tried again next run."""
-    FAILED = "failed"
-    REMOVED = "removed"
-    """No longer listed upstream (kept on disk until deletion is implemented)."""
-
-
-@dataclass(frozen=True, slots=True)
-class HeldProject:
-    """The part of a project's state that planning needs."""
-
-    serial: int | None
-    """Serial of the last page mirrored completely."""
-    upstream_serial: int | None
-    """Serial the upstream root listed at the last look."""
-    status: Status
-    page_etag: str | None = None
-    """ETag of the upstream page last mirrored (for upstreams without serials)."""
-    page_hash: str | None = None
-    """sha256 of that page's body, for upstreams that send no ETag either."""
+from simplemirror.model import (
+    DistFile,
+    HeldFile,
+    HeldProject,
+    ProjectPage,
+    RootChanges,
+    RootIndex,
+    Status,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +69,11 @@ def needs_fetch(serial: int | None, held: HeldProject | None) -> bool:
 def plan_sync(
     root: RootIndex, held: Mapping[str, HeldProject], only: Collection[str] | None = None
 ) -> SyncPlan:
-    """Compare the upstream root with what the mirror holds.
+    """Compare the upstream root with what the mirror holds, in memory.
+
+    The reference that State.root_changes (the same comparison in SQL, which the run and
+    --dry-run both plan with, through Sync._decide) must agree with: tests/test_state.py
+    checks that they do. Kept pure and small for that; no run calls it.
 
     ``only`` (normalized names) limits the run to those projects; projects
     outside it are neither fetched nor counted as removed.
@@ -113,20 +96,6 @@ def plan_sync(
         only,
         root.held_back,
     )
-
-
-@dataclass(frozen=True)
-class RootChanges:
-    """A root compared with state.db, reduced to what can matter to the plan."""
-
-    changed: Iterable[tuple[RootProject, HeldProject | None]]
-    """Listed projects that need fetching (needs_fetch), with what is held of them; read
-    once (from State.root_changes, a cursor: a first sync of 650,000 projects would
-    otherwise hold them all twice)."""
-    unlisted: list[str]
-    """Held projects (not already removed) that the root no longer lists."""
-    listed: int
-    """Projects the root lists, within ``only`` when the run is limited to some."""
 
 
 def plan_changes(

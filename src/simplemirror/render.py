@@ -10,11 +10,14 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 from simplemirror import layout
+
+# RootEntry: publish.py and the tests name it render.RootEntry.
 from simplemirror.model import API_VERSION, HeldFile
+from simplemirror.model import RootEntry as RootEntry
 
 # One encoder for every page: json.dumps with options builds a new one each call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -54,15 +57,6 @@ class ProjectInfo:
             data.get("status"),
             data.get("status_reason"),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class RootEntry:
-    name: str
-    """Display name, as upstream spelt it."""
-    normalized: str
-    serial: int | None
-    """Serial of the last complete copy of the project; None until there is one."""
 
 
 def _metadata_attr(hashes: Mapping[str, str]) -> str:

@@ -94,7 +94,9 @@ class MirrorServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
+        if isinstance(host, bytes):  # typeshed allows it (AF_UNIX); this server is TCP
+            host = host.decode()
+        shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/"
 
     def get_request(self) -> tuple[socket.socket, Any]:

@@ -12,19 +12,19 @@ that everything that changed between two generations can be listed exactly
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import sqlite_utils
 
-from simplemirror.model import HeldFile, RootProject
-from simplemirror.plan import HeldProject, RootChanges, Status
-from simplemirror.render import RootEntry
+from simplemirror.model import HeldFile, HeldProject, RootChanges, RootEntry, RootProject, Status
 
 SCHEMA_VERSION = 3
 # What a read-only State (a dry run) reads as it is, without the upgrade a sync makes.
@@ -318,6 +318,21 @@ class State:
 
     def close(self) -> None:
         self.db.close()
+
+    def batch(self, every: float) -> Batch:
+        """Begin one long transaction that Batch.due commits every ``every`` seconds;
+        Batch.end commits the rest. Writes inside it join it (a transaction: a savepoint)."""
+        return Batch(self.db, every)
+
+    def rollback(self) -> None:
+        """Undo what a failed statement left half done in the open transaction, if any."""
+        if self.db.conn.in_transaction:
+            self.db.conn.rollback()
+
+    def reader(self) -> StateReader:
+        """The read-only queries (StateReader) on this State's own connection: what
+        `mirror verify --repair` reads while it writes. Not to be closed: close the State."""
+        return StateReader(self.db.conn)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -713,3 +728,359 @@ class State:
                 "UPDATE files SET deleted_gen = ? WHERE id = ?",
                 ((generation, file_id) for file_id in ids),
             )
+
+
+class Batch:
+    """One long write transaction, committed every ``every`` seconds (see State.batch).
+
+    A first sync records hundreds of thousands of rows: a commit for each would cost a
+    sync of the WAL each time; one transaction for the whole run would lose all of it
+    to a kill. Readers (`mirror status`) see the run move on at each commit.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, every: float) -> None:
+        self._db = db
+        self._every = every
+        self._last = time.monotonic()
+        self._db.execute("BEGIN")
+
+    def due(self) -> None:
+        """Commit what was written so far, and go on in a new transaction, if it is time."""
+        if time.monotonic() - self._last > self._every:
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+            self._last = time.monotonic()
+
+    def end(self) -> None:
+        """Commit what is left. SQLite rolls back by itself after some errors (a full
+        disk): then there is nothing to commit, and the error that did it is the one
+        to report."""
+        if self._db.conn.in_transaction:
+            self._db.execute("COMMIT")
+
+
+# -- reading state.db, read-only: `mirror status`, `mirror log`, `mirror verify`, reports --
+
+RUN_COLUMNS = "generation, started, finished, outcome, error"
+"""The columns of a run that status.run_info reads, in its order."""
+RUN_COUNTS = (
+    "projects_changed", "projects_deferred", "projects_failed", "projects_removed",
+    "files_fetched", "bytes_fetched",
+)
+_RUN_QUERY = f"SELECT {RUN_COLUMNS}, upstream, upstream_serial, {', '.join(RUN_COUNTS)} FROM runs"
+_LIVE = "removed_gen IS NULL AND deleted_gen IS NULL"
+T = TypeVar("T")
+
+
+class NoState(Exception):
+    """There is no state.db to read; the message says what to do."""
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to an existing state.db (never creates one)."""
+    if not path.is_file():
+        raise NoState(
+            f"no state.db in {path.parent}: no mirror has been synced there yet. "
+            "Check --directory (or the config's directory), or run `mirror sync` first"
+        )
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise NoState(f"cannot open {path} for reading: {exc}") from exc
+
+
+def connect_reader(path: Path, command: str, *, unchanging: bool) -> StateReader:
+    """A read-only connection to state.db, tried; NoState, saying why, when it cannot read.
+
+    In WAL mode, SQLite's readers share an index in the -shm file beside the database
+    and create it when it is missing, which a user who cannot write in the directory
+    cannot do. When no -wal file holds commits beyond the database file, that file is
+    all there is, and with ``unchanging`` it is read as immutable (no index, no locks).
+    That is sound only while nothing writes it: the caller holds the mirror's lock, or
+    reads a row or two whose failure costs no more than a detail.
+    """
+    conn = connect_readonly(path)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+        return StateReader(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        wal = path.with_name(path.name + "-wal")
+        if (not unchanging or code != sqlite3.SQLITE_READONLY
+                or (wal.exists() and wal.stat().st_size)):
+            raise unreadable(path, exc, command) from exc
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro&immutable=1"
+    return StateReader(sqlite3.connect(uri, uri=True))
+
+
+def read_snapshot(
+    path: Path, query: Callable[[StateReader], T], command: str = "mirror status"
+) -> T:
+    """``query``'s answer from the state.db at ``path``, opened read-only, in one read
+    transaction. Raises NoState (saying what to do) when it cannot be read."""
+    conn = connect_readonly(path)
+    try:
+        # One snapshot for every query, however a running sync moves on meanwhile.
+        conn.execute("BEGIN")
+        try:
+            return query(StateReader(conn))
+        finally:
+            conn.rollback()
+    except sqlite3.Error as exc:
+        raise unreadable(path, exc, command) from exc
+    finally:
+        conn.close()
+
+
+def unreadable(path: Path, exc: sqlite3.Error, command: str = "mirror status") -> NoState:
+    """Why state.db at ``path`` could not be read, and what to do, for ``command``."""
+    if "readonly" in str(exc) and not os.access(path.parent, os.W_OK):
+        # WAL mode: even a reader writes the -shm index beside state.db.
+        return NoState(
+            f"{path} can only be read by a user who may write in {path.parent} "
+            "(SQLite's WAL mode); run this as the mirror's user, e.g. "
+            f"`sudo -u simplemirror {command} ...`"
+        )
+    return NoState(
+        f"{path} cannot be read as a simplemirror state database ({exc}); check that "
+        "the directory is the mirror's, and if it is, state.db is damaged: restore it "
+        "from a backup, or move it aside and run `mirror sync` to build a new one "
+        "(which downloads every file again)"
+    )
+
+
+def last_upstream(path: Path, command: str = "mirror verify") -> str | None:
+    """The upstream of the last run recorded in the state.db at ``path``; None without
+    a state.db or a run. Raises NoState (saying what to do) when it cannot be read:
+    "no upstream" would send the operator looking for the wrong thing."""
+    if not path.is_file():
+        return None
+    with connect_reader(path, command, unchanging=True) as reader:
+        try:
+            return reader.last_upstream()
+        except sqlite3.Error as exc:
+            raise unreadable(path, exc, command) from exc
+
+
+def open_reader(path: Path) -> StateReader:
+    """A reader of the existing state.db at ``path`` (see connect_readonly)."""
+    return StateReader(connect_readonly(path))
+
+
+class StateReader:
+    """The queries of those who only read state.db, on a connection of theirs (read-only,
+    or a State's own for `mirror verify --repair`). Rows come back as tuples, in the
+    column order each method names; callers turn them into what they show."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        # A state.db from before staging (schema 2) has no staged_files, hence nothing
+        # staged: a reader takes it as it is, without the upgrade a sync makes.
+        self._staging = self._one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'staged_files'"
+        ) is not None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> StateReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def last_generation(self) -> int:
+        """The newest generation (0: none)."""
+        row = self._one("SELECT max(generation) FROM runs")
+        return int(row[0] or 0) if row else 0
+
+    def last_upstream(self) -> str | None:
+        """The upstream of the last run recorded; None before any."""
+        row = self._one("SELECT upstream FROM runs ORDER BY generation DESC LIMIT 1")
+        return row[0] if row else None
+
+    def outcomes(self) -> Iterator[tuple[str, str | None]]:
+        """(outcome, error) of every run, newest first."""
+        return iter(self.conn.execute("SELECT outcome, error FROM runs ORDER BY generation DESC"))
+
+    def last_run(self) -> tuple[Any, ...] | None:
+        """RUN_COLUMNS and upstream of the newest run."""
+        return self._one(
+            f"SELECT {RUN_COLUMNS}, upstream FROM runs ORDER BY generation DESC LIMIT 1"
+        )
+
+    def last_complete_run(self) -> tuple[Any, ...] | None:
+        """RUN_COLUMNS of the newest run that ended ok."""
+        return self._one(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE outcome = 'ok' ORDER BY generation DESC"
+            " LIMIT 1"
+        )
+
+    def last_success(self) -> str | None:
+        """When the newest run that left an exact copy (ok, unchanged) finished."""
+        row = self._one("SELECT max(finished) FROM runs WHERE outcome IN ('ok', 'unchanged')")
+        return row[0] if row else None
+
+    def upstream_serial_seen(self) -> int | None:
+        """The upstream root's serial at the last run that saw one."""
+        row = self._one(
+            "SELECT upstream_serial FROM runs WHERE upstream_serial IS NOT NULL"
+            " ORDER BY generation DESC LIMIT 1"
+        )
+        return int(row[0]) if row else None
+
+    def serial_held(self) -> int | None:
+        """The upstream serial of the last complete copy (meta root_serial)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'root_serial'")
+        return int(row[0]) if row and row[0] is not None else None
+
+    def run_times(self, generation: int) -> tuple[str | None, str | None]:
+        """(started, finished) of a run; both None when there is no such run."""
+        row = self._one("SELECT started, finished FROM runs WHERE generation = ?", [generation])
+        return (row[0], row[1]) if row else (None, None)
+
+    def failed_generation(self, since: int, error: str) -> int | None:
+        """The newest run after ``since`` that ended in ``error``."""
+        row = self._one(
+            "SELECT max(generation) FROM runs WHERE generation > ? AND outcome = 'error'"
+            " AND error = ?",
+            [since, error],
+        )
+        return int(row[0]) if row and row[0] is not None else None
+
+    def runs(self, limit: int) -> list[tuple[Any, ...]]:
+        """The last ``limit`` runs, newest first: RUN_COLUMNS, upstream, upstream_serial
+        and RUN_COUNTS."""
+        return self.conn.execute(
+            f"{_RUN_QUERY} ORDER BY generation DESC LIMIT ?", [limit]
+        ).fetchall()
+
+    def run(self, generation: int) -> tuple[Any, ...] | None:
+        """One run, as runs() gives them; None when there is no such generation."""
+        if not -(2**63) <= generation < 2**63:
+            return None  # a number SQLite cannot hold names no generation either
+        return self._one(f"{_RUN_QUERY} WHERE generation = ?", [generation])
+
+    def generations(self) -> tuple[int | None, int | None]:
+        """The lowest and highest generation; (None, None) before any run."""
+        row = self._one("SELECT min(generation), max(generation) FROM runs")
+        return (row[0], row[1]) if row else (None, None)
+
+    def project_changes(self, generation: int) -> list[tuple[str, str]] | None:
+        """(change, project) of a generation, by project; None when not recorded for it
+        (a run of a simplemirror that did not record them)."""
+        table = self._one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'project_changes'"
+        )
+        since = self._one("SELECT value FROM meta WHERE key = 'changes_since'")
+        # No table: no simplemirror that records them has opened this state.db yet.
+        if table is None or generation < int(since[0] if since else 1):
+            return None
+        return self.conn.execute(
+            "SELECT change, project FROM project_changes WHERE generation = ? ORDER BY project",
+            [generation],
+        ).fetchall()
+
+    def files_changed(
+        self, generation: int, *, removed: bool
+    ) -> list[tuple[str, str, int, str]]:
+        """(project, filename, size, path) of the files that appeared in (or, ``removed``,
+        left the pages in) ``generation``, by project and filename."""
+        column = "removed_gen" if removed else "appeared_gen"
+        return self.conn.execute(
+            f"SELECT project, filename, size, path FROM files WHERE {column} = ?"
+            " ORDER BY project, filename",
+            [generation],
+        ).fetchall()
+
+    # -- projects -----------------------------------------------------------------------
+
+    def project_counts(self) -> dict[str, int]:
+        """The number of projects in each status present."""
+        rows = self.conn.execute("SELECT status, count(*) FROM projects GROUP BY status")
+        return {status: count for status, count in rows}
+
+    def troubled(self, status: Status) -> list[tuple[str, str | None]]:
+        """(name, error) of the projects in ``status``, by name."""
+        return self.conn.execute(
+            "SELECT name, error FROM projects WHERE status = ? ORDER BY name", [status.value]
+        ).fetchall()
+
+    def project_status(self, name: str) -> Status | None:
+        row = self._one("SELECT status FROM projects WHERE name = ?", [name])
+        return Status(row[0]) if row else None
+
+    def published_projects(self) -> list[str]:
+        """Projects whose pages are published and still listed upstream, by name."""
+        rows = self.conn.execute(
+            "SELECT name FROM projects WHERE published_gen IS NOT NULL AND status != ?"
+            " ORDER BY name",
+            [Status.REMOVED.value],
+        )
+        return [name for (name,) in rows]
+
+    def published_page(self, name: str) -> tuple[int | None, dict[str, Any]] | None:
+        """(page serial, page data) a published project's pages are written from; None
+        when the project is not published."""
+        row = self._one(
+            "SELECT page_serial, page_data, published_gen FROM projects WHERE name = ?", [name]
+        )
+        if row is None or row[2] is None:
+            return None
+        return row[0], json.loads(row[1]) if row[1] else {}
+
+    # -- files --------------------------------------------------------------------------
+
+    def live_totals(self) -> tuple[int, int]:
+        """(count, bytes) of live files: on a page, bytes on disk."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(files)")}
+        # A state.db from before deleted_gen existed is read as it stands (read-only: no
+        # migration); there, every row without removed_gen has its bytes on disk.
+        live = _LIVE if "deleted_gen" in columns else "removed_gen IS NULL"
+        row = self._one(f"SELECT count(*), coalesce(sum(size), 0) FROM files WHERE {live}")
+        assert row is not None  # an aggregate always has its row
+        return int(row[0]), int(row[1])
+
+    def live_files(self) -> sqlite3.Cursor:
+        """Every live file, by id: id, project, filename, path, size, hashes (JSON), url,
+        metadata_hashes (JSON or None). A cursor: read it in batches."""
+        return self.conn.execute(
+            "SELECT id, project, filename, path, size, hashes, url, metadata_hashes FROM files"
+            f" WHERE {_LIVE} ORDER BY id"
+        )
+
+    def holds_path(self, path: str) -> bool:
+        """Some row holds ``path`` on disk (live, off every page but not yet reaped, or
+        staged by a stopped sync for its next run)."""
+        if not self._staging:
+            return self._one(
+                "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL LIMIT 1", [path]
+            ) is not None
+        return self._one(
+            "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL"
+            " UNION ALL SELECT 1 FROM staged_files WHERE path = ? LIMIT 1", [path, path]
+        ) is not None
+
+    def live_file_at(self, path: str) -> tuple[dict[str, str], int] | None:
+        """(hashes, size) of a live file at ``path``; None when none is."""
+        row = self._one(
+            f"SELECT hashes, size FROM files WHERE path = ? AND {_LIVE} LIMIT 1", [path]
+        )
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def live_metadata_of(self, path: str) -> dict[str, str] | None:
+        """The .metadata hashes of the live file at ``path``; None when none is held."""
+        row = self._one(
+            f"SELECT metadata_hashes FROM files WHERE path = ? AND {_LIVE}"
+            " AND metadata_hashes IS NOT NULL LIMIT 1",
+            [path],
+        )
+        return json.loads(row[0]) if row else None

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
-from simplemirror.plan import Status
+from simplemirror.model import Status
+from simplemirror.state import NoState as NoState
+from simplemirror.state import StateReader, read_snapshot
+from simplemirror.state import connect_readonly as connect_readonly
+from simplemirror.state import last_upstream as last_upstream
 from simplemirror.units import human_bytes
 
-RUN_COLUMNS = "generation, started, finished, outcome, error"
-T = TypeVar("T")
 _STATUS_ORDER = (Status.OK, Status.DEFERRED, Status.FAILED, Status.PENDING, Status.REMOVED)
-
-
-class NoState(Exception):
-    """There is no state.db to read; the message says what to do."""
 
 
 def lock_path(directory: Path) -> Path:
@@ -79,96 +75,6 @@ def up_to_date(runs: Iterable[tuple[str, str | None]], running: bool | None) -> 
     return False
 
 
-def connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to an existing state.db (never creates one)."""
-    if not path.is_file():
-        raise NoState(
-            f"no state.db in {path.parent}: no mirror has been synced there yet. "
-            "Check --directory (or the config's directory), or run `mirror sync` first"
-        )
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
-    try:
-        return sqlite3.connect(uri, uri=True, timeout=30)
-    except sqlite3.Error as exc:
-        raise NoState(f"cannot open {path} for reading: {exc}") from exc
-
-
-def connect_reader(path: Path, command: str, *, unchanging: bool) -> sqlite3.Connection:
-    """A read-only connection to state.db, tried; NoState, saying why, when it cannot read.
-
-    In WAL mode, SQLite's readers share an index in the -shm file beside the database
-    and create it when it is missing, which a user who cannot write in the directory
-    cannot do. When no -wal file holds commits beyond the database file, that file is
-    all there is, and with ``unchanging`` it is read as immutable (no index, no locks).
-    That is sound only while nothing writes it: the caller holds the mirror's lock, or
-    reads a row or two whose failure costs no more than a detail.
-    """
-    conn = connect_readonly(path)
-    try:
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
-        return conn
-    except sqlite3.Error as exc:
-        conn.close()
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-        wal = path.with_name(path.name + "-wal")
-        if (not unchanging or code != sqlite3.SQLITE_READONLY
-                or (wal.exists() and wal.stat().st_size)):
-            raise _unreadable(path, exc, command) from exc
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro&immutable=1"
-    return sqlite3.connect(uri, uri=True)
-
-
-def read_snapshot(
-    path: Path, query: Callable[[sqlite3.Connection], T], command: str = "mirror status"
-) -> T:
-    """``query``'s answer from the state.db at ``path``, opened read-only, in one read
-    transaction. Raises NoState (saying what to do) when it cannot be read."""
-    conn = connect_readonly(path)
-    try:
-        # One snapshot for every query, however a running sync moves on meanwhile.
-        conn.execute("BEGIN")
-        try:
-            return query(conn)
-        finally:
-            conn.rollback()
-    except sqlite3.Error as exc:
-        raise _unreadable(path, exc, command) from exc
-    finally:
-        conn.close()
-
-
-def _unreadable(path: Path, exc: sqlite3.Error, command: str = "mirror status") -> NoState:
-    if "readonly" in str(exc) and not os.access(path.parent, os.W_OK):
-        # WAL mode: even a reader writes the -shm index beside state.db.
-        return NoState(
-            f"{path} can only be read by a user who may write in {path.parent} "
-            "(SQLite's WAL mode); run this as the mirror's user, e.g. "
-            f"`sudo -u simplemirror {command} ...`"
-        )
-    return NoState(
-        f"{path} cannot be read as a simplemirror state database ({exc}); check that "
-        "the directory is the mirror's, and if it is, state.db is damaged: restore it "
-        "from a backup, or move it aside and run `mirror sync` to build a new one "
-        "(which downloads every file again)"
-    )
-
-
-def last_upstream(path: Path, command: str = "mirror verify") -> str | None:
-    """The upstream of the last run recorded in the state.db at ``path``; None without
-    a state.db or a run. Raises NoState (saying what to do) when it cannot be read:
-    "no upstream" would send the operator looking for the wrong thing."""
-    if not path.is_file():
-        return None
-    conn = connect_reader(path, command, unchanging=True)
-    try:
-        row = conn.execute("SELECT upstream FROM runs ORDER BY generation DESC LIMIT 1").fetchone()
-    except sqlite3.Error as exc:
-        raise _unreadable(path, exc, command) from exc
-    finally:
-        conn.close()
-    return row[0] if row else None
-
-
 def run_info(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -216,12 +122,10 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
     """
     running = sync_running(directory)
 
-    def query(conn: sqlite3.Connection) -> dict[str, Any]:
-        info = _collect(conn)
+    def query(reader: StateReader) -> dict[str, Any]:
+        info = _collect(reader)
         info["sync_running"] = running
-        info["up_to_date"] = up_to_date(
-            conn.execute("SELECT outcome, error FROM runs ORDER BY generation DESC"), running
-        )
+        info["up_to_date"] = up_to_date(reader.outcomes(), running)
         return info
 
     info = read_snapshot(directory / "state.db", query)
@@ -235,41 +139,21 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
     return {"directory": str(directory), "upstream": upstream, "upstream_from": source, **info}
 
 
-def _collect(conn: sqlite3.Connection) -> dict[str, Any]:
-    last = conn.execute(
-        f"SELECT {RUN_COLUMNS}, upstream FROM runs ORDER BY generation DESC LIMIT 1"
-    ).fetchone()
-    complete = conn.execute(
-        f"SELECT {RUN_COLUMNS} FROM runs WHERE outcome = 'ok' ORDER BY generation DESC LIMIT 1"
-    ).fetchone()
-    seen = conn.execute(
-        "SELECT upstream_serial FROM runs WHERE upstream_serial IS NOT NULL"
-        " ORDER BY generation DESC LIMIT 1"
-    ).fetchone()
-    held = conn.execute("SELECT value FROM meta WHERE key = 'root_serial'").fetchone()
+def _collect(reader: StateReader) -> dict[str, Any]:
+    last = reader.last_run()
     projects = {status.value: 0 for status in _STATUS_ORDER}
-    for status, count in conn.execute("SELECT status, count(*) FROM projects GROUP BY status"):
-        projects[status] = count
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
-    # A state.db from before deleted_gen existed is read as it stands (read-only: no
-    # migration); there, every row without removed_gen has its bytes on disk.
-    live = "removed_gen IS NULL" + (" AND deleted_gen IS NULL" if "deleted_gen" in columns else "")
-    files, nbytes = conn.execute(
-        f"SELECT count(*), coalesce(sum(size), 0) FROM files WHERE {live}"
-    ).fetchone()
+    projects.update(reader.project_counts())
+    files, nbytes = reader.live_totals()
 
     def troubled(status: Status) -> list[dict[str, str | None]]:
-        rows = conn.execute(
-            "SELECT name, error FROM projects WHERE status = ? ORDER BY name", [status.value]
-        )
-        return [{"name": name, "error": error} for name, error in rows]
+        return [{"name": name, "error": error} for name, error in reader.troubled(status)]
 
     return {
         "last_run": run_info(last[:5]) if last else None,
         "_last_upstream": last[5] if last else None,
-        "last_complete_run": run_info(complete),
-        "serial_held": int(held[0]) if held and held[0] is not None else None,
-        "upstream_serial_seen": seen[0] if seen else None,
+        "last_complete_run": run_info(reader.last_complete_run()),
+        "serial_held": reader.serial_held(),
+        "upstream_serial_seen": reader.upstream_serial_seen(),
         "projects": projects,
         "files_held": files,
         "bytes_held": nbytes,

@@ -32,14 +32,20 @@ from typing import Any
 from simplemirror import download, layout, reap, tempfiles
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
-from simplemirror.model import API_VERSION, HeldFile, ProjectPage, newer_api_version, version_of
+from simplemirror.model import (
+    API_VERSION,
+    HeldFile,
+    ProjectPage,
+    Status,
+    newer_api_version,
+    version_of,
+)
 from simplemirror.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
     FilePlan,
     FileTodo,
     ProjectTodo,
-    Status,
     SyncPlan,
     is_mass_removal,
     plan_changes,
@@ -88,7 +94,7 @@ def disk_full(exc: BaseException) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
 
 
-def write_error(directory: Path, exc: OSError | sqlite3.Error) -> SyncError:
+def write_error(directory: Path, exc: Exception) -> SyncError:
     """What to say when the mirror's files or state.db cannot be written."""
     if disk_full(exc):
         return SyncError(
@@ -230,6 +236,7 @@ def locked(
         return
     try:
         if not _flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX):
+            holder: str | None
             holder, pid = _holder(fd)
             if not shared and _flock(fd, fcntl.LOCK_SH, tries=1):
                 holder, pid = None, None  # only readers hold it: plain verifies
@@ -499,8 +506,7 @@ class Sync:
     def _record_error(self, state: State, generation: int, error: SyncError) -> None:
         """Record the run as ended in ``error``, if state.db can still be written."""
         try:
-            if state.db.conn.in_transaction:
-                state.db.conn.rollback()  # what a failed statement left half done
+            state.rollback()  # what a failed statement left half done
             state.finish_run(generation, "error", error=str(error))
         except sqlite3.Error as exc:
             log.warning(
@@ -816,10 +822,9 @@ class Sync:
                     return
                 track("page", todo, workers.page(todo))
 
-        last_commit = time.monotonic()
         workers = _Workers(self.client)
         state.undo_in_memory()  # the plan is made: the root's table can go
-        state.db.execute("BEGIN")
+        batch = state.batch(COMMIT_EVERY)
         try:
             refill()
             while (in_flight["pages"] or in_flight["files"]) and not self.client.stop.is_set():
@@ -849,10 +854,7 @@ class Sync:
                     if not project.outstanding:
                         del downloading[project.todo.name]
                         self._finish(project, state, publisher, summary)
-                if time.monotonic() - last_commit > COMMIT_EVERY:
-                    state.db.execute("COMMIT")
-                    state.db.execute("BEGIN")
-                    last_commit = time.monotonic()
+                batch.due()
                 refill()
         except BaseException:
             self.client.stop.set()
@@ -862,10 +864,7 @@ class Sync:
             # error, queued work is dropped and running downloads see the stop
             # within a chunk; a read stuck longer is abandoned (never published).
             workers.shutdown(STOP_GRACE)
-            # SQLite rolls back by itself after some errors (a full disk): then there is
-            # nothing to commit, and the error that did it is the one to report.
-            if state.db.conn.in_transaction:
-                state.db.execute("COMMIT")
+            batch.end()
         if self.stopped_by is not None:
             self._keep_finished(events, downloading.values(), state, publisher, summary)
 

@@ -53,13 +53,12 @@ from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.progress import TaskID
 
-from simplemirror import download, layout, render, status
+from simplemirror import download, layout, render
 from simplemirror.config import Config
-from simplemirror.model import HeldFile, version_of
-from simplemirror.plan import Status
+from simplemirror.model import HeldFile, Status, version_of
 from simplemirror.publish import Publisher
 from simplemirror.report import Periodic, bar, seconds_left
-from simplemirror.state import State, StateError
+from simplemirror.state import State, StateError, StateReader, connect_reader
 from simplemirror.sync import locked
 from simplemirror.units import clock, human_bytes
 from simplemirror.upstream import Client, UpstreamError
@@ -77,8 +76,6 @@ WINDOW_PER_WORKER = 4
 SIBLING_SUFFIXES = (layout.METADATA_SUFFIX, ".asc", ".provenance")
 # A download or a disk error that concerns one file, not the whole repair.
 REPAIR_ERRORS = (UpstreamError, download.VerificationError, OSError)
-
-_LIVE = "removed_gen IS NULL AND deleted_gen IS NULL"
 
 
 class VerifyError(Exception):
@@ -361,7 +358,7 @@ class Verifier:
     """
 
     def __init__(
-        self, config: Config, db: sqlite3.Connection, progress: VerifyProgress,
+        self, config: Config, db: StateReader, progress: VerifyProgress,
         state: State | None = None,
     ) -> None:
         self.config = config
@@ -376,15 +373,6 @@ class Verifier:
         # Paths pages link that state.db does not hold: never deleted as orphans.
         self.linked_unrecorded: set[str] = set()
         self._files_fetched = 0
-        # A state.db from before staging (schema 2) has no staged_files, hence nothing
-        # staged; a plain verify reads it as it is, without upgrading it.
-        self._held_query = (
-            "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL"
-            + (" UNION ALL SELECT 1 FROM staged_files WHERE path = ?" if db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'staged_files'"
-            ).fetchone() else " AND ? IS NOT NULL")
-            + " LIMIT 1"
-        )
         self._bytes_fetched = 0
 
     def run(self, *, repair: bool, delete_orphans: bool) -> VerifyResult:
@@ -409,14 +397,9 @@ class Verifier:
 
     def _check_files(self) -> None:
         self.progress.phase("files: hashing every file state.db holds")
-        count, total = self.db.execute(
-            f"SELECT count(*), coalesce(sum(size), 0) FROM files WHERE {_LIVE}"
-        ).fetchone()
+        count, total = self.db.live_totals()
         self.progress.start(count, total)
-        cursor = self.db.execute(
-            "SELECT id, project, filename, path, size, hashes, url, metadata_hashes FROM files"
-            f" WHERE {_LIVE} ORDER BY id"
-        )
+        cursor = self.db.live_files()
         window: deque[Future[_Checked]] = deque()
         limit = self.config.workers * WINDOW_PER_WORKER
         pool = WorkerPool(self.config.workers, "verify")
@@ -449,10 +432,7 @@ class Verifier:
     def _held(self, path: str) -> bool:
         """Some row of state.db holds ``path`` on disk (live, off every page but not yet
         reaped, or staged by a stopped sync for its next run)."""
-        return (
-            self.db.execute(self._held_query, [path, path]).fetchone()
-            is not None
-        )
+        return self.db.holds_path(path)
 
     def _is_orphan(self, path: str) -> bool:
         if self._held(path):
@@ -498,12 +478,7 @@ class Verifier:
         for name in names:
             self._check_project(name)
         # A project state.db records as published must have both its pages.
-        rows = self.db.execute(
-            "SELECT name FROM projects WHERE published_gen IS NOT NULL AND status != ?"
-            " ORDER BY name",
-            [Status.REMOVED.value],
-        )
-        for (name,) in rows.fetchall():
+        for name in self.db.published_projects():
             if projects is not None and name not in projects:
                 continue
             for page in layout.project_pages(name):
@@ -611,8 +586,8 @@ class Verifier:
                 continue
             url = str(entry.get("url") or "")
             hashes = entry.get("hashes")
-            digest = hashes.get("sha256") if isinstance(hashes, dict) else None
-            if not isinstance(digest, str):
+            sha256 = hashes.get("sha256") if isinstance(hashes, dict) else None
+            if not isinstance(sha256, str):
                 self._broken(json_page, name, f"link {url!r}: no sha256 hash")
                 continue
             size = entry.get("size")
@@ -621,7 +596,7 @@ class Verifier:
                 self._broken(json_page, name, f"link {url!r}: does not end in its file name")
                 continue
             self._check_link(
-                json_page, name, url, target, digest, size if isinstance(size, int) else None
+                json_page, name, url, target, sha256, size if isinstance(size, int) else None
             )
             core = entry.get("core-metadata")
             if core and target is not None:
@@ -665,19 +640,14 @@ class Verifier:
     def _recorded(self, target: str) -> tuple[str, int | None] | None:
         """(sha256, size) of a live file at ``target``, or of the live file whose
         .metadata it is; None when state.db does not hold it."""
-        row = self.db.execute(
-            f"SELECT hashes, size FROM files WHERE path = ? AND {_LIVE} LIMIT 1", [target]
-        ).fetchone()
-        if row is not None:
-            return json.loads(row[0]).get("sha256", ""), row[1]
+        live = self.db.live_file_at(target)
+        if live is not None:
+            hashes, size = live
+            return hashes.get("sha256", ""), size
         if target.endswith(layout.METADATA_SUFFIX):
-            row = self.db.execute(
-                f"SELECT metadata_hashes FROM files WHERE path = ? AND {_LIVE}"
-                " AND metadata_hashes IS NOT NULL LIMIT 1",
-                [target[: -len(layout.METADATA_SUFFIX)]],
-            ).fetchone()
-            if row is not None:
-                return json.loads(row[0]).get("sha256", ""), None
+            metadata = self.db.live_metadata_of(target[: -len(layout.METADATA_SUFFIX)])
+            if metadata is not None:
+                return metadata.get("sha256", ""), None
         return None
 
     # -- repair -------------------------------------------------------------------------
@@ -794,8 +764,8 @@ class Verifier:
 
     def _mark_failed(self, project: str, error: str, generation: int) -> None:
         """Make the next sync fetch the project's page again (even after a 304 root)."""
-        row = self.db.execute("SELECT status FROM projects WHERE name = ?", [project]).fetchone()
-        if row is not None and row[0] != Status.REMOVED.value:
+        held = self.db.project_status(project)
+        if held is not None and held is not Status.REMOVED:
             self.state.set_status(project, Status.FAILED, error, generation)
 
     def _rewrite_pages(self, generation: int, touched: set[str]) -> None:
@@ -835,16 +805,13 @@ class Verifier:
 
     def _rewrite_project(self, publisher: Publisher, name: str) -> str | None:
         """Write a project's pages from state.db; why not, when it cannot be done."""
-        row = self.db.execute(
-            "SELECT page_serial, page_data, published_gen FROM projects WHERE name = ?", [name]
-        ).fetchone()
-        if row is None or row[2] is None:
+        published = self.db.published_page(name)
+        if published is None:
             return (
                 "state.db does not record this project as published, so there is nothing to "
                 "write it from; if its directory is a leftover, delete it"
             )
-        page_serial, page_data, _ = row
-        data = json.loads(page_data) if page_data else {}
+        page_serial, data = published
         files: list[HeldFile] = self.state.held_files(name)
         versions = data.get("versions")
         if versions is None:
@@ -881,7 +848,7 @@ def verify(
 ) -> VerifyResult:
     """Check (and optionally repair) the mirror in ``config.directory``.
 
-    Raises VerifyError (or status.NoState) when there is no usable state.db, and
+    Raises VerifyError (or state.NoState) when there is no usable state.db, and
     sync.SyncError when a sync holds the mirror's lock.
     """
     if not config.state_path.is_file():
@@ -897,9 +864,9 @@ def verify(
         try:
             if writes:
                 state = State(config.state_path)
-                db = state.db.conn
+                db = state.reader()
             else:  # while the lock is held, no sync writes state.db
-                db = status.connect_reader(config.state_path, "mirror verify", unchanging=held)
+                db = connect_reader(config.state_path, "mirror verify", unchanging=held)
         except (sqlite3.Error, StateError) as exc:
             raise VerifyError(f"cannot use {config.state_path}: {exc}") from exc
         try:

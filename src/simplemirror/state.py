@@ -259,6 +259,12 @@ class State:
             # The runs before this one (an older state.db's) recorded no project changes.
             self.set_meta("changes_since", str(changes_since))
         self.set_meta("schema_version", str(SCHEMA_VERSION))
+        self._note_staging()
+
+    def _note_staging(self) -> None:
+        # Almost every run has nothing staged (only a stopped run stages): planning and
+        # recording each project then skip staged_files, a query each on the hot path.
+        self._staged = self.db.execute("SELECT 1 FROM staged_files LIMIT 1").fetchone() is not None
 
     def _migrate(self) -> None:
         """Add the columns later versions brought to an older state.db; drop replaced indexes."""
@@ -306,6 +312,7 @@ class State:
                 # empty stand-in with the columns planning_files reads. (A dry run
                 # reads nothing of schema 3's other addition, project_changes.)
                 state.db.execute("CREATE TEMP TABLE staged_files AS SELECT * FROM files WHERE 0")
+            state._note_staging()
         except BaseException:
             state.close()
             raise
@@ -595,6 +602,8 @@ class State:
         """What plan_files may keep of ``project``: the files its pages list, and those a
         stopped run left in place without listing them (staged), which stand in for a
         listed file of the same name: they are what upstream offered last."""
+        if not self._staged:
+            return self.held_files(project)
         held = {f.filename: f for f in self.held_files(project)}
         rows = self.db.execute(
             f"SELECT {_HELD_COLUMNS} FROM staged_files WHERE project = ? ORDER BY filename",
@@ -608,6 +617,7 @@ class State:
     def stage_files(self, project: str, files: Iterable[HeldFile], generation: int) -> None:
         """Record files of an unfinished project that are verified and in place, so that
         the next run keeps them; its pages do not list them (see staged_files)."""
+        self._staged = True
         with self.transaction():
             self.db.conn.executemany(
                 f"INSERT OR REPLACE INTO staged_files ({_HELD_COLUMNS}, project, staged_gen)"
@@ -618,10 +628,10 @@ class State:
     def _settle_staged(self, name: str, live: Iterable[HeldFile], generation: int) -> None:
         """Empty ``name``'s staging: a file staged under a path now ``live`` needs nothing
         more; any other becomes a tombstone, whose bytes the reaper deletes."""
-        if self.db.execute(
+        if not self._staged or self.db.execute(
             "SELECT 1 FROM staged_files WHERE project = ? LIMIT 1", [name]
         ).fetchone() is None:
-            return  # the common case, and one look-up
+            return  # the common cases: nothing staged at all, or nothing of this project
         conn = self.db.conn
         conn.executemany(
             "DELETE FROM staged_files WHERE project = ? AND filename = ? AND path = ?",

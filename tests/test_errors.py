@@ -425,3 +425,23 @@ def test_status_exits_3_when_the_last_run_did_not_converge(
     code, text = status_of(directory, capsys)
     assert code == 3
     assert "generation 4, running" in text and "its process ended without recording how" in text
+
+
+@pytest.mark.parametrize(
+    "content", [b"\x8f" * 8192, b"SQLite format 3\x00" + b"\x00" * 84],
+    ids=["garbage", "torn-header"],
+)
+def test_a_damaged_state_db_is_named_by_sync_not_taken_for_permissions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    directory = tmp_path / "m"
+    directory.mkdir()
+    (directory / "state.db").write_bytes(content)
+    code = main(["sync", "--upstream", "http://127.0.0.1:9/simple/", "--directory",
+                 str(directory), "--no-progress", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{directory / 'state.db'} cannot be read as a simplemirror state database" in err
+    assert "restore it from a backup" in err and "writable" not in err
+    assert "Traceback" not in err
+    assert (directory / "state.db").read_bytes() == content  # left for the operator

@@ -56,7 +56,7 @@ from simplemirror.plan import (
 from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
 from simplemirror.report import Reporter
-from simplemirror.state import State, StateError
+from simplemirror.state import State, StateError, unreadable
 from simplemirror.status import lock_path
 from simplemirror.upstream import (
     Client,
@@ -92,6 +92,12 @@ def disk_full(exc: BaseException) -> bool:
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     code = getattr(exc, "sqlite_errorcode", None)  # extended: the primary code in the low byte
     return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+
+
+def damaged(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying the file is not a database, or a damaged one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
 
 
 def write_error(directory: Path, exc: Exception) -> SyncError:
@@ -452,6 +458,8 @@ class Sync:
             except (OSError, sqlite3.Error, StateError) as exc:
                 if disk_full(exc):
                     raise write_error(config.directory, exc) from exc
+                if damaged(exc):
+                    raise SyncError(str(unreadable(config.state_path, exc, "mirror sync"))) from exc
                 raise SyncError(
                     f"cannot use {config.directory}: {exc}; it must be writable by this user"
                 ) from exc

@@ -458,7 +458,7 @@ class Sync:
             except (OSError, sqlite3.Error, StateError) as exc:
                 if disk_full(exc):
                     raise write_error(config.directory, exc) from exc
-                if damaged(exc):
+                if isinstance(exc, sqlite3.Error) and damaged(exc):
                     raise SyncError(str(unreadable(config.state_path, exc, "mirror sync"))) from exc
                 raise SyncError(
                     f"cannot use {config.directory}: {exc}; it must be writable by this user"

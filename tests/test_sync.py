@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -312,19 +314,19 @@ def test_disk_full_while_writing_pages_stops_cleanly_then_converges(
 ):
     import errno
 
-    from simplemirror import publish
+    from simplemirror import store
 
     sync(upstream, tmp_path)
     old_serial = world.project("tiny").serial
     world.add_release("tiny", "0.2")
-    real_write = publish.write_atomic
+    real_write = store.write_file
 
-    def full_disk(target: str, data: bytes, tmp: Path) -> None:
-        if Path(target).parent.name == "tiny":
+    def full_disk(web: Path, tmp: Path, rel: str, data: bytes, **kwargs: bool) -> str:
+        if Path(rel).parent.name == "tiny":
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(target, data, tmp)
+        return real_write(web, tmp, rel, data, **kwargs)
 
-    monkeypatch.setattr(publish, "write_atomic", full_disk)
+    monkeypatch.setattr(store, "write_file", full_disk)
     with pytest.raises(SyncError, match="No space left"):
         sync(upstream, tmp_path)
     # The old pages still stand and still point at verified files.
@@ -335,7 +337,7 @@ def test_disk_full_while_writing_pages_stops_cleanly_then_converges(
         ("error",)
     ]
 
-    monkeypatch.setattr(publish, "write_atomic", real_write)
+    monkeypatch.setattr(store, "write_file", real_write)
     assert sync(upstream, tmp_path).exit_code == 0
     assert "tiny-0.2.tar.gz" in assert_consistent(tmp_path / "web")["tiny"]
 
@@ -368,32 +370,80 @@ def test_progress_bars_on_a_terminal(upstream: Upstream, tmp_path: Path):
 
 def test_leftovers_of_a_dead_run_are_cleared(upstream: Upstream, tmp_path: Path):
     (tmp_path / "tmp").mkdir(parents=True)
-    (tmp_path / "tmp" / "dl-killed").write_bytes(b"half a wheel")
+    (tmp_path / "tmp" / "dl-4242-17").write_bytes(b"half a wheel")
+    (tmp_path / "tmp" / "page-4242-18").write_bytes(b"half a page")
     assert sync(upstream, tmp_path).exit_code == 0
     assert not list((tmp_path / "tmp").iterdir())
 
 
-def test_leftover_directories_are_cleared_and_symlinks_never_followed(
+def test_only_the_mirrors_own_leftovers_are_cleared_and_symlinks_never_followed(
     upstream: Upstream, tmp_path: Path
 ):
+    """tmp/ may be shared, or a symlink to a scratch directory: what the mirror did not
+    name is not its to delete (before, tmp/ was emptied whole, directories too)."""
     mirror, outside = tmp_path / "mirror", tmp_path / "outside"
     (outside / "sub").mkdir(parents=True)
     (outside / "keep").write_bytes(b"not the mirror's")
     (outside / "sub" / "keep").write_bytes(b"nor this")
     tmp = mirror / "tmp"
     (tmp / "dir" / "nested").mkdir(parents=True)
-    (tmp / "dir" / "nested" / "dl-1").write_bytes(b"half a wheel")
+    (tmp / "dir" / "nested" / "dl-1-1").write_bytes(b"half a wheel")
     (tmp / "dir" / "link-inside").symlink_to(outside)
     (tmp / "link-to-dir").symlink_to(outside, target_is_directory=True)
-    (tmp / "link-to-file").symlink_to(outside / "keep")
+    (tmp / "dl-9-9").symlink_to(outside / "keep")
     (tmp / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp / "dl-9-10").write_bytes(b"half a wheel")
 
     assert sync(upstream, mirror).exit_code == 0
 
-    assert list(tmp.iterdir()) == []
+    assert sorted(p.name for p in tmp.iterdir()) == ["dangling", "dir", "link-to-dir"]
     assert sorted(p.relative_to(outside).as_posix() for p in outside.rglob("*")) == [
         "keep", "sub", "sub/keep",
     ]
+
+
+def test_a_tmp_symlinked_to_a_scratch_directory_keeps_its_other_files(
+    upstream: Upstream, tmp_path: Path
+):
+    """A tmp/ that is a symlink (to a directory on the same filesystem) works; before,
+    every file in its target was deleted at the start of each run."""
+    mirror, scratch = tmp_path / "mirror", tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "build-cache.bin").write_bytes(b"someone else's")
+    mirror.mkdir()
+    (mirror / "tmp").symlink_to(scratch)
+
+    assert sync(upstream, mirror).exit_code == 0
+    assert_consistent(mirror / "web")
+    assert sorted(p.name for p in scratch.iterdir()) == ["build-cache.bin"]
+
+
+@pytest.mark.parametrize("where", ["packages", "simple"])
+def test_a_symlink_in_the_tree_never_leads_writes_outside(
+    upstream: Upstream, world: World, tmp_path: Path, where: str
+):
+    """A symlink at web/packages/<xx> or web/simple/<name> made files and pages land
+    outside the mirror; now the run stops, says which path, and writes nothing there."""
+    from simplemirror import store
+
+    mirror, outside = tmp_path / "mirror", tmp_path / "outside"
+    outside.mkdir()
+    assert sync(upstream, mirror).exit_code == 0
+    world.add_release("tiny", "0.2")
+    web = mirror / "web"
+    if where == "simple":
+        link = web / "simple" / "tiny"
+        shutil.rmtree(link)
+    else:
+        new = [f for f in world.project("tiny").files if "0.2" in f.filename]
+        prefixes = [hashlib.sha256(f.content).hexdigest()[:2] for f in new]
+        link = next(web / "packages" / p for p in prefixes if not (web / "packages" / p).exists())
+    link.symlink_to(outside, target_is_directory=True)
+    store.forget_dirs()
+
+    with pytest.raises(SyncError, match=f"{link} is a symlink"):
+        sync(upstream, mirror)
+    assert list(outside.rglob("*")) == []
 
 
 def test_root_pages_are_not_rendered_again_when_nothing_changed(

@@ -7,105 +7,20 @@ A page whose bytes did not change is not written again.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import itertools
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from simplemirror import layout, render, tempfiles
+from simplemirror import layout, render, store
 from simplemirror.model import HeldFile
 from simplemirror.state import State
-
-PAGE_MODE = 0o644
-
-
-def _stage_side_by_side(
-    tmp: Path, streams: Sequence[Iterable[bytes]]
-) -> list[tuple[str, str]]:
-    """Write each stream of chunks to a new file in ``tmp``, a chunk of each in turn.
-
-    In turn, so that streams rendered from one shared pass over their data (see
-    Publisher.root) never run far apart. Their names and sha256s, in order; on any
-    failure, none of the files is left.
-    """
-    files: list[tuple[int, str]] = []
-    try:
-        for _ in streams:
-            files.append(tempfiles.create(tmp, "page-", PAGE_MODE))
-        digests = [hashlib.sha256() for _ in streams]
-        active = [(iter(chunks), fd, digest)
-                  for chunks, (fd, _), digest in zip(streams, files, digests, strict=True)]
-        while active:
-            for entry in list(active):
-                chunks, fd, digest = entry
-                chunk = next(chunks, None)
-                if chunk is None:
-                    active.remove(entry)
-                    continue
-                digest.update(chunk)
-                tempfiles.write_all(fd, chunk)
-    except BaseException:
-        for _, name in files:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-        raise
-    finally:
-        for fd, _ in files:
-            os.close(fd)
-    return [(name, digest.hexdigest()) for (_, name), digest in zip(files, digests, strict=True)]
-
-
-def write_atomic(target: str, data: bytes, tmp: Path) -> str:
-    """Replace ``target`` with ``data`` whole; the sha256 of ``data``.
-
-    Not through _stage: a first sync writes two small pages a project, and
-    streaming machinery for one piece costs more than its system calls.
-    """
-    fd, name = tempfiles.create(tmp, "page-", PAGE_MODE)
-    try:
-        try:
-            tempfiles.write_all(fd, data)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-    tempfiles.install(name, target)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _same_bytes(path: str, data: bytes) -> bool:
-    """Whether the file at ``path`` holds exactly ``data`` (False when there is none)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        held = b""
-        # One byte more than data: a longer file differs.
-        while len(held) <= len(data) and (more := os.read(fd, len(data) + 1 - len(held))):
-            held += more
-        return held == data
-    finally:
-        os.close(fd)
 
 
 def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
     it = iter(parts)
     while pieces := list(itertools.islice(it, batch)):
         yield "".join(pieces).encode("utf-8")
-
-
-def _file_sha256(path: Path) -> str | None:
-    try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        return None
 
 
 class Publisher:
@@ -122,19 +37,21 @@ class Publisher:
         self.generation = generation
         self.pages_written = 0
 
-    def page(self, rel: str, text: str, *, new: bool = False) -> None:
+    def page(self, rel: str, text: str, *, new: bool = False, dir_checked: bool = False
+             ) -> None:
         """Write the page at ``rel`` unless it holds these bytes already.
 
         ``new``: its directory was just made, so there is nothing to compare with.
+        ``dir_checked``: its directory is known to be a real one (store.make_dir).
         """
         data = text.encode("utf-8")
-        target = f"{self.web}/{rel}"
         # Compare with the disk, not with state.db: after a crash the disk can
         # hold a newer page than state.db recorded, and a change that upstream
         # then reverted would otherwise never be written back.
-        if not new and _same_bytes(target, data):
+        if not new and store.same_bytes(self.web, rel, data):
             return
-        self._written(rel, write_atomic(target, data, self.tmp))
+        digest = store.write_file(self.web, self.tmp, rel, data, dir_checked=new or dir_checked)
+        self._written(rel, digest)
 
     def page_from_parts(self, rel: str, parts: Iterable[str]) -> None:
         """``page`` for a large page given in pieces: written as it is rendered, and
@@ -143,13 +60,12 @@ class Publisher:
 
     def pages_from_parts(self, pages: Mapping[str, Iterable[str]]) -> None:
         """``page_from_parts`` for several pages at once, written side by side."""
-        staged = _stage_side_by_side(self.tmp, [_encoded(parts) for parts in pages.values()])
+        staged = store.stage_streams(self.tmp, [_encoded(parts) for parts in pages.values()])
         for rel, (name, digest) in zip(pages, staged, strict=True):
-            target = self.web / rel
-            if _file_sha256(target) == digest:
-                os.unlink(name)
+            if store.sha256_of(self.web, rel) == digest:
+                store.discard(name)
                 continue
-            tempfiles.install(name, str(target))
+            store.install(name, self.web, rel)
             self._written(rel, digest)
 
     def _written(self, rel: str, digest: str) -> None:
@@ -161,15 +77,11 @@ class Publisher:
         html_path, json_path = layout.project_pages(info.name)
         # A project seen for the first time (every one, on a first sync) has no
         # pages to compare with: making its directory says so in one call.
-        try:
-            os.mkdir(f"{self.web}/{layout.project_dir(info.name)}")
-            new = True
-        except FileExistsError:
-            new = False
-        except FileNotFoundError:  # web/simple itself is missing: page() makes it
-            new = False
-        self.page(html_path, render.project_html(info, files, self.public_url), new=new)
-        self.page(json_path, render.project_json(info, files, self.public_url), new=new)
+        new = store.make_dir(self.web, layout.project_dir(info.name))
+        html = render.project_html(info, files, self.public_url)
+        self.page(html_path, html, new=new, dir_checked=True)
+        json = render.project_json(info, files, self.public_url)
+        self.page(json_path, json, new=new, dir_checked=True)
 
     def last_modified(self, when: time.struct_time) -> None:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""

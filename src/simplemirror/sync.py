@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simplemirror import download, layout, reap, tempfiles
+from simplemirror import download, layout, reap, store
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
 from simplemirror.model import API_VERSION, HeldFile, ProjectPage, newer_api_version, version_of
@@ -90,6 +90,8 @@ def disk_full(exc: BaseException) -> bool:
 
 def write_error(directory: Path, exc: OSError | sqlite3.Error) -> SyncError:
     """What to say when the mirror's files or state.db cannot be written."""
+    if isinstance(exc, store.UnsafePath):
+        return SyncError(str(exc))
     if disk_full(exc):
         return SyncError(
             f"the disk holding {directory} is full ({exc}); free some space, then run again"
@@ -435,13 +437,14 @@ class Sync:
             raise SyncError(f"cannot create the mirror directory: {exc}") from exc
         with locked(config.directory):
             try:
-                # Under the lock nothing else uses tmp/: whatever is there was
-                # left by a run that died, and was never published.
-                tempfiles.clear_leftovers(config.tmp)
+                # Under the lock no other run uses tmp/: a temporary file of ours
+                # there was left by a run that died, and was never published.
+                store.check_same_filesystem(config.tmp, config.web)
+                store.clear_leftovers(config.tmp)
                 first = not config.state_path.exists()  # under the lock: no run makes it now
                 state = State(config.state_path)
             except (OSError, sqlite3.Error, StateError) as exc:
-                if disk_full(exc):
+                if disk_full(exc) or isinstance(exc, store.UnsafePath):
                     raise write_error(config.directory, exc) from exc
                 raise SyncError(
                     f"cannot use {config.directory}: {exc}; it must be writable by this user"

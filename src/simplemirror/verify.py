@@ -40,7 +40,7 @@ import posixpath
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -53,7 +53,7 @@ from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.progress import TaskID
 
-from simplemirror import download, layout, render, status
+from simplemirror import download, layout, render, status, store
 from simplemirror.config import Config
 from simplemirror.model import HeldFile, version_of
 from simplemirror.plan import Status
@@ -243,14 +243,16 @@ class RichVerifyProgress(VerifyProgress):
 # -- checking bytes -------------------------------------------------------------------------
 
 
-def check_bytes(path: Path, size: int | None, sha256: str | None) -> tuple[str, str] | None:
-    """(kind, detail) when ``path`` is not a file of ``size`` bytes with ``sha256``, else None.
+def check_bytes(
+    web: Path, rel: str, size: int | None, sha256: str | None
+) -> tuple[str, str] | None:
+    """(kind, detail) when ``rel`` is not a file of ``size`` bytes with ``sha256``, else None.
 
     Reads in CHUNK-sized pieces into one buffer: memory stays flat for any file size.
     """
     digest = hashlib.sha256()
     try:
-        with path.open("rb", buffering=0) as fh:
+        with store.open_file(web, rel, buffering=0) as fh:
             found = os.fstat(fh.fileno()).st_size
             if size is not None and found != size:
                 return "corrupt", f"{found} bytes on disk, {size} expected"
@@ -277,12 +279,12 @@ class _Checked:
 def _check_row(web: Path, row: FileRow) -> _Checked:
     """Worker: the file and its .metadata against what state.db recorded."""
     problems = []
-    found = check_bytes(web / row.path, row.size, row.sha256)
+    found = check_bytes(web, row.path, row.size, row.sha256)
     if found is not None:
         problems.append(FileProblem(row, found[0], False, found[1]))
     if row.metadata_hashes is not None:
-        meta = web / layout.metadata_path(row.path)
-        found = check_bytes(meta, None, row.metadata_hashes.get("sha256"))
+        meta = layout.metadata_path(row.path)
+        found = check_bytes(web, meta, None, row.metadata_hashes.get("sha256"))
         if found is not None:
             problems.append(FileProblem(row, found[0], True, found[1]))
     return _Checked(row, tuple(problems), row.metadata_hashes is not None)
@@ -325,29 +327,6 @@ def resolve_link(page_dir: str, href: str) -> str | None:
     if rel == ".." or rel.startswith("../") or rel.startswith("/"):
         return None
     return rel
-
-
-def _walk_files(directory: str) -> Iterator[str]:
-    """Every non-directory below ``directory``, lazily (one open scandir per level)."""
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return
-    with entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk_files(entry.path)
-            else:
-                yield entry.path
-
-
-def _remove_empty_dirs(directory: Path, stop: Path) -> None:
-    while directory != stop and stop in directory.parents:
-        try:
-            directory.rmdir()
-        except OSError:
-            return  # not empty: nothing above it is empty either
-        directory = directory.parent
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -458,10 +437,8 @@ class Verifier:
 
     def _find_orphans(self) -> list[str]:
         self.progress.phase("orphans: looking for files state.db does not hold")
-        web = str(self.web)
         found = []
-        for full in _walk_files(os.path.join(web, layout.PACKAGES)):
-            rel = Path(os.path.relpath(full, web)).as_posix()
+        for rel in store.walk_files(self.web, layout.PACKAGES):
             if self._is_orphan(rel):
                 found.append(rel)
         return found
@@ -481,14 +458,9 @@ class Verifier:
         self.progress.phase("pages: checking every link on every page")
         if root:
             self._check_root()
-        if projects is None:
-            try:
-                with os.scandir(self.web / layout.SIMPLE) as entries:
-                    names = sorted(e.name for e in entries if e.is_dir())
-            except FileNotFoundError:
-                names = []
-        else:
-            names = sorted(projects)
+        names = sorted(projects) if projects is not None else store.list_dirs(
+            self.web, layout.SIMPLE
+        )
         for name in names:
             self._check_project(name)
         # A project state.db records as published must have both its pages.
@@ -501,7 +473,7 @@ class Verifier:
             if projects is not None and name not in projects:
                 continue
             for page in layout.project_pages(name):
-                if not (self.web / page).is_file():
+                if not store.is_file(self.web, page):
                     self._broken(page, name, "missing: state.db records the project as published")
 
     def _broken(self, page: str, project: str | None, detail: str) -> None:
@@ -510,7 +482,8 @@ class Verifier:
 
     def _read_page(self, page: str, project: str | None) -> str | None:
         try:
-            text = (self.web / page).read_text(encoding="utf-8")
+            with store.open_file(self.web, page) as fh:
+                text = fh.read().decode("utf-8")
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
@@ -547,7 +520,9 @@ class Verifier:
             for anchor in self._html_anchors(html_page, None, text):
                 href = str(anchor.get("href") or "")
                 target = resolve_link(layout.SIMPLE, href)
-                if target is None or not (self.web / target / layout.HTML_INDEX).is_file():
+                if target is None or not store.is_file(
+                    self.web, f"{target}/{layout.HTML_INDEX}"
+                ):
                     self._broken(html_page, None, f"link {href!r}: no such project page")
         text = self._read_page(json_page, None)
         if text is None:
@@ -565,7 +540,7 @@ class Verifier:
                 self._broken(json_page, None, f"project entry without a name: {entry!r}")
                 continue
             page = layout.project_pages(canonicalize_name(name))[1]
-            if not (self.web / page).is_file():
+            if not store.is_file(self.web, page):
                 self._broken(json_page, None, f"lists {name!r}, but {page} is missing")
 
     def _check_project(self, name: str) -> None:
@@ -651,7 +626,7 @@ class Verifier:
         # A link to bytes state.db does not vouch for (a page older than state.db, after a
         # kill): check them here, and never delete them as an orphan.
         self.linked_unrecorded.add(target)
-        found = check_bytes(self.web / target, size, sha256)
+        found = check_bytes(self.web, target, size, sha256)
         if found is None:
             return None
         return "the file is not on disk" if found[0] == "missing" else found[1]
@@ -852,18 +827,13 @@ class Verifier:
 
     def _delete_orphans(self) -> None:
         result = self.result
-        packages = self.web / layout.PACKAGES
         for rel in result.orphans:
-            target = self.web / rel
             try:
-                target.unlink()
-            except FileNotFoundError:
-                pass
+                store.remove(self.web, rel, stop=layout.PACKAGES)
             except OSError as exc:
                 result.orphan_errors.append((rel, str(exc)))
                 continue
             result.orphans_deleted += 1
-            _remove_empty_dirs(target.parent, packages)
 
 
 def verify(

@@ -661,3 +661,32 @@ def test_an_ipv6_literal_upstream_is_mirrored(
         summary = sync(up, tmp_path, download_processes=processes)
     assert summary.exit_code == 0 and summary.files_fetched == 6
     assert sorted(assert_consistent(tmp_path / "web")) == ["foo-bar-baz", "tiny"]
+
+
+def test_a_sync_after_one_that_died_removes_what_it_left_unrecorded(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    """Pages and files a killed run wrote before its rows committed: a project upstream
+    then deletes used to keep them for good (no row said they were published)."""
+    from tests.support.consistency import as_if_killed_before_commit
+
+    sync(upstream, tmp_path)
+    world.add_project("ghost", ["1.0"])
+    world.add_release("tiny", "0.3")
+    as_if_killed_before_commit(tmp_path, lambda: sync(upstream, tmp_path))
+    web = tmp_path / "web"
+    assert (web / "simple/ghost/index.html").is_file()
+    assert "tiny-0.3.tar.gz" in html_links_of(web, "tiny")  # newer than state.db
+    world.remove_project("ghost")
+
+    assert sync(upstream, tmp_path).exit_code == 0
+
+    assert not (web / "simple/ghost").exists()
+    assert not any((web / "packages").rglob("ghost*"))
+    assert "tiny-0.3.tar.gz" in assert_consistent(web)["tiny"]
+    # Nothing left to recover: the next run after a clean one does no such work.
+    assert db_rows(tmp_path, "SELECT value FROM meta WHERE key = 'recovered_through'") != []
+
+
+def html_links_of(web: Path, name: str) -> str:
+    return (web / "simple" / name / "index.html").read_text()

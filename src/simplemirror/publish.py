@@ -8,12 +8,13 @@ A page whose bytes did not change is not written again.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from simplemirror import layout, render, store
-from simplemirror.model import HeldFile
+from simplemirror.model import HeldFile, version_of
 from simplemirror.state import State
 
 
@@ -82,6 +83,23 @@ class Publisher:
         self.page(html_path, html, new=new, dir_checked=True)
         json = render.project_json(info, files, self.public_url)
         self.page(json_path, json, new=new, dir_checked=True)
+
+    def project_from_state(self, name: str) -> bool:
+        """A project's pages written again from what state.db holds; False when it
+        records none published (nothing to write them from)."""
+        recorded = self.state.published_page(name)
+        if recorded is None:
+            return False
+        page_serial, page_data = recorded
+        data = json.loads(page_data) if page_data else {}
+        files: list[HeldFile] = self.state.held_files(name)
+        versions = data.get("versions")
+        if versions is None:
+            found = {version_of(f.filename) for f in files}
+            versions = sorted(v for v in found if v is not None)
+        info = render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
+        self.project(info, files)
+        return True
 
     def last_modified(self, when: time.struct_time) -> None:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""

@@ -343,6 +343,50 @@ class State:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
+    def died_unrecovered(self, current: int) -> tuple[str, int] | None:
+        """(start of the oldest, newest generation) of the runs before ``current`` that died
+        without recording their end, since the last recovery (see recover.py); None: none.
+
+        Under the sync lock, a run still marked running is one that died.
+        """
+        row = self.db.execute(
+            "SELECT min(started), max(generation) FROM runs WHERE outcome = 'running'"
+            " AND generation < ? AND generation > coalesce("
+            " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'recovered_through'), 0)",
+            [current],
+        ).fetchone()
+        return None if row is None or row[1] is None else (row[0], int(row[1]))
+
+    def recovered_through(self, generation: int) -> None:
+        """The tree agrees with state.db again for every run up to ``generation``."""
+        self.set_meta("recovered_through", str(generation))
+
+    def is_published(self, name: str) -> bool:
+        """Whether state.db records pages of ``name`` as published (removed or not)."""
+        row = self.db.execute(
+            "SELECT 1 FROM projects WHERE name = ? AND published_gen IS NOT NULL", [name]
+        ).fetchone()
+        return row is not None
+
+    def published_page(self, name: str) -> tuple[int | None, str | None] | None:
+        """(page_serial, page_data) of a project published; None when it is not."""
+        row = self.db.execute(
+            "SELECT page_serial, page_data FROM projects WHERE name = ?"
+            " AND published_gen IS NOT NULL", [name]
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def holds_path(self, path: str) -> bool:
+        """Some row holds ``path`` (below web/) on disk: live, off every page but not yet
+        reaped, or staged by a stopped run for its next one."""
+        return (
+            self.db.execute(
+                "SELECT 1 FROM files WHERE path = ? AND deleted_gen IS NULL"
+                " UNION ALL SELECT 1 FROM staged_files WHERE path = ? LIMIT 1", [path, path]
+            ).fetchone()
+            is not None
+        )
+
     def finish_run(self, generation: int, outcome: str, **counts: Any) -> None:
         columns = ", ".join(f"{k} = ?" for k in counts)
         self.db.execute(

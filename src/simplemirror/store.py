@@ -337,6 +337,14 @@ def walk_files(web: Path | str, rel_dir: str) -> Iterator[str]:
     return walk(rel_dir)
 
 
+def changed_since(web: Path | str, rel: str, since: float) -> bool:
+    """Whether ``rel`` (a symlink: itself) was modified at or after ``since`` (epoch s)."""
+    try:
+        return os.lstat(f"{web}/{rel}").st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
 def list_dirs(web: Path | str, rel_dir: str) -> list[str]:
     """The names of the entries of ``rel_dir`` that are directories or symlinks, sorted."""
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simplemirror import download, layout, reap, store
+from simplemirror import download, layout, reap, recover, store
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
 from simplemirror.model import API_VERSION, HeldFile, ProjectPage, newer_api_version, version_of
@@ -486,6 +486,7 @@ class Sync:
         except sqlite3.Error as exc:
             raise write_error(config.directory, exc) from exc
         try:
+            self._recover(state, generation)
             return self._sync(state, generation)
         except sqlite3.Error as exc:
             # state.db could not be written (a full disk, most likely): one clear error,
@@ -496,6 +497,26 @@ class Sync:
         except SyncError as exc:
             self._record_error(state, generation, exc)
             raise
+
+    def _recover(self, state: State, generation: int) -> None:
+        """After a run that died, make the tree agree with state.db (see recover.py)."""
+        died = state.died_unrecovered(generation)
+        if died is None:
+            return
+        started, through = died
+        config = self.config
+        publisher = Publisher(config.web, config.tmp, state, generation, config.public_url)
+        try:
+            with state.transaction():
+                done = recover.recover(config.web, state, publisher, recover.since_epoch(started))
+                state.recovered_through(through)
+        except OSError as exc:
+            raise write_error(config.directory, exc) from exc
+        log.info(
+            "recovered from run %d, which died: %d project(s) unpublished, %d page(s) "
+            "written again, %d unrecorded file(s) deleted",
+            through, len(done.pages_removed), done.pages_rewritten, done.files_removed,
+        )
 
     def _record_error(self, state: State, generation: int, error: SyncError) -> None:
         """Record the run as ended in ``error``, if state.db can still be written."""

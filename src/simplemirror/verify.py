@@ -53,9 +53,8 @@ from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.progress import TaskID
 
-from simplemirror import download, layout, render, status, store
+from simplemirror import download, layout, reap, status, store
 from simplemirror.config import Config
-from simplemirror.model import HeldFile, version_of
 from simplemirror.plan import Status
 from simplemirror.publish import Publisher
 from simplemirror.report import Periodic, bar, seconds_left
@@ -143,7 +142,11 @@ class VerifyResult:
     corrupt: list[FileProblem] = field(default_factory=list)
     broken: list[PageProblem] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    orphan_pages: list[str] = field(default_factory=list)
+    """Projects with pages under web/simple/ that state.db does not record as published
+    (left by a sync that died): served, yet listed by no root."""
     orphans_deleted: int = 0
+    orphan_pages_deleted: int = 0
     orphan_errors: list[tuple[str, str]] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepaired: list[tuple[str, str]] = field(default_factory=list)
@@ -157,7 +160,7 @@ class VerifyResult:
 
     @property
     def sound(self) -> bool:
-        if self.orphan_errors:
+        if self.orphan_errors or len(self.orphan_pages) > self.orphan_pages_deleted:
             return False
         if self.repair:
             return not self.unrepaired
@@ -462,6 +465,12 @@ class Verifier:
             self.web, layout.SIMPLE
         )
         for name in names:
+            if projects is None and not self._published(name):
+                # Its links are not checked: what only it links is an orphan too.
+                self.result.orphan_pages.append(name)
+                log.warning("orphan page %s/: state.db records no such project as published",
+                            layout.project_dir(name))
+                continue
             self._check_project(name)
         # A project state.db records as published must have both its pages.
         rows = self.db.execute(
@@ -475,6 +484,11 @@ class Verifier:
             for page in layout.project_pages(name):
                 if not store.is_file(self.web, page):
                     self._broken(page, name, "missing: state.db records the project as published")
+
+    def _published(self, name: str) -> bool:
+        return self.db.execute(
+            "SELECT 1 FROM projects WHERE name = ? AND published_gen IS NOT NULL", [name]
+        ).fetchone() is not None
 
     def _broken(self, page: str, project: str | None, detail: str) -> None:
         self.result.broken.append(PageProblem(page, project, detail))
@@ -804,29 +818,24 @@ class Verifier:
 
     def _rewrite_project(self, publisher: Publisher, name: str) -> str | None:
         """Write a project's pages from state.db; why not, when it cannot be done."""
-        row = self.db.execute(
-            "SELECT page_serial, page_data, published_gen FROM projects WHERE name = ?", [name]
-        ).fetchone()
-        if row is None or row[2] is None:
-            return (
-                "state.db does not record this project as published, so there is nothing to "
-                "write it from; if its directory is a leftover, delete it"
-            )
-        page_serial, page_data, _ = row
-        data = json.loads(page_data) if page_data else {}
-        files: list[HeldFile] = self.state.held_files(name)
-        versions = data.get("versions")
-        if versions is None:
-            found = {version_of(f.filename) for f in files}
-            versions = sorted(v for v in found if v is not None)
-        info = render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
-        publisher.project(info, files)
-        return None
+        if publisher.project_from_state(name):
+            return None
+        return (
+            "state.db does not record this project as published, so there is nothing to "
+            "write it from; if its directory is a leftover, delete it"
+        )
 
     # -- orphans ------------------------------------------------------------------------
 
     def _delete_orphans(self) -> None:
         result = self.result
+        for name in result.orphan_pages:
+            try:
+                reap.remove_project_pages(self.web, name)
+            except OSError as exc:
+                result.orphan_errors.append((layout.project_dir(name) + "/", str(exc)))
+                continue
+            result.orphan_pages_deleted += 1
         for rel in result.orphans:
             try:
                 store.remove(self.web, rel, stop=layout.PACKAGES)
@@ -884,6 +893,7 @@ def report_lines(result: VerifyResult) -> list[str]:
         f"{result.metadata_checked} metadata file(s) and {result.pages_checked} page(s) "
         f"checked; {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
         f"{len(result.broken)} broken page link(s), {len(result.orphans)} orphan(s)"
+        + (f", {len(result.orphan_pages)} orphan project page(s)" if result.orphan_pages else "")
     ]
     for problem in result.missing:
         lines.append(f"  missing {problem.label} ({problem.path}): {problem.detail}")
@@ -893,6 +903,11 @@ def report_lines(result: VerifyResult) -> list[str]:
         lines.append(f"  broken {page.page}: {page.detail}")
     for orphan in result.orphans:
         lines.append(f"  orphan {orphan}")
+    for name in result.orphan_pages:
+        lines.append(
+            f"  orphan page {layout.project_dir(name)}/: state.db records no such project as "
+            "published (left by a sync that died)"
+        )
     if result.repair:
         lines.append(
             f"repair: {len(result.repaired)} repaired, {len(result.unrepaired)} not repaired, "
@@ -904,7 +919,11 @@ def report_lines(result: VerifyResult) -> list[str]:
         for what, why in result.unrepaired:
             lines.append(f"  not repaired {what}: {why}")
     if result.delete_orphans:
-        lines.append(f"orphans: {result.orphans_deleted} deleted")
+        lines.append(
+            f"orphans: {result.orphans_deleted} deleted"
+            + (f", and the pages of {result.orphan_pages_deleted} project(s)"
+               if result.orphan_pages else "")
+        )
         for path, why in result.orphan_errors:
             lines.append(f"  could not delete {path}: {why} (fix its permissions, run again)")
     if result.sound:
@@ -921,4 +940,9 @@ def report_lines(result: VerifyResult) -> list[str]:
         )
     else:
         lines.append("verify: the mirror is not sound (see above)")
+    if len(result.orphan_pages) > result.orphan_pages_deleted:
+        lines.append(
+            "  orphan pages are served though no root lists them; `mirror sync` (after a "
+            "run that died) or `mirror verify --delete-orphans` deletes them"
+        )
     return lines

@@ -690,3 +690,33 @@ def test_a_sync_after_one_that_died_removes_what_it_left_unrecorded(
 
 def html_links_of(web: Path, name: str) -> str:
     return (web / "simple" / name / "index.html").read_text()
+
+
+def test_files_and_pages_are_flushed_before_the_rows_recording_them_commit(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The fsync policy (store.py): one syncfs of the tree before each commit that records
+    what was written, so that after a power cut no row claims bytes the disk lost."""
+    from simplemirror import store
+    from simplemirror import sync as sync_module
+    from simplemirror.state import State
+
+    events: list[str] = []
+    real_flush, real_record = store.flush, State.record_project
+
+    def flush(web: Path | str) -> None:
+        events.append("flush")
+        real_flush(web)
+
+    def record(self: State, *args: Any, **kwargs: Any) -> None:
+        events.append("record")
+        real_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(store, "flush", flush)
+    monkeypatch.setattr(State, "record_project", record)
+    monkeypatch.setattr(sync_module, "COMMIT_EVERY", 0.0)  # a commit after every event
+    assert sync(upstream, tmp_path).exit_code == 0
+    assert events.count("record") == 2, events
+    # Every recorded project is followed by a flush before its batch commits.
+    compact = "".join("r" if e == "record" else "f" for e in events)
+    assert "rr" not in compact and compact.endswith("f"), events

@@ -1,8 +1,9 @@
-"""Writing pages into the published tree: whole or not at all.
+"""Writing pages into the published tree: whole or not at all, and in the publish order.
 
 Each page is written to a temporary file beside the tree and renamed over the
 old one, so a reader sees the old page or the new one, never half of either.
-A page whose bytes did not change is not written again.
+A page whose bytes did not change is not written again. ``publish`` states and
+performs the order in which a run (and `verify --repair`) changes the tree.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from simplemirror import layout, render, store
+from simplemirror import layout, reap, render, store
 from simplemirror.model import HeldFile, version_of
 from simplemirror.state import State
 
@@ -22,6 +24,65 @@ def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
     it = iter(parts)
     while pieces := list(itertools.islice(it, batch)):
         yield "".join(pieces).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class ProjectCopy:
+    """A project whose files are all in place: what its pages show, and its rows."""
+
+    info: render.ProjectInfo
+    files: Sequence[HeldFile]
+    record: Callable[[], None] = lambda: None
+    """Records it in state.db (in the transaction under way); called once its pages
+    are written, so that state.db never claims a copy the disk does not hold."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What a run does once every project is in, decided then (see ``publish``)."""
+
+    root: tuple[Iterable[render.RootEntry], int | None] | None
+    """The root pages' entries and serial; None: the root pages stand as they are."""
+    remove: bool = False
+    """Unpublish removed projects, then delete the files no page lists."""
+    last_modified: bool = False
+    """The run completed a change: write web/last-modified."""
+
+
+def publish(
+    publisher: Publisher, projects: Iterable[ProjectCopy], ending: Callable[[], Ending]
+) -> int:
+    """Change the tree in the publish order; how many files were deleted.
+
+    1. files: each project arrives once every file its pages list is installed;
+    2. its pages;
+    3. its rows in state.db;
+    4. the root pages, listing only projects whose pages and rows are in place
+       (``ending`` decides them, and records what goes with them, in the
+       transaction the root is written in);
+    5. the pages of projects upstream removed, now that no root lists them;
+    6. the files no page lists any more;
+    7. web/last-modified.
+
+    A reader therefore never follows a link to something not yet (or no longer) there,
+    and a run that stops anywhere leaves only what the next run finishes.
+    """
+    for copy in projects:
+        publisher.project(copy.info, copy.files)
+        copy.record()
+    state = publisher.state
+    with state.transaction():
+        end = ending()
+        if end.root is not None:
+            publisher.root(*end.root)
+        store.flush(publisher.web)  # the fsync policy (store.py): bytes before the rows
+    deleted = 0
+    if end.remove:
+        reap.unpublish_removed_projects(publisher.web, state, publisher.generation)
+        deleted = reap.reap_files(publisher.web, state, publisher.generation)
+    if end.last_modified:
+        publisher.last_modified(time.gmtime())
+    return deleted
 
 
 class Publisher:
@@ -87,9 +148,18 @@ class Publisher:
     def project_from_state(self, name: str) -> bool:
         """A project's pages written again from what state.db holds; False when it
         records none published (nothing to write them from)."""
+        copy = self.copy_from_state(name)
+        if copy is None:
+            return False
+        self.project(copy.info, copy.files)
+        return True
+
+    def copy_from_state(self, name: str) -> ProjectCopy | None:
+        """A project as state.db records it published (None: it records none); its rows
+        are there already."""
         recorded = self.state.published_page(name)
         if recorded is None:
-            return False
+            return None
         page_serial, page_data = recorded
         data = json.loads(page_data) if page_data else {}
         files: list[HeldFile] = self.state.held_files(name)
@@ -98,8 +168,7 @@ class Publisher:
             found = {version_of(f.filename) for f in files}
             versions = sorted(v for v in found if v is not None)
         info = render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
-        self.project(info, files)
-        return True
+        return ProjectCopy(info, files)
 
     def last_modified(self, when: time.struct_time) -> None:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""

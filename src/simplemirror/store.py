@@ -22,13 +22,16 @@ only the mirror's own temporary files (its name prefixes) are ever deleted. This
 guards against a tree set up wrongly or tampered with between runs; a user who
 can swap directories while a run holds the lock already owns the tree.
 
-fsync policy. Published files and pages are not fsynced one by one (it would
-cost a flush per file). ``flush`` (one ``syncfs`` of the tree's filesystem) runs
-before each state.db commit that records them, so a row never survives a power
-cut that its bytes did not; what was written but not yet recorded is found
-again by the reconciliation after an unclean end (``reconcile``). Files outside
-the tree that other programs read (the run report, the metrics textfile) are
-written with ``write_durable``: fsync of the file, rename, fsync of the directory.
+fsync policy. Published files and pages are not fsynced one by one (an fsync per
+file and page costs a disk flush each). ``flush`` (one ``syncfs`` of the tree's
+filesystem) runs before each state.db commit that records them: the sync's batch
+commits (every COMMIT_EVERY s), the root's transaction (publish.publish) and a
+recovery's. So a row never survives a power cut that its bytes did not; what was
+written but not yet recorded is found again after an unclean end (recover.py).
+state.db itself is in WAL mode with synchronous=NORMAL: a power cut may lose its
+last commits, never its consistency. Files outside the tree that other programs
+read (the run report, the metrics textfile) are written with ``write_durable``:
+fsync of the file, rename, fsync of the directory.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from rich.progress import TaskID
 from simplemirror import download, layout, reap, status, store
 from simplemirror.config import Config
 from simplemirror.plan import Status
-from simplemirror.publish import Publisher
+from simplemirror.publish import Ending, Publisher, publish
 from simplemirror.report import Periodic, bar, seconds_left
 from simplemirror.state import State, StateError
 from simplemirror.sync import locked
@@ -794,13 +794,24 @@ class Verifier:
             self.web, self.config.tmp, self.state, generation, self.config.public_url
         )
         cannot: dict[str, str] = {}
+        copies = []
         for name in sorted(projects):
-            why = self._rewrite_project(publisher, name)
-            if why is not None:
-                cannot[name] = why
-        if root:
+            copy = publisher.copy_from_state(name)
+            if copy is None:
+                cannot[name] = (
+                    "state.db does not record this project as published, so there is nothing "
+                    "to write it from; if its directory is a leftover, delete it"
+                )
+            else:
+                copies.append(copy)
+
+        def ending() -> Ending:
             serial = self.state.get_meta("root_serial")
-            publisher.root(self.state.root_entries(), int(serial) if serial else None)
+            entries = self.state.root_entries()
+            return Ending((entries, int(serial) if serial else None) if root else None)
+
+        # The same order as a sync's: pages from state.db, then the root listing them.
+        publish(publisher, copies, ending)
         result.pages_rewritten = publisher.pages_written
         # Only what is still broken once written again stays unrepaired.
         result.broken, counted = [], result.pages_checked
@@ -815,15 +826,6 @@ class Verifier:
         still_pages = {p.page for p in still}
         for page in sorted({p.page for p in found} - still_pages):
             result.repaired.append(page)
-
-    def _rewrite_project(self, publisher: Publisher, name: str) -> str | None:
-        """Write a project's pages from state.db; why not, when it cannot be done."""
-        if publisher.project_from_state(name):
-            return None
-        return (
-            "state.db does not record this project as published, so there is nothing to "
-            "write it from; if its directory is a leftover, delete it"
-        )
 
     # -- orphans ------------------------------------------------------------------------
 

@@ -542,7 +542,7 @@ class Sync:
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
         summary.removed = list(plan.removed)
-        root_pages_there = all((config.web / p).is_file() for p in layout.ROOT_PAGES)
+        root_pages_there = all(store.is_file(config.web, p) for p in layout.ROOT_PAGES)
         if root.not_modified and not plan.fetch and root_pages_there:
             # 304 (or the same bytes) and nothing left over: the mirror is current.
             # Write nothing.

@@ -644,7 +644,7 @@ def test_a_disk_error_while_pouring_is_not_taken_for_the_servers(
     def disk_full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(download.tempfiles, "write_all", disk_full)
+    monkeypatch.setattr(download.store, "write_all", disk_full)
     server.add(FILE_PATH, BODY)
     with pytest.raises(OSError) as info:
         run(cfg, lambda c: fetch_file(c, server.url(FILE_PATH)))

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from simplemirror import layout
 from tests.support.consistency import (
     assert_mirror_invariants,
     assert_packages_content_addressed,
@@ -556,3 +557,90 @@ def test_page_written_before_a_kill_is_rewritten_when_upstream_reverts(tmp_path:
         assert done.returncode == 0, done.stderr
         assert b"data-yanked" not in page.read_bytes(), page.read_text()
         assert_mirrors_world(directory, world)
+
+
+# -- 5. a project deleted upstream after a kill leaves nothing behind ---------------------
+
+LINGER_KILLS = 20
+LINGER_SECONDS = 60.0
+
+
+def assert_nothing_lingers(directory: Path, world: World) -> None:
+    """web/ holds exactly the world's projects and files: no page of a project upstream
+    deleted, no file (or .metadata) no project offers."""
+    web = directory / "web"
+    with world.lock:
+        wanted = set()
+        for project in world.projects.values():
+            for f in project.files:
+                wanted.add(layout.file_path(f.sha256, f.filename))
+                if f.metadata is not None:
+                    wanted.add(layout.file_path(f.sha256, f.filename) + ".metadata")
+        names = set(world.projects)
+    pages = sorted(p.name for p in (web / "simple").iterdir() if p.is_dir())
+    assert sorted(names) == pages, f"pages linger: {sorted(set(pages) - names)}"
+    held = {
+        p.relative_to(web).as_posix() for p in (web / "packages").rglob("*") if p.is_file()
+    }
+    assert held == wanted, f"files linger: {sorted(held - wanted)[:5]}"
+
+
+def test_a_project_deleted_after_a_kill_never_lingers(tmp_path: Path) -> None:
+    """Kill a sync at random moments (some right after a new project's pages are written,
+    before the rows recording them commit), delete that project upstream, and a normal
+    run must converge with nothing of it left: before, its pages and files stayed for
+    good, and verify called the mirror sound."""
+    seed = int(os.environ.get("SIMPLEMIRROR_CRASH_SEED", str(time.time_ns() % 1_000_000)))
+    print(f"linger seed: {seed} (rerun with SIMPLEMIRROR_CRASH_SEED={seed})")
+    rng = random.Random(seed)
+    world = World()
+    for i in range(30):
+        world.add_project(f"stay-{i:02d}", ["1.0"])
+    directory = tmp_path / "mirror"
+    deadline = time.monotonic() + LINGER_SECONDS
+    history: list[str] = []
+    with Upstream(world) as up:
+        assert run_sync(up, directory).returncode == 0
+        k = 0
+        while k < LINGER_KILLS and time.monotonic() < deadline:
+            # New projects sort first (fetched, downloaded, published first); the old
+            # ones touched, so the run goes on past their pages.
+            new = [f"aaa-{k:02d}-{j}" for j in range(3)]
+            for name in new:
+                world.add_project(name, ["0.1"])
+                world.add_file(name, f"{name.replace('-', '_')}-0.2.tar.gz", blob(rng, 20_000,
+                                                                                   60_000))
+            for name in rng.sample(sorted(n for n in world.projects if n.startswith("stay")), 10):
+                world.touch(name)
+            expected = expected_requests(directory, world)
+            start = len(up.requests)
+            n = rng.randint(2, max(2, expected))
+            with spawned(sync_args(up, directory, 2 * (k % 2)), tmp_path / f"k{k}.log") as proc:
+                wait_until(proc, lambda n=n, start=start: len(up.requests) - start >= n,
+                           RUN_TIMEOUT)
+                time.sleep(rng.choice([0.0, rng.uniform(0.0, 0.05)]))
+                proc.send_signal(signal.SIGKILL)
+                code = proc.wait(timeout=30)
+            published = [name for name in new if (directory / "web/simple" / name).exists()]
+            for name in new:
+                world.remove_project(name)
+            done = run_sync(up, directory)
+            history.append(
+                f"run {k}: kill after {n}/{expected} requests (exit {code}), pages of "
+                f"{published} on disk; next run exit {done.returncode}"
+            )
+            assert done.returncode == 0, "\n".join(history) + "\n" + done.stderr
+            try:
+                assert_nothing_lingers(directory, world)
+                assert_mirror_invariants(directory)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"seed {seed}, in {directory}: {exc}\n" + "\n".join(history)
+                ) from exc
+            k += 1
+        print("\n".join(history))
+        assert k >= 5, "too few kills within the time allowed:\n" + "\n".join(history)
+        assert any("pages of ['" in line for line in history), (
+            "no kill landed after a new project's pages were written:\n" + "\n".join(history)
+        )
+        assert not up.errors, up.errors[0]

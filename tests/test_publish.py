@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import layout, render, tempfiles
+from simplemirror import layout, render, store
 from simplemirror.publish import Publisher
 from simplemirror.render import ProjectInfo
 from simplemirror.state import State
@@ -152,7 +152,7 @@ def test_a_small_page_that_cannot_be_written_leaves_the_old_one_and_no_temporary
     def disk_full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tempfiles, "write_all", disk_full)
+    monkeypatch.setattr(store, "write_all", disk_full)
     with pytest.raises(OSError) as info:
         publisher.page(REL, "new\n")
     assert info.value.errno == errno.ENOSPC

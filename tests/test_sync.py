@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -312,19 +314,19 @@ def test_disk_full_while_writing_pages_stops_cleanly_then_converges(
 ):
     import errno
 
-    from simplemirror import publish
+    from simplemirror import store
 
     sync(upstream, tmp_path)
     old_serial = world.project("tiny").serial
     world.add_release("tiny", "0.2")
-    real_write = publish.write_atomic
+    real_write = store.write_file
 
-    def full_disk(target: str, data: bytes, tmp: Path) -> None:
-        if Path(target).parent.name == "tiny":
+    def full_disk(web: Path, tmp: Path, rel: str, data: bytes, **kwargs: bool) -> str:
+        if Path(rel).parent.name == "tiny":
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(target, data, tmp)
+        return real_write(web, tmp, rel, data, **kwargs)
 
-    monkeypatch.setattr(publish, "write_atomic", full_disk)
+    monkeypatch.setattr(store, "write_file", full_disk)
     with pytest.raises(SyncError, match="No space left"):
         sync(upstream, tmp_path)
     # The old pages still stand and still point at verified files.
@@ -335,7 +337,7 @@ def test_disk_full_while_writing_pages_stops_cleanly_then_converges(
         ("error",)
     ]
 
-    monkeypatch.setattr(publish, "write_atomic", real_write)
+    monkeypatch.setattr(store, "write_file", real_write)
     assert sync(upstream, tmp_path).exit_code == 0
     assert "tiny-0.2.tar.gz" in assert_consistent(tmp_path / "web")["tiny"]
 
@@ -368,32 +370,80 @@ def test_progress_bars_on_a_terminal(upstream: Upstream, tmp_path: Path):
 
 def test_leftovers_of_a_dead_run_are_cleared(upstream: Upstream, tmp_path: Path):
     (tmp_path / "tmp").mkdir(parents=True)
-    (tmp_path / "tmp" / "dl-killed").write_bytes(b"half a wheel")
+    (tmp_path / "tmp" / "dl-4242-17").write_bytes(b"half a wheel")
+    (tmp_path / "tmp" / "page-4242-18").write_bytes(b"half a page")
     assert sync(upstream, tmp_path).exit_code == 0
     assert not list((tmp_path / "tmp").iterdir())
 
 
-def test_leftover_directories_are_cleared_and_symlinks_never_followed(
+def test_only_the_mirrors_own_leftovers_are_cleared_and_symlinks_never_followed(
     upstream: Upstream, tmp_path: Path
 ):
+    """tmp/ may be shared, or a symlink to a scratch directory: what the mirror did not
+    name is not its to delete (before, tmp/ was emptied whole, directories too)."""
     mirror, outside = tmp_path / "mirror", tmp_path / "outside"
     (outside / "sub").mkdir(parents=True)
     (outside / "keep").write_bytes(b"not the mirror's")
     (outside / "sub" / "keep").write_bytes(b"nor this")
     tmp = mirror / "tmp"
     (tmp / "dir" / "nested").mkdir(parents=True)
-    (tmp / "dir" / "nested" / "dl-1").write_bytes(b"half a wheel")
+    (tmp / "dir" / "nested" / "dl-1-1").write_bytes(b"half a wheel")
     (tmp / "dir" / "link-inside").symlink_to(outside)
     (tmp / "link-to-dir").symlink_to(outside, target_is_directory=True)
-    (tmp / "link-to-file").symlink_to(outside / "keep")
+    (tmp / "dl-9-9").symlink_to(outside / "keep")
     (tmp / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp / "dl-9-10").write_bytes(b"half a wheel")
 
     assert sync(upstream, mirror).exit_code == 0
 
-    assert list(tmp.iterdir()) == []
+    assert sorted(p.name for p in tmp.iterdir()) == ["dangling", "dir", "link-to-dir"]
     assert sorted(p.relative_to(outside).as_posix() for p in outside.rglob("*")) == [
         "keep", "sub", "sub/keep",
     ]
+
+
+def test_a_tmp_symlinked_to_a_scratch_directory_keeps_its_other_files(
+    upstream: Upstream, tmp_path: Path
+):
+    """A tmp/ that is a symlink (to a directory on the same filesystem) works; before,
+    every file in its target was deleted at the start of each run."""
+    mirror, scratch = tmp_path / "mirror", tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "build-cache.bin").write_bytes(b"someone else's")
+    mirror.mkdir()
+    (mirror / "tmp").symlink_to(scratch)
+
+    assert sync(upstream, mirror).exit_code == 0
+    assert_consistent(mirror / "web")
+    assert sorted(p.name for p in scratch.iterdir()) == ["build-cache.bin"]
+
+
+@pytest.mark.parametrize("where", ["packages", "simple"])
+def test_a_symlink_in_the_tree_never_leads_writes_outside(
+    upstream: Upstream, world: World, tmp_path: Path, where: str
+):
+    """A symlink at web/packages/<xx> or web/simple/<name> made files and pages land
+    outside the mirror; now the run stops, says which path, and writes nothing there."""
+    from simplemirror import store
+
+    mirror, outside = tmp_path / "mirror", tmp_path / "outside"
+    outside.mkdir()
+    assert sync(upstream, mirror).exit_code == 0
+    world.add_release("tiny", "0.2")
+    web = mirror / "web"
+    if where == "simple":
+        link = web / "simple" / "tiny"
+        shutil.rmtree(link)
+    else:
+        new = [f for f in world.project("tiny").files if "0.2" in f.filename]
+        prefixes = [hashlib.sha256(f.content).hexdigest()[:2] for f in new]
+        link = next(web / "packages" / p for p in prefixes if not (web / "packages" / p).exists())
+    link.symlink_to(outside, target_is_directory=True)
+    store.forget_dirs()
+
+    with pytest.raises(SyncError, match=f"{link} is a symlink"):
+        sync(upstream, mirror)
+    assert list(outside.rglob("*")) == []
 
 
 def test_root_pages_are_not_rendered_again_when_nothing_changed(
@@ -611,3 +661,62 @@ def test_an_ipv6_literal_upstream_is_mirrored(
         summary = sync(up, tmp_path, download_processes=processes)
     assert summary.exit_code == 0 and summary.files_fetched == 6
     assert sorted(assert_consistent(tmp_path / "web")) == ["foo-bar-baz", "tiny"]
+
+
+def test_a_sync_after_one_that_died_removes_what_it_left_unrecorded(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    """Pages and files a killed run wrote before its rows committed: a project upstream
+    then deletes used to keep them for good (no row said they were published)."""
+    from tests.support.consistency import as_if_killed_before_commit
+
+    sync(upstream, tmp_path)
+    world.add_project("ghost", ["1.0"])
+    world.add_release("tiny", "0.3")
+    as_if_killed_before_commit(tmp_path, lambda: sync(upstream, tmp_path))
+    web = tmp_path / "web"
+    assert (web / "simple/ghost/index.html").is_file()
+    assert "tiny-0.3.tar.gz" in html_links_of(web, "tiny")  # newer than state.db
+    world.remove_project("ghost")
+
+    assert sync(upstream, tmp_path).exit_code == 0
+
+    assert not (web / "simple/ghost").exists()
+    assert not any((web / "packages").rglob("ghost*"))
+    assert "tiny-0.3.tar.gz" in assert_consistent(web)["tiny"]
+    # Nothing left to recover: the next run after a clean one does no such work.
+    assert db_rows(tmp_path, "SELECT value FROM meta WHERE key = 'recovered_through'") != []
+
+
+def html_links_of(web: Path, name: str) -> str:
+    return (web / "simple" / name / "index.html").read_text()
+
+
+def test_files_and_pages_are_flushed_before_the_rows_recording_them_commit(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The fsync policy (store.py): one syncfs of the tree before each commit that records
+    what was written, so that after a power cut no row claims bytes the disk lost."""
+    from simplemirror import store
+    from simplemirror import sync as sync_module
+    from simplemirror.state import State
+
+    events: list[str] = []
+    real_flush, real_record = store.flush, State.record_project
+
+    def flush(web: Path | str) -> None:
+        events.append("flush")
+        real_flush(web)
+
+    def record(self: State, *args: Any, **kwargs: Any) -> None:
+        events.append("record")
+        real_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(store, "flush", flush)
+    monkeypatch.setattr(State, "record_project", record)
+    monkeypatch.setattr(sync_module, "COMMIT_EVERY", 0.0)  # a commit after every event
+    assert sync(upstream, tmp_path).exit_code == 0
+    assert events.count("record") == 2, events
+    # Every recorded project is followed by a flush before its batch commits.
+    compact = "".join("r" if e == "record" else "f" for e in events)
+    assert "rr" not in compact and compact.endswith("f"), events

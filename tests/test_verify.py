@@ -21,7 +21,7 @@ from simplemirror import config, verify
 from simplemirror.cli import main
 from simplemirror.sync import locked
 from simplemirror.workers import WorkerPool
-from tests.support.consistency import assert_mirror_invariants
+from tests.support.consistency import as_if_killed_before_commit, assert_mirror_invariants
 from tests.support.process import process_state_kept
 from tests.support.schemas import as_schema_2
 from tests.support.tree import assert_consistent
@@ -442,3 +442,37 @@ def test_progress_on_a_terminal_and_in_logs(
     with caplog.at_level(logging.INFO, logger="simplemirror"):
         verify.verify(cfg, progress=verify.VerifyProgress(interval=0))
     assert "verify progress: 7/7 files" in caplog.text
+
+
+def test_pages_a_dead_sync_left_unrecorded_are_orphans_and_deleted_on_request(
+    mirror: Mirror, upstream: Upstream, world: World
+):
+    """A sync killed after writing a new project's pages, before recording them: verify
+    used to call the mirror sound, and --delete-orphans removed nothing (the pages
+    linked the files)."""
+    world.add_project("ghost", ["1.0"])
+    as_if_killed_before_commit(
+        mirror.directory, lambda: mirror.run("sync", "-c", str(mirror.config))
+    )
+    ghost_files = sorted(
+        p.relative_to(mirror.web).as_posix()
+        for p in (mirror.web / "packages").rglob("ghost*") if p.is_file()
+    )
+    assert ghost_files and (mirror.web / "simple/ghost/index.html").is_file()
+
+    found = mirror.verify()
+
+    assert found.code == 1, found.out
+    assert "orphan page simple/ghost/" in found.out
+    for rel in ghost_files:
+        assert f"orphan {rel}" in found.out
+    assert "--delete-orphans" in found.out
+
+    deleted = mirror.verify("--delete-orphans")
+
+    assert deleted.code == 0, deleted.out
+    assert "and the pages of 1 project(s)" in deleted.out
+    assert not (mirror.web / "simple/ghost").exists()
+    assert not any((mirror.web / "packages").rglob("ghost*"))
+    assert mirror.verify().code == 0
+    assert_mirror_invariants(mirror.directory)

@@ -7,7 +7,6 @@ worker threads: no state.db access here.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -16,15 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urldefrag
 
-from simplemirror import layout, tempfiles
+from simplemirror import layout, store
 from simplemirror.model import DistFile, HeldFile
 from simplemirror.plan import FileTodo
 from simplemirror.transport import Stream, TransportError
 from simplemirror.upstream import Client, TransientError, UpstreamError, check_response
 
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
-# The tree is served by another user (nginx, say).
-PUBLISHED_MODE = 0o644
 
 
 class VerificationError(Exception):
@@ -86,7 +83,7 @@ class Sink:
         self._hashers = [("sha256", hashlib.sha256())]
         self._hashers += [(a, hashlib.new(a)) for a in expected_hashes if a != "sha256"]
         self.size = 0
-        self._fd, self._name = tempfiles.create(tmp, "dl-", PUBLISHED_MODE)
+        self._fd, self._name = store.create(tmp, store.DOWNLOAD_PREFIX)
         self._open = True
 
     def write(self, chunk: bytes | memoryview) -> None:
@@ -97,7 +94,7 @@ class Sink:
                 f"{self.url}: body is larger than the {self._limit} bytes "
                 + ("upstream declared" if self._expected_size is not None else "max-file-size")
             )
-        tempfiles.write_all(self._fd, chunk)
+        store.write_all(self._fd, chunk)
         for _, h in self._hashers:
             h.update(chunk)
 
@@ -109,8 +106,7 @@ class Sink:
     def discard(self) -> None:
         """The attempt failed: nothing of it stays."""
         self._close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._name)
+        store.discard(self._name)
 
     def finish(
         self, web: Path, path_for_sha256: Callable[[str], str], new_dir: bool = False
@@ -124,7 +120,7 @@ class Sink:
         except BaseException:
             self.discard()
             raise
-        tempfiles.install(self._name, f"{web}/{rel}", new_dir=new_dir)
+        store.install(self._name, web, rel, new_dir=new_dir)
         return Downloaded(rel, self.size, digests)
 
 
@@ -141,7 +137,7 @@ def fetch_to(
 ) -> Downloaded:
     """One attempt: download ``url``, verify it, and move it to ``path_for_sha256(sha256)``.
 
-    ``new_dir``: that path's directory is most likely new (see tempfiles.install).
+    ``new_dir``: that path's directory is most likely new (see store.install).
     """
     sink = Sink(url, expected_hashes, expected_size, client.config.max_file_size, tmp)
     try:
@@ -165,7 +161,7 @@ class Fetch:
     expected_size: int | None
     path_for_sha256: Callable[[str], str]
     new_dir: bool = False
-    """The path's directory is most likely new (see tempfiles.install)."""
+    """The path's directory is most likely new (see store.install)."""
 
     @classmethod
     def file(

@@ -12,12 +12,11 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-from simplemirror import metrics, runreport, status
+from simplemirror import metrics, runreport, status, store
 from simplemirror.config import Config
 from simplemirror.state import NoState, StateReader, open_reader
 from simplemirror.sync import RunSummary
@@ -25,32 +24,6 @@ from simplemirror.sync import RunSummary
 log = logging.getLogger("simplemirror")
 
 REPORTS = "reports"
-FILE_MODE = 0o644
-
-
-def write_durable(target: Path, data: bytes) -> None:
-    """Replace ``target`` with ``data`` whole: temp file beside it, fsync, rename, fsync dir.
-
-    The temp file is in the target's own directory so that the rename never crosses a
-    filesystem (node_exporter's collector directory is usually not the mirror's).
-    """
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), FILE_MODE)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
 
 
 def last_generation(state_path: Path) -> int:
@@ -77,7 +50,7 @@ def _write_report(directory: Path, generation: int, doc: dict[str, object], keep
     reports = directory / REPORTS
     reports.mkdir(exist_ok=True)
     target = reports / runreport.report_name(generation)
-    write_durable(target, (json.dumps(doc, indent=2) + "\n").encode())
+    store.write_durable(target, (json.dumps(doc, indent=2) + "\n").encode())
     found = [g for g in map(runreport.generation_of, os.listdir(reports)) if g is not None]
     for old in runreport.to_prune(found, keep):
         with contextlib.suppress(FileNotFoundError):
@@ -108,7 +81,7 @@ def write_metrics(config: Config, run: metrics.LastRun) -> None:
         return
     try:
         text = metrics.render(str(config.directory), run, _held(config))
-        write_durable(config.metrics_file, text.encode())
+        store.write_durable(config.metrics_file, text.encode())
     except (OSError, sqlite3.Error, NoState) as exc:
         log.error(
             "cannot write the metrics file %s: %s; check that its directory exists and is "

@@ -1,97 +1,22 @@
-"""Writing pages into the published tree: whole or not at all.
+"""Writing pages into the published tree: whole or not at all, and in the publish order.
 
 Each page is written to a temporary file beside the tree and renamed over the
 old one, so a reader sees the old page or the new one, never half of either.
-A page whose bytes did not change is not written again.
+A page whose bytes did not change is not written again. ``publish`` states and
+performs the order in which a run (and `verify --repair`) changes the tree.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import itertools
-import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from simplemirror import layout, render, tempfiles
-from simplemirror.model import HeldFile
+from simplemirror import layout, reap, render, store
+from simplemirror.model import HeldFile, version_of
 from simplemirror.state import State
-
-PAGE_MODE = 0o644
-
-
-def _stage_side_by_side(
-    tmp: Path, streams: Sequence[Iterable[bytes]]
-) -> list[tuple[str, str]]:
-    """Write each stream of chunks to a new file in ``tmp``, a chunk of each in turn.
-
-    In turn, so that streams rendered from one shared pass over their data (see
-    Publisher.root) never run far apart. Their names and sha256s, in order; on any
-    failure, none of the files is left.
-    """
-    files: list[tuple[int, str]] = []
-    try:
-        for _ in streams:
-            files.append(tempfiles.create(tmp, "page-", PAGE_MODE))
-        digests = [hashlib.sha256() for _ in streams]
-        active = [(iter(chunks), fd, digest)
-                  for chunks, (fd, _), digest in zip(streams, files, digests, strict=True)]
-        while active:
-            for entry in list(active):
-                chunks, fd, digest = entry
-                chunk = next(chunks, None)
-                if chunk is None:
-                    active.remove(entry)
-                    continue
-                digest.update(chunk)
-                tempfiles.write_all(fd, chunk)
-    except BaseException:
-        for _, name in files:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-        raise
-    finally:
-        for fd, _ in files:
-            os.close(fd)
-    return [(name, digest.hexdigest()) for (_, name), digest in zip(files, digests, strict=True)]
-
-
-def write_atomic(target: str, data: bytes, tmp: Path) -> str:
-    """Replace ``target`` with ``data`` whole; the sha256 of ``data``.
-
-    Not through _stage: a first sync writes two small pages a project, and
-    streaming machinery for one piece costs more than its system calls.
-    """
-    fd, name = tempfiles.create(tmp, "page-", PAGE_MODE)
-    try:
-        try:
-            tempfiles.write_all(fd, data)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-    tempfiles.install(name, target)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _same_bytes(path: str, data: bytes) -> bool:
-    """Whether the file at ``path`` holds exactly ``data`` (False when there is none)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        held = b""
-        # One byte more than data: a longer file differs.
-        while len(held) <= len(data) and (more := os.read(fd, len(data) + 1 - len(held))):
-            held += more
-        return held == data
-    finally:
-        os.close(fd)
 
 
 def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
@@ -100,12 +25,63 @@ def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
         yield "".join(pieces).encode("utf-8")
 
 
-def _file_sha256(path: Path) -> str | None:
-    try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        return None
+@dataclass(frozen=True)
+class ProjectCopy:
+    """A project whose files are all in place: what its pages show, and its rows."""
+
+    info: render.ProjectInfo
+    files: Sequence[HeldFile]
+    record: Callable[[], None] = lambda: None
+    """Records it in state.db (in the transaction under way); called once its pages
+    are written, so that state.db never claims a copy the disk does not hold."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What a run does once every project is in, decided then (see ``publish``)."""
+
+    root: tuple[Iterable[render.RootEntry], int | None] | None
+    """The root pages' entries and serial; None: the root pages stand as they are."""
+    remove: bool = False
+    """Unpublish removed projects, then delete the files no page lists."""
+    last_modified: bool = False
+    """The run completed a change: write web/last-modified."""
+
+
+def publish(
+    publisher: Publisher, projects: Iterable[ProjectCopy], ending: Callable[[], Ending]
+) -> int:
+    """Change the tree in the publish order; how many files were deleted.
+
+    1. files: each project arrives once every file its pages list is installed;
+    2. its pages;
+    3. its rows in state.db;
+    4. the root pages, listing only projects whose pages and rows are in place
+       (``ending`` decides them, and records what goes with them, in the
+       transaction the root is written in);
+    5. the pages of projects upstream removed, now that no root lists them;
+    6. the files no page lists any more;
+    7. web/last-modified.
+
+    A reader therefore never follows a link to something not yet (or no longer) there,
+    and a run that stops anywhere leaves only what the next run finishes.
+    """
+    for copy in projects:
+        publisher.project(copy.info, copy.files)
+        copy.record()
+    state = publisher.state
+    with state.transaction():
+        end = ending()
+        if end.root is not None:
+            publisher.root(*end.root)
+        store.flush(publisher.web)  # the fsync policy (store.py): bytes before the rows
+    deleted = 0
+    if end.remove:
+        reap.unpublish_removed_projects(publisher.web, state, publisher.generation)
+        deleted = reap.reap_files(publisher.web, state, publisher.generation)
+    if end.last_modified:
+        publisher.last_modified(time.gmtime())
+    return deleted
 
 
 class Publisher:
@@ -122,19 +98,21 @@ class Publisher:
         self.generation = generation
         self.pages_written = 0
 
-    def page(self, rel: str, text: str, *, new: bool = False) -> None:
+    def page(self, rel: str, text: str, *, new: bool = False, dir_checked: bool = False
+             ) -> None:
         """Write the page at ``rel`` unless it holds these bytes already.
 
         ``new``: its directory was just made, so there is nothing to compare with.
+        ``dir_checked``: its directory is known to be a real one (store.make_dir).
         """
         data = text.encode("utf-8")
-        target = f"{self.web}/{rel}"
         # Compare with the disk, not with state.db: after a crash the disk can
         # hold a newer page than state.db recorded, and a change that upstream
         # then reverted would otherwise never be written back.
-        if not new and _same_bytes(target, data):
+        if not new and store.same_bytes(self.web, rel, data):
             return
-        self._written(rel, write_atomic(target, data, self.tmp))
+        digest = store.write_file(self.web, self.tmp, rel, data, dir_checked=new or dir_checked)
+        self._written(rel, digest)
 
     def page_from_parts(self, rel: str, parts: Iterable[str]) -> None:
         """``page`` for a large page given in pieces: written as it is rendered, and
@@ -143,13 +121,12 @@ class Publisher:
 
     def pages_from_parts(self, pages: Mapping[str, Iterable[str]]) -> None:
         """``page_from_parts`` for several pages at once, written side by side."""
-        staged = _stage_side_by_side(self.tmp, [_encoded(parts) for parts in pages.values()])
+        staged = store.stage_streams(self.tmp, [_encoded(parts) for parts in pages.values()])
         for rel, (name, digest) in zip(pages, staged, strict=True):
-            target = self.web / rel
-            if _file_sha256(target) == digest:
-                os.unlink(name)
+            if store.sha256_of(self.web, rel) == digest:
+                store.discard(name)
                 continue
-            tempfiles.install(name, str(target))
+            store.install(name, self.web, rel)
             self._written(rel, digest)
 
     def _written(self, rel: str, digest: str) -> None:
@@ -161,15 +138,35 @@ class Publisher:
         html_path, json_path = layout.project_pages(info.name)
         # A project seen for the first time (every one, on a first sync) has no
         # pages to compare with: making its directory says so in one call.
-        try:
-            os.mkdir(f"{self.web}/{layout.project_dir(info.name)}")
-            new = True
-        except FileExistsError:
-            new = False
-        except FileNotFoundError:  # web/simple itself is missing: page() makes it
-            new = False
-        self.page(html_path, render.project_html(info, files, self.public_url), new=new)
-        self.page(json_path, render.project_json(info, files, self.public_url), new=new)
+        new = store.make_dir(self.web, layout.project_dir(info.name))
+        html = render.project_html(info, files, self.public_url)
+        self.page(html_path, html, new=new, dir_checked=True)
+        json = render.project_json(info, files, self.public_url)
+        self.page(json_path, json, new=new, dir_checked=True)
+
+    def project_from_state(self, name: str) -> bool:
+        """A project's pages written again from what state.db holds; False when it
+        records none published (nothing to write them from)."""
+        copy = self.copy_from_state(name)
+        if copy is None:
+            return False
+        self.project(copy.info, copy.files)
+        return True
+
+    def copy_from_state(self, name: str) -> ProjectCopy | None:
+        """A project as state.db records it published (None: it records none); its rows
+        are there already."""
+        recorded = self.state.reader().published_page(name)
+        if recorded is None:
+            return None
+        page_serial, data = recorded
+        files: list[HeldFile] = self.state.held_files(name)
+        versions = data.get("versions")
+        if versions is None:
+            found = {version_of(f.filename) for f in files}
+            versions = sorted(v for v in found if v is not None)
+        info = render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
+        return ProjectCopy(info, files)
 
     def last_modified(self, when: time.struct_time) -> None:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""

@@ -326,10 +326,14 @@ class State:
     def close(self) -> None:
         self.db.close()
 
-    def batch(self, every: float) -> Batch:
+    def batch(
+        self, every: float, before_commit: Callable[[], None] = lambda: None
+    ) -> Batch:
         """Begin one long transaction that Batch.due commits every ``every`` seconds;
-        Batch.end commits the rest. Writes inside it join it (a transaction: a savepoint)."""
-        return Batch(self.db, every)
+        Batch.end commits the rest. Writes inside it join it (a transaction: a savepoint).
+        ``before_commit`` runs before each commit (the storage layer's flush: no row
+        may outlive the bytes it records)."""
+        return Batch(self.db, every, before_commit)
 
     def rollback(self) -> None:
         """Undo what a failed statement left half done in the open transaction, if any."""
@@ -367,6 +371,24 @@ class State:
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    def died_unrecovered(self, current: int) -> tuple[str, int] | None:
+        """(start of the oldest, newest generation) of the runs before ``current`` that died
+        without recording their end, since the last recovery (see recover.py); None: none.
+
+        Under the sync lock, a run still marked running is one that died.
+        """
+        row = self.db.execute(
+            "SELECT min(started), max(generation) FROM runs WHERE outcome = 'running'"
+            " AND generation < ? AND generation > coalesce("
+            " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'recovered_through'), 0)",
+            [current],
+        ).fetchone()
+        return None if row is None or row[1] is None else (row[0], int(row[1]))
+
+    def recovered_through(self, generation: int) -> None:
+        """The tree agrees with state.db again for every run up to ``generation``."""
+        self.set_meta("recovered_through", str(generation))
 
     def finish_run(self, generation: int, outcome: str, **counts: Any) -> None:
         columns = ", ".join(f"{k} = ?" for k in counts)
@@ -748,15 +770,19 @@ class Batch:
     to a kill. Readers (`mirror status`) see the run move on at each commit.
     """
 
-    def __init__(self, db: sqlite_utils.Database, every: float) -> None:
+    def __init__(
+        self, db: sqlite_utils.Database, every: float, before_commit: Callable[[], None]
+    ) -> None:
         self._db = db
         self._every = every
+        self._before_commit = before_commit
         self._last = time.monotonic()
         self._db.execute("BEGIN")
 
     def due(self) -> None:
         """Commit what was written so far, and go on in a new transaction, if it is time."""
         if time.monotonic() - self._last > self._every:
+            self._before_commit()
             self._db.execute("COMMIT")
             self._db.execute("BEGIN")
             self._last = time.monotonic()
@@ -766,6 +792,7 @@ class Batch:
         disk): then there is nothing to commit, and the error that did it is the one
         to report."""
         if self._db.conn.in_transaction:
+            self._before_commit()
             self._db.execute("COMMIT")
 
 
@@ -1036,6 +1063,12 @@ class StateReader:
             [Status.REMOVED.value],
         )
         return [name for (name,) in rows]
+
+    def is_published(self, name: str) -> bool:
+        """Whether state.db records pages of ``name`` as published (removed or not)."""
+        return self._one(
+            "SELECT 1 FROM projects WHERE name = ? AND published_gen IS NOT NULL", [name]
+        ) is not None
 
     def published_page(self, name: str) -> tuple[int | None, dict[str, Any]] | None:
         """(page serial, page data) a published project's pages are written from; None

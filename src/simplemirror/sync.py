@@ -22,14 +22,14 @@ import os
 import queue
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simplemirror import download, layout, reap, tempfiles
+from simplemirror import download, layout, recover, store
 from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
 from simplemirror.model import (
@@ -53,7 +53,7 @@ from simplemirror.plan import (
     plan_retry,
     usable_serials,
 )
-from simplemirror.publish import Publisher
+from simplemirror.publish import Ending, ProjectCopy, Publisher, publish
 from simplemirror.render import ProjectInfo
 from simplemirror.report import Reporter
 from simplemirror.state import State, StateError, unreadable
@@ -102,6 +102,8 @@ def damaged(exc: BaseException) -> bool:
 
 def write_error(directory: Path, exc: Exception) -> SyncError:
     """What to say when the mirror's files or state.db cannot be written."""
+    if isinstance(exc, store.UnsafePath):
+        return SyncError(str(exc))
     if disk_full(exc):
         return SyncError(
             f"the disk holding {directory} is full ({exc}); free some space, then run again"
@@ -450,13 +452,14 @@ class Sync:
             raise SyncError(f"cannot create the mirror directory: {exc}") from exc
         with locked(config.directory):
             try:
-                # Under the lock nothing else uses tmp/: whatever is there was
-                # left by a run that died, and was never published.
-                tempfiles.clear_leftovers(config.tmp)
+                # Under the lock no other run uses tmp/: a temporary file of ours
+                # there was left by a run that died, and was never published.
+                store.check_same_filesystem(config.tmp, config.web)
+                store.clear_leftovers(config.tmp)
                 first = not config.state_path.exists()  # under the lock: no run makes it now
                 state = State(config.state_path)
             except (OSError, sqlite3.Error, StateError) as exc:
-                if disk_full(exc):
+                if disk_full(exc) or isinstance(exc, store.UnsafePath):
                     raise write_error(config.directory, exc) from exc
                 if isinstance(exc, sqlite3.Error) and damaged(exc):
                     raise SyncError(str(unreadable(config.state_path, exc, "mirror sync"))) from exc
@@ -500,6 +503,7 @@ class Sync:
         except sqlite3.Error as exc:
             raise write_error(config.directory, exc) from exc
         try:
+            self._recover(state, generation)
             return self._sync(state, generation)
         except sqlite3.Error as exc:
             # state.db could not be written (a full disk, most likely): one clear error,
@@ -510,6 +514,27 @@ class Sync:
         except SyncError as exc:
             self._record_error(state, generation, exc)
             raise
+
+    def _recover(self, state: State, generation: int) -> None:
+        """After a run that died, make the tree agree with state.db (see recover.py)."""
+        died = state.died_unrecovered(generation)
+        if died is None:
+            return
+        started, through = died
+        config = self.config
+        publisher = Publisher(config.web, config.tmp, state, generation, config.public_url)
+        try:
+            with state.transaction():
+                done = recover.recover(config.web, state, publisher, recover.since_epoch(started))
+                state.recovered_through(through)
+                store.flush(config.web)
+        except OSError as exc:
+            raise write_error(config.directory, exc) from exc
+        log.info(
+            "recovered from run %d, which died: %d project(s) unpublished, %d page(s) "
+            "written again, %d unrecorded file(s) deleted",
+            through, len(done.pages_removed), done.pages_rewritten, done.files_removed,
+        )
 
     def _record_error(self, state: State, generation: int, error: SyncError) -> None:
         """Record the run as ended in ``error``, if state.db can still be written."""
@@ -533,7 +558,7 @@ class Sync:
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
         summary.removed = list(plan.removed)
-        root_pages_there = all((config.web / p).is_file() for p in layout.ROOT_PAGES)
+        root_pages_there = all(store.is_file(config.web, p) for p in layout.ROOT_PAGES)
         if root.not_modified and not plan.fetch and root_pages_there:
             # 304 (or the same bytes) and nothing left over: the mirror is current.
             # Write nothing.
@@ -541,42 +566,20 @@ class Sync:
             state.finish_run(generation, "unchanged")
             return summary
 
-        # The publish order: files, then each project's pages (inside
-        # _fetch_all, as each project's downloads finish), then the root; only
-        # then, what nothing links to any more leaves the disk.
+        # In the publish order (publish.publish): each project as its downloads
+        # finish (_fetch_all), then the root, then removals.
         publisher = Publisher(config.web, config.tmp, state, generation, config.public_url)
         self._files_held, self._files_removing = state.live_files_count(), 0
-        complete = False
         try:
-            self._fetch_all(plan, state, publisher, summary)
-            if self.stopped_by is not None:
-                # What finished is published and recorded, and a root lists it;
-                # the root's ETag and serial wait for a run that gets through.
-                return self._interrupted(summary, state, publisher, root_pages_there)
-            complete = not summary.deferred and not summary.failed
-            with state.transaction():
-                before = state.get_meta("root_serial")
-                if complete and root.serial is not None:
-                    state.set_meta("root_serial", str(root.serial))
-                serial = state.get_meta("root_serial")
-                # The root pages derive from the published projects and the serial:
-                # when neither moved, they are the same bytes, and at 650,000
-                # projects rendering them just to find that out costs seconds.
-                unchanged = not summary.changed and not plan.removed and serial == before
-                if not unchanged or not root_pages_there:
-                    publisher.root(state.root_entries(), int(serial) if serial else None)
-                if not root.not_modified:
-                    # Saved only now: a run that dies before this point sees
-                    # the full root again next time, not a 304.
-                    state.set_meta("root_etag", root.etag)
-                    state.set_meta("root_sha256", root.sha256)
-                    state.set_meta("root_scope", self._scope())
-            reap.unpublish_removed_projects(config.web, state, generation)
-            summary.files_deleted = reap.reap_files(config.web, state, generation)
-            if complete:
-                publisher.last_modified(time.gmtime())
+            with closing(self._fetch_all(plan, state, publisher, summary)) as copies:
+                summary.files_deleted = publish(
+                    publisher, copies, lambda: self._ending(root, summary, state, root_pages_there)
+                )
         except OSError as exc:
             raise write_error(config.directory, exc) from exc
+        if self.stopped_by is not None:
+            return self._interrupted(summary, state)
+        complete = not summary.deferred and not summary.failed
         summary.outcome = "ok" if complete else "partial"
         state.finish_run(
             generation,
@@ -591,23 +594,46 @@ class Sync:
         )
         return summary
 
-    def _interrupted(
-        self,
-        summary: RunSummary,
-        state: State,
-        publisher: Publisher | None = None,
-        root_pages_there: bool = True,
-    ) -> RunSummary:
+    def _ending(
+        self, root: _Root, summary: RunSummary, state: State, root_pages_there: bool
+    ) -> Ending:
+        """Once every project is in: the root pages to write (recording what goes with
+        them), and whether removals and web/last-modified follow."""
+        serial = state.get_meta("root_serial")
+        if self.stopped_by is not None:
+            # What finished is published and recorded, and a root lists it, so that a
+            # first sync stopped early still serves /simple/: with the serial of the last
+            # complete copy, not this root's. The root's ETag and serial, and removals,
+            # wait for a run that gets through.
+            if not (summary.changed or summary.removed or not root_pages_there):
+                return Ending(None)
+            return Ending((state.root_entries(), int(serial) if serial else None))
+        complete = not summary.deferred and not summary.failed
+        before = serial
+        if complete and root.serial is not None:
+            state.set_meta("root_serial", str(root.serial))
+        serial = state.get_meta("root_serial")
+        if not root.not_modified:
+            # Saved only now: a run that dies before the root is written sees the full
+            # root again next time, not a 304.
+            state.set_meta("root_etag", root.etag)
+            state.set_meta("root_sha256", root.sha256)
+            state.set_meta("root_scope", self._scope())
+        # The root pages derive from the published projects and the serial: when
+        # neither moved, they are the same bytes, and at 650,000 projects rendering
+        # them just to find that out costs seconds.
+        unchanged = not summary.changed and not root.plan.removed and serial == before
+        pages = None
+        if not unchanged or not root_pages_there:
+            pages = (state.root_entries(), int(serial) if serial else None)
+        return Ending(pages, remove=True, last_modified=complete)
+
+    def _interrupted(self, summary: RunSummary, state: State) -> RunSummary:
+        """Record the run as stopped on request; what it finished is published."""
         assert summary.generation is not None
         summary.outcome = "interrupted"
         summary.stopped_by = self.stopped_by
         log.warning("stopped on request; the next run resumes where this one stopped")
-        if publisher is not None and (summary.changed or summary.removed or not root_pages_there):
-            # The root for what is complete (root_entries: pages written, rows
-            # recorded), so that a first sync stopped early still serves /simple/.
-            # With the serial of the last complete copy, not this root's.
-            serial = state.get_meta("root_serial")
-            publisher.root(state.root_entries(), int(serial) if serial else None)
         state.finish_run(
             summary.generation,
             "interrupted",
@@ -802,8 +828,11 @@ class Sync:
 
     def _fetch_all(
         self, plan: SyncPlan, state: State, publisher: Publisher, summary: RunSummary
-    ) -> None:
-        """Fetch every planned page, download its files, publish each project as it completes."""
+    ) -> Generator[ProjectCopy, None, None]:
+        """Fetch every planned page and download its files; each project, as it completes.
+
+        Its pages are written and its rows recorded by the caller (publish.publish)
+        before this goes on, within the transaction committed every COMMIT_EVERY s."""
         config = self.config
         events: queue.SimpleQueue[tuple[str, Any, Future[Any]]] = queue.SimpleQueue()
         todos = iter(plan.fetch)
@@ -832,7 +861,8 @@ class Sync:
 
         workers = _Workers(self.client)
         state.undo_in_memory()  # the plan is made: the root's table can go
-        batch = state.batch(COMMIT_EVERY)
+        # The bytes durable before the rows that say they are there.
+        batch = state.batch(COMMIT_EVERY, self._flush)
         try:
             refill()
             while (in_flight["pages"] or in_flight["files"]) and not self.client.stop.is_set():
@@ -854,14 +884,14 @@ class Sync:
                             track("file", (project, todo), file_future)
                         self.reporter.files_planned(len(project.files.fetch))
                         if not project.outstanding:
-                            self._finish(project, state, publisher, summary)
+                            yield from self._finished(project, state, publisher, summary)
                 else:
                     in_flight["files"] -= 1
                     project, todo = tag
                     self._file_done(project, todo, future, summary)
                     if not project.outstanding:
                         del downloading[project.todo.name]
-                        self._finish(project, state, publisher, summary)
+                        yield from self._finished(project, state, publisher, summary)
                 batch.due()
                 refill()
         except BaseException:
@@ -874,7 +904,16 @@ class Sync:
             workers.shutdown(STOP_GRACE)
             batch.end()
         if self.stopped_by is not None:
-            self._keep_finished(events, downloading.values(), state, publisher, summary)
+            yield from self._keep_finished(
+                events, downloading.values(), state, publisher, summary
+            )
+
+    def _flush(self) -> None:
+        """store.flush, on a way out: an error here must not hide the one under way."""
+        try:
+            store.flush(self.config.web)
+        except OSError as exc:
+            log.warning("could not flush %s to disk: %s", self.config.web, exc)
 
     def _keep_finished(
         self,
@@ -883,10 +922,11 @@ class Sync:
         state: State,
         publisher: Publisher,
         summary: RunSummary,
-    ) -> None:
+    ) -> Iterator[ProjectCopy]:
         """After a stop, keep every download that finished: a project it completes is
-        published; the finished files of the others are staged, for the next run to
-        keep without fetching them again and without any page listing them before."""
+        published (given to the caller); the finished files of the others are staged,
+        for the next run to keep without fetching them again and without any page
+        listing them before."""
         while True:
             try:
                 kind, tag, future = events.get_nowait()
@@ -898,8 +938,8 @@ class Sync:
                 project, todo = tag
                 self._file_done(project, todo, future, summary)
                 if not project.outstanding:
-                    self._finish(project, state, publisher, summary)
-        for project in projects:  # _finish-ed ones have none outstanding
+                    yield from self._finished(project, state, publisher, summary)
+        for project in projects:  # _finished ones have none outstanding
             if project.outstanding and project.done:
                 state.stage_files(project.todo.name, project.done.values(), publisher.generation)
 
@@ -993,10 +1033,11 @@ class Sync:
             log.warning("%s: %s %s", project.todo.name, filename, sibling_error)
         self.reporter.file_done(fetched)
 
-    def _finish(
+    def _finished(
         self, project: _Project, state: State, publisher: Publisher, summary: RunSummary
-    ) -> None:
-        """All of a project's downloads are over: record it, then write its pages."""
+    ) -> Iterator[ProjectCopy]:
+        """All of a project's downloads are over: the copy to publish (none when it is
+        withheld), which records it once its pages are written."""
         page, name = project.page, project.todo.name
         for dist, copy in project.files.keep:
             project.done[dist.filename] = download.held_file(
@@ -1034,11 +1075,20 @@ class Sync:
         info = ProjectInfo(
             name, page.serial, versions, page.extra, page.status, page.status_reason
         )
+
+        def record() -> None:
+            self._record(project, info, files, gone, state, publisher.generation, summary)
+
+        yield ProjectCopy(info, files, record)
+
+    def _record(
+        self, project: _Project, info: ProjectInfo, files: list[HeldFile], gone: list[HeldFile],
+        state: State, generation: int, summary: RunSummary,
+    ) -> None:
+        """A project's rows, once its pages are written; counted as changed."""
+        page, name = project.page, project.todo.name
         error = "; ".join(f"{f}: {e}" for f, e in project.errors) or None
         status = Status.FAILED if project.errors else Status.OK
-        # Pages before the project's row: should writing them fail, state.db
-        # must not claim a copy the disk does not hold.
-        publisher.project(info, files)
         with state.transaction():
             state.record_project(
                 name,
@@ -1050,10 +1100,10 @@ class Sync:
                 page_data=info.to_data(),
                 files=files,
                 gone=gone,
-                generation=publisher.generation,
+                generation=generation,
             )
             for filename, err in project.errors:
-                state.record_failure(publisher.generation, name, filename, "failed", err)
+                state.record_failure(generation, name, filename, "failed", err)
         summary.changed += 1
         if project.errors:
             summary.failed.append((name, error or ""))

@@ -40,7 +40,7 @@ import posixpath
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -53,10 +53,10 @@ from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.progress import TaskID
 
-from simplemirror import download, layout, render
+from simplemirror import download, layout, reap, store
 from simplemirror.config import Config
-from simplemirror.model import HeldFile, Status, version_of
-from simplemirror.publish import Publisher
+from simplemirror.model import Status
+from simplemirror.publish import Ending, Publisher, publish
 from simplemirror.report import Periodic, bar, seconds_left
 from simplemirror.state import State, StateError, StateReader, connect_reader
 from simplemirror.sync import locked
@@ -140,7 +140,11 @@ class VerifyResult:
     corrupt: list[FileProblem] = field(default_factory=list)
     broken: list[PageProblem] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    orphan_pages: list[str] = field(default_factory=list)
+    """Projects with pages under web/simple/ that state.db does not record as published
+    (left by a sync that died): served, yet listed by no root."""
     orphans_deleted: int = 0
+    orphan_pages_deleted: int = 0
     orphan_errors: list[tuple[str, str]] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepaired: list[tuple[str, str]] = field(default_factory=list)
@@ -154,7 +158,7 @@ class VerifyResult:
 
     @property
     def sound(self) -> bool:
-        if self.orphan_errors:
+        if self.orphan_errors or len(self.orphan_pages) > self.orphan_pages_deleted:
             return False
         if self.repair:
             return not self.unrepaired
@@ -240,14 +244,16 @@ class RichVerifyProgress(VerifyProgress):
 # -- checking bytes -------------------------------------------------------------------------
 
 
-def check_bytes(path: Path, size: int | None, sha256: str | None) -> tuple[str, str] | None:
-    """(kind, detail) when ``path`` is not a file of ``size`` bytes with ``sha256``, else None.
+def check_bytes(
+    web: Path, rel: str, size: int | None, sha256: str | None
+) -> tuple[str, str] | None:
+    """(kind, detail) when ``rel`` is not a file of ``size`` bytes with ``sha256``, else None.
 
     Reads in CHUNK-sized pieces into one buffer: memory stays flat for any file size.
     """
     digest = hashlib.sha256()
     try:
-        with path.open("rb", buffering=0) as fh:
+        with store.open_file(web, rel, buffering=0) as fh:
             found = os.fstat(fh.fileno()).st_size
             if size is not None and found != size:
                 return "corrupt", f"{found} bytes on disk, {size} expected"
@@ -274,12 +280,12 @@ class _Checked:
 def _check_row(web: Path, row: FileRow) -> _Checked:
     """Worker: the file and its .metadata against what state.db recorded."""
     problems = []
-    found = check_bytes(web / row.path, row.size, row.sha256)
+    found = check_bytes(web, row.path, row.size, row.sha256)
     if found is not None:
         problems.append(FileProblem(row, found[0], False, found[1]))
     if row.metadata_hashes is not None:
-        meta = web / layout.metadata_path(row.path)
-        found = check_bytes(meta, None, row.metadata_hashes.get("sha256"))
+        meta = layout.metadata_path(row.path)
+        found = check_bytes(web, meta, None, row.metadata_hashes.get("sha256"))
         if found is not None:
             problems.append(FileProblem(row, found[0], True, found[1]))
     return _Checked(row, tuple(problems), row.metadata_hashes is not None)
@@ -322,29 +328,6 @@ def resolve_link(page_dir: str, href: str) -> str | None:
     if rel == ".." or rel.startswith("../") or rel.startswith("/"):
         return None
     return rel
-
-
-def _walk_files(directory: str) -> Iterator[str]:
-    """Every non-directory below ``directory``, lazily (one open scandir per level)."""
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return
-    with entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk_files(entry.path)
-            else:
-                yield entry.path
-
-
-def _remove_empty_dirs(directory: Path, stop: Path) -> None:
-    while directory != stop and stop in directory.parents:
-        try:
-            directory.rmdir()
-        except OSError:
-            return  # not empty: nothing above it is empty either
-        directory = directory.parent
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -444,10 +427,8 @@ class Verifier:
 
     def _find_orphans(self) -> list[str]:
         self.progress.phase("orphans: looking for files state.db does not hold")
-        web = str(self.web)
         found = []
-        for full in _walk_files(os.path.join(web, layout.PACKAGES)):
-            rel = Path(os.path.relpath(full, web)).as_posix()
+        for rel in store.walk_files(self.web, layout.PACKAGES):
             if self._is_orphan(rel):
                 found.append(rel)
         return found
@@ -467,22 +448,23 @@ class Verifier:
         self.progress.phase("pages: checking every link on every page")
         if root:
             self._check_root()
-        if projects is None:
-            try:
-                with os.scandir(self.web / layout.SIMPLE) as entries:
-                    names = sorted(e.name for e in entries if e.is_dir())
-            except FileNotFoundError:
-                names = []
-        else:
-            names = sorted(projects)
+        names = sorted(projects) if projects is not None else store.list_dirs(
+            self.web, layout.SIMPLE
+        )
         for name in names:
+            if projects is None and not self.db.is_published(name):
+                # Its links are not checked: what only it links is an orphan too.
+                self.result.orphan_pages.append(name)
+                log.warning("orphan page %s/: state.db records no such project as published",
+                            layout.project_dir(name))
+                continue
             self._check_project(name)
         # A project state.db records as published must have both its pages.
         for name in self.db.published_projects():
             if projects is not None and name not in projects:
                 continue
             for page in layout.project_pages(name):
-                if not (self.web / page).is_file():
+                if not store.is_file(self.web, page):
                     self._broken(page, name, "missing: state.db records the project as published")
 
     def _broken(self, page: str, project: str | None, detail: str) -> None:
@@ -491,7 +473,8 @@ class Verifier:
 
     def _read_page(self, page: str, project: str | None) -> str | None:
         try:
-            text = (self.web / page).read_text(encoding="utf-8")
+            with store.open_file(self.web, page) as fh:
+                text = fh.read().decode("utf-8")
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
@@ -528,7 +511,9 @@ class Verifier:
             for anchor in self._html_anchors(html_page, None, text):
                 href = str(anchor.get("href") or "")
                 target = resolve_link(layout.SIMPLE, href)
-                if target is None or not (self.web / target / layout.HTML_INDEX).is_file():
+                if target is None or not store.is_file(
+                    self.web, f"{target}/{layout.HTML_INDEX}"
+                ):
                     self._broken(html_page, None, f"link {href!r}: no such project page")
         text = self._read_page(json_page, None)
         if text is None:
@@ -546,7 +531,7 @@ class Verifier:
                 self._broken(json_page, None, f"project entry without a name: {entry!r}")
                 continue
             page = layout.project_pages(canonicalize_name(name))[1]
-            if not (self.web / page).is_file():
+            if not store.is_file(self.web, page):
                 self._broken(json_page, None, f"lists {name!r}, but {page} is missing")
 
     def _check_project(self, name: str) -> None:
@@ -632,7 +617,7 @@ class Verifier:
         # A link to bytes state.db does not vouch for (a page older than state.db, after a
         # kill): check them here, and never delete them as an orphan.
         self.linked_unrecorded.add(target)
-        found = check_bytes(self.web / target, size, sha256)
+        found = check_bytes(self.web, target, size, sha256)
         if found is None:
             return None
         return "the file is not on disk" if found[0] == "missing" else found[1]
@@ -781,13 +766,24 @@ class Verifier:
             self.web, self.config.tmp, self.state, generation, self.config.public_url
         )
         cannot: dict[str, str] = {}
+        copies = []
         for name in sorted(projects):
-            why = self._rewrite_project(publisher, name)
-            if why is not None:
-                cannot[name] = why
-        if root:
+            copy = publisher.copy_from_state(name)
+            if copy is None:
+                cannot[name] = (
+                    "state.db does not record this project as published, so there is nothing "
+                    "to write it from; if its directory is a leftover, delete it"
+                )
+            else:
+                copies.append(copy)
+
+        def ending() -> Ending:
             serial = self.state.get_meta("root_serial")
-            publisher.root(self.state.root_entries(), int(serial) if serial else None)
+            entries = self.state.root_entries()
+            return Ending((entries, int(serial) if serial else None) if root else None)
+
+        # The same order as a sync's: pages from state.db, then the root listing them.
+        publish(publisher, copies, ending)
         result.pages_rewritten = publisher.pages_written
         # Only what is still broken once written again stays unrepaired.
         result.broken, counted = [], result.pages_checked
@@ -803,40 +799,24 @@ class Verifier:
         for page in sorted({p.page for p in found} - still_pages):
             result.repaired.append(page)
 
-    def _rewrite_project(self, publisher: Publisher, name: str) -> str | None:
-        """Write a project's pages from state.db; why not, when it cannot be done."""
-        published = self.db.published_page(name)
-        if published is None:
-            return (
-                "state.db does not record this project as published, so there is nothing to "
-                "write it from; if its directory is a leftover, delete it"
-            )
-        page_serial, data = published
-        files: list[HeldFile] = self.state.held_files(name)
-        versions = data.get("versions")
-        if versions is None:
-            found = {version_of(f.filename) for f in files}
-            versions = sorted(v for v in found if v is not None)
-        info = render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
-        publisher.project(info, files)
-        return None
-
     # -- orphans ------------------------------------------------------------------------
 
     def _delete_orphans(self) -> None:
         result = self.result
-        packages = self.web / layout.PACKAGES
-        for rel in result.orphans:
-            target = self.web / rel
+        for name in result.orphan_pages:
             try:
-                target.unlink()
-            except FileNotFoundError:
-                pass
+                reap.remove_project_pages(self.web, name)
+            except OSError as exc:
+                result.orphan_errors.append((layout.project_dir(name) + "/", str(exc)))
+                continue
+            result.orphan_pages_deleted += 1
+        for rel in result.orphans:
+            try:
+                store.remove(self.web, rel, stop=layout.PACKAGES)
             except OSError as exc:
                 result.orphan_errors.append((rel, str(exc)))
                 continue
             result.orphans_deleted += 1
-            _remove_empty_dirs(target.parent, packages)
 
 
 def verify(
@@ -887,6 +867,7 @@ def report_lines(result: VerifyResult) -> list[str]:
         f"{result.metadata_checked} metadata file(s) and {result.pages_checked} page(s) "
         f"checked; {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
         f"{len(result.broken)} broken page link(s), {len(result.orphans)} orphan(s)"
+        + (f", {len(result.orphan_pages)} orphan project page(s)" if result.orphan_pages else "")
     ]
     for problem in result.missing:
         lines.append(f"  missing {problem.label} ({problem.path}): {problem.detail}")
@@ -896,6 +877,11 @@ def report_lines(result: VerifyResult) -> list[str]:
         lines.append(f"  broken {page.page}: {page.detail}")
     for orphan in result.orphans:
         lines.append(f"  orphan {orphan}")
+    for name in result.orphan_pages:
+        lines.append(
+            f"  orphan page {layout.project_dir(name)}/: state.db records no such project as "
+            "published (left by a sync that died)"
+        )
     if result.repair:
         lines.append(
             f"repair: {len(result.repaired)} repaired, {len(result.unrepaired)} not repaired, "
@@ -907,7 +893,11 @@ def report_lines(result: VerifyResult) -> list[str]:
         for what, why in result.unrepaired:
             lines.append(f"  not repaired {what}: {why}")
     if result.delete_orphans:
-        lines.append(f"orphans: {result.orphans_deleted} deleted")
+        lines.append(
+            f"orphans: {result.orphans_deleted} deleted"
+            + (f", and the pages of {result.orphan_pages_deleted} project(s)"
+               if result.orphan_pages else "")
+        )
         for path, why in result.orphan_errors:
             lines.append(f"  could not delete {path}: {why} (fix its permissions, run again)")
     if result.sound:
@@ -924,4 +914,9 @@ def report_lines(result: VerifyResult) -> list[str]:
         )
     else:
         lines.append("verify: the mirror is not sound (see above)")
+    if len(result.orphan_pages) > result.orphan_pages_deleted:
+        lines.append(
+            "  orphan pages are served though no root lists them; `mirror sync` (after a "
+            "run that died) or `mirror verify --delete-orphans` deletes them"
+        )
     return lines

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urldefrag
 
@@ -238,3 +239,29 @@ def assert_mirror_invariants(directory: Path, *, killed: bool = False) -> None:
     assert_packages_content_addressed(web)
     if (directory / "state.db").exists():
         assert_state_agrees_with_disk(directory)
+
+
+def as_if_killed_before_commit(directory: Path, run: Callable[[], object]) -> None:
+    """Call ``run`` (a sync), then put state.db and the root pages back as they were
+    before, with the run's row still 'running': the disk holds the files and project
+    pages the run wrote, state.db none of it, as after a kill -9 before the run's
+    transaction committed (the root comes after the commit)."""
+    names = ("state.db", "state.db-wal", "state.db-shm",
+             "web/simple/index.html", "web/simple/index.v1_json")
+    saved = {n: (directory / n).read_bytes() for n in names if (directory / n).exists()}
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    run()
+    for n in names:
+        (directory / n).unlink(missing_ok=True)
+    for n, data in saved.items():
+        (directory / n).write_bytes(data)
+    conn = _connect(directory)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO runs (started, upstream, outcome) VALUES (?, 'http://up.example/',"
+                " 'running')",
+                [started],
+            )
+    finally:
+        conn.close()

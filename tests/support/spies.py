@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from simplemirror import tempfiles
+from simplemirror import store
 from simplemirror.transport import Inflater
 
 
 def temp_file_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The bytes written to each temporary file, in the order they were opened."""
     written: list[int] = []
-    real_create, real_write_all = tempfiles.create, tempfiles.write_all
+    real_create, real_write_all = store.create, store.write_all
 
     def counting_create(*args: Any) -> tuple[int, str]:
         written.append(0)
@@ -23,8 +23,8 @@ def temp_file_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         written[-1] += len(data)
         real_write_all(fd, data)
 
-    monkeypatch.setattr(tempfiles, "create", counting_create)
-    monkeypatch.setattr(tempfiles, "write_all", counting_write_all)
+    monkeypatch.setattr(store, "create", counting_create)
+    monkeypatch.setattr(store, "write_all", counting_write_all)
     return written
 
 

@@ -379,9 +379,9 @@ async def _serve(
         await asyncio.wait(running, timeout=5.0)
     if pool is not None:
         pool.shutdown(5.0)
-    close = getattr(context, "close", None)
-    if close is not None:
-        close()
+    aclose = getattr(context, "aclose", None)
+    if aclose is not None:
+        await aclose()
     if outbox:
         flush()
     with send_lock:

@@ -1,4 +1,5 @@
-"""A minimal pool of daemon worker threads that hands back standard Futures.
+"""Download processes (ProcessPool), and a minimal pool of daemon worker threads
+(WorkerPool, for verify's blocking work) that hand back standard Futures.
 
 Why not ThreadPoolExecutor: its threads are joined when the interpreter
 exits, so one download stuck in a network read would hold a stopping mirror
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
 import logging.handlers
@@ -94,25 +94,21 @@ class WorkerPool:
 
 
 class ProcessPool:
-    """Worker threads in child processes, so that downloads use more than one core.
+    """Child processes that run coroutines, so that downloads use more than one core.
 
     One Python process is held to one core by its GIL, and hashing, writing and
-    HTTP parsing for many small files fill it. Each child runs ``threads`` daemon
-    threads over its own Client (``make_context(config)``); ``submit(fn, *args)``
-    runs ``fn(context, *args)`` in the least busy child and hands back a standard
-    Future. Functions, arguments, results and exceptions cross as pickles, so
-    ``fn`` must be a module-level function.
+    HTTP parsing for many small files fill it. Each child runs an event loop with
+    its own context (``make_context(config)``: its Client); ``submit(fn, *args)``
+    runs the coroutine function ``fn(context, *args)`` in the least busy child and
+    hands back a standard Future. Functions, arguments, results and exceptions cross
+    as pickles, so ``fn`` must be a module-level function (or a class's method).
+    At most ``threads`` of them run at once in a child (its share of the workers):
+    the parent sends work well ahead, and each running task holds a connection.
 
     Children ignore SIGINT and SIGTERM: the parent decides when to stop, and tells
     them (``shutdown``). A child whose parent dies sees its pipe close and exits.
     Children are started with ``spawn``: a fork of a process whose threads may
     hold locks could deadlock.
-
-    A coroutine function ``fn`` runs as a task of the child's event loop instead
-    of in a thread: one loop waits on many sockets without the GIL hand-offs
-    that threads pay at each system call. At most ``threads`` of them run at once,
-    as threads would: the parent sends work well ahead, and each running task
-    holds a connection to upstream.
     """
 
     def __init__(
@@ -280,11 +276,9 @@ class _ToParent:
 async def _serve(
     conn: Connection, threads: int, context: Any, level: int = logging.WARNING
 ) -> None:
-    """Run the parent's tasks until it says stop (or dies): coroutine functions as
-    tasks of this event loop, ``threads`` at a time, other functions in ``threads``
-    worker threads."""
+    """Run the parent's tasks, ``threads`` at a time, as tasks of this event loop until
+    it says stop (or dies)."""
     loop = asyncio.get_running_loop()
-    pool: WorkerPool | None = None
     running: set[asyncio.Task[Any]] = set()
     # Tasks wait their turn in the order they came: the parent's queue, kept here.
     turns = asyncio.Semaphore(threads)
@@ -332,20 +326,16 @@ async def _serve(
         outbox.clear()
         send(replies)
 
-    def finished(task: int, future: Future[Any] | asyncio.Task[Any]) -> None:
+    def finished(task: int, future: asyncio.Task[Any]) -> None:
         if future.cancelled():
             return  # only a stop cancels, and the parent settles what is left then
         exc = future.exception()
         reply = (task, True, future.result()) if exc is None else (task, False, exc)
-        if isinstance(future, Future):  # from a worker thread: at once
-            send([reply])
-            return
         if not outbox:
             loop.call_later(REPLY_DELAY, flush)
         outbox.append(reply)
 
     def on_message() -> None:
-        nonlocal pool
         try:
             message = _recv(conn)
         except (EOFError, OSError):
@@ -356,17 +346,10 @@ async def _serve(
                 told_to_stop.set_result(None)
             return
         for task, fn, args in message:
-            if inspect.iscoroutinefunction(fn):
-                job = loop.create_task(in_turn(fn, args))
-                running.add(job)
-                job.add_done_callback(running.discard)
-                job.add_done_callback(lambda job, task=task: finished(task, job))
-            else:
-                if pool is None:
-                    pool = WorkerPool(threads, "child")
-                pool.submit(fn, context, *args).add_done_callback(
-                    lambda future, task=task: finished(task, future)
-                )
+            job = loop.create_task(in_turn(fn, args))
+            running.add(job)
+            job.add_done_callback(running.discard)
+            job.add_done_callback(lambda job, task=task: finished(task, job))
 
     loop.add_reader(conn.fileno(), on_message)
     await told_to_stop
@@ -377,8 +360,6 @@ async def _serve(
         job.cancel()
     if running:
         await asyncio.wait(running, timeout=5.0)
-    if pool is not None:
-        pool.shutdown(5.0)
     aclose = getattr(context, "aclose", None)
     if aclose is not None:
         await aclose()

@@ -524,6 +524,19 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
     assert (tmp_path / "web/simple/p7/index.v1_json").is_file()
 
 
+@pytest.mark.parametrize(
+    ("workers", "processes", "expected"),
+    [(10, 2, [5, 5]), (5, 2, [3, 2]), (10, 4, [3, 3, 2, 2]), (1, 4, [1]), (3, 3, [1, 1, 1])],
+)
+def test_workers_are_the_connection_budget_across_the_download_processes(
+    workers: int, processes: int, expected: list[int]
+) -> None:
+    from simplemirror.sync import shares
+
+    assert shares(workers, processes) == expected
+    assert sum(expected) == workers  # never more connections than workers, in total
+
+
 def test_automatic_download_processes_follow_the_cores_this_process_may_use(
     monkeypatch: pytest.MonkeyPatch
 ):
@@ -554,13 +567,12 @@ def record_process_pools(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str
     used: list[tuple[str, str]] = []
 
     class Recording(ProcessPool):
-        def __init__(self, processes: int, threads: int, make_context: Any, config: Any):
+        def __init__(self, shares: Any, make_context: Any, config: Any):
             self.make_context = make_context
-            super().__init__(processes, threads, make_context, config)
+            super().__init__(shares, make_context, config)
 
         def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
-            context = getattr(self.make_context, "func", self.make_context)  # a partial
-            used.append((context.__name__, fn.__qualname__))
+            used.append((self.make_context.__name__, fn.__qualname__))
             return super().submit_all(fn, calls)
 
     monkeypatch.setattr(sync_module, "ProcessPool", Recording)

@@ -137,21 +137,33 @@ class Stream:
     _deadline: asyncio.Timeout
     _limits: Limits
 
-    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes | memoryview]:
         """The body as it arrives, up to ``size`` bytes at a time; each window of the
-        rate floor must bring its share."""
+        rate floor must bring its share.
+
+        Each piece as the socket gave it (readchunk): read(n) and readany join what is
+        buffered into new bytes, a copy and, for large ones, fresh memory to fault in.
+        """
         content = self._response.content
         loop = asyncio.get_running_loop()
         window = self._limits.min_rate_window
         share = self._limits.min_rate * window
         got = 0
         try:
-            while chunk := await content.read(size):
+            while True:
+                chunk, _ = await content.readchunk()
+                if not chunk:
+                    return
                 got += len(chunk)
                 if share and got >= share:  # this window is met: the next one starts
                     got = 0
                     self._deadline.reschedule(loop.time() + window)
-                yield chunk
+                if len(chunk) <= size:
+                    yield chunk
+                    continue
+                view = memoryview(chunk)
+                for start in range(0, len(chunk), size):
+                    yield view[start:start + size]
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(f"{self.url}: {_describe(exc)}") from exc
 

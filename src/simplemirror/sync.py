@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -315,6 +314,12 @@ def auto_download_processes() -> int:
     return 0 if not cores or cores < 2 else min(cores, 4)
 
 
+def shares(workers: int, processes: int) -> list[int]:
+    """``workers`` shared out among at most ``processes``: no more in total, none idle."""
+    count = max(1, min(workers, processes))
+    return [workers // count + (i < workers % count) for i in range(count)]
+
+
 class _Workers:
     """Runs page fetches and download.download_todo on this process's event loop, or in
     download processes: the same coroutines either way.
@@ -363,9 +368,8 @@ class _Workers:
         ]
         if len(todos) > here:
             if self._children is None:
-                share = -(-config.workers // self._processes)
                 self._children = ProcessPool(
-                    self._processes, share, functools.partial(Client, connections=share), config
+                    shares(config.workers, self._processes), Client, config
                 )
             futures += self._children.submit_all(
                 download.download_todo, [(name, todo) for todo in todos[here:]]

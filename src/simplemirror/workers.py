@@ -22,7 +22,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -102,7 +102,7 @@ class ProcessPool:
     runs the coroutine function ``fn(context, *args)`` in the least busy child and
     hands back a standard Future. Functions, arguments, results and exceptions cross
     as pickles, so ``fn`` must be a module-level function (or a class's method).
-    At most ``threads`` of them run at once in a child (its share of the workers):
+    At most its share of them run at once in a child (of the workers):
     the parent sends work well ahead, and each running task holds a connection.
 
     Children ignore SIGINT and SIGTERM: the parent decides when to stop, and tells
@@ -112,18 +112,21 @@ class ProcessPool:
     """
 
     def __init__(
-        self, processes: int, threads: int, make_context: Callable[[Any], Any], config: Any
+        self, shares: Sequence[int], make_context: Callable[[Any, int], Any], config: Any
     ) -> None:
+        """One child for each of ``shares``: how many tasks it runs at once, given to
+        its context too (``make_context(config, share)``: a Client's connections)."""
         context = multiprocessing.get_context("spawn")
+        processes = len(shares)
         # A spawned child starts with no logging set up: it logs at the parent's level,
         # and sends its records here (a retry, at DEBUG, shows with -v as the parent's do).
         level = logging.getLogger(LOGGER).getEffectiveLevel()
         self._conns: list[Connection] = []
         self._children: list[BaseProcess] = []
-        for _ in range(processes):
+        for share in shares:
             parent_end, child_end = context.Pipe()
             child = context.Process(
-                target=_child_main, args=(child_end, threads, make_context, config, level),
+                target=_child_main, args=(child_end, share, make_context, config, level),
                 daemon=True,
             )
             child.start()
@@ -246,12 +249,12 @@ class ChildLost(Exception):
 
 
 def _child_main(
-    conn: Connection, threads: int, make_context: Callable[[Any], Any], config: Any,
+    conn: Connection, threads: int, make_context: Callable[[Any, int], Any], config: Any,
     level: int = logging.WARNING,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    asyncio.run(_serve(conn, threads, make_context(config), level))
+    asyncio.run(_serve(conn, threads, make_context(config, threads), level))
 
 
 class _ToParent:

@@ -220,6 +220,10 @@ class Http:
                 auto_decompress=True,
                 cookie_jar=aiohttp.DummyCookieJar(),  # an index sets none worth keeping
                 read_bufsize=1 << 18,
+                # The parser's own caps on a header block (aiohttp's defaults, said here
+                # because they are part of what bounds an answer); 1xx answers and
+                # trailers are bounded by the deadlines instead.
+                max_line_size=8190, max_field_size=8190, max_headers=128,
             )
             self._environment = Environment()
         return self._session

@@ -877,3 +877,82 @@ def test_requests_is_gone() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- behaviour the removed transports' tests held, through the one client ------------------
+
+
+def test_credentials_in_the_upstream_url_go_to_its_host_only(
+    server: Canned, tmp_path: Path
+) -> None:
+    other = Canned()
+    try:
+        upstream = server.url(ROOT).replace("http://", "http://alice:s%40cret@")
+        elsewhere = other.url(FOO).replace("127.0.0.1", "localhost")
+        add_json(server, ROOT, root_doc())
+        server.add(FOO, status=302, headers={"Location": elsewhere})
+        add_json(other, FOO, page_doc())
+        client = Client(make_config(tmp_path, server, upstream=upstream,
+                                    file_hosts=["localhost"]))
+        assert client.fetch_root(None) is not None
+        expected = "Basic " + base64.b64encode(b"alice:s@cret").decode()
+        assert server.calls[0].header("Authorization") == expected
+        assert client.fetch_page(todo(40)) is not None
+        assert other.calls[0].header("Authorization") is None
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("bad", ["foo bar/", "foo\r\nX-Injected: 1/", "foo\tbar/"])
+def test_a_url_no_request_may_carry_is_refused_and_nothing_is_sent(
+    server: Canned, client: Client, bad: str, sleeps: list[float]
+) -> None:
+    with pytest.raises(UpstreamError, match="control characters or spaces") as info:
+        client.run(client.fetch(server.url(ROOT) + bad))
+    assert not isinstance(info.value, TransientError)
+    assert server.calls == [] and sleeps == []
+
+
+def test_a_gzip_compressed_page_is_decoded_and_hashed_as_sent(
+    server: Canned, client: Client
+) -> None:
+    import gzip
+
+    body = json.dumps(page_doc()).encode()
+    server.add(FOO, gzip.compress(body), headers={
+        "Content-Type": JSON_CONTENT_TYPE, "Content-Encoding": "gzip",
+    })
+    got = client.fetch_page(todo(40))
+    assert got is not None and got.page.name == "foo"
+    assert "gzip" in (server.calls[0].header("Accept-Encoding") or "")
+    assert got.sha256 == hashlib.sha256(body).hexdigest()  # of the decoded document
+
+
+def test_a_cancelled_download_leaves_nothing_in_tmp(server: Canned, tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    from simplemirror import download
+
+    pause = threading.Event()
+    server.add("/packages/a.whl", b"x" * 100_000, pause=pause)  # half, then waits
+    client = Client(make_config(tmp_path, server))
+    client.config.tmp.mkdir(parents=True)
+
+    async def cancel_mid_body() -> None:
+        job = asyncio.ensure_future(download.fetch_to(
+            client, server.url("/packages/a.whl"), expected_hashes={}, expected_size=None,
+            path_for_sha256=lambda sha: sha,
+        ))
+        while not list(client.config.tmp.iterdir()):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+
+    try:
+        client.run(cancel_mid_body())
+    finally:
+        pause.set()
+    assert list(client.config.tmp.iterdir()) == []

@@ -5,7 +5,8 @@
 For every project of a fresh metadata world: ``fetch_page``, ``plan_files``, then
 ``download_todo`` for each file (the file and its ``.metadata``), exactly the calls a
 download process makes, with no parent, pipes, state.db or pages: the blocking
-``Client`` in N threads (``--threads``), or ``AsyncClient`` in N tasks of one event loop
+``Client`` called from N threads (``--threads``; its requests run on one background event
+loop), or awaited in N tasks of one event loop
 (``--tasks``, what download processes run). Prints the user and system CPU a project
 for each: the difference between one thread and several is what the threads cost by
 contending for the GIL; the tasks pay no such cost.
@@ -29,8 +30,8 @@ from benchmarks.upstream import Nginx
 
 def run_threads(the_world: world.World, nginx: Nginx, work: Path, threads: int) -> str:
     from simplemirror import config  # here: the rest of benchmarks/ runs without it
+    from simplemirror.download import download_todo
     from simplemirror.plan import ProjectTodo, plan_files
-    from simplemirror.sync import download_todo
     from simplemirror.upstream import Client
 
     mirror = work / f"mirror-{threads}"
@@ -52,7 +53,7 @@ def run_threads(the_world: world.World, nginx: Nginx, work: Path, threads: int) 
                 got = client.fetch_page(ProjectTodo(name, name, None))
                 assert got is not None
                 for todo in plan_files(got.page.files, []).fetch:
-                    download_todo(client, name, todo)
+                    client.run(download_todo(client, name, todo))
         except BaseException as exc:  # reported below, not lost in a thread
             failures.append(exc)
 
@@ -73,8 +74,9 @@ def run_threads(the_world: world.World, nginx: Nginx, work: Path, threads: int) 
 
 def run_tasks(the_world: world.World, nginx: Nginx, work: Path, tasks: int) -> str:
     from simplemirror import config
-    from simplemirror.async_client import AsyncClient
+    from simplemirror.download import download_todo
     from simplemirror.plan import ProjectTodo, plan_files
+    from simplemirror.upstream import Client
 
     mirror = work / f"mirror-loop-{tasks}"
     cfg = config.build({}, {"upstream": nginx.simple_url, "directory": str(mirror)})
@@ -82,19 +84,19 @@ def run_tasks(the_world: world.World, nginx: Nginx, work: Path, tasks: int) -> s
     cfg.tmp.mkdir(parents=True)
     names = iter(list(the_world.names()))
 
-    async def work_through(client: AsyncClient) -> None:
+    async def work_through(client: Client) -> None:
         for name in names:  # shared: each task takes the next project
-            got = await client.fetch_page(ProjectTodo(name, name, None))
+            got = await client.get_page(ProjectTodo(name, name, None))
             assert got is not None
             for todo in plan_files(got.page.files, []).fetch:
-                await client.download_todo(name, todo)
+                await download_todo(client, name, todo)
 
     async def all_tasks() -> None:
-        client = AsyncClient(cfg)
+        client = Client(cfg)
         try:
             await asyncio.gather(*(work_through(client) for _ in range(tasks)))
         finally:
-            client.close()
+            await client.aclose()
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import responses
 
 from simplemirror.upstream import Client
 from tests.support.process import process_state_kept
@@ -60,11 +59,9 @@ def upstream(world: World) -> Iterator[Upstream]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Every wait between retries, recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(Client, "pause", lambda self, seconds: recorded.append(seconds))
+
+    async def pause(self: Client, seconds: float) -> None:
+        recorded.append(seconds)
+
+    monkeypatch.setattr(Client, "pause", pause)
     return recorded
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock

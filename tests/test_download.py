@@ -1,4 +1,4 @@
-"""Tests of download.fetch_file / fetch_metadata / fetch_to against a canned loopback server."""
+"""Tests of download.fetch / fetch_to (files and metadata) against a canned loopback server."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import urljoin
 
 import pytest
-import requests
 
 from simplemirror import config, download, layout
 from simplemirror.download import Downloaded, VerificationError
@@ -56,16 +55,15 @@ class Mirror:
         expected_hashes: dict[str, str] | None = None,
         expected_size: int | None = len(BODY),
     ) -> Downloaded:
-        return download.fetch_file(
-            self.client,
-            self.file_url,
-            FILENAME,
-            expected_hashes={"sha256": sha256(BODY)} if expected_hashes is None
-            else expected_hashes,
-            expected_size=expected_size,
-            web=self.web,
-            tmp=self.tmp,
-        )
+        hashes = {"sha256": sha256(BODY)} if expected_hashes is None else expected_hashes
+        wanted = download.Fetch.file(self.file_url, FILENAME, hashes, expected_size)
+        return self.client.run(download.fetch(self.client, wanted))
+
+    def fetch_metadata(
+        self, url: str, file_path: str, expected_hashes: dict[str, str]
+    ) -> Downloaded:
+        wanted = download.Fetch.beside(url, file_path + layout.METADATA_SUFFIX, expected_hashes)
+        return self.client.run(download.fetch(self.client, wanted))
 
     def web_files(self) -> list[str]:
         files = (p for p in self.web.rglob("*") if p.is_file())
@@ -287,13 +285,8 @@ def test_fetch_metadata_writes_next_to_the_file(
     add_body(rsps, BODY)
     add_body(rsps, metadata, path=FILE_PATH + ".metadata")
     got = mirror.fetch_file()
-    meta = download.fetch_metadata(
-        mirror.client,
-        mirror.file_url + ".metadata",
-        got.path,
-        expected_hashes={"sha256": sha256(metadata)},
-        web=mirror.web,
-        tmp=mirror.tmp,
+    meta = mirror.fetch_metadata(
+        mirror.file_url + ".metadata", got.path, expected_hashes={"sha256": sha256(metadata)}
     )
     assert meta.path == f"{got.path}.metadata"
     assert meta.size == len(metadata)
@@ -311,10 +304,7 @@ def test_fetch_metadata_without_declared_hash(
     metadata = b"Metadata-Version: 2.1\nName: foo\n"
     add_body(rsps, metadata, path=FILE_PATH + ".metadata")
     path = layout.file_path(sha256(BODY), FILENAME)
-    meta = download.fetch_metadata(
-        mirror.client, mirror.file_url + ".metadata", path, expected_hashes={},
-        web=mirror.web, tmp=mirror.tmp,
-    )
+    meta = mirror.fetch_metadata(mirror.file_url + ".metadata", path, expected_hashes={})
     assert meta.path == path + ".metadata"
     assert meta.hashes == {"sha256": sha256(metadata)}
     assert (mirror.web / meta.path).read_bytes() == metadata
@@ -324,9 +314,8 @@ def test_fetch_metadata_wrong_hash(rsps: Canned, mirror: Mirror) -> None:
     add_body(rsps, b"Name: foo\n", path=FILE_PATH + ".metadata")
     path = layout.file_path(sha256(BODY), FILENAME)
     with pytest.raises(VerificationError):
-        download.fetch_metadata(
-            mirror.client, mirror.file_url + ".metadata", path,
-            expected_hashes={"sha256": "1" * 64}, web=mirror.web, tmp=mirror.tmp,
+        mirror.fetch_metadata(
+            mirror.file_url + ".metadata", path, expected_hashes={"sha256": "1" * 64}
         )
     assert len(rsps.calls) == 3
     assert mirror.web_files() == []
@@ -350,7 +339,6 @@ def test_rename_failure_propagates_and_leaves_no_temp_file(
     with pytest.raises(OSError) as info:
         mirror.fetch_file()
     assert info.value.errno == errno.ENOSPC
-    assert not isinstance(info.value, requests.RequestException)
     assert len(calls) == 1  # the disk is not upstream: no retry
     assert len(rsps.calls) == 1
     assert Path(calls[0][0]).parent == mirror.tmp

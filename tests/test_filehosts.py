@@ -3,16 +3,13 @@ no network. Downloads and redirects refused through the clients are at the end."
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import responses
 
-from simplemirror import config
-from simplemirror.async_client import AsyncClient
+from simplemirror import config, download
 from simplemirror.filehosts import (
     AddressClass,
     FileHostGuard,
@@ -284,58 +281,61 @@ def test_a_redirect_to_a_refused_host_is_not_followed(
     server.add("/packages/a.whl", status=302, headers={"Location": target})
     cfg = make_config(tmp_path, server.url("/simple/"), **overrides)
     client = Client(cfg)
-    client.via_requests = False
 
-    with pytest.raises(RefusedURL, match="refused") as info, \
-            client.stream(server.url("/packages/a.whl")):
-        pass
+    with pytest.raises(RefusedURL, match="refused") as info:
+        client.run(download.fetch_to(
+            client, server.url("/packages/a.whl"), expected_hashes={}, expected_size=None,
+            path_for_sha256=lambda sha: sha,
+        ))
     assert target in str(info.value)
-
-    async def through_the_event_loop() -> None:
-        async_client = AsyncClient(cfg)
-        try:
-            await async_client.fetch_to(
-                server.url("/packages/a.whl"), expected_hashes={}, expected_size=None,
-                path_for_sha256=lambda sha: sha,
-            )
-        finally:
-            async_client.close()
-
-    with pytest.raises(RefusedURL, match="refused"):
-        asyncio.run(through_the_event_loop())
-    # Asked once by each client, never retried, and the target never asked at all.
-    assert [c.path for c in server.calls] == ["/packages/a.whl", "/packages/a.whl"]
+    # Asked once, never retried, and the target never asked at all.
+    assert [c.path for c in server.calls] == ["/packages/a.whl"]
     assert list(cfg.tmp.iterdir()) == []
+
+
+def test_a_redirect_of_a_page_to_a_refused_host_is_not_followed(
+    server: Canned, tmp_path: Path
+) -> None:
+    # Pages and the root answer to the same policy as files, hop by hop.
+    target = f"http://localhost:{urlsplit(server.base).port}/elsewhere/"
+    server.add("/simple/", status=302, headers={"Location": target})
+    client = Client(make_config(tmp_path, server.url("/simple/"), file_hosts=["files.example"]))
+    with pytest.raises(RefusedURL, match="'localhost'"):
+        client.fetch_root(None)
+    assert [c.path for c in server.calls] == ["/simple/"]
 
 
 def test_a_refused_first_url_is_never_asked(server: Canned, tmp_path: Path) -> None:
     cfg = make_config(tmp_path, server.url("/simple/"), file_hosts=["files.example"])
     client = Client(cfg)
     url = server.url("/x.whl").replace("127.0.0.1", "localhost")
-    with pytest.raises(UpstreamError, match="'localhost'"), client.stream(url):
-        pass
+    with pytest.raises(UpstreamError, match="'localhost'"):
+        client.run(read(client, url))
     assert server.calls == []
+
+
+async def read(client: Client, url: str) -> None:
+    async with client.stream(url) as stream:
+        async for _ in stream.chunks():
+            pass
 
 
 PROXIED = "http://index.invalid/simple/"
 
 
 def test_through_a_proxy_a_redirect_to_a_host_not_listed_is_not_followed(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: Canned
 ) -> None:
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("HTTP_PROXY", server.base)  # the canned server answers as the proxy
     client = Client(make_config(tmp_path, PROXIED, file_hosts=["files.invalid"]))
-    assert client.via_requests
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        rsps.add(responses.GET, "http://index.invalid/packages/a.whl", status=302,
-                 headers={"Location": "http://files.invalid/a.whl"})
-        rsps.add(responses.GET, "http://files.invalid/a.whl", status=302,
-                 headers={"Location": "http://elsewhere.invalid/a.whl"})
-        rsps.add(responses.GET, "http://elsewhere.invalid/a.whl", body=b"x")
-        with pytest.raises(RefusedURL, match=r"'elsewhere\.invalid'"), \
-                client.stream("http://index.invalid/packages/a.whl"):
-            pass
-        asked = [call.request.url for call in rsps.calls]
+    server.add("http://index.invalid/packages/a.whl", status=302,
+               headers={"Location": "http://files.invalid/a.whl"})
+    server.add("http://files.invalid/a.whl", status=302,
+               headers={"Location": "http://elsewhere.invalid/a.whl"})
+    server.add("http://elsewhere.invalid/a.whl", b"x")
+    with pytest.raises(RefusedURL, match=r"'elsewhere\.invalid'"):
+        client.run(read(client, "http://index.invalid/packages/a.whl"))
+    asked = [call.path for call in server.calls]
     assert asked == ["http://index.invalid/packages/a.whl", "http://files.invalid/a.whl"]

@@ -55,7 +55,7 @@ def in_a_process(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     class Recording(ProcessPool):
         def submit(self, fn: Any, *args: Any) -> Any:
-            if fn.__name__ == "fetch_page":
+            if fn.__name__ == "get_page":
                 pages.append(args[0].name)
             return super().submit(fn, *args)
 

@@ -541,7 +541,7 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
     from concurrent.futures import Future
 
     from simplemirror import sync as sync_module
-    from simplemirror.async_client import AsyncClient
+    from simplemirror.upstream import Client
     from simplemirror.workers import ChildLost, ProcessPool
 
     w = World()
@@ -552,7 +552,7 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
     class Counting(ProcessPool):
         def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
             submitted.append(fn.__name__)
-            if fn is AsyncClient.fetch_page and calls[0][0].name == "p7":
+            if fn is Client.get_page and calls[0][0].name == "p7":
                 lost: Future[Any] = Future()  # as if the process died with it
                 lost.set_exception(ChildLost("a download process ended before its task"))
                 return [lost]
@@ -563,7 +563,7 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
         # One worker: pages are asked for two at a time, so most come after the
         # first file has started the download process.
         summary = sync(up, tmp_path, workers=1, download_processes=1)
-        assert "fetch_page" in submitted and "download_todo" in submitted
+        assert "get_page" in submitted and "download_todo" in submitted
         assert summary.failed == [("p7", "a download process ended before its task")]
         assert summary.changed == 7 and summary.exit_code == 1
         assert_consistent(tmp_path / "web")
@@ -572,6 +572,19 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
         assert summary.exit_code == 0 and summary.changed == 1
     assert_consistent(tmp_path / "web")
     assert (tmp_path / "web/simple/p7/index.v1_json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("workers", "processes", "expected"),
+    [(10, 2, [5, 5]), (5, 2, [3, 2]), (10, 4, [3, 3, 2, 2]), (1, 4, [1]), (3, 3, [1, 1, 1])],
+)
+def test_workers_are_the_connection_budget_across_the_download_processes(
+    workers: int, processes: int, expected: list[int]
+) -> None:
+    from simplemirror.sync import shares
+
+    assert shares(workers, processes) == expected
+    assert sum(expected) == workers  # never more connections than workers, in total
 
 
 def test_automatic_download_processes_follow_the_cores_this_process_may_use(
@@ -604,9 +617,9 @@ def record_process_pools(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str
     used: list[tuple[str, str]] = []
 
     class Recording(ProcessPool):
-        def __init__(self, processes: int, threads: int, make_context: Any, config: Any):
+        def __init__(self, shares: Any, make_context: Any, config: Any):
             self.make_context = make_context
-            super().__init__(processes, threads, make_context, config)
+            super().__init__(shares, make_context, config)
 
         def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
             used.append((self.make_context.__name__, fn.__qualname__))
@@ -616,29 +629,29 @@ def record_process_pools(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str
     return used
 
 
-def test_download_processes_keep_requests_where_the_environment_sets_a_proxy(
+ONE_PIPELINE = {("Client", "Client.get_page"), ("Client", "download_todo")}
+
+
+def test_download_processes_run_the_one_pipeline_where_the_environment_sets_a_proxy(
     upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    # Proxies (and netrc files) are applied by requests alone: with one set, the
-    # download processes run the blocking client in threads instead of the event loop.
+    # With a proxy set, the download processes run the same coroutines as without one
+    # (the client applies the environment itself); this upstream is not behind it.
     used = record_process_pools(monkeypatch)
-    # Requests is told of a proxy, and that the test upstream is not behind it.
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "127.0.0.1")
     summary = sync(upstream, tmp_path, download_processes=1)
     assert summary.exit_code == 0 and summary.files_fetched == 6
-    assert ("Client", "download_todo") in used  # not AsyncClient's
-    assert {fn for _, fn in used} <= {"Client.fetch_page", "download_todo"}
-    assert {context for context, _ in used} == {"Client"}
+    assert ("Client", "download_todo") in used
+    assert set(used) <= ONE_PIPELINE
     assert_consistent(tmp_path / "web")
 
 
 def test_no_proxy_alone_is_no_proxy_and_keeps_the_event_loop(
     upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    # NO_PROXY only says which hosts bypass a proxy; with no proxy set there is nothing
-    # for requests to apply, and the download processes keep their event loop.
+    # NO_PROXY only says which hosts bypass a proxy; with no proxy set it changes nothing.
     used = record_process_pools(monkeypatch)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                  "all_proxy", "NETRC"):
@@ -648,7 +661,7 @@ def test_no_proxy_alone_is_no_proxy_and_keeps_the_event_loop(
     monkeypatch.setenv("no_proxy", "127.0.0.1,.example")
     summary = sync(upstream, tmp_path / "mirror", download_processes=1)
     assert summary.exit_code == 0 and summary.files_fetched == 6
-    assert used and set(used) <= {("AsyncClient", "AsyncClient.download_todo")}
+    assert used and set(used) <= ONE_PIPELINE
     assert_consistent(tmp_path / "mirror" / "web")
 
 

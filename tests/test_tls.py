@@ -1,8 +1,7 @@
-"""HTTPS through both transports: verified against the CA bundle, refused without it.
+"""HTTPS: verified against the CA bundle, refused without it.
 
-The public index is served over HTTPS, so the event loop's TLS path (the download
-processes) and the blocking one are both run here against a loopback server with a
-certificate made for the test.
+The public index is served over HTTPS, so pages and files are both fetched here from a
+loopback server with a certificate made for the test.
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror.async_transport import AsyncTransport
-from simplemirror.transport import Transport, TransportError
+from simplemirror.httpclient import Http, Limits, TransportError
 
 BODY = b"a wheel, pretend\n" * 5000
 
@@ -70,28 +68,43 @@ def https_url(certificate: tuple[Path, Path]) -> Iterator[str]:
     server.server_close()
 
 
-def blocking_get(url: str) -> bytes:
-    transport = Transport(user_agent="t", connect_timeout=5, read_timeout=5)
-    with transport.stream(url) as stream:
-        assert stream.status == 200
-        return stream.body.read()
+def limits() -> Limits:
+    return Limits(
+        connect_timeout=5, read_timeout=5, request_timeout=30, min_rate=0, min_rate_window=30,
+        max_page_size=1 << 20, max_root_size=1 << 20,
+    )
 
 
-def loop_get(url: str) -> bytes:
+def page_get(url: str) -> bytes:
+    """Twice, the second time on the kept-alive TLS connection."""
+
     async def get() -> bytes:
-        transport = AsyncTransport(user_agent="t", connect_timeout=5, read_timeout=5)
+        http = Http(user_agent="t", limits=limits(), connections=2)
         try:
-            first = await transport.get(url)
-            second = await transport.get(url)  # on the kept-alive TLS connection
+            first = await http.get(url)
+            second = await http.get(url)
             assert first.status == second.status == 200 and first.body == second.body
             return first.body
         finally:
-            transport.close()
+            await http.close()
 
     return asyncio.run(get())
 
 
-@pytest.mark.parametrize("get", [blocking_get, loop_get], ids=["blocking", "event-loop"])
+def file_get(url: str) -> bytes:
+    async def get() -> bytes:
+        http = Http(user_agent="t", limits=limits(), connections=2)
+        try:
+            async with http.stream(url) as stream:
+                assert stream.status == 200
+                return b"".join([chunk async for chunk in stream.chunks()])
+        finally:
+            await http.close()
+
+    return asyncio.run(get())
+
+
+@pytest.mark.parametrize("get", [page_get, file_get], ids=["page", "file"])
 def test_https_is_verified_against_the_ca_bundle(
     https_url: str, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, get: object
 ) -> None:
@@ -99,7 +112,7 @@ def test_https_is_verified_against_the_ca_bundle(
     assert get(https_url) == BODY  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("get", [blocking_get, loop_get], ids=["blocking", "event-loop"])
+@pytest.mark.parametrize("get", [page_get, file_get], ids=["page", "file"])
 def test_a_certificate_the_bundle_does_not_vouch_for_is_refused(
     https_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, get: object
 ) -> None:

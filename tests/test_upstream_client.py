@@ -1,7 +1,6 @@
 """Tests of upstream.Client against a canned index on loopback; no sleeping.
 
-Through a proxy (the environment's), requests carries the requests: those are
-mocked with ``responses``.
+Through a proxy (the environment's), the canned server answers as the proxy.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-import responses
 
 from simplemirror import __version__, config
 from simplemirror.config import Config
@@ -293,7 +290,9 @@ def test_connection_errors_exhausted(server: Canned, client: Client) -> None:
     server.add(ROOT, reset=True)
     with pytest.raises(TransientError):
         client.fetch_root(None)
-    assert len(server.calls) == 3
+    # Three attempts (retries=2); aiohttp sends a GET met by a reset once more at
+    # once (RFC 9112 9.3.1.1), so each attempt is two requests.
+    assert len(server.calls) == 6
 
 
 def test_timeouts_are_retried(server: Canned, tmp_path: Path) -> None:
@@ -756,26 +755,31 @@ def test_sha256_is_of_the_bytes_not_the_decoded_text(
     assert got.sha256 == hashlib.sha256(body).hexdigest()
 
 
-def test_environment_is_consulted_only_when_it_carries_settings(
+def test_a_netrc_gives_credentials_to_its_host_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: Canned
 ) -> None:
-    from simplemirror.upstream import _environment_matters
-
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                "all_proxy", "NETRC"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert _environment_matters() is False  # fast path: no proxies, no netrc
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert _environment_matters() is False  # which hosts bypass a proxy: no proxy
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert _environment_matters() is True
-    monkeypatch.delenv("HTTPS_PROXY")
-    (tmp_path / ".netrc").write_text("machine index.test login u password p\n")
-    assert _environment_matters() is True
-    client = Client(make_config(tmp_path, server))
-    assert client.via_requests
-    assert client.session().trust_env is True
+    # trust_env: netrc (and proxies) come from the environment, host by host; a
+    # redirect to another origin carries no credentials.
+    other = Canned()
+    try:
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine 127.0.0.1 login alice password s3cret\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+        for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        elsewhere = other.url(ROOT).replace("127.0.0.1", "localhost")
+        add_json(server, ROOT, root_doc())
+        server.add(FOO, status=302, headers={"Location": elsewhere + "foo/"})
+        add_json(other, FOO, page_doc())
+        client = Client(make_config(tmp_path, server, file_hosts=["localhost"]))
+        assert client.fetch_root(None) is not None
+        expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+        assert server.calls[0].header("Authorization") == expected
+        assert client.fetch_page(todo(40)) is not None
+        assert other.calls and other.calls[0].header("Authorization") is None
+    finally:
+        other.close()
 
 
 def test_a_redirect_loop_ends_in_a_clear_error(
@@ -788,17 +792,17 @@ def test_a_redirect_loop_ends_in_a_clear_error(
     assert len(server.calls) == 11
 
 
-# -- through requests, when the environment sets a proxy (mocked with responses) --------------
+# -- through a proxy (the environment's): a loopback server that answers as one -------------
 
 PROXIED = "http://index.invalid/simple/"
 
 
 @pytest.fixture
-def proxied(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Client:
-    """A client whose environment names a proxy: requests carries every request."""
+def proxied(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: Canned) -> Client:
+    """A client whose environment names ``server`` as its proxy."""
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("HTTP_PROXY", server.base)
     return Client(config.build({}, {
         "upstream": PROXIED, "directory": str(tmp_path), "retries": 2,
         "retry_wait": 0, "retry_max_wait": 0, "stale_retries": 0,
@@ -806,67 +810,149 @@ def proxied(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Client:
 
 
 def test_through_a_proxy_the_root_and_pages_are_read_alike(
-    rsps: responses.RequestsMock, proxied: Client
+    server: Canned, proxied: Client
 ) -> None:
-    rsps.add(responses.GET, PROXIED, json=root_doc(), content_type=JSON_CONTENT_TYPE,
-             headers={"ETag": '"r"'})
-    rsps.add(responses.GET, f"{PROXIED}foo/", status=304)
+    add_json(server, PROXIED, root_doc(), headers={"ETag": '"r"'})
+    server.add(f"{PROXIED}foo/", status=304)
     got = proxied.fetch_root(None)
     assert got is not None and got.etag == '"r"'
     assert [p.normalized for p in got.index.projects] == ["foo", "bar-baz"]
     assert proxied.fetch_page(todo(40), etag='"p"') is None
-    assert rsps.calls[1].request.headers["If-None-Match"] == '"p"'
+    assert [c.path for c in server.calls] == [PROXIED, f"{PROXIED}foo/"]  # absolute: a proxy
+    assert server.calls[1].header("If-None-Match") == '"p"'
 
 
 def test_through_a_proxy_connection_errors_are_retried(
-    rsps: responses.RequestsMock, proxied: Client, sleeps: list[float]
+    server: Canned, proxied: Client, sleeps: list[float]
 ) -> None:
-    rsps.add(responses.GET, PROXIED, body=requests.ConnectionError("proxy refused"))
-    rsps.add(responses.GET, PROXIED, json=root_doc(), content_type=JSON_CONTENT_TYPE)
+    server.add(PROXIED, reset=True)
+    server.add(PROXIED, reset=True)  # aiohttp sends a GET met by a reset once more at once
+    add_json(server, PROXIED, root_doc())
     assert proxied.fetch_root(None) is not None
-    assert len(rsps.calls) == 2
+    assert len(server.calls) == 3
     assert len(sleeps) == 1
 
 
-def test_through_a_proxy_a_file_is_streamed_and_errors_are_upstream_errors(
-    rsps: responses.RequestsMock, proxied: Client
-) -> None:
-    rsps.add(responses.GET, "http://index.invalid/packages/a.whl", body=b"wheel" * 1000)
-    rsps.add(responses.GET, "http://index.invalid/packages/b.whl", status=404)
-    with proxied.stream("http://index.invalid/packages/a.whl") as stream:
-        assert (stream.status, stream.body.read()) == (200, b"wheel" * 1000)
-    with (
-        proxied.stream("http://index.invalid/packages/b.whl") as stream,
-        pytest.raises(UpstreamError, match="404"),
-    ):
+async def read_file(client: Client, url: str) -> tuple[int, bytes]:
+    async with client.stream(url) as stream:
         check_response(stream)
+        return stream.status, b"".join([chunk async for chunk in stream.chunks()])
+
+
+def test_through_a_proxy_a_file_is_streamed_and_errors_are_upstream_errors(
+    server: Canned, proxied: Client
+) -> None:
+    server.add("http://index.invalid/packages/a.whl", b"wheel" * 1000)
+    server.add("http://index.invalid/packages/b.whl", status=404)
+    got = proxied.run(read_file(proxied, "http://index.invalid/packages/a.whl"))
+    assert got == (200, b"wheel" * 1000)
+    with pytest.raises(UpstreamError, match="404"):
+        proxied.run(read_file(proxied, "http://index.invalid/packages/b.whl"))
 
 
 def test_through_a_proxy_errors_that_will_not_pass_are_upstream_errors_at_once(
-    rsps: responses.RequestsMock, proxied: Client, sleeps: list[float]
+    server: Canned, proxied: Client, sleeps: list[float]
 ) -> None:
-    rsps.add(responses.GET, PROXIED, body=requests.exceptions.InvalidURL("no such URL"))
-    with pytest.raises(UpstreamError, match="no such URL") as info:
+    server.add(PROXIED, status=302, headers={"Location": PROXIED})
+    with pytest.raises(UpstreamError, match="redirects") as info:
         proxied.fetch_root(None)
     assert not isinstance(info.value, TransientError)
-    assert (len(rsps.calls), sleeps) == (1, [])
+    assert (len(server.calls), sleeps) == (11, [])
 
 
 def test_through_a_proxy_a_broken_file_download_is_transient(
-    rsps: responses.RequestsMock, proxied: Client
+    server: Canned, proxied: Client
 ) -> None:
     url = "http://index.invalid/packages/a.whl"
-    rsps.add(responses.GET, url, body=requests.ConnectionError("reset by proxy"))
-    with pytest.raises(TransientError, match="reset by proxy"), proxied.stream(url):
-        pass
+    server.add(url, reset=True)
+    with pytest.raises(TransientError, match=r"a\.whl"):
+        proxied.run(read_file(proxied, url))
 
 
-def test_download_processes_do_not_load_requests() -> None:
-    # What a download process imports, in a fresh interpreter: requests (about
-    # 40 ms of CPU to load) is for proxies and netrc, which these never use.
+def test_requests_is_gone() -> None:
+    # One HTTP client: nothing the mirror runs loads requests or urllib3.
     code = (
-        "import sys, simplemirror.async_client, simplemirror.plan, simplemirror.config; "
+        "import sys, simplemirror.cli, simplemirror.sync, simplemirror.verify; "
         "print(sorted(m for m in ('requests', 'urllib3') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- behaviour the removed transports' tests held, through the one client ------------------
+
+
+def test_credentials_in_the_upstream_url_go_to_its_host_only(
+    server: Canned, tmp_path: Path
+) -> None:
+    other = Canned()
+    try:
+        upstream = server.url(ROOT).replace("http://", "http://alice:s%40cret@")
+        elsewhere = other.url(FOO).replace("127.0.0.1", "localhost")
+        add_json(server, ROOT, root_doc())
+        server.add(FOO, status=302, headers={"Location": elsewhere})
+        add_json(other, FOO, page_doc())
+        client = Client(make_config(tmp_path, server, upstream=upstream,
+                                    file_hosts=["localhost"]))
+        assert client.fetch_root(None) is not None
+        expected = "Basic " + base64.b64encode(b"alice:s@cret").decode()
+        assert server.calls[0].header("Authorization") == expected
+        assert client.fetch_page(todo(40)) is not None
+        assert other.calls[0].header("Authorization") is None
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("bad", ["foo bar/", "foo\r\nX-Injected: 1/", "foo\tbar/"])
+def test_a_url_no_request_may_carry_is_refused_and_nothing_is_sent(
+    server: Canned, client: Client, bad: str, sleeps: list[float]
+) -> None:
+    with pytest.raises(UpstreamError, match="control characters or spaces") as info:
+        client.run(client.fetch(server.url(ROOT) + bad))
+    assert not isinstance(info.value, TransientError)
+    assert server.calls == [] and sleeps == []
+
+
+def test_a_gzip_compressed_page_is_decoded_and_hashed_as_sent(
+    server: Canned, client: Client
+) -> None:
+    import gzip
+
+    body = json.dumps(page_doc()).encode()
+    server.add(FOO, gzip.compress(body), headers={
+        "Content-Type": JSON_CONTENT_TYPE, "Content-Encoding": "gzip",
+    })
+    got = client.fetch_page(todo(40))
+    assert got is not None and got.page.name == "foo"
+    assert "gzip" in (server.calls[0].header("Accept-Encoding") or "")
+    assert got.sha256 == hashlib.sha256(body).hexdigest()  # of the decoded document
+
+
+def test_a_cancelled_download_leaves_nothing_in_tmp(server: Canned, tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    from simplemirror import download
+
+    pause = threading.Event()
+    server.add("/packages/a.whl", b"x" * 100_000, pause=pause)  # half, then waits
+    client = Client(make_config(tmp_path, server))
+    client.config.tmp.mkdir(parents=True)
+
+    async def cancel_mid_body() -> None:
+        job = asyncio.ensure_future(download.fetch_to(
+            client, server.url("/packages/a.whl"), expected_hashes={}, expected_size=None,
+            path_for_sha256=lambda sha: sha,
+        ))
+        while not list(client.config.tmp.iterdir()):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+
+    try:
+        client.run(cancel_mid_body())
+    finally:
+        pause.set()
+    assert list(client.config.tmp.iterdir()) == []

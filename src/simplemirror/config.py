@@ -44,6 +44,11 @@ class Config:
     """Normalized names; empty means every project upstream lists."""
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    request_timeout: float = 600.0
+    """A page or the root must be read whole within this many seconds."""
+    min_rate: int = 1024
+    """Bytes a second a file download must keep up over each min-rate-window; 0: none."""
+    min_rate_window: float = 30.0
     retries: int = 3
     """Further attempts after a failed request or a file that fails verification."""
     retry_wait: float = 1.0
@@ -60,6 +65,10 @@ class Config:
     (lowercase); empty: any host the guard in filehosts lets through."""
     max_file_size: int = 16 * 1024**3
     """Largest download accepted when upstream does not declare a file's size."""
+    max_page_size: int = 64 * 1024**2
+    """Largest project page accepted, once decoded (a gzip bomb stops here)."""
+    max_root_size: int = 1024**3
+    """Largest root index accepted, once decoded."""
     max_removal: float = 0.10
     """Largest share of the projects, or of the files, held that one run may remove."""
     allow_mass_delete: bool = False
@@ -100,6 +109,9 @@ KEYS: dict[str, tuple[str, type]] = {
     "projects": ("projects", list),
     "connect-timeout": ("connect_timeout", float),
     "read-timeout": ("read_timeout", float),
+    "request-timeout": ("request_timeout", float),
+    "min-rate": ("min_rate", int),
+    "min-rate-window": ("min_rate_window", float),
     "retries": ("retries", int),
     "retry-wait": ("retry_wait", float),
     "retry-max-wait": ("retry_max_wait", float),
@@ -109,6 +121,8 @@ KEYS: dict[str, tuple[str, type]] = {
     "user-agent": ("user_agent", str),
     "file-hosts": ("file_hosts", list),
     "max-file-size": ("max_file_size", int),
+    "max-page-size": ("max_page_size", int),
+    "max-root-size": ("max_root_size", int),
     "max-removal": ("max_removal", float),
     "public-url": ("public_url", str),
     "keep-reports": ("keep_reports", int),
@@ -277,8 +291,11 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         or not config.public_url.endswith("/")
     ):
         raise ConfigError("public-url must be the http(s) URL web/ is served at, ending in /")
-    if config.max_file_size < 1:
-        raise ConfigError("max-file-size must be a positive number of bytes")
+    for name in ("max_file_size", "max_page_size", "max_root_size"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be a positive number of bytes")
+    if config.min_rate < 0:
+        raise ConfigError("min-rate must be 0 (no floor) or a positive number of bytes a second")
     if config.keep_reports < 0:
         raise ConfigError("keep-reports must be 0 (keep every report) or a positive count")
     if config.workers < 1 or config.workers > 256:
@@ -291,8 +308,8 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         if getattr(config, name) < 0:
             raise ConfigError(f"{name.replace('_', '-')} must not be negative")
     durations = (
-        "connect_timeout", "read_timeout", "retry_wait", "retry_max_wait", "retry_max_time",
-        "stale_wait",
+        "connect_timeout", "read_timeout", "request_timeout", "min_rate_window", "retry_wait",
+        "retry_max_wait", "retry_max_time", "stale_wait",
     )
     for name in durations:
         value = getattr(config, name)

@@ -18,8 +18,7 @@ from urllib.parse import urldefrag
 from simplemirror import layout, store
 from simplemirror.model import DistFile, HeldFile
 from simplemirror.plan import FileTodo
-from simplemirror.transport import Stream, TransportError
-from simplemirror.upstream import Client, TransientError, UpstreamError, check_response
+from simplemirror.upstream import Client, UpstreamError, check_response
 
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
 
@@ -48,20 +47,6 @@ def _verify(
             raise VerificationError(
                 f"{url}: {algorithm} is {digests[algorithm]}, upstream declared {digest}"
             )
-
-
-def _chunks(url: str, response: Stream) -> Iterator[bytes]:
-    """The body as it arrives, up to CHUNK bytes at a time.
-
-    read1 returns what is there rather than waiting for a full chunk, so a
-    stop request is seen promptly even on a slow link.
-    """
-    read = response.body.read1
-    try:
-        while chunk := read(CHUNK):
-            yield chunk
-    except TransportError as exc:  # a reset or timeout mid-body
-        raise TransientError(str(exc)) from exc
 
 
 class Sink:
@@ -124,32 +109,33 @@ class Sink:
         return Downloaded(rel, self.size, digests)
 
 
-def fetch_to(
+async def fetch_to(
     client: Client,
     url: str,
     *,
     expected_hashes: Mapping[str, str],
     expected_size: int | None,
-    web: Path,
-    tmp: Path,
     path_for_sha256: Callable[[str], str],
     new_dir: bool = False,
 ) -> Downloaded:
     """One attempt: download ``url``, verify it, and move it to ``path_for_sha256(sha256)``.
 
+    The bytes are hashed as they are stored, however they were sent: a ``.tar.gz``
+    served with ``Content-Encoding: gzip`` is the file itself, as pip takes it.
     ``new_dir``: that path's directory is most likely new (see store.install).
     """
-    sink = Sink(url, expected_hashes, expected_size, client.config.max_file_size, tmp)
+    config = client.config
+    sink = Sink(url, expected_hashes, expected_size, config.max_file_size, config.tmp)
     try:
-        with client.stream(url) as response:
+        async with client.stream(url) as response:
             check_response(response)
-            for chunk in _chunks(url, response):
+            async for chunk in response.chunks(CHUNK):
                 client.check_stop()
                 sink.write(chunk)
-    except BaseException:
+    except BaseException:  # refused, reset or timed out, before or mid-body; or a stop
         sink.discard()
         raise
-    return sink.finish(web, path_for_sha256, new_dir)
+    return sink.finish(config.web, path_for_sha256, new_dir)
 
 
 @dataclass(frozen=True)
@@ -182,60 +168,15 @@ class Fetch:
         return cls(url, expected_hashes, None, lambda _sha256: path)
 
 
-def fetch(client: Client, wanted: Fetch, *, web: Path, tmp: Path) -> Downloaded:
+async def fetch(client: Client, wanted: Fetch) -> Downloaded:
     """``wanted``, with the configured retries (a failed hash check among them)."""
-    return client.retrying(
+    return await client.retrying(
         lambda: fetch_to(
             client, wanted.url, expected_hashes=wanted.expected_hashes,
-            expected_size=wanted.expected_size, web=web, tmp=tmp,
+            expected_size=wanted.expected_size,
             path_for_sha256=wanted.path_for_sha256, new_dir=wanted.new_dir,
         ),
         also=VerificationError,
-    )
-
-
-def fetch_file(
-    client: Client,
-    url: str,
-    filename: str,
-    *,
-    expected_hashes: Mapping[str, str],
-    expected_size: int | None,
-    web: Path,
-    tmp: Path,
-) -> Downloaded:
-    """Download a distribution file to its content-addressed path, with retries."""
-    wanted = Fetch.file(url, filename, expected_hashes, expected_size)
-    return fetch(client, wanted, web=web, tmp=tmp)
-
-
-def fetch_sibling(
-    client: Client,
-    url: str,
-    file_path: str,
-    suffix: str,
-    *,
-    expected_hashes: Mapping[str, str],
-    web: Path,
-    tmp: Path,
-) -> Downloaded:
-    """Download a file that lives beside a distribution (``file_path + suffix``), with retries."""
-    return fetch(client, Fetch.beside(url, file_path + suffix, expected_hashes), web=web, tmp=tmp)
-
-
-def fetch_metadata(
-    client: Client,
-    url: str,
-    file_path: str,
-    *,
-    expected_hashes: Mapping[str, str],
-    web: Path,
-    tmp: Path,
-) -> Downloaded:
-    """Download a PEP 658 metadata file next to the file it describes, with retries."""
-    return fetch_sibling(
-        client, url, file_path, layout.METADATA_SUFFIX,
-        expected_hashes=expected_hashes, web=web, tmp=tmp,
     )
 
 
@@ -320,13 +261,13 @@ def todo_steps(project: str, todo: FileTodo) -> Generator[Fetch, Downloaded, Tod
     """What fetching ``todo`` takes, without the fetching: each download it needs is
     yielded, and what came of it is sent back (or its error thrown in).
 
-    The blocking workers (sync.download_todo) and the download processes' event loop
-    (async_client) drive the same steps, each with its own I/O. A file that fails
+    download_todo drives them. A file that fails
     ends the todo; a sibling that fails is reported and the file kept.
     """
     dist = todo.dist
     fetched = 0
     copy: HeldFile | None = None
+    hashes: Mapping[str, str]
     if todo.fetch_file:
         got = yield Fetch.file(dist.url, dist.filename, dist.hashes, dist.size)
         path, size, hashes = got.path, got.size, got.hashes
@@ -351,18 +292,21 @@ def todo_steps(project: str, todo: FileTodo) -> Generator[Fetch, Downloaded, Tod
     return held, fetched, "; ".join(errors) or None
 
 
-def run_steps(
-    steps: Generator[Fetch, Downloaded, TodoResult], fetch: Callable[[Fetch], Downloaded]
-) -> TodoResult:
-    """Drive ``steps`` with a blocking ``fetch``."""
+async def download_todo(client: Client, name: str, todo: FileTodo) -> TodoResult:
+    """Fetch what ``todo`` needs (todo_steps), in whichever process runs it.
+
+    Returns the held file, the bytes fetched, and what went wrong with its siblings
+    (the file is still published without them).
+    """
+    steps = todo_steps(name, todo)
     try:
         wanted = next(steps)
         while True:
             try:
-                got = fetch(wanted)
+                got = await fetch(client, wanted)
             except Exception as exc:
                 wanted = steps.throw(exc)
             else:
                 wanted = steps.send(got)
     except StopIteration as done:
-        return done.value
+        return done.value  # type: ignore[no-any-return]

@@ -8,9 +8,9 @@ page must not send the mirror into the network it runs in). An operator who sets
 ``file-hosts`` (or ``--file-host``) names the complete list of hosts besides the
 upstream's own, and those are trusted wherever they are.
 
-The same check applies to every redirect hop of a download (upstream.Client,
-async_client). It resolves a name, then the HTTP client resolves it again to connect:
-a name whose answer changes in between (DNS rebinding) is not caught until the
+The same check applies to every redirect hop of every request (httpclient). It
+resolves a name, then the HTTP client resolves it again to connect: a name whose
+answer changes in between (DNS rebinding) is not caught until the
 client connects to the addresses that were checked.
 """
 

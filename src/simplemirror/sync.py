@@ -1,9 +1,8 @@
 """One run of `mirror sync`: root index -> plan -> pages and files -> published tree.
 
-Workers do the network I/O: threads of this process at first (project pages in
-one pool, files in another, so that page fetches never queue behind a long file
-backlog), then, once a run has download processes (see _Workers), tasks of an
-event loop in each of them (async_client), pages included. Only the
+Workers do the network I/O: tasks of this process's event loop (a thread) at
+first, then, once a run has download processes (see _Workers), the same
+coroutines on an event loop in each of them, pages included. Only the
 coordinating thread touches state.db and writes pages, and it learns of
 finished work through a queue.
 
@@ -22,7 +21,7 @@ import os
 import queue
 import sqlite3
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from simplemirror import download, layout, recover, store
-from simplemirror.async_client import AsyncClient
 from simplemirror.config import Config
 from simplemirror.model import (
     API_VERSION,
@@ -320,20 +318,6 @@ def mass_removal_refusal(
     )
 
 
-def download_todo(client: Client, name: str, todo: FileTodo) -> download.TodoResult:
-    """Worker (a thread, or one in a download process): fetch what ``todo`` needs.
-
-    Returns the held file, the bytes fetched, and what went wrong with its siblings
-    (the file is still published without them). async_client drives the same
-    steps on an event loop.
-    """
-    config = client.config
-    return download.run_steps(
-        download.todo_steps(name, todo),
-        lambda wanted: download.fetch(client, wanted, web=config.web, tmp=config.tmp),
-    )
-
-
 # With download-processes unset, a run starts its download processes only after
 # this many files: below it, starting them costs more than they save.
 PROCESSES_AFTER_FILES = 64
@@ -345,14 +329,22 @@ def auto_download_processes() -> int:
     return 0 if not cores or cores < 2 else min(cores, 4)
 
 
+def shares(workers: int, processes: int) -> list[int]:
+    """``workers`` shared out among at most ``processes``: no more in total, none idle."""
+    count = max(1, min(workers, processes))
+    return [workers // count + (i < workers % count) for i in range(count)]
+
+
 class _Workers:
-    """Runs page fetches and download_todo in worker threads here, or in download processes.
+    """Runs page fetches and download.download_todo on this process's event loop, or in
+    download processes: the same coroutines either way.
 
     The processes start when needed: with ``download-processes`` set, at the first
     file; unset, once a run has had PROCESSES_AFTER_FILES files (a small run never
     pays for them). From then on pages are fetched and parsed there as well: the
     coordinating process, which records and publishes every project, was the
-    busiest of them. The threads keep what they were given.
+    busiest of them. ``workers`` is the budget of connections in every mode: here,
+    or shared out among the processes.
     """
 
     def __init__(self, client: Client) -> None:
@@ -363,21 +355,19 @@ class _Workers:
         else:
             self._processes, self._after = config.download_processes, 0
         self._submitted = 0
-        # The download processes run an event loop (async_client), but where the
-        # environment sets proxies or a netrc file, which only requests applies:
-        # then they run the blocking client in threads, as this process does.
-        self._blocking = client.via_requests
-        self._page_threads: WorkerPool | None = None
-        self._threads: WorkerPool | None = None
+        self._here_running: set[Future[Any]] = set()
         self._children: ProcessPool | None = None
+
+    def _here(self, work: Coroutine[Any, Any, Any]) -> Future[Any]:
+        future = self.client.submit(self.client.in_turn(work))
+        self._here_running.add(future)
+        future.add_done_callback(self._here_running.discard)
+        return future
 
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
         if self._children is not None:
-            fetch_page = Client.fetch_page if self._blocking else AsyncClient.fetch_page
-            return self._children.submit(fetch_page, todo, todo.etag)
-        if self._page_threads is None:
-            self._page_threads = WorkerPool(self.client.config.workers, "page")
-        return self._page_threads.submit(self.client.fetch_page, todo, todo.etag)
+            return self._children.submit(Client.get_page, todo, todo.etag)
+        return self._here(self.client.get_page(todo, todo.etag))
 
     def submit(
         self, name: str, todos: list[FileTodo]
@@ -388,30 +378,26 @@ class _Workers:
         if self._processes:  # up to the file that starts them
             here = max(0, min(here, self._after - self._submitted))
         self._submitted += len(todos)
-        futures = []
-        if here:
-            if self._threads is None:
-                self._threads = WorkerPool(config.workers, "file")
-            futures = [
-                self._threads.submit(download_todo, self.client, name, todo)
-                for todo in todos[:here]
-            ]
+        futures = [
+            self._here(download.download_todo(self.client, name, todo)) for todo in todos[:here]
+        ]
         if len(todos) > here:
             if self._children is None:
-                threads = -(-config.workers // self._processes)
-                context = Client if self._blocking else AsyncClient
-                self._children = ProcessPool(self._processes, threads, context, config)
-            fn = download_todo if self._blocking else AsyncClient.download_todo
-            futures += self._children.submit_all(fn, [(name, todo) for todo in todos[here:]])
+                self._children = ProcessPool(
+                    shares(config.workers, self._processes), Client, config
+                )
+            futures += self._children.submit_all(
+                download.download_todo, [(name, todo) for todo in todos[here:]]
+            )
         return futures
 
     def shutdown(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        clean = True
-        for pool in (self._page_threads, self._threads, self._children):
-            if pool is not None:
-                clean = pool.shutdown(max(0.0, deadline - time.monotonic())) and clean
-        return clean
+        # What runs here is cancelled: a download cut short leaves nothing behind.
+        for future in list(self._here_running):
+            future.cancel()
+        if self._children is not None:
+            return self._children.shutdown(timeout)
+        return True
 
 
 class Sync:
@@ -435,6 +421,12 @@ class Sync:
     # -- the run ------------------------------------------------------------
 
     def run(self, *, dry_run: bool = False) -> RunSummary:
+        try:
+            return self._run(dry_run=dry_run)
+        finally:
+            self.client.close()
+
+    def _run(self, *, dry_run: bool = False) -> RunSummary:
         started = time.monotonic()
         config = self.config
         if dry_run:

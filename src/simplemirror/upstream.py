@@ -6,21 +6,21 @@ status codes, ETags, serial headers, and which format (JSON or HTML) came back.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
-import os
 import threading
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 from tenacity import (
+    AsyncRetrying,
     RetryCallState,
-    Retrying,
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
@@ -31,6 +31,7 @@ from tenacity.wait import wait_base
 
 from simplemirror.config import Config
 from simplemirror.filehosts import FileHostGuard
+from simplemirror.httpclient import Fetched, Http, Limits, Stream, TransportError
 from simplemirror.model import (
     HTML_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -41,10 +42,6 @@ from simplemirror.model import (
     parse_serial,
 )
 from simplemirror.plan import ProjectTodo
-from simplemirror.transport import Body, Fetched, Stream, Transport, TransportError
-
-if TYPE_CHECKING:
-    import requests
 
 T = TypeVar("T")
 
@@ -90,14 +87,6 @@ class StalePage(UpstreamError):
     """The project page is older than the root index promised (CDN lag)."""
 
 
-def _environment_matters() -> bool:
-    """Whether requests must consult the environment: proxies or a netrc file are set."""
-    netrc = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    proxies = urllib.request.getproxies()
-    proxies.pop("no", None)  # NO_PROXY: hosts that bypass a proxy, not a proxy
-    return bool(proxies) or os.path.exists(netrc)
-
-
 def backoff(first: float, ceiling: float) -> wait_base:
     """Exponential backoff from ``first`` seconds, plus up to ``first`` of jitter."""
     return wait_exponential(multiplier=first, max=ceiling) + wait_random(0, first)
@@ -133,23 +122,6 @@ def _upstream_error(exc: TransportError) -> UpstreamError:
     return TransientError(str(exc)) if exc.transient else UpstreamError(str(exc))
 
 
-@contextmanager
-def _requests_errors(url: str) -> Iterator[None]:
-    """requests' failures, as ours: a connection, a timeout or a broken body is
-    transient. Translated where requests is called, so that nothing else needs to
-    know them, and a download process, which never uses requests, never loads it."""
-    import requests
-
-    try:
-        yield
-    except (
-        requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError
-    ) as exc:
-        raise TransientError(f"{url}: {exc}") from exc
-    except requests.RequestException as exc:
-        raise UpstreamError(f"{url}: {exc}") from exc
-
-
 @dataclass(frozen=True)
 class RootResponse:
     index: RootIndex
@@ -166,21 +138,6 @@ class PageResponse:
     sha256: str
     """sha256 (hex) of the response body, so that a caller can tell an unchanged page
     from an upstream that gives neither ETags nor serials."""
-
-
-class _RawBody(Body):
-    """A file body read through requests (proxies, netrc): its urllib3 response."""
-
-    def __init__(self, raw: Any) -> None:
-        self._raw = raw
-
-    def read1(self, n: int) -> bytes:
-        import urllib3  # loaded with requests, which made this body
-
-        try:
-            return self._raw.read1(n, decode_content=True)  # type: ignore[no-any-return]
-        except urllib3.exceptions.HTTPError as exc:  # a reset or timeout mid-body
-            raise TransportError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -342,119 +299,140 @@ def log_retry(state: RetryCallState) -> None:
     )
 
 
-class Client:
-    """HTTP access to upstream. Safe to share between threads: each has its own connections."""
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
 
-    def __init__(self, config: Config) -> None:
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """This process's event loop for blocking callers, running in a daemon thread.
+
+    A daemon, so that a stopping run is never held by a request in flight: what it
+    was writing is a temporary file, cleared by the next run, never published.
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="http", daemon=True).start()
+        return _loop
+
+
+class Client:
+    """HTTP access to upstream, and its rules: retries, page URLs, the file-host policy.
+
+    Its coroutines (``get_root``, ``get_page``, download.download_todo) are the one way
+    every process speaks to upstream. Blocking callers (the sync's coordinating
+    thread, verify --repair) hand them to ``background_loop`` (``submit``, ``run``);
+    a download process awaits them on its own loop.
+    """
+
+    def __init__(self, config: Config, connections: int | None = None) -> None:
         self.config = config
-        self._local = threading.local()
-        self.transport = Transport(
+        self.connections = connections or config.workers
+        """This process's share of ``workers``: connections and requests at once."""
+        self.http = Http(
             user_agent=config.user_agent,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
+            limits=Limits(
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+                request_timeout=config.request_timeout,
+                min_rate=config.min_rate,
+                min_rate_window=config.min_rate_window,
+                max_page_size=config.max_page_size,
+                max_root_size=config.max_root_size,
+            ),
+            connections=self.connections,
         )
-        self.via_requests = _environment_matters()
-        """The environment sets proxies or a netrc file, which requests knows how to
-        apply: every request goes through it. Otherwise, over the transport."""
         self.stop = threading.Event()
         """Set to make every request, retry and download end soon (Interrupted)."""
         self.file_guard = FileHostGuard(config.upstream, config.file_hosts)
-        """Which hosts may serve files: asked for each download and each of its redirects."""
+        """Which hosts may serve anything: asked for each request and each of its redirects."""
+        self._turns: asyncio.Semaphore | None = None
 
-    def pause(self, seconds: float) -> None:
+    # -- for blocking callers --------------------------------------------------
+
+    def submit(self, work: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run ``work`` on this process's background loop; its Future, to wait on."""
+        return asyncio.run_coroutine_threadsafe(work, background_loop())
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return self.submit(work).result()
+
+    def fetch_root(self, etag: str | None, sha256: str | None = None) -> RootResponse | None:
+        """``get_root``, waited for."""
+        return self.run(self.get_root(etag, sha256))
+
+    def fetch_page(self, todo: ProjectTodo, etag: str | None = None) -> PageResponse | None:
+        """``get_page``, waited for."""
+        return self.run(self.get_page(todo, etag))
+
+    def close(self) -> None:
+        """Close the background loop's connections (not a download process's: ``aclose``)."""
+        self.run(self.aclose())
+
+    # -- coroutines -------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        await self.http.close()
+
+    async def in_turn(self, work: Awaitable[T]) -> T:
+        """Await ``work`` when fewer than ``connections`` others are under way: the
+        parent hands over far more than that, and each would hold a temporary file."""
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(self.connections)
+        async with self._turns:
+            return await work
+
+    async def pause(self, seconds: float) -> None:
         """Wait between attempts; a stop request cuts the wait short."""
-        self.stop.wait(seconds)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while not self.stop.is_set() and (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(left, 0.2))
 
     def check_stop(self) -> None:
         if self.stop.is_set():
             raise Interrupted("stopping")
 
-    def session(self) -> requests.Session:
-        """This thread's requests session, for when ``via_requests``."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            import requests
-            from requests.adapters import HTTPAdapter
-
-            session = requests.Session()
-            session.headers["User-Agent"] = self.config.user_agent
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if bundle:
-                session.verify = bundle
-            # One thread, one connection at a time; keep a few per host alive.
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._local.session = session
-        return session
-
-    def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> Fetched:
-        """GET a whole document (the root, a page), following redirects."""
-        if self.via_requests:
-            with _requests_errors(url):
-                response = self.session().get(url, headers=headers, timeout=self.timeout)
-                return Fetched(
-                    response.url, response.status_code, response.headers, response.content
-                )
+    async def fetch(
+        self, url: str, headers: Mapping[str, str] | None = None, *, root: bool = False
+    ) -> Fetched:
+        """GET a whole document (the root, a page), following redirects the policy allows."""
         try:
-            return self.transport.get(url, headers)
+            return await self.http.get(url, headers, root=root, check=self.check_file_url)
         except TransportError as exc:
             raise _upstream_error(exc) from exc
 
     def check_file_url(self, url: str) -> None:
-        """Raise RefusedURL unless the file-host policy lets a download ask ``url``."""
+        """Raise RefusedURL unless the host policy lets a request ask ``url``."""
         why = self.file_guard.refusal(url)
         if why is not None:
             raise RefusedURL(f"{url}: refused: {why}")
 
-    def _check_redirect(self, response: requests.Response, **_: Any) -> None:
-        """A requests hook: the policy for a redirect's target, before requests follows it."""
-        if response.is_redirect:
-            try:
-                self.check_file_url(urljoin(response.url, response.headers["location"]))
-            except RefusedURL:
-                response.close()
-                raise
-
-    @contextmanager
-    def stream(self, url: str) -> Iterator[Stream]:
+    @asynccontextmanager
+    async def stream(self, url: str) -> AsyncIterator[Stream]:
         """GET a file's body to be read as it arrives (the file-host policy applies)."""
-        if self.via_requests:
-            self.check_file_url(url)
-            hooks = {"response": self._check_redirect}
-            with (
-                _requests_errors(url),
-                self.session().get(
-                    url, stream=True, timeout=self.timeout, hooks=hooks
-                ) as response,
-            ):
-                yield Stream(
-                    response.url, response.status_code, response.headers, _RawBody(response.raw)
-                )
-            return
         try:
-            with self.transport.stream(url, check=self.check_file_url) as stream:
+            async with self.http.stream(url, check=self.check_file_url) as stream:
                 yield stream
         except TransportError as exc:
             raise _upstream_error(exc) from exc
 
-    @property
-    def timeout(self) -> tuple[float, float]:
-        return (self.config.connect_timeout, self.config.read_timeout)
-
-    def retrying(self, what: Callable[[], T], *, also: type[BaseException] | None = None) -> T:
-        """Call ``what`` with the configured retries and exponential backoff with jitter.
+    async def retrying(
+        self, what: Callable[[], Awaitable[T]], *, also: type[BaseException] | None = None
+    ) -> T:
+        """Await ``what()`` with the configured retries and exponential backoff with jitter.
 
         ``also`` names one more exception type worth retrying (a failed hash check).
         """
         should_retry = retry_test(also)
 
-        def attempt() -> T:
+        async def attempt() -> T:
             self.check_stop()
-            return what()
+            return await what()
 
-        return _first_then_retrying(
-            attempt, lambda: Retrying(**self.retry_policy(should_retry), sleep=self.pause),
+        return await _first_then_retrying(
+            attempt, lambda: AsyncRetrying(**self.retry_policy(should_retry), sleep=self.pause),
             should_retry,
         )
 
@@ -482,25 +460,34 @@ class Client:
             "reraise": True,
         }
 
-    def _get(
+    async def _get(
         self,
         url: str,
         etag: str | None,
         parse_json: Callable[[bytes], object] = json.loads,
         same_as: str | None = None,
+        root: bool = False,
     ) -> _Answer | Fetched:
         """GET a Simple API document (PEP 691 JSON or PEP 503 HTML); see ``interpret``."""
         headers = document_headers(etag)
-        return self.retrying(lambda: interpret(self.fetch(url, headers), url, parse_json, same_as))
 
-    def fetch_root(self, etag: str | None, sha256: str | None = None) -> RootResponse | None:
+        async def attempt() -> _Answer | Fetched:
+            return interpret(await self.fetch(url, headers, root=root), url, parse_json, same_as)
+
+        return await self.retrying(attempt)
+
+    async def get_root(
+        self, etag: str | None, sha256: str | None = None
+    ) -> RootResponse | None:
         """The root index, or None when it is unchanged since ``etag`` (304), or its
         bytes are those whose hash is ``sha256`` (an upstream that sends no ETags).
 
         A large root takes seconds to parse and compare; the same bytes need neither.
         """
         try:
-            got = self._get(self.config.upstream, etag, parse_root_json, same_as=sha256)
+            got = await self._get(
+                self.config.upstream, etag, parse_root_json, same_as=sha256, root=True
+            )
         except NotFound as exc:
             raise NotFound(f"{exc}; {NOT_A_ROOT}") from None
         if not isinstance(got, _Answer):
@@ -529,7 +516,9 @@ class Client:
     def page_url(self, name: str) -> str:
         return urljoin(self.config.upstream, f"{name}/")
 
-    def fetch_page(self, todo: ProjectTodo, etag: str | None = None) -> PageResponse | None:
+    async def get_page(
+        self, todo: ProjectTodo, etag: str | None = None
+    ) -> PageResponse | None:
         """A project's page, at least as new as the root promised.
 
         With ``etag``, None means upstream answered 304: the page is the one that
@@ -540,12 +529,12 @@ class Client:
         """
         url = self.page_url(todo.name)
 
-        def attempt() -> PageResponse | None:
+        async def attempt() -> PageResponse | None:
             self.check_stop()
-            return page_response(self._get(url, etag), todo, url)
+            return page_response(await self._get(url, etag), todo, url)
 
-        return _first_then_retrying(
-            attempt, lambda: Retrying(**self.stale_policy(), sleep=self.pause), is_stale
+        return await _first_then_retrying(
+            attempt, lambda: AsyncRetrying(**self.stale_policy(), sleep=self.pause), is_stale
         )
 
     def stale_policy(self) -> dict[str, Any]:
@@ -559,29 +548,29 @@ class Client:
         }
 
 
-def _first_then_retrying(
-    attempt: Callable[[], T],
-    retrying: Callable[[], Retrying],
+async def _first_then_retrying(
+    attempt: Callable[[], Awaitable[T]],
+    retrying: Callable[[], AsyncRetrying],
     should_retry: Callable[[BaseException], bool],
 ) -> T:
-    """``attempt()``; on a failure worth retrying, hand over to tenacity.
+    """``await attempt()``; on a failure worth retrying, hand over to tenacity.
 
     The common case, success at once, skips tenacity's machinery: it costs more
     than a small request on loopback. The first failure is replayed to tenacity
     as its first attempt, so counts, waits and Retry-After stay as configured.
     """
     try:
-        return attempt()
+        return await attempt()
     except BaseException as exc:
         if not should_retry(exc):
             raise
         first_failure: BaseException | None = exc
 
-    def replay_then_attempt() -> T:
+    async def replay_then_attempt() -> T:
         nonlocal first_failure
         if first_failure is not None:
             failure, first_failure = first_failure, None
             raise failure
-        return attempt()
+        return await attempt()
 
-    return retrying()(replay_then_attempt)
+    return await retrying()(replay_then_attempt)

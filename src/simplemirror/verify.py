@@ -692,6 +692,7 @@ class Verifier:
                     failed.setdefault(problem.row.project, f"{problem.label}: {error}")
         finally:
             pool.shutdown(0)
+            client.close()
         for project, error in failed.items():
             self._mark_failed(project, f"verify --repair could not restore {error}", generation)
         return touched
@@ -714,7 +715,6 @@ class Verifier:
 
         Returns (bytes fetched, error or None) for each of ``wanted``.
         """
-        config = self.config
         error: str | None = None
         if (refused := client.file_guard.refusal(row.url)) is not None:
             error = f"its recorded URL {row.url} is refused: {refused}"
@@ -725,10 +725,9 @@ class Verifier:
         outcomes: dict[bool, tuple[int, str | None]] = {}
         if False in wanted:
             try:
-                got = download.fetch_file(
-                    client, row.url, row.filename, expected_hashes=row.hashes,
-                    expected_size=row.size, web=config.web, tmp=config.tmp,
-                )
+                got = client.run(download.fetch(
+                    client, download.Fetch.file(row.url, row.filename, row.hashes, row.size)
+                ))
                 outcomes[False] = (got.size, None)
             except REPAIR_ERRORS as exc:
                 outcomes[False] = (0, str(exc))
@@ -738,10 +737,10 @@ class Verifier:
                 outcomes[True] = (0, "its distribution file could not be repaired")
                 return outcomes
             try:
-                got = download.fetch_metadata(
-                    client, urldefrag(row.url).url + layout.METADATA_SUFFIX, row.path,
-                    expected_hashes=row.metadata_hashes, web=config.web, tmp=config.tmp,
-                )
+                got = client.run(download.fetch(client, download.Fetch.beside(
+                    urldefrag(row.url).url + layout.METADATA_SUFFIX,
+                    row.path + layout.METADATA_SUFFIX, row.metadata_hashes,
+                )))
                 outcomes[True] = (got.size, None)
             except REPAIR_ERRORS as exc:
                 outcomes[True] = (0, str(exc))

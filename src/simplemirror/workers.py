@@ -1,4 +1,5 @@
-"""A minimal pool of daemon worker threads that hands back standard Futures.
+"""Download processes (ProcessPool), and a minimal pool of daemon worker threads
+(WorkerPool, for verify's blocking work) that hand back standard Futures.
 
 Why not ThreadPoolExecutor: its threads are joined when the interpreter
 exits, so one download stuck in a network read would hold a stopping mirror
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import functools
 import itertools
 import logging
 import logging.handlers
@@ -22,7 +23,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -94,40 +95,39 @@ class WorkerPool:
 
 
 class ProcessPool:
-    """Worker threads in child processes, so that downloads use more than one core.
+    """Child processes that run coroutines, so that downloads use more than one core.
 
     One Python process is held to one core by its GIL, and hashing, writing and
-    HTTP parsing for many small files fill it. Each child runs ``threads`` daemon
-    threads over its own Client (``make_context(config)``); ``submit(fn, *args)``
-    runs ``fn(context, *args)`` in the least busy child and hands back a standard
-    Future. Functions, arguments, results and exceptions cross as pickles, so
-    ``fn`` must be a module-level function.
+    HTTP parsing for many small files fill it. Each child runs an event loop with
+    its own context (``make_context(config)``: its Client); ``submit(fn, *args)``
+    runs the coroutine function ``fn(context, *args)`` in the least busy child and
+    hands back a standard Future. Functions, arguments, results and exceptions cross
+    as pickles, so ``fn`` must be a module-level function (or a class's method).
+    At most its share of them run at once in a child (of the workers):
+    the parent sends work well ahead, and each running task holds a connection.
 
     Children ignore SIGINT and SIGTERM: the parent decides when to stop, and tells
     them (``shutdown``). A child whose parent dies sees its pipe close and exits.
     Children are started with ``spawn``: a fork of a process whose threads may
     hold locks could deadlock.
-
-    A coroutine function ``fn`` runs as a task of the child's event loop instead
-    of in a thread: one loop waits on many sockets without the GIL hand-offs
-    that threads pay at each system call. At most ``threads`` of them run at once,
-    as threads would: the parent sends work well ahead, and each running task
-    holds a connection to upstream.
     """
 
     def __init__(
-        self, processes: int, threads: int, make_context: Callable[[Any], Any], config: Any
+        self, shares: Sequence[int], make_context: Callable[[Any, int], Any], config: Any
     ) -> None:
+        """One child for each of ``shares``: how many tasks it runs at once, given to
+        its context too (``make_context(config, share)``: a Client's connections)."""
         context = multiprocessing.get_context("spawn")
+        processes = len(shares)
         # A spawned child starts with no logging set up: it logs at the parent's level,
         # and sends its records here (a retry, at DEBUG, shows with -v as the parent's do).
         level = logging.getLogger(LOGGER).getEffectiveLevel()
         self._conns: list[Connection] = []
         self._children: list[BaseProcess] = []
-        for _ in range(processes):
+        for share in shares:
             parent_end, child_end = context.Pipe()
             child = context.Process(
-                target=_child_main, args=(child_end, threads, make_context, config, level),
+                target=_child_main, args=(child_end, share, make_context, config, level),
                 daemon=True,
             )
             child.start()
@@ -250,12 +250,12 @@ class ChildLost(Exception):
 
 
 def _child_main(
-    conn: Connection, threads: int, make_context: Callable[[Any], Any], config: Any,
+    conn: Connection, threads: int, make_context: Callable[[Any, int], Any], config: Any,
     level: int = logging.WARNING,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    asyncio.run(_serve(conn, threads, make_context(config), level))
+    asyncio.run(_serve(conn, threads, make_context(config, threads), level))
 
 
 class _ToParent:
@@ -280,11 +280,9 @@ class _ToParent:
 async def _serve(
     conn: Connection, threads: int, context: Any, level: int = logging.WARNING
 ) -> None:
-    """Run the parent's tasks until it says stop (or dies): coroutine functions as
-    tasks of this event loop, ``threads`` at a time, other functions in ``threads``
-    worker threads."""
+    """Run the parent's tasks, ``threads`` at a time, as tasks of this event loop until
+    it says stop (or dies)."""
     loop = asyncio.get_running_loop()
-    pool: WorkerPool | None = None
     running: set[asyncio.Task[Any]] = set()
     # Tasks wait their turn in the order they came: the parent's queue, kept here.
     turns = asyncio.Semaphore(threads)
@@ -332,20 +330,16 @@ async def _serve(
         outbox.clear()
         send(replies)
 
-    def finished(task: int, future: Future[Any] | asyncio.Task[Any]) -> None:
+    def finished(task: int, future: asyncio.Task[Any]) -> None:
         if future.cancelled():
             return  # only a stop cancels, and the parent settles what is left then
         exc = future.exception()
         reply = (task, True, future.result()) if exc is None else (task, False, exc)
-        if isinstance(future, Future):  # from a worker thread: at once
-            send([reply])
-            return
         if not outbox:
             loop.call_later(REPLY_DELAY, flush)
         outbox.append(reply)
 
     def on_message() -> None:
-        nonlocal pool
         try:
             message = _recv(conn)
         except (EOFError, OSError):
@@ -356,17 +350,10 @@ async def _serve(
                 told_to_stop.set_result(None)
             return
         for task, fn, args in message:
-            if inspect.iscoroutinefunction(fn):
-                job = loop.create_task(in_turn(fn, args))
-                running.add(job)
-                job.add_done_callback(running.discard)
-                job.add_done_callback(lambda job, task=task: finished(task, job))
-            else:
-                if pool is None:
-                    pool = WorkerPool(threads, "child")
-                pool.submit(fn, context, *args).add_done_callback(
-                    lambda future, task=task: finished(task, future)
-                )
+            job = loop.create_task(in_turn(fn, args))
+            running.add(job)
+            job.add_done_callback(running.discard)
+            job.add_done_callback(functools.partial(finished, task))
 
     loop.add_reader(conn.fileno(), on_message)
     await told_to_stop
@@ -377,11 +364,9 @@ async def _serve(
         job.cancel()
     if running:
         await asyncio.wait(running, timeout=5.0)
-    if pool is not None:
-        pool.shutdown(5.0)
-    close = getattr(context, "close", None)
-    if close is not None:
-        close()
+    aclose = getattr(context, "aclose", None)
+    if aclose is not None:
+        await aclose()
     if outbox:
         flush()
     with send_lock:

@@ -1,7 +1,6 @@
 """A loopback HTTP server that answers each path with canned responses, in order.
 
-For unit tests of code that talks HTTP below requests (the transport uses
-http.client directly, which `responses` cannot see). Like `responses`, answers
+For unit tests of the HTTP client, on a real socket. Answers
 added for one path are given in turn and the last one repeats; every request is
 recorded.
 """
@@ -14,6 +13,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -35,6 +35,10 @@ class Answer:
     """Close the connection after the answer without saying so (Connection: close)."""
     length: int | None = None
     """The Content-Length to declare, when it is not the body's."""
+    raw: Callable[[Callable[[bytes], None]], None] | None = None
+    """Write the whole answer by hand instead, status line and all, through the
+    function it is given (which flushes, and raises ConnectionError once the client
+    has gone): for answers no well-behaved server gives. Keep it bounded."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,16 @@ class Canned:
                 )
                 if answer.stall:
                     time.sleep(answer.stall)
+                if answer.raw is not None:
+                    self.close_connection = True
+
+                    def send(data: bytes) -> None:
+                        self.wfile.write(data)
+                        self.wfile.flush()
+
+                    with contextlib.suppress(ConnectionError):
+                        answer.raw(send)
+                    return
                 if answer.reset:
                     # SO_LINGER 0: close() sends a reset, not an orderly end.
                     self.connection.setsockopt(
@@ -131,13 +145,16 @@ class Canned:
         stall: float = 0.0,
         close: bool = False,
         length: int | None = None,
+        raw: Callable[[Callable[[bytes], None]], None] | None = None,
     ) -> None:
         """Queue an answer for ``url`` (a full URL of this server, or a path)."""
         parts = urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         with self._lock:
             self._answers.setdefault(path, []).append(
-                Answer(status, body, dict(headers or {}), reset, pause, stall, close, length)
+                Answer(
+                    status, body, dict(headers or {}), reset, pause, stall, close, length, raw
+                )
             )
 
     def _next(self, call: Call) -> Answer:

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from simplemirror import store
-from simplemirror.transport import Inflater
 
 
 def temp_file_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -26,20 +25,3 @@ def temp_file_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(store, "create", counting_create)
     monkeypatch.setattr(store, "write_all", counting_write_all)
     return written
-
-
-def refuse_spinning_inflater(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read1 that asks its Inflater for nothing, again and again, fails instead of
-    hanging (on an event loop such a loop never awaits, so no timeout could end it)."""
-    real = Inflater.decode
-    idle = 0
-
-    def decode(self: Inflater, data: bytes, n: int) -> bytes:
-        nonlocal idle
-        out = real(self, data, n)
-        idle = idle + 1 if not data and not out else 0
-        if idle > 1000:
-            raise AssertionError("read1 loops without reading or decoding anything")
-        return out
-
-    monkeypatch.setattr(Inflater, "decode", decode)

@@ -1,0 +1,329 @@
+"""Every request to upstream (the root, pages, files, metadata) goes through here, on aiohttp.
+
+One client for the sync, its download processes and ``verify --repair``: aiohttp's
+parser (C), proxies and netrc from the environment (``Environment``), TLS against
+certifi's store. What aiohttp leaves open, this module closes:
+
+- every request is bounded as a whole, not only each read: a page or the root within
+  ``request-timeout``; a file must bring ``min-rate`` bytes a second over each window
+  of ``min-rate-window`` seconds, the first of which also holds the request (so a
+  server that sends ``102 Processing``, header lines or a body one byte at a time
+  forever is cut off);
+- a page's or the root's decoded size is capped while it is read (a gzip bomb);
+- redirects are followed here, each hop asked of ``check`` before it is requested,
+  and a redirect's body is never read;
+- a file is read as its bytes are stored (no decoding), as pip does: a ``.tar.gz``
+  served with ``Content-Encoding: gzip`` is still its own bytes.
+
+Sessions are bound to the event loop they were made on: each process makes its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+from urllib.request import proxy_bypass
+
+import aiohttp
+import certifi
+from aiohttp import helpers
+from yarl import URL
+
+MAX_REDIRECTS = 10
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# A file is asked for as stored: no server should compress it on the way.
+FILE_HEADERS = {"Accept-Encoding": "identity"}
+PAGE_ENCODINGS = "gzip, deflate"
+
+
+class TransportError(Exception):
+    """The request did not get an answer: refused, reset, timed out or unreadable."""
+
+    transient = True
+    """Worth another try; false for a URL or redirect that will fail the same way."""
+
+
+class DeadEnd(TransportError):
+    """A URL that is not http(s), redirects without end, or an answer too large to take."""
+
+    transient = False
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A whole response: a Simple API page or the root."""
+
+    url: str
+    """The URL that answered, after redirects."""
+    status: int
+    headers: Mapping[str, str]
+    """Looked up without regard to case."""
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    connect_timeout: float
+    read_timeout: float
+    """For each read: a connection that goes silent this long is given up."""
+    request_timeout: float
+    """A page or the root, redirects, headers and body, within this many seconds."""
+    min_rate: int
+    """Bytes a second a file must keep up over each window; 0: no floor."""
+    min_rate_window: float
+    max_page_size: int
+    max_root_size: int
+
+
+def ca_bundle() -> str:
+    """The CA bundle to verify against: the environment's override (as requests and
+    pip read it), or certifi's."""
+    return (
+        os.environ.get("REQUESTS_CA_BUNDLE")
+        or os.environ.get("CURL_CA_BUNDLE")
+        or certifi.where()
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({exc or type(exc).__name__})"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the connection ended with part of the body still to come ({exc})"
+    # str() alone may say nothing at all; the type says what failed.
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+
+
+def target(url: str) -> URL:
+    """The URL to request, as given (no re-quoting); DeadEnd for one no request can carry.
+
+    URLs come from upstream's pages; one with a space or a line break in it could
+    smuggle a second request onto a kept-alive connection.
+    """
+    if _UNSENDABLE.search(url):
+        raise DeadEnd(f"{url}: has control characters or spaces, which no request may carry")
+    if not url.startswith(("http://", "https://")):
+        raise DeadEnd(f"{url}: not an http(s) URL")
+    try:
+        parsed = URL(url, encoded=True)
+        parsed.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise DeadEnd(f"{url}: {exc}") from None
+    if not parsed.raw_host:
+        raise DeadEnd(f"{url}: not an http(s) URL")
+    return parsed
+
+
+@dataclass
+class Stream:
+    """A file's response whose body is still to be read (``chunks``)."""
+
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    _response: aiohttp.ClientResponse
+    _deadline: asyncio.Timeout
+    _limits: Limits
+
+    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes | memoryview]:
+        """The body as it arrives, up to ``size`` bytes at a time; each window of the
+        rate floor must bring its share.
+
+        Each piece as the socket gave it (readchunk): read(n) and readany join what is
+        buffered into new bytes, a copy and, for large ones, fresh memory to fault in.
+        """
+        content = self._response.content
+        loop = asyncio.get_running_loop()
+        window = self._limits.min_rate_window
+        share = self._limits.min_rate * window
+        got = 0
+        try:
+            while True:
+                chunk, _ = await content.readchunk()
+                if not chunk:
+                    return
+                got += len(chunk)
+                if share and got >= share:  # this window is met: the next one starts
+                    got = 0
+                    self._deadline.reschedule(loop.time() + window)
+                if len(chunk) <= size:
+                    yield chunk
+                    continue
+                view = memoryview(chunk)
+                for start in range(0, len(chunk), size):
+                    yield view[start:start + size]
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportError(f"{self.url}: {_describe(exc)}") from exc
+
+
+class Environment:
+    """Proxies and netrc credentials, read from the environment once, as curl and pip
+    take them (aiohttp's own ``trust_env`` reads them again, in a thread, for every
+    request: a third of a small request's CPU). ``NO_PROXY`` alone sets no proxy."""
+
+    def __init__(self) -> None:
+        self._proxies = helpers.proxies_from_env()
+        self._netrc = helpers.netrc_from_env()
+        self._by_origin: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def for_url(self, url: URL) -> dict[str, Any]:
+        """The proxy and credentials arguments of a request to ``url``."""
+        origin = (url.scheme, url.host or "")
+        found = self._by_origin.get(origin)
+        if found is None:
+            found = {}
+            proxy = self._proxies.get(url.scheme)
+            if proxy is not None and not (url.host and proxy_bypass(url.host)):
+                found.update(proxy=proxy.proxy, proxy_auth=proxy.proxy_auth)
+            if self._netrc is not None and url.host:
+                with contextlib.suppress(LookupError):
+                    found["auth"] = helpers.basicauth_from_netrc(self._netrc, url.host)
+            self._by_origin[origin] = found
+        if "auth" in found and url.user is not None:
+            # Credentials in the URL are the ones to send (as curl and requests do).
+            return {k: v for k, v in found.items() if k != "auth"}
+        return found
+
+
+class Http:
+    """The HTTP client of one process (one event loop), ``connections`` at most at once."""
+
+    def __init__(self, *, user_agent: str, limits: Limits, connections: int) -> None:
+        self.limits = limits
+        self._user_agent = user_agent
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._environment: Environment | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            tls = ssl.create_default_context(cafile=ca_bundle())
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=tls),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.limits.connect_timeout,
+                    sock_read=self.limits.read_timeout,
+                ),
+                headers={"User-Agent": self._user_agent, "Accept-Encoding": PAGE_ENCODINGS},
+                auto_decompress=True,
+                cookie_jar=aiohttp.DummyCookieJar(),  # an index sets none worth keeping
+                read_bufsize=1 << 18,
+                # The parser's own caps on a header block (aiohttp's defaults, said here
+                # because they are part of what bounds an answer); 1xx answers and
+                # trailers are bounded by the deadlines instead.
+                max_line_size=8190, max_field_size=8190, max_headers=128,
+            )
+            self._environment = Environment()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _open(
+        self, url: str, headers: Mapping[str, str] | None,
+        check: Callable[[str], None] | None, decompress: bool,
+    ) -> tuple[str, aiohttp.ClientResponse]:
+        """GET ``url``, following redirects; each hop is ``check``-ed before it is asked."""
+        session = self._get_session()
+        environment = self._environment
+        assert environment is not None
+        for _ in range(MAX_REDIRECTS + 1):
+            if check is not None:
+                check(url)
+            asked = target(url)
+            try:
+                response = await session.get(
+                    asked, headers=headers, allow_redirects=False,
+                    auto_decompress=decompress, **environment.for_url(asked),
+                )
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                raise TransportError(f"{url}: {_describe(exc)}") from exc
+            location = response.headers.get("Location")
+            if response.status not in REDIRECTS or location is None:
+                return url, response
+            response.close()  # its body is never read: it could be anything, of any size
+            url = urljoin(url, location)
+        raise DeadEnd(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    async def get(
+        self, url: str, headers: Mapping[str, str] | None = None, *, root: bool = False,
+        check: Callable[[str], None] | None = None,
+    ) -> Fetched:
+        """GET a whole document (the root, a page), its decoded size capped."""
+        limit = self.limits.max_root_size if root else self.limits.max_page_size
+        key = "max-root-size" if root else "max-page-size"
+        seconds = self.limits.request_timeout
+        try:
+            async with asyncio.timeout(seconds):
+                final, response = await self._open(url, headers, check, True)
+                try:
+                    body = b""
+                    if 200 <= response.status < 300:
+                        body = await _read_capped(final, response, limit, key)
+                finally:
+                    response.release()
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                raise TransportError(f"{url}: {_describe(exc)}") from exc
+            raise TransportError(
+                f"{url}: no whole answer within request-timeout ({seconds:g} s)"
+            ) from None
+        return Fetched(final, response.status, response.headers, body)
+
+    @asynccontextmanager
+    async def stream(
+        self, url: str, check: Callable[[str], None] | None = None
+    ) -> AsyncIterator[Stream]:
+        """GET a file, its body to be read as it arrives, as stored (not decoded)."""
+        limits = self.limits
+        loop = asyncio.get_running_loop()
+        first = loop.time() + limits.min_rate_window if limits.min_rate else None
+        try:
+            async with asyncio.timeout_at(first) as deadline:
+                final, response = await self._open(url, FILE_HEADERS, check, False)
+                try:
+                    yield Stream(final, response.status, response.headers, response,
+                                 deadline, limits)
+                finally:
+                    response.release()
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                raise TransportError(f"{url}: {_describe(exc)}") from exc
+            raise TransportError(
+                f"{url}: slower than min-rate ({limits.min_rate} bytes/s over "
+                f"{limits.min_rate_window:g} s)"
+            ) from None
+
+
+async def _read_capped(
+    url: str, response: aiohttp.ClientResponse, limit: int, key: str
+) -> bytes:
+    """The decoded body, read in chunks; DeadEnd once it passes ``limit`` bytes."""
+    parts = []
+    size = 0
+    try:
+        while chunk := await response.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise DeadEnd(
+                    f"{url}: the answer is larger than {key} ({limit} bytes) once decoded; "
+                    f"raise {key} if that is right"
+                )
+            parts.append(chunk)
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TransportError(f"{url}: {_describe(exc)}") from exc
+    return b"".join(parts)

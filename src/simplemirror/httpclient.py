@@ -25,7 +25,7 @@ import contextlib
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -245,10 +245,16 @@ class Http:
             if check is not None:
                 check(url)
             asked = target(url)
+            proxy = environment.for_url(asked)
+            auth = proxy.get("auth")
+            if auth is not None:  # as a header: aiohttp deprecates its auth= argument
+                proxy = {k: v for k, v in proxy.items() if k != "auth"}
             try:
                 response = await session.get(
-                    asked, headers=headers, allow_redirects=False,
-                    auto_decompress=decompress, **environment.for_url(asked),
+                    asked, allow_redirects=False, auto_decompress=decompress,
+                    headers=headers if auth is None
+                    else {**(headers or {}), "Authorization": auth.encode()},
+                    **proxy,
                 )
             except (aiohttp.ClientError, OSError, ValueError) as exc:
                 raise TransportError(f"{url}: {_describe(exc)}") from exc
@@ -267,7 +273,7 @@ class Http:
         limit = self.limits.max_root_size if root else self.limits.max_page_size
         key = "max-root-size" if root else "max-page-size"
         seconds = self.limits.request_timeout
-        try:
+        with _timeouts(url, f"no whole answer within request-timeout ({seconds:g} s)"):
             async with asyncio.timeout(seconds):
                 final, response = await self._open(url, headers, check, True)
                 try:
@@ -276,12 +282,6 @@ class Http:
                         body = await _read_capped(final, response, limit, key)
                 finally:
                     response.release()
-        except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ServerTimeoutError):
-                raise TransportError(f"{url}: {_describe(exc)}") from exc
-            raise TransportError(
-                f"{url}: no whole answer within request-timeout ({seconds:g} s)"
-            ) from None
         return Fetched(final, response.status, response.headers, body)
 
     @asynccontextmanager
@@ -292,7 +292,9 @@ class Http:
         limits = self.limits
         loop = asyncio.get_running_loop()
         first = loop.time() + limits.min_rate_window if limits.min_rate else None
-        try:
+        slow = (f"slower than min-rate ({limits.min_rate} bytes/s over "
+                f"{limits.min_rate_window:g} s)")
+        with _timeouts(url, slow):
             async with asyncio.timeout_at(first) as deadline:
                 final, response = await self._open(url, FILE_HEADERS, check, False)
                 try:
@@ -300,13 +302,18 @@ class Http:
                                  deadline, limits)
                 finally:
                     response.release()
-        except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ServerTimeoutError):
-                raise TransportError(f"{url}: {_describe(exc)}") from exc
-            raise TransportError(
-                f"{url}: slower than min-rate ({limits.min_rate} bytes/s over "
-                f"{limits.min_rate_window:g} s)"
-            ) from None
+
+
+@contextlib.contextmanager
+def _timeouts(url: str, overdue: str) -> Iterator[None]:
+    """A timeout as a TransportError: a read that went silent (aiohttp's), or the whole
+    request past its deadline (``overdue`` says which)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        if isinstance(exc, aiohttp.ServerTimeoutError):
+            raise TransportError(f"{url}: {_describe(exc)}") from exc
+        raise TransportError(f"{url}: {overdue}") from None
 
 
 async def _read_capped(

@@ -380,8 +380,18 @@ class Client:
         parent hands over far more than that, and each would hold a temporary file."""
         if self._turns is None:
             self._turns = asyncio.Semaphore(self.connections)
-        async with self._turns:
+        try:
+            await self._turns.acquire()
+        except BaseException:
+            # Cancelled while waiting its turn (a stop, an error): ``work`` never began,
+            # and is closed so that Python does not warn of a coroutine never awaited.
+            if isinstance(work, Coroutine):
+                work.close()
+            raise
+        try:
             return await work
+        finally:
+            self._turns.release()
 
     async def pause(self, seconds: float) -> None:
         """Wait between attempts; a stop request cuts the wait short."""

@@ -13,6 +13,7 @@ import pytest
 from simplemirror.cli import main
 from simplemirror.history import _human_duration
 from simplemirror.units import human_bytes
+from tests.support.process import run
 from tests.support.upstream import Upstream, World
 
 
@@ -23,13 +24,6 @@ def world() -> World:
     w.add_project("doomed", ["1.0", "2.0"])
     w.add_project("tweak", ["1.0"])
     return w
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def sync(capsys: pytest.CaptureFixture[str], upstream: Upstream, directory: Path,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from simplemirror import state as state_module
-from simplemirror.cli import main
 from simplemirror.sync import locked
+from tests.support.process import run
 from tests.support.upstream import Upstream, World
 
 
@@ -27,13 +27,6 @@ def world() -> World:
     w.add_project("Foo__Bar.baz", ["1.0", "2.0"])
     w.add_project("tiny", ["0.1"])
     return w
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def sync(capsys: pytest.CaptureFixture[str], upstream: Upstream, directory: Path) -> int:

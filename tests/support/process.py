@@ -12,6 +12,10 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
+from simplemirror.cli import main
+
 
 @contextmanager
 def process_state_kept() -> Iterator[None]:
@@ -25,3 +29,11 @@ def process_state_kept() -> Iterator[None]:
         logger.handlers[:], logger.level, logger.propagate = saved
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`mirror ARGS` in this process: its exit status, stdout and stderr."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -223,3 +223,35 @@ def test_a_file_is_hashed_as_stored_whatever_its_content_encoding(
     got = fetch_file(client, server.url(FILE), hashlib.sha256(sdist).hexdigest(), len(sdist))
     assert (client.config.web / got.path).read_bytes() == sdist
     assert server.calls[0].header("Accept-Encoding") == "identity"
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.05], ids=["at-once", "each-chunk-late"])
+def test_a_chunked_file_arrives_whole(server: Canned, tmp_path: Path, pause: float) -> None:
+    # Honest servers send files chunked too (a proxy, a dynamic index). A chunk's closing
+    # CRLF arriving after its data gives the reader an empty piece that is not the end:
+    # once taken for the end, the file came back cut to its first chunk.
+    pieces = [bytes([65 + i]) * 1000 for i in range(5)]
+    body = b"".join(pieces)
+
+    def chunked(send: Send) -> None:
+        send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            send(b"%x\r\n" % len(piece) + piece)
+            time.sleep(pause)
+            send(b"\r\n")
+        send(b"0\r\n\r\n")
+
+    server.add(FILE, raw=chunked)
+    client = make_client(tmp_path, server)
+    got = fetch_file(client, server.url(FILE), hashlib.sha256(body).hexdigest())
+    assert (client.config.web / got.path).read_bytes() == body
+
+
+def test_a_redirect_to_an_unparsable_location_is_a_clear_error(
+    server: Canned, tmp_path: Path
+) -> None:
+    # urljoin raises ValueError for it: once a traceback that ended the run.
+    server.add(FILE, status=302, headers={"Location": "http://[::1/elsewhere"})
+    client = make_client(tmp_path, server)
+    with pytest.raises(UpstreamError, match="Location"):
+        fetch_file(client, server.url(FILE), "0" * 64)

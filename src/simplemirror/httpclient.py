@@ -151,8 +151,10 @@ class Stream:
         got = 0
         try:
             while True:
-                chunk, _ = await content.readchunk()
+                chunk, end_of_chunk = await content.readchunk()
                 if not chunk:
+                    if end_of_chunk:
+                        continue  # a chunk's end, told apart from its data: not the body's
                     return
                 got += len(chunk)
                 if share and got >= share:  # this window is met: the next one starts
@@ -262,7 +264,10 @@ class Http:
             if response.status not in REDIRECTS or location is None:
                 return url, response
             response.close()  # its body is never read: it could be anything, of any size
-            url = urljoin(url, location)
+            try:
+                url = urljoin(url, location)
+            except ValueError:
+                raise DeadEnd(f"{url}: redirects to an unusable Location, {location!r}") from None
         raise DeadEnd(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     async def get(

@@ -4,6 +4,7 @@ the parent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -41,6 +42,11 @@ async def wait_for_stop(context: Context) -> str:
             return "stopped"
         await asyncio.sleep(0.05)
     return "timed out"
+
+
+async def nap(context: Context) -> str:
+    await asyncio.sleep(1.0)
+    return "rested"
 
 
 def test_tasks_run_in_child_processes_with_their_context() -> None:
@@ -179,6 +185,39 @@ def test_a_killed_child_fails_its_tasks_instead_of_hanging() -> None:
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ChildLost):
             future.result(timeout=10)
+    finally:
+        pool.shutdown(5)
+
+
+def test_work_after_a_child_died_goes_to_the_children_still_alive() -> None:
+    # Once, a dead child's count of tasks fell back to 0, so every later task went to its
+    # closed pipe: one OOM kill failed every project left in the run.
+    pool = ProcessPool([1, 1], Context, "cfg")
+    try:
+        first = [pool.submit(where, n) for n in range(4)]  # at once: spread over both
+        pids = {future.result(timeout=30)[0] for future in first}
+        assert len(pids) == 2
+        dead = pids.pop()
+        lost = pool.submit_all(nap, [()] * 2)  # one of them to the child about to die
+        os.kill(dead, signal.SIGKILL)
+        for future in lost:
+            with contextlib.suppress(ChildLost):
+                future.result(timeout=10)
+        later = [pool.submit(where, n).result(timeout=30) for n in range(10)]
+    finally:
+        pool.shutdown(5)
+    assert {pid for pid, _, _ in later} == pids
+
+
+def test_when_every_child_died_new_work_fails_at_once() -> None:
+    pool = ProcessPool([1], Context, "cfg")
+    try:
+        pid = pool.submit(where, 1).result(timeout=30)[0]
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ChildLost):
+            pool.submit(wait_for_stop).result(timeout=10)
+        with pytest.raises(ChildLost):
+            pool.submit(where, 2).result(timeout=1)
     finally:
         pool.shutdown(5)
 

@@ -136,6 +136,7 @@ class ProcessPool:
             self._children.append(child)
         self._futures: dict[int, tuple[Future[Any], int]] = {}
         self._busy = [0] * processes
+        self._dead: set[int] = set()
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="process-results", daemon=True)
@@ -152,16 +153,23 @@ class ProcessPool:
         """
         futures: list[Future[Any]] = []
         batches: dict[int, list[tuple[int, Any, tuple[Any, ...]]]] = {}
+        lost: list[Future[Any]] = []
         with self._lock:
+            live = [c for c in range(len(self._busy)) if c not in self._dead]
             for args in calls:
                 future: Future[Any] = Future()
                 future.set_running_or_notify_cancel()
-                child = min(range(len(self._busy)), key=self._busy.__getitem__)
+                futures.append(future)
+                if not live:
+                    lost.append(future)
+                    continue
+                child = min(live, key=self._busy.__getitem__)
                 task = next(self._ids)
                 self._futures[task] = (future, child)
                 self._busy[child] += 1
                 batches.setdefault(child, []).append((task, fn, args))
-                futures.append(future)
+        for future in lost:
+            future.set_exception(ChildLost("every download process has ended"))
         for child, batch in batches.items():
             try:
                 _send(self._conns[child], batch)
@@ -189,7 +197,8 @@ class ProcessPool:
                 assert isinstance(conn, Connection)
                 try:
                     replies = _recv(conn)
-                except (EOFError, OSError):
+                except Exception:  # it ended, or sent a reply that will not unpickle
+                    # Either way its answers are lost: it takes no more work.
                     open_conns.remove(conn)
                     self._fail_child(self._conns.index(conn))
                     continue
@@ -202,8 +211,9 @@ class ProcessPool:
                         self._settle(task, ok, value)
 
     def _fail_child(self, child: int) -> None:
-        """A child ended: what it still had can never finish."""
+        """A child ended: what it still had can never finish, and it is given no more."""
         with self._lock:
+            self._dead.add(child)
             lost = [task for task, (_, c) in self._futures.items() if c == child]
         for task in lost:
             self._settle(task, False, ChildLost("a download process ended before its task"))

@@ -14,7 +14,7 @@ from urllib.parse import urljoin
 import pytest
 
 from simplemirror import config, download, layout
-from simplemirror.download import Downloaded, VerificationError
+from simplemirror.download import Downloaded, TooLarge, VerificationError
 from simplemirror.upstream import Client, TransientError, UpstreamError
 from tests.support.canned import Canned
 from tests.support.spies import temp_file_writes
@@ -383,7 +383,8 @@ def test_undeclared_size_is_capped_by_max_file_size(
         tmp_path / "capped", rsps.url(FILE_PATH), max_file_size=len(BODY) - 1, retries=0
     )
     add_body(rsps, BODY)
-    with pytest.raises(VerificationError, match="max-file-size"):
+    # A failure of its own (TooLarge), not a verification one: it is not retried.
+    with pytest.raises(TooLarge, match="max-file-size"):
         capped.fetch_file(expected_size=None)
     assert capped.web_files() == [] and capped.tmp_files() == []
 

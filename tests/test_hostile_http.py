@@ -255,3 +255,16 @@ def test_a_redirect_to_an_unparsable_location_is_a_clear_error(
     client = make_client(tmp_path, server)
     with pytest.raises(UpstreamError, match="Location"):
         fetch_file(client, server.url(FILE), "0" * 64)
+
+
+def test_a_body_past_max_file_size_is_not_asked_for_again(
+    server: Canned, tmp_path: Path
+) -> None:
+    # With no size declared, max-file-size (16 GiB by default) bounds a body; each retry
+    # could cost that much again.
+    server.add(FILE, b"z" * 1000)
+    client = make_client(tmp_path, server, max_file_size=100, retries=2, retry_wait=0.0)
+    with pytest.raises(UpstreamError, match="max-file-size"):
+        fetch_file(client, server.url(FILE), "0" * 64)
+    assert [c.path for c in server.calls] == [FILE]
+    assert list(client.config.tmp.iterdir()) == []

@@ -424,7 +424,6 @@ def test_a_symlink_in_the_tree_never_leads_writes_outside(
 ):
     """A symlink at web/packages/<xx> or web/simple/<name> made files and pages land
     outside the mirror; now the run stops, says which path, and writes nothing there."""
-    from simplemirror import store
 
     mirror, outside = tmp_path / "mirror", tmp_path / "outside"
     outside.mkdir()
@@ -439,11 +438,28 @@ def test_a_symlink_in_the_tree_never_leads_writes_outside(
         prefixes = [hashlib.sha256(f.content).hexdigest()[:2] for f in new]
         link = next(web / "packages" / p for p in prefixes if not (web / "packages" / p).exists())
     link.symlink_to(outside, target_is_directory=True)
-    store.forget_dirs()
 
     with pytest.raises(SyncError, match=f"{link} is a symlink"):
         sync(upstream, mirror)
     assert list(outside.rglob("*")) == []
+
+
+def test_a_directory_swapped_for_a_symlink_between_runs_of_one_process_is_caught(
+    upstream: Upstream, world: World, tmp_path: Path
+):
+    """Under --every one process runs sync after sync: what one run checked (web/simple
+    is a real directory) must be checked again by the next."""
+    mirror, outside = tmp_path / "mirror", tmp_path / "outside"
+    assert sync(upstream, mirror).exit_code == 0
+    simple = mirror / "web" / "simple"
+    shutil.move(simple, outside)  # the tree moved elsewhere, and a link left in its place
+    simple.symlink_to(outside, target_is_directory=True)
+    before = sorted((p, p.stat().st_mtime_ns) for p in outside.rglob("*"))
+    world.add_release("tiny", "0.2")
+
+    with pytest.raises(SyncError, match=f"{simple} is a symlink"):
+        sync(upstream, mirror)
+    assert sorted((p, p.stat().st_mtime_ns) for p in outside.rglob("*")) == before
 
 
 def test_root_pages_are_not_rendered_again_when_nothing_changed(

@@ -23,6 +23,10 @@ from simplemirror.upstream import Client, UpstreamError, check_response
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
 
 
+class TooLarge(UpstreamError):
+    """A body with no declared size went past max-file-size: a failure, never retried."""
+
+
 class VerificationError(Exception):
     """The bytes upstream sent do not match the size or a hash it declared."""
 
@@ -75,9 +79,14 @@ class Sink:
         self.size += len(chunk)
         # A lying or endless server cannot fill the disk.
         if self.size > self._limit:
+            if self._expected_size is None:
+                # Not retried: each try could be max-file-size again (16 GiB by default).
+                raise TooLarge(
+                    f"{self.url}: body is larger than max-file-size ({self._limit} bytes); "
+                    "raise max-file-size if such a file is right"
+                )
             raise VerificationError(
-                f"{self.url}: body is larger than the {self._limit} bytes "
-                + ("upstream declared" if self._expected_size is not None else "max-file-size")
+                f"{self.url}: body is larger than the {self._limit} bytes upstream declared"
             )
         store.write_all(self._fd, chunk)
         for _, h in self._hashers:

@@ -63,9 +63,11 @@ def recover(web: Path, state: State, publisher: Publisher, since: float) -> Reco
         elif not publisher.project_from_state(name):
             reap.remove_project_pages(web, name)
             removed.append(name)
-    if any(store.changed_since(web, page, since) for page in layout.ROOT_PAGES):
-        serial = state.get_meta("root_serial")
-        publisher.root(state.root_entries(), int(serial) if serial else None)
+    # Always: the dead run may have recorded projects whose pages are in place but
+    # that no root lists yet, and the next run skips the root when nothing moved.
+    # The same bytes are not written again.
+    serial = state.get_meta("root_serial")
+    publisher.root(state.root_entries(), int(serial) if serial else None)
     files = 0
     for rel in store.walk_files(web, layout.PACKAGES):
         if store.changed_since(web, rel, since) and not _held(state, rel):

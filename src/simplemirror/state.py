@@ -234,6 +234,8 @@ def _file_values(f: HeldFile) -> tuple[Any, ...]:
 
 
 class State:
+    _reader: StateReader | None = None
+
     def __init__(self, path: Path) -> None:
         self.db = sqlite_utils.Database(path)
         # WAL lets a reader (`mirror status`) look while a sync writes; NORMAL
@@ -343,7 +345,11 @@ class State:
     def reader(self) -> StateReader:
         """The read-only queries (StateReader) on this State's own connection: what
         `mirror verify --repair` reads while it writes. Not to be closed: close the State."""
-        return StateReader(self.db.conn)
+        # One for the State's life: building one asks sqlite_master, and recovery asks
+        # for it once a file.
+        if self._reader is None:
+            self._reader = StateReader(self.db.conn)
+        return self._reader
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

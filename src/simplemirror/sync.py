@@ -447,6 +447,9 @@ class Sync:
                 # Under the lock no other run uses tmp/: a temporary file of ours
                 # there was left by a run that died, and was never published.
                 store.check_same_filesystem(config.tmp, config.web)
+                # Checked afresh each run: under --every, a directory may have been
+                # swapped for a symlink since the last one.
+                store.forget_dirs()
                 store.clear_leftovers(config.tmp)
                 first = not config.state_path.exists()  # under the lock: no run makes it now
                 state = State(config.state_path)

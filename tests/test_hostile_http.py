@@ -268,3 +268,17 @@ def test_a_body_past_max_file_size_is_not_asked_for_again(
         fetch_file(client, server.url(FILE), "0" * 64)
     assert [c.path for c in server.calls] == [FILE]
     assert list(client.config.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("status", [204, 203, 300])
+def test_an_answer_that_is_not_200_is_no_file(
+    server: Canned, tmp_path: Path, status: int
+) -> None:
+    # An empty body would hash as the empty file: a sibling without a hash (.asc) was
+    # published empty.
+    server.add(FILE, b"", status=status)
+    client = make_client(tmp_path, server)
+    empty = hashlib.sha256(b"").hexdigest()
+    with pytest.raises(UpstreamError, match=f"HTTP {status}"):
+        fetch_file(client, server.url(FILE), empty)
+    assert list(client.config.web.rglob("*.tar.gz")) == []

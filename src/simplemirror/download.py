@@ -138,6 +138,10 @@ async def fetch_to(
     try:
         async with client.stream(url) as response:
             check_response(response)
+            if response.status != 200:
+                # A 204, or a 3xx with no Location, holds no file: an empty body taken
+                # for one would be published for a sibling with no hash (.asc).
+                raise UpstreamError(f"{url}: HTTP {response.status}, not the file (200)")
             async for chunk in response.chunks(CHUNK):
                 client.check_stop()
                 sink.write(chunk)

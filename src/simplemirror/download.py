@@ -1,8 +1,8 @@
 """Downloading files: stream to a temporary file while hashing, verify, then rename.
 
 A file reaches its published path only after its size and every hash upstream
-gave have been checked, so the tree never holds an unverified byte. Runs in
-worker threads: no state.db access here.
+gave have been checked, so the tree never holds an unverified byte. Runs as
+coroutines, in the sync's process or in a download process: no state.db access here.
 """
 
 from __future__ import annotations

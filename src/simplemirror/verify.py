@@ -71,9 +71,6 @@ CHUNK = 1 << 20
 # every worker busy, few enough that memory does not grow with the mirror.
 BATCH = 512
 WINDOW_PER_WORKER = 4
-# Siblings that live and die with a distribution file (kept in step with reap.py): a
-# sibling of a held file is never an orphan.
-SIBLING_SUFFIXES = (layout.METADATA_SUFFIX, ".asc", ".provenance")
 # A download or a disk error that concerns one file, not the whole repair.
 REPAIR_ERRORS = (UpstreamError, download.VerificationError, OSError)
 
@@ -420,7 +417,7 @@ class Verifier:
     def _is_orphan(self, path: str) -> bool:
         if self._held(path):
             return False
-        for suffix in SIBLING_SUFFIXES:
+        for suffix in reap.SIBLING_SUFFIXES:  # a sibling of a held file is no orphan
             if path.endswith(suffix) and self._held(path[: -len(suffix)]):
                 return False
         return True
@@ -438,7 +435,7 @@ class Verifier:
             return True
         return any(
             path.endswith(suffix) and path[: -len(suffix)] in self.linked_unrecorded
-            for suffix in SIBLING_SUFFIXES
+            for suffix in reap.SIBLING_SUFFIXES
         )
 
     # -- pages --------------------------------------------------------------------------

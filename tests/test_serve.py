@@ -602,24 +602,11 @@ def test_a_large_file_streams_intact(running: Running, web: Path):
 
 
 def test_one_log_line_per_request(running: Running):
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("simplemirror")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    def send() -> None:
         running.request("/simple/foo-bar/", {"Accept": JSON})
         running.request("/simple/nope/")
-        # The line is written once the response is out, so the client may be first.
-        deadline = time.monotonic() + 5
-        while len(records) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.05)  # and no third line follows
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+
+    records = _log_records(send, 2)
     # Each line is written by the thread that served it: the two may come in either order.
     lines = sorted((r.getMessage() for r in records), key=lambda line: "/nope/" in line)
     assert len(lines) == 2
@@ -628,8 +615,11 @@ def test_one_log_line_per_request(running: Running):
     assert '"GET /simple/nope/ HTTP/1.1" 404 ' in lines[1]
 
 
-def _access_records(running: Running, send: Callable[[], None], count: int) -> list[dict]:
-    """The JSON log objects of the access lines ``send`` causes (``count`` of them)."""
+def _log_records(send: Callable[[], None], count: int) -> list[logging.LogRecord]:
+    """The log records ``send`` causes: ``count`` of them, and no more within 50 ms.
+
+    The line is written once the response is out, so the client may be first: wait
+    (5 s at most) for them."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -642,11 +632,16 @@ def _access_records(running: Running, send: Callable[[], None], count: int) -> l
         deadline = time.monotonic() + 5
         while len(records) < count and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.05)
+        time.sleep(0.05)  # and no further line follows
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-    return [json.loads(JsonFormatter().format(r)) for r in records]
+    return records
+
+
+def _access_records(send: Callable[[], None], count: int) -> list[dict]:
+    """The JSON log objects of the access lines ``send`` causes (``count`` of them)."""
+    return [json.loads(JsonFormatter().format(r)) for r in _log_records(send, count)]
 
 
 def test_json_access_lines_have_fields(running: Running):
@@ -654,7 +649,7 @@ def test_json_access_lines_have_fields(running: Running):
         running.request("/simple/foo-bar/?x=%22q%22", {"Accept": JSON})
         running.request(f"/{WHEEL}", method="HEAD")
 
-    docs = sorted(_access_records(running, send, 2), key=lambda doc: doc["method"])
+    docs = sorted(_access_records(send, 2), key=lambda doc: doc["method"])
     assert len(docs) == 2
     get, head = docs
     assert {k: get[k] for k in ("client", "method", "path", "status", "bytes", "content_type")} \
@@ -673,7 +668,7 @@ def test_json_access_line_of_a_request_that_cannot_be_parsed(running: Running):
             sock.sendall(b"GET /a /b HTTP/1.1\r\n\r\n")  # four words: no method, no path
             assert sock.recv(100).startswith(b"HTTP/1.1 400")
 
-    (doc,) = _access_records(running, send, 1)
+    (doc,) = _access_records(send, 1)
     assert (doc["method"], doc["path"], doc["status"]) == (None, None, 400)
 
 

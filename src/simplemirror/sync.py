@@ -136,7 +136,7 @@ class Forecast:
     """Held files the pages read no longer list."""
     file_refusal: str | None = None
     """Set when those are more than max-removal of the files held: the real run keeps
-    them and exits 1."""
+    those past the cap and exits 1."""
 
 
 @dataclass

@@ -90,19 +90,24 @@ def state_read_only_after_begin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sync_module, "State", ReadOnlyAfterBegin)
 
 
-def add_projects(world: World, count: int) -> None:
-    for i in range(count):
+def synced_then_disk_filling(
+    tmp_path: Path, upstream: Upstream, world: World, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A mirror synced once, then enough new projects upstream that state.db must grow,
+    on a disk (SQLite's page cap) that will not let it: the config to sync with."""
+    config = write_config(tmp_path, upstream.url)
+    assert sync(config) == 0
+    for i in range(30):
         world.add_project(f"new-{i}", ["1.0", "2.0"])
+    state_filling_up(monkeypatch)
+    return config
 
 
 def test_a_full_disk_under_state_db_is_one_clear_error_and_the_run_is_recorded(
     upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = write_config(tmp_path, upstream.url)
-    assert sync(config) == 0
-    add_projects(world, 30)  # enough rows that state.db must grow
-    state_filling_up(monkeypatch)
+    config = synced_then_disk_filling(tmp_path, upstream, world, monkeypatch)
     capsys.readouterr()
 
     assert sync(config) == 1
@@ -119,10 +124,7 @@ def test_a_full_disk_does_not_end_an_every_loop(
     upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = write_config(tmp_path, upstream.url)
-    assert sync(config) == 0
-    add_projects(world, 30)
-    state_filling_up(monkeypatch)
+    config = synced_then_disk_filling(tmp_path, upstream, world, monkeypatch)
     pauses: list[float] = []
 
     def pause(_gate: daemon.SignalGate, seconds: float) -> None:

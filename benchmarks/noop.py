@@ -91,8 +91,8 @@ def build(work: Path, projects: int, upstream: str) -> None:
 
 def build_mirror(directory: Path, projects: int, upstream: str, body: bytes) -> None:
     """A state.db holding every project complete, and the root pages rendered from it."""
-    from simplemirror.publish import Publisher
-    from simplemirror.state import State
+    from simplemirror.store.state import State
+    from simplemirror.sync.publish import Publisher
 
     directory.mkdir(parents=True, exist_ok=True)
     state = State(directory / "state.db")

@@ -12,7 +12,7 @@ For each size, on a fresh world and an empty mirror:
   no ETag to match and the full root comes back with 200);
 - incremental sync after ``--changes`` projects changed upstream, and how many pages
   it rewrote (it should be only those projects' two pages and the root);
-- rendering the root in-process: ``simplemirror.render.root_html`` and ``root_json`` on
+- rendering the root in-process: ``simplemirror.simple.render.root_html`` and ``root_json`` on
   that many entries.
 
 Each size's world and mirror are removed before the next (a 650k world and its mirror
@@ -38,7 +38,7 @@ from benchmarks.upstream import Nginx
 
 def time_rendering(names: list[str], serials: list[int], repeat: int = 3) -> dict[str, float]:
     """Best-of-``repeat`` seconds for simplemirror's two root renderers on these entries."""
-    from simplemirror import render  # here: only this mode needs simplemirror importable
+    from simplemirror.simple import render  # here: only this mode needs simplemirror importable
 
     entries = [
         render.RootEntry(name=n, normalized=n, serial=s) for n, s in zip(names, serials,

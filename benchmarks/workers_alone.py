@@ -29,10 +29,10 @@ from benchmarks.upstream import Nginx
 
 
 def run_threads(the_world: world.World, nginx: Nginx, work: Path, threads: int) -> str:
-    from simplemirror import config  # here: the rest of benchmarks/ runs without it
-    from simplemirror.download import download_todo
-    from simplemirror.plan import ProjectTodo, plan_files
-    from simplemirror.upstream import Client
+    from simplemirror.cli import config  # here: the rest of benchmarks/ runs without it
+    from simplemirror.sync.download import download_todo
+    from simplemirror.sync.plan import ProjectTodo, plan_files
+    from simplemirror.upstream.client import Client
 
     mirror = work / f"mirror-{threads}"
     cfg = config.build({}, {"upstream": nginx.simple_url, "directory": str(mirror)})
@@ -73,10 +73,10 @@ def run_threads(the_world: world.World, nginx: Nginx, work: Path, threads: int) 
 
 
 def run_tasks(the_world: world.World, nginx: Nginx, work: Path, tasks: int) -> str:
-    from simplemirror import config
-    from simplemirror.download import download_todo
-    from simplemirror.plan import ProjectTodo, plan_files
-    from simplemirror.upstream import Client
+    from simplemirror.cli import config
+    from simplemirror.sync.download import download_todo
+    from simplemirror.sync.plan import ProjectTodo, plan_files
+    from simplemirror.upstream.client import Client
 
     mirror = work / f"mirror-loop-{tasks}"
     cfg = config.build({}, {"upstream": nginx.simple_url, "directory": str(mirror)})

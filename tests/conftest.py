@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from simplemirror.upstream import Client
+from simplemirror.upstream.client import Client
 from tests.support.process import process_state_kept
 from tests.support.upstream import Upstream, World
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from simplemirror import config
-from simplemirror.sync import RunSummary, Sync
+from simplemirror.cli import config
+from simplemirror.sync.run import RunSummary, Sync
 from tests.support.static import StaticServer
 from tests.support.tree import assert_consistent
 from tests.support.upstream import Upstream, World

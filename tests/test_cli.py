@@ -14,7 +14,7 @@ import tenacity.nap
 
 import simplemirror
 from simplemirror import __version__
-from simplemirror.cli import EXIT_INCOMPLETE, EXIT_USAGE, build_parser, main
+from simplemirror.cli.main import EXIT_INCOMPLETE, EXIT_USAGE, build_parser, main
 from tests.support.canned import Canned
 
 UPSTREAM = "http://index.test/simple/"
@@ -225,8 +225,8 @@ def test_python_m_simplemirror_help() -> None:
 
 
 def test_summary_shows_a_small_run_in_kilobytes(capsys: pytest.CaptureFixture[str]) -> None:
-    from simplemirror.cli import _print_summary
-    from simplemirror.sync import RunSummary
+    from simplemirror.cli.main import _print_summary
+    from simplemirror.sync.run import RunSummary
 
     _print_summary(RunSummary(3, "ok", changed=1, files_fetched=2, bytes_fetched=12_345))
     assert "2 file(s), 12.3 kB fetched in" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Unit tests for simplemirror.config: the TOML file, command-line overrides, validation."""
+"""Unit tests for simplemirror.cli.config: the TOML file, command-line overrides, validation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from simplemirror.config import DEFAULT_USER_AGENT, KEYS, Config, ConfigError, load
+from simplemirror.cli.config import DEFAULT_USER_AGENT, KEYS, Config, ConfigError, load
 
 UPSTREAM = "https://index.example/simple/"
 KNOWN_KEYS = [
@@ -437,7 +437,7 @@ says: the two required ones, and user-agent (an example with a contact in it).""
 
 
 def test_shipped_example_config_points_nowhere_real() -> None:
-    from simplemirror.cli import build_parser
+    from simplemirror.cli.main import build_parser
 
     cfg = load(EXAMPLE)
     # Not where `mirror serve` listens by default: an unedited config must not make the
@@ -487,7 +487,7 @@ def test_shipped_example_config_loads_and_documents_every_key() -> None:
 
 
 def test_file_hosts_are_lowercased_host_names() -> None:
-    from simplemirror.config import build
+    from simplemirror.cli.config import build
 
     cfg = build({}, {"upstream": "https://Index.Example/simple/", "directory": "/x",
                      "file_hosts": ["Files.Example", "files.example", "B.example"]})
@@ -499,8 +499,8 @@ def test_file_hosts_are_lowercased_host_names() -> None:
 
 
 def test_file_hosts_name_hosts_as_urls_spell_them_without_a_port() -> None:
-    from simplemirror.config import build
-    from simplemirror.filehosts import FileHostGuard
+    from simplemirror.cli.config import build
+    from simplemirror.upstream.filehosts import FileHostGuard
 
     def hosts(*given: str) -> tuple[str, ...]:
         return build({}, {"upstream": "https://i.example/simple/", "directory": "/x",

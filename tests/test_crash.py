@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import layout
+from simplemirror.store import layout
 from tests.support.consistency import (
     assert_mirror_invariants,
     assert_packages_content_addressed,

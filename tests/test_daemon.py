@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from simplemirror import daemon
-from simplemirror.cli import main
-from simplemirror.config import build, parse_interval
-from simplemirror.sync import Sync
+from simplemirror.cli import daemon
+from simplemirror.cli.config import build, parse_interval
+from simplemirror.cli.main import main
+from simplemirror.sync.run import Sync
 from tests.support.prom import parse
 from tests.support.upstream import Upstream, World
 
@@ -89,7 +89,7 @@ def _every_config(tmp_path: Path, every: str, upstream: str = "http://127.0.0.1:
 @pytest.fixture
 def loops(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The intervals `mirror sync` started a loop with (the loop itself is not run)."""
-    from simplemirror import cli
+    from simplemirror.cli import main as cli
 
     started: list[float] = []
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import config
-from simplemirror.cli import main
-from simplemirror.sync import RunSummary, Sync, SyncError
+from simplemirror.cli import config
+from simplemirror.cli.main import main
+from simplemirror.sync.run import RunSummary, Sync, SyncError
 from tests.support.tree import assert_consistent, snapshot
 from tests.support.upstream import Upstream, World
 

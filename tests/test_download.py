@@ -13,9 +13,11 @@ from urllib.parse import urljoin
 
 import pytest
 
-from simplemirror import config, download, layout
-from simplemirror.download import Downloaded, TooLarge, VerificationError
-from simplemirror.upstream import Client, TransientError, UpstreamError
+from simplemirror.cli import config
+from simplemirror.store import layout
+from simplemirror.sync import download
+from simplemirror.sync.download import Downloaded, TooLarge, VerificationError
+from simplemirror.upstream.client import Client, TransientError, UpstreamError
 from tests.support.canned import Canned
 from tests.support.spies import temp_file_writes
 
@@ -392,7 +394,7 @@ def test_undeclared_size_is_capped_by_max_file_size(
 def test_stop_request_ends_a_download_and_leaves_nothing(
     rsps: Canned, mirror: Mirror
 ) -> None:
-    from simplemirror.upstream import Interrupted
+    from simplemirror.upstream.client import Interrupted
 
     add_body(rsps, BODY)
     mirror.client.stop.set()

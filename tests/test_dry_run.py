@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from simplemirror import config
-from simplemirror.sync import RunSummary, Sync, SyncError
+from simplemirror.cli import config
+from simplemirror.sync.run import RunSummary, Sync, SyncError
 from tests.support.upstream import Upstream, World
 
 

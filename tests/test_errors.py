@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import daemon, status
-from simplemirror import sync as sync_module
-from simplemirror.cli import main
-from simplemirror.state import State
+from simplemirror.check import status
+from simplemirror.cli import daemon
+from simplemirror.cli.main import main
+from simplemirror.store.state import State
+from simplemirror.sync import run as sync_module
 from tests.support.canned import Canned
 from tests.support.static import StaticServer
 from tests.support.upstream import Upstream, World

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from simplemirror import config
-from simplemirror.cli import main
-from simplemirror.sync import RunSummary, Sync, SyncError
+from simplemirror.cli import config
+from simplemirror.cli.main import main
+from simplemirror.sync.run import RunSummary, Sync, SyncError
 from tests.support.tree import assert_consistent, snapshot
 from tests.support.upstream import Upstream, World
 
@@ -388,8 +388,8 @@ IN_A_PROCESS: dict[str, Any] = {"download_processes": 1}
 @pytest.fixture
 def submitted(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
     """What the run handed its download process: (function, project) pairs."""
-    from simplemirror import sync as sync_module
-    from simplemirror.workers import ProcessPool
+    from simplemirror.sync import run as sync_module
+    from simplemirror.sync.workers import ProcessPool
 
     handed: set[tuple[str, str]] = set()
 

@@ -1,4 +1,4 @@
-"""Which hosts may serve files (simplemirror.filehosts), with a fake resolver: no DNS,
+"""Which hosts may serve files (simplemirror.upstream.filehosts), with a fake resolver: no DNS,
 no network. Downloads and redirects refused through the clients are at the end."""
 
 from __future__ import annotations
@@ -9,17 +9,18 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from simplemirror import config, download
-from simplemirror.filehosts import (
+from simplemirror.cli import config
+from simplemirror.simple.model import DistFile
+from simplemirror.sync import download
+from simplemirror.sync.plan import refuse_foreign_hosts
+from simplemirror.upstream.client import Client, RefusedURL, UpstreamError
+from simplemirror.upstream.filehosts import (
     AddressClass,
     FileHostGuard,
     address_class,
     file_url_refusal,
     url_origin,
 )
-from simplemirror.model import DistFile
-from simplemirror.plan import refuse_foreign_hosts
-from simplemirror.upstream import Client, RefusedURL, UpstreamError
 from tests.support.canned import Canned
 from tests.support.fuzz import random_strings
 

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import pytest
 
-from simplemirror import config
-from simplemirror.sync import RunSummary, Sync
+from simplemirror.cli import config
+from simplemirror.sync.run import RunSummary, Sync
 from tests.support.tree import assert_consistent
 from tests.support.upstream import Upstream, World
 

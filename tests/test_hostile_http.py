@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from simplemirror import config, download
-from simplemirror.model import JSON_CONTENT_TYPE
-from simplemirror.plan import ProjectTodo
-from simplemirror.upstream import Client, TransientError, UpstreamError
+from simplemirror.cli import config
+from simplemirror.simple.model import JSON_CONTENT_TYPE
+from simplemirror.sync import download
+from simplemirror.sync.plan import ProjectTodo
+from simplemirror.upstream.client import Client, TransientError, UpstreamError
 from tests.support.canned import Canned
 
 ROOT = "/simple/"

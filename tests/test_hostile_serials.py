@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from simplemirror import config
-from simplemirror.cli import main
-from simplemirror.sync import RunSummary, Sync
+from simplemirror.cli import config
+from simplemirror.cli.main import main
+from simplemirror.sync.run import RunSummary, Sync
 from tests.support.tree import assert_consistent
 from tests.support.upstream import Upstream, World
 
@@ -48,8 +48,8 @@ def up(world: World) -> Iterator[Upstream]:
 @pytest.fixture
 def in_a_process(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The projects whose pages a download process fetched and parsed."""
-    from simplemirror import sync as sync_module
-    from simplemirror.workers import ProcessPool
+    from simplemirror.sync import run as sync_module
+    from simplemirror.sync.workers import ProcessPool
 
     pages: list[str] = []
 

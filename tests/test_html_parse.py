@@ -1,4 +1,4 @@
-"""Unit tests for simplemirror.model's HTML (PEP 503) parsing: RootIndex.from_html and
+"""Unit tests for simplemirror.simple.model's HTML (PEP 503) parsing: RootIndex.from_html and
 ProjectPage.from_html, including the data- attributes of PEPs 592, 658, 714 and 740 and
 the PEP 792 meta tags. JSON parsing is tested in test_model.py."""
 
@@ -12,8 +12,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from simplemirror import layout
-from simplemirror.model import (
+from simplemirror.simple.model import (
     MAX_FILENAME_BYTES,
     DistFile,
     HeldFile,
@@ -22,7 +21,8 @@ from simplemirror.model import (
     RootProject,
     UpstreamDataError,
 )
-from simplemirror.render import ProjectInfo, RootEntry, project_html, root_html
+from simplemirror.simple.render import ProjectInfo, RootEntry, project_html, root_html
+from simplemirror.store import layout
 
 PAGE_URL = "https://index.example/simple/foo/"
 ROOT_URL = "https://index.example/simple/"

@@ -1,5 +1,5 @@
-"""Where things may live: every SQL statement in state.py, and state.py below planning
-and rendering (plan -> model <- state, render -> model). Read from the source, so that a
+"""Where things may live: every SQL statement in store/state.py, and the state below
+planning and rendering (plan -> model <- state, render -> model). Read from the source, so that a
 statement added elsewhere, or an import that turns the layers round, fails here."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "simplemirror"
+STATE = SRC / "store" / "state.py"
+MODEL = SRC / "simple" / "model.py"
 SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|BEGIN|COMMIT|ROLLBACK|PRAGMA|CREATE|ALTER|"
                  r"DROP)\b")
 # Talking to SQLite directly: a statement, or a transaction opened, ended or looked at.
@@ -16,14 +18,16 @@ DB_CALLS = {"execute", "executemany", "executescript", "connect", "in_transactio
 
 
 def _modules() -> list[Path]:
-    return sorted(p for p in SRC.glob("*.py") if p.name != "state.py")
+    modules = sorted(p for p in SRC.rglob("*.py") if p != STATE)
+    assert len(modules) > 30, "the walk must see every module, in every folder"
+    return modules
 
 
 def _sql_outside_state() -> list[str]:
     found = []
     for path in _modules():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            where = f"{path.relative_to(SRC)}:{getattr(node, 'lineno', '?')}"
             if (isinstance(node, ast.Constant) and isinstance(node.value, str)
                     and SQL.search(node.value)):
                 found.append(f"{where} {node.value[:50]!r}")
@@ -34,27 +38,33 @@ def _sql_outside_state() -> list[str]:
     return found
 
 
-def test_every_sql_statement_is_in_state_py() -> None:
+def test_every_sql_statement_is_in_the_state_module() -> None:
     assert _sql_outside_state() == []
 
 
+def _module(name: str) -> bool:
+    path = SRC.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def _imported(path: Path) -> set[str]:
+    """The simplemirror modules a file imports (`from simplemirror.store import state`
+    imports simplemirror.store.state; `from simplemirror.simple.model import X`, the model)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
-            if node.module == "simplemirror":
-                names.update(f"simplemirror.{alias.name}" for alias in node.names)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-    return {name for name in names if name.startswith("simplemirror.")}
+    return {n for n in names if n.startswith("simplemirror.") and _module(n)}
 
 
 def test_state_depends_on_the_model_alone() -> None:
-    assert _imported(SRC / "state.py") == {"simplemirror.model"}
+    assert _imported(STATE) == {"simplemirror.simple.model"}
 
 
 def test_the_model_depends_on_no_layer_above_it() -> None:
-    assert not _imported(SRC / "model.py") & {
-        "simplemirror.plan", "simplemirror.render", "simplemirror.state"
+    assert not _imported(MODEL) & {
+        "simplemirror.sync.plan", "simplemirror.simple.render", "simplemirror.store.state"
     }

@@ -1,4 +1,4 @@
-"""Unit tests for simplemirror.layout: where files live and how pages link to them."""
+"""Unit tests for simplemirror.store.layout: where files live and how pages link to them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import pytest
 
-from simplemirror import layout
+from simplemirror.store import layout
 from tests.support.fuzz import random_strings
 
 SHA_A = hashlib.sha256(b"a").hexdigest()

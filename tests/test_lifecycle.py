@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from simplemirror import config
-from simplemirror.sync import RunSummary, Sync, SyncError
+from simplemirror.cli import config
+from simplemirror.sync.run import RunSummary, Sync, SyncError
 from tests.support.tree import assert_consistent, snapshot
 from tests.support.upstream import Upstream, World
 

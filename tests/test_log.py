@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from simplemirror.cli import main
-from simplemirror.history import _human_duration
-from simplemirror.units import human_bytes
+from simplemirror.cli.main import main
+from simplemirror.report.history import _human_duration
+from simplemirror.report.units import human_bytes
 from tests.support.process import run
 from tests.support.upstream import Upstream, World
 
@@ -216,9 +216,9 @@ def test_log_of_runs_that_did_not_finish_cleanly(
 def test_a_removal_noticed_by_an_interrupted_run_is_logged_when_the_pages_go(
     upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
-    from simplemirror import config
-    from simplemirror.report import Reporter
-    from simplemirror.sync import Sync
+    from simplemirror.cli import config
+    from simplemirror.report.progress import Reporter
+    from simplemirror.sync.run import Sync
 
     directory = tmp_path / "mirror"
     assert sync(capsys, upstream, directory) == 0
@@ -265,7 +265,7 @@ def test_log_of_a_generation_that_does_not_exist(
 
 
 def test_log_of_a_state_db_with_no_run_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from simplemirror.state import State
+    from simplemirror.store.state import State
 
     State(tmp_path / "state.db").close()
     assert log_text(capsys, tmp_path) == f"no run is recorded in {tmp_path} yet\n"

@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from simplemirror.logs import JsonFormatter
+from simplemirror.report.logs import JsonFormatter
 from tests.support.upstream import Upstream, World
 
 ANSI = re.compile(r"\x1b\[")
@@ -61,7 +61,7 @@ def test_terminal_log_lines_carry_iso_dates() -> None:
 
     from rich.console import Console
 
-    from simplemirror.cli import _setup_logging
+    from simplemirror.cli.main import _setup_logging
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)

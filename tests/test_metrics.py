@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import __version__, metrics
-from simplemirror.cli import main
-from simplemirror.config import ConfigError, build
+from simplemirror import __version__
+from simplemirror.cli.config import ConfigError, build
+from simplemirror.cli.main import main
+from simplemirror.report import metrics
 from tests.support.prom import ExpositionError, parse
 from tests.support.upstream import Upstream, World
 

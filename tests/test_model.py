@@ -1,4 +1,4 @@
-"""Unit tests for simplemirror.model: parsing the Simple Repository API's JSON (PEP 691).
+"""Unit tests for simplemirror.simple.model: parsing the Simple Repository API's JSON (PEP 691).
 
 HTML (PEP 503) parsing is tested in test_html_parse.py.
 """
@@ -14,8 +14,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
 
-from simplemirror import model
-from simplemirror.model import (
+from simplemirror.simple import model
+from simplemirror.simple.model import (
     MAX_FILENAME_BYTES,
     DistFile,
     HeldFile,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from simplemirror import config
-from simplemirror.sync import RunSummary, Sync
+from simplemirror.cli import config
+from simplemirror.sync.run import RunSummary, Sync
 from tests.support.static import StaticServer
 from tests.support.tree import assert_consistent
 from tests.support.upstream import Upstream, World

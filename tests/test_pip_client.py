@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import config
-from simplemirror.sync import Sync
+from simplemirror.cli import config
+from simplemirror.sync.run import Sync
 from tests.support.static import StaticServer
 from tests.support.upstream import Upstream, World
 

@@ -1,4 +1,4 @@
-"""Unit tests for simplemirror.plan: deciding what a run fetches, keeps and forgets."""
+"""Unit tests for simplemirror.sync.plan: deciding what a run fetches, keeps and forgets."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from simplemirror.model import DistFile, HeldFile, RootIndex, RootProject
-from simplemirror.plan import (
+from simplemirror.simple.model import DistFile, HeldFile, RootIndex, RootProject
+from simplemirror.sync.plan import (
     FileTodo,
     HeldProject,
     ProjectTodo,

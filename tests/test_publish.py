@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import layout, render, store
-from simplemirror.publish import Publisher
-from simplemirror.render import ProjectInfo
-from simplemirror.state import State
+from simplemirror.simple import render
+from simplemirror.simple.render import ProjectInfo
+from simplemirror.store import layout
+from simplemirror.store import tree as store
+from simplemirror.store.state import State
+from simplemirror.sync.publish import Publisher
 
 REL = "simple/index.html"
 

@@ -1,4 +1,4 @@
-"""Unit tests for simplemirror.render: the mirror's PEP 503 HTML and PEP 691 JSON pages."""
+"""Unit tests for simplemirror.simple.render: the mirror's PEP 503 HTML and PEP 691 JSON pages."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
 
-from simplemirror.model import HeldFile
-from simplemirror.render import (
+from simplemirror.simple.model import HeldFile
+from simplemirror.simple.render import (
     ProjectInfo,
     RootEntry,
     project_html,
@@ -465,7 +465,7 @@ def test_root_accepts_any_iterable() -> None:
 def test_root_json_is_exactly_what_json_dumps_gives_for_the_document():
     import json
 
-    from simplemirror.render import API_VERSION, RootEntry, root_json
+    from simplemirror.simple.render import API_VERSION, RootEntry, root_json
 
     names = ["plain", 'quo"te', "back\\slash", "ctrl\x01\x1f", "ünïcode", "emoji-\U0001f600",
              "line\u2028sep", "tab\there", "</script>"]

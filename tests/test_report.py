@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 from rich.progress import TimeRemainingColumn
 
-from simplemirror.report import Reporter, RichReporter, seconds_left
-from simplemirror.units import clock
+from simplemirror.report.progress import Reporter, RichReporter, seconds_left
+from simplemirror.report.units import clock
 
 
 def test_reporter_logs_its_counts_when_the_interval_has_passed(
@@ -101,7 +101,7 @@ def test_bars_show_bytes_an_eta_and_a_files_total_that_does_not_jump() -> None:
 
 
 def test_verify_progress_line_has_bytes_and_an_eta() -> None:
-    from simplemirror.verify import VerifyProgress
+    from simplemirror.check.verify import VerifyProgress
 
     progress = VerifyProgress()
     progress.start(4, 40_000)

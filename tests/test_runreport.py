@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import __version__, runreport
-from simplemirror.cli import main
-from simplemirror.config import ConfigError, build
-from simplemirror.sync import RunSummary
+from simplemirror import __version__
+from simplemirror.cli.config import ConfigError, build
+from simplemirror.cli.main import main
+from simplemirror.report import runreport
+from simplemirror.sync.run import RunSummary
 from tests.support.upstream import Upstream, World
 
 TIMES = runreport.RunTimes("2025-01-01T00:00:00+00:00", "2025-01-01T00:01:00+00:00", 60.0004)

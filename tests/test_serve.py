@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import serve_rules as rules
-from simplemirror.logs import JsonFormatter
-from simplemirror.serve import MirrorServer, ServeError, make_server
+from simplemirror.report.logs import JsonFormatter
+from simplemirror.serve import rules
+from simplemirror.serve.server import MirrorServer, ServeError, make_server
 
 JSON = rules.JSON_V1
 V1HTML = rules.HTML_V1

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from uv import find_uv_bin
 
-from simplemirror import config
-from simplemirror.sync import Sync
+from simplemirror.cli import config
+from simplemirror.sync.run import Sync
 from tests.support.serving import MirrorServe, NginxSite, Served
 from tests.support.upstream import Upstream, World
 

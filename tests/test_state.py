@@ -10,9 +10,9 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from simplemirror.model import HeldFile, RootProject
-from simplemirror.plan import Status
-from simplemirror.state import SCHEMA_VERSION, State, StateError
+from simplemirror.simple.model import HeldFile, RootProject
+from simplemirror.store.state import SCHEMA_VERSION, State, StateError
+from simplemirror.sync.plan import Status
 from tests.support.schemas import as_schema_2
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -102,8 +102,8 @@ def test_the_old_index_over_every_removed_gen_is_dropped(tmp_path: Path):
 def test_root_changes_in_sql_plan_the_same_as_planning_in_memory(tmp_path: Path):
     import random
 
-    from simplemirror.model import RootIndex, RootProject
-    from simplemirror.plan import HeldProject, Status, plan_changes, plan_sync
+    from simplemirror.simple.model import RootIndex, RootProject
+    from simplemirror.sync.plan import HeldProject, Status, plan_changes, plan_sync
 
     rng = random.Random(7)
     state = State(tmp_path / "state.db")

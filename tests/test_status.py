@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from simplemirror import state as state_module
-from simplemirror.sync import locked
+from simplemirror.store import state as state_module
+from simplemirror.sync.run import locked
 from tests.support.process import run
 from tests.support.upstream import Upstream, World
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror import store
+from simplemirror.store import tree as store
 
 
 def test_mode_is_set_whatever_the_umask(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from simplemirror import config
-from simplemirror.sync import RunSummary, Sync, SyncError, locked
+from simplemirror.cli import config
+from simplemirror.sync.run import RunSummary, Sync, SyncError, locked
 from tests.support.tree import assert_consistent, html_links, snapshot
 from tests.support.upstream import Upstream, World
 
@@ -314,7 +314,7 @@ def test_disk_full_while_writing_pages_stops_cleanly_then_converges(
 ):
     import errno
 
-    from simplemirror import store
+    from simplemirror.store import tree as store
 
     sync(upstream, tmp_path)
     old_serial = world.project("tiny").serial
@@ -347,7 +347,7 @@ def test_progress_bars_on_a_terminal(upstream: Upstream, tmp_path: Path):
 
     from rich.console import Console
 
-    from simplemirror.report import RichReporter
+    from simplemirror.report.progress import RichReporter
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)
@@ -465,7 +465,7 @@ def test_a_directory_swapped_for_a_symlink_between_runs_of_one_process_is_caught
 def test_root_pages_are_not_rendered_again_when_nothing_changed(
     upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from simplemirror import render
+    from simplemirror.simple import render
 
     upstream.send_etags = False  # the root comes whole every time, never a 304
     sync(upstream, tmp_path)
@@ -503,7 +503,7 @@ def test_download_processes_publish_the_same_tree(
 def test_a_root_resent_byte_for_byte_is_not_parsed_or_compared_again(
     upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from simplemirror import model
+    from simplemirror.simple import model
 
     upstream.send_etags = False  # no 304s: the root comes whole every time
     assert sync(upstream, tmp_path).exit_code == 0
@@ -528,8 +528,8 @@ def test_a_root_resent_byte_for_byte_is_not_parsed_or_compared_again(
 def test_unset_download_processes_start_only_once_a_run_has_many_files(
     upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from simplemirror import sync as sync_module
-    from simplemirror.workers import ProcessPool
+    from simplemirror.sync import run as sync_module
+    from simplemirror.sync.workers import ProcessPool
 
     submitted: list[str] = []
 
@@ -556,9 +556,9 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
 ):
     from concurrent.futures import Future
 
-    from simplemirror import sync as sync_module
-    from simplemirror.upstream import Client
-    from simplemirror.workers import ChildLost, ProcessPool
+    from simplemirror.sync import run as sync_module
+    from simplemirror.sync.workers import ChildLost, ProcessPool
+    from simplemirror.upstream.client import Client
 
     w = World()
     for i in range(8):
@@ -597,7 +597,7 @@ def test_pages_are_fetched_in_the_download_processes_once_they_run(
 def test_workers_are_the_connection_budget_across_the_download_processes(
     workers: int, processes: int, expected: list[int]
 ) -> None:
-    from simplemirror.sync import shares
+    from simplemirror.sync.run import shares
 
     assert shares(workers, processes) == expected
     assert sum(expected) == workers  # never more connections than workers, in total
@@ -606,7 +606,7 @@ def test_workers_are_the_connection_budget_across_the_download_processes(
 def test_automatic_download_processes_follow_the_cores_this_process_may_use(
     monkeypatch: pytest.MonkeyPatch
 ):
-    from simplemirror import sync as sync_module
+    from simplemirror.sync import run as sync_module
 
     for cores, expected in ((1, 0), (2, 2), (3, 3), (16, 4)):
         monkeypatch.setattr(sync_module.os, "sched_getaffinity", lambda _pid, n=cores: set(
@@ -627,8 +627,8 @@ def test_the_same_root_bytes_after_a_run_limited_to_some_projects_are_read_again
 
 def record_process_pools(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """(client class, function) of each batch of downloads sent to the download processes."""
-    from simplemirror import sync as sync_module
-    from simplemirror.workers import ProcessPool
+    from simplemirror.sync import run as sync_module
+    from simplemirror.sync.workers import ProcessPool
 
     used: list[tuple[str, str]] = []
 
@@ -724,11 +724,11 @@ def html_links_of(web: Path, name: str) -> str:
 def test_files_and_pages_are_flushed_before_the_rows_recording_them_commit(
     upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """The fsync policy (store.py): one syncfs of the tree before each commit that records
+    """The fsync policy (store/tree.py): one syncfs of the tree before each commit that records
     what was written, so that after a power cut no row claims bytes the disk lost."""
-    from simplemirror import store
-    from simplemirror import sync as sync_module
-    from simplemirror.state import State
+    from simplemirror.store import tree as store
+    from simplemirror.store.state import State
+    from simplemirror.sync import run as sync_module
 
     events: list[str] = []
     real_flush, real_record = store.flush, State.record_project

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror.cli import build_parser
+from simplemirror.cli.main import build_parser
 from tests.support import sandbox
 from tests.support.tree import assert_consistent
 from tests.support.unitfile import (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from simplemirror.httpclient import Http, Limits, TransportError
+from simplemirror.upstream.httpclient import Http, Limits, TransportError
 
 BODY = b"a wheel, pretend\n" * 5000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simplemirror.units import human_bytes
+from simplemirror.report.units import human_bytes
 
 
 @pytest.mark.parametrize(("count", "shown"), [

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from simplemirror import __version__, config
-from simplemirror.config import Config
-from simplemirror.model import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
-from simplemirror.plan import ProjectTodo
-from simplemirror.upstream import (
+from simplemirror import __version__
+from simplemirror.cli import config
+from simplemirror.cli.config import Config
+from simplemirror.simple.model import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
+from simplemirror.sync.plan import ProjectTodo
+from simplemirror.upstream.client import (
     ACCEPT,
     Client,
     StalePage,
@@ -872,7 +873,7 @@ def test_through_a_proxy_a_broken_file_download_is_transient(
 def test_requests_is_gone() -> None:
     # One HTTP client: nothing the mirror runs loads requests or urllib3.
     code = (
-        "import sys, simplemirror.cli, simplemirror.sync, simplemirror.verify; "
+        "import sys, simplemirror.cli.main, simplemirror.sync.run, simplemirror.check.verify; "
         "print(sorted(m for m in ('requests', 'urllib3') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -932,7 +933,7 @@ def test_a_cancelled_download_leaves_nothing_in_tmp(server: Canned, tmp_path: Pa
     import asyncio
     import threading
 
-    from simplemirror import download
+    from simplemirror.sync import download
 
     pause = threading.Event()
     server.add("/packages/a.whl", b"x" * 100_000, pause=pause)  # half, then waits

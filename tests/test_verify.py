@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from simplemirror import config, verify
-from simplemirror.cli import main
-from simplemirror.sync import locked
-from simplemirror.workers import WorkerPool
+from simplemirror.check import verify
+from simplemirror.cli import config
+from simplemirror.cli.main import main
+from simplemirror.sync.run import locked
+from simplemirror.sync.workers import WorkerPool
 from tests.support.consistency import as_if_killed_before_commit, assert_mirror_invariants
 from tests.support.process import process_state_kept
 from tests.support.schemas import as_schema_2

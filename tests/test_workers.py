@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from simplemirror import workers
-from simplemirror.workers import ChildLost, ProcessPool
+from simplemirror.sync import workers
+from simplemirror.sync.workers import ChildLost, ProcessPool
 
 
 class Context:
@@ -226,7 +226,7 @@ def test_children_end_when_their_parent_is_killed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from simplemirror.workers import ProcessPool
+        from simplemirror.sync.workers import ProcessPool
         from tests.test_workers import Context, where
         pool = ProcessPool([1, 1], Context, "cfg")
         futures = [pool.submit(where, n) for n in range(4)]

@@ -1,3 +1,3 @@
-from simplemirror.cli import main
+from simplemirror.cli.main import main
 
 raise SystemExit(main())

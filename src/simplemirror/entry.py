@@ -10,6 +10,6 @@ from __future__ import annotations
 
 
 def main() -> int:
-    from simplemirror.cli import main as cli_main
+    from simplemirror.cli.main import main as cli_main
 
     return cli_main()

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from simplemirror.cli import main
+from simplemirror.cli.main import main
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from simplemirror import store
+from simplemirror.store import tree as store
 
 
 def temp_file_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -13,11 +13,10 @@ from html import escape
 from json.encoder import encode_basestring
 from typing import Any
 
-from simplemirror import layout
-
 # RootEntry: publish.py and the tests name it render.RootEntry.
-from simplemirror.model import API_VERSION, HeldFile
-from simplemirror.model import RootEntry as RootEntry
+from simplemirror.simple.model import API_VERSION, HeldFile
+from simplemirror.simple.model import RootEntry as RootEntry
+from simplemirror.store import layout
 
 # One encoder for every page: json.dumps with options builds a new one each call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from simplemirror import __version__
-from simplemirror.sync import RunSummary
+from simplemirror.sync.run import RunSummary
 
 SCHEMA = 1
 SUFFIX = ".json"

@@ -3,7 +3,7 @@
 Pure functions over request data: which page representation a client gets (PEP 691
 content negotiation), where a URL path points in the published tree, which bytes a Range
 header asks for, whether a validator still matches, and the Content-Type of a file. The
-server in serve.py does the I/O around them.
+server in server.py does the I/O around them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from packaging.utils import InvalidName, canonicalize_name
 
-from simplemirror import layout
+from simplemirror.store import layout
 
 JSON_V1: Final = "application/vnd.pypi.simple.v1+json"
 HTML_V1: Final = "application/vnd.pypi.simple.v1+html"

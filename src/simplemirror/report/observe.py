@@ -16,10 +16,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from simplemirror import metrics, runreport, status, store
-from simplemirror.config import Config
-from simplemirror.state import NoState, StateReader, open_reader
-from simplemirror.sync import RunSummary
+from simplemirror.check import status
+from simplemirror.cli.config import Config
+from simplemirror.report import metrics, runreport
+from simplemirror.store import tree as store
+from simplemirror.store.state import NoState, StateReader, open_reader
+from simplemirror.sync.run import RunSummary
 
 log = logging.getLogger("simplemirror")
 

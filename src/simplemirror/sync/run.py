@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simplemirror import download, layout, recover, store
-from simplemirror.config import Config
-from simplemirror.model import (
+from simplemirror.check.status import lock_path
+from simplemirror.cli.config import Config
+from simplemirror.report.progress import Reporter
+from simplemirror.simple.model import (
     API_VERSION,
     HeldFile,
     ProjectPage,
@@ -38,7 +39,12 @@ from simplemirror.model import (
     newer_api_version,
     version_of,
 )
-from simplemirror.plan import (
+from simplemirror.simple.render import ProjectInfo
+from simplemirror.store import layout
+from simplemirror.store import tree as store
+from simplemirror.store.state import State, StateError, unreadable
+from simplemirror.sync import download, recover
+from simplemirror.sync.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
     FilePlan,
@@ -51,12 +57,9 @@ from simplemirror.plan import (
     plan_retry,
     usable_serials,
 )
-from simplemirror.publish import Ending, ProjectCopy, Publisher, publish
-from simplemirror.render import ProjectInfo
-from simplemirror.report import Reporter
-from simplemirror.state import State, StateError, unreadable
-from simplemirror.status import lock_path
-from simplemirror.upstream import (
+from simplemirror.sync.publish import Ending, ProjectCopy, Publisher, publish
+from simplemirror.sync.workers import ChildLost, ProcessPool, WorkerPool
+from simplemirror.upstream.client import (
     Client,
     Interrupted,
     PageResponse,
@@ -64,7 +67,6 @@ from simplemirror.upstream import (
     StalePage,
     UpstreamError,
 )
-from simplemirror.workers import ChildLost, ProcessPool, WorkerPool
 
 log = logging.getLogger("simplemirror")
 
@@ -303,7 +305,7 @@ def mass_removal_refusal(
     )
     if last_upstream is not None and last_upstream != upstream:
         # Imported here: runreport imports this module.
-        from simplemirror.runreport import redact
+        from simplemirror.report.runreport import redact
 
         # --allow-mass-delete would then empty the mirror of the old index: say so first.
         return said + (

@@ -24,7 +24,14 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from simplemirror.model import HeldFile, HeldProject, RootChanges, RootEntry, RootProject, Status
+from simplemirror.simple.model import (
+    HeldFile,
+    HeldProject,
+    RootChanges,
+    RootEntry,
+    RootProject,
+    Status,
+)
 
 SCHEMA_VERSION = 3
 # What a read-only State (a dry run) reads as it is, without the upgrade a sync makes.

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from packaging.utils import InvalidName
 
 from simplemirror import __version__
-from simplemirror.model import normalize_name
+from simplemirror.simple.model import normalize_name
 
 DEFAULT_USER_AGENT = f"simplemirror/{__version__}"
 

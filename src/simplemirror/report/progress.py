@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from simplemirror.units import clock, human_bytes
+from simplemirror.report.units import clock, human_bytes
 
 log = logging.getLogger("simplemirror")
 

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from simplemirror import layout, reap, store
-from simplemirror.publish import Publisher
-from simplemirror.state import State
+from simplemirror.store import layout
+from simplemirror.store import tree as store
+from simplemirror.store.state import State
+from simplemirror.sync import reap
+from simplemirror.sync.publish import Publisher
 
 log = logging.getLogger("simplemirror")
 

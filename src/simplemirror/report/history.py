@@ -29,9 +29,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from simplemirror import status
-from simplemirror.state import RUN_COUNTS, StateReader, read_snapshot
-from simplemirror.units import human_bytes
+from simplemirror.check import status
+from simplemirror.report.units import human_bytes
+from simplemirror.store.state import RUN_COUNTS, StateReader, read_snapshot
 
 _PROJECT_CHANGES = ("added", "changed", "removed")
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simplemirror import layout, store
-from simplemirror.state import State
+from simplemirror.store import layout
+from simplemirror.store import tree as store
+from simplemirror.store.state import State
 
 # Siblings that live and die with a distribution file.
 SIBLING_SUFFIXES = (layout.METADATA_SUFFIX, layout.SIGNATURE_SUFFIX, layout.PROVENANCE_SUFFIX)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from simplemirror.model import (
+from simplemirror.simple.model import (
     DistFile,
     HeldFile,
     HeldProject,

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urldefrag
 
-from simplemirror import layout, store
-from simplemirror.model import DistFile, HeldFile
-from simplemirror.plan import FileTodo
-from simplemirror.upstream import Client, UpstreamError, check_response
+from simplemirror.simple.model import DistFile, HeldFile
+from simplemirror.store import layout
+from simplemirror.store import tree as store
+from simplemirror.sync.plan import FileTodo
+from simplemirror.upstream.client import Client, UpstreamError, check_response
 
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
 

@@ -35,10 +35,14 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from simplemirror import __version__, config, daemon, history, logs, observe, serve, status, verify
-from simplemirror.report import Reporter, RichReporter
-from simplemirror.sync import RunSummary, Sync, SyncError
-from simplemirror.units import human_bytes
+from simplemirror import __version__
+from simplemirror.check import status, verify
+from simplemirror.cli import config, daemon
+from simplemirror.report import history, logs, observe
+from simplemirror.report.progress import Reporter, RichReporter
+from simplemirror.report.units import human_bytes
+from simplemirror.serve import server as serve
+from simplemirror.sync.run import RunSummary, Sync, SyncError
 
 log = logging.getLogger("simplemirror")
 

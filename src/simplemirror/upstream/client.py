@@ -1,6 +1,6 @@
 """Talking to the upstream index: sessions, the retry policy, root and project pages.
 
-Parsing lives in model.py; this module only moves bytes and interprets HTTP:
+Parsing lives in simple/model.py; this module only moves bytes and interprets HTTP:
 status codes, ETags, serial headers, and which format (JSON or HTML) came back.
 """
 
@@ -29,10 +29,8 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from simplemirror.config import Config
-from simplemirror.filehosts import FileHostGuard
-from simplemirror.httpclient import Fetched, Http, Limits, Stream, TransportError
-from simplemirror.model import (
+from simplemirror.cli.config import Config
+from simplemirror.simple.model import (
     HTML_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
     ProjectPage,
@@ -41,7 +39,9 @@ from simplemirror.model import (
     parse_root_json,
     parse_serial,
 )
-from simplemirror.plan import ProjectTodo
+from simplemirror.sync.plan import ProjectTodo
+from simplemirror.upstream.filehosts import FileHostGuard
+from simplemirror.upstream.httpclient import Fetched, Http, Limits, Stream, TransportError
 
 T = TypeVar("T")
 

@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from simplemirror import layout, reap, render, store
-from simplemirror.model import HeldFile, version_of
-from simplemirror.state import State
+from simplemirror.simple import render
+from simplemirror.simple.model import HeldFile, version_of
+from simplemirror.store import layout
+from simplemirror.store import tree as store
+from simplemirror.store.state import State
+from simplemirror.sync import reap
 
 
 def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
@@ -74,7 +77,7 @@ def publish(
         end = ending()
         if end.root is not None:
             publisher.root(*end.root)
-        store.flush(publisher.web)  # the fsync policy (store.py): bytes before the rows
+        store.flush(publisher.web)  # the fsync policy (store/tree.py): bytes before the rows
     deleted = 0
     if end.remove:
         reap.unpublish_removed_projects(publisher.web, state, publisher.generation)

@@ -14,12 +14,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from simplemirror.model import Status
-from simplemirror.state import NoState as NoState
-from simplemirror.state import StateReader, read_snapshot
-from simplemirror.state import connect_readonly as connect_readonly
-from simplemirror.state import last_upstream as last_upstream
-from simplemirror.units import human_bytes
+from simplemirror.report.units import human_bytes
+from simplemirror.simple.model import Status
+from simplemirror.store.state import NoState as NoState
+from simplemirror.store.state import StateReader, read_snapshot
+from simplemirror.store.state import connect_readonly as connect_readonly
+from simplemirror.store.state import last_upstream as last_upstream
 
 _STATUS_ORDER = (Status.OK, Status.DEFERRED, Status.FAILED, Status.PENDING, Status.REMOVED)
 

@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from simplemirror.sync import Sync
+from simplemirror.sync.run import Sync
 
 log = logging.getLogger("simplemirror")
 

@@ -53,16 +53,18 @@ from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.progress import TaskID
 
-from simplemirror import download, layout, reap, store
-from simplemirror.config import Config
-from simplemirror.model import Status
-from simplemirror.publish import Ending, Publisher, publish
-from simplemirror.report import Periodic, bar, seconds_left
-from simplemirror.state import State, StateError, StateReader, connect_reader
-from simplemirror.sync import locked
-from simplemirror.units import clock, human_bytes
-from simplemirror.upstream import Client, UpstreamError
-from simplemirror.workers import WorkerPool
+from simplemirror.cli.config import Config
+from simplemirror.report.progress import Periodic, bar, seconds_left
+from simplemirror.report.units import clock, human_bytes
+from simplemirror.simple.model import Status
+from simplemirror.store import layout
+from simplemirror.store import tree as store
+from simplemirror.store.state import State, StateError, StateReader, connect_reader
+from simplemirror.sync import download, reap
+from simplemirror.sync.publish import Ending, Publisher, publish
+from simplemirror.sync.run import locked
+from simplemirror.sync.workers import WorkerPool
+from simplemirror.upstream.client import Client, UpstreamError
 
 log = logging.getLogger("simplemirror")
 

@@ -39,8 +39,9 @@ from types import FrameType
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from simplemirror import __version__, layout
-from simplemirror import serve_rules as rules
+from simplemirror import __version__
+from simplemirror.serve import rules
+from simplemirror.store import layout
 
 log = logging.getLogger("simplemirror")
 

@@ -7,13 +7,17 @@ loopback server with a certificate made for the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import shutil
+import socket
+import socketserver
 import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -120,3 +124,144 @@ def test_a_certificate_the_bundle_does_not_vouch_for_is_refused(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other_ca))
     with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
         get(https_url)  # type: ignore[operator]
+
+
+# -- through an https proxy tunnel (CONNECT), and redirects that leave TLS ----------------
+
+
+class _Tunnel(socketserver.ThreadingTCPServer):
+    """An HTTP proxy that only tunnels (CONNECT), as corporate proxies do for https: it
+    sees where the client goes, never what it says."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _TunnelHandler)
+        self.connects: list[str] = []
+
+
+class _TunnelHandler(socketserver.StreamRequestHandler):
+    server: _Tunnel
+
+    def handle(self) -> None:
+        request = self.rfile.readline().decode("latin-1").split()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # the rest of the CONNECT request's head
+        if len(request) < 2 or request[0] != "CONNECT":
+            self.wfile.write(b"HTTP/1.1 405 Only CONNECT\r\nContent-Length: 0\r\n\r\n")
+            return
+        self.server.connects.append(request[1])
+        host, port = request[1].rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as far:
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.wfile.flush()
+            back = threading.Thread(target=_pipe, args=(far, self.connection), daemon=True)
+            back.start()
+            _pipe(self.connection, far)
+            back.join(5)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(1 << 16):
+            sink.sendall(chunk)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def tunnel(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Tunnel]:
+    proxy = _Tunnel()
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+@pytest.mark.parametrize("get", [page_get, file_get], ids=["page", "file"])
+def test_through_a_proxy_an_https_upstream_is_tunnelled_and_still_verified(
+    https_url: str, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+    tunnel: _Tunnel, get: object,
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+    assert get(https_url) == BODY  # type: ignore[operator]
+    port = https_url.split(":")[2].split("/")[0]
+    assert tunnel.connects and set(tunnel.connects) == {f"127.0.0.1:{port}"}
+
+
+def test_through_a_proxy_tunnel_a_certificate_is_checked_end_to_end(
+    https_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tunnel: _Tunnel
+) -> None:
+    # The proxy could be anyone: TLS is with the index, not with it.
+    other_ca, _ = _self_signed(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other_ca))
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        page_get(https_url)
+    assert tunnel.connects
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Plain http: records each request's Authorization header and answers BODY."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization"))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("get", [page_get, file_get], ids=["page", "file"])
+def test_a_netrc_password_never_follows_a_redirect_from_https_to_plain_http(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    get: object,
+) -> None:
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    _Recorder.seen = []
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    downgrade = f"http://127.0.0.1:{plain.server_address[1]}/packages/x.whl"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        seen: ClassVar[list[str | None]] = []
+
+        def do_GET(self) -> None:
+            self.seen.append(self.headers.get("Authorization"))
+            self.send_response(302)
+            self.send_header("Location", downgrade)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    secure = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    secure.socket = context.wrap_socket(secure.socket, server_side=True)
+    threading.Thread(target=secure.serve_forever, daemon=True).start()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+    try:
+        assert get(f"https://127.0.0.1:{secure.server_address[1]}/x.whl") == BODY  # type: ignore[operator]
+        # Over TLS the index gets its password; the plain hop, on the same host, does not.
+        assert Redirect.seen and all(a and a.startswith("Basic ") for a in Redirect.seen)
+        assert _Recorder.seen and _Recorder.seen == [None] * len(_Recorder.seen)
+    finally:
+        for server in (plain, secure):
+            server.shutdown()
+            server.server_close()

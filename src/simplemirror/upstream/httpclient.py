@@ -243,6 +243,7 @@ class Http:
         session = self._get_session()
         environment = self._environment
         assert environment is not None
+        secure = url.startswith("https:")
         for _ in range(MAX_REDIRECTS + 1):
             if check is not None:
                 check(url)
@@ -251,6 +252,10 @@ class Http:
             auth = proxy.get("auth")
             if auth is not None:  # as a header: aiohttp deprecates its auth= argument
                 proxy = {k: v for k, v in proxy.items() if k != "auth"}
+                if secure and asked.scheme != "https":
+                    # An https index's password never crosses the network in clear, not
+                    # even to its own host: a redirect to plain http goes without it.
+                    auth = None
             try:
                 response = await session.get(
                     asked, allow_redirects=False, auto_decompress=decompress,

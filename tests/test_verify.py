@@ -9,7 +9,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from simplemirror.check import verify
 from simplemirror.cli import config
 from simplemirror.cli.main import main
 from simplemirror.sync.run import locked
-from simplemirror.sync.workers import WorkerPool
 from tests.support.consistency import as_if_killed_before_commit, assert_mirror_invariants
 from tests.support.process import process_state_kept
 from tests.support.schemas import as_schema_2
@@ -169,8 +168,8 @@ def test_hashing_keeps_a_bounded_window_of_files_in_flight(
 ):
     in_flight, most = [0], [0]
 
-    class CountingPool(WorkerPool):
-        def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    class CountingPool(ThreadPoolExecutor):
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
             in_flight[0] += 1
             most[0] = max(most[0], in_flight[0])
             return super().submit(fn, *args)
@@ -181,7 +180,7 @@ def test_hashing_keeps_a_bounded_window_of_files_in_flight(
         in_flight[0] -= 1
         real_checked(self, done)
 
-    monkeypatch.setattr(verify, "WorkerPool", CountingPool)
+    monkeypatch.setattr(verify, "ThreadPoolExecutor", CountingPool)
     monkeypatch.setattr(verify.Verifier, "_checked", checked)
     monkeypatch.setattr(verify, "BATCH", 2)
     monkeypatch.setattr(verify, "WINDOW_PER_WORKER", 1)

@@ -41,7 +41,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -63,7 +63,6 @@ from simplemirror.store.state import State, StateError, StateReader, connect_rea
 from simplemirror.sync import download, reap
 from simplemirror.sync.publish import Ending, Publisher, publish
 from simplemirror.sync.run import locked
-from simplemirror.sync.workers import WorkerPool
 from simplemirror.upstream.client import Client, UpstreamError
 
 log = logging.getLogger("simplemirror")
@@ -384,7 +383,8 @@ class Verifier:
         cursor = self.db.live_files()
         window: deque[Future[_Checked]] = deque()
         limit = self.config.workers * WINDOW_PER_WORKER
-        pool = WorkerPool(self.config.workers, "verify")
+        # Threads: hashlib lets go of the GIL over large buffers, so they share the cores.
+        pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="verify")
         try:
             while rows := cursor.fetchmany(BATCH):
                 for raw in rows:
@@ -395,7 +395,7 @@ class Verifier:
                 self._checked(window.popleft().result())
         finally:
             cursor.close()
-            pool.shutdown(0)
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _checked(self, checked: _Checked) -> None:
         result = self.result
@@ -666,15 +666,13 @@ class Verifier:
             return set()
         self.progress.phase(f"repair: fetching {len(by_row)} file(s) again")
         client = Client(self.config)
-        pool = WorkerPool(self.config.workers, "repair")
         touched: set[str] = set()
         failed: dict[str, str] = {}
+        futures: list[tuple[list[FileProblem], Future[dict[bool, tuple[int, str | None]]]]] = []
         try:
-            futures = [
-                (problems, pool.submit(self._refetch_row, client, problems[0].row,
-                                       {p.metadata for p in problems}))
-                for problems in by_row.values()
-            ]
+            for problems in by_row.values():
+                work = self._refetch_row(client, problems[0].row, {p.metadata for p in problems})
+                futures.append((problems, client.submit(client.in_turn(work))))
             for problems, future in futures:
                 outcomes = future.result()
                 for problem in problems:
@@ -690,7 +688,8 @@ class Verifier:
                     self._unrepaired_file(problem, error, generation)
                     failed.setdefault(problem.row.project, f"{problem.label}: {error}")
         finally:
-            pool.shutdown(0)
+            for _, future in futures:
+                future.cancel()
             client.close()
         for project, error in failed.items():
             self._mark_failed(project, f"verify --repair could not restore {error}", generation)
@@ -707,10 +706,10 @@ class Verifier:
         )
         log.warning("could not repair %s: %s", problem.label, error)
 
-    def _refetch_row(
+    async def _refetch_row(
         self, client: Client, row: FileRow, wanted: set[bool]
     ) -> dict[bool, tuple[int, str | None]]:
-        """Worker: fetch a row's file (False) and/or its .metadata (True) again.
+        """Fetch a row's file (False) and/or its .metadata (True) again, as a sync does.
 
         Returns (bytes fetched, error or None) for each of ``wanted``.
         """
@@ -724,9 +723,9 @@ class Verifier:
         outcomes: dict[bool, tuple[int, str | None]] = {}
         if False in wanted:
             try:
-                got = client.run(download.fetch(
+                got = await download.fetch(
                     client, download.Fetch.file(row.url, row.filename, row.hashes, row.size)
-                ))
+                )
                 outcomes[False] = (got.size, None)
             except REPAIR_ERRORS as exc:
                 outcomes[False] = (0, str(exc))
@@ -736,10 +735,10 @@ class Verifier:
                 outcomes[True] = (0, "its distribution file could not be repaired")
                 return outcomes
             try:
-                got = client.run(download.fetch(client, download.Fetch.beside(
+                got = await download.fetch(client, download.Fetch.beside(
                     urldefrag(row.url).url + layout.METADATA_SUFFIX,
                     row.path + layout.METADATA_SUFFIX, row.metadata_hashes,
-                )))
+                ))
                 outcomes[True] = (got.size, None)
             except REPAIR_ERRORS as exc:
                 outcomes[True] = (0, str(exc))

@@ -58,7 +58,7 @@ from simplemirror.sync.plan import (
     usable_serials,
 )
 from simplemirror.sync.publish import Ending, ProjectCopy, Publisher, publish
-from simplemirror.sync.workers import ChildLost, ProcessPool, WorkerPool
+from simplemirror.sync.workers import ChildLost, ProcessPool
 from simplemirror.upstream.client import (
     Client,
     Interrupted,
@@ -759,7 +759,7 @@ class Sync:
         """Fetch the planned pages (as the run would: conditional where it would be) and
         count what plan_page would download; pages that fail are the run's failures."""
         config = self.config
-        pages = WorkerPool(config.workers, "page")
+        client = self.client
         waiting: collections.deque[tuple[ProjectTodo, Future[PageResponse | None]]] = (
             collections.deque()
         )
@@ -771,7 +771,9 @@ class Sync:
                 while len(waiting) < config.workers * 2 and (
                     (todo := next(todos, None)) is not None
                 ):
-                    waiting.append((todo, pages.submit(self.client.fetch_page, todo, todo.etag)))
+                    # The run's own path: the coroutine, on the client's loop, in turn.
+                    work = client.in_turn(client.get_page(todo, todo.etag))
+                    waiting.append((todo, client.submit(work)))
                 if not waiting:
                     break
                 todo, future = waiting.popleft()
@@ -810,7 +812,8 @@ class Sync:
                         else:
                             forecast.bytes += wanted.dist.size
         finally:
-            pages.shutdown(STOP_GRACE)
+            for _, future in waiting:
+                future.cancel()
         held = state.live_files_count()
         if not config.allow_mass_delete and is_mass_removal(
             forecast.files_dropped, held, config.max_removal, MASS_DELETE_FLOOR_FILES

@@ -1,11 +1,11 @@
-"""Download processes (ProcessPool), and a minimal pool of daemon worker threads
-(WorkerPool, for verify's blocking work) that hand back standard Futures.
+"""Download processes: N children, each running the same coroutines as the parent over
+its share of the workers, so that hashing and HTTP parsing use more than one core.
 
-Why not ThreadPoolExecutor: its threads are joined when the interpreter
-exits, so one download stuck in a network read would hold a stopping mirror
-for the whole read timeout. These threads are daemons; a run that is told to
-stop commits its state and exits, and an abandoned read dies with the process
-(its temporary file is cleared by the next run, never published).
+Why not a library's pool: concurrent.futures and multiprocessing.Pool run one task at a
+time in a child, and a child here must keep its share of connections busy across many
+projects at once; aiomultiprocess polls its queues every few milliseconds, leaves the
+tasks of a killed child waiting for ever and sends errors back as text. What is left is a
+pipe a child, pickles in batches, and the bookkeeping a dead child needs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging.handlers
 import multiprocessing
 import multiprocessing.connection
 import pickle
-import queue
 import signal
 import threading
 import time
@@ -28,8 +27,6 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
-
-_STOP = object()
 
 _LOG = -1
 """The task number of a reply that is a log record from a child, not a task's result."""
@@ -42,56 +39,6 @@ LOGGER = "simplemirror"
 # 5 ms cut the CPU of a whole sync by 6% and cost no throughput (the parent
 # keeps the processes' queues full well ahead of what it has heard back).
 REPLY_DELAY = 0.005
-
-
-class WorkerPool:
-    def __init__(self, workers: int, name: str) -> None:
-        self._tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-            for i in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._tasks.put((future, fn, args))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            task = self._tasks.get()
-            if task is _STOP:
-                return
-            future, fn, args = task
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while queued
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-    def shutdown(self, timeout: float | None = None) -> bool:
-        """Cancel what has not started, wait up to ``timeout`` for the rest.
-
-        Returns False if some task was still running when the time ran out.
-        """
-        while True:
-            try:
-                task = self._tasks.get_nowait()
-            except queue.Empty:
-                break
-            if task is not _STOP:
-                task[0].cancel()
-        for _ in self._threads:
-            self._tasks.put(_STOP)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
 
 
 class ProcessPool:

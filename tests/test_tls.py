@@ -126,6 +126,16 @@ def test_a_certificate_the_bundle_does_not_vouch_for_is_refused(
         get(https_url)  # type: ignore[operator]
 
 
+def test_importing_the_client_leaves_other_tls_contexts_their_default_store(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp is imported with the loading of the default CA store turned off (see
+    httpclient); afterwards a default context loads it as before (OpenSSL reads
+    SSL_CERT_FILE as it loads)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    assert ssl.create_default_context().cert_store_stats()["x509_ca"] == 1
+
+
 # -- through an https proxy tunnel (CONNECT), and redirects that leave TLS ----------------
 
 

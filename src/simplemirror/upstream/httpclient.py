@@ -37,9 +37,9 @@ import certifi
 from yarl import URL
 
 # aiohttp makes two TLS contexts as it is imported, each loading the system's CA store:
-# ~45 ms of CPU in every process, a tenth of a sync that changes nothing. Every
-# connection here has this module's own context (Http._get_session), so aiohttp's are
-# made without a store, and never used.
+# ~45 ms of CPU in every process, a tenth of a sync that changes nothing. Every TLS
+# connection here has this module's own context (Http._tls), so aiohttp's are made
+# without a store, and never used.
 _OWN_STORE_LOADER = vars(ssl.SSLContext).get("set_default_verify_paths")
 ssl.SSLContext.set_default_verify_paths = lambda self: None  # type: ignore[method-assign]
 try:
@@ -238,12 +238,20 @@ class Http:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._environment: Environment | None = None
+        self._tls_context: ssl.SSLContext | None = None
+
+    def _tls(self) -> ssl.SSLContext:
+        """The context of every TLS connection (to an https URL, or through an https
+        proxy), made for the first: loading the CA bundle costs ~20 ms of CPU, which a
+        process that only ever talks plain http need not pay."""
+        if self._tls_context is None:
+            self._tls_context = ssl.create_default_context(cafile=ca_bundle())
+        return self._tls_context
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            tls = ssl.create_default_context(cafile=ca_bundle())
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, ssl=tls),
+                connector=aiohttp.TCPConnector(limit=self._connections),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.limits.connect_timeout,
                     sock_read=self.limits.read_timeout,
@@ -286,6 +294,9 @@ class Http:
                     # An https index's password never crosses the network in clear, not
                     # even to its own host: a redirect to plain http goes without it.
                     auth = None
+            through = proxy.get("proxy")
+            if asked.scheme == "https" or (through is not None and through.scheme == "https"):
+                proxy = {**proxy, "ssl": self._tls()}
             try:
                 response = await session.get(
                     asked, allow_redirects=False, auto_decompress=decompress,

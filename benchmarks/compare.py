@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if clients.SIMPLEMIRROR in tools:
                 mirrors.append(clients.SimpleMirror(
                     work / "simplemirror", nginx.url, args.workers,
-                    args.mirror or clients.find_mirror(),
+                    clients.find_mirror(args.mirror),
                 ))
             if clients.BANDERSNATCH in tools:
                 mirrors.append(clients.Bandersnatch(

@@ -152,6 +152,30 @@ def test_a_slow_file_above_min_rate_is_kept(server: Canned, tmp_path: Path) -> N
     assert (client.config.web / got.path).read_bytes() == body
 
 
+def test_a_file_that_stalls_is_cut_off_a_window_after_the_last_one_it_met(
+    server: Canned, tmp_path: Path
+) -> None:
+    body = b"z" * 5000
+
+    def stalls(send: Send) -> None:  # a window's share at once and 0.6 s on, then 6 s of nothing
+        send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        send(body[:1000])
+        time.sleep(0.6)
+        send(body[1000:2000])
+        time.sleep(6.0)
+        send(body[2000:])
+
+    server.add(FILE, raw=stalls)
+    client = make_client(tmp_path, server)
+    error, elapsed = timed(
+        lambda: fetch_file(client, server.url(FILE), hashlib.sha256(body).hexdigest())
+    )
+    assert isinstance(error, TransientError) and "min-rate" in str(error), error
+    # Not at the first window's end (1 s): the share met at 0.6 s moved it to 1.6 s.
+    assert elapsed >= 1.5
+    assert list(client.config.tmp.iterdir()) == []
+
+
 def test_the_message_says_which_setting_cut_a_download_off(
     server: Canned, tmp_path: Path
 ) -> None:

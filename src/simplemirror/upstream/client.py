@@ -11,10 +11,10 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import Future
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urljoin
 
@@ -120,6 +120,33 @@ def check_response(response: Fetched | Stream) -> None:
 
 def _upstream_error(exc: TransportError) -> UpstreamError:
     return TransientError(str(exc)) if exc.transient else UpstreamError(str(exc))
+
+
+class _FileStream:
+    """Client.stream's ``async with``: Http's, a TransportError raised as an
+    UpstreamError. A class, as Stream is, not an asynccontextmanager: that one runs an
+    async generator for every file."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+
+    async def __aenter__(self) -> Stream:
+        try:
+            return await self._stream.__aenter__()
+        except TransportError as exc:
+            raise _upstream_error(exc) from exc
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self._stream.__aexit__(kind, exc, tb)
+        except TransportError as error:
+            raise _upstream_error(error) from error
+        if isinstance(exc, TransportError):
+            raise _upstream_error(exc) from exc
 
 
 @dataclass(frozen=True)
@@ -419,14 +446,10 @@ class Client:
         if why is not None:
             raise RefusedURL(f"{url}: refused: {why}")
 
-    @asynccontextmanager
-    async def stream(self, url: str) -> AsyncIterator[Stream]:
-        """GET a file's body to be read as it arrives (the file-host policy applies)."""
-        try:
-            async with self.http.stream(url, check=self.check_file_url) as stream:
-                yield stream
-        except TransportError as exc:
-            raise _upstream_error(exc) from exc
+    def stream(self, url: str) -> _FileStream:
+        """GET a file's body to be read as it arrives (the file-host policy applies):
+        ``async with``."""
+        return _FileStream(self.http.stream(url, check=self.check_file_url))
 
     async def retrying(
         self, what: Callable[[], Awaitable[T]], *, also: type[BaseException] | None = None

@@ -409,9 +409,19 @@ class Client:
     ) -> Fetched:
         """GET a whole document (the root, a page), following redirects the policy allows."""
         try:
-            return await self.http.get(url, headers, root=root, check=self.check_file_url)
+            return await self.http.get(url, headers, root=root, check=self.allow)
         except TransportError as exc:
             raise _upstream_error(exc) from exc
+
+    async def allow(self, url: str) -> None:
+        """``check_file_url``, off the event loop the first time an origin is seen: that
+        may look a name up, and getaddrinfo blocks (a slow resolver would stall every
+        transfer of this process meanwhile)."""
+        known, why = self.file_guard.known(url)
+        if not known:
+            await asyncio.to_thread(self.check_file_url, url)
+        elif why is not None:
+            raise RefusedURL(f"{url}: refused: {why}")
 
     def check_file_url(self, url: str) -> None:
         """Raise RefusedURL unless the host policy lets a request ask ``url``."""
@@ -423,7 +433,7 @@ class Client:
     async def stream(self, url: str) -> AsyncIterator[Stream]:
         """GET a file's body to be read as it arrives (the file-host policy applies)."""
         try:
-            async with self.http.stream(url, check=self.check_file_url) as stream:
+            async with self.http.stream(url, check=self.allow) as stream:
                 yield stream
         except TransportError as exc:
             raise _upstream_error(exc) from exc

@@ -25,7 +25,7 @@ import contextlib
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -237,7 +237,7 @@ class Http:
 
     async def _open(
         self, url: str, headers: Mapping[str, str] | None,
-        check: Callable[[str], None] | None, decompress: bool,
+        check: Callable[[str], Awaitable[None]] | None, decompress: bool,
     ) -> tuple[str, aiohttp.ClientResponse]:
         """GET ``url``, following redirects; each hop is ``check``-ed before it is asked."""
         session = self._get_session()
@@ -246,7 +246,7 @@ class Http:
         secure = url.startswith("https:")
         for _ in range(MAX_REDIRECTS + 1):
             if check is not None:
-                check(url)
+                await check(url)
             asked = target(url)
             proxy = environment.for_url(asked)
             auth = proxy.get("auth")
@@ -277,7 +277,7 @@ class Http:
 
     async def get(
         self, url: str, headers: Mapping[str, str] | None = None, *, root: bool = False,
-        check: Callable[[str], None] | None = None,
+        check: Callable[[str], Awaitable[None]] | None = None,
     ) -> Fetched:
         """GET a whole document (the root, a page), its decoded size capped."""
         limit = self.limits.max_root_size if root else self.limits.max_page_size
@@ -296,7 +296,7 @@ class Http:
 
     @asynccontextmanager
     async def stream(
-        self, url: str, check: Callable[[str], None] | None = None
+        self, url: str, check: Callable[[str], Awaitable[None]] | None = None
     ) -> AsyncIterator[Stream]:
         """GET a file, its body to be read as it arrives, as stored (not decoded)."""
         limits = self.limits

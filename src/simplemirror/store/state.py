@@ -387,12 +387,14 @@ class State:
 
     def died_unrecovered(self, current: int) -> tuple[str, int] | None:
         """(start of the oldest, newest generation) of the runs before ``current`` that died
-        without recording their end, since the last recovery (see recover.py); None: none.
+        or ended in an error since the last recovery (see recover.py); None: none.
 
-        Under the sync lock, a run still marked running is one that died.
+        Under the sync lock, a run still marked running is one that died. One that ended
+        in an error before it could change the tree moves recovered_through past itself.
         """
         row = self.db.execute(
-            "SELECT min(started), max(generation) FROM runs WHERE outcome = 'running'"
+            "SELECT min(started), max(generation) FROM runs"
+            " WHERE outcome IN ('running', 'error')"
             " AND generation < ? AND generation > coalesce("
             " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'recovered_through'), 0)",
             [current],

@@ -411,6 +411,8 @@ class Sync:
         self.reporter = reporter or Reporter()
         self.stopped_by: int | None = None
         self._api_versions_warned: set[tuple[int, int]] = set()
+        # True while the run has changed nothing on disk: an error then needs no recovery.
+        self._tree_untouched = False
 
     def request_stop(self, signum: int) -> None:
         """Finish soon: no new work, in-flight downloads abandoned, state committed.
@@ -501,6 +503,7 @@ class Sync:
             raise write_error(config.directory, exc) from exc
         try:
             self._recover(state, generation)
+            self._tree_untouched = True  # until planning is done
             return self._sync(state, generation)
         except sqlite3.Error as exc:
             # state.db could not be written (a full disk, most likely): one clear error,
@@ -537,7 +540,13 @@ class Sync:
         """Record the run as ended in ``error``, if state.db can still be written."""
         try:
             state.rollback()  # what a failed statement left half done
-            state.finish_run(generation, "error", error=str(error))
+            with state.transaction():
+                state.finish_run(generation, "error", error=str(error))
+                if self._tree_untouched:
+                    # Nothing on disk to reconcile: the next run need not walk the tree.
+                    # (Otherwise it does, as after a run that died: what was written
+                    # before the rolled-back commit has no row to say so.)
+                    state.recovered_through(generation)
         except sqlite3.Error as exc:
             log.warning(
                 "could not record run %d as failed in state.db (%s); `mirror status` "
@@ -552,6 +561,7 @@ class Sync:
             return self._interrupted(RunSummary(generation, "interrupted"), state)
         except UpstreamError as exc:
             raise RootUnusable(f"could not read the upstream root index: {exc}") from None
+        self._tree_untouched = False
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
         summary.removed = list(plan.removed)

@@ -166,3 +166,30 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_root_is_awaited_does_not_wait_for_it(tmp_path: Path, signum: int):
+    # The root may take up to request-timeout (600 s by default) to come whole: a stop
+    # must not wait that out.
+    world = World()
+    world.add_project("proj", ["1.0"])
+    with Upstream(world) as up:
+        up.delay["/simple/"] = (30.0, 1)
+        command = [sys.executable, "-m", "simplemirror", "sync", "--upstream", up.url,
+                   "--directory", str(tmp_path)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        deadline = time.monotonic() + 20
+        while not any(r.path == "/simple/" for r in up.requests):
+            assert time.monotonic() < deadline, "the sync never asked for the root"
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+        stopped_after = time.monotonic() - signalled
+        assert process.returncode == 128 + signum, err
+        assert stopped_after < 15, f"took {stopped_after:.1f} s to stop"
+        assert "Traceback" not in err
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            assert db.execute("SELECT outcome FROM runs").fetchall() == [("interrupted",)]

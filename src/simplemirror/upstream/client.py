@@ -7,6 +7,7 @@ status codes, ETags, serial headers, and which format (JSON or HTML) came back.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -53,6 +54,8 @@ ACCEPT = f"{JSON_CONTENT_TYPE}, {HTML_CONTENT_TYPE};q=0.2, text/html;q=0.1"
 JSON_TYPES = frozenset({JSON_CONTENT_TYPE, "application/json"})
 HTML_TYPES = frozenset({HTML_CONTENT_TYPE, "text/html"})
 SERIAL_HEADER = "X-PyPI-Last-Serial"
+# How often a blocking wait looks for a stop request (seconds).
+STOP_POLL = 0.2
 
 
 class UpstreamError(Exception):
@@ -358,13 +361,23 @@ class Client:
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return self.submit(work).result()
 
+    def run_until_stopped(self, work: Coroutine[Any, Any, T]) -> T:
+        """``run``, given up (Interrupted) as soon as a stop is asked for: a request
+        under way can take up to request-timeout to end by itself."""
+        future = self.submit(work)
+        while not concurrent.futures.wait([future], timeout=STOP_POLL).done:
+            if self.stop.is_set():
+                future.cancel()
+                raise Interrupted("stopping")
+        return future.result()
+
     def fetch_root(self, etag: str | None, sha256: str | None = None) -> RootResponse | None:
         """``get_root``, waited for."""
-        return self.run(self.get_root(etag, sha256))
+        return self.run_until_stopped(self.get_root(etag, sha256))
 
     def fetch_page(self, todo: ProjectTodo, etag: str | None = None) -> PageResponse | None:
         """``get_page``, waited for."""
-        return self.run(self.get_page(todo, etag))
+        return self.run_until_stopped(self.get_page(todo, etag))
 
     def close(self) -> None:
         """Close the background loop's connections (not a download process's: ``aclose``)."""

@@ -788,7 +788,7 @@ class Sync:
                     break
                 todo, future = waiting.popleft()
                 try:
-                    response = future.result()
+                    response = client.result(future)
                 except Interrupted:
                     summary.stopped_by = self.stopped_by
                     return

@@ -362,9 +362,11 @@ class Client:
         return self.submit(work).result()
 
     def run_until_stopped(self, work: Coroutine[Any, Any, T]) -> T:
-        """``run``, given up (Interrupted) as soon as a stop is asked for: a request
-        under way can take up to request-timeout to end by itself."""
-        future = self.submit(work)
+        return self.result(self.submit(work))
+
+    def result(self, future: Future[T]) -> T:
+        """``future.result()``, given up (Interrupted) as soon as a stop is asked for: a
+        request under way can take up to request-timeout to end by itself."""
         while not concurrent.futures.wait([future], timeout=STOP_POLL).done:
             if self.stop.is_set():
                 future.cancel()

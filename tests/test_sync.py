@@ -749,3 +749,36 @@ def test_files_and_pages_are_flushed_before_the_rows_recording_them_commit(
     # Every recorded project is followed by a flush before its batch commits.
     compact = "".join("r" if e == "record" else "f" for e in events)
     assert "rr" not in compact and compact.endswith("f"), events
+
+
+def test_what_a_stop_keeps_is_recorded_in_the_batch_so_flushed_before_it_commits(
+    upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The files a stopped run finished are staged (or published) after the loop: their
+    rows must join the run's batch, whose commit comes after a flush, not autocommit."""
+    from simplemirror.report.progress import Reporter
+    from simplemirror.store.state import State
+
+    world.add_project("pair", [])
+    world.add_file("pair", "pair-1.0.tar.gz", b"quick" * 100)
+    slow = world.add_file("pair", "pair-1.0-py3-none-any.whl", bytes(range(256)) * 200)
+    upstream.slow_body[slow.path] = 1
+    upstream.slow_chunk, upstream.slow_pause = 512, 0.05
+    in_batch: list[bool] = []
+    real_stage = State.stage_files
+
+    def stage_files(self: State, *args: Any, **kwargs: Any) -> None:
+        in_batch.append(self.db.conn.in_transaction)
+        real_stage(self, *args, **kwargs)
+
+    class StopAtFirstFile(Reporter):
+        def file_done(self, nbytes: int) -> None:
+            super().file_done(nbytes)
+            run.request_stop(15)
+
+    monkeypatch.setattr(State, "stage_files", stage_files)
+    cfg = config.build({}, {"upstream": upstream.url, "directory": str(tmp_path),
+                            "workers": 4, "download_processes": 0})
+    run = Sync(cfg, StopAtFirstFile())
+    assert run.run().outcome == "interrupted"
+    assert in_batch == [True]

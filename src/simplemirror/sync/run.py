@@ -873,6 +873,7 @@ class Sync:
         state.undo_in_memory()  # the plan is made: the root's table can go
         # The bytes durable before the rows that say they are there.
         batch = state.batch(COMMIT_EVERY, self._flush)
+        shut = False
         try:
             refill()
             while (in_flight["pages"] or in_flight["files"]) and not self.client.stop.is_set():
@@ -904,6 +905,14 @@ class Sync:
                         yield from self._finished(project, state, publisher, summary)
                 batch.due()
                 refill()
+            if self.stopped_by is not None:
+                # Every download settled first; what they finished joins the batch, so
+                # its rows commit after the flush as any others.
+                workers.shutdown(STOP_GRACE)
+                shut = True
+                yield from self._keep_finished(
+                    events, downloading.values(), state, publisher, summary
+                )
         except BaseException:
             self.client.stop.set()
             raise
@@ -911,12 +920,9 @@ class Sync:
             # Normally both pools are idle here. After a stop request or an
             # error, queued work is dropped and running downloads see the stop
             # within a chunk; a read stuck longer is abandoned (never published).
-            workers.shutdown(STOP_GRACE)
+            if not shut:
+                workers.shutdown(STOP_GRACE)
             batch.end()
-        if self.stopped_by is not None:
-            yield from self._keep_finished(
-                events, downloading.values(), state, publisher, summary
-            )
 
     def _flush(self) -> None:
         """store.flush, on a way out: an error here must not hide the one under way."""

@@ -298,6 +298,34 @@ def test_orphans_exclude_files_state_db_or_a_page_still_holds(mirror: Mirror):
     assert not (mirror.web / waiting).exists() and linked_path.is_file()
 
 
+def test_repaired_pages_are_recorded_in_one_transaction_flushed_before_it_commits(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+):
+    # As in a sync: no row of a page may reach state.db before its bytes are durable.
+    from simplemirror.store import tree as store
+    from simplemirror.store.state import State
+
+    events: list[str] = []
+    real_record, real_flush = State.record_page, store.flush
+
+    def record_page(self: State, *args: Any) -> None:
+        events.append("record" if self.db.conn.in_transaction else "autocommit")
+        real_record(self, *args)
+
+    def flush(web: Path | str) -> None:
+        events.append("flush")
+        real_flush(web)
+
+    monkeypatch.setattr(State, "record_page", record_page)
+    monkeypatch.setattr(store, "flush", flush)
+    html = mirror.web / "simple/tiny/index.html"
+    html.write_text(html.read_text().replace("tiny-0.1.tar.gz", "tiny-0.2.tar.gz"))
+
+    assert mirror.repair().code == 0
+    assert "record" in events and "autocommit" not in events, events
+    assert events.index("flush") > max(i for i, e in enumerate(events) if e == "record")
+
+
 def test_broken_page_links_are_reported_and_pages_rewritten(mirror: Mirror, upstream: Upstream):
     html = mirror.web / "simple/tiny/index.html"
     json_page = mirror.web / "simple/tiny/index.v1_json"

@@ -779,8 +779,10 @@ class Verifier:
             entries = self.state.root_entries()
             return Ending((entries, int(serial) if serial else None) if root else None)
 
-        # The same order as a sync's: pages from state.db, then the root listing them.
-        publish(publisher, copies, ending)
+        # The same order as a sync's: pages from state.db, then the root listing them;
+        # their rows in one transaction, which commits after publish's flush.
+        with self.state.transaction():
+            publish(publisher, copies, ending)
         result.pages_rewritten = publisher.pages_written
         # Only what is still broken once written again stays unrepaired.
         result.broken, counted = [], result.pages_checked

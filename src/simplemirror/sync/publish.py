@@ -117,13 +117,10 @@ class Publisher:
         digest = store.write_file(self.web, self.tmp, rel, data, dir_checked=new or dir_checked)
         self._written(rel, digest)
 
-    def page_from_parts(self, rel: str, parts: Iterable[str]) -> None:
-        """``page`` for a large page given in pieces: written as it is rendered, and
-        compared with the page on disk by hash, so neither is held whole in memory."""
-        self.pages_from_parts({rel: parts})
-
     def pages_from_parts(self, pages: Mapping[str, Iterable[str]]) -> None:
-        """``page_from_parts`` for several pages at once, written side by side."""
+        """``page`` for large pages given in pieces (the root's), written side by side as
+        they are rendered, and compared with the pages on disk by hash, so that none is
+        held whole in memory."""
         staged = store.stage_streams(self.tmp, [_encoded(parts) for parts in pages.values()])
         for rel, (name, digest) in zip(pages, staged, strict=True):
             if store.sha256_of(self.web, rel) == digest:

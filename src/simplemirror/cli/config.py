@@ -11,7 +11,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -63,6 +63,10 @@ class Config:
     file_hosts: tuple[str, ...] = ()
     """When set, the only hosts besides the upstream's own that may serve files
     (lowercase); empty: any host the guard in filehosts lets through."""
+    reuse_from: tuple[Path, ...] = ()
+    """Directories of files an operator already has (another mirror's packages/, a
+    wheel cache): a file found there by name, whose size and hashes match, is taken
+    instead of downloaded (sync/reuse.py)."""
     max_file_size: int = 16 * 1024**3
     """Largest download accepted when upstream does not declare a file's size."""
     max_page_size: int = 64 * 1024**2
@@ -120,6 +124,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "stale-wait": ("stale_wait", float),
     "user-agent": ("user_agent", str),
     "file-hosts": ("file_hosts", list),
+    "reuse-from": ("reuse_from", list),
     "max-file-size": ("max_file_size", int),
     "max-page-size": ("max_page_size", int),
     "max-root-size": ("max_root_size", int),
@@ -139,6 +144,7 @@ _EXAMPLES: dict[str, str] = {
     "download-processes": "2",
     "projects": '["sampleproject"]',
     "file-hosts": '["files.example.org"]',
+    "reuse-from": '["/srv/bandersnatch/web/packages"]',
     "public-url": '"https://mirror.example.org/"',
     "metrics-file": '"/var/lib/node_exporter/textfile_collector/simplemirror.prom"',
     "every": '"10m"',
@@ -271,17 +277,20 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
                 f"file-hosts (--file-host) names hosts without a port: {host!r} would never "
                 f"match; give {host.rsplit(':', 1)[0]!r}"
             )
+    mirror_directory = Path(directory).expanduser().absolute()
     config = Config(
         upstream=upstream,
-        directory=Path(directory).expanduser().absolute(),
+        directory=mirror_directory,
         projects=projects,
         file_hosts=tuple(sorted({h.lower().strip("[]") for h in hosts})),
+        reuse_from=_reuse_from(values.get("reuse_from", ()), mirror_directory),
         metrics_file=_metrics_file(values.get("metrics_file")),
         **{
             f.name: values[f.name]
             for f in fields(Config)
             if f.name in values
-            and f.name not in {"upstream", "directory", "projects", "file_hosts", "metrics_file"}
+            and f.name not in {"upstream", "directory", "projects", "file_hosts", "reuse_from",
+                               "metrics_file"}
         },
     )
     if not 0.0 <= config.max_removal <= 1.0:
@@ -325,6 +334,26 @@ def _ipv6(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _reuse_from(values: Iterable[object], mirror: Path) -> tuple[Path, ...]:
+    """reuse-from's directories, absolute; never the mirror's own (its files would be
+    linked onto themselves)."""
+    found = []
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(
+                "reuse-from (--reuse-from) must be directories, like "
+                '["/srv/bandersnatch/web/packages"]'
+            )
+        path = Path(value).expanduser().absolute()
+        if path == mirror or mirror in path.parents or path in mirror.parents:
+            raise ConfigError(
+                f"reuse-from: {value} is the mirror's own directory, or holds it; give "
+                "another mirror's packages/ or a folder of wheels"
+            )
+        found.append(path)
+    return tuple(dict.fromkeys(found))
 
 
 def _metrics_file(value: str | Path | None) -> Path | None:

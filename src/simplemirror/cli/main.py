@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _file_host_option(sync)
     sync.add_argument(
+        "--reuse-from", action="append", default=[], metavar="DIR",
+        help="take a file found by name below DIR (another mirror's packages/, a folder of "
+        "wheels) when its size and hashes match, instead of downloading it; repeatable. "
+        "Overrides 'reuse-from' in the config",
+    )
+    sync.add_argument(
         "--dry-run", action="store_true", help="print the plan; download and write nothing"
     )
     sync.add_argument("--no-progress", action="store_true", help="plain log lines, no bars")
@@ -406,6 +412,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         download_processes=args.download_processes,
         projects=args.project,
         file_hosts=args.file_host,
+        reuse_from=args.reuse_from,
         allow_mass_delete=args.allow_mass_delete or None,
         metrics_file=args.metrics_file,
         every=args.every,

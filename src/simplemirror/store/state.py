@@ -824,6 +824,49 @@ _LIVE = "removed_gen IS NULL AND deleted_gen IS NULL"
 T = TypeVar("T")
 
 
+class ReuseIndex:
+    """Where files an operator already has are (``--reuse-from``), by file name: one
+    run's index, in a file of its own in tmp/ (at millions of files, memory stays
+    flat), deleted when the run ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Disposable: no journal to keep, nothing to make durable.
+        self.conn.execute("PRAGMA journal_mode=OFF")
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.execute(
+            "CREATE TABLE files (filename TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL)"
+        )
+
+    def add(self, found: Iterable[tuple[str, str, int]]) -> int:
+        """Index (file name, path, size) rows; how many."""
+        before = self.count()
+        self.conn.execute("BEGIN")
+        self.conn.executemany("INSERT INTO files VALUES (?, ?, ?)", found)
+        self.conn.execute("CREATE INDEX IF NOT EXISTS files_by_name ON files (filename, size)")
+        self.conn.execute("COMMIT")
+        return self.count() - before
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM files").fetchone()[0])
+
+    def candidates(self, filename: str, size: int | None) -> list[str]:
+        """Paths of files named ``filename`` (of ``size`` bytes, when it is known)."""
+        if size is None:
+            rows = self.conn.execute("SELECT path FROM files WHERE filename = ?", [filename])
+        else:
+            rows = self.conn.execute(
+                "SELECT path FROM files WHERE filename = ? AND size = ?", [filename, size]
+            )
+        return [path for (path,) in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+        self.path.unlink(missing_ok=True)
+
+
 class NoState(Exception):
     """There is no state.db to read; the message says what to do."""
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import io
 import itertools
@@ -51,8 +52,11 @@ from pathlib import Path
 
 DOWNLOAD_PREFIX = "dl-"
 PAGE_PREFIX = "page-"
-# What create names its files: clear_leftovers deletes these and nothing else.
-_OWN_NAME = re.compile(r"(?:dl|page)-\d+-\d+")
+REUSE_INDEX = "reuse-{pid}.db"
+"""The run's index of files an operator already has (state.ReuseIndex), in tmp/."""
+# What create names its files, and the reuse index: clear_leftovers deletes these and
+# nothing else.
+_OWN_NAME = re.compile(r"(?:dl|page)-\d+-\d+|reuse-\d+\.db(?:-journal)?")
 PUBLISHED_MODE = 0o644
 """The tree is served by another user (nginx, say)."""
 
@@ -101,6 +105,51 @@ def create(tmp: Path, prefix: str, mode: int = PUBLISHED_MODE) -> tuple[int, str
         discard(name)
         raise
     return fd, name
+
+
+def adopt(tmp: Path, source: str) -> tuple[str, str] | None:
+    """Stage ``source``, a file an operator already has, without copying its bytes:
+    (name in ``tmp``, "link" or "reflink"), or None when neither can be made (copy it
+    then: ``create``, ``write_all``).
+
+    A hard link when ``source`` is on tmp's filesystem and readable by all: it is then
+    published as it is, shared with the other tree (which must not rewrite it in
+    place; a tool that replaces files by renaming, as mirrors do, never does). Else a
+    copy-on-write clone (FICLONE), where the filesystem makes them (XFS, Btrfs): our
+    own inode, with our mode. The caller verifies the staged bytes before installing.
+    """
+    try:
+        info = os.lstat(source)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None  # a symlink is never taken: it would be published as one
+    if info.st_dev == os.stat(tmp).st_dev and info.st_mode & 0o444 == 0o444:
+        while True:
+            name = f"{tmp}/{DOWNLOAD_PREFIX}{_pid}-{next(_serial)}"
+            try:
+                os.link(source, name, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError:
+                break  # linking not allowed here (protected_hardlinks, a quota...)
+            if stat.S_ISREG(os.lstat(name).st_mode):
+                return name, "link"
+            discard(name)  # swapped for a symlink since it was looked at
+            return None
+    fd, name = create(tmp, DOWNLOAD_PREFIX)
+    try:
+        with open(source, "rb") as src:
+            fcntl.ioctl(fd, _FICLONE, src.fileno())
+    except OSError:
+        os.close(fd)
+        discard(name)
+        return None
+    os.close(fd)
+    return name, "reflink"
+
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

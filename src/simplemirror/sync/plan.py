@@ -177,6 +177,9 @@ class FileTodo:
     fetch_metadata: bool
     fetch_signature: bool = False
     fetch_provenance: bool = False
+    reuse: tuple[str, ...] = ()
+    """Files of its name (and size) an operator already has (--reuse-from): tried
+    before downloading it (sync/reuse.py)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ are written, and the root pages are written after every project page.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import fcntl
 import json
@@ -42,8 +43,8 @@ from simplemirror.simple.model import (
 from simplemirror.simple.render import ProjectInfo
 from simplemirror.store import layout
 from simplemirror.store import tree as store
-from simplemirror.store.state import State, StateError, unreadable
-from simplemirror.sync import download, recover
+from simplemirror.store.state import ReuseIndex, State, StateError, unreadable
+from simplemirror.sync import download, recover, reuse
 from simplemirror.sync.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
@@ -413,6 +414,7 @@ class Sync:
         self._api_versions_warned: set[tuple[int, int]] = set()
         # True while the run has changed nothing on disk: an error then needs no recovery.
         self._tree_untouched = False
+        self._reuse: ReuseIndex | None = None
 
     def request_stop(self, signum: int) -> None:
         """Finish soon: no new work, in-flight downloads abandoned, state committed.
@@ -514,6 +516,10 @@ class Sync:
         except SyncError as exc:
             self._record_error(state, generation, exc)
             raise
+        finally:
+            if self._reuse is not None:
+                self._reuse.close()
+                self._reuse = None
 
     def _recover(self, state: State, generation: int) -> None:
         """After a run that died, make the tree agree with state.db (see recover.py)."""
@@ -561,6 +567,8 @@ class Sync:
             return self._interrupted(RunSummary(generation, "interrupted"), state)
         except UpstreamError as exc:
             raise RootUnusable(f"could not read the upstream root index: {exc}") from None
+        if root.plan.fetch:
+            self._reuse = self._index_reuse()
         self._tree_untouched = False
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
@@ -990,6 +998,8 @@ class Sync:
             page, state.planning_files(todo.name), self.client.file_guard.refusal,
             provenance=self.config.public_url is not None,
         )
+        if self._reuse is not None:
+            files = self._with_reuse(files, self._reuse)
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
         # A refused file is work left undone: the project does not converge.
@@ -999,6 +1009,38 @@ class Sync:
             offers_files=bool(page.files or page.rejected) and page.status != "quarantined",
             refused=bool(refused),
         )
+
+    def _index_reuse(self) -> ReuseIndex | None:
+        """The run's index of --reuse-from's files, by name; None without any."""
+        roots = self.config.reuse_from
+        if not roots:
+            return None
+        for root in roots:
+            if not root.is_dir():
+                raise SyncError(
+                    f"reuse-from: {root} is not a directory (is its disk mounted?); fix "
+                    "the path or leave it out"
+                )
+        index = ReuseIndex(self.config.tmp / store.REUSE_INDEX.format(pid=os.getpid()))
+        try:
+            count = index.add(reuse.walk(roots))
+        except BaseException:
+            index.close()
+            raise
+        log.info("reuse-from: %d file(s) found below %s", count, ", ".join(map(str, roots)))
+        return index
+
+    @staticmethod
+    def _with_reuse(files: FilePlan, index: ReuseIndex) -> FilePlan:
+        """``files``, each download told of the files of its name an operator has."""
+        fetch = []
+        for todo in files.fetch:
+            if todo.fetch_file:
+                found = index.candidates(todo.dist.filename, todo.dist.size)
+                if found:
+                    todo = dataclasses.replace(todo, reuse=tuple(found))
+            fetch.append(todo)
+        return dataclasses.replace(files, fetch=tuple(fetch))
 
     def _warn_of_newer_api(self, version: tuple[int, int] | None) -> None:
         """PEP 629: say so when upstream speaks a newer minor version, once a run

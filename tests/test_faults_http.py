@@ -40,6 +40,9 @@ def world() -> World:
     w = World()
     w.add_project("Foo__Bar.baz", ["1.0", "2.0"])
     w.add_project("tiny", ["0.1"])
+    # tiny's .metadata is not the METADATA inside its wheel (as an index that edits
+    # metadata may serve it), so the mirror downloads it: the faults below hit that request.
+    w.project("tiny").file(WHEEL).metadata += b"Description: served apart\n"
     return w
 
 

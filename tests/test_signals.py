@@ -85,6 +85,10 @@ def test_a_stopped_first_sync_serves_a_root_and_never_fetches_a_finished_file_tw
     world = World()
     for i in range(3):
         world.add_project(f"quick-{i}", ["1.0"])  # complete well before the signal
+    # One .metadata that is not its wheel's METADATA, so downloaded; the others are read
+    # from their wheels.
+    apart = next(f for f in world.project("quick-0").files if f.metadata)
+    apart.metadata = (apart.metadata or b"") + b"Description: not the wheel's\n"
     for i in range(3):
         # Two quick files (and a .metadata) finish; the big one is still arriving.
         world.add_project(f"slow-{i}", ["1.0"])
@@ -143,7 +147,7 @@ def test_a_stopped_first_sync_serves_a_root_and_never_fetches_a_finished_file_tw
     fetched = Counter(r.path for r in up.requests if r.method == "GET")
     assert {f.filename: fetched[f.path] for f in quick} == {f.filename: 1 for f in quick}
     assert {f.filename: fetched[f.path + ".metadata"] for f in quick if f.metadata} == {
-        f.filename: 1 for f in quick if f.metadata
+        f.filename: int(f is apart) for f in quick if f.metadata
     }
     assert all(fetched[f.path] == 2 for f in big)
 

@@ -32,6 +32,7 @@ they hold it exclusively, like a sync.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -734,6 +735,12 @@ class Verifier:
             if outcomes.get(False, (0, None))[1] is not None:
                 outcomes[True] = (0, "its distribution file could not be repaired")
                 return outcomes
+            read = download.FromWheel.of(row.path, row.filename, row.metadata_hashes)
+            with contextlib.suppress(download.NotInWheel):  # then it is downloaded
+                if read is not None:  # the wheel's own METADATA, if it has those hashes
+                    download.metadata_from_wheel(self.config, read)
+                    outcomes[True] = (0, None)
+                    return outcomes
             try:
                 got = await download.fetch(client, download.Fetch.beside(
                     urldefrag(row.url).url + layout.METADATA_SUFFIX,

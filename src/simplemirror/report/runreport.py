@@ -78,6 +78,8 @@ def render(
             "projects_removed": len(summary.removed),
             "files_fetched": summary.files_fetched,
             "bytes_fetched": summary.bytes_fetched,
+            "metadata_from_wheels": summary.metadata_from_wheels,
+            "metadata_fetched": summary.metadata_fetched,
             "files_deleted": summary.files_deleted,
         },
         "serial": {"upstream": serials.upstream, "held": serials.held, "lag": serials.lag},

@@ -158,6 +158,10 @@ class RunSummary:
     corrects its page or the operator allows the file host."""
     files_fetched: int = 0
     bytes_fetched: int = 0
+    metadata_from_wheels: int = 0
+    """PEP 658 .metadata files read from their wheels (which upstream's hashes matched)."""
+    metadata_fetched: int = 0
+    """PEP 658 .metadata files downloaded."""
     files_deleted: int = 0
     """Files whose bytes left the disk because no page lists them any more."""
     duration: float = 0.0
@@ -1069,7 +1073,7 @@ class Sync:
     ) -> None:
         filename = todo.dist.filename
         try:
-            held, fetched, sibling_error = future.result()
+            result: download.TodoResult = future.result()
         except Interrupted:
             return  # not counted down: a project cut short is never published
         except FILE_ERRORS as exc:
@@ -1082,14 +1086,18 @@ class Sync:
         # Any other exception (an OSError from the disk) ends the run: no later
         # file would fare better.
         project.outstanding -= 1
-        project.done[filename] = held
+        project.done[filename] = result.held
         if todo.fetch_file:
             summary.files_fetched += 1
-        summary.bytes_fetched += fetched
-        if sibling_error:
-            project.errors.append((filename, sibling_error))
-            log.warning("%s: %s %s", project.todo.name, filename, sibling_error)
-        self.reporter.file_done(fetched)
+        summary.bytes_fetched += result.fetched
+        if result.metadata == "wheel":
+            summary.metadata_from_wheels += 1
+        elif result.metadata == "download":
+            summary.metadata_fetched += 1
+        if result.sibling_error:
+            project.errors.append((filename, result.sibling_error))
+            log.warning("%s: %s %s", project.todo.name, filename, result.sibling_error)
+        self.reporter.file_done(result.fetched)
 
     def _finished(
         self, project: _Project, state: State, publisher: Publisher, summary: RunSummary

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ from simplemirror.store import layout
 from simplemirror.store import tree as store
 from simplemirror.store.state import ReuseIndex
 from simplemirror.sync import reuse
+from tests.support.consistency import assert_mirror_invariants
+from tests.support.process import run
+from tests.support.tree import assert_consistent
+from tests.support.upstream import Upstream, World
 
 BODY = b"a wheel's bytes\n" * 1000
 
@@ -157,3 +163,115 @@ def test_a_leftover_index_is_cleared_with_the_runs_other_leftovers(tmp_path: Pat
     (tmp_path / "someone-elses.db").write_bytes(b"")
     store.clear_leftovers(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["someone-elses.db"]
+
+
+# -- through a whole sync ---------------------------------------------------------------
+
+
+def _bandersnatch_tree(root: Path, world: World, *, skip: set[str] = frozenset()) -> Path:
+    """A tree laid out as bandersnatch lays out web/packages/: each file below a
+    directory named for its hash, its .metadata beside it."""
+    packages = root / "web" / "packages"
+    for project in world.projects.values():
+        for f in project.files:
+            if f.filename in skip:
+                continue
+            h = hashlib.blake2b(f.content, digest_size=32).hexdigest()
+            where = packages / h[:2] / h[2:4] / h[4:]
+            where.mkdir(parents=True, exist_ok=True)
+            (where / f.filename).write_bytes(f.content)
+            (where / f.filename).chmod(0o644)
+            if f.metadata is not None:
+                (where / (f.filename + ".metadata")).write_bytes(f.metadata)
+    return packages
+
+
+def _world() -> World:
+    world = World()
+    for i in range(4):
+        world.add_project(f"proj-{i}", ["1.0", "2.0"])
+    # One .metadata that is not its wheel's METADATA: read from the wheel it could not be.
+    apart = next(f for f in world.project("proj-0").files if f.metadata)
+    apart.metadata = (apart.metadata or b"") + b"Description: not the wheel's\n"
+    return world
+
+
+def _published(web: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(web)): p.read_bytes() for p in sorted(web.rglob("*"))
+            if p.is_file() and p.name != "last-modified"}
+
+
+@pytest.mark.parametrize("processes", ["0", "2"])
+def test_a_first_sync_takes_every_file_another_mirror_holds_and_asks_only_for_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], processes: str
+) -> None:
+    world = _world()
+    lacking = next(f for f in world.project("proj-3").files if f.filename.endswith(".tar.gz"))
+    packages = _bandersnatch_tree(tmp_path / "bs", world, skip={lacking.filename})
+    with Upstream(world) as up:
+        code, out, _ = run(capsys, "sync", "--upstream", up.url, "--directory",
+                           str(tmp_path / "m"), "--reuse-from", str(packages),
+                           "--download-processes", processes)
+        asked = Counter(r.path for r in up.requests if r.method == "GET")
+        fresh = tmp_path / "fresh"
+        assert run(capsys, "sync", "--upstream", up.url, "--directory", str(fresh))[0] == 0
+    assert code == 0, out
+    bodies = {f.path: f for p in world.projects.values() for f in p.files}
+    # No file body bandersnatch held; the one it lacked, once.
+    assert {path: n for path, n in asked.items() if path in bodies} == {lacking.path: 1}
+    # No .metadata either: each was read from its wheel, or taken from beside it.
+    assert not [path for path in asked if path.endswith(".metadata")]
+    web = tmp_path / "m" / "web"
+    assert _published(web) == _published(fresh / "web")
+    assert_consistent(web)
+    assert_mirror_invariants(tmp_path / "m")
+    assert "reused 16 file(s)" in out  # 15 files and 1 .metadata
+    report = json.loads((tmp_path / "m" / "reports" / "1.json").read_text())
+    assert report["counts"]["files_reused"] == 16 and report["counts"]["files_fetched"] == 1
+    assert report["counts"]["reuse_rejected"] == 0
+    assert run(capsys, "verify", "--directory", str(tmp_path / "m"))[0] == 0
+    assert not [p for p in (tmp_path / "m" / "tmp").iterdir()]  # the index went too
+
+
+def test_a_corrupted_file_in_the_reuse_directory_is_downloaded_instead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world = _world()
+    packages = _bandersnatch_tree(tmp_path / "bs", world)
+    victim = next(f for f in world.project("proj-1").files if f.filename.endswith(".whl"))
+    (damaged,) = packages.rglob(victim.filename)
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")  # same size, other bytes
+    with Upstream(world) as up:
+        code, out, _ = run(capsys, "sync", "--upstream", up.url, "--directory",
+                           str(tmp_path / "m"), "--reuse-from", str(packages))
+        asked = Counter(r.path for r in up.requests if r.method == "GET")
+    assert code == 0, out
+    assert asked[victim.path] == 1
+    (published,) = (tmp_path / "m" / "web" / "packages").rglob(victim.filename)
+    assert published.read_bytes() == victim.content
+    assert os.stat(published).st_ino != os.stat(damaged).st_ino
+    report = json.loads((tmp_path / "m" / "reports" / "1.json").read_text())
+    assert report["counts"]["reuse_rejected"] == 1
+    assert run(capsys, "verify", "--directory", str(tmp_path / "m"))[0] == 0
+
+
+def test_a_missing_reuse_directory_is_one_clear_error_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world = _world()
+    with Upstream(world) as up:
+        code, _, err = run(capsys, "sync", "--upstream", up.url, "--directory",
+                             str(tmp_path / "m"), "--reuse-from", str(tmp_path / "unmounted"))
+    assert code == 1
+    assert err.strip() == (f"mirror: reuse-from: {tmp_path / 'unmounted'} is not a directory "
+                           "(is its disk mounted?); fix the path or leave it out")
+    assert not (tmp_path / "m" / "web" / "packages").exists()
+
+
+def test_the_mirrors_own_directory_cannot_be_a_reuse_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "sync", "--upstream", "http://127.0.0.1:9/simple/",
+                       "--directory", str(tmp_path / "m"),
+                       "--reuse-from", str(tmp_path / "m" / "web" / "packages"))
+    assert code == 2 and "is the mirror's own directory" in err

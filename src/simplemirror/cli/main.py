@@ -325,6 +325,10 @@ def _print_summary(summary: RunSummary) -> None:
         f"{human_bytes(summary.bytes_fetched)} fetched in {summary.duration:.1f} s "
         f"(generation {summary.generation})"
     )
+    if summary.reuse.hashed:
+        tally = summary.reuse
+        print(f"  reused {tally.taken} file(s), {human_bytes(tally.bytes)}, from reuse-from; "
+              f"{tally.hashed} checked, {tally.rejected} unlike upstream's (left alone)")
     for name, why in summary.deferred:
         print(f"  deferred {name}: {why} (upstream page is stale; the next run retries)")
     for name, why in summary.failed:

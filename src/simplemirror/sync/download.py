@@ -12,6 +12,8 @@ the wheel's copy does not match or cannot be read.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import logging
@@ -30,6 +32,7 @@ from simplemirror.cli.config import Config
 from simplemirror.simple.model import DistFile, HeldFile
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.sync import reuse
 from simplemirror.sync.plan import FileTodo
 from simplemirror.upstream.client import Client, UpstreamError, check_response
 
@@ -420,11 +423,42 @@ class TodoResult(NamedTuple):
     """What went wrong with its siblings (the file is still published without them)."""
     metadata: Literal["wheel", "download"] | None = None
     """Where a .metadata placed beside it came from: read from the wheel, or downloaded."""
+    reuse: reuse.Tally | None = None
+    """What --reuse-from's candidates came to, when it had any."""
+    reused: bool = False
+    """The file itself was taken from --reuse-from, not downloaded."""
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """Take the file from one of ``candidates`` (--reuse-from) if one is what upstream
+    describes (sync/reuse.py); NotReused when none is."""
+
+    candidates: tuple[str, ...]
+    wanted: Fetch
+
+
+class NotReused(Exception):
+    """No file an operator has is the one upstream describes: download it."""
+
+
+def _take(client: Client, step: Reuse, tally: reuse.Tally) -> Downloaded:
+    config = client.config
+    wanted = step.wanted
+    taken = reuse.take(
+        step.candidates, web=config.web, tmp=config.tmp,
+        expected_hashes=wanted.expected_hashes, expected_size=wanted.expected_size,
+        max_file_size=config.max_file_size, path_for_sha256=wanted.path_for_sha256,
+        check_stop=client.check_stop, tally=tally,
+    )
+    if taken is None:
+        raise NotReused(wanted.url)
+    return Downloaded(taken.path, taken.size, taken.hashes)
 
 
 def todo_steps(
     project: str, todo: FileTodo
-) -> Generator[Fetch | FromWheel, Downloaded, TodoResult]:
+) -> Generator[Fetch | FromWheel | Reuse, Downloaded, TodoResult]:
     """What fetching ``todo`` takes, without the fetching: each download (or read of a
     wheel's METADATA) it needs is yielded, and what came of it is sent back (or its
     error thrown in).
@@ -434,12 +468,20 @@ def todo_steps(
     """
     dist = todo.dist
     fetched = 0
+    reused = False
     copy: HeldFile | None = None
     hashes: Mapping[str, str]
     if todo.fetch_file:
-        got = yield Fetch.file(dist.url, dist.filename, dist.hashes, dist.size)
+        wanted = Fetch.file(dist.url, dist.filename, dist.hashes, dist.size)
+        got = None
+        if todo.reuse:
+            with contextlib.suppress(NotReused):
+                got = yield Reuse(todo.reuse, wanted)
+        reused = got is not None
+        if got is None:
+            got = yield wanted
+            fetched += got.size
         path, size, hashes = got.path, got.size, got.hashes
-        fetched += got.size
     else:
         copy = todo.held
         assert copy is not None
@@ -462,9 +504,18 @@ def todo_steps(
                 metadata = "wheel"
                 gained.update(sibling.gained(got))
                 continue
+        beside = Fetch.beside(sibling.url, path + sibling.suffix, sibling.expected_hashes)
+        if sibling.kind == "metadata" and todo.reuse_metadata and sibling.expected_hashes:
+            try:
+                got = yield Reuse(todo.reuse_metadata, beside)
+            except NotReused:
+                pass
+            else:
+                gained.update(sibling.gained(got))
+                continue
         try:
             # A sibling on a host the policy refuses fails here, unasked (Client.stream).
-            got = yield Fetch.beside(sibling.url, path + sibling.suffix, sibling.expected_hashes)
+            got = yield beside
         except SIBLING_ERRORS as exc:
             errors.append(f"{sibling.kind}: {exc}")
             continue
@@ -473,12 +524,13 @@ def todo_steps(
         if sibling.kind == "metadata":
             metadata = "download"
     held = held_file(project, dist, path, size, hashes, copy, **gained)
-    return TodoResult(held, fetched, "; ".join(errors) or None, metadata)
+    return TodoResult(held, fetched, "; ".join(errors) or None, metadata, reused=reused)
 
 
 async def download_todo(client: Client, name: str, todo: FileTodo) -> TodoResult:
     """Fetch what ``todo`` needs (todo_steps), in whichever process runs it."""
     steps = todo_steps(name, todo)
+    tally = reuse.Tally() if todo.reuse or todo.reuse_metadata else None
     try:
         wanted = next(steps)
         while True:
@@ -487,6 +539,10 @@ async def download_todo(client: Client, name: str, todo: FileTodo) -> TodoResult
                     # Kilobytes, from a local file (at most WHEEL_METADATA_CAP): no
                     # reason to leave the loop.
                     got = metadata_from_wheel(client.config, wanted)
+                elif isinstance(wanted, Reuse):
+                    assert tally is not None
+                    # Whole files hashed (or copied): on a thread, not on the loop.
+                    got = await asyncio.to_thread(_take, client, wanted, tally)
                 else:
                     got = await fetch(client, wanted)
             except Exception as exc:
@@ -494,4 +550,5 @@ async def download_todo(client: Client, name: str, todo: FileTodo) -> TodoResult
             else:
                 wanted = steps.send(got)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        result: TodoResult = done.value
+        return result if tally is None else result._replace(reuse=tally)

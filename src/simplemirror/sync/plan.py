@@ -180,6 +180,8 @@ class FileTodo:
     reuse: tuple[str, ...] = ()
     """Files of its name (and size) an operator already has (--reuse-from): tried
     before downloading it (sync/reuse.py)."""
+    reuse_metadata: tuple[str, ...] = ()
+    """The same for its ``.metadata``."""
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,12 @@ class Tally:
     hashed: int = 0
     rejected: int = 0
 
+    def add(self, other: Tally) -> None:
+        self.taken += other.taken
+        self.bytes += other.bytes
+        self.hashed += other.hashed
+        self.rejected += other.rejected
+
 
 class _Mismatch(Exception):
     pass

@@ -162,6 +162,8 @@ class RunSummary:
     """PEP 658 .metadata files read from their wheels (which upstream's hashes matched)."""
     metadata_fetched: int = 0
     """PEP 658 .metadata files downloaded."""
+    reuse: reuse.Tally = field(default_factory=reuse.Tally)
+    """Files taken from --reuse-from instead of downloaded; candidates hashed, rejected."""
     files_deleted: int = 0
     """Files whose bytes left the disk because no page lists them any more."""
     duration: float = 0.0
@@ -1039,10 +1041,14 @@ class Sync:
         """``files``, each download told of the files of its name an operator has."""
         fetch = []
         for todo in files.fetch:
-            if todo.fetch_file:
-                found = index.candidates(todo.dist.filename, todo.dist.size)
-                if found:
-                    todo = dataclasses.replace(todo, reuse=tuple(found))
+            found = (index.candidates(todo.dist.filename, todo.dist.size)
+                     if todo.fetch_file else [])
+            metadata = (index.candidates(todo.dist.filename + layout.METADATA_SUFFIX, None)
+                        if todo.fetch_metadata else [])
+            if found or metadata:
+                todo = dataclasses.replace(
+                    todo, reuse=tuple(found), reuse_metadata=tuple(metadata)
+                )
             fetch.append(todo)
         return dataclasses.replace(files, fetch=tuple(fetch))
 
@@ -1087,9 +1093,11 @@ class Sync:
         # file would fare better.
         project.outstanding -= 1
         project.done[filename] = result.held
-        if todo.fetch_file:
+        if todo.fetch_file and not result.reused:
             summary.files_fetched += 1
         summary.bytes_fetched += result.fetched
+        if result.reuse is not None:
+            summary.reuse.add(result.reuse)
         if result.metadata == "wheel":
             summary.metadata_from_wheels += 1
         elif result.metadata == "download":

@@ -638,7 +638,9 @@ def record_process_pools(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str
             super().__init__(shares, make_context, config)
 
         def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
-            used.append((self.make_context.__name__, fn.__qualname__))
+            # A partial of the class, when it is given a start (max-requests-per-second).
+            context = getattr(self.make_context, "func", self.make_context)
+            used.append((context.__name__, fn.__qualname__))
             return super().submit_all(fn, calls)
 
     monkeypatch.setattr(sync_module, "ProcessPool", Recording)

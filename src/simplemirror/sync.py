@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -335,6 +336,11 @@ def shares(workers: int, processes: int) -> list[int]:
     return [workers // count + (i < workers % count) for i in range(count)]
 
 
+def todo_requests(todo: FileTodo) -> int:
+    """The requests a todo makes when none fails."""
+    return todo.fetch_file + todo.fetch_metadata + todo.fetch_signature + todo.fetch_provenance
+
+
 class _Workers:
     """Runs page fetches and download.download_todo on this process's event loop, or in
     download processes: the same coroutines either way.
@@ -355,14 +361,25 @@ class _Workers:
         else:
             self._processes, self._after = config.download_processes, 0
         self._submitted = 0
-        self._here_running: set[Future[Any]] = set()
+        self._here_running: dict[Future[Any], int] = {}
+        """What runs or waits here, and how many requests each makes (when all goes well)."""
         self._children: ProcessPool | None = None
 
-    def _here(self, work: Coroutine[Any, Any, Any]) -> Future[Any]:
+    def _here(self, work: Coroutine[Any, Any, Any], requests: int = 1) -> Future[Any]:
         future = self.client.submit(self.client.in_turn(work))
-        self._here_running.add(future)
-        future.add_done_callback(self._here_running.discard)
+        self._here_running[future] = requests
+        future.add_done_callback(self._here_done)
         return future
+
+    def _here_done(self, future: Future[Any]) -> None:
+        self._here_running.pop(future, None)
+        if self._children is not None and not self._here_running:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The processes have taken over: close this process's connections, which would
+        only sit idle on the server beside theirs (reopened if ever needed again)."""
+        self.client.submit(self.client.aclose())
 
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
         if self._children is not None:
@@ -379,13 +396,20 @@ class _Workers:
             here = max(0, min(here, self._after - self._submitted))
         self._submitted += len(todos)
         futures = [
-            self._here(download.download_todo(self.client, name, todo)) for todo in todos[:here]
+            self._here(download.download_todo(self.client, name, todo), todo_requests(todo))
+            for todo in todos[:here]
         ]
         if len(todos) > here:
             if self._children is None:
+                # With max-requests-per-second, the processes' turns begin once what
+                # waits here has had its own: the rate holds across the hand-over.
+                start = self.client.http.paced_until(sum(self._here_running.values()))
                 self._children = ProcessPool(
-                    shares(config.workers, self._processes), Client, config
+                    shares(config.workers, min(self._processes, config.connections_per_host)),
+                    functools.partial(Client, not_before=start), config,
                 )
+                if not self._here_running:
+                    self._hand_over()
             futures += self._children.submit_all(
                 download.download_todo, [(name, todo) for todo in todos[here:]]
             )

@@ -347,9 +347,9 @@ class _Workers:
 
     The processes start when needed: with ``download-processes`` set, at the first
     file; unset, once a run has had PROCESSES_AFTER_FILES files (a small run never
-    pays for them). From then on pages are fetched and parsed there as well: the
-    coordinating process, which records and publishes every project, was the
-    busiest of them. ``workers`` is the budget of connections in every mode: here,
+    pays for them). Once they have started, pages are fetched and parsed there as
+    well: the coordinating process, which records and publishes every project, was
+    the busiest of them. ``workers`` is the budget of connections in every mode: here,
     or shared out among the processes.
     """
 
@@ -364,6 +364,7 @@ class _Workers:
         self._here_running: dict[Future[Any], int] = {}
         """What runs or waits here, and how many requests each makes (when all goes well)."""
         self._children: ProcessPool | None = None
+        self._handed_over = False
 
     def _here(self, work: Coroutine[Any, Any, Any], requests: int = 1) -> Future[Any]:
         future = self.client.submit(self.client.in_turn(work))
@@ -373,47 +374,62 @@ class _Workers:
 
     def _here_done(self, future: Future[Any]) -> None:
         self._here_running.pop(future, None)
-        if self._children is not None and not self._here_running:
+        if not self._here_running and not self._work_here():
             self._hand_over()
+
+    def _work_here(self) -> bool:
+        """Whether new work runs in this process: until the download processes have
+        started (their imports take a while, when work sent to them would only wait).
+        With max-requests-per-second they take over at once instead, so that what waits
+        here is known when their turns begin."""
+        children = self._children
+        return children is None or not (children.ready.is_set() or self.client.rate)
 
     def _hand_over(self) -> None:
         """The processes have taken over: close this process's connections, which would
         only sit idle on the server beside theirs (reopened if ever needed again)."""
-        self.client.submit(self.client.aclose())
+        if not self._handed_over:
+            self._handed_over = True
+            self.client.submit(self.client.aclose())
+
+    def _start_processes(self) -> None:
+        config = self.client.config
+        # With max-requests-per-second, the processes' turns begin once what waits
+        # here has had its own: the rate holds across the hand-over.
+        start = self.client.http.paced_until(sum(self._here_running.values()))
+        self._children = ProcessPool(
+            shares(config.workers, min(self._processes, config.connections_per_host)),
+            functools.partial(Client, not_before=start), config,
+        )
+
+    def _to_processes(self) -> ProcessPool | None:
+        """The download processes, if new work goes to them now."""
+        if self._work_here():
+            return None
+        if not self._here_running:
+            self._hand_over()
+        return self._children
 
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
-        if self._children is not None:
-            return self._children.submit(Client.get_page, todo, todo.etag)
+        children = self._to_processes()
+        if children is not None:
+            return children.submit(Client.get_page, todo, todo.etag)
         return self._here(self.client.get_page(todo, todo.etag))
 
     def submit(
         self, name: str, todos: list[FileTodo]
     ) -> list[Future[download.TodoResult]]:
         """download_todo for each of a project's ``todos``."""
-        config = self.client.config
-        here = len(todos)
-        if self._processes:  # up to the file that starts them
-            here = max(0, min(here, self._after - self._submitted))
         self._submitted += len(todos)
-        futures = [
+        if self._processes and self._children is None and self._submitted > self._after:
+            self._start_processes()
+        children = self._to_processes()
+        if children is not None:
+            return children.submit_all(download.download_todo, [(name, t) for t in todos])
+        return [
             self._here(download.download_todo(self.client, name, todo), todo_requests(todo))
-            for todo in todos[:here]
+            for todo in todos
         ]
-        if len(todos) > here:
-            if self._children is None:
-                # With max-requests-per-second, the processes' turns begin once what
-                # waits here has had its own: the rate holds across the hand-over.
-                start = self.client.http.paced_until(sum(self._here_running.values()))
-                self._children = ProcessPool(
-                    shares(config.workers, min(self._processes, config.connections_per_host)),
-                    functools.partial(Client, not_before=start), config,
-                )
-                if not self._here_running:
-                    self._hand_over()
-            futures += self._children.submit_all(
-                download.download_todo, [(name, todo) for todo in todos[here:]]
-            )
-        return futures
 
     def shutdown(self, timeout: float) -> bool:
         # What runs here is cancelled: a download cut short leaves nothing behind.

@@ -379,11 +379,18 @@ class _Workers:
 
     def _work_here(self) -> bool:
         """Whether new work runs in this process: until the download processes have
-        started (their imports take a while, when work sent to them would only wait).
-        With max-requests-per-second they take over at once instead, so that what waits
-        here is known when their turns begin."""
+        started (their imports take a while, when work sent to them would only wait),
+        but only as much as keeps this process's connections busy, so that when they
+        take over, what is left here ends within a request or two, and the two together
+        hold more than ``workers`` connections only that long. With
+        max-requests-per-second they take over at once instead, so that what waits here
+        is known when their turns begin."""
         children = self._children
-        return children is None or not (children.ready.is_set() or self.client.rate)
+        if children is None:
+            return True
+        if children.ready.is_set() or self.client.rate:
+            return False
+        return len(self._here_running) < self.client.connections
 
     def _hand_over(self) -> None:
         """The processes have taken over: close this process's connections, which would

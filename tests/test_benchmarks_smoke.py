@@ -7,11 +7,13 @@ figures are sane, not that they are fast.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -67,6 +69,76 @@ def test_compare_on_a_tiny_world(tmp_path: Path) -> None:
     assert incremental["pages_written"] >= CHANGES * 2
     # Nothing of the run is left behind but the report.
     assert not any((tmp_path / "work").iterdir())
+
+
+def test_compare_through_the_delaying_proxy(tmp_path: Path) -> None:
+    """--rtt-ms puts benchmarks/wanproxy.py between the mirror and nginx: every request
+    goes through it, and the mirror it syncs is whole."""
+    report_path = tmp_path / "report.json"
+    rtt_ms = 5
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.compare",
+            "--world", "metadata", "--projects", str(PROJECTS), "--changes", str(CHANGES),
+            "--only", "simplemirror", "--mirror-workers", "3", "--rtt-ms", str(rtt_ms),
+            "--workdir", str(tmp_path / "work"), "--json-out", str(report_path),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["rtt_ms"] == rtt_ms and report["connections"] == {"simplemirror": 3}
+    phases = {p["phase"]: p for p in report["phases"]}
+    files, metadata = report["world_files"]["initial"]
+    initial = phases["initial"]
+    assert (initial["files_on_disk"], initial["metadata_on_disk"]) == (files, metadata)
+    requests = initial["served"]["requests"]
+    assert requests >= 1 + PROJECTS + files + metadata
+    assert initial["bound"] == pytest.approx(requests * rtt_ms / 1000 / 3)
+    assert initial["of_bound"] == pytest.approx(initial["bound"] / initial["wall"])
+    # nginx saw the requests, so they came through the proxy: the mirror had no other way.
+    assert 1 <= initial["proxy"]["peak_open"] <= initial["proxy"]["connections"]
+    files_after, metadata_after = report["world_files"]["after"]
+    incremental = phases["incremental"]
+    assert (incremental["files_on_disk"], incremental["metadata_on_disk"]) == (
+        files_after, metadata_after,
+    )
+    assert "bound = requests x RTT / connections" in done.stdout
+    assert not any((tmp_path / "work").iterdir())
+
+
+def test_the_proxy_delays_each_way_and_each_new_connection(tmp_path: Path) -> None:
+    """A first request on a new connection waits two round trips (handshake, request), a
+    second on the same connection one: a lower bound only, which no slow machine breaks."""
+    from benchmarks.wanproxy import Proxy
+
+    body = b"x" * 300_000
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "f").write_bytes(body)
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "--protocol", "HTTP/1.1", "--bind",
+         "127.0.0.1", "0"], cwd=served, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().split(" port ")[1].split()[0])
+        with Proxy(port, 100, tmp_path / "proxy") as proxy:
+            connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+            timings = []
+            for _ in range(2):
+                started = time.monotonic()
+                connection.request("GET", "/f")
+                got = connection.getresponse().read()
+                timings.append(time.monotonic() - started)
+                assert got == body
+            connection.close()
+        assert timings[0] >= 0.2 and timings[1] >= 0.1
+        assert proxy.stats(0).connections == 1
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

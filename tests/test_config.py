@@ -91,7 +91,7 @@ def test_full_file(tmp_path: Path) -> None:
 
 def test_defaults(tmp_path: Path) -> None:
     cfg = load(minimal(tmp_path))
-    assert cfg.workers == 8
+    assert (cfg.workers, cfg.connections_per_host, cfg.max_requests_per_second) == (50, 50, None)
     assert cfg.projects == ()
     assert (cfg.connect_timeout, cfg.read_timeout) == (10.0, 60.0)
     assert (cfg.retries, cfg.retry_wait, cfg.retry_max_wait) == (3, 1.0, 30.0)
@@ -266,7 +266,7 @@ def test_bad_types(tmp_path: Path, line: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(("line", "says"), [
-    ('workers = "8"', 'workers must be an integer, not "8"; e.g. workers = 8'),
+    ('workers = "8"', 'workers must be an integer, not "8"; e.g. workers = 50'),
     ("retries = 2.0", "retries must be an integer, not 2.0; e.g. retries = 3"),
     ('read-timeout = "60"', 'read-timeout must be a number, not "60"; e.g. read-timeout = 60.0'),
     ("max-removal = true", "max-removal must be a number, not true; e.g. max-removal = 0.1"),

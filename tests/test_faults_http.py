@@ -392,7 +392,7 @@ IN_A_PROCESS: dict[str, Any] = {"download_processes": 1}
 def submitted(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
     """What the run handed its download process: (function, project) pairs."""
     from simplemirror.sync import run as sync_module
-    from simplemirror.sync.workers import ProcessPool
+    from tests.support.process import StartedPool
 
     handed: set[tuple[str, str]] = set()
 
@@ -400,7 +400,7 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
         # fetch_page(todo, etag), download_todo(name, todo)
         handed.add((fn.__qualname__, getattr(args[0], "name", args[0])))
 
-    class Recording(ProcessPool):
+    class Recording(StartedPool):
         def submit(self, fn: Any, *args: Any) -> Any:
             note(fn, args)
             return super().submit(fn, *args)

@@ -529,11 +529,11 @@ def test_unset_download_processes_start_only_once_a_run_has_many_files(
     upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     from simplemirror.sync import run as sync_module
-    from simplemirror.sync.workers import ProcessPool
+    from tests.support.process import StartedPool
 
     submitted: list[str] = []
 
-    class Counting(ProcessPool):
+    class Counting(StartedPool):
         def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
             submitted.extend(args[1].dist.filename for args in calls)
             return super().submit_all(fn, calls)
@@ -551,21 +551,47 @@ def test_unset_download_processes_start_only_once_a_run_has_many_files(
     assert submitted == []
 
 
+def test_work_stays_in_the_main_process_until_the_download_processes_have_started(
+    upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Their imports take a while; work sent meanwhile would only wait in the pipe. (As
+    much as keeps its connections busy: here, all of it.)"""
+    from simplemirror.sync import run as sync_module
+    from simplemirror.workers import ProcessPool
+
+    submitted: list[str] = []
+
+    class NeverStarted(ProcessPool):
+        def _note_started(self, child: int) -> None:
+            pass  # as if their imports took longer than the whole run
+
+        def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
+            submitted.append(fn.__name__)
+            return super().submit_all(fn, calls)
+
+    monkeypatch.setattr(sync_module, "ProcessPool", NeverStarted)
+    summary = sync(upstream, tmp_path, download_processes=1, workers=16)
+    assert summary.exit_code == 0 and summary.files_fetched == 6
+    assert submitted == []
+    assert_consistent(tmp_path / "web")
+
+
 def test_pages_are_fetched_in_the_download_processes_once_they_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     from concurrent.futures import Future
 
     from simplemirror.sync import run as sync_module
-    from simplemirror.sync.workers import ChildLost, ProcessPool
+    from simplemirror.sync.workers import ChildLost
     from simplemirror.upstream.client import Client
+    from tests.support.process import StartedPool
 
     w = World()
     for i in range(8):
         w.add_project(f"p{i}", ["1.0"], wheel=False)
     submitted: list[str] = []
 
-    class Counting(ProcessPool):
+    class Counting(StartedPool):
         def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
             submitted.append(fn.__name__)
             if fn is Client.get_page and calls[0][0].name == "p7":
@@ -628,17 +654,19 @@ def test_the_same_root_bytes_after_a_run_limited_to_some_projects_are_read_again
 def record_process_pools(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """(client class, function) of each batch of downloads sent to the download processes."""
     from simplemirror.sync import run as sync_module
-    from simplemirror.sync.workers import ProcessPool
+    from tests.support.process import StartedPool
 
     used: list[tuple[str, str]] = []
 
-    class Recording(ProcessPool):
+    class Recording(StartedPool):
         def __init__(self, shares: Any, make_context: Any, config: Any):
             self.make_context = make_context
             super().__init__(shares, make_context, config)
 
         def submit_all(self, fn: Any, calls: list[tuple[Any, ...]]) -> Any:
-            used.append((self.make_context.__name__, fn.__qualname__))
+            # A partial of the class, when it is given a start (max-requests-per-second).
+            context = getattr(self.make_context, "func", self.make_context)
+            used.append((context.__name__, fn.__qualname__))
             return super().submit_all(fn, calls)
 
     monkeypatch.setattr(sync_module, "ProcessPool", Recording)

@@ -36,7 +36,12 @@ class Config:
     """Root of the simple index to mirror, ending in '/'."""
     directory: Path
     """Holds state.db, web/ (the served tree) and tmp/."""
-    workers: int = 8
+    workers: int = 50
+    """Requests at once, pages and files together: each holds a connection."""
+    connections_per_host: int = 50
+    """Of those, at most this many to any one host."""
+    max_requests_per_second: float | None = None
+    """Requests a second at most, over the whole run (every process); None: no limit."""
     download_processes: int | None = None
     """Child processes that download files, sharing the workers; 0 downloads in this one.
     None (the default): one per CPU core, at most 4, once a run has many files (see sync)."""
@@ -109,6 +114,8 @@ KEYS: dict[str, tuple[str, type]] = {
     "upstream": ("upstream", str),
     "directory": ("directory", str),
     "workers": ("workers", int),
+    "connections-per-host": ("connections_per_host", int),
+    "max-requests-per-second": ("max_requests_per_second", float),
     "download-processes": ("download_processes", int),
     "projects": ("projects", list),
     "connect-timeout": ("connect_timeout", float),
@@ -142,6 +149,7 @@ _EXAMPLES: dict[str, str] = {
     "upstream": '"https://index.example/simple/"',
     "directory": '"/srv/simplemirror"',
     "download-processes": "2",
+    "max-requests-per-second": "20",
     "projects": '["sampleproject"]',
     "file-hosts": '["files.example.org"]',
     "reuse-from": '["/srv/bandersnatch/web/packages"]',
@@ -309,6 +317,16 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         raise ConfigError("keep-reports must be 0 (keep every report) or a positive count")
     if config.workers < 1 or config.workers > 256:
         raise ConfigError(f"workers must be between 1 and 256, not {config.workers}")
+    if not 1 <= config.connections_per_host <= 256:
+        raise ConfigError(
+            f"connections-per-host must be between 1 and 256, not {config.connections_per_host}"
+        )
+    rate = config.max_requests_per_second
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(
+            f"max-requests-per-second must be a positive number, like 20, not {_toml(rate)}; "
+            "leave it unset for no limit"
+        )
     if config.download_processes is not None and not 0 <= config.download_processes <= 64:
         raise ConfigError(
             f"download-processes must be between 0 and 64, not {config.download_processes}"

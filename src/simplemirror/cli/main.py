@@ -96,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bring the mirror up to date with the upstream index.",
     )
     _common(sync)
-    sync.add_argument("--workers", type=int, help="parallel downloads")
+    sync.add_argument(
+        "--workers", type=int, metavar="N",
+        help=f"requests at once, pages and files together, a connection each (default "
+        f"{config.Config.workers}); overrides 'workers' in the config",
+    )
     sync.add_argument(
         "--download-processes", type=int, metavar="N",
         help="download in N child processes sharing the workers (default: one per CPU core, "

@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -344,15 +345,20 @@ def shares(workers: int, processes: int) -> list[int]:
     return [workers // count + (i < workers % count) for i in range(count)]
 
 
+def todo_requests(todo: FileTodo) -> int:
+    """The requests a todo makes when none fails."""
+    return todo.fetch_file + todo.fetch_metadata + todo.fetch_signature + todo.fetch_provenance
+
+
 class _Workers:
     """Runs page fetches and download.download_todo on this process's event loop, or in
     download processes: the same coroutines either way.
 
     The processes start when needed: with ``download-processes`` set, at the first
     file; unset, once a run has had PROCESSES_AFTER_FILES files (a small run never
-    pays for them). From then on pages are fetched and parsed there as well: the
-    coordinating process, which records and publishes every project, was the
-    busiest of them. ``workers`` is the budget of connections in every mode: here,
+    pays for them). Once they have started, pages are fetched and parsed there as
+    well: the coordinating process, which records and publishes every project, was
+    the busiest of them. ``workers`` is the budget of connections in every mode: here,
     or shared out among the processes.
     """
 
@@ -364,41 +370,82 @@ class _Workers:
         else:
             self._processes, self._after = config.download_processes, 0
         self._submitted = 0
-        self._here_running: set[Future[Any]] = set()
+        self._here_running: dict[Future[Any], int] = {}
+        """What runs or waits here, and how many requests each makes (when all goes well)."""
         self._children: ProcessPool | None = None
+        self._handed_over = False
 
-    def _here(self, work: Coroutine[Any, Any, Any]) -> Future[Any]:
+    def _here(self, work: Coroutine[Any, Any, Any], requests: int = 1) -> Future[Any]:
         future = self.client.submit(self.client.in_turn(work))
-        self._here_running.add(future)
-        future.add_done_callback(self._here_running.discard)
+        self._here_running[future] = requests
+        future.add_done_callback(self._here_done)
         return future
 
+    def _here_done(self, future: Future[Any]) -> None:
+        self._here_running.pop(future, None)
+        if not self._here_running and not self._work_here():
+            self._hand_over()
+
+    def _work_here(self) -> bool:
+        """Whether new work runs in this process: until the download processes have
+        started (their imports take a while, when work sent to them would only wait),
+        but only as much as keeps this process's connections busy, so that when they
+        take over, what is left here ends within a request or two, and the two together
+        hold more than ``workers`` connections only that long. With
+        max-requests-per-second they take over at once instead, so that what waits here
+        is known when their turns begin."""
+        children = self._children
+        if children is None:
+            return True
+        if children.ready.is_set() or self.client.rate:
+            return False
+        return len(self._here_running) < self.client.connections
+
+    def _hand_over(self) -> None:
+        """The processes have taken over: close this process's connections, which would
+        only sit idle on the server beside theirs (reopened if ever needed again)."""
+        if not self._handed_over:
+            self._handed_over = True
+            self.client.submit(self.client.aclose())
+
+    def _start_processes(self) -> None:
+        config = self.client.config
+        # With max-requests-per-second, the processes' turns begin once what waits
+        # here has had its own: the rate holds across the hand-over.
+        start = self.client.http.paced_until(sum(self._here_running.values()))
+        self._children = ProcessPool(
+            shares(config.workers, min(self._processes, config.connections_per_host)),
+            functools.partial(Client, not_before=start), config,
+        )
+
+    def _to_processes(self) -> ProcessPool | None:
+        """The download processes, if new work goes to them now."""
+        if self._work_here():
+            return None
+        if not self._here_running:
+            self._hand_over()
+        return self._children
+
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
-        if self._children is not None:
-            return self._children.submit(Client.get_page, todo, todo.etag)
+        children = self._to_processes()
+        if children is not None:
+            return children.submit(Client.get_page, todo, todo.etag)
         return self._here(self.client.get_page(todo, todo.etag))
 
     def submit(
         self, name: str, todos: list[FileTodo]
     ) -> list[Future[download.TodoResult]]:
         """download_todo for each of a project's ``todos``."""
-        config = self.client.config
-        here = len(todos)
-        if self._processes:  # up to the file that starts them
-            here = max(0, min(here, self._after - self._submitted))
         self._submitted += len(todos)
-        futures = [
-            self._here(download.download_todo(self.client, name, todo)) for todo in todos[:here]
+        if self._processes and self._children is None and self._submitted > self._after:
+            self._start_processes()
+        children = self._to_processes()
+        if children is not None:
+            return children.submit_all(download.download_todo, [(name, t) for t in todos])
+        return [
+            self._here(download.download_todo(self.client, name, todo), todo_requests(todo))
+            for todo in todos
         ]
-        if len(todos) > here:
-            if self._children is None:
-                self._children = ProcessPool(
-                    shares(config.workers, self._processes), Client, config
-                )
-            futures += self._children.submit_all(
-                download.download_todo, [(name, todo) for todo in todos[here:]]
-            )
-        return futures
 
     def shutdown(self, timeout: float) -> bool:
         # What runs here is cancelled: a download cut short leaves nothing behind.

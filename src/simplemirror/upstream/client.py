@@ -329,10 +329,22 @@ class Client:
     a download process awaits them on its own loop.
     """
 
-    def __init__(self, config: Config, connections: int | None = None) -> None:
+    def __init__(
+        self, config: Config, connections: int | None = None, *, not_before: float = 0.0
+    ) -> None:
+        """``connections``: this process's share of ``workers`` (all of them by default);
+        it gets the same share of ``connections-per-host`` and ``max-requests-per-second``,
+        its first request at ``not_before`` at the earliest (``time.monotonic``)."""
         self.config = config
         self.connections = connections or config.workers
         """This process's share of ``workers``: connections and requests at once."""
+        rate = config.max_requests_per_second
+        # Rounded down, so that the shares never add up to more than the setting;
+        # never 0, aiohttp's "no limit" (there are never more processes than it).
+        self.per_host = max(1, config.connections_per_host * self.connections // config.workers)
+        """This process's share of ``connections-per-host``."""
+        self.rate = rate * self.connections / config.workers if rate else None
+        """This process's share of ``max-requests-per-second``; None: no limit."""
         self.http = Http(
             user_agent=config.user_agent,
             limits=Limits(
@@ -345,6 +357,9 @@ class Client:
                 max_root_size=config.max_root_size,
             ),
             connections=self.connections,
+            per_host=self.per_host,
+            rate=self.rate,
+            not_before=not_before,
         )
         self.stop = threading.Event()
         """Set to make every request, retry and download end soon (Interrupted)."""

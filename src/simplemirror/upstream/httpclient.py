@@ -25,6 +25,7 @@ import contextlib
 import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -200,20 +201,48 @@ class Environment:
 
 
 class Http:
-    """The HTTP client of one process (one event loop), ``connections`` at most at once."""
+    """The HTTP client of one process (one event loop): ``connections`` at most at once,
+    ``per_host`` of them to any one host, and with ``rate``, no more than that many
+    requests a second, evenly spaced, the first at ``not_before`` (``time.monotonic``)."""
 
-    def __init__(self, *, user_agent: str, limits: Limits, connections: int) -> None:
+    def __init__(
+        self, *, user_agent: str, limits: Limits, connections: int, per_host: int = 0,
+        rate: float | None = None, not_before: float = 0.0,
+    ) -> None:
         self.limits = limits
         self._user_agent = user_agent
         self._connections = connections
+        self._per_host = per_host
+        self._interval = 1 / rate if rate else 0.0
+        self._next_slot = not_before
         self._session: aiohttp.ClientSession | None = None
         self._environment: Environment | None = None
+
+    def paced_until(self, pending: int) -> float:
+        """When ``pending`` more requests would have had their turns at this rate
+        (``time.monotonic``); now, without a rate."""
+        now = time.monotonic()
+        if not self._interval:
+            return now
+        return max(now, self._next_slot) + pending * self._interval
+
+    async def _pace(self) -> None:
+        """Wait for this request's turn: one every ``1 / rate`` seconds, never a burst."""
+        if not self._interval:
+            return
+        now = time.monotonic()
+        turn = max(now, self._next_slot)
+        self._next_slot = turn + self._interval
+        if turn > now:
+            await asyncio.sleep(turn - now)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             tls = ssl.create_default_context(cafile=ca_bundle())
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, ssl=tls),
+                connector=aiohttp.TCPConnector(
+                    limit=self._connections, limit_per_host=self._per_host, ssl=tls
+                ),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.limits.connect_timeout,
                     sock_read=self.limits.read_timeout,
@@ -256,6 +285,7 @@ class Http:
                     # An https index's password never crosses the network in clear, not
                     # even to its own host: a redirect to plain http goes without it.
                     auth = None
+            await self._pace()  # each hop is a request, a retry too
             try:
                 response = await session.get(
                     asked, allow_redirects=False, auto_decompress=decompress,

@@ -557,7 +557,7 @@ def test_work_stays_in_the_main_process_until_the_download_processes_have_starte
     """Their imports take a while; work sent meanwhile would only wait in the pipe. (As
     much as keeps its connections busy: here, all of it.)"""
     from simplemirror.sync import run as sync_module
-    from simplemirror.workers import ProcessPool
+    from simplemirror.sync.workers import ProcessPool
 
     submitted: list[str] = []
 

@@ -29,7 +29,9 @@ def world_of(projects: int) -> World:
     """``projects`` projects of one wheel each: a page, the wheel and its .metadata."""
     world = World()
     for i in range(projects):
-        world.add_project(f"p{i}", ["1.0"], sdist=False)
+        wheel = world.add_project(f"p{i}", ["1.0"], sdist=False).files[0]
+        # Not its wheel's METADATA, so downloaded (not read from the wheel): a request.
+        wheel.metadata = (wheel.metadata or b"") + b"Description: apart\n"
     return world
 
 

@@ -31,11 +31,13 @@ from typing import Any
 
 from simplemirror.check.status import lock_path
 from simplemirror.cli.config import Config
+from simplemirror.filter import select
 from simplemirror.report.progress import Reporter
 from simplemirror.simple.model import (
     API_VERSION,
     HeldFile,
     ProjectPage,
+    Replanning,
     Status,
     newer_api_version,
     version_of,
@@ -48,6 +50,7 @@ from simplemirror.sync import download, recover, reuse
 from simplemirror.sync.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
+    Choose,
     FilePlan,
     FileTodo,
     ProjectTodo,
@@ -140,6 +143,8 @@ class Forecast:
     file_refusal: str | None = None
     """Set when those are more than max-removal of the files held: the real run keeps
     those past the cap and exits 1."""
+    filtered: select.Tally = field(default_factory=select.Tally)
+    """What the filters kept, left out and held back of the pages read."""
 
 
 @dataclass
@@ -151,6 +156,10 @@ class RunSummary:
     deferred: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    """Projects upstream lists that the filters leave out (removed from the mirror)."""
+    filtered: select.Tally = field(default_factory=select.Tally)
+    """What the filters kept, left out and held back of the pages this run read."""
     rejected: list[tuple[str, str]] = field(default_factory=list)
     """Entries upstream listed that cannot be mirrored (invalid names...): warnings."""
     blocked: set[str] = field(default_factory=set)
@@ -282,6 +291,10 @@ class _Project:
     """Upstream's page offers files (mirrorable or refused); quarantine offers none."""
     refused: bool = False
     """Some of its files (or their redirects) were refused: see RunSummary.blocked."""
+    left_out: frozenset[str] = frozenset()
+    """Files upstream lists that the filters leave out."""
+    due: int | None = None
+    """When a file min-age holds back may be published (HeldProject.held_until)."""
 
 
 @dataclass(frozen=True)
@@ -303,11 +316,23 @@ class _Root:
 
 
 def mass_removal_refusal(
-    removing: int, listed: int, share: float, upstream: str, last_upstream: str | None
+    removing: int, listed: int, share: float, upstream: str, last_upstream: str | None,
+    pruned: int = 0,
 ) -> str:
-    """What a run refused by the project removal cap says, and what to do about it."""
+    """What a run refused by the project removal cap says, and what to do about it.
+
+    ``pruned`` of the ``removing`` are projects upstream lists that the filters leave out.
+    """
+    if pruned == removing:
+        return (
+            f"the filters leave out {pruned} of the {listed} projects held (more than "
+            f"max-removal, {share:.0%}); nothing was changed. If the [filters] are right, "
+            "run again with --allow-mass-delete to remove them; if not, correct the filters"
+        )
+    gone = removing - pruned
+    also = f", and the filters leave out {pruned} more," if pruned else ""
     said = (
-        f"upstream no longer lists {removing} of the {listed} projects held "
+        f"upstream no longer lists {gone} of the {listed} projects held{also} "
         f"(more than max-removal, {share:.0%}); nothing was changed. "
     )
     if last_upstream is not None and last_upstream != upstream:
@@ -421,6 +446,9 @@ class Sync:
         # True while the run has changed nothing on disk: an error then needs no recovery.
         self._tree_untouched = False
         self._reuse: ReuseIndex | None = None
+        self.clock = time.time
+        """The time the cooldown (min-age) is measured at; read once a run, when it plans."""
+        self._choose: Choose | None = None
 
     def request_stop(self, signum: int) -> None:
         """Finish soon: no new work, in-flight downloads abandoned, state committed.
@@ -578,7 +606,7 @@ class Sync:
         self._tree_untouched = False
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
-        summary.removed = list(plan.removed)
+        summary.removed, summary.pruned = list(plan.removed), list(plan.pruned)
         root_pages_there = all(store.is_file(config.web, p) for p in layout.ROOT_PAGES)
         if root.not_modified and not plan.fetch and root_pages_there:
             # 304 (or the same bytes) and nothing left over: the mirror is current.
@@ -643,7 +671,8 @@ class Sync:
         # The root pages derive from the published projects and the serial: when
         # neither moved, they are the same bytes, and at 650,000 projects rendering
         # them just to find that out costs seconds.
-        unchanged = not summary.changed and not root.plan.removed and serial == before
+        unchanged = (not summary.changed and not root.plan.removed and not root.plan.pruned
+                     and serial == before)
         pages = None
         if not unchanged or not root_pages_there:
             pages = (state.root_entries(), int(serial) if serial else None)
@@ -669,17 +698,22 @@ class Sync:
         root = self._decide(state)
         if root.refusal is not None:
             raise SyncError(root.refusal)
+        filters = self.config.filters
+        # What `mirror status` shows as in force: what this run applies.
+        state.set_meta("filters", json.dumps(filters.in_force()) if filters.active else None)
         if root.not_modified:
             return root
         plan = root.plan
         with state.transaction():
             state.set_meta("root_serials", "yes" if root.serials else "no")
             state.note_listed(((t.name, t.display_name, t.serial) for t in plan.fetch), generation)
-            state.mark_removed(plan.removed, generation)
+            state.mark_removed((*plan.removed, *plan.pruned), generation)
             for entry, reason in root.rejected:
                 state.record_failure(generation, entry, None, "rejected", reason)
         for name in plan.removed:
             log.warning("project %s is no longer listed upstream; recorded as removed", name)
+        for name in plan.pruned:
+            log.info("project %s is left out by the filters; recorded as removed", name)
         return root
 
     def _decide(self, state: State) -> _Root:
@@ -690,13 +724,20 @@ class Sync:
         for, the fallback without serials, the plan on a 304, the removal cap.
         """
         only = self.config.projects or None
+        filters = self.config.filters
+        now = int(self.clock())
+        replanning = Replanning(filters.file_fingerprint(), now)
+        if filters.narrows_files:
+            self._choose = lambda page, held: select.select(filters, page, held, now)
         response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
         if response is None:
             log.info("upstream root index unchanged (HTTP 304, or the same bytes)")
             if state.get_meta("root_serials") == "no":
-                plan = plan_retry(state.held_projects(), only, serials=False)
+                plan = plan_retry(state.held_projects(), only, serials=False,
+                                  replanning=replanning)
                 return _Root(plan, True, serials=False)
-            return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
+            plan = plan_retry(state.unfinished_projects(replanning), only, replanning=replanning)
+            return _Root(plan, not_modified=True)
         index, etag, sha256 = response.index, response.etag, response.sha256
         self._warn_of_newer_api(index.api_version)
         serials = usable_serials(index)
@@ -704,6 +745,8 @@ class Sync:
             # Without usable serials, each project is asked with a conditional request.
             index.projects if serials else (p._replace(serial=None) for p in index.projects),
             only,
+            wanted=filters.wants_project if filters.narrows_projects else None,
+            replanning=replanning,
         )
         missing = sorted(
             set(only) - {p.normalized for p in index.projects} - set(index.held_back)
@@ -713,16 +756,17 @@ class Sync:
         # The projects are in state.db's temporary table now: at PyPI's size, the
         # parsed root is a hundred megabytes better given back before planning.
         del response, index
-        plan = plan_changes(changes, only, held_back)
+        plan = plan_changes(changes, only, held_back, replanning)
+        removing = len(plan.removed) + len(plan.pruned)
         # Counted only when needed: a full scan of the projects at PyPI's size.
-        listed = state.listed_count() if plan.removed else 0
+        listed = state.listed_count() if removing else 0
         refusal = None
-        if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
-            len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
+        if removing and not self.config.allow_mass_delete and is_mass_removal(
+            removing, listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
         ):
             refusal = mass_removal_refusal(
-                len(plan.removed), listed, self.config.max_removal, self.config.upstream,
-                state.synced_upstream(),
+                removing, listed, self.config.max_removal, self.config.upstream,
+                state.synced_upstream(), len(plan.pruned),
             )
         for name in missing:
             log.warning("project %s is not listed by the upstream index", name)
@@ -731,8 +775,13 @@ class Sync:
         return _Root(plan, False, etag, serial, rejected, sha256, serials, refusal)
 
     def _scope(self) -> str:
-        """What a saved root ETag is valid for: the same upstream and project filter."""
-        return json.dumps([self.config.upstream, list(self.config.projects)])
+        """What a saved root ETag is valid for: the same upstream, projects and filters
+        (a 304 says nothing of projects the filters left out last time)."""
+        scope: list[Any] = [self.config.upstream, list(self.config.projects)]
+        fingerprint = self.config.filters.fingerprint()
+        if fingerprint is not None:  # a full mirror keeps the scope it always had
+            scope.append(fingerprint)
+        return json.dumps(scope)
 
     def _etag(self, state: State) -> str | None:
         # A 304 after a --project run says nothing about the projects that run
@@ -770,6 +819,7 @@ class Sync:
             forecast = Forecast(root.not_modified, root.serials, root.refusal)
             summary.plan, summary.forecast = root.plan, forecast
             summary.removed, summary.rejected = list(root.plan.removed), list(root.rejected)
+            summary.pruned = list(root.plan.pruned)
             if root.refusal is None:  # else the run stops before any page
                 self._forecast_pages(root.plan, state, summary, forecast)
         finally:
@@ -818,10 +868,12 @@ class Sync:
                 if response is None or response.sha256 == todo.page_hash:
                     forecast.pages_unchanged += 1
                     continue
-                files, refused = plan_page(
+                files, refused, chosen = plan_page(
                     response.page, state.planning_files(todo.name),
                     self.client.file_guard.refusal, provenance=config.public_url is not None,
+                    choose=self._choose,
                 )
+                forecast.filtered.add(chosen)
                 if refused:
                     summary.failed.append(
                         (todo.name, "; ".join(f"{f}: refused: {r}" for f, r in refused))
@@ -1000,20 +1052,24 @@ class Sync:
         page = response.page
         self._warn_of_newer_api(page.api_version)
         # planning_files: with what a stopped run left staged, so as not to fetch it again.
-        files, refused = plan_page(
+        files, refused, chosen = plan_page(
             page, state.planning_files(todo.name), self.client.file_guard.refusal,
-            provenance=self.config.public_url is not None,
+            provenance=self.config.public_url is not None, choose=self._choose,
         )
+        summary.filtered.add(chosen)
         if self._reuse is not None:
             files = self._with_reuse(files, self._reuse)
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
         # A refused file is work left undone: the project does not converge.
         return _Project(
-            todo, page, files, response.etag, response.sha256,
+            todo, chosen.page, files, response.etag, response.sha256,
             errors=[(f, f"refused: {r}") for f, r in refused],
-            offers_files=bool(page.files or page.rejected) and page.status != "quarantined",
+            offers_files=bool(chosen.page.files or page.rejected)
+            and page.status != "quarantined",
             refused=bool(refused),
+            left_out=frozenset(dist.filename for dist, _ in chosen.dropped),
+            due=chosen.due,
         )
 
     def _index_reuse(self) -> ReuseIndex | None:
@@ -1134,10 +1190,14 @@ class Sync:
         ):
             # Keep what upstream dropped: the page still offers those files, and
             # the project does not converge until an operator says otherwise.
+            filtered = sum(1 for f in gone if f.filename in project.left_out)
+            why = (f"the filters leave out {filtered} file(s)" if filtered == len(gone)
+                   else f"upstream dropped {len(gone) - filtered} file(s)" + (
+                       f" and the filters leave out {filtered}" if filtered else ""))
             project.errors.append(("*", (
-                f"upstream dropped {len(gone)} file(s); with the others dropped in this run "
-                f"that is more than max-removal ({self.config.max_removal:.0%}) of the files "
-                "held, so they were kept. Run with --allow-mass-delete if that is right"
+                f"{why}; with the others removed in this run that is more than max-removal "
+                f"({self.config.max_removal:.0%}) of the files held, so they were kept. "
+                "Run with --allow-mass-delete if that is right"
             )))
             files += gone
             gone = []
@@ -1175,6 +1235,8 @@ class Sync:
                 files=files,
                 gone=gone,
                 generation=generation,
+                filters=self.config.filters.file_fingerprint(),
+                held_until=project.due,
             )
             for filename, err in project.errors:
                 state.record_failure(generation, name, filename, "failed", err)

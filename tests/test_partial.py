@@ -320,3 +320,47 @@ def test_a_cooldown_is_not_confirmed_away_by_an_unchanged_page_without_serials(
     asked = {r.path: r.header("If-None-Match") for r in upstream.requests}
     # The page due is read whole; the others may still be confirmed by a 304.
     assert asked["/simple/plain/"] is None and asked["/simple/yanky/"] is not None
+
+
+def test_status_the_report_and_the_dry_run_say_which_filters_are_in_force(
+    upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simplemirror.cli.main import main
+
+    mirror = tmp_path / "mirror"
+    path = tmp_path / "mirror.toml"
+
+    def write(filters: str) -> None:
+        path.write_text(f'[mirror]\nupstream = "{upstream.url}"\ndirectory = "{mirror}"\n'
+                        f'retries = 0\ndownload-processes = 0\n[filters]\n{filters}')
+
+    write('sdists = false\nprereleases = false\nexclude-projects = ["legacy"]\n')
+    assert main(["sync", "-c", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert 'filters: exclude-projects = ["legacy"]; prereleases = false; sdists = false' in out
+    assert "left out by sdists: 10 file(s)" in out and "left out by prereleases: 1 file(s)" in out
+
+    assert main(["sync", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "left out by sdists: 10 file(s)" in out
+    report = json.loads((mirror / "reports/1.json").read_text())
+    assert report["filters"]["in_force"] == {
+        "exclude-projects": ["legacy"], "prereleases": False, "sdists": False}
+    assert report["filters"]["left_out_by"]["sdists"]["files"] == 10
+    assert report["filters"]["files_kept"] == report["counts"]["files_fetched"]
+
+    assert main(["status", "-c", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["filters"] == report["filters"]["in_force"]
+    assert info["filters_configured"] is None
+
+    write("")  # every filter dropped: the next sync widens, and status says so till then
+    assert main(["status", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "filters:       exclude-projects" in out
+    assert "the next sync applies them: none (a full mirror)" in out
+    assert main(["sync", "-c", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--directory", str(mirror), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["filters"] == {}
+    assert listed(mirror) == everything(world)

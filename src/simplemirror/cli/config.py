@@ -21,7 +21,7 @@ from packaging.utils import InvalidName
 
 from simplemirror import __version__
 from simplemirror.filter import rules
-from simplemirror.filter.rules import Filters
+from simplemirror.filter.rules import Filters as Filters
 from simplemirror.report.units import MAX_INTERVAL as MAX_INTERVAL
 from simplemirror.report.units import parse_interval as parse_interval
 from simplemirror.simple.model import normalize_name

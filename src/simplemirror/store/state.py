@@ -1071,6 +1071,12 @@ class StateReader:
         )
         return int(row[0]) if row else None
 
+    def filters_in_force(self) -> dict[str, Any]:
+        """The [filters] keys the last run that planned applied (empty: a full mirror)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'filters'")
+        found: dict[str, Any] = json.loads(row[0]) if row and row[0] else {}
+        return found
+
     def serial_held(self) -> int | None:
         """The upstream serial of the last complete copy (meta root_serial)."""
         row = self._one("SELECT value FROM meta WHERE key = 'root_serial'")

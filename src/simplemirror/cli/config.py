@@ -229,7 +229,7 @@ def read_file(path: Path) -> dict[str, Any]:
         if not isinstance(filters, dict):
             raise ConfigError(f"{path}: [{rules.TABLE}] must be a table (see config.example.toml)")
         try:
-            values["filters"] = rules.parse(filters)
+            values["filters"] = rules.parse(filters, path.parent)
         except rules.FilterError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return values

@@ -314,6 +314,8 @@ def _print_plan(summary: RunSummary, filters: Filters | None = None) -> None:
         print(f"  would fail {name}: {why}")
     for entry, why in summary.rejected:
         print(f"  would refuse {entry}: {why} (upstream data this mirror will not copy)")
+    for name, why in summary.unmet:
+        print(f"  requirements not met: {name}: {why}")
     if summary.stopped_by is not None:
         print("  stopped before every page was read: the counts above are partial")
 
@@ -365,6 +367,8 @@ def _print_summary(summary: RunSummary, filters: Filters | None = None) -> None:
         print(f"  failed {name}: {why} ({_failed_hint(name in summary.blocked)})")
     for entry, why in summary.rejected:
         print(f"  refused {entry}: {why} (upstream data this mirror will not copy)")
+    for name, why in summary.unmet:
+        print(f"  requirements not met: {name}: {why}")
     if summary.stopped_by is not None:
         print("  stopped before the end: the next run resumes where this one stopped")
 

@@ -11,12 +11,14 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from packaging.utils import InvalidName
 
+from simplemirror.filter import requirements as reqs
 from simplemirror.filter.tags import IMPLEMENTATIONS, Environment, UnknownPlatform
 from simplemirror.report.units import parse_interval
 from simplemirror.simple.model import normalize_name
@@ -24,7 +26,7 @@ from simplemirror.simple.model import normalize_name
 TABLE = "filters"
 KEYS = (
     "include-projects", "exclude-projects", "prereleases", "latest-versions", "environments",
-    "sdists", "max-file-size", "min-age", "min-age-exempt",
+    "sdists", "max-file-size", "min-age", "min-age-exempt", "requirements",
 )
 # Keys that decide which projects the mirror holds; the others decide which of their files.
 PROJECT_KEYS = frozenset({"include-projects", "exclude-projects"})
@@ -63,6 +65,9 @@ class Filters:
     published; a file without an upload-time waits for ever (fail closed)."""
     min_age_exempt: frozenset[str] = frozenset()
     """Normalized names of projects the cooldown does not hold back."""
+    requirements: reqs.Requirements = field(default_factory=reqs.Requirements)
+    """What requirements.txt, pylock.toml and uv.lock files ask for: those projects and
+    their dependency closure (filter/closure.py) are mirrored."""
     _include: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _exclude: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
@@ -70,15 +75,23 @@ class Filters:
         object.__setattr__(self, "_include", _compile("include-projects", self.include_projects))
         object.__setattr__(self, "_exclude", _compile("exclude-projects", self.exclude_projects))
 
-    def wants_project(self, name: str) -> bool:
-        """Whether the project of normalized ``name`` belongs in the mirror."""
-        if self._include and not any(p.fullmatch(name) for p in self._include):
+    def wants_project(self, name: str, required: Collection[str] = ()) -> bool:
+        """Whether the project of normalized ``name`` belongs in the mirror; ``required``:
+        the projects the requirements' closure holds."""
+        if (self._include or self.requirements) and not (
+            self.included(name) or name in required
+        ):
             return False
         return not any(p.fullmatch(name) for p in self._exclude)
 
+    def included(self, name: str) -> bool:
+        """Whether include-projects names it: then it is mirrored whole (as the file
+        filters allow), not only what the requirements ask of it."""
+        return any(p.fullmatch(name) for p in self._include)
+
     @property
     def narrows_projects(self) -> bool:
-        return bool(self._include or self._exclude)
+        return bool(self._include or self._exclude or self.requirements)
 
     @property
     def narrows_files(self) -> bool:
@@ -105,6 +118,8 @@ class Filters:
             found["min-age"] = _duration(self.min_age)
             if self.min_age_exempt:
                 found["min-age-exempt"] = sorted(self.min_age_exempt)
+        if self.requirements:
+            found["requirements"] = list(self.requirements.paths)
         return found
 
     def in_force(self) -> dict[str, Any]:
@@ -120,10 +135,14 @@ class Filters:
         """A short hash of everything in force; None for a full mirror."""
         return _hash(self.in_force())
 
-    def file_fingerprint(self) -> str | None:
-        """A short hash of what decides on files; None when nothing does. A project planned
+    def file_fingerprint(self, closure: object = None) -> str | None:
+        """A short hash of what decides on files (with ``closure``, what the requirements
+        ask of each project, as plain data); None when nothing does. A project planned
         under another one must be planned again, whatever upstream's serial says."""
-        return _hash(self.file_settings())
+        settings = self.file_settings()
+        if self.requirements:
+            settings["requirements"] = [self.requirements.digest, closure]
+        return _hash(settings)
 
 
 def _hash(settings: dict[str, Any]) -> str | None:
@@ -203,8 +222,9 @@ def _environment(index: int, value: object) -> Environment:
         raise FilterError(f"{key}.platforms", str(exc)) from None
 
 
-def parse(table: Mapping[str, Any]) -> Filters:
-    """The ``[filters]`` table of a config file as Filters; raises FilterError."""
+def parse(table: Mapping[str, Any], base: Path = Path()) -> Filters:
+    """The ``[filters]`` table of a config file as Filters; raises FilterError. Files it
+    names are read, relative to ``base`` (the config file's directory)."""
     for key in table:
         if key not in KEYS:
             near = difflib.get_close_matches(key, KEYS, n=1)
@@ -245,4 +265,10 @@ def parse(table: Mapping[str, Any]) -> Filters:
             raise FilterError("min-age-exempt", str(exc)) from None
         if "min-age" not in table:
             raise FilterError("min-age-exempt", "means nothing without min-age; set both")
+    if "requirements" in table:
+        paths = _strings("requirements", table["requirements"])
+        try:
+            values["requirements"] = reqs.read(list(paths), base)
+        except reqs.RequirementsError as exc:
+            raise FilterError("requirements", str(exc)) from None
     return Filters(**values)

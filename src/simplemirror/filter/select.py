@@ -45,6 +45,8 @@ class Selection(NamedTuple):
     """Files waiting out min-age."""
     due: int | None = None
     """When (Unix time) the first of those that has an upload-time is old enough."""
+    refused: tuple[tuple[str, str], ...] = ()
+    """(file name, reason) for files the requirements name that cannot be mirrored."""
 
 
 def is_sdist(filename: str) -> bool:
@@ -119,12 +121,28 @@ def _newest(by_version: Mapping[Version, list[DistFile]], count: int) -> set[Ver
     return kept
 
 
-def select(
+@dataclass(frozen=True)
+class Rule:
+    """What the ``requirements`` ask of one project (worked out by filter/closure.py)."""
+
+    versions: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    """Canonical versions to keep, each with the ``algorithm:hex`` digests a file must
+    have one of (``--hash``), or None for any file."""
+    locked: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Files a lock names, with the hashes it gives them: kept exactly."""
+
+    def key(self) -> list[Any]:
+        """The rule as plain data, for a fingerprint."""
+        return [sorted((v, sorted(h) if h is not None else None)
+                       for v, h in self.versions.items()),
+                sorted((f, sorted(h.items())) for f, h in self.locked.items())]
+
+
+def admissible(
     filters: Filters, page: ProjectPage, held: Mapping[str, HeldFile], now: float
-) -> Selection:
-    """What of ``page`` the mirror offers; ``held``: the files it has, by name."""
-    if not filters.narrows_files or not page.files:
-        return Selection(page)
+) -> tuple[list[DistFile], list[tuple[DistFile, str]], list[DistFile], float | None]:
+    """Steps 1 and 2: (files that may stay, (file, key) left out, files held back by
+    min-age, when the first of those with an upload-time is old enough)."""
     dropped: list[tuple[DistFile, str]] = []
     held_back: list[DistFile] = []
     due: float | None = None
@@ -146,7 +164,39 @@ def select(
                     due = ready if due is None else min(due, ready)
                 continue
         survivors.append(dist)
+    return survivors, dropped, held_back, due
+
+
+def select(
+    filters: Filters, page: ProjectPage, held: Mapping[str, HeldFile], now: float,
+    rule: Rule | None = None,
+) -> Selection:
+    """What of ``page`` the mirror offers; ``held``: the files it has, by name. With a
+    ``rule`` (the project is there for the requirements), it chooses the versions and
+    files in place of steps 3 and 4."""
+    if (not filters.narrows_files and rule is None) or not page.files:
+        return Selection(page)
+    survivors, dropped, held_back, due = admissible(filters, page, held, now)
     versions = {dist.filename: file_version(dist.filename) for dist in survivors}
+    refused: list[tuple[str, str]] = []
+    if rule is not None:
+        survivors = _by_rule(rule, page, survivors, versions, dropped, refused)
+    else:
+        survivors = _by_version(filters, survivors, versions, dropped)
+    if not dropped and not held_back and not refused:
+        return Selection(page)
+    carried = {canonicalize_version(v) for d in survivors if (v := versions[d.filename])}
+    return Selection(
+        _offered(page, survivors, carried), tuple(dropped), tuple(held_back),
+        None if due is None else int(due) + 1, tuple(refused),
+    )
+
+
+def _by_version(
+    filters: Filters, survivors: list[DistFile], versions: Mapping[str, Version | None],
+    dropped: list[tuple[DistFile, str]],
+) -> list[DistFile]:
+    """Steps 3 and 4: prereleases, then latest-versions."""
     if not filters.prereleases:
         finals = any(v is not None and not v.is_prerelease for v in versions.values())
         if finals:
@@ -162,13 +212,44 @@ def select(
         newest = _newest(by_version, filters.latest_versions)
         survivors = _without(survivors, dropped, "latest-versions",
                              lambda d: versions[d.filename] not in newest)
-    if not dropped and not held_back:
-        return Selection(page)
-    carried = {canonicalize_version(v) for d in survivors if (v := versions[d.filename])}
-    return Selection(
-        _offered(page, survivors, carried), tuple(dropped), tuple(held_back),
-        None if due is None else int(due) + 1,
-    )
+    return survivors
+
+
+def _digests(hashes: Mapping[str, str]) -> set[str]:
+    return {f"{algorithm}:{digest}" for algorithm, digest in hashes.items()}
+
+
+def _by_rule(
+    rule: Rule, page: ProjectPage, survivors: list[DistFile],
+    versions: Mapping[str, Version | None], dropped: list[tuple[DistFile, str]],
+    refused: list[tuple[str, str]],
+) -> list[DistFile]:
+    """The files the requirements ask for; a locked file whose hashes upstream does not
+    give is refused, named, and so is one upstream does not list at all."""
+    kept = []
+    for dist in survivors:
+        locked = rule.locked.get(dist.filename)
+        if locked is not None:
+            common = set(locked) & set(dist.hashes)
+            if common and all(locked[a] == dist.hashes[a] for a in common):
+                kept.append(dist)
+                continue
+            said = ", ".join(f"{a} {locked[a]}" for a in sorted(locked))
+            refused.append((dist.filename, (
+                f"the lock gives {said}, upstream's page does not (or gives no hash of the "
+                "same kind): is the lock for this index, or was the file replaced?"
+            )))
+            continue
+        version = versions[dist.filename]
+        allowed = rule.versions.get(canonicalize_version(version), ()) if version else ()
+        if allowed is None or (allowed and _digests(dist.hashes) & allowed):
+            kept.append(dist)
+        else:
+            dropped.append((dist, "requirements"))
+    listed = {dist.filename for dist in page.files}
+    for filename in sorted(set(rule.locked) - listed):
+        refused.append((filename, "the lock names it, and upstream's page does not list it"))
+    return kept
 
 
 def _without(

@@ -98,6 +98,7 @@ def render(
         "filters": {
             "in_force": filters or {},
             "projects_left_out": list(summary.pruned),
+            "unmet": _pairs(summary.unmet, "project"),
             **summary.filtered.to_data(),
         },
     }

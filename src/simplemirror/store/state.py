@@ -161,6 +161,14 @@ CREATE INDEX IF NOT EXISTS failures_generation ON failures (generation);
 -- projects row keeps only the latest of each. added: written, none published before
 -- (a new project, or one back after its removal); changed: written again; removed:
 -- deleted (upstream stopped listing it). Kept from generation meta changes_since on.
+-- What a distribution file needs, read once (the requirements filter's closure): its
+-- Requires-Dist, and an sdist's build requirements. Keyed by the file's sha256.
+CREATE TABLE IF NOT EXISTS requires (
+    sha256 TEXT PRIMARY KEY,
+    dist   TEXT,                        -- JSON list; NULL: unknown
+    build  TEXT                         -- JSON list; NULL: none read (a wheel)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS project_changes (
     generation INTEGER NOT NULL,
     project    TEXT NOT NULL,
@@ -322,6 +330,10 @@ class State:
                         f"{path} predates this version of simplemirror; run `mirror sync` "
                         "once with it to upgrade state.db, then --dry-run can read it"
                     )
+            if not state.db["requires"].exists():
+                state.db.execute(
+                    "CREATE TEMP TABLE requires (sha256 TEXT PRIMARY KEY, dist TEXT, build TEXT)"
+                )
             if not state.db["staged_files"].exists():
                 # Schema 2, written before staging existed, so nothing is staged: an
                 # empty stand-in with the columns planning_files reads. (A dry run
@@ -720,6 +732,29 @@ class State:
             (generation, generation, name),
         )
         conn.execute("DELETE FROM staged_files WHERE project = ?", (name,))
+
+    def requires_of(
+        self, sha256s: Iterable[str]
+    ) -> dict[str, tuple[list[str] | None, list[str] | None]]:
+        """What state.db knows the files of these digests need: (Requires-Dist, build
+        requirements), by digest."""
+        found = {}
+        for digest in sha256s:
+            row = self.db.execute(
+                "SELECT dist, build FROM requires WHERE sha256 = ?", [digest]
+            ).fetchone()
+            if row is not None:
+                found[digest] = (json.loads(row[0]) if row[0] is not None else None,
+                                 json.loads(row[1]) if row[1] is not None else None)
+        return found
+
+    def note_requires(self, sha256: str, dist: list[str] | None, build: list[str] | None
+                      ) -> None:
+        """Remember what the file of digest ``sha256`` needs (see requires_of)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO requires (sha256, dist, build) VALUES (?, ?, ?)",
+            [sha256, _json(dist), _json(build)],
+        )
 
     def root_entries(self) -> Iterator[RootEntry]:
         """Projects the root index lists: published and still listed upstream."""

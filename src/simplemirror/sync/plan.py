@@ -297,7 +297,7 @@ def plan_page(
     chosen = Selection(page) if choose is None else choose(page, {h.filename: h for h in held})
     listed, foreign = refuse_foreign_hosts(chosen.page.files, refusal)
     plan = plan_files(listed, held, provenance=provenance)
-    return plan, [*page.rejected, *foreign], chosen
+    return plan, [*page.rejected, *foreign, *chosen.refused], chosen
 
 
 # Below these counts a removal is never "mass", whatever the share: deleting one

@@ -22,7 +22,7 @@ import os
 import queue
 import sqlite3
 import time
-from collections.abc import Coroutine, Generator, Iterable, Iterator
+from collections.abc import Coroutine, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from typing import Any
 
 from simplemirror.check.status import lock_path
 from simplemirror.cli.config import Config
+from simplemirror.filter import closure as requirements
 from simplemirror.filter import select
 from simplemirror.report.progress import Reporter
 from simplemirror.simple.model import (
@@ -62,6 +63,7 @@ from simplemirror.sync.plan import (
     usable_serials,
 )
 from simplemirror.sync.publish import Ending, ProjectCopy, Publisher, publish
+from simplemirror.sync.resolve import UpstreamSource
 from simplemirror.sync.workers import ChildLost, ProcessPool
 from simplemirror.upstream.client import (
     Client,
@@ -160,6 +162,9 @@ class RunSummary:
     """Projects upstream lists that the filters leave out (removed from the mirror)."""
     filtered: select.Tally = field(default_factory=select.Tally)
     """What the filters kept, left out and held back of the pages this run read."""
+    unmet: list[tuple[str, str]] = field(default_factory=list)
+    """(project, why) for what the requirements ask that the mirror cannot hold: the
+    run does not converge (exit 1)."""
     rejected: list[tuple[str, str]] = field(default_factory=list)
     """Entries upstream listed that cannot be mirrored (invalid names...): warnings."""
     blocked: set[str] = field(default_factory=set)
@@ -188,7 +193,7 @@ class RunSummary:
             return 128 + self.stopped_by  # the shell's convention: 130 SIGINT, 143 SIGTERM
         if self.forecast is not None and (self.forecast.refusal or self.forecast.file_refusal):
             return 1
-        return 1 if self.deferred or self.failed or self.rejected else 0
+        return 1 if self.deferred or self.failed or self.rejected or self.unmet else 0
 
 
 # A lock found taken is asked for again this many times, LOCK_PATIENCE seconds apart:
@@ -313,6 +318,8 @@ class _Root:
     """Whether upstream's serials are usable (on a 304, as the last root said)."""
     refusal: str | None = None
     """Set when the plan removes too much: the run must stop, saying this."""
+    unmet: tuple[tuple[str, str], ...] = ()
+    """What the requirements' closure could not meet (RunSummary.unmet)."""
 
 
 def mass_removal_refusal(
@@ -381,8 +388,11 @@ class _Workers:
     or shared out among the processes.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, prefetched: dict[str, PageResponse] | None = None
+                 ) -> None:
         self.client = client
+        self.prefetched = prefetched or {}
+        """Pages the requirements' closure read this run: not asked for again."""
         config = client.config
         if config.download_processes is None:
             self._processes, self._after = auto_download_processes(), PROCESSES_AFTER_FILES
@@ -399,6 +409,11 @@ class _Workers:
         return future
 
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
+        response = _fresh(self.prefetched.pop(todo.name, None), todo)
+        if response is not None:
+            done: Future[PageResponse | None] = Future()
+            done.set_result(response)
+            return done
         if self._children is not None:
             return self._children.submit(Client.get_page, todo, todo.etag)
         return self._here(self.client.get_page(todo, todo.etag))
@@ -434,6 +449,13 @@ class _Workers:
         return True
 
 
+def _fresh(response: PageResponse | None, todo: ProjectTodo) -> PageResponse | None:
+    """``response`` if it is as new as the root promised ``todo``."""
+    if response is None or todo.serial is None or response.page.serial is None:
+        return response
+    return response if response.page.serial >= todo.serial else None
+
+
 class Sync:
     """One run. Construct, then call ``run()``."""
 
@@ -449,6 +471,10 @@ class Sync:
         self.clock = time.time
         """The time the cooldown (min-age) is measured at; read once a run, when it plans."""
         self._choose: Choose | None = None
+        self._file_fingerprint = config.filters.file_fingerprint()
+        """Of the file filters in force, the requirements' closure included once known."""
+        self._source: UpstreamSource | None = None
+        self._dry = False
 
     def request_stop(self, signum: int) -> None:
         """Finish soon: no new work, in-flight downloads abandoned, state committed.
@@ -469,6 +495,7 @@ class Sync:
     def _run(self, *, dry_run: bool = False) -> RunSummary:
         started = time.monotonic()
         config = self.config
+        self._dry = dry_run
         if dry_run:
             return self._dry_run(started)
         # What this run brings into being: a first run that never gets a usable root
@@ -554,6 +581,8 @@ class Sync:
             if self._reuse is not None:
                 self._reuse.close()
                 self._reuse = None
+            if self._source is not None:
+                self._source.discard_staged()
 
     def _recover(self, state: State, generation: int) -> None:
         """After a run that died, make the tree agree with state.db (see recover.py)."""
@@ -607,8 +636,12 @@ class Sync:
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
         summary.removed, summary.pruned = list(plan.removed), list(plan.pruned)
+        summary.unmet = list(root.unmet)
+        if self._source is not None:
+            summary.files_fetched += self._source.files_fetched
+            summary.bytes_fetched += self._source.bytes_fetched
         root_pages_there = all(store.is_file(config.web, p) for p in layout.ROOT_PAGES)
-        if root.not_modified and not plan.fetch and root_pages_there:
+        if root.not_modified and not plan.fetch and root_pages_there and not root.unmet:
             # 304 (or the same bytes) and nothing left over: the mirror is current.
             # Write nothing.
             summary.outcome = "unchanged"
@@ -628,7 +661,7 @@ class Sync:
             raise write_error(config.directory, exc) from exc
         if self.stopped_by is not None:
             return self._interrupted(summary, state)
-        complete = not summary.deferred and not summary.failed
+        complete = not summary.deferred and not summary.failed and not summary.unmet
         summary.outcome = "ok" if complete else "partial"
         state.finish_run(
             generation,
@@ -726,18 +759,34 @@ class Sync:
         only = self.config.projects or None
         filters = self.config.filters
         now = int(self.clock())
-        replanning = Replanning(filters.file_fingerprint(), now)
+        rules: dict[str, select.Rule] = {}
+        unmet: tuple[tuple[str, str], ...] = ()
+        if filters.requirements:
+            # First: the closure decides which projects the root's listing is read for,
+            # and so whether a saved ETag still holds.
+            closure = self._resolve(state, now)
+            rules, unmet = closure.rules, tuple(closure.problems)
+            self._file_fingerprint = filters.file_fingerprint(
+                [[name, rule.key()] for name, rule in sorted(rules.items())]
+            )
+        replanning = Replanning(self._file_fingerprint, now)
         if filters.narrows_files:
-            self._choose = lambda page, held: select.select(filters, page, held, now)
+            def choose(page: ProjectPage, held: Mapping[str, HeldFile]) -> select.Selection:
+                rule = None if filters.included(page.name) else rules.get(page.name)
+                return select.select(filters, page, held, now, rule)
+
+            self._choose = choose
+        wanted = (lambda name: filters.wants_project(name, rules)) if (
+            filters.narrows_projects) else None
         response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
         if response is None:
             log.info("upstream root index unchanged (HTTP 304, or the same bytes)")
             if state.get_meta("root_serials") == "no":
                 plan = plan_retry(state.held_projects(), only, serials=False,
                                   replanning=replanning)
-                return _Root(plan, True, serials=False)
+                return _Root(plan, True, serials=False, unmet=unmet)
             plan = plan_retry(state.unfinished_projects(replanning), only, replanning=replanning)
-            return _Root(plan, not_modified=True)
+            return _Root(plan, not_modified=True, unmet=unmet)
         index, etag, sha256 = response.index, response.etag, response.sha256
         self._warn_of_newer_api(index.api_version)
         serials = usable_serials(index)
@@ -745,7 +794,7 @@ class Sync:
             # Without usable serials, each project is asked with a conditional request.
             index.projects if serials else (p._replace(serial=None) for p in index.projects),
             only,
-            wanted=filters.wants_project if filters.narrows_projects else None,
+            wanted=wanted,
             replanning=replanning,
         )
         missing = sorted(
@@ -772,16 +821,32 @@ class Sync:
             log.warning("project %s is not listed by the upstream index", name)
         for dropped, kept in collisions:
             log.warning("upstream lists %r and %r, one project; mirrored once", dropped, kept)
-        return _Root(plan, False, etag, serial, rejected, sha256, serials, refusal)
+        return _Root(plan, False, etag, serial, rejected, sha256, serials, refusal, unmet)
 
     def _scope(self) -> str:
         """What a saved root ETag is valid for: the same upstream, projects and filters
-        (a 304 says nothing of projects the filters left out last time)."""
+        (a 304 says nothing of projects the filters left out last time), the
+        requirements' closure included."""
         scope: list[Any] = [self.config.upstream, list(self.config.projects)]
         fingerprint = self.config.filters.fingerprint()
         if fingerprint is not None:  # a full mirror keeps the scope it always had
             scope.append(fingerprint)
+            if self.config.filters.requirements:
+                scope.append(self._file_fingerprint)
         return json.dumps(scope)
+
+    def _resolve(self, state: State, now: int) -> requirements.Closure:
+        """The requirements' closure, read from upstream; its pages kept for the run."""
+        source = UpstreamSource(self.client, state, stage=not self._dry)
+        self._source = source
+        closure = requirements.resolve(
+            self.config.filters, self.config.filters.requirements, source, now
+        )
+        for name, why in closure.problems:
+            log.warning("requirements: %s: %s", name, why)
+        log.info("requirements: %d project(s) in the closure, %d page(s) read",
+                 len(closure.rules), len(source.responses))
+        return closure
 
     def _etag(self, state: State) -> str | None:
         # A 304 after a --project run says nothing about the projects that run
@@ -819,11 +884,13 @@ class Sync:
             forecast = Forecast(root.not_modified, root.serials, root.refusal)
             summary.plan, summary.forecast = root.plan, forecast
             summary.removed, summary.rejected = list(root.plan.removed), list(root.rejected)
-            summary.pruned = list(root.plan.pruned)
+            summary.pruned, summary.unmet = list(root.plan.pruned), list(root.unmet)
             if root.refusal is None:  # else the run stops before any page
                 self._forecast_pages(root.plan, state, summary, forecast)
         finally:
             state.close()
+            if self._source is not None:
+                self._source.discard_staged()
             summary.duration = time.monotonic() - started
         return summary
 
@@ -845,6 +912,12 @@ class Sync:
                 while len(waiting) < config.workers * 2 and (
                     (todo := next(todos, None)) is not None
                 ):
+                    prefetched = self._source.responses if self._source else {}
+                    if (got := _fresh(prefetched.pop(todo.name, None), todo)) is not None:
+                        done: Future[PageResponse | None] = Future()
+                        done.set_result(got)
+                        waiting.append((todo, done))
+                        continue
                     # The run's own path: the coroutine, on the client's loop, in turn.
                     work = client.in_turn(client.get_page(todo, todo.etag))
                     waiting.append((todo, client.submit(work)))
@@ -935,7 +1008,7 @@ class Sync:
                     return
                 track("page", todo, workers.page(todo))
 
-        workers = _Workers(self.client)
+        workers = _Workers(self.client, self._source.responses if self._source else None)
         state.undo_in_memory()  # the plan is made: the root's table can go
         # The bytes durable before the rows that say they are there.
         batch = state.batch(COMMIT_EVERY, self._flush)
@@ -1059,6 +1132,8 @@ class Sync:
         summary.filtered.add(chosen)
         if self._reuse is not None:
             files = self._with_reuse(files, self._reuse)
+        if self._source is not None and self._source.staged:
+            files = self._with_staged(files, self._source.staged)
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
         # A refused file is work left undone: the project does not converge.
@@ -1108,6 +1183,16 @@ class Sync:
             fetch.append(todo)
         return dataclasses.replace(files, fetch=tuple(fetch))
 
+    @staticmethod
+    def _with_staged(files: FilePlan, staged: Mapping[str, str]) -> FilePlan:
+        """``files``, each sdist the closure downloaded taken from where it is."""
+        fetch = [
+            dataclasses.replace(todo, reuse=(staged[todo.dist.filename], *todo.reuse))
+            if todo.fetch_file and todo.dist.filename in staged else todo
+            for todo in files.fetch
+        ]
+        return dataclasses.replace(files, fetch=tuple(fetch))
+
     def _warn_of_newer_api(self, version: tuple[int, int] | None) -> None:
         """PEP 629: say so when upstream speaks a newer minor version, once a run
         (the root and every page would say the same)."""
@@ -1152,7 +1237,8 @@ class Sync:
         if todo.fetch_file and not result.reused:
             summary.files_fetched += 1
         summary.bytes_fetched += result.fetched
-        if result.reuse is not None:
+        staged = self._source is not None and filename in self._source.staged
+        if result.reuse is not None and not staged:  # the closure's is no operator's file
             summary.reuse.add(result.reuse)
         if result.metadata == "wheel":
             summary.metadata_from_wheels += 1
@@ -1235,7 +1321,7 @@ class Sync:
                 files=files,
                 gone=gone,
                 generation=generation,
-                filters=self.config.filters.file_fingerprint(),
+                filters=self._file_fingerprint,
                 held_until=project.due,
             )
             for filename, err in project.errors:

@@ -507,6 +507,8 @@ def test_shipped_example_config_documents_every_filter_with_a_value_that_loads(
     enabled = "\n".join(m[1] for m in map(setting.match, table.splitlines()) if m)
     path = tmp_path / "mirror.toml"
     path.write_text(_mirror_table(text) + "\n[filters]\n" + enabled)
+    (tmp_path / "requirements.txt").write_text("sampleproject==4.0\n")
+    (tmp_path / "pylock.toml").write_text('lock-version = "1.0"\n')
     filters = load(path).filters
     assert set(filters.in_force()) == set(rules.KEYS)
     assert load(EXAMPLE).filters.in_force() == {}

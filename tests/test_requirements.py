@@ -416,3 +416,42 @@ def test_the_closure_installs_offline_with_pip_and_uv(
                             cwd=tmp_path / "uv-site", capture_output=True, text=True,
                             check=True, timeout=60)
     assert result.stdout.strip() == "2.0"
+
+
+def test_a_closure_upstream_did_not_move_is_not_worked_out_again(
+    upstream: Upstream, world: World, tmp_path: Path
+) -> None:
+    (tmp_path / "requirements.txt").write_text("app==1.0\n")
+    table = {"requirements": ["requirements.txt"]}
+    assert sync(upstream, tmp_path / "m", table, tmp_path).exit_code == 0
+
+    upstream.reset_requests()
+    again = sync(upstream, tmp_path / "m", table, tmp_path)
+    assert again.outcome == "unchanged" and upstream.paths() == ["/simple/"]
+
+    world.add_release("unrelated", "2.0")  # the root moves, no project of the closure does
+    upstream.reset_requests()
+    assert sync(upstream, tmp_path / "m", table, tmp_path).exit_code == 0
+    assert upstream.paths() == ["/simple/"]
+
+    world.add_release("lib", "2.5", requires_dist=["other"])
+    upstream.reset_requests()
+    moved = sync(upstream, tmp_path / "m", table, tmp_path, allow_mass_delete=True)
+    assert moved.exit_code == 0 and "/simple/lib/" in upstream.paths()
+    assert sorted(listed(tmp_path / "m")) == ["app", "lib", "other"]
+    # Each page once: the closure's reading served the run.
+    pages = [p for p in upstream.paths() if p.startswith("/simple/") and p != "/simple/"]
+    assert len(pages) == len(set(pages))
+
+
+def test_a_kept_closure_stands_while_its_pages_and_the_cooldown_stand() -> None:
+    from simplemirror.filter.closure import Closure
+    from simplemirror.filter.select import Rule
+
+    kept = Closure({"a": Rule({"1": None}, {"a-1.whl": {"sha256": SHA}})}, [("x", "why")],
+                   {}, {"a": 5, "gone": None}, until=100.0)
+    assert Closure.from_data(json.loads(json.dumps(kept.to_data()))) == kept
+    assert kept.stands(None, 99) and not kept.stands(None, 100)  # a held-back file is due
+    assert kept.stands({"a": 5}, 0)
+    assert not kept.stands({"a": 6}, 0) and not kept.stands({}, 0)
+    assert not kept.stands({"a": 5, "gone": 1}, 0)  # listed again

@@ -21,7 +21,7 @@ from __future__ import annotations
 import email.parser
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from packaging.markers import (
     InvalidMarker,
@@ -83,6 +83,45 @@ class Closure:
     """(project, why): a requirement no version meets, a page that could not be read."""
     pages: dict[str, ProjectPage] = field(default_factory=dict)
     """The pages read on the way, for the run to use rather than ask again."""
+    serials: dict[str, int | None] = field(default_factory=dict)
+    """The serial of every page read (None: upstream does not list the project): while
+    upstream's root lists the same, the closure stands."""
+    until: float | None = None
+    """When a file the cooldown held back is old enough, and the closure may move."""
+
+    def stands(self, listed: Mapping[str, int | None] | None, now: float) -> bool:
+        """Whether this closure is still the one upstream would give: ``listed`` (the
+        serials upstream's root lists for the pages read; None: the root is unchanged)
+        says none of them changed, and no held-back file came of age."""
+        if self.until is not None and now >= self.until:
+            return False
+        if listed is None:
+            return True
+        return all(name not in listed if serial is None else listed.get(name) == serial
+                   for name, serial in self.serials.items())
+
+    def to_data(self) -> dict[str, Any]:
+        """As JSON, to be kept between runs (without its pages)."""
+        return {
+            "rules": {n: {"versions": {v: sorted(h) if h is not None else None
+                                       for v, h in r.versions.items()},
+                          "locked": {f: dict(h) for f, h in r.locked.items()}}
+                      for n, r in self.rules.items()},
+            "problems": [list(p) for p in self.problems],
+            "serials": self.serials,
+            "until": self.until,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Closure:
+        rules = {
+            name: Rule({v: frozenset(h) if h is not None else None
+                        for v, h in rule["versions"].items()},
+                       {f: dict(h) for f, h in rule["locked"].items()})
+            for name, rule in data["rules"].items()
+        }
+        return cls(rules, [(n, why) for n, why in data["problems"]], {},
+                   dict(data["serials"]), data["until"])
 
 
 def _usable(env: Environment | None, dist: DistFile) -> bool:
@@ -149,12 +188,17 @@ class _Work:
         for name, found in self.source.pages(wanted).items():
             if found is None:
                 self.survivors[name] = []
+                self.closure.serials[name] = None
                 self.closure.problems.append((name, "upstream does not list it, or its "
                                                     "page could not be read"))
                 continue
             page, held = found
             self.closure.pages[name] = page
-            survivors, *_ = admissible(self.filters, page, held, self.now)
+            self.closure.serials[name] = page.serial
+            survivors, _, _, due = admissible(self.filters, page, held, self.now)
+            if due is not None:
+                until = self.closure.until
+                self.closure.until = due if until is None else min(until, due)
             self.survivors[name] = survivors
 
     def choose(self, wanted: Wanted, env: int) -> list[tuple[str, DistFile]]:

@@ -30,6 +30,7 @@ from simplemirror.sync.plan import ProjectTodo
 from simplemirror.upstream.client import (
     Client,
     Interrupted,
+    NotFound,
     PageResponse,
     UpstreamError,
     check_response,
@@ -59,6 +60,8 @@ class UpstreamSource:
     """Sdists downloaded and verified, by file name: their temporary files in tmp/."""
     files_fetched: int = 0
     bytes_fetched: int = 0
+    complete: bool = True
+    """Every page asked for was read, or upstream said it has none (404)."""
 
     def pages(
         self, names: Iterable[str]
@@ -73,7 +76,9 @@ class UpstreamSource:
             try:
                 response = client.result(future)
             except UpstreamError as exc:
-                log.warning("requirements: cannot read the page of %s: %s", name, exc)
+                if not isinstance(exc, NotFound):
+                    log.warning("requirements: cannot read the page of %s: %s", name, exc)
+                    self.complete = False
                 found[name] = None
                 continue
             if response is None:  # 304: cannot be, nothing conditional was asked

@@ -474,6 +474,7 @@ class Sync:
         self._file_fingerprint = config.filters.file_fingerprint()
         """Of the file filters in force, the requirements' closure included once known."""
         self._source: UpstreamSource | None = None
+        self._closure: requirements.Closure | None = None
         self._dry = False
 
     def request_stop(self, signum: int) -> None:
@@ -734,6 +735,7 @@ class Sync:
         filters = self.config.filters
         # What `mirror status` shows as in force: what this run applies.
         state.set_meta("filters", json.dumps(filters.in_force()) if filters.active else None)
+        self._keep_closure(state)
         if root.not_modified:
             return root
         plan = root.plan
@@ -761,14 +763,29 @@ class Sync:
         now = int(self.clock())
         rules: dict[str, select.Rule] = {}
         unmet: tuple[tuple[str, str], ...] = ()
+        last = self._kept_closure(state)
+        if last is not None:  # the root's ETag holds only for the closure it was read for
+            self._file_fingerprint = self._closure_fingerprint(last)
+        response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
         if filters.requirements:
-            # First: the closure decides which projects the root's listing is read for,
-            # and so whether a saved ETag still holds.
-            closure = self._resolve(state, now)
-            rules, unmet = closure.rules, tuple(closure.problems)
-            self._file_fingerprint = filters.file_fingerprint(
-                [[name, rule.key()] for name, rule in sorted(rules.items())]
+            # What the root lists of the projects the last closure read (None: a 304).
+            at = None if response is None else (
+                {p.normalized: p.serial for p in response.index.projects
+                 if p.normalized in last.serials}
+                if last is not None and usable_serials(response.index) else {}
             )
+            if last is not None and last.stands(at, now):
+                closure = last
+            else:
+                closure = self._resolve(state, now)
+                moved = last is None or self._closure_fingerprint(closure) != (
+                    self._file_fingerprint)
+                if response is None and moved:
+                    # A 304 says nothing of projects the closure now holds: read it whole.
+                    response = self.client.fetch_root(None, None)
+            self._closure = closure
+            rules, unmet = closure.rules, tuple(closure.problems)
+            self._file_fingerprint = self._closure_fingerprint(closure)
         replanning = Replanning(self._file_fingerprint, now)
         if filters.narrows_files:
             def choose(page: ProjectPage, held: Mapping[str, HeldFile]) -> select.Selection:
@@ -778,7 +795,6 @@ class Sync:
             self._choose = choose
         wanted = (lambda name: filters.wants_project(name, rules)) if (
             filters.narrows_projects) else None
-        response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
         if response is None:
             log.info("upstream root index unchanged (HTTP 304, or the same bytes)")
             if state.get_meta("root_serials") == "no":
@@ -834,6 +850,31 @@ class Sync:
             if self.config.filters.requirements:
                 scope.append(self._file_fingerprint)
         return json.dumps(scope)
+
+    def _closure_fingerprint(self, closure: requirements.Closure) -> str | None:
+        return self.config.filters.file_fingerprint(
+            [[name, rule.key()] for name, rule in sorted(closure.rules.items())]
+        )
+
+    def _kept_closure(self, state: State) -> requirements.Closure | None:
+        """The closure the last run worked out, if the requirements and file filters it
+        was worked out under are those in force (see _keep_closure)."""
+        if not self.config.filters.requirements:
+            return None
+        kept = state.get_meta("closure")
+        data = json.loads(kept) if kept else None
+        if not data or data.get("input") != self.config.filters.file_fingerprint():
+            return None
+        return requirements.Closure.from_data(data)
+
+    def _keep_closure(self, state: State) -> None:
+        """Keep the closure just worked out for the next run, which then reads no page
+        of it while upstream's root lists the same serials for them."""
+        closure, source = self._closure, self._source
+        if closure is None or source is None or not source.responses or not source.complete:
+            return  # not worked out this run (kept from the last), or not wholly read
+        data = {"input": self.config.filters.file_fingerprint(), **closure.to_data()}
+        state.set_meta("closure", json.dumps(data))
 
     def _resolve(self, state: State, now: int) -> requirements.Closure:
         """The requirements' closure, read from upstream; its pages kept for the run."""
@@ -946,7 +987,8 @@ class Sync:
                     self.client.file_guard.refusal, provenance=config.public_url is not None,
                     choose=self._choose,
                 )
-                forecast.filtered.add(chosen)
+                if self._choose is not None:
+                    forecast.filtered.add(chosen)
                 if refused:
                     summary.failed.append(
                         (todo.name, "; ".join(f"{f}: refused: {r}" for f, r in refused))
@@ -1129,7 +1171,8 @@ class Sync:
             page, state.planning_files(todo.name), self.client.file_guard.refusal,
             provenance=self.config.public_url is not None, choose=self._choose,
         )
-        summary.filtered.add(chosen)
+        if self._choose is not None:  # a full mirror has nothing to count
+            summary.filtered.add(chosen)
         if self._reuse is not None:
             files = self._with_reuse(files, self._reuse)
         if self._source is not None and self._source.staged:

@@ -364,3 +364,19 @@ def test_status_the_report_and_the_dry_run_say_which_filters_are_in_force(
     assert main(["status", "--directory", str(mirror), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["filters"] == {}
     assert listed(mirror) == everything(world)
+
+
+def test_a_subset_costs_its_share_of_the_requests(
+    upstream: Upstream, world: World, tmp_path: Path
+) -> None:
+    for i in range(95):
+        world.add_project(f"filler-{i}", ["1.0"])
+    upstream.reset_requests()
+
+    sync(upstream, tmp_path, {"include-projects": ["plain"]})
+
+    asked = upstream.paths()
+    # The root, one page, and that project's files: nothing of the 99 others.
+    files = [f.path for f in world.project("plain").files]
+    assert sorted(asked) == sorted(["/simple/", "/simple/plain/", *files])
+    assert list(listed(tmp_path)) == ["plain"]

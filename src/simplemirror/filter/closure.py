@@ -229,8 +229,9 @@ class _Work:
             elif kept.get(canonical, frozenset()) is not None:
                 kept[canonical] = frozenset(kept.get(canonical) or ()) | wanted.hashes
             files = usable[version]
-            # A wheel, with metadata, if there is one: the file the installer prefers.
-            wheels = [d for d in files if not is_sdist(d.filename)]
+            # A wheel if there is one (the file the installer prefers), with metadata.
+            wheels = sorted((d for d in files if not is_sdist(d.filename)),
+                            key=lambda d: not d.core_metadata)
             picks.append((canonical, (wheels or files)[0]))
         return picks
 
@@ -260,6 +261,8 @@ class _Work:
                         expand.append((wanted.name, version, env, wanted.extras, dist))
             pending = self._dependencies(expand)
         names = set(self.versions) | set(self.locked)
+        # Said once, however many requirements or environments ran into it.
+        self.closure.problems = list(dict.fromkeys(self.closure.problems))
         self.closure.rules = {
             name: Rule(self.versions.get(name, {}), self.locked.get(name, {}))
             for name in sorted(names)

@@ -317,7 +317,7 @@ class _Work:
             wanted = Wanted.parse(text)
         except (InvalidRequirement, InvalidMarker) as exc:
             self.closure.problems.append(
-                (dist.filename, f"cannot read the requirement {text!r}: {exc}")
+                (dist.filename, f"cannot read the requirement {text[:200]!r}: {exc}")
             )
             return []
         if wanted is None:

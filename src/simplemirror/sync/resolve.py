@@ -114,6 +114,7 @@ class UpstreamSource:
                 raise
             except (UpstreamError, OSError) as exc:
                 log.warning("requirements: cannot read what %s needs: %s", name, exc)
+                self.complete = False  # worked out again next run
                 found[name] = Requires()
                 continue
             requires = self._read_sdist(dist, got) if is_sdist(name) else Requires(

@@ -85,9 +85,6 @@ class Requirements:
     digest: str = ""
     """Of every file read: a change in one plans every project again."""
 
-    def __bool__(self) -> bool:
-        return bool(self.paths)
-
 
 def read(paths: list[str], base: Path) -> Requirements:
     """The files at ``paths`` (relative to ``base``, the config file's directory)."""

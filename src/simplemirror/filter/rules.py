@@ -14,14 +14,16 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.utils import InvalidName
 
-from simplemirror.filter import requirements as reqs
-from simplemirror.filter.tags import IMPLEMENTATIONS, Environment, UnknownPlatform
 from simplemirror.report.units import parse_interval
 from simplemirror.simple.model import normalize_name
+
+if TYPE_CHECKING:  # imported where used: a full mirror's configuration does not pay for them
+    from simplemirror.filter.requirements import Requirements
+    from simplemirror.filter.tags import Environment
 
 TABLE = "filters"
 KEYS = (
@@ -65,7 +67,7 @@ class Filters:
     published; a file without an upload-time waits for ever (fail closed)."""
     min_age_exempt: frozenset[str] = frozenset()
     """Normalized names of projects the cooldown does not hold back."""
-    requirements: reqs.Requirements = field(default_factory=reqs.Requirements)
+    requirements: Requirements | None = None
     """What requirements.txt, pylock.toml and uv.lock files ask for: those projects and
     their dependency closure (filter/closure.py) are mirrored."""
     _include: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
@@ -78,7 +80,7 @@ class Filters:
     def wants_project(self, name: str, required: Collection[str] = ()) -> bool:
         """Whether the project of normalized ``name`` belongs in the mirror; ``required``:
         the projects the requirements' closure holds."""
-        if (self._include or self.requirements) and not (
+        if (self._include or self.requirements is not None) and not (
             self.included(name) or name in required
         ):
             return False
@@ -91,7 +93,7 @@ class Filters:
 
     @property
     def narrows_projects(self) -> bool:
-        return bool(self._include or self._exclude or self.requirements)
+        return bool(self._include or self._exclude or self.requirements is not None)
 
     @property
     def narrows_files(self) -> bool:
@@ -118,7 +120,7 @@ class Filters:
             found["min-age"] = _duration(self.min_age)
             if self.min_age_exempt:
                 found["min-age-exempt"] = sorted(self.min_age_exempt)
-        if self.requirements:
+        if self.requirements is not None:
             found["requirements"] = list(self.requirements.paths)
         return found
 
@@ -140,7 +142,7 @@ class Filters:
         ask of each project, as plain data); None when nothing does. A project planned
         under another one must be planned again, whatever upstream's serial says."""
         settings = self.file_settings()
-        if self.requirements:
+        if self.requirements is not None:
             settings["requirements"] = [self.requirements.digest, closure]
         return _hash(settings)
 
@@ -196,6 +198,8 @@ def _count(key: str, value: object, what: str) -> int:
 
 
 def _environment(index: int, value: object) -> Environment:
+    from simplemirror.filter.tags import IMPLEMENTATIONS, Environment, UnknownPlatform
+
     key = f"environments[{index}]"
     example = '{ python = "3.12", platforms = ["manylinux_2_28_x86_64"], implementation = "cp" }'
     if not isinstance(value, dict):
@@ -266,9 +270,12 @@ def parse(table: Mapping[str, Any], base: Path = Path()) -> Filters:
         if "min-age" not in table:
             raise FilterError("min-age-exempt", "means nothing without min-age; set both")
     if "requirements" in table:
+        from simplemirror.filter import requirements
+
         paths = _strings("requirements", table["requirements"])
         try:
-            values["requirements"] = reqs.read(list(paths), base)
-        except reqs.RequirementsError as exc:
+            if paths:  # an empty list asks for nothing: it filters nothing either
+                values["requirements"] = requirements.read(list(paths), base)
+        except requirements.RequirementsError as exc:
             raise FilterError("requirements", str(exc)) from None
     return Filters(**values)

@@ -27,11 +27,10 @@ from concurrent.futures import Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simplemirror.check.status import lock_path
 from simplemirror.cli.config import Config
-from simplemirror.filter import closure as requirements
 from simplemirror.filter import select
 from simplemirror.report.progress import Reporter
 from simplemirror.simple.model import (
@@ -63,7 +62,6 @@ from simplemirror.sync.plan import (
     usable_serials,
 )
 from simplemirror.sync.publish import Ending, ProjectCopy, Publisher, publish
-from simplemirror.sync.resolve import UpstreamSource
 from simplemirror.sync.workers import ChildLost, ProcessPool
 from simplemirror.upstream.client import (
     Client,
@@ -73,6 +71,10 @@ from simplemirror.upstream.client import (
     StalePage,
     UpstreamError,
 )
+
+if TYPE_CHECKING:  # imported where used: a full mirror does not pay for them
+    from simplemirror.filter.closure import Closure
+    from simplemirror.sync.resolve import UpstreamSource
 
 log = logging.getLogger("simplemirror")
 
@@ -474,7 +476,7 @@ class Sync:
         self._file_fingerprint = config.filters.file_fingerprint()
         """Of the file filters in force, the requirements' closure included once known."""
         self._source: UpstreamSource | None = None
-        self._closure: requirements.Closure | None = None
+        self._closure: Closure | None = None
         self._dry = False
 
     def request_stop(self, signum: int) -> None:
@@ -767,7 +769,7 @@ class Sync:
         if last is not None:  # the root's ETag holds only for the closure it was read for
             self._file_fingerprint = self._closure_fingerprint(last)
         response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
-        if filters.requirements:
+        if filters.requirements is not None:
             # What the root lists of the projects the last closure read (None: a 304).
             at = None if response is None else (
                 {p.normalized: p.serial for p in response.index.projects
@@ -847,25 +849,27 @@ class Sync:
         fingerprint = self.config.filters.fingerprint()
         if fingerprint is not None:  # a full mirror keeps the scope it always had
             scope.append(fingerprint)
-            if self.config.filters.requirements:
+            if self.config.filters.requirements is not None:
                 scope.append(self._file_fingerprint)
         return json.dumps(scope)
 
-    def _closure_fingerprint(self, closure: requirements.Closure) -> str | None:
+    def _closure_fingerprint(self, closure: Closure) -> str | None:
         return self.config.filters.file_fingerprint(
             [[name, rule.key()] for name, rule in sorted(closure.rules.items())]
         )
 
-    def _kept_closure(self, state: State) -> requirements.Closure | None:
+    def _kept_closure(self, state: State) -> Closure | None:
         """The closure the last run worked out, if the requirements and file filters it
         was worked out under are those in force (see _keep_closure)."""
-        if not self.config.filters.requirements:
+        if self.config.filters.requirements is None:
             return None
         kept = state.get_meta("closure")
         data = json.loads(kept) if kept else None
         if not data or data.get("input") != self.config.filters.file_fingerprint():
             return None
-        return requirements.Closure.from_data(data)
+        from simplemirror.filter.closure import Closure
+
+        return Closure.from_data(data)
 
     def _keep_closure(self, state: State) -> None:
         """Keep the closure just worked out for the next run, which then reads no page
@@ -876,13 +880,16 @@ class Sync:
         data = {"input": self.config.filters.file_fingerprint(), **closure.to_data()}
         state.set_meta("closure", json.dumps(data))
 
-    def _resolve(self, state: State, now: int) -> requirements.Closure:
+    def _resolve(self, state: State, now: int) -> Closure:
         """The requirements' closure, read from upstream; its pages kept for the run."""
+        from simplemirror.filter.closure import resolve
+        from simplemirror.sync.resolve import UpstreamSource
+
+        wanted = self.config.filters.requirements
+        assert wanted is not None
         source = UpstreamSource(self.client, state, stage=not self._dry)
         self._source = source
-        closure = requirements.resolve(
-            self.config.filters, self.config.filters.requirements, source, now
-        )
+        closure = resolve(self.config.filters, wanted, source, now)
         for name, why in closure.problems:
             log.warning("requirements: %s: %s", name, why)
         log.info("requirements: %d project(s) in the closure, %d page(s) read",

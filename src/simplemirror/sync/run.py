@@ -735,8 +735,11 @@ class Sync:
         if root.refusal is not None:
             raise SyncError(root.refusal)
         filters = self.config.filters
-        # What `mirror status` shows as in force: what this run applies.
-        state.set_meta("filters", json.dumps(filters.in_force()) if filters.active else None)
+        # What `mirror status` shows as in force: what this run applies. Written only
+        # when it changes: a run with nothing to do writes nothing it need not.
+        in_force = json.dumps(filters.in_force()) if filters.active else None
+        if state.get_meta("filters") != in_force:
+            state.set_meta("filters", in_force)
         self._keep_closure(state)
         if root.not_modified:
             return root

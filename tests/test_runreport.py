@@ -45,6 +45,7 @@ def test_render_carries_every_count_and_every_reason() -> None:
         "projects_changed": 3, "projects_deferred": 1, "projects_failed": 1,
         "entries_rejected": 1, "projects_removed": 1, "files_fetched": 9,
         "bytes_fetched": 1000, "metadata_from_wheels": 5, "metadata_fetched": 2,
+        "files_reused": 0, "bytes_reused": 0, "reuse_hashed": 0, "reuse_rejected": 0,
         "files_deleted": 2,
     }
     assert doc["serial"] == {"upstream": 50, "held": 45, "lag": 5}

@@ -9,10 +9,9 @@ import difflib
 import ipaddress
 import json
 import math
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,10 @@ from urllib.parse import urlsplit
 from packaging.utils import InvalidName
 
 from simplemirror import __version__
+from simplemirror.filter import rules
+from simplemirror.filter.rules import Filters as Filters
+from simplemirror.report.units import MAX_INTERVAL as MAX_INTERVAL
+from simplemirror.report.units import parse_interval as parse_interval
 from simplemirror.simple.model import normalize_name
 
 DEFAULT_USER_AGENT = f"simplemirror/{__version__}"
@@ -91,6 +94,8 @@ class Config:
     every: float | None = None
     """Seconds to pause between runs of `mirror sync`, which then keeps running (the
     ``every`` key, e.g. "10m", or --every); None: one run."""
+    filters: Filters = field(default_factory=Filters)
+    """The ``[filters]`` table: which projects and files a partial mirror holds."""
 
     # Cached: download workers ask for these once or twice per file, and building
     # them again each time was a measurable share of a small file's CPU.
@@ -142,6 +147,9 @@ KEYS: dict[str, tuple[str, type]] = {
     "every": ("every", str),
 }
 
+# The tables a config file may have.
+TABLES = ("mirror", rules.TABLE)
+
 _KINDS = {int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
 
 # How to write a key that has no default to show (see _example).
@@ -157,31 +165,6 @@ _EXAMPLES: dict[str, str] = {
     "metrics-file": '"/var/lib/node_exporter/textfile_collector/simplemirror.prom"',
     "every": '"10m"',
 }
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_INTERVAL = 365 * 86400
-"""The longest --every: a year. Past it, a number is more likely a slip than a schedule."""
-_INTERVAL = re.compile(r"(\d+)([smhd])")
-
-
-def parse_interval(text: str) -> float:
-    """Seconds in ``text``: a whole number with a unit, s, m, h or d (``30s``, ``10m``,
-    ``1h``, ``1d``)."""
-    match = _INTERVAL.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValueError(
-            f"{text!r} is not an interval: give a whole number and a unit, "
-            "like 30s, 10m, 1h or 1d"
-        )
-    digits = match.group(1).lstrip("0")
-    if not digits:
-        raise ValueError(f"{text!r}: the interval must be longer than zero")
-    # The digits are counted first: int() refuses thousands of them, and sleep() a
-    # count of days fourteen digits long.
-    if len(digits) > 9 or int(digits) * _UNITS[match.group(2)] > MAX_INTERVAL:
-        raise ValueError(f"{text!r}: the interval must be at most 365d (a year)")
-    return float(int(digits) * _UNITS[match.group(2)])
-
 
 def _toml(value: Any) -> str:
     """``value`` as it would be written in the file (near enough, for a message)."""
@@ -229,6 +212,11 @@ def read_file(path: Path) -> dict[str, Any]:
     table = doc.get("mirror")
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path} has no [mirror] table (see config.example.toml)")
+    for name in doc:
+        # A misspelt [filters] would otherwise mirror everything, quietly.
+        near = difflib.get_close_matches(name, TABLES, n=1)
+        if name not in TABLES and near:
+            raise ConfigError(f"{path}: unknown table [{name}]; did you mean [{near[0]}]?")
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in KEYS:
@@ -244,6 +232,14 @@ def read_file(path: Path) -> dict[str, Any]:
             values["every"] = parse_interval(values["every"])
         except ValueError as exc:
             raise ConfigError(f"{path}: every: {exc}") from None
+    if rules.TABLE in doc:
+        filters = doc[rules.TABLE]
+        if not isinstance(filters, dict):
+            raise ConfigError(f"{path}: [{rules.TABLE}] must be a table (see config.example.toml)")
+        try:
+            values["filters"] = rules.parse(filters, path.parent)
+        except rules.FilterError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return values
 
 

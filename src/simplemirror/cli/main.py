@@ -38,6 +38,8 @@ from rich.logging import RichHandler
 from simplemirror import __version__
 from simplemirror.check import status, verify
 from simplemirror.cli import config, daemon
+from simplemirror.filter.rules import Filters
+from simplemirror.filter.select import Tally
 from simplemirror.report import history, logs, observe
 from simplemirror.report.progress import Reporter, RichReporter
 from simplemirror.report.units import human_bytes
@@ -273,12 +275,14 @@ def _printing() -> Iterator[None]:
     _flush_stdout()
 
 
-def _print_plan(summary: RunSummary) -> None:
+def _print_plan(summary: RunSummary, filters: Filters | None = None) -> None:
     """What `sync --dry-run` found: the plan, and what the run would download and decide."""
     plan, forecast = summary.plan, summary.forecast
     if plan is None or forecast is None:
         print("stopped before the upstream root was read: nothing was planned")
         return
+    if filters is not None and filters.active:
+        print(f"filters: {status.describe_filters(filters.in_force())}")
     if forecast.not_modified:
         print("upstream root unchanged since the last run (HTTP 304, or the same bytes)")
     if not forecast.serials:
@@ -290,16 +294,22 @@ def _print_plan(summary: RunSummary) -> None:
         print(f"  fetch {todo.name}{serial}")
     for name in plan.removed:
         print(f"  removed upstream: {name}")
+    for name in plan.pruned:
+        print(f"  left out by the filters (would be removed): {name}")
     if forecast.refusal is not None:
         print("would stop before changing anything: it removes more than max-removal")
         return
     if forecast.pages_unchanged:
         print(f"pages: {forecast.pages_read - forecast.pages_unchanged} changed, "
               f"{forecast.pages_unchanged} unchanged (HTTP 304, or the same bytes)")
+    if filters is not None and filters.narrows_files:
+        for line in _filtered_lines(forecast.filtered, "of the pages read, the filters"):
+            print(line)
     sizes = _sizes(forecast.files, forecast.bytes, forecast.unknown_size)
     print(f"would download {forecast.files} file(s){sizes}")
     if forecast.files_dropped:
-        print(f"would remove {forecast.files_dropped} file(s) their pages no longer list")
+        print(f"would remove {forecast.files_dropped} file(s) their pages no longer list, "
+              "or the filters leave out")
     if forecast.file_refusal is not None:
         print(f"  {forecast.file_refusal}")
     for name, why in summary.deferred:
@@ -308,8 +318,22 @@ def _print_plan(summary: RunSummary) -> None:
         print(f"  would fail {name}: {why}")
     for entry, why in summary.rejected:
         print(f"  would refuse {entry}: {why} (upstream data this mirror will not copy)")
+    for name, why in summary.unmet:
+        print(f"  requirements not met: {name}: {why}")
     if summary.stopped_by is not None:
         print("  stopped before every page was read: the counts above are partial")
+
+
+def _filtered_lines(tally: Tally, lead: str) -> list[str]:
+    """What the filters kept, left out (by key) and held back, with counts and bytes."""
+    lines = [f"{lead} keep {tally.kept[0]} file(s), {human_bytes(tally.kept[1])}; leave out "
+             f"{tally.files_left_out}, {human_bytes(tally.bytes_left_out)}"]
+    for key, (files, size) in sorted(tally.left_out.items()):
+        lines.append(f"  left out by {key}: {files} file(s), {human_bytes(size)}")
+    if tally.held_back[0]:
+        lines.append(f"  held back by min-age: {tally.held_back[0]} file(s), "
+                     f"{human_bytes(tally.held_back[1])} (published once old enough)")
+    return lines
 
 
 def _sizes(files: int, total: int, unknown: int) -> str:
@@ -321,7 +345,7 @@ def _sizes(files: int, total: int, unknown: int) -> str:
     return f": {files - unknown} of {human_bytes(total)}, {unknown} of unknown size"
 
 
-def _print_summary(summary: RunSummary) -> None:
+def _print_summary(summary: RunSummary, filters: Filters | None = None) -> None:
     print(
         f"sync {summary.outcome}: {summary.changed} project(s) changed, "
         f"{len(summary.deferred)} deferred, {len(summary.failed)} failed, "
@@ -329,6 +353,14 @@ def _print_summary(summary: RunSummary) -> None:
         f"{human_bytes(summary.bytes_fetched)} fetched in {summary.duration:.1f} s "
         f"(generation {summary.generation})"
     )
+    if filters is not None and filters.active:
+        print(f"  filters: {status.describe_filters(filters.in_force())}")
+        if summary.pruned:
+            print(f"  removed {len(summary.pruned)} project(s) the filters leave out: "
+                  + ", ".join(summary.pruned))
+        if filters.narrows_files:
+            for line in _filtered_lines(summary.filtered, "  of the pages read, the filters"):
+                print(line)
     if summary.reuse.hashed:
         tally = summary.reuse
         print(f"  reused {tally.taken} file(s), {human_bytes(tally.bytes)}, from reuse-from; "
@@ -339,6 +371,8 @@ def _print_summary(summary: RunSummary) -> None:
         print(f"  failed {name}: {why} ({_failed_hint(name in summary.blocked)})")
     for entry, why in summary.rejected:
         print(f"  refused {entry}: {why} (upstream data this mirror will not copy)")
+    for name, why in summary.unmet:
+        print(f"  requirements not met: {name}: {why}")
     if summary.stopped_by is not None:
         print("  stopped before the end: the next run resumes where this one stopped")
 
@@ -378,7 +412,7 @@ def _sync_and_record(cfg: config.Config, sync: Sync, reporter: Reporter) -> int:
         observe.record_error(cfg, str(exc), since=since, duration=time.monotonic() - started)
         raise
     with _printing():
-        _print_summary(summary)
+        _print_summary(summary, cfg.filters)
     path = observe.record_run(cfg, summary)
     log.info(
         "sync %s (exit %d); report %s", summary.outcome, summary.exit_code, path or "not written",
@@ -453,7 +487,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         with reporter:
             summary = sync.run(dry_run=True)
         with _printing():
-            _print_plan(summary)
+            _print_plan(summary, cfg.filters)
         if summary.forecast is not None and summary.forecast.refusal is not None:
             # What the run would stop with, where it would say it.
             print(f"mirror: {summary.forecast.refusal}", file=sys.stderr)
@@ -537,7 +571,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         directory, upstream = cfg.directory, cfg.upstream
     else:
         directory = _mirror_directory(args, values)
-    info = status.collect(directory, upstream)
+    filters = values.get("filters", config.Filters()).in_force() if args.config else None
+    info = status.collect(directory, upstream, filters)
     with _printing():
         if args.json:
             print(json.dumps(info, indent=2))

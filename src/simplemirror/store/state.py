@@ -25,8 +25,10 @@ from urllib.parse import quote
 import sqlite_utils
 
 from simplemirror.simple.model import (
+    NO_REPLANNING,
     HeldFile,
     HeldProject,
+    Replanning,
     RootChanges,
     RootEntry,
     RootProject,
@@ -71,6 +73,8 @@ CREATE TABLE IF NOT EXISTS projects (
     page_data       TEXT,               -- JSON: versions, status and verbatim top-level keys
     page_etag       TEXT,               -- ETag of the upstream page last mirrored
     page_hash       TEXT,               -- sha256 of that page's body (upstreams without serials)
+    filters         TEXT,               -- fingerprint of the file filters its files were chosen by
+    held_until      INTEGER,            -- Unix time a file min-age held back may be published
     appeared_gen    INTEGER NOT NULL,
     updated_gen     INTEGER NOT NULL,
     published_gen   INTEGER,            -- last generation its pages were written
@@ -157,6 +161,14 @@ CREATE INDEX IF NOT EXISTS failures_generation ON failures (generation);
 -- projects row keeps only the latest of each. added: written, none published before
 -- (a new project, or one back after its removal); changed: written again; removed:
 -- deleted (upstream stopped listing it). Kept from generation meta changes_since on.
+-- What a distribution file needs, read once (the requirements filter's closure): its
+-- Requires-Dist, and an sdist's build requirements. Keyed by the file's sha256.
+CREATE TABLE IF NOT EXISTS requires (
+    sha256 TEXT PRIMARY KEY,
+    dist   TEXT,                        -- JSON list; NULL: unknown
+    build  TEXT                         -- JSON list; NULL: none read (a wheel)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS project_changes (
     generation INTEGER NOT NULL,
     project    TEXT NOT NULL,
@@ -177,6 +189,8 @@ _ADDED_COLUMNS = (
     ("files", "deleted_gen", "INTEGER"),
     ("files", "signature", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "provenance", "INTEGER NOT NULL DEFAULT 0"),
+    ("projects", "filters", "TEXT"),
+    ("projects", "held_until", "INTEGER"),
 )
 
 
@@ -316,6 +330,10 @@ class State:
                         f"{path} predates this version of simplemirror; run `mirror sync` "
                         "once with it to upgrade state.db, then --dry-run can read it"
                     )
+            if not state.db["requires"].exists():
+                state.db.execute(
+                    "CREATE TEMP TABLE requires (sha256 TEXT PRIMARY KEY, dist TEXT, build TEXT)"
+                )
             if not state.db["staged_files"].exists():
                 # Schema 2, written before staging existed, so nothing is staged: an
                 # empty stand-in with the columns planning_files reads. (A dry run
@@ -427,13 +445,20 @@ class State:
 
     def held_projects(self) -> dict[str, tuple[str, HeldProject]]:
         """Every project ever seen: normalized name -> (display name, state)."""
+        return self._projects("")
+
+    def _projects(self, where: str, params: Sequence[Any] = ()
+                  ) -> dict[str, tuple[str, HeldProject]]:
         rows = self.db.execute(
-            "SELECT name, display_name, serial, upstream_serial, status, page_etag, page_hash"
-            " FROM projects"
+            "SELECT name, display_name, serial, upstream_serial, status, page_etag, page_hash,"
+            f" filters, held_until FROM projects{where}", params
         )
         return {
-            name: (display, HeldProject(serial, upstream, Status(status), etag, page_hash))
-            for name, display, serial, upstream, status, etag, page_hash in rows
+            name: (display, HeldProject(
+                serial, upstream, Status(status), etag, page_hash, filters, held_until
+            ))
+            for name, display, serial, upstream, status, etag, page_hash, filters, held_until
+            in rows
         }
 
     def undo_in_memory(self) -> None:
@@ -447,30 +472,38 @@ class State:
         self.db.execute("PRAGMA temp_store=MEMORY")
 
     def root_changes(
-        self, projects: Iterable[RootProject], only: Collection[str] | None = None
+        self,
+        projects: Iterable[RootProject],
+        only: Collection[str] | None = None,
+        *,
+        wanted: Callable[[str], bool] | None = None,
+        replanning: Replanning = NO_REPLANNING,
     ) -> RootChanges:
         """Compare a root's projects with those held, in SQLite: plan.needs_fetch in SQL.
 
         At PyPI's size, holding every project's state in memory to compare costs
         hundreds of megabytes; a temporary table and a join cost next to none.
         ``changed`` is a cursor over that join, to be read before the next call
-        (which empties the table; closing state.db drops it).
+        (which empties the table; closing state.db drops it). ``wanted``: the project
+        filters; a held project the root lists that they leave out is ``pruned``.
         """
         self.db.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS root_listing"
-            " (name TEXT PRIMARY KEY, display TEXT NOT NULL, serial INTEGER) WITHOUT ROWID"
+            "CREATE TEMP TABLE IF NOT EXISTS root_listing (name TEXT PRIMARY KEY,"
+            " display TEXT NOT NULL, serial INTEGER, wanted INTEGER NOT NULL) WITHOUT ROWID"
         )
         with self.transaction():
             self.db.execute("DELETE FROM temp.root_listing")
             self.db.conn.executemany(
-                "INSERT INTO temp.root_listing VALUES (?, ?, ?)",
+                "INSERT INTO temp.root_listing VALUES (?, ?, ?, ?)",
                 (
-                    (p.normalized, p.name, p.serial)
+                    (p.normalized, p.name, p.serial, wanted is None or wanted(p.normalized))
                     for p in projects
                     if only is None or p.normalized in only
                 ),
             )
-        (listed,) = self.db.execute("SELECT count(*) FROM temp.root_listing").fetchone()
+        (listed,) = self.db.execute(
+            "SELECT count(*) FROM temp.root_listing WHERE wanted"
+        ).fetchone()
         unlisted = [
             name
             for (name,) in self.db.execute(
@@ -478,37 +511,48 @@ class State:
                 " (SELECT 1 FROM temp.root_listing AS r WHERE r.name = p.name)"
             )
         ]
+        pruned = [] if wanted is None else [
+            name
+            for (name,) in self.db.execute(
+                "SELECT p.name FROM temp.root_listing AS r JOIN projects AS p ON p.name = r.name"
+                " WHERE NOT r.wanted AND p.status != 'removed'"
+            )
+        ]
         statuses = {status.value: status for status in Status}
         rows = self.db.execute(
             "SELECT r.name, r.display, r.serial, p.serial, p.upstream_serial, p.status,"
-            " p.page_etag, p.page_hash FROM temp.root_listing AS r"
+            " p.page_etag, p.page_hash, p.filters, p.held_until FROM temp.root_listing AS r"
             " LEFT JOIN projects AS p ON p.name = r.name"
-            " WHERE p.name IS NULL OR p.status != 'ok' OR r.serial IS NULL"
+            " WHERE r.wanted AND (p.name IS NULL OR p.status != 'ok' OR r.serial IS NULL"
             " OR p.serial IS NULL OR r.serial != p.serial"
+            " OR p.filters IS NOT ? OR p.held_until <= ?)",
+            [replanning.filters, replanning.now],
         )
         changed = (
             (
                 # One string where the display name is the normal one, as it mostly is.
                 RootProject(name if display == name else display, name, serial),
                 None if status is None
-                else HeldProject(held, upstream, statuses[status], etag, page_hash),
+                else HeldProject(held, upstream, statuses[status], etag, page_hash, filters,
+                                 held_until),
             )
-            for name, display, serial, held, upstream, status, etag, page_hash in rows
+            for name, display, serial, held, upstream, status, etag, page_hash, filters,
+            held_until in rows
         )
-        return RootChanges(changed, unlisted, listed)
+        return RootChanges(changed, unlisted, listed, pruned)
 
-    def unfinished_projects(self) -> dict[str, tuple[str, HeldProject]]:
+    def unfinished_projects(
+        self, replanning: Replanning = NO_REPLANNING
+    ) -> dict[str, tuple[str, HeldProject]]:
         """Like held_projects, but only those a 304 root leaves work for (with serials):
-        not ok, or behind the serial the root listed. Cheap on a large, current mirror."""
-        rows = self.db.execute(
-            "SELECT name, display_name, serial, upstream_serial, status, page_etag, page_hash"
-            " FROM projects WHERE status NOT IN ('ok', 'removed')"
+        not ok, behind the serial the root listed, or due to be planned again
+        (Replanning). Cheap on a large, current mirror."""
+        return self._projects(
+            " WHERE status NOT IN ('ok', 'removed')"
             " OR (upstream_serial IS NOT NULL AND (serial IS NULL OR serial < upstream_serial))"
+            " OR (status = 'ok' AND (filters IS NOT ? OR held_until <= ?))",
+            [replanning.filters, replanning.now],
         )
-        return {
-            name: (display, HeldProject(serial, upstream, Status(status), etag, page_hash))
-            for name, display, serial, upstream, status, etag, page_hash in rows
-        }
 
     def note_listed(self, todos: Iterable[tuple[str, str, int | None]], generation: int) -> None:
         """Record what the root promised for projects about to be fetched.
@@ -559,8 +603,12 @@ class State:
         files: Iterable[HeldFile],
         gone: Iterable[HeldFile],
         generation: int,
+        filters: str | None = None,
+        held_until: int | None = None,
     ) -> None:
-        """Record a project whose pages are about to be rewritten from ``files``."""
+        """Record a project whose pages are about to be rewritten from ``files``, chosen
+        under the file filters of fingerprint ``filters``; ``held_until``: see
+        HeldProject."""
         # executemany on the connection itself: a first sync records every file,
         # and sqlite_utils' execute wraps each call.
         conn = self.db.conn
@@ -603,7 +651,8 @@ class State:
         self.db.execute(
             "UPDATE projects SET status = ?, error = ?, page_serial = ?, page_data = ?,"
             " page_etag = ?, page_hash = ?, serial = CASE WHEN ? THEN ? ELSE serial END,"
-            " updated_gen = ?, published_gen = ?, removed_gen = NULL WHERE name = ?",
+            " updated_gen = ?, published_gen = ?, removed_gen = NULL, filters = ?,"
+            " held_until = ? WHERE name = ?",
             [
                 status.value,
                 error,
@@ -615,6 +664,8 @@ class State:
                 page_serial,
                 generation,
                 generation,
+                filters,
+                held_until,
                 name,
             ],
         )
@@ -681,6 +732,29 @@ class State:
             (generation, generation, name),
         )
         conn.execute("DELETE FROM staged_files WHERE project = ?", (name,))
+
+    def requires_of(
+        self, sha256s: Iterable[str]
+    ) -> dict[str, tuple[list[str] | None, list[str] | None]]:
+        """What state.db knows the files of these digests need: (Requires-Dist, build
+        requirements), by digest."""
+        found = {}
+        for digest in sha256s:
+            row = self.db.execute(
+                "SELECT dist, build FROM requires WHERE sha256 = ?", [digest]
+            ).fetchone()
+            if row is not None:
+                found[digest] = (json.loads(row[0]) if row[0] is not None else None,
+                                 json.loads(row[1]) if row[1] is not None else None)
+        return found
+
+    def note_requires(self, sha256: str, dist: list[str] | None, build: list[str] | None
+                      ) -> None:
+        """Remember what the file of digest ``sha256`` needs (see requires_of)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO requires (sha256, dist, build) VALUES (?, ?, ?)",
+            [sha256, _json(dist), _json(build)],
+        )
 
     def root_entries(self) -> Iterator[RootEntry]:
         """Projects the root index lists: published and still listed upstream."""
@@ -1031,6 +1105,12 @@ class StateReader:
             " ORDER BY generation DESC LIMIT 1"
         )
         return int(row[0]) if row else None
+
+    def filters_in_force(self) -> dict[str, Any]:
+        """The [filters] keys the last run that planned applied (empty: a full mirror)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'filters'")
+        found: dict[str, Any] = json.loads(row[0]) if row and row[0] else {}
+        return found
 
     def serial_held(self) -> int | None:
         """The upstream serial of the last complete copy (meta root_serial)."""

@@ -23,20 +23,22 @@ import os
 import queue
 import sqlite3
 import time
-from collections.abc import Coroutine, Generator, Iterable, Iterator
+from collections.abc import Coroutine, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simplemirror.check.status import lock_path
 from simplemirror.cli.config import Config
+from simplemirror.filter import select
 from simplemirror.report.progress import Reporter
 from simplemirror.simple.model import (
     API_VERSION,
     HeldFile,
     ProjectPage,
+    Replanning,
     Status,
     newer_api_version,
     version_of,
@@ -49,6 +51,7 @@ from simplemirror.sync import download, recover, reuse
 from simplemirror.sync.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
+    Choose,
     FilePlan,
     FileTodo,
     ProjectTodo,
@@ -69,6 +72,10 @@ from simplemirror.upstream.client import (
     StalePage,
     UpstreamError,
 )
+
+if TYPE_CHECKING:  # imported where used: a full mirror does not pay for them
+    from simplemirror.filter.closure import Closure
+    from simplemirror.sync.resolve import UpstreamSource
 
 log = logging.getLogger("simplemirror")
 
@@ -141,6 +148,8 @@ class Forecast:
     file_refusal: str | None = None
     """Set when those are more than max-removal of the files held: the real run keeps
     those past the cap and exits 1."""
+    filtered: select.Tally = field(default_factory=select.Tally)
+    """What the filters kept, left out and held back of the pages read."""
 
 
 @dataclass
@@ -152,6 +161,13 @@ class RunSummary:
     deferred: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    """Projects upstream lists that the filters leave out (removed from the mirror)."""
+    filtered: select.Tally = field(default_factory=select.Tally)
+    """What the filters kept, left out and held back of the pages this run read."""
+    unmet: list[tuple[str, str]] = field(default_factory=list)
+    """(project, why) for what the requirements ask that the mirror cannot hold: the
+    run does not converge (exit 1)."""
     rejected: list[tuple[str, str]] = field(default_factory=list)
     """Entries upstream listed that cannot be mirrored (invalid names...): warnings."""
     blocked: set[str] = field(default_factory=set)
@@ -180,7 +196,7 @@ class RunSummary:
             return 128 + self.stopped_by  # the shell's convention: 130 SIGINT, 143 SIGTERM
         if self.forecast is not None and (self.forecast.refusal or self.forecast.file_refusal):
             return 1
-        return 1 if self.deferred or self.failed or self.rejected else 0
+        return 1 if self.deferred or self.failed or self.rejected or self.unmet else 0
 
 
 # A lock found taken is asked for again this many times, LOCK_PATIENCE seconds apart:
@@ -283,6 +299,10 @@ class _Project:
     """Upstream's page offers files (mirrorable or refused); quarantine offers none."""
     refused: bool = False
     """Some of its files (or their redirects) were refused: see RunSummary.blocked."""
+    left_out: frozenset[str] = frozenset()
+    """Files upstream lists that the filters leave out."""
+    due: int | None = None
+    """When a file min-age holds back may be published (HeldProject.held_until)."""
 
 
 @dataclass(frozen=True)
@@ -301,14 +321,28 @@ class _Root:
     """Whether upstream's serials are usable (on a 304, as the last root said)."""
     refusal: str | None = None
     """Set when the plan removes too much: the run must stop, saying this."""
+    unmet: tuple[tuple[str, str], ...] = ()
+    """What the requirements' closure could not meet (RunSummary.unmet)."""
 
 
 def mass_removal_refusal(
-    removing: int, listed: int, share: float, upstream: str, last_upstream: str | None
+    removing: int, listed: int, share: float, upstream: str, last_upstream: str | None,
+    pruned: int = 0,
 ) -> str:
-    """What a run refused by the project removal cap says, and what to do about it."""
+    """What a run refused by the project removal cap says, and what to do about it.
+
+    ``pruned`` of the ``removing`` are projects upstream lists that the filters leave out.
+    """
+    if pruned == removing:
+        return (
+            f"the filters leave out {pruned} of the {listed} projects held (more than "
+            f"max-removal, {share:.0%}); nothing was changed. If the [filters] are right, "
+            "run again with --allow-mass-delete to remove them; if not, correct the filters"
+        )
+    gone = removing - pruned
+    also = f", and the filters leave out {pruned} more," if pruned else ""
     said = (
-        f"upstream no longer lists {removing} of the {listed} projects held "
+        f"upstream no longer lists {gone} of the {listed} projects held{also} "
         f"(more than max-removal, {share:.0%}); nothing was changed. "
     )
     if last_upstream is not None and last_upstream != upstream:
@@ -362,8 +396,11 @@ class _Workers:
     or shared out among the processes.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, prefetched: dict[str, PageResponse] | None = None
+                 ) -> None:
         self.client = client
+        self.prefetched = prefetched or {}
+        """Pages the requirements' closure read this run: not asked for again."""
         config = client.config
         if config.download_processes is None:
             self._processes, self._after = auto_download_processes(), PROCESSES_AFTER_FILES
@@ -427,6 +464,11 @@ class _Workers:
         return self._children
 
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
+        response = _fresh(self.prefetched.pop(todo.name, None), todo)
+        if response is not None:
+            done: Future[PageResponse | None] = Future()
+            done.set_result(response)
+            return done
         children = self._to_processes()
         if children is not None:
             return children.submit(Client.get_page, todo, todo.etag)
@@ -456,6 +498,13 @@ class _Workers:
         return True
 
 
+def _fresh(response: PageResponse | None, todo: ProjectTodo) -> PageResponse | None:
+    """``response`` if it is as new as the root promised ``todo``."""
+    if response is None or todo.serial is None or response.page.serial is None:
+        return response
+    return response if response.page.serial >= todo.serial else None
+
+
 class Sync:
     """One run. Construct, then call ``run()``."""
 
@@ -468,6 +517,14 @@ class Sync:
         # True while the run has changed nothing on disk: an error then needs no recovery.
         self._tree_untouched = False
         self._reuse: ReuseIndex | None = None
+        self.clock = time.time
+        """The time the cooldown (min-age) is measured at; read once a run, when it plans."""
+        self._choose: Choose | None = None
+        self._file_fingerprint = config.filters.file_fingerprint()
+        """Of the file filters in force, the requirements' closure included once known."""
+        self._source: UpstreamSource | None = None
+        self._closure: Closure | None = None
+        self._dry = False
 
     def request_stop(self, signum: int) -> None:
         """Finish soon: no new work, in-flight downloads abandoned, state committed.
@@ -488,6 +545,7 @@ class Sync:
     def _run(self, *, dry_run: bool = False) -> RunSummary:
         started = time.monotonic()
         config = self.config
+        self._dry = dry_run
         if dry_run:
             return self._dry_run(started)
         # What this run brings into being: a first run that never gets a usable root
@@ -573,6 +631,8 @@ class Sync:
             if self._reuse is not None:
                 self._reuse.close()
                 self._reuse = None
+            if self._source is not None:
+                self._source.discard_staged()
 
     def _recover(self, state: State, generation: int) -> None:
         """After a run that died, make the tree agree with state.db (see recover.py)."""
@@ -625,9 +685,13 @@ class Sync:
         self._tree_untouched = False
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
-        summary.removed = list(plan.removed)
+        summary.removed, summary.pruned = list(plan.removed), list(plan.pruned)
+        summary.unmet = list(root.unmet)
+        if self._source is not None:
+            summary.files_fetched += self._source.files_fetched
+            summary.bytes_fetched += self._source.bytes_fetched
         root_pages_there = all(store.is_file(config.web, p) for p in layout.ROOT_PAGES)
-        if root.not_modified and not plan.fetch and root_pages_there:
+        if root.not_modified and not plan.fetch and root_pages_there and not root.unmet:
             # 304 (or the same bytes) and nothing left over: the mirror is current.
             # Write nothing.
             summary.outcome = "unchanged"
@@ -647,7 +711,7 @@ class Sync:
             raise write_error(config.directory, exc) from exc
         if self.stopped_by is not None:
             return self._interrupted(summary, state)
-        complete = not summary.deferred and not summary.failed
+        complete = not summary.deferred and not summary.failed and not summary.unmet
         summary.outcome = "ok" if complete else "partial"
         state.finish_run(
             generation,
@@ -690,7 +754,8 @@ class Sync:
         # The root pages derive from the published projects and the serial: when
         # neither moved, they are the same bytes, and at 650,000 projects rendering
         # them just to find that out costs seconds.
-        unchanged = not summary.changed and not root.plan.removed and serial == before
+        unchanged = (not summary.changed and not root.plan.removed and not root.plan.pruned
+                     and serial == before)
         pages = None
         if not unchanged or not root_pages_there:
             pages = (state.root_entries(), int(serial) if serial else None)
@@ -716,17 +781,26 @@ class Sync:
         root = self._decide(state)
         if root.refusal is not None:
             raise SyncError(root.refusal)
+        filters = self.config.filters
+        # What `mirror status` shows as in force: what this run applies. Written only
+        # when it changes: a run with nothing to do writes nothing it need not.
+        in_force = json.dumps(filters.in_force()) if filters.active else None
+        if state.get_meta("filters") != in_force:
+            state.set_meta("filters", in_force)
+        self._keep_closure(state)
         if root.not_modified:
             return root
         plan = root.plan
         with state.transaction():
             state.set_meta("root_serials", "yes" if root.serials else "no")
             state.note_listed(((t.name, t.display_name, t.serial) for t in plan.fetch), generation)
-            state.mark_removed(plan.removed, generation)
+            state.mark_removed((*plan.removed, *plan.pruned), generation)
             for entry, reason in root.rejected:
                 state.record_failure(generation, entry, None, "rejected", reason)
         for name in plan.removed:
             log.warning("project %s is no longer listed upstream; recorded as removed", name)
+        for name in plan.pruned:
+            log.info("project %s is left out by the filters; recorded as removed", name)
         return root
 
     def _decide(self, state: State) -> _Root:
@@ -737,13 +811,50 @@ class Sync:
         for, the fallback without serials, the plan on a 304, the removal cap.
         """
         only = self.config.projects or None
+        filters = self.config.filters
+        now = int(self.clock())
+        rules: dict[str, select.Rule] = {}
+        unmet: tuple[tuple[str, str], ...] = ()
+        last = self._kept_closure(state)
+        if last is not None:  # the root's ETag holds only for the closure it was read for
+            self._file_fingerprint = self._closure_fingerprint(last)
         response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
+        if filters.requirements is not None:
+            # What the root lists of the projects the last closure read (None: a 304).
+            at = None if response is None else (
+                {p.normalized: p.serial for p in response.index.projects
+                 if p.normalized in last.serials}
+                if last is not None and usable_serials(response.index) else {}
+            )
+            if last is not None and last.stands(at, now):
+                closure = last
+            else:
+                closure = self._resolve(state, now)
+                moved = last is None or self._closure_fingerprint(closure) != (
+                    self._file_fingerprint)
+                if response is None and moved:
+                    # A 304 says nothing of projects the closure now holds: read it whole.
+                    response = self.client.fetch_root(None, None)
+            self._closure = closure
+            rules, unmet = closure.rules, tuple(closure.problems)
+            self._file_fingerprint = self._closure_fingerprint(closure)
+        replanning = Replanning(self._file_fingerprint, now)
+        if filters.narrows_files:
+            def choose(page: ProjectPage, held: Mapping[str, HeldFile]) -> select.Selection:
+                rule = None if filters.included(page.name) else rules.get(page.name)
+                return select.select(filters, page, held, now, rule)
+
+            self._choose = choose
+        wanted = (lambda name: filters.wants_project(name, rules)) if (
+            filters.narrows_projects) else None
         if response is None:
             log.info("upstream root index unchanged (HTTP 304, or the same bytes)")
             if state.get_meta("root_serials") == "no":
-                plan = plan_retry(state.held_projects(), only, serials=False)
-                return _Root(plan, True, serials=False)
-            return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
+                plan = plan_retry(state.held_projects(), only, serials=False,
+                                  replanning=replanning)
+                return _Root(plan, True, serials=False, unmet=unmet)
+            plan = plan_retry(state.unfinished_projects(replanning), only, replanning=replanning)
+            return _Root(plan, not_modified=True, unmet=unmet)
         index, etag, sha256 = response.index, response.etag, response.sha256
         self._warn_of_newer_api(index.api_version)
         serials = usable_serials(index)
@@ -751,6 +862,8 @@ class Sync:
             # Without usable serials, each project is asked with a conditional request.
             index.projects if serials else (p._replace(serial=None) for p in index.projects),
             only,
+            wanted=wanted,
+            replanning=replanning,
         )
         missing = sorted(
             set(only) - {p.normalized for p in index.projects} - set(index.held_back)
@@ -760,26 +873,78 @@ class Sync:
         # The projects are in state.db's temporary table now: at PyPI's size, the
         # parsed root is a hundred megabytes better given back before planning.
         del response, index
-        plan = plan_changes(changes, only, held_back)
+        plan = plan_changes(changes, only, held_back, replanning)
+        removing = len(plan.removed) + len(plan.pruned)
         # Counted only when needed: a full scan of the projects at PyPI's size.
-        listed = state.listed_count() if plan.removed else 0
+        listed = state.listed_count() if removing else 0
         refusal = None
-        if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
-            len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
+        if removing and not self.config.allow_mass_delete and is_mass_removal(
+            removing, listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
         ):
             refusal = mass_removal_refusal(
-                len(plan.removed), listed, self.config.max_removal, self.config.upstream,
-                state.synced_upstream(),
+                removing, listed, self.config.max_removal, self.config.upstream,
+                state.synced_upstream(), len(plan.pruned),
             )
         for name in missing:
             log.warning("project %s is not listed by the upstream index", name)
         for dropped, kept in collisions:
             log.warning("upstream lists %r and %r, one project; mirrored once", dropped, kept)
-        return _Root(plan, False, etag, serial, rejected, sha256, serials, refusal)
+        return _Root(plan, False, etag, serial, rejected, sha256, serials, refusal, unmet)
 
     def _scope(self) -> str:
-        """What a saved root ETag is valid for: the same upstream and project filter."""
-        return json.dumps([self.config.upstream, list(self.config.projects)])
+        """What a saved root ETag is valid for: the same upstream, projects and filters
+        (a 304 says nothing of projects the filters left out last time), the
+        requirements' closure included."""
+        scope: list[Any] = [self.config.upstream, list(self.config.projects)]
+        fingerprint = self.config.filters.fingerprint()
+        if fingerprint is not None:  # a full mirror keeps the scope it always had
+            scope.append(fingerprint)
+            if self.config.filters.requirements is not None:
+                scope.append(self._file_fingerprint)
+        return json.dumps(scope)
+
+    def _closure_fingerprint(self, closure: Closure) -> str | None:
+        return self.config.filters.file_fingerprint(
+            [[name, rule.key()] for name, rule in sorted(closure.rules.items())]
+        )
+
+    def _kept_closure(self, state: State) -> Closure | None:
+        """The closure the last run worked out, if the requirements and file filters it
+        was worked out under are those in force (see _keep_closure)."""
+        if self.config.filters.requirements is None:
+            return None
+        kept = state.get_meta("closure")
+        data = json.loads(kept) if kept else None
+        if not data or data.get("input") != self.config.filters.file_fingerprint():
+            return None
+        from simplemirror.filter.closure import Closure
+
+        return Closure.from_data(data)
+
+    def _keep_closure(self, state: State) -> None:
+        """Keep the closure just worked out for the next run, which then reads no page
+        of it while upstream's root lists the same serials for them."""
+        closure, source = self._closure, self._source
+        if closure is None or source is None or not source.responses or not source.complete:
+            return  # not worked out this run (kept from the last), or not wholly read
+        data = {"input": self.config.filters.file_fingerprint(), **closure.to_data()}
+        state.set_meta("closure", json.dumps(data))
+
+    def _resolve(self, state: State, now: int) -> Closure:
+        """The requirements' closure, read from upstream; its pages kept for the run."""
+        from simplemirror.filter.closure import resolve
+        from simplemirror.sync.resolve import UpstreamSource
+
+        wanted = self.config.filters.requirements
+        assert wanted is not None
+        source = UpstreamSource(self.client, state, stage=not self._dry)
+        self._source = source
+        closure = resolve(self.config.filters, wanted, source, now)
+        for name, why in closure.problems:
+            log.warning("requirements: %s: %s", name, why)
+        log.info("requirements: %d project(s) in the closure, %d page(s) read",
+                 len(closure.rules), len(source.responses))
+        return closure
 
     def _etag(self, state: State) -> str | None:
         # A 304 after a --project run says nothing about the projects that run
@@ -817,10 +982,13 @@ class Sync:
             forecast = Forecast(root.not_modified, root.serials, root.refusal)
             summary.plan, summary.forecast = root.plan, forecast
             summary.removed, summary.rejected = list(root.plan.removed), list(root.rejected)
+            summary.pruned, summary.unmet = list(root.plan.pruned), list(root.unmet)
             if root.refusal is None:  # else the run stops before any page
                 self._forecast_pages(root.plan, state, summary, forecast)
         finally:
             state.close()
+            if self._source is not None:
+                self._source.discard_staged()
             summary.duration = time.monotonic() - started
         return summary
 
@@ -842,6 +1010,12 @@ class Sync:
                 while len(waiting) < config.workers * 2 and (
                     (todo := next(todos, None)) is not None
                 ):
+                    prefetched = self._source.responses if self._source else {}
+                    if (got := _fresh(prefetched.pop(todo.name, None), todo)) is not None:
+                        done: Future[PageResponse | None] = Future()
+                        done.set_result(got)
+                        waiting.append((todo, done))
+                        continue
                     # The run's own path: the coroutine, on the client's loop, in turn.
                     work = client.in_turn(client.get_page(todo, todo.etag))
                     waiting.append((todo, client.submit(work)))
@@ -865,10 +1039,13 @@ class Sync:
                 if response is None or response.sha256 == todo.page_hash:
                     forecast.pages_unchanged += 1
                     continue
-                files, refused = plan_page(
+                files, refused, chosen = plan_page(
                     response.page, state.planning_files(todo.name),
                     self.client.file_guard.refusal, provenance=config.public_url is not None,
+                    choose=self._choose,
                 )
+                if self._choose is not None:
+                    forecast.filtered.add(chosen)
                 if refused:
                     summary.failed.append(
                         (todo.name, "; ".join(f"{f}: refused: {r}" for f, r in refused))
@@ -930,7 +1107,7 @@ class Sync:
                     return
                 track("page", todo, workers.page(todo))
 
-        workers = _Workers(self.client)
+        workers = _Workers(self.client, self._source.responses if self._source else None)
         state.undo_in_memory()  # the plan is made: the root's table can go
         # The bytes durable before the rows that say they are there.
         batch = state.batch(COMMIT_EVERY, self._flush)
@@ -1047,20 +1224,27 @@ class Sync:
         page = response.page
         self._warn_of_newer_api(page.api_version)
         # planning_files: with what a stopped run left staged, so as not to fetch it again.
-        files, refused = plan_page(
+        files, refused, chosen = plan_page(
             page, state.planning_files(todo.name), self.client.file_guard.refusal,
-            provenance=self.config.public_url is not None,
+            provenance=self.config.public_url is not None, choose=self._choose,
         )
+        if self._choose is not None:  # a full mirror has nothing to count
+            summary.filtered.add(chosen)
         if self._reuse is not None:
             files = self._with_reuse(files, self._reuse)
+        if self._source is not None and self._source.staged:
+            files = self._with_staged(files, self._source.staged)
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
         # A refused file is work left undone: the project does not converge.
         return _Project(
-            todo, page, files, response.etag, response.sha256,
+            todo, chosen.page, files, response.etag, response.sha256,
             errors=[(f, f"refused: {r}") for f, r in refused],
-            offers_files=bool(page.files or page.rejected) and page.status != "quarantined",
+            offers_files=bool(chosen.page.files or page.rejected)
+            and page.status != "quarantined",
             refused=bool(refused),
+            left_out=frozenset(dist.filename for dist, _ in chosen.dropped),
+            due=chosen.due,
         )
 
     def _index_reuse(self) -> ReuseIndex | None:
@@ -1097,6 +1281,16 @@ class Sync:
                     todo, reuse=tuple(found), reuse_metadata=tuple(metadata)
                 )
             fetch.append(todo)
+        return dataclasses.replace(files, fetch=tuple(fetch))
+
+    @staticmethod
+    def _with_staged(files: FilePlan, staged: Mapping[str, str]) -> FilePlan:
+        """``files``, each sdist the closure downloaded taken from where it is."""
+        fetch = [
+            dataclasses.replace(todo, reuse=(staged[todo.dist.filename], *todo.reuse))
+            if todo.fetch_file and todo.dist.filename in staged else todo
+            for todo in files.fetch
+        ]
         return dataclasses.replace(files, fetch=tuple(fetch))
 
     def _warn_of_newer_api(self, version: tuple[int, int] | None) -> None:
@@ -1143,7 +1337,8 @@ class Sync:
         if todo.fetch_file and not result.reused:
             summary.files_fetched += 1
         summary.bytes_fetched += result.fetched
-        if result.reuse is not None:
+        staged = self._source is not None and filename in self._source.staged
+        if result.reuse is not None and not staged:  # the closure's is no operator's file
             summary.reuse.add(result.reuse)
         if result.metadata == "wheel":
             summary.metadata_from_wheels += 1
@@ -1181,10 +1376,14 @@ class Sync:
         ):
             # Keep what upstream dropped: the page still offers those files, and
             # the project does not converge until an operator says otherwise.
+            filtered = sum(1 for f in gone if f.filename in project.left_out)
+            why = (f"the filters leave out {filtered} file(s)" if filtered == len(gone)
+                   else f"upstream dropped {len(gone) - filtered} file(s)" + (
+                       f" and the filters leave out {filtered}" if filtered else ""))
             project.errors.append(("*", (
-                f"upstream dropped {len(gone)} file(s); with the others dropped in this run "
-                f"that is more than max-removal ({self.config.max_removal:.0%}) of the files "
-                "held, so they were kept. Run with --allow-mass-delete if that is right"
+                f"{why}; with the others removed in this run that is more than max-removal "
+                f"({self.config.max_removal:.0%}) of the files held, so they were kept. "
+                "Run with --allow-mass-delete if that is right"
             )))
             files += gone
             gone = []
@@ -1222,6 +1421,8 @@ class Sync:
                 files=files,
                 gone=gone,
                 generation=generation,
+                filters=self._file_fingerprint,
+                held_until=project.due,
             )
             for filename, err in project.errors:
                 state.record_failure(generation, name, filename, "failed", err)

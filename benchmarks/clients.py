@@ -10,7 +10,9 @@ from __future__ import annotations
 import compileall
 import importlib.util
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +24,21 @@ TOOLS = (SIMPLEMIRROR, BANDERSNATCH)
 DEFAULT_BANDERSNATCH = Path("/tmp/bs/bin/bandersnatch")
 
 
-def find_mirror() -> str:
-    """The `mirror` command of the venv running the benchmark, its package byte-compiled.
+def find_mirror(given: str | None = None) -> str:
+    """The `mirror` command (``given``, else the one of the venv running the benchmark),
+    its package byte-compiled.
 
     Compiled as pip compiles an installed package: an editable install (pip install
     -e) leaves it to the first import, and where PYTHONDONTWRITEBYTECODE is set (it is
     on this project's machines) every process of every run compiled the sources again,
     ~30 ms of CPU each, three processes a sync. bandersnatch, installed from a wheel,
-    has its bytecode from pip.
+    has its bytecode from pip. A ``given`` command (another checkout's venv, to measure
+    back to back) is compiled by the interpreter its script names, or the two would not
+    be measured alike.
     """
+    if given is not None:
+        _compile_for(given)
+        return given
     beside = Path(sys.executable).parent / "mirror"  # the venv running the benchmark
     found = str(beside) if beside.exists() else shutil.which("mirror")
     if not found:
@@ -39,6 +47,23 @@ def find_mirror() -> str:
     for package in (spec.submodule_search_locations or []) if spec else []:
         compileall.compile_dir(package, quiet=1)
     return found
+
+
+def _compile_for(command: str) -> None:
+    """Byte-compile the simplemirror that ``command``, a console script, runs (its #!
+    line names the venv's interpreter); nothing when it is not such a script."""
+    try:
+        first = Path(shutil.which(command) or command).read_bytes().split(b"\n", 1)[0]
+    except OSError:
+        return
+    if not first.startswith(b"#!"):
+        return
+    compile_package = (
+        "import compileall, os, simplemirror\n"
+        "for where in simplemirror.__path__: compileall.compile_dir(where, quiet=1)"
+    )
+    subprocess.run([*shlex.split(first[2:].decode()), "-c", compile_package],
+                   capture_output=True, check=False)
 
 
 def find_bandersnatch() -> str:

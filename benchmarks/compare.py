@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 mirrors.append(clients.SimpleMirror(
                     work / "simplemirror", url,
                     None if mirror_workers == "default" else mirror_workers,
-                    args.mirror or clients.find_mirror(),
+                    clients.find_mirror(args.mirror),
                 ))
                 connections[clients.SIMPLEMIRROR] = (
                     default_mirror_workers() if mirror_workers == "default" else mirror_workers

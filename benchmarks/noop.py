@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if builder.exitcode != 0:
             print("building the root and the mirror failed")
             return 1
-        command = [args.mirror or clients.find_mirror(), "sync", "--upstream", server.url,
+        command = [clients.find_mirror(args.mirror), "sync", "--upstream", server.url,
                    "--directory", str(work / "mirror"), "--no-progress"]
         cases = [
             ("304", '"root"', work / "root.json"),

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"root_json {took['root_json']:.2f} s, both {took['both']:.2f} s"
             )
         return 0
-    binary = args.mirror or clients.find_mirror()
+    binary = clients.find_mirror(args.mirror)
     base = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     base.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

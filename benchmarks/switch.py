@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
               ".metadata", flush=True)
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
-        binary = args.mirror or clients.find_mirror()
+        binary = clients.find_mirror(args.mirror)
         with Nginx(the_world, work / "nginx") as nginx:
             bandersnatch = clients.Bandersnatch(
                 work / "bandersnatch", nginx.url, args.workers,

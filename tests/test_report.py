@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 from rich.progress import TimeRemainingColumn
 
-from simplemirror.report.progress import Reporter, RichReporter, seconds_left
+from simplemirror.report.progress import Reporter, seconds_left
+from simplemirror.report.terminal import RichReporter
 from simplemirror.report.units import clock
 
 

@@ -47,9 +47,10 @@ def test_signal_stops_the_run_and_the_next_run_resumes(
             assert time.monotonic() < deadline, "the sync never started downloading"
             time.sleep(0.05)
         time.sleep(0.3)
-        children = _children_of(process.pid)
-        # The download processes, and with them multiprocessing's resource tracker.
-        assert len(children) == (processes + 1 if processes else 0)
+        children = _descendants_of(process.pid)
+        # The download processes, and with them multiprocessing's resource tracker and
+        # the fork server they were forked from.
+        assert len(children) == (processes + 2 if processes else 0)
         signalled = time.monotonic()
         process.send_signal(signum)
         out, err = process.communicate(timeout=30)
@@ -151,16 +152,20 @@ def test_a_stopped_first_sync_serves_a_root_and_never_fetches_a_finished_file_tw
     }
     assert all(fetched[f.path] == 2 for f in big)
 
-def _children_of(pid: int) -> list[int]:
-    """Live child processes of ``pid``, from /proc."""
-    found = []
+def _descendants_of(pid: int) -> list[int]:
+    """Live child processes of ``pid``, and theirs, from /proc."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             state, parent = stat.read_text().rsplit(") ", 1)[1].split()[:2]
         except (OSError, IndexError):
             continue
-        if int(parent) == pid and state != "Z":
-            found.append(int(stat.parent.name))
+        if state != "Z":
+            parents[int(stat.parent.name)] = int(parent)
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found += frontier
     return found
 
 

@@ -8,6 +8,8 @@ import time
 import tomllib
 from pathlib import Path
 
+import sqlite_utils
+import sqlite_utils.plugins
 from packaging.requirements import Requirement
 
 from simplemirror.simple.model import HeldFile, RootProject
@@ -25,6 +27,28 @@ def test_the_declared_sqlite_utils_has_the_transactions_state_uses():
     (requirement,) = [r for r in map(Requirement, declared) if r.name == "sqlite-utils"]
     assert not requirement.specifier.contains("3.39.1")  # the last 3.x
     assert requirement.specifier.contains(importlib.metadata.version("sqlite-utils"))
+
+
+class _Plugin:
+    """A sqlite-utils plugin, as an installed package would register one."""
+
+    def __init__(self) -> None:
+        self.prepared = 0
+
+    @sqlite_utils.hookimpl
+    def prepare_connection(self, conn: sqlite3.Connection) -> None:
+        self.prepared += 1
+
+
+def test_installed_sqlite_utils_plugins_never_touch_state_db(tmp_path: Path):
+    plugin = _Plugin()
+    sqlite_utils.plugins.pm.register(plugin)
+    try:
+        State(tmp_path / "state.db")
+        State.readonly(tmp_path / "state.db")
+    finally:
+        sqlite_utils.plugins.pm.unregister(plugin)
+    assert plugin.prepared == 0
 
 
 def test_a_schema_1_state_db_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path):

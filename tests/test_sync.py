@@ -347,7 +347,7 @@ def test_progress_bars_on_a_terminal(upstream: Upstream, tmp_path: Path):
 
     from rich.console import Console
 
-    from simplemirror.report.progress import RichReporter
+    from simplemirror.report.terminal import RichReporter
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)

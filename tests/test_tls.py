@@ -126,6 +126,41 @@ def test_a_certificate_the_bundle_does_not_vouch_for_is_refused(
         get(https_url)  # type: ignore[operator]
 
 
+def test_importing_the_client_leaves_other_tls_contexts_their_default_store(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp is imported with the loading of the default CA store turned off (see
+    httpclient); afterwards a default context loads it as before (OpenSSL reads
+    SSL_CERT_FILE as it loads)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    assert ssl.create_default_context().cert_store_stats()["x509_ca"] == 1
+
+
+def test_the_ca_bundle_is_loaded_only_once_tls_is_needed(
+    https_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Loading it costs every process ~20 ms: a plain-http upstream never pays."""
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "no-such-bundle.pem"))
+
+    async def both() -> None:
+        client = Http(user_agent="t", limits=limits(), connections=2)
+        try:
+            got = await client.get(f"http://127.0.0.1:{plain.server_address[1]}/simple/")
+            assert got.body == BODY
+            with pytest.raises(FileNotFoundError):
+                await client.get(https_url)
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(both())
+    finally:
+        plain.shutdown()
+        plain.server_close()
+
+
 # -- through an https proxy tunnel (CONNECT), and redirects that leave TLS ----------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -222,6 +223,25 @@ def test_when_every_child_died_new_work_fails_at_once() -> None:
             pool.submit(where, 2).result(timeout=1)
     finally:
         pool.shutdown(5)
+
+
+async def burn(context: Context, seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_once_shut_down_the_childrens_cpu_counts_as_the_callers() -> None:
+    # The benchmarks measure a sync with os.wait4: the CPU of a process it never reaps
+    # (one forked by a fork server left running) would go uncounted.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pool = ProcessPool([1], Context, "cfg")
+    try:
+        pool.submit(burn, 0.3).result(timeout=30)
+    finally:
+        assert pool.shutdown(10)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime >= 0.3
 
 
 def test_children_end_when_their_parent_is_killed(tmp_path: Path) -> None:

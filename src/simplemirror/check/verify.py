@@ -55,7 +55,8 @@ from rich.console import Console
 from rich.progress import TaskID
 
 from simplemirror.cli.config import Config
-from simplemirror.report.progress import Periodic, bar, seconds_left
+from simplemirror.report.progress import Periodic, seconds_left
+from simplemirror.report.terminal import bar
 from simplemirror.report.units import clock, human_bytes
 from simplemirror.simple.model import Status
 from simplemirror.store import layout

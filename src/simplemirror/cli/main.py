@@ -30,21 +30,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.logging import RichHandler
+from typing import TYPE_CHECKING, Any
 
 from simplemirror import __version__
-from simplemirror.check import status, verify
+from simplemirror.check import status
 from simplemirror.cli import config, daemon
 from simplemirror.filter.rules import Filters
 from simplemirror.filter.select import Tally
 from simplemirror.report import history, logs, observe
-from simplemirror.report.progress import Reporter, RichReporter
+from simplemirror.report.progress import Reporter
 from simplemirror.report.units import human_bytes
 from simplemirror.serve import server as serve
 from simplemirror.sync.run import RunSummary, Sync, SyncError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("simplemirror")
 
@@ -223,6 +223,16 @@ def _interactive(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() and not args.quiet and args.log_format == "text"
 
 
+def _console(args: argparse.Namespace) -> Console | None:
+    """Where bars and log lines go for a person at a terminal; None (and rich is not
+    loaded, see report/terminal.py) for anyone else."""
+    if not _interactive(args) or args.no_progress:
+        return None
+    from simplemirror.report import terminal
+
+    return terminal.console()
+
+
 def _setup_logging(args: argparse.Namespace, console: Console | None) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler: logging.Handler
@@ -230,9 +240,9 @@ def _setup_logging(args: argparse.Namespace, console: Console | None) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logs.JsonFormatter())
     elif console is not None:
-        handler = RichHandler(console=console, show_path=False, markup=False,
-                              log_time_format=logs.TERMINAL_TIME_FORMAT)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        from simplemirror.report import terminal
+
+        handler = terminal.log_handler(console)
     else:
         # Under systemd or a pipe: one plain line per event, no colour.
         handler = logging.StreamHandler(sys.stderr)
@@ -467,12 +477,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
             "--allow-mass-delete is for one run after a real clean-up upstream: run "
             "`mirror sync --allow-mass-delete` once by itself, then start --every again"
         )
-    interactive = _interactive(args) and not args.no_progress
-    console = Console(stderr=True) if interactive else None
+    console = _console(args)
     _setup_logging(args, console)
 
     def make_reporter() -> Reporter:
-        return RichReporter(console) if console is not None else Reporter()
+        if console is None:
+            return Reporter()
+        from simplemirror.report import terminal
+
+        return terminal.RichReporter(console)
 
     # With `every` from the config file alone, --dry-run and --allow-mass-delete on the
     # command line ask for one run: that is what they are for (one look at the plan; one
@@ -542,7 +555,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     cfg = _offline_config(
         args, network=args.repair, workers=args.workers, file_hosts=args.file_host
     )
-    console = Console(stderr=True) if _interactive(args) and not args.no_progress else None
+    from simplemirror.check import verify  # here: it loads rich, which a sync may do without
+
+    console = _console(args)
     _setup_logging(args, console)
     progress = verify.RichVerifyProgress(console) if console else verify.VerifyProgress()
     try:

@@ -72,6 +72,7 @@ log = logging.getLogger("simplemirror")
 CHUNK = 1 << 20
 # Rows fetched from SQLite at a time, and hashing jobs queued per worker: enough to keep
 # every worker busy, few enough that memory does not grow with the mirror.
+HASH_THREADS_PER_CPU = 4
 BATCH = 512
 WINDOW_PER_WORKER = 4
 # A download or a disk error that concerns one file, not the whole repair.
@@ -386,7 +387,10 @@ class Verifier:
         window: deque[Future[_Checked]] = deque()
         limit = self.config.workers * WINDOW_PER_WORKER
         # Threads: hashlib lets go of the GIL over large buffers, so they share the cores.
-        pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="verify")
+        # As many as the disk and cores can keep busy, not one per network connection
+        # (workers is 50 by default, for a network's round trips).
+        threads = min(self.config.workers, HASH_THREADS_PER_CPU * (os.cpu_count() or 1))
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="verify")
         try:
             while rows := cursor.fetchmany(BATCH):
                 for raw in rows:

@@ -221,7 +221,8 @@ def _root_identity(url: str) -> tuple[str, str]:
 # Made again (SCHEMA) once the rows are in: an index built at the end sorts once, where
 # one kept up row by row pays a random B-tree insert a row. files_live stays: the
 # files upsert names it.
-_LATE_INDEXES = ("files_appeared", "files_path", "files_tombstones", "pages_written")
+_LATE_INDEXES = ("files_appeared", "files_path", "files_tombstones", "files_unreaped",
+                 "pages_written")
 
 
 def _copy(upstream: Upstream, number: int, body: bytes) -> tuple[Any, list[Any], str]:

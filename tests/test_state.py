@@ -85,8 +85,8 @@ def test_per_project_queries_use_the_project_index_not_a_walk_over_live_files(tm
     assert "files_live (project=?)" in _plan(state, held, ["p"])
     gone = "UPDATE files SET removed_gen = ? WHERE project = ? AND removed_gen IS NULL"
     assert "files_live (project=?)" in _plan(state, gone, [1, "p"])
-    tombstones = "SELECT id FROM files WHERE removed_gen IS NOT NULL AND deleted_gen IS NULL"
-    assert "files_tombstones" in _plan(state, tombstones, [])
+    unreaped = "SELECT id FROM files WHERE removed_gen IS NOT NULL AND deleted_gen IS NULL"
+    assert "files_unreaped" in _plan(state, unreaped, [])
 
 
 def test_the_old_index_over_every_removed_gen_is_dropped(tmp_path: Path):

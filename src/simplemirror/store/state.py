@@ -107,6 +107,11 @@ CREATE INDEX IF NOT EXISTS files_appeared ON files (appeared_gen);
 -- one project's (a per-project cost that grew with the mirror).
 CREATE INDEX IF NOT EXISTS files_tombstones ON files (removed_gen)
     WHERE removed_gen IS NOT NULL;
+-- The tombstones whose bytes are still on disk: what the reaper deletes at the end of a
+-- run, so next to none. Through files_tombstones, which keeps every tombstone ever for
+-- `mirror log`, it read each one's row (0.6 CPU s a run at 255,000 of them; schema 4).
+CREATE INDEX IF NOT EXISTS files_unreaped ON files (removed_gen)
+    WHERE removed_gen IS NOT NULL AND deleted_gen IS NULL;
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
 
 -- The live files (on a page, their bytes on disk) and their size, kept up by the

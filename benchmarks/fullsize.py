@@ -2,7 +2,7 @@
 
     python -m benchmarks.fullsize --workdir /dev/shm/full          # build, measure, remove
     python -m benchmarks.fullsize --workdir /dev/shm/full --keep   # ... and keep it
-    python -m benchmarks.fullsize --workdir /dev/shm/full --reuse  # measure the kept one again
+    python -m benchmarks.fullsize --workdir /dev/shm/full/fullsize-XXXX --reuse  # again
     python -m benchmarks.fullsize --check --projects 40            # generated rows == a sync's
 
 noop.py's mirror holds one file a project; the public index holds over ten million, and
@@ -24,7 +24,7 @@ are releases of an sdist and wheels (each wheel with PEP 658 metadata).
 Measured (``measure.run_measured``: wall, CPU, peak RSS), ``--repeat`` times:
 
 - ``noop 304``: the root unchanged, nginx answers If-None-Match with 304;
-- ``noop resent``: nginx sends no ETag, the same root comes whole (31.7 MB, gzip);
+- ``noop resent``: nginx sends no ETag, the same root comes whole (~30 MB, gzipped);
 - ``incremental``: ``--changes`` projects spread over the index each get a new release (an
   sdist and a wheel with its metadata, real bytes), a new serial, page and root, served
   by nginx; the run must download and verify exactly those files, checked after it;

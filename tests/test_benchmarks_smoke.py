@@ -211,3 +211,31 @@ def test_workers_alone_on_a_tiny_world(tmp_path: Path) -> None:
     assert [row[:2] for row in rows] == [["1", "threads"], ["3", "threads"], ["2", "tasks"]]
     assert all(float(value) > 0 for row in rows for value in (row[2], row[5]))
     assert not any(tmp_path.iterdir())  # its work directory is removed
+
+
+def test_fullsize_generates_the_rows_a_sync_writes(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fullsize", "--check", "--projects", "40",
+         "--mirror", str(Path(sys.executable).parent / "mirror"), "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].endswith("every row the same")
+    assert not any(tmp_path.iterdir())
+
+
+def test_fullsize_benchmark_on_a_small_mirror(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fullsize", "--projects", "300", "--changes", "20",
+         "--mirror", str(Path(sys.executable).parent / "mirror"), "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    for run in ("noop 304", "noop resent", "incremental", "status", "log", "log --generation"):
+        row = next(line for line in lines if line.startswith(run + " "))
+        assert row.endswith("exit 0")
+    # Every new file of the 20 changed projects was downloaded and found in place.
+    assert any("20 projects changed, 40 files fetched; 40 of 40 new files" in line
+               for line in lines)
+    assert not any(tmp_path.iterdir())

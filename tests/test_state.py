@@ -175,7 +175,7 @@ def test_project_changes_are_recorded_from_the_first_run_after_the_upgrade(tmp_p
         try:
             assert state.db["project_changes"].exists()
             assert state.get_meta("changes_since") == "4"
-            assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+            assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "4"
         finally:
             state.close()
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from simplemirror.simple import render
 from simplemirror.simple.model import HeldFile, version_of
@@ -85,6 +86,19 @@ def publish(
     if end.last_modified:
         publisher.last_modified(time.gmtime())
     return deleted
+
+
+def project_info(
+    name: str, page_serial: int | None, data: Mapping[str, Any], files: Sequence[HeldFile]
+) -> render.ProjectInfo:
+    """What a project's pages show besides its files, from the row state.db keeps
+    (``page_data``); versions derived from ``files`` where the row has none (rows of an
+    older simplemirror)."""
+    versions = data.get("versions")
+    if versions is None:
+        found = {version_of(f.filename) for f in files}
+        versions = sorted(v for v in found if v is not None)
+    return render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
 
 
 class Publisher:
@@ -161,12 +175,7 @@ class Publisher:
             return None
         page_serial, data = recorded
         files: list[HeldFile] = self.state.held_files(name)
-        versions = data.get("versions")
-        if versions is None:
-            found = {version_of(f.filename) for f in files}
-            versions = sorted(v for v in found if v is not None)
-        info = render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
-        return ProjectCopy(info, files)
+        return ProjectCopy(project_info(name, page_serial, data, files), files)
 
     def last_modified(self, when: time.struct_time) -> None:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""

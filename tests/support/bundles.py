@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from simplemirror.bundle import keys
-from simplemirror.bundle.apply import ImportRefused, ImportRequest, Imported, import_bundle
+from simplemirror.bundle.apply import Imported, ImportRefused, ImportRequest, import_bundle
 from simplemirror.bundle.export import ExportRequest, export
 from simplemirror.bundle.manifest import BUNDLE_FILE, SIGNATURE_FILE, BundleInfo
 from simplemirror.cli import config

@@ -422,25 +422,30 @@ class _Import:
         if self._have(rel, body):
             volumes.skip(body)
             return
-        if not volumes.present(body):
-            return
         want = dict(record.file.hashes) if body.suffix == "" else {"sha256": body.sha256}
         if body.suffix == layout.METADATA_SUFFIX and record.file.metadata_hashes:
             want = {**record.file.metadata_hashes, "sha256": body.sha256}
         if len(body.parts) == 1:
-            part = body.parts[0]
-            self._copy(volumes, part.volume, part.offset, body.size, want, rel)
+            if volumes.present(body):
+                part = body.parts[0]
+                self._copy(volumes, part.volume, part.offset, body.size, want, rel)
             return
-        parts_dir = self.area_web.parent / "parts"
+        # Split: each part staged as its volume comes (volumes may arrive apart), the file
+        # put together once all are.
+        area = self.area_web.parent
+        complete = True
         for part in body.parts:
             name = f"parts/{part.sha256}"
-            if store.is_file(parts_dir.parent, name) and (
-                store.sha256_of(parts_dir.parent, name) == part.sha256
-            ):
+            if store.is_file(area, name) and store.sha256_of(area, name) == part.sha256:
+                continue
+            if not volumes.present_part(part.volume):
+                complete = False
                 continue
             self._copy(volumes, part.volume, part.offset, part.size, {"sha256": part.sha256},
-                       name, root=parts_dir.parent, what=rel)
-        self._assemble(body, want, rel)
+                       name, root=area, what=rel)
+        volumes.skip(body)
+        if complete:
+            self._assemble(body, want, rel)
 
     def _copy(
         self, volumes: _Volumes, volume: int, offset: int, size: int, want: dict[str, str],
@@ -750,6 +755,10 @@ class _Volumes:
         ok = all(self._usable(p.volume) for p in body.parts)
         self._last = max(self._last, body.parts[-1].volume)
         return ok
+
+    def present_part(self, number: int) -> bool:
+        self._last = max(self._last, number)
+        return self._usable(number)
 
     def skip(self, body: Body) -> None:
         self._last = max(self._last, body.parts[-1].volume)

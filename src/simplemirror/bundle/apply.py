@@ -18,11 +18,11 @@ next attempt finishes the job.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import logging
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -61,7 +61,7 @@ from simplemirror.sync.plan import (
     is_mass_removal,
 )
 from simplemirror.sync.publish import Publisher, project_info
-from simplemirror.sync.run import locked
+from simplemirror.sync.run import disk_full, locked
 
 log = logging.getLogger("simplemirror")
 
@@ -234,10 +234,10 @@ class _Import:
                 outcome = "incomplete" if isinstance(exc, _Missing) else "refused"
                 exc.receipt = self._receipt(state, outcome, exc)
             raise
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        except (OSError, sqlite3.Error) as exc:
+            if disk_full(exc):
                 raise ImportRefused(
-                    f"the disk holding {self.directory} is full ({exc.strerror}): free some "
+                    f"the disk holding {self.directory} is full ({exc}): free some "
                     "space, then run the import again (what was staged is kept)"
                 ) from exc
             raise ImportRefused(f"cannot import into {self.directory}: {exc}") from exc
@@ -567,7 +567,12 @@ class _Import:
                 self._cap(delisted, listed, gone, live)
             roots = [(rel, os.stat(name).st_size, sha) for rel, (name, sha)
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
-            result = digest.published_digest(state.reader(), [self.area_web, self.web], roots)
+            try:
+                result = digest.published_digest(
+                    state.reader(), [self.area_web, self.web], roots
+                )
+            except digest.DigestError as exc:
+                raise ImportRefused(f"{exc}; nothing was changed") from None
             if result != info.target:
                 raise ImportRefused(
                     f"bundle {info.sequence}, applied, would not give the state the near side "

@@ -253,10 +253,11 @@ class _Import:
         last = reader.last_applied()
         if done is not None:
             path: Path | None = self._receipt_path(done[0])
-            if last is not None and last[0] == info.bundle and not self._receipt_path(
-                done[0]
-            ).exists():
-                path = self._receipt(state, "applied")  # the one a kill kept it from writing
+            if last is not None and last[0] == info.bundle:
+                # What a kill after its commit kept it from finishing: removals, receipt.
+                self._after(state, done[1], last_modified=False)
+                if not self._receipt_path(done[0]).exists():
+                    path = self._receipt(state, "applied")
             log.info("bundle %d (%s) was applied to %s already: nothing to do",
                      info.sequence, info.bundle, self.directory)
             return Imported(info, True, None, path if path and path.exists() else None)
@@ -516,35 +517,29 @@ class _Import:
         with state.transaction():
             listed, live = state.listed_count(), state.live_files_count()
             generation = state.begin_run(info.upstream or f"bundle chain {info.chain}")
-            removing: list[str] = []
-            removing_set: set[str] = set()
-            gone = delisted = 0
+            removing: set[str] = set()
+            gone = 0
             capped = False
             pending: list[HeldFile] = []
             pending_project = ""
             root_staged: list[tuple[str, str]] = []
-            publisher = Publisher(self.web, self.tmp, state, generation, info.public_url)
             for record in self._records():
                 if isinstance(record, RemovedRecord):
-                    if state.reader().is_published(record.name):
-                        if state.reader().project_status(record.name) is not Status.REMOVED:
-                            state.mark_removed([record.name], generation)
-                            delisted += 1
-                        # Its rows now (the digest must see them gone); its pages leave
-                        # the disk after the root stops listing it.
-                        state.unpublish(record.name, layout.project_pages(record.name),
-                                        generation)
-                        removing.append(record.name)
-                        removing_set.add(record.name)
+                    # As a sync does: the root stops listing it now, its pages and files
+                    # go once this commits (_after).
+                    status = state.reader().project_status(record.name)
+                    if status is not None and status is not Status.REMOVED:
+                        state.mark_removed([record.name], generation)
+                        removing.add(record.name)
                     continue
                 if isinstance(record, GoneRecord):
                     ended = state.import_gone(record.project, record.filename, record.path,
                                               generation)
-                    if record.project not in removing_set:
+                    if record.project not in removing:
                         gone += ended
                     continue
                 if not capped:
-                    self._cap(delisted, listed, gone, live)
+                    self._cap(len(removing), listed, gone, live)
                     capped = True
                 if isinstance(record, FileRecord):
                     if record.file.project != pending_project and pending:
@@ -564,7 +559,7 @@ class _Import:
                         state.set_meta("root_serial", str(record.serial))
                     root_staged = self._root(state, record, generation)
             if not capped:
-                self._cap(delisted, listed, gone, live)
+                self._cap(len(removing), listed, gone, live)
             roots = [(rel, os.stat(name).st_size, sha) for rel, (name, sha)
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
             try:
@@ -580,7 +575,7 @@ class _Import:
                     "differ from what the bundles before it made it; nothing was changed. Run "
                     "`mirror verify` there"
                 )
-            self._publish(state, generation, removing, root_staged, publisher)
+            self._publish(state, generation, len(removing), root_staged)
         return generation
 
     def _cap(self, projects: int, listed: int, files: int, live: int) -> None:
@@ -666,11 +661,10 @@ class _Import:
         return staged
 
     def _publish(
-        self, state: State, generation: int, removing: list[str],
-        root_staged: list[tuple[str, str]], publisher: Publisher,
+        self, state: State, generation: int, removed: int, root_staged: list[tuple[str, str]]
     ) -> None:
-        """Files, then pages (project by project), then the root; then the pages of removed
-        projects; the bytes flushed before state.db commits."""
+        """Files, then pages (project by project), then the root; the bytes flushed before
+        state.db commits."""
         installed = 0
         for record in self._records():
             if isinstance(record, FileRecord):
@@ -685,14 +679,12 @@ class _Import:
                     store.install(str(self.area_web / rel), self.web, rel, dir_checked=True)
         for (name, _), rel in zip(root_staged, layout.ROOT_PAGES, strict=True):
             store.install(name, self.web, rel)
-        for name in removing:
-            reap.remove_project_pages(self.web, name)
         store.flush(self.web)
         self.counts["bytes"] = installed
-        self.counts["removed"] = len(removing)
+        self.counts["removed"] = removed
         state.finish_run(
             generation, "ok", projects_changed=self.counts["pages"] // 2,
-            projects_removed=len(removing), files_fetched=self.counts["files"],
+            projects_removed=removed, files_fetched=self.counts["files"],
             bytes_fetched=installed,
         )
         state.record_applied(
@@ -700,10 +692,14 @@ class _Import:
             target=self.info.target, generation=generation, key_id=self.info.key_id,
         )
 
-    def _after(self, state: State, generation: int) -> None:
-        """Once committed: the bytes no page lists any more go, and last-modified."""
+    def _after(self, state: State, generation: int, *, last_modified: bool = True) -> None:
+        """Once committed, as at the end of a sync: the pages of removed projects, then the
+        bytes no page lists any more, go (what a kill left of this, the next import, or
+        this one's replay, does); then last-modified."""
+        reap.unpublish_removed_projects(self.web, state, generation)
         reap.reap_files(self.web, state, generation)
-        Publisher(self.web, self.tmp, state, generation).last_modified(time.gmtime())
+        if last_modified:
+            Publisher(self.web, self.tmp, state, generation).last_modified(time.gmtime())
 
     # -- receipts -------------------------------------------------------------------------------
 

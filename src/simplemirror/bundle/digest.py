@@ -2,11 +2,12 @@
 
 It hashes, in bytewise order of path, a line ``path NUL size NUL sha256 LF`` for
 everything published below ``web/`` except ``last-modified``: every live file and the
-files beside it, every project page, and the two root pages. Each side works it out from
-its own state.db (``StateReader.published_entries``) and its own tree: sizes and digests
-state.db does not hold (pages' sizes, signatures) are read from the tree. The root pages
-are given by the caller, rendered from the same state, so that a root a running sync has
-not written yet counts as what it will be.
+files beside it, every project page, and the two root pages (a project upstream removed
+counts as gone, though a stopped run may have left its pages for the next). Each side
+works it out from its own state.db (``StateReader.published_entries``) and its own tree:
+sizes and digests state.db does not hold (pages' sizes, signatures) are read from the
+tree. The root pages are given by the caller, rendered from the same state, so that a root
+a running sync has not written yet counts as what it will be.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def published_digest(
     epoch) is hashed again and must still be what state.db recorded (an export while a
     sync runs: state.db is read as of one moment, and a page rewritten since then differs).
     """
-    rows = reader.published_entries(SIBLINGS, (*layout.ROOT_PAGES, layout.LAST_MODIFIED))
+    pages = (f"{layout.SIMPLE}/", f"/{layout.HTML_INDEX}", f"/{layout.JSON_INDEX}")
+    rows = reader.published_entries(
+        SIBLINGS, pages, (*layout.ROOT_PAGES, layout.LAST_MODIFIED)
+    )
     found = _resolved(rows, roots, changed_after_ns)
     return state_digest(heapq.merge(found, sorted(root_pages)))
 

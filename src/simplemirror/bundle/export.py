@@ -111,10 +111,15 @@ def export(request: ExportRequest) -> Exported:
     # end; a sync's open batch is waited for.
     state = State(state_path, wait=120.0)
     try:
+        chain = state.get_meta("bundle_chain")
+        if chain is None:
+            # Kept from the first export on, so that one stopped midway is continued.
+            chain = secrets.token_hex(16)
+            state.set_meta("bundle_chain", chain)
         reader = snapshot(state_path)
         try:
             started_ns = time.time_ns()
-            info = _decide(request, reader)
+            info = _decide(request, reader, chain)
             partial, plan = _continue(request, info)
             continued = plan is not None
             if plan is None:
@@ -143,7 +148,7 @@ def export(request: ExportRequest) -> Exported:
     return Exported(final, replace(info, volumes=volumes), continued)
 
 
-def _decide(request: ExportRequest, reader: StateReader) -> BundleInfo:
+def _decide(request: ExportRequest, reader: StateReader, chain: str) -> BundleInfo:
     """Which bundle this is: its chain, sequence, base and the generations it covers."""
     newest = reader.newest_run()
     if newest is None:
@@ -152,7 +157,6 @@ def _decide(request: ExportRequest, reader: StateReader) -> BundleInfo:
     # The changes a run still going commits after this snapshot carry its generation:
     # the next bundle starts from it again.
     next_gen = through if outcome == "running" else through + 1
-    chain = reader.bundle_chain() or secrets.token_hex(16)
     last = reader.last_export()
     if request.receipt is not None:
         receipt = request.receipt
@@ -337,8 +341,7 @@ def _records(
     then the root."""
     since = 0 if info.full else info.generations[0]
     if not info.full:
-        html_page = (f"{layout.SIMPLE}/", f"/{layout.HTML_INDEX}")
-        for name in reader.export_unpublished(since, html_page):
+        for name in reader.export_removed(since):
             yield RemovedRecord(name)
         for owner, filename, path in reader.export_gone(since):
             yield GoneRecord(owner, filename, path)

@@ -825,8 +825,6 @@ class State:
     ) -> None:
         """The near side exported a bundle (its ledger: see bundles_exported)."""
         with self.transaction():
-            if self.get_meta("bundle_chain") is None:
-                self.set_meta("bundle_chain", chain)
             self.db.execute(
                 "INSERT INTO bundles_exported (bundle, chain, sequence, full, since_gen,"
                 " through_gen, next_gen, base, target, created, path)"
@@ -1274,42 +1272,52 @@ class StateReader:
         return (int(row[0]), row[1]) if row else None
 
     def published_entries(
-        self, suffixes: tuple[str, str, str], leave_out: Sequence[str]
+        self, suffixes: tuple[str, str, str], pages: tuple[str, str, str],
+        leave_out: Sequence[str],
     ) -> Iterator[tuple[str, int | None, str | None]]:
         """(path, size, sha256) of everything published below web/, by path (bytewise),
         leaving out the pages in ``leave_out``. ``suffixes``: of the .metadata, signature
-        and provenance files beside a distribution. A size or sha256 state.db does not
-        hold (those of the files beside one, the pages' sizes) is None."""
+        and provenance files beside a distribution; ``pages``: a project's pages are
+        ``pages[0] + name + pages[1]`` and ``... + pages[2]``. A size or sha256 state.db
+        does not hold (those of the files beside one, the pages' sizes) is None.
+
+        A project upstream removed counts as gone already, though a run that stopped
+        early may not have deleted its pages yet: the next one does."""
         metadata, signature, provenance = suffixes
+        prefix, html, json_page = pages
         marks = ", ".join("?" * len(leave_out))
+        live = f"{_LIVE} AND project NOT IN (SELECT name FROM projects WHERE status = 'removed')"
         return iter(self.conn.execute(
             "SELECT path, max(size), max(sha256) FROM ("
             f" SELECT path, size, json_extract(hashes, '$.sha256') AS sha256 FROM files"
-            f" WHERE {_LIVE}"
+            f" WHERE {live}"
             " UNION ALL SELECT path || ?, NULL, json_extract(metadata_hashes, '$.sha256')"
-            f" FROM files WHERE {_LIVE} AND metadata_hashes IS NOT NULL"
-            f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {_LIVE} AND signature"
-            f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {_LIVE} AND provenance"
+            f" FROM files WHERE {live} AND metadata_hashes IS NOT NULL"
+            f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {live} AND signature"
+            f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {live} AND provenance"
             " UNION ALL SELECT path, NULL, sha256 FROM pages WHERE removed_gen IS NULL"
-            f" AND path NOT IN ({marks})"
+            f" AND path NOT IN ({marks}) AND path NOT IN (SELECT ? || name || ? FROM projects"
+            " WHERE status = 'removed' UNION ALL SELECT ? || name || ? FROM projects"
+            " WHERE status = 'removed')"
             ") GROUP BY path ORDER BY path",
-            [metadata, signature, provenance, *leave_out],
+            [metadata, signature, provenance, *leave_out, prefix, html, prefix, json_page],
         ))
 
     def export_projects(
         self, since: int, pages: tuple[str, str, str]
     ) -> Iterator[tuple[str, str, int | None, int | None, Status, str | None, dict[str, Any],
                         bool]]:
-        """Published projects whose row or pages changed in generation ``since`` or later,
-        by name: (name, display name, serial, page serial, status, error, page data,
-        whether its pages were written then). ``pages``: a project's pages' paths are
-        ``pages[0] + name + pages[1]`` and ``pages[0] + name + pages[2]``."""
+        """Published projects (not removed) whose row or pages changed in generation
+        ``since`` or later, by name: (name, display name, serial, page serial, status,
+        error, page data, whether its pages were written then). ``pages``: a project's
+        pages are ``pages[0] + name + pages[1]`` and ``pages[0] + name + pages[2]``."""
         prefix, html, json_page = pages
         rows = self.conn.execute(
             "SELECT p.name, p.display_name, p.serial, p.page_serial, p.status, p.error,"
             " p.page_data, EXISTS (SELECT 1 FROM pages WHERE path IN (? || p.name || ?,"
             " ? || p.name || ?) AND written_gen >= ? AND removed_gen IS NULL)"
-            " FROM projects AS p WHERE p.published_gen IS NOT NULL AND (p.updated_gen >= ?"
+            " FROM projects AS p WHERE p.published_gen IS NOT NULL AND p.status != 'removed'"
+            " AND (p.updated_gen >= ?"
             " OR EXISTS (SELECT 1 FROM pages WHERE path IN (? || p.name || ?,"
             " ? || p.name || ?) AND written_gen >= ? AND removed_gen IS NULL))"
             " ORDER BY p.name",
@@ -1342,21 +1350,14 @@ class StateReader:
             [since],
         ))
 
-    def export_unpublished(self, since: int, html_page: tuple[str, str]) -> list[str]:
-        """Projects whose pages were deleted in generation ``since`` or later and are not
-        published again; ``html_page``: a project's HTML page is ``[0] + name + [1]``."""
+    def export_removed(self, since: int) -> list[str]:
+        """Projects upstream removed in generation ``since`` or later (still so)."""
         rows = self.conn.execute(
-            "SELECT name FROM projects AS p WHERE published_gen IS NULL AND EXISTS"
-            " (SELECT 1 FROM pages WHERE path = ? || p.name || ? AND removed_gen >= ?)"
+            "SELECT name FROM projects WHERE status = 'removed' AND updated_gen >= ?"
             " ORDER BY name",
-            [*html_page, since],
+            [since],
         )
         return [name for (name,) in rows]
-
-    def bundle_chain(self) -> str | None:
-        """The chain of bundles this mirror exports (None before its first export)."""
-        row = self._one("SELECT value FROM meta WHERE key = 'bundle_chain'")
-        return row[0] if row else None
 
     def last_export(self) -> tuple[str, int, int, str] | None:
         """(bundle, sequence, next generation, target digest) of the newest export."""
@@ -1384,11 +1385,11 @@ class StateReader:
         )
         return (row[0], row[1], int(row[2]), row[3]) if row else None
 
-    def applied(self, bundle: str) -> tuple[int, str] | None:
-        """(sequence, target digest) of ``bundle`` if it was applied here."""
-        row = self._one("SELECT sequence, target FROM bundles_applied WHERE bundle = ?",
+    def applied(self, bundle: str) -> tuple[int, int] | None:
+        """(sequence, generation) of ``bundle`` if it was applied here."""
+        row = self._one("SELECT sequence, generation FROM bundles_applied WHERE bundle = ?",
                         [bundle])
-        return (int(row[0]), row[1]) if row else None
+        return (int(row[0]), int(row[1])) if row else None
 
     def held_files(self, project: str) -> list[HeldFile]:
         """A project's live files, by id (as State.held_files)."""

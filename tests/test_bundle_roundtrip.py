@@ -5,8 +5,11 @@ far side's receipt."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,3 +208,49 @@ def test_a_lost_bundle_is_replaced_from_the_receipt(
     apply(make_bundle(near, out, key), far, key)
     assert published(far) == published(near)
     assert "already" in refused(make_bundle(near, out, key, full=True), far, key)
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """No index, find-links or proxy settings from the machine."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PIP_", "UV_")) and "proxy" not in k.lower()}
+    return {**env, **extra}
+
+
+@pytest.mark.slow
+def test_pip_and_uv_install_from_the_far_side(tmp_path: Path) -> None:
+    from uv import find_uv_bin
+
+    from tests.support.serving import MirrorServe
+
+    world = World()
+    world.add_project("Foo__Bar.baz", ["1.0", "2.0"])
+    world.add_project("app", ["0.1"], sdist=False, requires_dist=["foo-bar-baz>=2"])
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    with Upstream(world) as up:
+        sync(up, near)
+        apply(make_bundle(near, out, key, full=True), far, key)
+    index = f"file://{far / 'web' / 'simple'}/"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "download",
+         "--index-url", index, "-d", str(tmp_path / "dl"), "app"],
+        env=_clean_env(PIP_CONFIG_FILE=os.devnull, PIP_NO_CACHE_DIR="1"),
+        capture_output=True, text=True, timeout=180,
+    )
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
+        "app-0.1-py3-none-any.whl", "foo_bar_baz-2.0-py3-none-any.whl"]
+    with MirrorServe(far, tmp_path / "serve") as served:
+        uv = subprocess.run(
+            [find_uv_bin(), "pip", "install", "--no-config", "--python", sys.executable,
+             "--default-index", served.index, "--target", str(tmp_path / "target"),
+             "--link-mode", "copy", "app"],
+            env=_clean_env(UV_CACHE_DIR=str(tmp_path / "uv-cache"), UV_PYTHON_DOWNLOADS="never",
+                           UV_NO_PROGRESS="1"),
+            capture_output=True, text=True, timeout=180,
+        )
+    assert uv.returncode == 0, uv.stdout + uv.stderr
+    assert sorted(p.name for p in (tmp_path / "target").iterdir()
+                  if p.name.endswith(".dist-info")) == ["app-0.1.dist-info",
+                                                        "foo_bar_baz-2.0.dist-info"]

@@ -15,7 +15,10 @@ yet); 1 when there is no state.db to read. `mirror log`: 0, or 1 when there is n
 state.db or no such generation. `mirror serve`: runs until stopped, then 0
 (SIGTERM or SIGINT is how it is meant to stop, so systemd sees a clean exit); 1 when it
 cannot start (no web/simple in the directory, the address cannot be bound); 2 usage or
-configuration error. Output cut short by its reader (`| head`) changes no exit status.
+configuration error. `mirror keygen` and `mirror export`: 0, or 1 when they cannot (a key
+file exists, a wrong passphrase, nothing to export). `mirror import`: 0 when the bundle is
+applied, or was already; 1 when it is refused or incomplete (nothing changed).
+Output cut short by its reader (`| head`) changes no exit status.
 """
 
 from __future__ import annotations
@@ -731,6 +734,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     values = config.read_file(args.config) if args.config is not None else {}
     directory = _mirror_directory(args, values)
     max_removal = values.get("max_removal", config.Config.max_removal)
+    if not 0.0 <= max_removal <= 1.0:
+        raise config.ConfigError("max-removal must be a share between 0.0 and 1.0, like 0.10")
     try:
         public_key = keys.PublicKey.read(args.public_key)
         done = apply.import_bundle(apply.ImportRequest(

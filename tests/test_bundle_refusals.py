@@ -283,7 +283,7 @@ def test_an_unsigned_partial_export_is_no_bundle(chain: Chain, far: Path, bundle
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     target = tmp_path / "disk"
     target.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(target)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)],
                              capture_output=True)
     if mounted.returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")

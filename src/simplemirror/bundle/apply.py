@@ -48,6 +48,7 @@ from simplemirror.bundle.manifest import (
     RemovedRecord,
     RootRecord,
     lines,
+    trusted,
 )
 from simplemirror.simple import render
 from simplemirror.simple.model import HeldFile, Status
@@ -212,6 +213,7 @@ class _Import:
                 replayed = self._chained(state)
                 if replayed is not None:
                     return replayed
+            self._open_area()
             self._check_manifest()
             self._stage()
             if state is None:
@@ -300,14 +302,26 @@ class _Import:
 
     # -- reading the manifest -------------------------------------------------------------------
 
+    def _open_area(self) -> None:
+        """The staging area in tmp/, kept from an earlier attempt if there was one."""
+        area = store.make_area(self.tmp, STAGING)
+        self.area_web, self.area_tmp = area / "web", area / "tmp"
+        for sub in ("web", "tmp", "parts", "done"):
+            store.make_dir(area, sub)
+        store.clear_leftovers(self.area_tmp)
+        self.manifest_copy = f"manifest-{self.info.bundle}.jsonl"
+
     def _records(self) -> Iterator[Record]:
-        with _open_plain(self.source, MANIFEST_FILE) as f:
-            for number, line in enumerate(lines(iter(lambda: f.read(_CHUNK), b"")), 1):
-                yield self.reader.decode(line, number)
+        """The manifest's records, from the copy _check_manifest verified and checked."""
+        with store.open_file(self.area_web.parent, self.manifest_copy) as f:
+            for line in lines(iter(lambda: f.read(_CHUNK), b"")):
+                yield trusted(line)
 
     def _check_manifest(self) -> None:
         """The manifest is the one BUNDLE.json names (size, sha256), and every record in it
-        holds, in the order it must come in."""
+        holds, in the order it must come in. Copied into the staging area as it is read,
+        so that what was checked is what is applied, whatever happens to the bundle's
+        medium meanwhile; the bytes the bundle needs staged are counted on the way."""
         info = self.info
         with _open_plain(self.source, MANIFEST_FILE) as f:
             size = os.fstat(f.fileno()).st_size
@@ -317,76 +331,83 @@ class _Import:
                     " it is truncated or altered; copy the bundle again"
                 )
             h = hashlib.sha256()
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                h.update(chunk)
+            order = _Order()
+            problem: ManifestError | None = None
+            self.needed = 0
+            fd, name = store.create(self.area_tmp, store.PAGE_PREFIX)
+            try:
+                try:
+                    def chunks() -> Iterator[bytes]:
+                        for chunk in iter(lambda: f.read(_CHUNK), b""):
+                            h.update(chunk)
+                            store.write_all(fd, chunk)
+                            yield chunk
+
+                    for number, line in enumerate(lines(chunks()), 1):
+                        if problem is not None:
+                            continue  # the digest still decides which refusal it is
+                        try:
+                            record = self.reader.decode(line, number)
+                            order.check(record)
+                        except ManifestError as exc:
+                            problem = exc
+                            continue
+                        if isinstance(record, FileRecord):
+                            self.needed += self._to_stage(record)
+                    if problem is None:
+                        order.finish()
+                finally:
+                    os.close(fd)
+            except ManifestError as exc:
+                problem = exc
+            except BaseException:
+                store.discard(name)
+                raise
         if h.hexdigest() != info.manifest_sha256:
+            store.discard(name)
             raise ImportRefused(f"{MANIFEST_FILE} is not the one BUNDLE.json signs (its sha256 "
                                 "differs): it was altered or damaged; copy the bundle again")
-        try:
-            self._check_order()
-        except ManifestError as exc:
-            raise ImportRefused(f"{self.source}/{exc}; nothing was changed") from None
+        if problem is not None:
+            store.discard(name)
+            raise ImportRefused(f"{self.source}/{problem}; nothing was changed")
+        store.install(name, self.area_web.parent, self.manifest_copy)
 
-    def _check_order(self) -> None:
-        # Removals, then each project's files and the project (by name), then the root: so
-        # that the cap is known before any page, and a project's rows before its pages.
-        phase, last, root = 0, "", False
-        for record in self._records():
-            if root:
-                raise ManifestError(f"{MANIFEST_FILE}: a record after the root")
-            if isinstance(record, (RemovedRecord, GoneRecord)):
-                if phase:
-                    raise ManifestError(f"{MANIFEST_FILE}: a removal after the projects")
-            elif isinstance(record, RootRecord):
-                root = True
-            else:
-                name = record.file.project if isinstance(record, FileRecord) else record.name
-                step = 1 if isinstance(record, FileRecord) else 2
-                if (name, step) < (last, phase) or (name == last and phase == 2):
-                    raise ManifestError(f"{MANIFEST_FILE}: {name} is out of order")
-                last, phase = name, step
-        if not root:
-            raise ManifestError(f"{MANIFEST_FILE}: no root record at its end")
+    def _to_stage(self, record: FileRecord) -> int:
+        """The bytes of ``record``'s bodies neither staged nor in place yet."""
+        return sum(
+            body.size for body in record.bodies
+            if all(_size_of(root, record.body_path(body)) != body.size
+                   for root in (self.area_web, self.web))
+        )
 
     # -- staging ----------------------------------------------------------------------------------
 
     def _stage(self) -> None:
         """Stream every body the far side lacks into the staging area, checked; say what
         is missing."""
-        area = store.make_area(self.tmp, STAGING)
-        self.area_web, self.area_tmp = area / "web", area / "tmp"
-        for sub in ("web", "tmp", "parts", "done"):
-            store.make_dir(area, sub)
-        store.clear_leftovers(self.area_tmp)
-        volumes = _Volumes(self.source, self.info)
-        missing_files: list[str] = []
-        needed = 0
-        for record in self._records():
-            if not isinstance(record, FileRecord):
-                continue
-            if not any(b.suffix == "" for b in record.bodies):
-                status = store.stat_file(self.web, record.file.path)
-                if status is None or not stat.S_ISREG(status.st_mode) or (
-                    status.st_size != record.file.size
-                ):
-                    missing_files.append(record.file.path)
-            for body in record.bodies:
-                rel = record.body_path(body)
-                if all(_size_of(root, rel) != body.size for root in (self.area_web, self.web)):
-                    needed += body.size
         free = os.statvfs(self.tmp)
-        if needed > free.f_bavail * free.f_frsize:
+        if self.needed > free.f_bavail * free.f_frsize:
             raise ImportRefused(
-                f"bundle {self.info.sequence} needs {needed} bytes staged in {self.tmp}, and "
-                f"{free.f_bavail * free.f_frsize} are free: free some space, then run the "
+                f"bundle {self.info.sequence} needs {self.needed} bytes staged in {self.tmp}, "
+                f"and {free.f_bavail * free.f_frsize} are free: free some space, then run the "
                 "import again"
             )
+        volumes = _Volumes(self.source, self.info)
+        missing_files: list[str] = []
         try:
             for record in self._records():
-                if isinstance(record, FileRecord):
-                    for body in record.bodies:
-                        self._stage_body(record, body, volumes)
-                    volumes.reached(self._mark_done)
+                if not isinstance(record, FileRecord):
+                    continue
+                if not any(b.suffix == "" for b in record.bodies):
+                    # The far side must hold it already: no body travels with it.
+                    status = store.stat_file(self.web, record.file.path)
+                    if status is None or not stat.S_ISREG(status.st_mode) or (
+                        status.st_size != record.file.size
+                    ):
+                        missing_files.append(record.file.path)
+                for body in record.bodies:
+                    self._stage_body(record, body, volumes)
+                volumes.reached(self._mark_done)
             volumes.reached(self._mark_done, end=True)
         finally:
             volumes.close()
@@ -481,7 +502,8 @@ class _Import:
         except BaseException:
             store.discard(name)
             raise
-        store.install(name, root or self.area_web, rel)
+        # A file's own directory is new (content-addressed); the parts' is there.
+        store.install(name, root or self.area_web, rel, new_dir=root is None)
 
     def _assemble(self, body: Body, want: dict[str, str], rel: str) -> None:
         root = self.area_web.parent
@@ -504,7 +526,7 @@ class _Import:
         except BaseException:
             store.discard(name)
             raise
-        store.install(name, self.area_web, rel)
+        store.install(name, self.area_web, rel, new_dir=True)
         for part in body.parts:
             store.remove(root, f"parts/{part.sha256}")
 
@@ -634,7 +656,7 @@ class _Import:
             store.make_dir(self.area_web, layout.project_dir(name))
             store.write_file(self.area_web, self.area_tmp, rel, data, dir_checked=True)
             if state.reader().page_sha256(rel) != sha256:
-                state.record_page(rel, sha256, generation)
+                state.record_page(rel, sha256, len(data), generation)
             self.counts["pages"] += 1
 
     def _root(self, state: State, record: RootRecord, generation: int) -> list[tuple[str, str]]:
@@ -657,7 +679,7 @@ class _Import:
                     "nothing was changed"
                 )
             if state.reader().page_sha256(rel) != sha256:
-                state.record_page(rel, sha256, generation)
+                state.record_page(rel, sha256, want.size, generation)
         return staged
 
     def _publish(
@@ -727,6 +749,34 @@ class _Import:
             log.warning("could not write the receipt %s: %s", path, exc)
             return None
         return path
+
+
+class _Order:
+    """Records come in the order an import relies on: removals, then each project's files
+    and the project itself (by name), then the root, so that the cap is known before any
+    page, and a project's rows are in before its pages."""
+
+    def __init__(self) -> None:
+        self.phase, self.last, self.root = 0, "", False
+
+    def check(self, record: Record) -> None:
+        if self.root:
+            raise ManifestError(f"{MANIFEST_FILE}: a record after the root")
+        if isinstance(record, (RemovedRecord, GoneRecord)):
+            if self.phase:
+                raise ManifestError(f"{MANIFEST_FILE}: a removal after the projects")
+        elif isinstance(record, RootRecord):
+            self.root = True
+        else:
+            name = record.file.project if isinstance(record, FileRecord) else record.name
+            step = 1 if isinstance(record, FileRecord) else 2
+            if (name, step) < (self.last, self.phase) or (name == self.last and self.phase == 2):
+                raise ManifestError(f"{MANIFEST_FILE}: {name} is out of order")
+            self.last, self.phase = name, step
+
+    def finish(self) -> None:
+        if not self.root:
+            raise ManifestError(f"{MANIFEST_FILE}: no root record at its end")
 
 
 def _size_of(root: Path, rel: str) -> int | None:

@@ -138,6 +138,7 @@ CREATE INDEX IF NOT EXISTS staged_files_path ON staged_files (path);
 CREATE TABLE IF NOT EXISTS pages (
     path         TEXT PRIMARY KEY,      -- below web/
     sha256       TEXT NOT NULL,
+    size         INTEGER,               -- NULL: written before sizes were recorded
     appeared_gen INTEGER NOT NULL,
     written_gen  INTEGER NOT NULL,
     removed_gen  INTEGER
@@ -207,7 +208,10 @@ _ADDED_COLUMNS = (
     ("files", "deleted_gen", "INTEGER"),
     ("files", "signature", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "provenance", "INTEGER NOT NULL DEFAULT 0"),
+    ("pages", "size", "INTEGER"),
 )
+# Of those, what a dry run never reads, and so does without.
+_UNREAD_BY_DRY_RUN = frozenset({("pages", "size")})
 
 
 def now() -> str:
@@ -343,6 +347,8 @@ class State:
                     f"{found}); run `mirror sync` once with this one to upgrade it"
                 )
             for table, column, _ in _ADDED_COLUMNS:
+                if (table, column) in _UNREAD_BY_DRY_RUN:
+                    continue
                 if column not in state.db[table].columns_dict:
                     raise StateError(
                         f"{path} predates this version of simplemirror; run `mirror sync` "
@@ -734,14 +740,15 @@ class State:
 
     # -- pages and failures -------------------------------------------------
 
-    def record_page(self, path: str, sha256: str, generation: int) -> None:
+    def record_page(self, path: str, sha256: str, size: int, generation: int) -> None:
         self.db.execute(
-            "INSERT INTO pages (path, sha256, appeared_gen, written_gen) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256,"
+            "INSERT INTO pages (path, sha256, size, appeared_gen, written_gen)"
+            " VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
             " written_gen = excluded.written_gen,"
             " appeared_gen = CASE WHEN removed_gen IS NULL THEN appeared_gen"
             " ELSE excluded.appeared_gen END, removed_gen = NULL",
-            [path, sha256, generation, generation],
+            [path, sha256, size, generation, generation],
         )
 
     def record_failure(
@@ -1279,7 +1286,8 @@ class StateReader:
         leaving out the pages in ``leave_out``. ``suffixes``: of the .metadata, signature
         and provenance files beside a distribution; ``pages``: a project's pages are
         ``pages[0] + name + pages[1]`` and ``... + pages[2]``. A size or sha256 state.db
-        does not hold (those of the files beside one, the pages' sizes) is None.
+        does not hold (those of the files beside one, and the sizes of pages written by a
+        simplemirror before 0.1's schema 4) is None.
 
         A project upstream removed counts as gone already, though a run that stopped
         early may not have deleted its pages yet: the next one does."""
@@ -1295,7 +1303,7 @@ class StateReader:
             f" FROM files WHERE {live} AND metadata_hashes IS NOT NULL"
             f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {live} AND signature"
             f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {live} AND provenance"
-            " UNION ALL SELECT path, NULL, sha256 FROM pages WHERE removed_gen IS NULL"
+            " UNION ALL SELECT path, size, sha256 FROM pages WHERE removed_gen IS NULL"
             f" AND path NOT IN ({marks}) AND path NOT IN (SELECT ? || name || ? FROM projects"
             " WHERE status = 'removed' UNION ALL SELECT ? || name || ? FROM projects"
             " WHERE status = 'removed')"

@@ -9,6 +9,7 @@ performs the order in which a run (and `verify --repair`) changes the tree.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ class Publisher:
         if not new and store.same_bytes(self.web, rel, data):
             return
         digest = store.write_file(self.web, self.tmp, rel, data, dir_checked=new or dir_checked)
-        self._written(rel, digest)
+        self._written(rel, digest, len(data))
 
     def pages_from_parts(self, pages: Mapping[str, Iterable[str]]) -> None:
         """``page`` for large pages given in pieces (the root's), written side by side as
@@ -140,11 +141,12 @@ class Publisher:
             if store.sha256_of(self.web, rel) == digest:
                 store.discard(name)
                 continue
+            size = os.stat(name).st_size
             store.install(name, self.web, rel)
-            self._written(rel, digest)
+            self._written(rel, digest, size)
 
-    def _written(self, rel: str, digest: str) -> None:
-        self.state.record_page(rel, digest, self.generation)
+    def _written(self, rel: str, digest: str, size: int) -> None:
+        self.state.record_page(rel, digest, size, self.generation)
         self.pages_written += 1
 
     def project(self, info: render.ProjectInfo, files: Sequence[HeldFile]) -> None:

@@ -254,3 +254,52 @@ def test_pip_and_uv_install_from_the_far_side(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "target").iterdir()
                   if p.name.endswith(".dist-info")) == ["app-0.1.dist-info",
                                                         "foo_bar_baz-2.0.dist-info"]
+
+
+@pytest.mark.slow
+def test_an_export_beside_a_running_sync_is_a_consistent_snapshot(tmp_path: Path) -> None:
+    """The delta exported while a sync writes is the state of one moment: the far side's
+    digest after it matches that bundle's target, and the next bundle brings the rest."""
+    import time
+
+    rng = random.Random(3)
+    world = World()
+    for i in range(8):
+        world.add_project(f"Busy_{i}", ["1.0"])
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    with Upstream(world) as up:
+        sync(up, near)
+        apply(make_bundle(near, out, key, full=True), far, key)
+        for i in range(8):
+            upfile = world.add_file(f"Busy_{i}", f"busy_{i}-2.0.tar.gz", rng.randbytes(20_000))
+            up.slow_body[upfile.path] = 1  # 20 kB at 2 kB a pause: a second or two each
+        world.remove_project("busy-7")
+        world.yank("busy-0", "busy_0-1.0.tar.gz")
+        up.slow_chunk, up.slow_pause = 2048, 0.15
+        running = subprocess.Popen(
+            [sys.executable, "-m", "simplemirror", "sync", "--upstream", up.url, "--directory",
+             str(near), "--workers", "1", "--download-processes", "0", "--no-progress",
+             "--allow-mass-delete"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            # Until the sync has recorded part of its work, and only part.
+            while len([p for p in (near / "web/packages").rglob("busy_*-2.0.tar.gz")]) < 2:
+                assert time.monotonic() < deadline and running.poll() is None
+                time.sleep(0.05)
+            # The bundle is written beside the sync; only its entry in state.db waits for
+            # the sync to end (a second writer would break the sync's transactions).
+            during = make_bundle(near, out, key)
+            said, _ = running.communicate(timeout=120)
+            assert running.returncode == 0, said
+            # Read while generation 2 ran: the next bundle starts from it again.
+            assert info_of(during).generations[1:] == (2, 2)
+            apply(during, far, key)  # its digest check: the snapshot was consistent
+        finally:
+            if running.poll() is None:
+                running.kill()
+                running.wait()
+    apply(make_bundle(near, out, key), far, key)
+    assert published(far) == published(near)

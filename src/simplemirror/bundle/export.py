@@ -70,6 +70,8 @@ _CHUNK = 1 << 20
 # A page modified this close before the snapshot may have been written after it on a
 # filesystem with coarse timestamps: it is hashed again.
 _MTIME_MARGIN_NS = 2_000_000_000
+# How often an export whose bundle is complete asks again for the lock a sync holds.
+_LOCK_POLL = 5.0
 
 
 class ExportError(Exception):
@@ -99,26 +101,21 @@ class Exported:
 
 
 def export(request: ExportRequest) -> Exported:
+    """Write one bundle; its path. state.db is only read until the bundle is complete:
+    another writer beside a running sync makes the sync's next write fail (SQLite's
+    deferred transactions), so the ledger is written under the mirror's lock (_record)."""
     state_path = request.directory / "state.db"
     web = request.directory / "web"
     if not state_path.is_file():
         raise ExportError(f"no state.db in {request.directory}: nothing has been synced there")
     try:
         request.to.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create {request.to}: {exc.strerror or exc}") from None
-    # Opened first as a writer, for the upgrade (the ledger's table) and the ledger at the
-    # end; a sync's open batch is waited for.
-    state = State(state_path, wait=120.0)
-    try:
-        chain = state.get_meta("bundle_chain")
-        if chain is None:
-            # Kept from the first export on, so that one stopped midway is continued.
-            chain = secrets.token_hex(16)
-            state.set_meta("bundle_chain", chain)
         reader = snapshot(state_path)
         try:
             started_ns = time.time_ns()
+            # A first export stopped midway keeps the chain its plan began.
+            chain = (reader.bundle_chain() or _partial_chain(request.to, request.directory)
+                     or secrets.token_hex(16))
             info = _decide(request, reader, chain)
             partial, plan = _continue(request, info)
             continued = plan is not None
@@ -132,20 +129,56 @@ def export(request: ExportRequest) -> Exported:
         info, sizes = plan
         log.info("writing %d volume(s) of %s", len(sizes), partial)
         volumes = _write_volumes(partial, web, sizes)
-        final = _seal(partial, replace(info, volumes=volumes), request.key)
-        state.record_export(
-            bundle=info.bundle, chain=info.chain, sequence=info.sequence, full=info.full,
-            since_gen=info.generations[0], through_gen=info.generations[1],
-            next_gen=info.generations[2], base=info.base, target=info.target,
-            path=str(final),
-        )
+        info = replace(info, volumes=volumes)
+        final = _seal(partial, info, request.key)
+        _record(request.directory, info, final)
     except OSError as exc:
-        raise ExportError(f"cannot write the bundle: {exc}") from exc
+        raise ExportError(
+            f"cannot export: {exc}; once that is fixed, run the export again (it continues)"
+        ) from exc
     except digest.DigestError as exc:
         raise ExportError(str(exc)) from exc
-    finally:
-        state.close()
-    return Exported(final, replace(info, volumes=volumes), continued)
+    return Exported(final, info, continued)
+
+
+def _record(directory: Path, info: BundleInfo, path: Path) -> None:
+    """The bundle into the ledger in state.db, under the mirror's lock: once a running
+    sync (or verify) is done, if one is."""
+    from simplemirror.sync.run import SyncError, locked  # the sync's lock, and its machinery
+
+    waited = False
+    while True:
+        try:
+            with locked(directory, "mirror export"):
+                state = State(directory / "state.db")
+                try:
+                    state.record_export(
+                        bundle=info.bundle, chain=info.chain, sequence=info.sequence,
+                        full=info.full, since_gen=info.generations[0],
+                        through_gen=info.generations[1], next_gen=info.generations[2],
+                        base=info.base, target=info.target, path=str(path),
+                    )
+                finally:
+                    state.close()
+                return
+        except SyncError as exc:
+            if "cannot run while" not in str(exc):  # not busy: no lock file to be had
+                raise ExportError(f"{exc}; the bundle {path} is complete, but not recorded: "
+                                  "fix that, then run the export again") from None
+            if not waited:
+                log.info("bundle %d is complete in %s; recording it in state.db once the "
+                         "mirror is free (%s)", info.sequence, path, exc)
+                waited = True
+            time.sleep(_LOCK_POLL)
+
+
+def _partial_chain(to: Path, directory: Path) -> str | None:
+    """The chain of this mirror's first export, stopped midway in ``to``, if there is one."""
+    for partial in _partials(to, 1):
+        plan = _read_plan(partial)
+        if plan is not None and plan[3] == str(directory):
+            return plan[0].chain
+    return None
 
 
 def _decide(request: ExportRequest, reader: StateReader, chain: str) -> BundleInfo:
@@ -211,8 +244,8 @@ def _continue(
         plan = _read_plan(partial)
         if plan is None:
             continue  # not ours, or its plan was never finished
-        planned, sizes, volume_size = plan
-        if planned.chain != info.chain:
+        planned, sizes, volume_size, mirror = plan
+        if planned.chain != info.chain or mirror != str(request.directory):
             continue
         same = (planned.full, planned.base, planned.generations[0], volume_size,
                 planned.public_url) == (info.full, info.base, info.generations[0],
@@ -225,11 +258,14 @@ def _continue(
     return request.to, None
 
 
-def _read_plan(partial: Path) -> tuple[BundleInfo, list[int], int] | None:
+def _read_plan(partial: Path) -> tuple[BundleInfo, list[int], int, str] | None:
+    """(what the bundle will say, its volumes' sizes, the volume size asked for, the mirror
+    directory) of an export's plan."""
     try:
         doc = json.loads((partial / PLAN_FILE).read_bytes())
         info = BundleInfo.from_bytes(json.dumps(doc["info"]).encode())
-        return info, [int(s) for s in doc["volumes"]], int(doc["volume_size"])
+        return (info, [int(s) for s in doc["volumes"]], int(doc["volume_size"]),
+                str(doc["mirror"]))
     except (OSError, ValueError, KeyError, TypeError, ManifestError):
         return None
 
@@ -267,7 +303,7 @@ def _plan(
     if not packer.sizes:
         packer.sizes.append(0)  # one volume, empty: every bundle has its volume list
     doc = {"info": json.loads(info.to_bytes()), "volumes": packer.sizes,
-           "volume_size": request.volume_size}
+           "volume_size": request.volume_size, "mirror": str(request.directory)}
     store.write_durable(partial / PLAN_FILE, json.dumps(doc).encode())
     return info, list(packer.sizes)
 

@@ -300,10 +300,14 @@ class State:
             self._migrate()
         changes_since = None if self.db["project_changes"].exists() else self._next_generation()
         self.db.executescript(SCHEMA)  # after the new columns exist, for their indexes
-        if changes_since is not None:
-            # The runs before this one (an older state.db's) recorded no project changes.
-            self.set_meta("changes_since", str(changes_since))
-        self.set_meta("schema_version", str(SCHEMA_VERSION))
+        # Committed here: left to an implicit transaction, the write lock stayed with this
+        # connection until its next commit, and a writer beside a sync (an export) held
+        # the sync up until it gave up.
+        with self.transaction():
+            if changes_since is not None:
+                # The runs before this one (an older state.db's) recorded no project changes.
+                self.set_meta("changes_since", str(changes_since))
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
         self._note_staging()
 
     def _note_staging(self) -> None:
@@ -832,6 +836,8 @@ class State:
     ) -> None:
         """The near side exported a bundle (its ledger: see bundles_exported)."""
         with self.transaction():
+            if self.get_meta("bundle_chain") is None:
+                self.set_meta("bundle_chain", chain)
             self.db.execute(
                 "INSERT INTO bundles_exported (bundle, chain, sequence, full, since_gen,"
                 " through_gen, next_gen, base, target, created, path)"
@@ -1367,8 +1373,22 @@ class StateReader:
         )
         return [name for (name,) in rows]
 
+    def bundle_chain(self) -> str | None:
+        """The chain of bundles this mirror exports (None before its first export)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'bundle_chain'")
+        return row[0] if row else None
+
+    def _exported_any(self) -> bool:
+        # A state.db no simplemirror with bundles has opened yet (schema 3) has no ledger:
+        # an export reads it as it is (it never writes beside a sync; see bundle.export).
+        return self._one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bundles_exported'"
+        ) is not None
+
     def last_export(self) -> tuple[str, int, int, str] | None:
         """(bundle, sequence, next generation, target digest) of the newest export."""
+        if not self._exported_any():
+            return None
         row = self._one(
             "SELECT bundle, sequence, next_gen, target FROM bundles_exported"
             " ORDER BY rowid DESC LIMIT 1"
@@ -1378,6 +1398,8 @@ class StateReader:
     def export_reaching(self, sequence: int, target: str) -> tuple[str, int] | None:
         """(bundle, next generation) of the newest export of ``sequence`` that led to the
         state digest ``target``; None when this mirror made none."""
+        if not self._exported_any():
+            return None
         row = self._one(
             "SELECT bundle, next_gen FROM bundles_exported WHERE sequence = ? AND target = ?"
             " ORDER BY rowid DESC LIMIT 1",

@@ -303,3 +303,33 @@ def test_an_export_beside_a_running_sync_is_a_consistent_snapshot(tmp_path: Path
                 running.wait()
     apply(make_bundle(near, out, key), far, key)
     assert published(far) == published(near)
+
+
+def test_export_asks_for_the_passphrase_its_key_needs(
+    upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from simplemirror.bundle import keys
+
+    monkeypatch.setattr(keys, "KDF_LIMITS", (524_288, 16_777_216))  # cheap, for the test
+    near, out = tmp_path / "near", tmp_path / "out"
+    sync(upstream, near)
+    (tmp_path / "right").write_text("sesame\n")
+    (tmp_path / "wrong").write_text("simsim\n")
+    secret, public = tmp_path / "k.key", tmp_path / "k.pub"
+    assert run(capsys, "keygen", "--secret-key", str(secret), "--public-key", str(public),
+               "--passphrase-file", str(tmp_path / "right"))[0] == 0
+    export = ["export", "--directory", str(near), "--to", str(out), "--secret-key",
+              str(secret), "--full"]
+
+    code, _, err = run(capsys, *export)  # no terminal here to ask on
+    assert code == 1 and "--passphrase-file" in err
+    code, _, err = run(capsys, *export, "--passphrase-file", str(tmp_path / "wrong"))
+    assert code == 1 and "wrong passphrase" in err
+    assert not out.exists() or not list(out.iterdir())
+    code, out_text, err = run(capsys, *export, "--passphrase-file", str(tmp_path / "right"))
+    assert code == 0, err
+    assert keys.PublicKey.read(public).verify(
+        (Path(out_text.strip()) / "BUNDLE.json").read_bytes(),
+        (Path(out_text.strip()) / "BUNDLE.json.minisig").read_text(),
+    )

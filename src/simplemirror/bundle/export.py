@@ -271,12 +271,9 @@ def _read_plan(partial: Path) -> tuple[BundleInfo, list[int], int, str] | None:
 
 
 def _fresh(to: Path, info: BundleInfo) -> Path:
+    # An export stopped before its plan was written leaves a directory nothing can take
+    # up; it is left alone all the same (it may be another mirror's, planning now).
     partial = to / f"bundle-{info.sequence:06d}-{info.bundle[:8]}.partial"
-    for stale in _partials(to, info.sequence):
-        if _read_plan(stale) is None and stale != partial:
-            # An export of this sequence stopped before its plan was written: nothing to
-            # take up. Only directories of ours (their name says so) are ever removed.
-            shutil.rmtree(stale, ignore_errors=True)
     partial.mkdir()
     return partial
 

@@ -557,6 +557,7 @@ class _Import:
                 if isinstance(record, GoneRecord):
                     ended = state.import_gone(record.project, record.filename, record.path,
                                               generation)
+                    self.counts["gone"] += ended
                     if record.project not in removing:
                         gone += ended
                     continue

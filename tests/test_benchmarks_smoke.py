@@ -239,3 +239,20 @@ def test_fullsize_benchmark_on_a_small_mirror(tmp_path: Path) -> None:
     assert any("20 projects changed, 40 files fetched; 40 of 40 new files" in line
                for line in lines)
     assert not any(tmp_path.iterdir())
+
+
+def test_airgap_on_a_tiny_world(tmp_path: Path) -> None:
+    report_path = tmp_path / "airgap.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.airgap", "--sizes", str(PROJECTS), "--changes",
+         str(CHANGES), "--workdir", str(tmp_path / "work"), "--json-out", str(report_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(report_path.read_text())
+    phases = {p["phase"]: p for p in row["phases"]}
+    assert list(phases) == ["sync-initial", "export-full", "import-full", "sync-delta",
+                            "export-delta", "import-delta"]
+    assert all(p["cpu"] > 0 and p["max_rss_mb"] > 0 for p in phases.values())
+    assert phases["export-full"]["bundle_bytes"] > phases["export-delta"]["bundle_bytes"] > 0
+    assert row["files"] >= 2 * (PROJECTS + CHANGES)  # wheels and .metadata, at least

@@ -459,3 +459,28 @@ def test_rollback_undoes_what_the_open_transaction_holds(tmp_path: Path) -> None
         assert state.db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
     finally:
         state.close()
+
+
+def test_schema_3_gains_page_sizes_and_the_bundle_ledgers(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = State(path)
+    state.record_page("simple/p/index.html", "a" * 64, 10, state.begin_run("http://h/"))
+    state.close()
+    # What a schema-3 simplemirror left: no page sizes, no bundle ledgers.
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE pages DROP COLUMN size")
+        db.execute("DROP TABLE bundles_exported")
+        db.execute("DROP TABLE bundles_applied")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    db.close()
+    State.readonly(path).close()  # a dry run reads it as it stands
+
+    state = State(path)
+    try:
+        assert state.get_meta("schema_version") == "4"
+        assert state.db["bundles_exported"].exists() and state.db["bundles_applied"].exists()
+        assert state.db.execute("SELECT path, size FROM pages").fetchall() == [
+            ("simple/p/index.html", None)
+        ]
+    finally:
+        state.close()

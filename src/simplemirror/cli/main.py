@@ -15,7 +15,10 @@ yet); 1 when there is no state.db to read. `mirror log`: 0, or 1 when there is n
 state.db or no such generation. `mirror serve`: runs until stopped, then 0
 (SIGTERM or SIGINT is how it is meant to stop, so systemd sees a clean exit); 1 when it
 cannot start (no web/simple in the directory, the address cannot be bound); 2 usage or
-configuration error. Output cut short by its reader (`| head`) changes no exit status.
+configuration error. `mirror keygen` and `mirror export`: 0, or 1 when they cannot (a key
+file exists, a wrong passphrase, nothing to export). `mirror import`: 0 when the bundle is
+applied, or was already; 1 when it is refused or incomplete (nothing changed).
+Output cut short by its reader (`| head`) changes no exit status.
 """
 
 from __future__ import annotations
@@ -196,7 +199,71 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"connections served at once, a thread each (default {serve.MAX_CONNECTIONS}); "
         "more wait until one ends",
     )
+    _bundle_commands(commands)
     return parser
+
+
+def _bundle_commands(commands: Any) -> None:
+    keygen = commands.add_parser(
+        "keygen", help="make the key pair that signs air-gap bundles (minisign's formats)",
+        description="Write an Ed25519 key pair in minisign's formats: the secret key signs "
+        "bundles (`mirror export`), the public key checks them on the far side (`mirror "
+        "import`, or `minisign -V`). An existing key is never overwritten.",
+    )
+    keygen.add_argument("--secret-key", type=Path, required=True, metavar="PATH")
+    keygen.add_argument("--public-key", type=Path, required=True, metavar="PATH")
+    protect = keygen.add_mutually_exclusive_group()
+    protect.add_argument("--no-passphrase", action="store_true",
+                         help="write the secret key unencrypted (mode 0600)")
+    protect.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                         help="the passphrase is this file's first line (default: asked on "
+                         "the terminal)")
+    _logging(keygen, bars=False)
+    export = commands.add_parser(
+        "export", help="write a signed bundle of the mirror for an air-gapped far side",
+        description="Write one new bundle directory under --to and print its path: "
+        "everything since the last bundle this mirror exported (--full: everything; "
+        "--since-receipt: what that far side lacks). Safe while a sync runs.",
+    )
+    _where(export)
+    export.add_argument("--to", type=Path, required=True, metavar="DIR",
+                        help="where the bundle directory is made")
+    export.add_argument("--secret-key", type=Path, required=True, metavar="PATH")
+    export.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                        help="the secret key's passphrase (default: asked on the terminal)")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--full", action="store_true",
+                       help="everything the mirror publishes: seeds an empty far side")
+    which.add_argument("--since-receipt", type=Path, metavar="FILE",
+                       help="what the far side that wrote this receipt lacks")
+    export.add_argument(
+        "--volume-size", type=_volume_size, default=None, metavar="SIZE",
+        help="largest volume (default 4G minus one byte, what FAT32 holds); 700M, 25GB...",
+    )
+    _logging(export, bars=False)
+    imp = commands.add_parser(
+        "import", help="verify a bundle and apply it to the far-side mirror",
+        description="Check a bundle (signature, chain, every hash) and apply it to the "
+        "mirror in --directory (the first, full bundle makes it), then write "
+        "receipts/<sequence>.json to carry back. Any refusal leaves the mirror as it was.",
+    )
+    imp.add_argument("--from", dest="source", type=Path, required=True, metavar="BUNDLE",
+                     help="the bundle directory")
+    _where(imp)
+    imp.add_argument("--public-key", type=Path, required=True, metavar="PATH",
+                     help="the public key bundles must be signed with")
+    imp.add_argument("--allow-mass-delete", action="store_true",
+                     help="apply a bundle that removes more than max-removal of the mirror")
+    _logging(imp, bars=False)
+
+
+def _volume_size(text: str) -> int:
+    from simplemirror.bundle.manifest import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _interval(text: str) -> float:
@@ -633,9 +700,145 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> Callable[[], bytes]:
+    """The passphrase of a secret key: --passphrase-file's first line, else asked on the
+    terminal (twice for a new key); asked only when needed."""
+    from simplemirror.bundle.keys import KeyFileError
+
+    def read() -> bytes:
+        if args.passphrase_file is not None:
+            try:
+                data = args.passphrase_file.read_bytes()
+            except OSError as exc:
+                raise KeyFileError(f"cannot read {args.passphrase_file}: "
+                                   f"{exc.strerror or exc}") from None
+            first: bytes = data.split(b"\n", 1)[0].removesuffix(b"\r")
+            if not first:
+                raise KeyFileError(f"{args.passphrase_file} holds no passphrase on its first "
+                                   "line")
+            return first
+        if not sys.stdin.isatty():
+            raise KeyFileError(
+                "the secret key needs a passphrase, and there is no terminal to ask on: give "
+                "--passphrase-file FILE" + (" (or --no-passphrase)" if confirm else "")
+            )
+        import getpass
+
+        first = getpass.getpass("Passphrase: ").encode()
+        if confirm and getpass.getpass("Passphrase (again): ").encode() != first:
+            raise KeyFileError("the two passphrases differ; nothing was written")
+        if not first:
+            raise KeyFileError("an empty passphrase protects nothing" + (
+                ": use --no-passphrase for a key without one" if confirm else ""))
+        return first
+
+    return read
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from simplemirror.bundle import keys
+
+    _setup_logging(args, None)
+    try:
+        passphrase = None if args.no_passphrase else _passphrase(args, confirm=True)()
+        key = keys.SecretKey.generate()
+        keys.write_pair(key, args.secret_key, args.public_key, passphrase)
+    except keys.KeyFileError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    with _printing():
+        print(f"key {key.public_key().id_text}: secret key {args.secret_key}"
+              f"{' (no passphrase)' if passphrase is None else ''}, public key "
+              f"{args.public_key}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from simplemirror.bundle import export, keys, manifest
+
+    _setup_logging(args, None)
+    args.upstream = None
+    cfg = _offline_config(args, network=False)
+    try:
+        receipt = None
+        if args.since_receipt is not None:
+            try:
+                data = args.since_receipt.read_bytes()
+            except OSError as exc:
+                raise export.ExportError(
+                    f"cannot read {args.since_receipt}: {exc.strerror or exc}") from None
+            try:
+                receipt = manifest.Receipt.from_bytes(data, str(args.since_receipt))
+            except manifest.ManifestError as exc:
+                raise export.ExportError(str(exc)) from None
+        key = keys.SecretKey.read(args.secret_key, _passphrase(args))
+        done = export.export(export.ExportRequest(
+            directory=cfg.directory, to=args.to.absolute(), key=key, full=args.full,
+            receipt=receipt, volume_size=args.volume_size or manifest.DEFAULT_VOLUME_SIZE,
+            public_url=cfg.public_url,
+        ))
+    except (export.ExportError, keys.KeyFileError) as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    info = done.info
+    log.info(
+        "bundle %d of chain %s: %d project(s), %d file(s), %s in %d volume(s)%s",
+        info.sequence, info.chain[:8], info.counts.get("projects", 0),
+        info.counts.get("files", 0), human_bytes(info.counts.get("bytes", 0)),
+        len(info.volumes), " (an interrupted export, continued)" if done.continued else "",
+    )
+    with _printing():
+        print(done.path)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from simplemirror.bundle import apply, keys
+
+    _setup_logging(args, None)
+    values = config.read_file(args.config) if args.config is not None else {}
+    directory = _mirror_directory(args, values)
+    max_removal = values.get("max_removal", config.Config.max_removal)
+    if not 0.0 <= max_removal <= 1.0:
+        raise config.ConfigError("max-removal must be a share between 0.0 and 1.0, like 0.10")
+    try:
+        public_key = keys.PublicKey.read(args.public_key)
+        done = apply.import_bundle(apply.ImportRequest(
+            args.source.absolute(), directory, public_key,
+            allow_mass_delete=args.allow_mass_delete, max_removal=max_removal,
+        ))
+    except apply.ImportRefused as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        if exc.receipt is not None:
+            log.info("receipt to carry back: %s", exc.receipt)
+        return EXIT_INCOMPLETE
+    except (keys.KeyFileError, SyncError) as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    info = done.info
+    with _printing():
+        if done.replayed:
+            print(f"bundle {info.sequence} was applied to {directory} already: nothing to do")
+        else:
+            counts = done.counts
+            print(f"bundle {info.sequence} applied to {directory} (generation "
+                  f"{done.generation}): {counts['pages'] // 2} project(s) written, "
+                  f"{counts['removed']} removed, {counts['files']} file(s), "
+                  f"{human_bytes(counts['bytes'])} published")
+        if done.receipt is not None:
+            print(f"receipt: {done.receipt}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "keygen":
+            return cmd_keygen(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "import":
+            return cmd_import(args)
         if args.command == "verify":
             return cmd_verify(args)
         if args.command == "status":

@@ -176,6 +176,7 @@ CREATE INDEX IF NOT EXISTS staged_files_path ON staged_files (path);
 CREATE TABLE IF NOT EXISTS pages (
     path         TEXT PRIMARY KEY,      -- below web/
     sha256       TEXT NOT NULL,
+    size         INTEGER,               -- NULL: written before sizes were recorded
     appeared_gen INTEGER NOT NULL,
     written_gen  INTEGER NOT NULL,
     removed_gen  INTEGER
@@ -210,6 +211,35 @@ CREATE TABLE IF NOT EXISTS project_changes (
     change     TEXT NOT NULL,           -- added, changed, removed
     PRIMARY KEY (generation, project)
 ) WITHOUT ROWID;
+
+-- Air-gap bundles this mirror exported (the near side), in the order they were made.
+-- The next plain export carries the changes of generations from the last one's next_gen
+-- on, and applies to its target.
+CREATE TABLE IF NOT EXISTS bundles_exported (
+    bundle      TEXT PRIMARY KEY,
+    chain       TEXT NOT NULL,
+    sequence    INTEGER NOT NULL,
+    full        INTEGER NOT NULL,
+    since_gen   INTEGER NOT NULL,       -- the first generation whose changes it carries
+    through_gen INTEGER NOT NULL,       -- the newest generation it saw
+    next_gen    INTEGER NOT NULL,       -- where the next bundle's changes begin
+    base        TEXT,                   -- state digest it applies to; NULL: a full bundle
+    target      TEXT NOT NULL,          -- state digest it leads to
+    created     TEXT NOT NULL,
+    path        TEXT NOT NULL
+);
+
+-- Air-gap bundles applied to this mirror (the far side), in order: a replay is a no-op,
+-- and the last one says where the chain stands.
+CREATE TABLE IF NOT EXISTS bundles_applied (
+    bundle     TEXT PRIMARY KEY,
+    chain      TEXT NOT NULL,
+    sequence   INTEGER NOT NULL,
+    target     TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    key_id     TEXT NOT NULL,
+    applied    TEXT NOT NULL
+);
 """
 
 
@@ -226,7 +256,10 @@ _ADDED_COLUMNS = (
     ("files", "provenance", "INTEGER NOT NULL DEFAULT 0"),
     ("projects", "filters", "TEXT"),
     ("projects", "held_until", "INTEGER"),
+    ("pages", "size", "INTEGER"),
 )
+# Of those, what a dry run never reads, and so does without.
+_UNREAD_BY_DRY_RUN = frozenset({("pages", "size")})
 
 
 def now() -> str:
@@ -292,11 +325,13 @@ def _file_values(f: HeldFile) -> tuple[Any, ...]:
 class State:
     _reader: StateReader | None = None
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, wait: float = 5.0) -> None:
+        """``wait``: how long a write waits for another writer (a sync's open batch)."""
         # No plugins: whatever sqlite-utils plugins are installed have no business in
         # state.db's connection, and finding them read every installed package's
         # metadata (~30 ms, a tenth of a sync that changes nothing).
         self.db = sqlite_utils.Database(path, execute_plugins=False)
+        self.db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
         # WAL lets a reader (`mirror status`) look while a sync writes; NORMAL
         # is durable across a crash of the process, which is what matters here.
         self.db.enable_wal()
@@ -316,11 +351,15 @@ class State:
             self._migrate()
         changes_since = None if self.db["project_changes"].exists() else self._next_generation()
         self.db.executescript(SCHEMA)  # after the new columns exist, for their indexes
-        if changes_since is not None:
-            # The runs before this one (an older state.db's) recorded no project changes.
-            self.set_meta("changes_since", str(changes_since))
-        self._count_live()
-        self.set_meta("schema_version", str(SCHEMA_VERSION))
+        # Committed here: left to an implicit transaction, the write lock stayed with this
+        # connection until its next commit, and a writer beside a sync (an export) held
+        # the sync up until it gave up.
+        with self.transaction():
+            if changes_since is not None:
+                # The runs before this one (an older state.db's) recorded no project changes.
+                self.set_meta("changes_since", str(changes_since))
+            self._count_live()
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
         self._note_staging()
 
     def _count_live(self) -> None:
@@ -371,6 +410,8 @@ class State:
                     f"{found}); run `mirror sync` once with this one to upgrade it"
                 )
             for table, column, _ in _ADDED_COLUMNS:
+                if (table, column) in _UNREAD_BY_DRY_RUN:
+                    continue
                 if column not in state.db[table].columns_dict:
                     raise StateError(
                         f"{path} predates this version of simplemirror; run `mirror sync` "
@@ -618,7 +659,10 @@ class State:
                 "INSERT INTO projects (name, display_name, upstream_serial, status, appeared_gen,"
                 " updated_gen) VALUES (?, ?, ?, 'pending', ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET display_name = excluded.display_name,"
-                " upstream_serial = excluded.upstream_serial, removed_gen = NULL,"
+                # The display name shows in the root: a bundle export looks for changed
+                # projects by updated_gen, and a run stopped before the fetch moves no other.
+                " upstream_serial = excluded.upstream_serial, updated_gen = excluded.updated_gen,"
+                " removed_gen = NULL,"
                 " status = CASE WHEN status = 'removed' THEN 'pending' ELSE status END",
                 rows,
             )
@@ -661,45 +705,11 @@ class State:
         """Record a project whose pages are about to be rewritten from ``files``, chosen
         under the file filters of fingerprint ``filters``; ``held_until``: see
         HeldProject."""
-        # executemany on the connection itself: a first sync records every file,
-        # and sqlite_utils' execute wraps each call.
-        conn = self.db.conn
-        conn.executemany(
-            "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
-            " AND removed_gen IS NULL",
-            [(generation, name, f.filename) for f in gone],
-        )
         files = list(files)
-        # Same name, other bytes (an index that lets files be replaced): the old
-        # row goes away and a new one appears.
-        conn.executemany(
-            "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
-            " AND removed_gen IS NULL AND path != ?",
-            [(generation, name, f.filename, f.path) for f in files],
-        )
-        conn.executemany(
-            "INSERT INTO files (project, filename, path, size, hashes, url, requires_python,"
-            " yanked, yanked_reason, upload_time, metadata_hashes, signature, provenance,"
-            " extra, appeared_gen, updated_gen)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (project, filename) WHERE removed_gen IS NULL DO UPDATE SET"
-            " url = excluded.url, requires_python = excluded.requires_python,"
-            " yanked = excluded.yanked, yanked_reason = excluded.yanked_reason,"
-            " upload_time = excluded.upload_time,"
-            " metadata_hashes = excluded.metadata_hashes, signature = excluded.signature,"
-            " provenance = excluded.provenance, extra = excluded.extra,"
-            " updated_gen = excluded.updated_gen",
-            [(name, *_file_values(f), generation, generation) for f in files],
-        )
+        self._record_files(name, files, gone, generation)
         self._settle_staged(name, files, generation)
         complete = status is Status.OK
-        # Before published_gen moves: pages published before make this a change.
-        self.db.execute(
-            "INSERT OR REPLACE INTO project_changes (generation, project, change)"
-            " SELECT ?, name, CASE WHEN published_gen IS NULL THEN 'added' ELSE 'changed' END"
-            " FROM projects WHERE name = ?",
-            [generation, name],
-        )
+        self._note_change(name, generation)
         self.db.execute(
             "UPDATE projects SET status = ?, error = ?, page_serial = ?, page_data = ?,"
             " page_etag = ?, page_hash = ?, serial = CASE WHEN ? THEN ? ELSE serial END,"
@@ -720,6 +730,49 @@ class State:
                 held_until,
                 name,
             ],
+        )
+    def _note_change(self, name: str, generation: int) -> None:
+        """What ``generation`` does to ``name``'s pages, for `mirror log`; call before
+        published_gen moves: pages published before make this a change."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO project_changes (generation, project, change)"
+            " SELECT ?, name, CASE WHEN published_gen IS NULL THEN 'added' ELSE 'changed' END"
+            " FROM projects WHERE name = ?",
+            [generation, name],
+        )
+
+    def _record_files(
+        self, name: str, files: list[HeldFile], gone: Iterable[HeldFile], generation: int
+    ) -> None:
+        """``files`` live on ``name``'s pages (new rows, or updated ones), ``gone`` off them."""
+        # executemany on the connection itself: a first sync records every file,
+        # and sqlite_utils' execute wraps each call.
+        conn = self.db.conn
+        conn.executemany(
+            "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
+            " AND removed_gen IS NULL",
+            [(generation, name, f.filename) for f in gone],
+        )
+        # Same name, other bytes (an index that lets files be replaced): the old
+        # row goes away and a new one appears.
+        conn.executemany(
+            "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ?"
+            " AND removed_gen IS NULL AND path != ?",
+            [(generation, name, f.filename, f.path) for f in files],
+        )
+        conn.executemany(
+            "INSERT INTO files (project, filename, path, size, hashes, url, requires_python,"
+            " yanked, yanked_reason, upload_time, metadata_hashes, signature, provenance,"
+            " extra, appeared_gen, updated_gen)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (project, filename) WHERE removed_gen IS NULL DO UPDATE SET"
+            " url = excluded.url, requires_python = excluded.requires_python,"
+            " yanked = excluded.yanked, yanked_reason = excluded.yanked_reason,"
+            " upload_time = excluded.upload_time,"
+            " metadata_hashes = excluded.metadata_hashes, signature = excluded.signature,"
+            " provenance = excluded.provenance, extra = excluded.extra,"
+            " updated_gen = excluded.updated_gen",
+            [(name, *_file_values(f), generation, generation) for f in files],
         )
 
     def note_unchanged(self, name: str, etag: str | None, generation: int) -> None:
@@ -810,23 +863,20 @@ class State:
 
     def root_entries(self) -> Iterator[RootEntry]:
         """Projects the root index lists: published and still listed upstream."""
-        rows = self.db.execute(
-            "SELECT display_name, name, serial FROM projects"
-            " WHERE published_gen IS NOT NULL AND status != 'removed' ORDER BY name"
-        )
-        for display, name, serial in rows:
+        for display, name, serial in self.db.execute(_ROOT_QUERY):
             yield RootEntry(display, name, serial)
 
     # -- pages and failures -------------------------------------------------
 
-    def record_page(self, path: str, sha256: str, generation: int) -> None:
+    def record_page(self, path: str, sha256: str, size: int, generation: int) -> None:
         self.db.execute(
-            "INSERT INTO pages (path, sha256, appeared_gen, written_gen) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256,"
+            "INSERT INTO pages (path, sha256, size, appeared_gen, written_gen)"
+            " VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
             " written_gen = excluded.written_gen,"
             " appeared_gen = CASE WHEN removed_gen IS NULL THEN appeared_gen"
             " ELSE excluded.appeared_gen END, removed_gen = NULL",
-            [path, sha256, generation, generation],
+            [path, sha256, size, generation, generation],
         )
 
     def record_failure(
@@ -900,6 +950,73 @@ class State:
                 ((generation, file_id) for file_id in ids),
             )
 
+    # -- air-gap bundles ------------------------------------------------------
+
+    def record_export(
+        self, *, bundle: str, chain: str, sequence: int, full: bool, since_gen: int,
+        through_gen: int, next_gen: int, base: str | None, target: str, path: str,
+    ) -> None:
+        """The near side exported a bundle (its ledger: see bundles_exported)."""
+        with self.transaction():
+            if self.get_meta("bundle_chain") is None:
+                self.set_meta("bundle_chain", chain)
+            self.db.execute(
+                "INSERT INTO bundles_exported (bundle, chain, sequence, full, since_gen,"
+                " through_gen, next_gen, base, target, created, path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [bundle, chain, sequence, int(full), since_gen, through_gen, next_gen, base,
+                 target, now(), path],
+            )
+
+    def import_project(
+        self, name: str, *, display_name: str, serial: int | None, page_serial: int | None,
+        status: Status, error: str | None, page_data: dict[str, Any], pages: bool,
+        generation: int,
+    ) -> None:
+        """A published project as a bundle carries it (the far side); ``pages``: its pages
+        are written again now."""
+        self.db.execute(
+            "INSERT INTO projects (name, display_name, serial, page_serial, status, error,"
+            " page_data, appeared_gen, updated_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET display_name = excluded.display_name,"
+            " serial = excluded.serial, page_serial = excluded.page_serial,"
+            " status = excluded.status, error = excluded.error,"
+            " page_data = excluded.page_data, updated_gen = excluded.updated_gen,"
+            " removed_gen = CASE WHEN excluded.status = 'removed'"
+            " THEN coalesce(removed_gen, excluded.updated_gen) END",
+            [name, display_name, serial, page_serial, status.value, error, _json(page_data),
+             generation, generation],
+        )
+        if pages:
+            self._note_change(name, generation)
+            self.db.execute(
+                "UPDATE projects SET published_gen = ? WHERE name = ?", [generation, name]
+            )
+
+    def import_files(self, name: str, files: list[HeldFile], generation: int) -> None:
+        """Files a bundle carries as live on ``name``'s pages (new rows, or updated ones)."""
+        self._record_files(name, files, (), generation)
+
+    def import_gone(self, project: str, filename: str, path: str, generation: int) -> int:
+        """A file a bundle says left its project's pages; how many live rows that ends."""
+        cursor = self.db.execute(
+            "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ? AND path = ?"
+            " AND removed_gen IS NULL",
+            [generation, project, filename, path],
+        )
+        return int(cursor.rowcount)
+
+    def record_applied(
+        self, *, bundle: str, chain: str, sequence: int, target: str, generation: int,
+        key_id: str,
+    ) -> None:
+        """The far side applied a bundle (its ledger: see bundles_applied)."""
+        self.db.execute(
+            "INSERT INTO bundles_applied (bundle, chain, sequence, target, generation, key_id,"
+            " applied) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [bundle, chain, sequence, target, generation, key_id, now()],
+        )
+
 
 class Batch:
     """One long write transaction, committed every ``every`` seconds (see State.batch).
@@ -948,6 +1065,10 @@ _LIVE = "removed_gen IS NULL AND deleted_gen IS NULL"
 # What live_totals holds, counted the long way.
 _COUNT_LIVE = (
     f"SELECT count(*) AS files, coalesce(sum(size), 0) AS bytes FROM files WHERE {_LIVE}"
+)
+_ROOT_QUERY = (
+    "SELECT display_name, name, serial FROM projects"
+    " WHERE published_gen IS NOT NULL AND status != 'removed' ORDER BY name"
 )
 T = TypeVar("T")
 
@@ -1325,3 +1446,181 @@ class StateReader:
             [path],
         )
         return json.loads(row[0]) if row else None
+
+    def page_sha256(self, path: str) -> str | None:
+        """The sha256 state.db records for the published page at ``path``."""
+        row = self._one("SELECT sha256 FROM pages WHERE path = ? AND removed_gen IS NULL",
+                        [path])
+        return row[0] if row else None
+
+    # -- air-gap bundles ------------------------------------------------------------------
+
+    def root_entries(self) -> Iterator[RootEntry]:
+        """Projects the root index lists (as State.root_entries)."""
+        for display, name, serial in self.conn.execute(_ROOT_QUERY):
+            yield RootEntry(display, name, serial)
+
+    def newest_run(self) -> tuple[int, str] | None:
+        """(generation, outcome) of the newest run; None before any."""
+        row = self._one("SELECT generation, outcome FROM runs ORDER BY generation DESC LIMIT 1")
+        return (int(row[0]), row[1]) if row else None
+
+    def published_entries(
+        self, suffixes: tuple[str, str, str], pages: tuple[str, str, str],
+        leave_out: Sequence[str],
+    ) -> Iterator[tuple[str, int | None, str | None]]:
+        """(path, size, sha256) of everything published below web/, by path (bytewise),
+        leaving out the pages in ``leave_out``. ``suffixes``: of the .metadata, signature
+        and provenance files beside a distribution; ``pages``: a project's pages are
+        ``pages[0] + name + pages[1]`` and ``... + pages[2]``. A size or sha256 state.db
+        does not hold (those of the files beside one, and the sizes of pages written by a
+        simplemirror before 0.1's schema 4) is None.
+
+        A project upstream removed counts as gone already, though a run that stopped
+        early may not have deleted its pages yet: the next one does."""
+        metadata, signature, provenance = suffixes
+        prefix, html, json_page = pages
+        marks = ", ".join("?" * len(leave_out))
+        live = f"{_LIVE} AND project NOT IN (SELECT name FROM projects WHERE status = 'removed')"
+        return iter(self.conn.execute(
+            "SELECT path, max(size), max(sha256) FROM ("
+            f" SELECT path, size, json_extract(hashes, '$.sha256') AS sha256 FROM files"
+            f" WHERE {live}"
+            " UNION ALL SELECT path || ?, NULL, json_extract(metadata_hashes, '$.sha256')"
+            f" FROM files WHERE {live} AND metadata_hashes IS NOT NULL"
+            f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {live} AND signature"
+            f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {live} AND provenance"
+            " UNION ALL SELECT path, size, sha256 FROM pages WHERE removed_gen IS NULL"
+            f" AND path NOT IN ({marks}) AND path NOT IN (SELECT ? || name || ? FROM projects"
+            " WHERE status = 'removed' UNION ALL SELECT ? || name || ? FROM projects"
+            " WHERE status = 'removed')"
+            ") GROUP BY path ORDER BY path",
+            [metadata, signature, provenance, *leave_out, prefix, html, prefix, json_page],
+        ))
+
+    def export_projects(
+        self, since: int, pages: tuple[str, str, str]
+    ) -> Iterator[tuple[str, str, int | None, int | None, Status, str | None, dict[str, Any],
+                        bool]]:
+        """Published projects (not removed) whose row or pages changed in generation
+        ``since`` or later, by name: (name, display name, serial, page serial, status,
+        error, page data, whether its pages were written then). ``pages``: a project's
+        pages are ``pages[0] + name + pages[1]`` and ``pages[0] + name + pages[2]``."""
+        prefix, html, json_page = pages
+        rows = self.conn.execute(
+            "SELECT p.name, p.display_name, p.serial, p.page_serial, p.status, p.error,"
+            " p.page_data, EXISTS (SELECT 1 FROM pages WHERE path IN (? || p.name || ?,"
+            " ? || p.name || ?) AND written_gen >= ? AND removed_gen IS NULL)"
+            " FROM projects AS p WHERE p.published_gen IS NOT NULL AND p.status != 'removed'"
+            " AND (p.updated_gen >= ?"
+            " OR EXISTS (SELECT 1 FROM pages WHERE path IN (? || p.name || ?,"
+            " ? || p.name || ?) AND written_gen >= ? AND removed_gen IS NULL))"
+            " ORDER BY p.name",
+            [prefix, html, prefix, json_page, since, since, prefix, html, prefix, json_page,
+             since],
+        )
+        for name, display, serial, page_serial, status, error, data, written in rows:
+            yield (name, display, serial, page_serial, Status(status), error,
+                   json.loads(data) if data else {}, bool(written))
+
+    def export_files(self, since: int) -> Iterator[tuple[HeldFile, bool]]:
+        """Live files whose row changed in generation ``since`` or later, by project and
+        id, each with whether its bytes must travel: no row that was live before
+        ``since`` and is live still holds its path (the far side has them otherwise)."""
+        rows = self.conn.execute(
+            f"SELECT project, {_HELD_COLUMNS}, NOT EXISTS (SELECT 1 FROM files AS o"
+            " WHERE o.path = f.path AND o.removed_gen IS NULL AND o.appeared_gen < ?)"
+            f" FROM files AS f WHERE {_LIVE} AND updated_gen >= ? ORDER BY project, id",
+            [since, since],
+        )
+        for project, *row, needed in rows:
+            yield _held_file(project, tuple(row)), bool(needed)
+
+    def export_gone(self, since: int) -> Iterator[tuple[str, str, str]]:
+        """(project, filename, path) of the files that left their pages in generation
+        ``since`` or later."""
+        return iter(self.conn.execute(
+            "SELECT project, filename, path FROM files WHERE removed_gen >= ?"
+            " ORDER BY project, filename, id",
+            [since],
+        ))
+
+    def export_removed(self, since: int) -> list[str]:
+        """Projects upstream removed in generation ``since`` or later (still so)."""
+        rows = self.conn.execute(
+            "SELECT name FROM projects WHERE status = 'removed' AND updated_gen >= ?"
+            " ORDER BY name",
+            [since],
+        )
+        return [name for (name,) in rows]
+
+    def bundle_chain(self) -> str | None:
+        """The chain of bundles this mirror exports (None before its first export)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'bundle_chain'")
+        return row[0] if row else None
+
+    def _exported_any(self) -> bool:
+        # A state.db no simplemirror with bundles has opened yet (schema 3) has no ledger:
+        # an export reads it as it is (it never writes beside a sync; see bundle.export).
+        return self._one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bundles_exported'"
+        ) is not None
+
+    def last_export(self) -> tuple[str, int, int, str] | None:
+        """(bundle, sequence, next generation, target digest) of the newest export."""
+        if not self._exported_any():
+            return None
+        row = self._one(
+            "SELECT bundle, sequence, next_gen, target FROM bundles_exported"
+            " ORDER BY rowid DESC LIMIT 1"
+        )
+        return (row[0], int(row[1]), int(row[2]), row[3]) if row else None
+
+    def export_reaching(self, sequence: int, target: str) -> tuple[str, int] | None:
+        """(bundle, next generation) of the newest export of ``sequence`` that led to the
+        state digest ``target``; None when this mirror made none."""
+        if not self._exported_any():
+            return None
+        row = self._one(
+            "SELECT bundle, next_gen FROM bundles_exported WHERE sequence = ? AND target = ?"
+            " ORDER BY rowid DESC LIMIT 1",
+            [sequence, target],
+        )
+        return (row[0], int(row[1])) if row else None
+
+    def last_applied(self) -> tuple[str, str, int, str] | None:
+        """(bundle, chain, sequence, target digest) of the bundle applied last."""
+        row = self._one(
+            "SELECT bundle, chain, sequence, target FROM bundles_applied"
+            " ORDER BY rowid DESC LIMIT 1"
+        )
+        return (row[0], row[1], int(row[2]), row[3]) if row else None
+
+    def applied(self, bundle: str) -> tuple[int, int] | None:
+        """(sequence, generation) of ``bundle`` if it was applied here."""
+        row = self._one("SELECT sequence, generation FROM bundles_applied WHERE bundle = ?",
+                        [bundle])
+        return (int(row[0]), int(row[1])) if row else None
+
+    def held_files(self, project: str) -> list[HeldFile]:
+        """A project's live files, by id (as State.held_files)."""
+        rows = self.conn.execute(
+            f"SELECT {_HELD_COLUMNS} FROM files WHERE project = ? AND removed_gen IS NULL"
+            " ORDER BY id",
+            [project],
+        )
+        return [_held_file(project, row) for row in rows]
+
+
+def snapshot(path: Path) -> StateReader:
+    """A reader of the state.db at ``path`` that sees it as it is now, however a sync writes
+    on meanwhile: one read transaction, held until it is closed (a WAL snapshot)."""
+    conn = connect_readonly(path)
+    try:
+        conn.execute("BEGIN")
+        reader = StateReader(conn)
+        reader.newest_run()  # the snapshot is taken at the first read
+    except sqlite3.Error as exc:
+        conn.close()
+        raise unreadable(path, exc, "mirror export") from exc
+    return reader

@@ -45,6 +45,7 @@ import io
 import itertools
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -390,6 +391,18 @@ def walk_files(web: Path | str, rel_dir: str) -> Iterator[str]:
     return walk(rel_dir)
 
 
+def stat_file(web: Path | str, rel: str) -> os.stat_result | None:
+    """``rel``'s own status (a symlink's, never its target's): None when there is none.
+    A directory on the way that is a symlink is an error (UnsafePath)."""
+    parent = os.path.dirname(rel)
+    try:
+        if parent:
+            _real_dirs(str(web), parent, make=False)
+        return os.lstat(f"{web}/{rel}")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def changed_since(web: Path | str, rel: str, since: float) -> bool:
     """Whether ``rel`` (a symlink: itself) was modified at or after ``since`` (epoch s)."""
     try:
@@ -473,6 +486,24 @@ def clear_leftovers(tmp: Path) -> list[str]:
                     os.unlink(entry.path)
                 removed.append(entry.name)
     return removed
+
+
+def make_area(tmp: Path, name: str) -> Path:
+    """The directory ``name`` in ``tmp`` (made if missing), for work that outlives a run
+    (an import's staging); a symlink there is an error (UnsafePath)."""
+    make_dir(tmp, name)
+    return tmp / name
+
+
+def remove_area(tmp: Path, name: str) -> None:
+    """Delete the directory ``name`` in ``tmp`` and all it holds; symlinks in it are
+    removed, never followed."""
+    if stat_file(tmp, name) is None:
+        return
+    _real_dirs(str(tmp), name, make=False)
+    shutil.rmtree(tmp / name)
+    prefix = f"{tmp}/{name}"
+    _checked.difference_update({p for p in _checked if p == prefix or p.startswith(prefix + "/")})
 
 
 def check_same_filesystem(tmp: Path, web: Path) -> None:

@@ -122,9 +122,30 @@ def test_a_symlink_is_never_taken(tmp_path: Path) -> None:
     link = tmp_path / "x-1.0-py3-none-any.whl"
     link.symlink_to(real)
     assert [name for name, _, _ in reuse.walk([tmp_path])] == ["real.whl"]
-    got, _ = take(tmp_path, [str(link)])
-    # Read through, it could only be copied: never published as a link out of the tree.
-    assert got is None or not (tmp_path / "web" / got.path).is_symlink()
+    got, tally = take(tmp_path, [str(link)])
+    # Neither linked nor read through: a symlink swapped in after the walk is refused.
+    assert got is None and tally.rejected == 1
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_a_fifo_swapped_in_after_the_walk_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "x-1.0-py3-none-any.whl"
+    os.mkfifo(fifo)
+    got, tally = take(tmp_path, [str(fifo)])
+    assert got is None and tally.rejected == 1
+
+
+def test_a_file_others_may_write_is_copied_not_linked(tmp_path: Path) -> None:
+    # Linked, the bytes checked could be rewritten in place under the published name.
+    source = tmp_path / "other" / "x-1.0-py3-none-any.whl"
+    source.parent.mkdir()
+    source.write_bytes(BODY)
+    source.chmod(0o666)
+    got, _ = take(tmp_path, [str(source)])
+    assert got is not None and got.how in {"copy", "reflink"}
+    published = tmp_path / "web" / got.path
+    source.write_bytes(b"EVIL" + BODY[4:])
+    assert published.read_bytes() == BODY
 
 
 def test_the_walk_streams_names_paths_and_sizes_and_skips_what_it_cannot_read(
@@ -268,10 +289,18 @@ def test_a_missing_reuse_directory_is_one_clear_error_before_anything_is_written
     assert not (tmp_path / "m" / "web" / "packages").exists()
 
 
+@pytest.mark.parametrize("how", ["inside", "dotdot", "symlink"])
 def test_the_mirrors_own_directory_cannot_be_a_reuse_directory(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
+    (tmp_path / "m" / "web" / "packages").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "m" / "web")
+    given = {
+        "inside": tmp_path / "m" / "web" / "packages",
+        "dotdot": tmp_path / "elsewhere" / ".." / "m" / "web",
+        "symlink": tmp_path / "link" / "packages",
+    }[how]
     code, _, err = run(capsys, "sync", "--upstream", "http://127.0.0.1:9/simple/",
-                       "--directory", str(tmp_path / "m"),
-                       "--reuse-from", str(tmp_path / "m" / "web" / "packages"))
+                       "--directory", str(tmp_path / "m"), "--reuse-from", str(given))
     assert code == 2 and "is the mirror's own directory" in err

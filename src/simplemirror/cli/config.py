@@ -361,7 +361,9 @@ def _reuse_from(values: Iterable[object], mirror: Path) -> tuple[Path, ...]:
                 '["/srv/bandersnatch/web/packages"]'
             )
         path = Path(value).expanduser().absolute()
-        if path == mirror or mirror in path.parents or path in mirror.parents:
+        # Resolved for the comparison: a symlink or ".." must not lead back into the mirror.
+        real, own = path.resolve(), mirror.resolve()
+        if real == own or own in real.parents or real in own.parents:
             raise ConfigError(
                 f"reuse-from: {value} is the mirror's own directory, or holds it; give "
                 "another mirror's packages/ or a folder of wheels"

@@ -125,7 +125,10 @@ def adopt(tmp: Path, source: str) -> tuple[str, str] | None:
         return None
     if not stat.S_ISREG(info.st_mode):
         return None  # a symlink is never taken: it would be published as one
-    if info.st_dev == os.stat(tmp).st_dev and info.st_mode & 0o444 == 0o444:
+    # Linked, it is published with its own mode: readable by all, and writable by none
+    # but its owner, or the bytes verified could be rewritten under the published name.
+    if (info.st_dev == os.stat(tmp).st_dev and info.st_mode & 0o444 == 0o444
+            and not info.st_mode & 0o022):
         while True:
             name = f"{tmp}/{DOWNLOAD_PREFIX}{_pid}-{next(_serial)}"
             try:

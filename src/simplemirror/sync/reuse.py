@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,16 @@ def _hash_into(
     return size, {a: h.hexdigest() for a, h in zip(algorithms, hashers, strict=True)}
 
 
+def _open_regular(path: str) -> io.FileIO:
+    """``path`` for reading, if it is a regular file: never through a symlink, and never
+    a FIFO or device swapped in since the walk (which could block for ever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _Mismatch("not a regular file")
+    return io.FileIO(fd, "rb")
+
+
 def take(
     candidates: Sequence[str], *, web: Path, tmp: Path, expected_hashes: Mapping[str, str],
     expected_size: int | None, max_file_size: int, path_for_sha256: Callable[[str], str],
@@ -117,7 +129,7 @@ def take(
                 how = "copy"
                 fd, name = store.create(tmp, store.DOWNLOAD_PREFIX)
                 try:
-                    with open(candidate, "rb") as body:
+                    with _open_regular(candidate) as body:
                         size, digests = _hash_into(
                             body.read, functools.partial(store.write_all, fd),
                             algorithms, limit, check_stop,

@@ -180,6 +180,16 @@ def test_a_replayed_bundle_does_nothing(
     assert far_state(far) == before
 
 
+def test_a_signed_bundle_still_named_partial_is_refused(
+    chain: Chain, far: Path, bundle: Path
+) -> None:
+    # An export killed after signing, before its rename: the rerun exports that sequence
+    # again, so this copy must never be applied.
+    partial = bundle.rename(bundle.with_name(bundle.name + ".partial"))
+    message = unchanged_by(lambda: refused(partial, far, chain.key), far)
+    assert "an export that did not finish" in message
+
+
 def test_an_out_of_order_bundle(chain: Chain, far: Path) -> None:
     message = unchanged_by(lambda: refused(chain.bundles[2], far, chain.key), far)
     assert "out of order" in message and "needs bundle 2 next" in message

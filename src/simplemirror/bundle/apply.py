@@ -125,6 +125,13 @@ class ImportRequest:
 
 
 def import_bundle(request: ImportRequest) -> Imported:
+    if request.source.name.endswith(".partial"):
+        # Signed, it may even be whole (an export killed between sealing and its rename):
+        # but its exporter will make that sequence again, and only that one is recorded.
+        raise ImportRefused(
+            f"{request.source} is an export that did not finish: run `mirror export` again "
+            "and import the bundle directory it prints"
+        )
     info = _authentic(request.source, request.public_key)
     directory = request.directory
     if not (directory / "state.db").exists() and not info.full:

@@ -257,8 +257,8 @@ class _Copy:
     files: list[Any]  # HeldFile
     page_etag: str
     page_hash: str
-    pages: tuple[tuple[str, str], ...]
-    """(path, sha256) of its HTML and JSON pages."""
+    pages: tuple[tuple[str, str, int], ...]
+    """(path, sha256, size) of its HTML and JSON pages."""
     fetched: int
     """Bytes its files and their metadata took to download."""
 
@@ -277,8 +277,9 @@ def _copies(job: tuple[Upstream, int, int]) -> list[_Copy]:
         texts = (render.project_html(info, files), render.project_json(info, files))
         out.append(_Copy(
             info, files, page_etag, hashlib.sha256(body).hexdigest(),
-            tuple((rel, hashlib.sha256(text.encode()).hexdigest())
-                  for rel, text in zip(layout.project_pages(info.name), texts, strict=True)),
+            tuple((rel, hashlib.sha256(data).hexdigest(), len(data))
+                  for rel, data in zip(layout.project_pages(info.name),
+                                       (text.encode() for text in texts), strict=True)),
             # A wheel's metadata is fetched beside it, and counted with it.
             sum(len(b.data) + len(b.metadata or b"") for b in built),
         ))
@@ -315,8 +316,8 @@ def build_mirror(directory: Path, upstream: Upstream, etag: str, sha256: str) ->
             # Committed every 500 projects, as a sync commits in batches: the WAL stays small.
             with state.transaction():
                 for c in copies:
-                    for rel, digest in c.pages:
-                        state.record_page(rel, digest, generation)
+                    for rel, digest, size in c.pages:
+                        state.record_page(rel, digest, size, generation)
                     state.record_project(
                         c.info.name, status=Status.OK, error=None, page_serial=c.info.serial,
                         page_etag=c.page_etag, page_hash=c.page_hash,

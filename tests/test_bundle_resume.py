@@ -127,7 +127,7 @@ def test_an_export_killed_midway_is_continued(
     assert proc.returncode == -signal.SIGKILL, "the export ended before it was killed"
     (partial,) = out.glob("*.partial")
     kept = (partial / "volume-0001.bin").stat().st_ino
-    assert "not a complete bundle" in refused(partial, far, key)
+    assert "an export that did not finish" in refused(partial, far, key)
     assert not (far / "state.db").exists()
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT)

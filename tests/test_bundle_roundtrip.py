@@ -210,6 +210,33 @@ def test_a_lost_bundle_is_replaced_from_the_receipt(
     assert "already" in refused(make_bundle(near, out, key, full=True), far, key)
 
 
+def test_a_file_the_far_side_lost_travels_with_the_replacement_bundle(
+    upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync(upstream, near)
+    apply(make_bundle(near, out, key, full=True), far, key)
+    # Yanked: its row changes, its bytes do not, so the delta carries no body for it...
+    victim = world.project("Proj_0").files[0]
+    world.yank("Proj_0", victim.filename, "broken")
+    sync(upstream, near)
+    # ...and the far side has lost them meanwhile.
+    (lost,) = (far / "web" / "packages").rglob(victim.filename)
+    lost.unlink()
+    assert "are not there" in refused(make_bundle(near, out, key), far, key)
+    receipt_path = far / "receipts" / "1.json"
+    receipt = Receipt.from_bytes(receipt_path.read_bytes())
+    assert receipt.missing_files and all(victim.filename in p for p in receipt.missing_files)
+
+    code, out_text, err = run(capsys, "export", "--directory", str(near), "--to", str(out),
+                              "--secret-key", str(key.secret_path), "--since-receipt",
+                              str(receipt_path))
+    assert code == 0, err
+    apply(Path(out_text.strip()), far, key)
+    assert published(far) == published(near)
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
     """No index, find-links or proxy settings from the machine."""
     env = {k: v for k, v in os.environ.items()

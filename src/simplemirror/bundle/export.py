@@ -289,7 +289,10 @@ def _plan(
     counts = {"projects": 0, "pages": 0, "files": 0, "bodies": 0, "bytes": 0, "gone": 0,
               "removed": 0}
     root = _root_pages(reader)
-    records = _records(reader, web, info, packer, request.public_url, root)
+    # Files the far side reported missing travel with their bodies this time, though
+    # it had them once (a replacement bundle must not be refused the same way).
+    missing = frozenset(request.receipt.missing_files) if request.receipt else frozenset()
+    records = _records(reader, web, info, packer, request.public_url, root, missing)
     size, sha256 = _write_manifest(partial, records, counts)
     target = digest.published_digest(
         reader, [web], [(p.path, p.size, p.sha256) for p in root],
@@ -368,7 +371,7 @@ def _count(record: Record, counts: dict[str, int]) -> None:
 
 def _records(
     reader: StateReader, web: Path, info: BundleInfo, packer: Packer, public_url: str | None,
-    root: list[_RootPage],
+    root: list[_RootPage], missing: frozenset[str] = frozenset(),
 ) -> Iterator[Record]:
     """The manifest, in its order: removals, then each project's files and the project,
     then the root."""
@@ -387,6 +390,7 @@ def _records(
         name = min(x for x in (project and project[0], file and file[0].project) if x)
         while file is not None and file[0].project == name:
             held, needed = file
+            needed = needed or held.path in missing
             yield FileRecord(held, tuple(_bodies(web, held, needed, packer)))
             file = next(files, None)
         if project is not None and project[0] == name:

@@ -87,12 +87,18 @@ def _metadata_text(project: str, version: str) -> bytes:
     ).encode()
 
 
-def _tiny_wheel(project: str, version: str, metadata: bytes) -> bytes:
-    """A small, well-formed zip with the three .dist-info files a wheel has."""
+def _wheel(project: str, version: str, metadata: bytes, payload: bytes = b"") -> bytes:
+    """A well-formed zip with the three .dist-info files a wheel has, METADATA being the
+    .metadata served beside it (as in every real wheel), and ``payload`` as its package."""
     info = f"{dist_name(project)}-{version}.dist-info"
     buffer = io.BytesIO()
     # Fixed timestamps keep the bytes (and so the hashes) the same on every run.
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        if payload:
+            archive.writestr(
+                zipfile.ZipInfo(f"{dist_name(project)}/payload.bin", (2024, 1, 1, 0, 0, 0)),
+                payload,
+            )
         for name, body in (
             ("METADATA", metadata),
             ("WHEEL", b"Wheel-Version: 1.0\nGenerator: bench\nRoot-Is-Purelib: true\n"
@@ -141,7 +147,7 @@ def build_release(kind: str, number: int, project: str, version: str, serial: in
     base = dist_name(project)
     if kind == METADATA_KIND:
         filename = f"{base}-{version}-py3-none-any.whl"
-        data = _tiny_wheel(project, version, metadata)
+        data = _wheel(project, version, metadata)
         return [_describe(project, version, filename, data, metadata, "bdist_wheel", serial)]
     if kind != FILES_KIND:
         raise ValueError(f"unknown world kind {kind!r}")
@@ -149,7 +155,8 @@ def build_release(kind: str, number: int, project: str, version: str, serial: in
     built = []
     for tag in _WHEEL_TAGS:
         filename = f"{base}-{version}-{tag}.whl"
-        data = _noise(filename, _MIN_SIZE + sizes.randrange(_SIZE_SPREAD))
+        payload = _noise(filename, _MIN_SIZE + sizes.randrange(_SIZE_SPREAD))
+        data = _wheel(project, version, metadata, payload)
         built.append(
             _describe(project, version, filename, data, metadata, "bdist_wheel", serial)
         )

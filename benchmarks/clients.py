@@ -1,7 +1,8 @@
 """The two mirror clients under test: how each is configured and started, and what it wrote.
 
-Both get the same upstream, 10 workers and a fresh directory; both log to a file (their
-normal, non-interactive output), so neither pays for a terminal.
+Both get the same upstream and a fresh directory, and the workers compare.py gives them
+(10 each by default; simplemirror may be left at its own default); both log to a file
+(their normal, non-interactive output), so neither pays for a terminal.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Tree:
 class MirrorClient:
     name: str
 
-    def __init__(self, directory: Path, host_url: str, workers: int) -> None:
+    def __init__(self, directory: Path, host_url: str, workers: int | None) -> None:
         self.directory = directory
         self.host_url = host_url
         self.workers = workers
@@ -127,16 +128,20 @@ class MirrorClient:
 class SimpleMirror(MirrorClient):
     name = SIMPLEMIRROR
 
-    def __init__(self, directory: Path, host_url: str, workers: int, binary: str) -> None:
+    def __init__(
+        self, directory: Path, host_url: str, workers: int | None, binary: str
+    ) -> None:
+        """``workers`` None: simplemirror's default."""
         super().__init__(directory, host_url, workers)
         self.binary = binary
 
     def command(self) -> list[str]:
+        workers = [] if self.workers is None else ["--workers", str(self.workers)]
         return [
             self.binary, "sync",
             "--upstream", f"{self.host_url}/simple/",
             "--directory", str(self.directory),
-            "--workers", str(self.workers),
+            *workers,
             "--no-progress",
         ]
 

@@ -2,17 +2,26 @@
 
     python -m benchmarks.compare --world files --projects 2000
     python -m benchmarks.compare --world metadata --projects 30000 --changes 1000
+    python -m benchmarks.compare --world metadata --projects 3000 --rtt-ms 50 \
+        --mirror-workers default
 
 For each tool: an initial sync into an empty directory, a no-op re-sync, then (after the
 upstream changed ``--changes`` projects, the same change for both) an incremental sync.
 Each phase reports wall time, CPU (user+sys of the client), peak RSS, and the requests
 and bytes nginx served. On the file-heavy world it also measures the machine's limit:
 a plain parallel fetch + sha256 + write of the same file URLs (fetch.fetch_all).
+
+With ``--rtt-ms N`` both tools reach nginx through wanproxy.py, which adds N ms of
+round trip to every request and one more to every new connection, and each phase also
+reports its bound: requests x RTT / the client's connections (its workers), the least
+time that many connections can take, and the share of it the tool reached (bound /
+wall). The yardsticks are loopback figures and are skipped then.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -26,6 +35,7 @@ from typing import Any
 from benchmarks import artifacts, clients, fetch, world
 from benchmarks.phases import Phase, run_phase, settle
 from benchmarks.upstream import Nginx
+from benchmarks.wanproxy import Proxy
 
 PHASES = ("initial", "noop", "incremental")
 
@@ -50,7 +60,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "(default: a tenth of the projects, at most 1,000)"
     )
     parser.add_argument("--only", choices=(*clients.TOOLS, "both"), default="both")
-    parser.add_argument("--workers", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=10, help="each tool's workers")
+    parser.add_argument(
+        "--mirror-workers", type=_workers, metavar="N|default",
+        help="simplemirror's workers, if not --workers; 'default': its own default",
+    )
+    parser.add_argument(
+        "--rtt-ms", type=float, default=0.0,
+        help="reach nginx through a proxy adding this round trip (default 0: no proxy)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the world and mirrors")
     parser.add_argument("--workdir", type=Path, help="where to work (default: a temp dir)")
     parser.add_argument("--json-out", type=Path, help="write every figure here as JSON")
@@ -61,11 +79,53 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--timeout", type=float, default=3600, help="seconds before a phase is killed"
     )
     args = parser.parse_args(argv)
+    if args.mirror_workers is None:
+        args.mirror_workers = args.workers
     if args.projects is None:
         args.projects = 2_000 if args.world == artifacts.FILES_KIND else 30_000
     if args.changes is None:
         args.changes = min(1_000, max(1, args.projects // 10))
     return args
+
+
+def _workers(text: str) -> int | str:
+    if text == "default":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number or 'default'") from None
+
+
+def default_mirror_workers() -> int:
+    """simplemirror's default workers, as the checkout running the benchmark has it."""
+    from dataclasses import fields
+
+    from simplemirror.config import Config  # here: the rest runs without simplemirror
+
+    default = next(f.default for f in fields(Config) if f.name == "workers")
+    assert isinstance(default, int)
+    return default
+
+
+def wan_table(results: list[Phase]) -> str:
+    """Each phase against its bound: requests x RTT / connections."""
+    head = (
+        f"{'phase':<12} {'tool':<13} {'requests':>9} {'conns':>6} {'bound s':>8} "
+        f"{'wall s':>8} {'of bound':>8} {'opened':>7} {'at once':>7} {'proxy cpu':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for p in results:
+        x = p.extra
+        if x.get("bound") is None:
+            continue
+        lines.append(
+            f"{p.phase:<12} {p.tool:<13} {p.served.requests:>9} {x['concurrency']:>6} "
+            f"{x['bound']:>8.2f} {p.usage.wall:>8.2f} {x['of_bound']:>8.2f} "
+            f"{x['proxy']['connections']:>7} {x['proxy']['peak_open']:>7} "
+            f"{x['proxy_cpu']:>9.2f}"
+        )
+    return "\n".join(lines)
 
 
 def _ratio(a: float, b: float) -> str:
@@ -191,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     # Only what this run creates is removed: a --workdir given may hold other things.
     ours = [work] if args.workdir is None else [
-        work / n for n in ("world", "nginx", "logs", *clients.TOOLS)
+        work / n for n in ("world", "nginx", "logs", "wanproxy", *clients.TOOLS)
     ] + [work / f"{clients.BANDERSNATCH}.conf"]
     try:
         started = time.monotonic()
@@ -207,35 +267,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         initial_files = (the_world.root / "files.txt").read_text().split()
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
-        with Nginx(the_world, work / "nginx") as nginx:
+        with contextlib.ExitStack() as running:
+            nginx = running.enter_context(Nginx(the_world, work / "nginx"))
+            proxy = None
+            if args.rtt_ms > 0:
+                proxy = running.enter_context(Proxy(nginx.port, args.rtt_ms, work / "wanproxy"))
+            url = proxy.url if proxy else nginx.url
             mirrors: list[clients.MirrorClient] = []
+            connections: dict[str, int] = {}
             if clients.SIMPLEMIRROR in tools:
+                mirror_workers = args.mirror_workers
                 mirrors.append(clients.SimpleMirror(
-                    work / "simplemirror", nginx.url, args.workers,
+                    work / "simplemirror", url,
+                    None if mirror_workers == "default" else mirror_workers,
                     clients.find_mirror(args.mirror),
                 ))
+                connections[clients.SIMPLEMIRROR] = (
+                    default_mirror_workers() if mirror_workers == "default" else mirror_workers
+                )
             if clients.BANDERSNATCH in tools:
                 mirrors.append(clients.Bandersnatch(
-                    work / "bandersnatch", nginx.url, args.workers,
+                    work / "bandersnatch", url, args.workers,
                     args.bandersnatch or clients.find_bandersnatch(),
                 ))
+                connections[clients.BANDERSNATCH] = args.workers
             results: list[Phase] = []
+
+            def phase_of(client: clients.MirrorClient, phase: str) -> Phase:
+                return run_phase(
+                    client, phase, nginx, log_dir=logs, timeout=args.timeout,
+                    count_pages=phase != "initial", proxy=proxy,
+                    concurrency=connections[client.name],
+                )
+
             for client in mirrors:
                 for phase in ("initial", "noop"):
-                    results.append(run_phase(
-                        client, phase, nginx, log_dir=logs, timeout=args.timeout,
-                        count_pages=phase == "noop",
-                    ))
+                    results.append(phase_of(client, phase))
             changed = the_world.mutate(args.changes)
             nginx.reload()
             print(f"upstream changed {len(changed)} projects", flush=True)
             for client in mirrors:
-                results.append(run_phase(
-                    client, "incremental", nginx, log_dir=logs, timeout=args.timeout,
-                    count_pages=True,
-                ))
+                results.append(phase_of(client, "incremental"))
             limit = None
-            if args.world == artifacts.FILES_KIND and not args.no_limit:
+            if args.world == artifacts.FILES_KIND and not args.no_limit and proxy is None:
                 limit = _limit(nginx, initial_files, work, args.workers)
         files_now, metadata_now = the_world.file_counts()
         report = {
@@ -244,12 +318,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "projects": args.projects,
             "changes": len(changed),
             "workers": args.workers,
+            "rtt_ms": args.rtt_ms,
+            "connections": connections,
             "world_files": {"initial": [files, metadata], "after": [files_now, metadata_now]},
             "phases": [p.as_dict() for p in results],
             "limit": limit,
         }
         print()
         print(table(results, limit))
+        if args.rtt_ms > 0:
+            print(f"\nat {args.rtt_ms:g} ms round trip: bound = requests x RTT / connections")
+            print(wan_table(results))
         return report
     finally:
         if not args.keep:

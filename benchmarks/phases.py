@@ -15,6 +15,7 @@ from typing import Any
 from benchmarks.clients import MirrorClient
 from benchmarks.measure import Usage, run_measured
 from benchmarks.upstream import Nginx, Stats
+from benchmarks.wanproxy import Proxy
 
 
 @dataclass
@@ -84,18 +85,34 @@ def run_phase(
     timeout: float,
     count_tree: bool = True,
     count_pages: bool = False,
+    proxy: Proxy | None = None,
+    concurrency: int | None = None,
 ) -> Phase:
+    """With ``proxy`` (the client's upstream is a wanproxy in front of nginx), also the
+    bound: requests x RTT / ``concurrency``, the least time the phase can take with
+    that many connections, each request waiting a round trip."""
     settle()
     log = log_dir / f"{client.name}-{phase}.log"
     offset, cpu_before, started = nginx.log_offset(), nginx.cpu_seconds(), time.time()
+    proxy_offset = proxy.log_offset() if proxy else 0
+    proxy_cpu = proxy.cpu_seconds() if proxy else 0.0
     busy_before, steal_before = machine_cpu()
     usage = run_measured(client.command(), log=log, timeout=timeout)
     busy, steal = machine_cpu()
     result = Phase(
         client.name, phase, usage, nginx.stats(offset), nginx.cpu_seconds() - cpu_before
     )
+    if proxy is not None:
+        proxy_cpu = proxy.cpu_seconds() - proxy_cpu
+        rtt = proxy.rtt_ms / 1000
+        bound = result.served.requests * rtt / concurrency if concurrency else None
+        result.extra.update({
+            "rtt_ms": proxy.rtt_ms, "concurrency": concurrency, "bound": bound,
+            "of_bound": bound / usage.wall if bound and usage.wall else None,
+            "proxy": proxy.stats(proxy_offset).as_dict(), "proxy_cpu": proxy_cpu,
+        })
     result.extra["other_cpu"] = max(
-        0.0, busy - busy_before - usage.cpu - result.nginx_cpu
+        0.0, busy - busy_before - usage.cpu - result.nginx_cpu - proxy_cpu
     )
     result.extra["steal"] = steal - steal_before
     # The client's own last word (simplemirror's summary line), kept for the record.
@@ -111,9 +128,16 @@ def run_phase(
 
 
 def summary_line(p: Phase) -> str:
-    return (
+    line = (
         f"  {p.tool:<13} {p.phase:<12} wall {p.usage.wall:8.2f} s  cpu {p.usage.cpu:8.2f} s  "
         f"rss {p.usage.max_rss_mb:6.0f} MB  requests {p.served.requests:>8}  "
         f"{p.mb:9.1f} MB  exit {p.usage.returncode}  nginx cpu {p.nginx_cpu:.1f} s  "
         f"other cpu {p.extra.get('other_cpu', 0):.1f} s"
     )
+    if p.extra.get("bound") is not None:
+        line += (
+            f"  bound {p.extra['bound']:.2f} s at {p.extra['concurrency']} connections "
+            f"(of bound {p.extra['of_bound']:.2f}; {p.extra['proxy']['connections']} opened, "
+            f"{p.extra['proxy']['peak_open']} at once)"
+        )
+    return line

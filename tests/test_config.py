@@ -91,7 +91,7 @@ def test_full_file(tmp_path: Path) -> None:
 
 def test_defaults(tmp_path: Path) -> None:
     cfg = load(minimal(tmp_path))
-    assert cfg.workers == 8
+    assert (cfg.workers, cfg.connections_per_host, cfg.max_requests_per_second) == (50, 50, None)
     assert cfg.projects == ()
     assert (cfg.connect_timeout, cfg.read_timeout) == (10.0, 60.0)
     assert (cfg.retries, cfg.retry_wait, cfg.retry_max_wait) == (3, 1.0, 30.0)
@@ -266,7 +266,7 @@ def test_bad_types(tmp_path: Path, line: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(("line", "says"), [
-    ('workers = "8"', 'workers must be an integer, not "8"; e.g. workers = 8'),
+    ('workers = "8"', 'workers must be an integer, not "8"; e.g. workers = 50'),
     ("retries = 2.0", "retries must be an integer, not 2.0; e.g. retries = 3"),
     ('read-timeout = "60"', 'read-timeout must be a number, not "60"; e.g. read-timeout = 60.0'),
     ("max-removal = true", "max-removal must be a number, not true; e.g. max-removal = 0.1"),
@@ -456,8 +456,12 @@ def _shown(text: str) -> tuple[dict[str, str], dict[str, str]]:
     return shown
 
 
+def _mirror_table(text: str) -> str:
+    return text.split("\n[filters]")[0]
+
+
 def test_shipped_example_config_shows_the_defaults_its_header_promises() -> None:
-    text = EXAMPLE.read_text()
+    text = _mirror_table(EXAMPLE.read_text())
     set_keys, commented = _shown(text)
     header = text.split("[mirror]")[0]
     assert all(key in header for key in NO_DEFAULT_SHOWN)  # and it says so
@@ -478,12 +482,36 @@ def test_shipped_example_config_shows_the_defaults_its_header_promises() -> None
 
 def test_shipped_example_config_loads_and_documents_every_key() -> None:
     example = EXAMPLE
-    text = example.read_text()
+    text = _mirror_table(example.read_text())
     load(example)
     for key in KEYS:
         # A key without a default is shown commented out, with an example value.
         documented = f"\n{key} = " in text or f"\n# {key} = " in text
         assert documented, f"config.example.toml does not document {key}"
+
+
+def test_shipped_example_config_documents_every_filter_with_a_value_that_loads(
+    tmp_path: Path,
+) -> None:
+    from simplemirror.filter import rules
+
+    text = EXAMPLE.read_text()
+    table = text.split("\n[filters]\n")[1]
+    _, commented = _shown(table)
+    # Every key is unset by default (a full mirror), so each is shown commented out.
+    assert set(commented) <= set(rules.KEYS) and "[filters]" not in table
+    assert set(rules.KEYS) == set(commented) | {"environments"}
+    assert "\n# environments = [" in table
+    # Uncommented, the examples are a configuration that loads, every filter in force.
+    setting = re.compile(r"# ([a-z-]+ = .*|\s+\{.*|\])$")
+    enabled = "\n".join(m[1] for m in map(setting.match, table.splitlines()) if m)
+    path = tmp_path / "mirror.toml"
+    path.write_text(_mirror_table(text) + "\n[filters]\n" + enabled)
+    (tmp_path / "requirements.txt").write_text("sampleproject==4.0\n")
+    (tmp_path / "pylock.toml").write_text('lock-version = "1.0"\n')
+    filters = load(path).filters
+    assert set(filters.in_force()) == set(rules.KEYS)
+    assert load(EXAMPLE).filters.in_force() == {}
 
 
 def test_file_hosts_are_lowercased_host_names() -> None:

@@ -196,9 +196,10 @@ class Mutator:
 
 def expected_requests(directory: Path, world: World) -> int:
     """About how many requests the next run makes: the root, each page not yet mirrored at
-    its current serial, each file (and .metadata) not yet held."""
+    its current serial, each file not yet held (the .metadata of these wheels is read
+    from them, never asked for)."""
     held: dict[str, tuple[str, int | None]] = {}
-    files: dict[str, dict[str, tuple[str, bool]]] = {}
+    files: dict[str, dict[str, str]] = {}
     db = directory / "state.db"
     if db.exists():
         conn = sqlite3.connect(db, timeout=30)
@@ -207,12 +208,10 @@ def expected_requests(directory: Path, world: World) -> int:
                 "SELECT name, status, serial FROM projects"
             ):
                 held[name] = (status, serial)
-            for project, filename, hashes, meta in conn.execute(
-                "SELECT project, filename, hashes, metadata_hashes FROM files"
-                " WHERE removed_gen IS NULL"
+            for project, filename, hashes in conn.execute(
+                "SELECT project, filename, hashes FROM files WHERE removed_gen IS NULL"
             ):
-                sha = json.loads(hashes)["sha256"]
-                files.setdefault(project, {})[filename] = (sha, meta is not None)
+                files.setdefault(project, {})[filename] = json.loads(hashes)["sha256"]
         finally:
             conn.close()
     total = 1
@@ -222,12 +221,7 @@ def expected_requests(directory: Path, world: World) -> int:
                 continue
             total += 1
             have = files.get(name, {})
-            for f in project.files:
-                copy = have.get(f.filename)
-                if copy is None or copy[0] != f.sha256:
-                    total += 1 + (f.metadata is not None)
-                elif f.metadata is not None and not copy[1]:
-                    total += 1
+            total += sum(1 for f in project.files if have.get(f.filename) != f.sha256)
     return total
 
 

@@ -448,3 +448,37 @@ def test_a_damaged_state_db_is_named_by_sync_not_taken_for_permissions(
     assert "restore it from a backup" in err and "writable" not in err
     assert "Traceback" not in err
     assert (directory / "state.db").read_bytes() == content  # left for the operator
+
+
+def test_a_run_that_ended_in_error_mid_publish_is_reconciled_like_one_that_died(
+    upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The failing commit is rolled back, but pages written before it stay on disk with
+    # no row to say so: deleted upstream, they would have lingered for good.
+    config = synced_then_disk_filling(tmp_path, upstream, world, monkeypatch)
+    assert sync(config) == 1
+    web = tmp_path / "m" / "web" / "simple"
+    written = [f"new-{i}" for i in range(30) if (web / f"new-{i}").exists()]
+    assert written, "no page was written before the error"
+    for name in written[:2]:  # (more would trip the mass-removal cap)
+        world.remove_project(name)
+    assert sync(config) == 0
+    assert not [name for name in written[:2] if (web / name).exists()]
+    assert outcomes(tmp_path / "m") == ["ok", "error", "ok"]
+
+
+def test_a_run_that_failed_before_writing_anything_costs_the_next_one_no_recovery(
+    upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = write_config(tmp_path, upstream.url)
+    assert sync(config) == 0
+    upstream.status["/simple/"] = (404, {}, 1)  # the root is gone, once
+    assert sync(config) == 1
+    walks: list[object] = []
+    real = sync_module.recover.recover
+    monkeypatch.setattr(sync_module.recover, "recover",
+                        lambda *a, **k: walks.append(a) or real(*a, **k))
+    world.add_project("later", ["1.0"])
+    assert sync(config) == 0
+    assert outcomes(tmp_path / "m") == ["ok", "error", "ok"]
+    assert walks == []  # one walk of a 10-million-file tree, for nothing, otherwise

@@ -40,6 +40,9 @@ def world() -> World:
     w = World()
     w.add_project("Foo__Bar.baz", ["1.0", "2.0"])
     w.add_project("tiny", ["0.1"])
+    # tiny's .metadata is not the METADATA inside its wheel (as an index that edits
+    # metadata may serve it), so the mirror downloads it: the faults below hit that request.
+    w.project("tiny").file(WHEEL).metadata += b"Description: served apart\n"
     return w
 
 
@@ -389,7 +392,7 @@ IN_A_PROCESS: dict[str, Any] = {"download_processes": 1}
 def submitted(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
     """What the run handed its download process: (function, project) pairs."""
     from simplemirror.sync import run as sync_module
-    from simplemirror.sync.workers import ProcessPool
+    from tests.support.process import StartedPool
 
     handed: set[tuple[str, str]] = set()
 
@@ -397,7 +400,7 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
         # fetch_page(todo, etag), download_todo(name, todo)
         handed.add((fn.__qualname__, getattr(args[0], "name", args[0])))
 
-    class Recording(ProcessPool):
+    class Recording(StartedPool):
         def submit(self, fn: Any, *args: Any) -> Any:
             note(fn, args)
             return super().submit(fn, *args)

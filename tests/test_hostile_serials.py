@@ -49,11 +49,11 @@ def up(world: World) -> Iterator[Upstream]:
 def in_a_process(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The projects whose pages a download process fetched and parsed."""
     from simplemirror.sync import run as sync_module
-    from simplemirror.sync.workers import ProcessPool
+    from tests.support.process import StartedPool
 
     pages: list[str] = []
 
-    class Recording(ProcessPool):
+    class Recording(StartedPool):
         def submit(self, fn: Any, *args: Any) -> Any:
             if fn.__name__ == "get_page":
                 pages.append(args[0].name)

@@ -42,7 +42,7 @@ def recorded(publisher: Publisher) -> list[tuple[str, str]]:
 
 
 def test_a_page_in_parts_is_written_whole_and_recorded(publisher: Publisher) -> None:
-    publisher.page_from_parts(REL, parts(10_000))
+    publisher.pages_from_parts({REL: parts(10_000)})
     data = (publisher.web / REL).read_bytes()
     assert data == "".join(parts(10_000)).encode("utf-8")
     assert recorded(publisher) == [(REL, hashlib.sha256(data).hexdigest())]
@@ -51,15 +51,15 @@ def test_a_page_in_parts_is_written_whole_and_recorded(publisher: Publisher) -> 
 
 
 def test_the_same_bytes_are_not_written_again(publisher: Publisher) -> None:
-    publisher.page_from_parts(REL, parts(5_000))
+    publisher.pages_from_parts({REL: parts(5_000)})
     before = (publisher.web / REL).stat()
-    publisher.page_from_parts(REL, parts(5_000))
+    publisher.pages_from_parts({REL: parts(5_000)})
     after = (publisher.web / REL).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert publisher.pages_written == 1
     assert list(publisher.tmp.iterdir()) == []
 
-    publisher.page_from_parts(REL, parts(5_000, tag="y"))
+    publisher.pages_from_parts({REL: parts(5_000, tag="y")})
     assert (publisher.web / REL).read_bytes() == "".join(parts(5_000, "y")).encode()
     assert publisher.pages_written == 2
 
@@ -67,7 +67,7 @@ def test_the_same_bytes_are_not_written_again(publisher: Publisher) -> None:
 def test_a_failure_part_way_leaves_the_old_page_and_no_temporary_file(
     publisher: Publisher,
 ) -> None:
-    publisher.page_from_parts(REL, parts(100))
+    publisher.pages_from_parts({REL: parts(100)})
     old = (publisher.web / REL).read_bytes()
 
     def failing() -> Iterator[str]:
@@ -75,7 +75,7 @@ def test_a_failure_part_way_leaves_the_old_page_and_no_temporary_file(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        publisher.page_from_parts(REL, failing())
+        publisher.pages_from_parts({REL: failing()})
     assert (publisher.web / REL).read_bytes() == old
     assert list(publisher.tmp.iterdir()) == []
     assert recorded(publisher) == [(REL, hashlib.sha256(old).hexdigest())]

@@ -28,7 +28,8 @@ def test_render_carries_every_count_and_every_reason() -> None:
         4, "partial", changed=3, deferred=[("late", "page older than the root")],
         failed=[("broken", "a.whl: sha256 mismatch")], removed=["gone"],
         rejected=[("bad name!", "invalid project name")], files_fetched=9,
-        bytes_fetched=1000, files_deleted=2, duration=60.0004,
+        bytes_fetched=1000, metadata_from_wheels=5, metadata_fetched=2, files_deleted=2,
+        duration=60.0004,
     )
     doc = runreport.render(
         summary, upstream="https://user:secret@mirror.example/simple/", times=TIMES,
@@ -43,7 +44,9 @@ def test_render_carries_every_count_and_every_reason() -> None:
     assert doc["counts"] == {
         "projects_changed": 3, "projects_deferred": 1, "projects_failed": 1,
         "entries_rejected": 1, "projects_removed": 1, "files_fetched": 9,
-        "bytes_fetched": 1000, "files_deleted": 2,
+        "bytes_fetched": 1000, "metadata_from_wheels": 5, "metadata_fetched": 2,
+        "files_reused": 0, "bytes_reused": 0, "reuse_hashed": 0, "reuse_rejected": 0,
+        "files_deleted": 2,
     }
     assert doc["serial"] == {"upstream": 50, "held": 45, "lag": 5}
     assert doc["deferred"] == [{"project": "late", "reason": "page older than the root"}]

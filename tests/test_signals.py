@@ -86,6 +86,10 @@ def test_a_stopped_first_sync_serves_a_root_and_never_fetches_a_finished_file_tw
     world = World()
     for i in range(3):
         world.add_project(f"quick-{i}", ["1.0"])  # complete well before the signal
+    # One .metadata that is not its wheel's METADATA, so downloaded; the others are read
+    # from their wheels.
+    apart = next(f for f in world.project("quick-0").files if f.metadata)
+    apart.metadata = (apart.metadata or b"") + b"Description: not the wheel's\n"
     for i in range(3):
         # Two quick files (and a .metadata) finish; the big one is still arriving.
         world.add_project(f"slow-{i}", ["1.0"])
@@ -144,7 +148,7 @@ def test_a_stopped_first_sync_serves_a_root_and_never_fetches_a_finished_file_tw
     fetched = Counter(r.path for r in up.requests if r.method == "GET")
     assert {f.filename: fetched[f.path] for f in quick} == {f.filename: 1 for f in quick}
     assert {f.filename: fetched[f.path + ".metadata"] for f in quick if f.metadata} == {
-        f.filename: 1 for f in quick if f.metadata
+        f.filename: int(f is apart) for f in quick if f.metadata
     }
     assert all(fetched[f.path] == 2 for f in big)
 
@@ -171,3 +175,30 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_root_is_awaited_does_not_wait_for_it(tmp_path: Path, signum: int):
+    # The root may take up to request-timeout (600 s by default) to come whole: a stop
+    # must not wait that out.
+    world = World()
+    world.add_project("proj", ["1.0"])
+    with Upstream(world) as up:
+        up.delay["/simple/"] = (30.0, 1)
+        command = [sys.executable, "-m", "simplemirror", "sync", "--upstream", up.url,
+                   "--directory", str(tmp_path)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        deadline = time.monotonic() + 20
+        while not any(r.path == "/simple/" for r in up.requests):
+            assert time.monotonic() < deadline, "the sync never asked for the root"
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+        stopped_after = time.monotonic() - signalled
+        assert process.returncode == 128 + signum, err
+        assert stopped_after < 15, f"took {stopped_after:.1f} s to stop"
+        assert "Traceback" not in err
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            assert db.execute("SELECT outcome FROM runs").fetchall() == [("interrupted",)]

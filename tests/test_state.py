@@ -13,9 +13,9 @@ import sqlite_utils.plugins
 from packaging.requirements import Requirement
 
 from simplemirror.simple.model import HeldFile, RootProject
-from simplemirror.store.state import SCHEMA_VERSION, State, StateError
+from simplemirror.store.state import SCHEMA_VERSION, State, StateError, StateReader
 from simplemirror.sync.plan import Status
-from tests.support.schemas import as_schema_2
+from tests.support.schemas import as_schema_2, as_schema_3
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
@@ -109,8 +109,8 @@ def test_per_project_queries_use_the_project_index_not_a_walk_over_live_files(tm
     assert "files_live (project=?)" in _plan(state, held, ["p"])
     gone = "UPDATE files SET removed_gen = ? WHERE project = ? AND removed_gen IS NULL"
     assert "files_live (project=?)" in _plan(state, gone, [1, "p"])
-    tombstones = "SELECT id FROM files WHERE removed_gen IS NOT NULL AND deleted_gen IS NULL"
-    assert "files_tombstones" in _plan(state, tombstones, [])
+    unreaped = "SELECT id FROM files WHERE removed_gen IS NOT NULL AND deleted_gen IS NULL"
+    assert "files_unreaped" in _plan(state, unreaped, [])
 
 
 def test_the_old_index_over_every_removed_gen_is_dropped(tmp_path: Path):
@@ -199,7 +199,7 @@ def test_project_changes_are_recorded_from_the_first_run_after_the_upgrade(tmp_p
         try:
             assert state.db["project_changes"].exists()
             assert state.get_meta("changes_since") == "4"
-            assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+            assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "4"
         finally:
             state.close()
 
@@ -317,6 +317,83 @@ def test_a_read_only_state_reads_one_written_before_staging_existed(tmp_path: Pa
         assert version == ("2",)
 
 
+def _live(state: State) -> tuple[int, int]:
+    """live_totals, checked against the live files counted the long way."""
+    kept = state.db.execute("SELECT files, bytes FROM live_totals").fetchall()
+    counted = state.db.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM files"
+        " WHERE removed_gen IS NULL AND deleted_gen IS NULL"
+    ).fetchall()
+    assert kept == counted
+    assert state.reader().live_totals() == counted[0]
+    assert state.live_files_count() == counted[0][0]
+    return counted[0]
+
+
+def test_live_totals_follow_every_change_to_the_files(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    assert _live(state) == (0, 0)
+    state.note_listed([("p", "p", 1), ("q", "q", 1)], 1)
+    a, b = _file("p", "p-1.0.tar.gz", "a"), _file("p", "p-1.1.tar.gz", "b")
+    big = HeldFile(**{**_file("q", "q-1.0.tar.gz", "c").__dict__, "size": 1000})
+    _record(state, "p", [a, b], 1)
+    _record(state, "q", [big], 1)
+    assert _live(state) == (3, 1006)
+    _record(state, "p", [a, b], 2)  # the same files again: upserts, no change
+    assert _live(state) == (3, 1006)
+    _record(state, "p", [a], 3, gone=(b,))  # upstream dropped one
+    assert _live(state) == (2, 1003)
+    replaced = HeldFile(**{**_file("p", "p-1.0.tar.gz", "d").__dict__, "size": 10})
+    _record(state, "p", [replaced], 4)  # same name, other bytes: a new row, the old gone
+    assert _live(state) == (2, 1010)
+    state.stage_files("p", [_file("p", "p-2.0.tar.gz", "e")], 5)  # staged: not live
+    assert _live(state) == (2, 1010)
+    _record(state, "p", [replaced], 6)  # the staged file no page took: a tombstone
+    assert _live(state) == (2, 1010)
+    state.mark_removed(["q"], 7)
+    state.unpublish("q", [], 7)
+    assert _live(state) == (1, 10)
+    state.mark_deleted([file_id for file_id, _ in state.reapable()], 8)
+    assert _live(state) == (1, 10)
+    state.db.execute("DELETE FROM files")
+    assert _live(state) == (0, 0)
+
+
+def test_the_upgrade_to_schema_4_counts_the_live_files_once(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = State(path)
+    state.note_listed([("p", "p", 1)], 1)
+    old = _file("p", "p-1.0.tar.gz", "a")
+    _record(state, "p", [old, _file("p", "p-1.1.tar.gz", "b")], 1)
+    _record(state, "p", [_file("p", "p-1.1.tar.gz", "b")], 2, gone=(old,))
+    state.close()
+    as_schema_3(path)
+    with StateReader(sqlite3.connect(path)) as reader:  # `mirror status` before the upgrade
+        assert reader.live_totals() == (1, 3)
+    reader_state = State.readonly(path)  # a dry run before it
+    try:
+        assert reader_state.live_files_count() == 1
+    finally:
+        reader_state.close()
+    with sqlite3.connect(path) as db:  # which wrote nothing
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'live_totals'").fetchall()
+
+    state = State(path)
+    try:
+        assert state.get_meta("schema_version") == "4"
+        assert _live(state) == (1, 3)
+        _record(state, "p", [_file("p", "p-1.2.tar.gz", "c")], 3,
+                gone=(_file("p", "p-1.1.tar.gz", "b"),))
+        assert _live(state) == (1, 3)
+    finally:
+        state.close()
+    state = State(path)  # opened again: counted once, not again
+    try:
+        assert state.db.execute("SELECT count(*) FROM live_totals").fetchone() == (1,)
+    finally:
+        state.close()
+
+
 def test_a_read_only_state_refuses_a_state_db_it_would_have_to_upgrade(tmp_path: Path) -> None:
     import pytest
 
@@ -380,5 +457,30 @@ def test_rollback_undoes_what_the_open_transaction_holds(tmp_path: Path) -> None
         assert not state.db.conn.in_transaction
         assert state.synced_upstream() is None
         assert state.db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    finally:
+        state.close()
+
+
+def test_schema_3_gains_page_sizes_and_the_bundle_ledgers(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = State(path)
+    state.record_page("simple/p/index.html", "a" * 64, 10, state.begin_run("http://h/"))
+    state.close()
+    # What a schema-3 simplemirror left: no page sizes, no bundle ledgers.
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE pages DROP COLUMN size")
+        db.execute("DROP TABLE bundles_exported")
+        db.execute("DROP TABLE bundles_applied")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    db.close()
+    State.readonly(path).close()  # a dry run reads it as it stands
+
+    state = State(path)
+    try:
+        assert state.get_meta("schema_version") == "4"
+        assert state.db["bundles_exported"].exists() and state.db["bundles_applied"].exists()
+        assert state.db.execute("SELECT path, size FROM pages").fetchall() == [
+            ("simple/p/index.html", None)
+        ]
     finally:
         state.close()

@@ -5,6 +5,7 @@ Through a proxy (the environment's), the canned server answers as the proxy.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -29,6 +30,7 @@ from simplemirror.upstream.client import (
     UpstreamError,
     check_response,
 )
+from simplemirror.upstream.filehosts import FileHostGuard
 from tests.support.canned import Canned
 
 ROOT = "/simple/"
@@ -957,3 +959,30 @@ def test_a_cancelled_download_leaves_nothing_in_tmp(server: Canned, tmp_path: Pa
     finally:
         pause.set()
     assert list(client.config.tmp.iterdir()) == []
+
+
+def test_a_name_is_looked_up_off_the_event_loop_and_once(
+    server: Canned, tmp_path: Path
+) -> None:
+    # getaddrinfo blocks: on the loop, a slow resolver would stall every transfer.
+    looked_up: list[tuple[str, bool]] = []
+
+    def resolve(host: str) -> tuple[str, ...]:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        looked_up.append((host, on_loop))
+        return ("127.0.0.1",)
+
+    # The root redirects to a name (the same server): that hop's host is looked up.
+    moved = server.url("/moved/").replace("127.0.0.1", "localhost")
+    server.add(ROOT, status=302, headers={"Location": moved})
+    add_json(server, "/moved/", root_doc())
+    client = Client(make_config(tmp_path, server))
+    client.file_guard = FileHostGuard(client.config.upstream, (), resolve)
+    assert client.fetch_root(None) is not None
+    assert client.fetch_root(None) is not None
+    client.close()
+    assert looked_up == [("localhost", False)]

@@ -214,7 +214,7 @@ def test_deleted_file_is_missing_and_repaired(mirror: Mirror):
     assert "tiny-0.1-py3-none-any.whl" in assert_consistent(mirror.web)["tiny"]
 
 
-def test_missing_metadata_is_fetched_alone(mirror: Mirror, upstream: Upstream):
+def test_missing_metadata_is_restored_alone(mirror: Mirror, upstream: Upstream):
     wheel = "tiny-0.1-py3-none-any.whl"
     meta = Path(f"{mirror.path_of(wheel)}.metadata")
     meta.unlink()
@@ -224,9 +224,10 @@ def test_missing_metadata_is_fetched_alone(mirror: Mirror, upstream: Upstream):
     assert found.code == 1 and f"missing tiny/{wheel}.metadata" in found.out
 
     assert mirror.repair().code == 0
-    assert upstream.paths("GET") == [upstream.world.project("tiny").file(wheel).path
-                                     + ".metadata"]
-    assert meta.is_file()
+    # Read from the wheel, whose METADATA it is: nothing is asked of upstream (when it is
+    # not, the .metadata is downloaded: test_wheel_metadata.py).
+    assert upstream.paths("GET") == []
+    assert meta.read_bytes() == upstream.world.project("tiny").file(wheel).metadata
     assert_mirror_invariants(mirror.directory)
 
 
@@ -296,6 +297,34 @@ def test_orphans_exclude_files_state_db_or_a_page_still_holds(mirror: Mirror):
 
     assert f"orphan {waiting}" in found.out and "orphans: 1 deleted" in found.out
     assert not (mirror.web / waiting).exists() and linked_path.is_file()
+
+
+def test_repaired_pages_are_recorded_in_one_transaction_flushed_before_it_commits(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+):
+    # As in a sync: no row of a page may reach state.db before its bytes are durable.
+    from simplemirror.store import tree as store
+    from simplemirror.store.state import State
+
+    events: list[str] = []
+    real_record, real_flush = State.record_page, store.flush
+
+    def record_page(self: State, *args: Any) -> None:
+        events.append("record" if self.db.conn.in_transaction else "autocommit")
+        real_record(self, *args)
+
+    def flush(web: Path | str) -> None:
+        events.append("flush")
+        real_flush(web)
+
+    monkeypatch.setattr(State, "record_page", record_page)
+    monkeypatch.setattr(store, "flush", flush)
+    html = mirror.web / "simple/tiny/index.html"
+    html.write_text(html.read_text().replace("tiny-0.1.tar.gz", "tiny-0.2.tar.gz"))
+
+    assert mirror.repair().code == 0
+    assert "record" in events and "autocommit" not in events, events
+    assert events.index("flush") > max(i for i, e in enumerate(events) if e == "record")
 
 
 def test_broken_page_links_are_reported_and_pages_rewritten(mirror: Mirror, upstream: Upstream):

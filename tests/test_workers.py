@@ -154,7 +154,9 @@ def test_replies_finished_close_together_come_back_in_one_message(
 
     def counting_recv(conn: Any) -> Any:
         replies = real_recv(conn)
-        messages.append(len(replies))
+        tasks = [reply for reply in replies if reply[0] >= 0]  # not "started", not a log
+        if tasks:
+            messages.append(len(tasks))
         return replies
 
     monkeypatch.setattr(workers, "_recv", counting_recv)
@@ -321,3 +323,23 @@ def test_each_child_is_given_its_own_share() -> None:
     finally:
         assert pool.shutdown(10)
     assert sorted(shares) == [2, 3]
+
+
+def test_ready_once_every_child_has_started() -> None:
+    pool = ProcessPool([1, 1], Context, "cfg")
+    try:
+        assert pool.ready.wait(120)
+        # Both said so from their event loops, which then take work at once.
+        assert pool._started == {0, 1}
+        assert pool.submit(where, 2).result(timeout=60)[1:] == ("cfg", 4)
+    finally:
+        assert pool.shutdown(10)
+
+
+def test_a_child_that_died_before_it_started_is_not_waited_for() -> None:
+    pool = ProcessPool([1], Context, "cfg")
+    try:
+        pool._children[0].kill()
+        assert pool.ready.wait(120)
+    finally:
+        pool.shutdown(10)

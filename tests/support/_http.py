@@ -7,6 +7,7 @@ import hashlib
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ class RequestRecord:
     method: str
     path: str
     headers: dict[str, str] = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (time.monotonic)."""
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)
@@ -128,6 +131,8 @@ class TestHTTPServer(ThreadingHTTPServer):
         self.errors = errors
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self.peak_connections = 0
+        """The most connections open at once."""
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
@@ -135,6 +140,7 @@ class TestHTTPServer(ThreadingHTTPServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._conns_lock:
             self._conns.add(sock)
+            self.peak_connections = max(self.peak_connections, len(self._conns))
         return sock, addr
 
     def shutdown_request(self, request: Any) -> None:

@@ -11,10 +11,12 @@ import logging
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from simplemirror.cli.main import main
+from simplemirror.sync.workers import ProcessPool
 
 
 @contextmanager
@@ -37,3 +39,13 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class StartedPool(ProcessPool):
+    """A ProcessPool whose construction returns once its children have started: a sync
+    keeps its work in its own process until then, and a test that counts what reached
+    the children must not depend on how fast they started."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.ready.wait(120), "the download processes did not start"

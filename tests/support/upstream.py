@@ -463,6 +463,13 @@ class Upstream:
         """Tracebacks of handler failures (should stay empty)."""
         return self._thread.errors
 
+    @property
+    def peak_connections(self) -> int:
+        """The most connections the server had open at once (while it runs)."""
+        server = self._thread.server
+        assert server is not None
+        return server.peak_connections
+
     def reset_requests(self) -> None:
         with self._requests_lock:
             self.requests.clear()

@@ -8,6 +8,7 @@ neither disturbed nor seen half way.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Iterable
 from datetime import datetime
@@ -94,7 +95,11 @@ def run_info(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
     }
 
 
-def collect(directory: Path, configured_upstream: str | None = None) -> dict[str, Any]:
+def collect(
+    directory: Path,
+    configured_upstream: str | None = None,
+    configured_filters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The status of the mirror in ``directory``, as one JSON-ready object.
 
     Keys:
@@ -117,6 +122,9 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
       removed (always all five keys).
     - ``files_held``: live files (on a page, bytes on disk); ``bytes_held``: their sizes.
     - ``deferred``, ``failed``: lists of ``{"name", "error"}``, by name.
+    - ``filters``: the [filters] keys in force at the last run, as the config file spells
+      them (empty: a full mirror); ``filters_configured``: those of the config file given
+      (``configured_filters``) when they differ, which the next sync applies, else null.
 
     Raises NoState when there is no usable state.db.
     """
@@ -136,6 +144,10 @@ def collect(directory: Path, configured_upstream: str | None = None) -> dict[str
         upstream, source = last_upstream, "last run"
     else:
         upstream, source = None, None
+    configured = configured_filters
+    info["filters_configured"] = (
+        configured if configured is not None and configured != info["filters"] else None
+    )
     return {"directory": str(directory), "upstream": upstream, "upstream_from": source, **info}
 
 
@@ -159,6 +171,7 @@ def _collect(reader: StateReader) -> dict[str, Any]:
         "bytes_held": nbytes,
         "deferred": troubled(Status.DEFERRED),
         "failed": troubled(Status.FAILED),
+        "filters": reader.filters_in_force(),
     }
 
 
@@ -184,6 +197,13 @@ def describe_run(run: dict[str, Any] | None, running: bool | None = None) -> str
     return text
 
 
+def describe_filters(in_force: dict[str, Any]) -> str:
+    """The [filters] keys in force on one line, as the config file would have them."""
+    if not in_force:
+        return "none (a full mirror)"
+    return "; ".join(f"{key} = {json.dumps(value)}" for key, value in in_force.items())
+
+
 def format_text(info: dict[str, Any]) -> str:
     """The status as lines for a person."""
     source = f" (from the {info['upstream_from']})" if info["upstream_from"] else ""
@@ -202,6 +222,10 @@ def format_text(info: dict[str, Any]) -> str:
         f"projects:      {counts}",
         f"files:         {info['files_held']} held, {human_bytes(info['bytes_held'])}",
     ]
+    lines.append(f"filters:       {describe_filters(info['filters'])}")
+    if info.get("filters_configured") is not None:
+        lines.append(f"  the config file's differ, and the next sync applies them: "
+                     f"{describe_filters(info['filters_configured'])}")
     for kind in ("deferred", "failed"):
         for project in info[kind]:
             lines.append(f"  {kind} {project['name']}: {project['error'] or 'no reason recorded'}")

@@ -32,6 +32,7 @@ they hold it exclusively, like a sync.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -71,6 +72,7 @@ log = logging.getLogger("simplemirror")
 CHUNK = 1 << 20
 # Rows fetched from SQLite at a time, and hashing jobs queued per worker: enough to keep
 # every worker busy, few enough that memory does not grow with the mirror.
+HASH_THREADS_PER_CPU = 4
 BATCH = 512
 WINDOW_PER_WORKER = 4
 # A download or a disk error that concerns one file, not the whole repair.
@@ -385,7 +387,10 @@ class Verifier:
         window: deque[Future[_Checked]] = deque()
         limit = self.config.workers * WINDOW_PER_WORKER
         # Threads: hashlib lets go of the GIL over large buffers, so they share the cores.
-        pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="verify")
+        # As many as the disk and cores can keep busy, not one per network connection
+        # (workers is 50 by default, for a network's round trips).
+        threads = min(self.config.workers, HASH_THREADS_PER_CPU * (os.cpu_count() or 1))
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="verify")
         try:
             while rows := cursor.fetchmany(BATCH):
                 for raw in rows:
@@ -735,6 +740,12 @@ class Verifier:
             if outcomes.get(False, (0, None))[1] is not None:
                 outcomes[True] = (0, "its distribution file could not be repaired")
                 return outcomes
+            read = download.FromWheel.of(row.path, row.filename, row.metadata_hashes)
+            with contextlib.suppress(download.NotInWheel):  # then it is downloaded
+                if read is not None:  # the wheel's own METADATA, if it has those hashes
+                    download.metadata_from_wheel(self.config, read)
+                    outcomes[True] = (0, None)
+                    return outcomes
             try:
                 got = await download.fetch(client, download.Fetch.beside(
                     urldefrag(row.url).url + layout.METADATA_SUFFIX,
@@ -780,8 +791,10 @@ class Verifier:
             entries = self.state.root_entries()
             return Ending((entries, int(serial) if serial else None) if root else None)
 
-        # The same order as a sync's: pages from state.db, then the root listing them.
-        publish(publisher, copies, ending)
+        # The same order as a sync's: pages from state.db, then the root listing them;
+        # their rows in one transaction, which commits after publish's flush.
+        with self.state.transaction():
+            publish(publisher, copies, ending)
         result.pages_rewritten = publisher.pages_written
         # Only what is still broken once written again stays unrepaired.
         result.broken, counted = [], result.pages_checked

@@ -9,10 +9,9 @@ import difflib
 import ipaddress
 import json
 import math
-import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,10 @@ from urllib.parse import urlsplit
 from packaging.utils import InvalidName
 
 from simplemirror import __version__
+from simplemirror.filter import rules
+from simplemirror.filter.rules import Filters as Filters
+from simplemirror.report.units import MAX_INTERVAL as MAX_INTERVAL
+from simplemirror.report.units import parse_interval as parse_interval
 from simplemirror.simple.model import normalize_name
 
 DEFAULT_USER_AGENT = f"simplemirror/{__version__}"
@@ -36,7 +39,12 @@ class Config:
     """Root of the simple index to mirror, ending in '/'."""
     directory: Path
     """Holds state.db, web/ (the served tree) and tmp/."""
-    workers: int = 8
+    workers: int = 50
+    """Requests at once, pages and files together: each holds a connection."""
+    connections_per_host: int = 50
+    """Of those, at most this many to any one host."""
+    max_requests_per_second: float | None = None
+    """Requests a second at most, over the whole run (every process); None: no limit."""
     download_processes: int | None = None
     """Child processes that download files, sharing the workers; 0 downloads in this one.
     None (the default): one per CPU core, at most 4, once a run has many files (see sync)."""
@@ -63,6 +71,10 @@ class Config:
     file_hosts: tuple[str, ...] = ()
     """When set, the only hosts besides the upstream's own that may serve files
     (lowercase); empty: any host the guard in filehosts lets through."""
+    reuse_from: tuple[Path, ...] = ()
+    """Directories of files an operator already has (another mirror's packages/, a
+    wheel cache): a file found there by name, whose size and hashes match, is taken
+    instead of downloaded (sync/reuse.py)."""
     max_file_size: int = 16 * 1024**3
     """Largest download accepted when upstream does not declare a file's size."""
     max_page_size: int = 64 * 1024**2
@@ -82,6 +94,8 @@ class Config:
     every: float | None = None
     """Seconds to pause between runs of `mirror sync`, which then keeps running (the
     ``every`` key, e.g. "10m", or --every); None: one run."""
+    filters: Filters = field(default_factory=Filters)
+    """The ``[filters]`` table: which projects and files a partial mirror holds."""
 
     # Cached: download workers ask for these once or twice per file, and building
     # them again each time was a measurable share of a small file's CPU.
@@ -105,6 +119,8 @@ KEYS: dict[str, tuple[str, type]] = {
     "upstream": ("upstream", str),
     "directory": ("directory", str),
     "workers": ("workers", int),
+    "connections-per-host": ("connections_per_host", int),
+    "max-requests-per-second": ("max_requests_per_second", float),
     "download-processes": ("download_processes", int),
     "projects": ("projects", list),
     "connect-timeout": ("connect_timeout", float),
@@ -120,6 +136,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "stale-wait": ("stale_wait", float),
     "user-agent": ("user_agent", str),
     "file-hosts": ("file_hosts", list),
+    "reuse-from": ("reuse_from", list),
     "max-file-size": ("max_file_size", int),
     "max-page-size": ("max_page_size", int),
     "max-root-size": ("max_root_size", int),
@@ -130,6 +147,9 @@ KEYS: dict[str, tuple[str, type]] = {
     "every": ("every", str),
 }
 
+# The tables a config file may have.
+TABLES = ("mirror", rules.TABLE)
+
 _KINDS = {int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
 
 # How to write a key that has no default to show (see _example).
@@ -137,37 +157,14 @@ _EXAMPLES: dict[str, str] = {
     "upstream": '"https://index.example/simple/"',
     "directory": '"/srv/simplemirror"',
     "download-processes": "2",
+    "max-requests-per-second": "20",
     "projects": '["sampleproject"]',
     "file-hosts": '["files.example.org"]',
+    "reuse-from": '["/srv/bandersnatch/web/packages"]',
     "public-url": '"https://mirror.example.org/"',
     "metrics-file": '"/var/lib/node_exporter/textfile_collector/simplemirror.prom"',
     "every": '"10m"',
 }
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_INTERVAL = 365 * 86400
-"""The longest --every: a year. Past it, a number is more likely a slip than a schedule."""
-_INTERVAL = re.compile(r"(\d+)([smhd])")
-
-
-def parse_interval(text: str) -> float:
-    """Seconds in ``text``: a whole number with a unit, s, m, h or d (``30s``, ``10m``,
-    ``1h``, ``1d``)."""
-    match = _INTERVAL.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValueError(
-            f"{text!r} is not an interval: give a whole number and a unit, "
-            "like 30s, 10m, 1h or 1d"
-        )
-    digits = match.group(1).lstrip("0")
-    if not digits:
-        raise ValueError(f"{text!r}: the interval must be longer than zero")
-    # The digits are counted first: int() refuses thousands of them, and sleep() a
-    # count of days fourteen digits long.
-    if len(digits) > 9 or int(digits) * _UNITS[match.group(2)] > MAX_INTERVAL:
-        raise ValueError(f"{text!r}: the interval must be at most 365d (a year)")
-    return float(int(digits) * _UNITS[match.group(2)])
-
 
 def _toml(value: Any) -> str:
     """``value`` as it would be written in the file (near enough, for a message)."""
@@ -215,6 +212,11 @@ def read_file(path: Path) -> dict[str, Any]:
     table = doc.get("mirror")
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path} has no [mirror] table (see config.example.toml)")
+    for name in doc:
+        # A misspelt [filters] would otherwise mirror everything, quietly.
+        near = difflib.get_close_matches(name, TABLES, n=1)
+        if name not in TABLES and near:
+            raise ConfigError(f"{path}: unknown table [{name}]; did you mean [{near[0]}]?")
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in KEYS:
@@ -230,6 +232,14 @@ def read_file(path: Path) -> dict[str, Any]:
             values["every"] = parse_interval(values["every"])
         except ValueError as exc:
             raise ConfigError(f"{path}: every: {exc}") from None
+    if rules.TABLE in doc:
+        filters = doc[rules.TABLE]
+        if not isinstance(filters, dict):
+            raise ConfigError(f"{path}: [{rules.TABLE}] must be a table (see config.example.toml)")
+        try:
+            values["filters"] = rules.parse(filters, path.parent)
+        except rules.FilterError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return values
 
 
@@ -271,17 +281,20 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
                 f"file-hosts (--file-host) names hosts without a port: {host!r} would never "
                 f"match; give {host.rsplit(':', 1)[0]!r}"
             )
+    mirror_directory = Path(directory).expanduser().absolute()
     config = Config(
         upstream=upstream,
-        directory=Path(directory).expanduser().absolute(),
+        directory=mirror_directory,
         projects=projects,
         file_hosts=tuple(sorted({h.lower().strip("[]") for h in hosts})),
+        reuse_from=_reuse_from(values.get("reuse_from", ()), mirror_directory),
         metrics_file=_metrics_file(values.get("metrics_file")),
         **{
             f.name: values[f.name]
             for f in fields(Config)
             if f.name in values
-            and f.name not in {"upstream", "directory", "projects", "file_hosts", "metrics_file"}
+            and f.name not in {"upstream", "directory", "projects", "file_hosts", "reuse_from",
+                               "metrics_file"}
         },
     )
     if not 0.0 <= config.max_removal <= 1.0:
@@ -300,6 +313,16 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
         raise ConfigError("keep-reports must be 0 (keep every report) or a positive count")
     if config.workers < 1 or config.workers > 256:
         raise ConfigError(f"workers must be between 1 and 256, not {config.workers}")
+    if not 1 <= config.connections_per_host <= 256:
+        raise ConfigError(
+            f"connections-per-host must be between 1 and 256, not {config.connections_per_host}"
+        )
+    rate = config.max_requests_per_second
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(
+            f"max-requests-per-second must be a positive number, like 20, not {_toml(rate)}; "
+            "leave it unset for no limit"
+        )
     if config.download_processes is not None and not 0 <= config.download_processes <= 64:
         raise ConfigError(
             f"download-processes must be between 0 and 64, not {config.download_processes}"
@@ -325,6 +348,28 @@ def _ipv6(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _reuse_from(values: Iterable[object], mirror: Path) -> tuple[Path, ...]:
+    """reuse-from's directories, absolute; never the mirror's own (its files would be
+    linked onto themselves)."""
+    found = []
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(
+                "reuse-from (--reuse-from) must be directories, like "
+                '["/srv/bandersnatch/web/packages"]'
+            )
+        path = Path(value).expanduser().absolute()
+        # Resolved for the comparison: a symlink or ".." must not lead back into the mirror.
+        real, own = path.resolve(), mirror.resolve()
+        if real == own or own in real.parents or real in own.parents:
+            raise ConfigError(
+                f"reuse-from: {value} is the mirror's own directory, or holds it; give "
+                "another mirror's packages/ or a folder of wheels"
+            )
+        found.append(path)
+    return tuple(dict.fromkeys(found))
 
 
 def _metrics_file(value: str | Path | None) -> Path | None:

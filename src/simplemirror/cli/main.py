@@ -15,7 +15,10 @@ yet); 1 when there is no state.db to read. `mirror log`: 0, or 1 when there is n
 state.db or no such generation. `mirror serve`: runs until stopped, then 0
 (SIGTERM or SIGINT is how it is meant to stop, so systemd sees a clean exit); 1 when it
 cannot start (no web/simple in the directory, the address cannot be bound); 2 usage or
-configuration error. Output cut short by its reader (`| head`) changes no exit status.
+configuration error. `mirror keygen` and `mirror export`: 0, or 1 when they cannot (a key
+file exists, a wrong passphrase, nothing to export). `mirror import`: 0 when the bundle is
+applied, or was already; 1 when it is refused or incomplete (nothing changed).
+Output cut short by its reader (`| head`) changes no exit status.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 from simplemirror import __version__
 from simplemirror.check import status
 from simplemirror.cli import config, daemon
+from simplemirror.filter.rules import Filters
+from simplemirror.filter.select import Tally
 from simplemirror.report import history, logs, observe
 from simplemirror.report.progress import Reporter
 from simplemirror.report.units import human_bytes
@@ -96,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bring the mirror up to date with the upstream index.",
     )
     _common(sync)
-    sync.add_argument("--workers", type=int, help="parallel downloads")
+    sync.add_argument(
+        "--workers", type=int, metavar="N",
+        help=f"requests at once, pages and files together, a connection each (default "
+        f"{config.Config.workers}); overrides 'workers' in the config",
+    )
     sync.add_argument(
         "--download-processes", type=int, metavar="N",
         help="download in N child processes sharing the workers (default: one per CPU core, "
@@ -107,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="mirror only this project (repeatable); overrides 'projects' in the config",
     )
     _file_host_option(sync)
+    sync.add_argument(
+        "--reuse-from", action="append", default=[], metavar="DIR",
+        help="take a file found by name below DIR (another mirror's packages/, a folder of "
+        "wheels) when its size and hashes match, instead of downloading it; repeatable. "
+        "Overrides 'reuse-from' in the config",
+    )
     sync.add_argument(
         "--dry-run", action="store_true", help="print the plan; download and write nothing"
     )
@@ -184,7 +199,71 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"connections served at once, a thread each (default {serve.MAX_CONNECTIONS}); "
         "more wait until one ends",
     )
+    _bundle_commands(commands)
     return parser
+
+
+def _bundle_commands(commands: Any) -> None:
+    keygen = commands.add_parser(
+        "keygen", help="make the key pair that signs air-gap bundles (minisign's formats)",
+        description="Write an Ed25519 key pair in minisign's formats: the secret key signs "
+        "bundles (`mirror export`), the public key checks them on the far side (`mirror "
+        "import`, or `minisign -V`). An existing key is never overwritten.",
+    )
+    keygen.add_argument("--secret-key", type=Path, required=True, metavar="PATH")
+    keygen.add_argument("--public-key", type=Path, required=True, metavar="PATH")
+    protect = keygen.add_mutually_exclusive_group()
+    protect.add_argument("--no-passphrase", action="store_true",
+                         help="write the secret key unencrypted (mode 0600)")
+    protect.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                         help="the passphrase is this file's first line (default: asked on "
+                         "the terminal)")
+    _logging(keygen, bars=False)
+    export = commands.add_parser(
+        "export", help="write a signed bundle of the mirror for an air-gapped far side",
+        description="Write one new bundle directory under --to and print its path: "
+        "everything since the last bundle this mirror exported (--full: everything; "
+        "--since-receipt: what that far side lacks). Safe while a sync runs.",
+    )
+    _where(export)
+    export.add_argument("--to", type=Path, required=True, metavar="DIR",
+                        help="where the bundle directory is made")
+    export.add_argument("--secret-key", type=Path, required=True, metavar="PATH")
+    export.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                        help="the secret key's passphrase (default: asked on the terminal)")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--full", action="store_true",
+                       help="everything the mirror publishes: seeds an empty far side")
+    which.add_argument("--since-receipt", type=Path, metavar="FILE",
+                       help="what the far side that wrote this receipt lacks")
+    export.add_argument(
+        "--volume-size", type=_volume_size, default=None, metavar="SIZE",
+        help="largest volume (default 4G minus one byte, what FAT32 holds); 700M, 25GB...",
+    )
+    _logging(export, bars=False)
+    imp = commands.add_parser(
+        "import", help="verify a bundle and apply it to the far-side mirror",
+        description="Check a bundle (signature, chain, every hash) and apply it to the "
+        "mirror in --directory (the first, full bundle makes it), then write "
+        "receipts/<sequence>.json to carry back. Any refusal leaves the mirror as it was.",
+    )
+    imp.add_argument("--from", dest="source", type=Path, required=True, metavar="BUNDLE",
+                     help="the bundle directory")
+    _where(imp)
+    imp.add_argument("--public-key", type=Path, required=True, metavar="PATH",
+                     help="the public key bundles must be signed with")
+    imp.add_argument("--allow-mass-delete", action="store_true",
+                     help="apply a bundle that removes more than max-removal of the mirror")
+    _logging(imp, bars=False)
+
+
+def _volume_size(text: str) -> int:
+    from simplemirror.bundle.manifest import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _interval(text: str) -> float:
@@ -273,12 +352,14 @@ def _printing() -> Iterator[None]:
     _flush_stdout()
 
 
-def _print_plan(summary: RunSummary) -> None:
+def _print_plan(summary: RunSummary, filters: Filters | None = None) -> None:
     """What `sync --dry-run` found: the plan, and what the run would download and decide."""
     plan, forecast = summary.plan, summary.forecast
     if plan is None or forecast is None:
         print("stopped before the upstream root was read: nothing was planned")
         return
+    if filters is not None and filters.active:
+        print(f"filters: {status.describe_filters(filters.in_force())}")
     if forecast.not_modified:
         print("upstream root unchanged since the last run (HTTP 304, or the same bytes)")
     if not forecast.serials:
@@ -290,16 +371,22 @@ def _print_plan(summary: RunSummary) -> None:
         print(f"  fetch {todo.name}{serial}")
     for name in plan.removed:
         print(f"  removed upstream: {name}")
+    for name in plan.pruned:
+        print(f"  left out by the filters (would be removed): {name}")
     if forecast.refusal is not None:
         print("would stop before changing anything: it removes more than max-removal")
         return
     if forecast.pages_unchanged:
         print(f"pages: {forecast.pages_read - forecast.pages_unchanged} changed, "
               f"{forecast.pages_unchanged} unchanged (HTTP 304, or the same bytes)")
+    if filters is not None and filters.narrows_files:
+        for line in _filtered_lines(forecast.filtered, "of the pages read, the filters"):
+            print(line)
     sizes = _sizes(forecast.files, forecast.bytes, forecast.unknown_size)
     print(f"would download {forecast.files} file(s){sizes}")
     if forecast.files_dropped:
-        print(f"would remove {forecast.files_dropped} file(s) their pages no longer list")
+        print(f"would remove {forecast.files_dropped} file(s) their pages no longer list, "
+              "or the filters leave out")
     if forecast.file_refusal is not None:
         print(f"  {forecast.file_refusal}")
     for name, why in summary.deferred:
@@ -308,8 +395,22 @@ def _print_plan(summary: RunSummary) -> None:
         print(f"  would fail {name}: {why}")
     for entry, why in summary.rejected:
         print(f"  would refuse {entry}: {why} (upstream data this mirror will not copy)")
+    for name, why in summary.unmet:
+        print(f"  requirements not met: {name}: {why}")
     if summary.stopped_by is not None:
         print("  stopped before every page was read: the counts above are partial")
+
+
+def _filtered_lines(tally: Tally, lead: str) -> list[str]:
+    """What the filters kept, left out (by key) and held back, with counts and bytes."""
+    lines = [f"{lead} keep {tally.kept[0]} file(s), {human_bytes(tally.kept[1])}; leave out "
+             f"{tally.files_left_out}, {human_bytes(tally.bytes_left_out)}"]
+    for key, (files, size) in sorted(tally.left_out.items()):
+        lines.append(f"  left out by {key}: {files} file(s), {human_bytes(size)}")
+    if tally.held_back[0]:
+        lines.append(f"  held back by min-age: {tally.held_back[0]} file(s), "
+                     f"{human_bytes(tally.held_back[1])} (published once old enough)")
+    return lines
 
 
 def _sizes(files: int, total: int, unknown: int) -> str:
@@ -321,7 +422,7 @@ def _sizes(files: int, total: int, unknown: int) -> str:
     return f": {files - unknown} of {human_bytes(total)}, {unknown} of unknown size"
 
 
-def _print_summary(summary: RunSummary) -> None:
+def _print_summary(summary: RunSummary, filters: Filters | None = None) -> None:
     print(
         f"sync {summary.outcome}: {summary.changed} project(s) changed, "
         f"{len(summary.deferred)} deferred, {len(summary.failed)} failed, "
@@ -329,12 +430,26 @@ def _print_summary(summary: RunSummary) -> None:
         f"{human_bytes(summary.bytes_fetched)} fetched in {summary.duration:.1f} s "
         f"(generation {summary.generation})"
     )
+    if filters is not None and filters.active:
+        print(f"  filters: {status.describe_filters(filters.in_force())}")
+        if summary.pruned:
+            print(f"  removed {len(summary.pruned)} project(s) the filters leave out: "
+                  + ", ".join(summary.pruned))
+        if filters.narrows_files:
+            for line in _filtered_lines(summary.filtered, "  of the pages read, the filters"):
+                print(line)
+    if summary.reuse.hashed:
+        tally = summary.reuse
+        print(f"  reused {tally.taken} file(s), {human_bytes(tally.bytes)}, from reuse-from; "
+              f"{tally.hashed} checked, {tally.rejected} unlike upstream's (left alone)")
     for name, why in summary.deferred:
         print(f"  deferred {name}: {why} (upstream page is stale; the next run retries)")
     for name, why in summary.failed:
         print(f"  failed {name}: {why} ({_failed_hint(name in summary.blocked)})")
     for entry, why in summary.rejected:
         print(f"  refused {entry}: {why} (upstream data this mirror will not copy)")
+    for name, why in summary.unmet:
+        print(f"  requirements not met: {name}: {why}")
     if summary.stopped_by is not None:
         print("  stopped before the end: the next run resumes where this one stopped")
 
@@ -374,7 +489,7 @@ def _sync_and_record(cfg: config.Config, sync: Sync, reporter: Reporter) -> int:
         observe.record_error(cfg, str(exc), since=since, duration=time.monotonic() - started)
         raise
     with _printing():
-        _print_summary(summary)
+        _print_summary(summary, cfg.filters)
     path = observe.record_run(cfg, summary)
     log.info(
         "sync %s (exit %d); report %s", summary.outcome, summary.exit_code, path or "not written",
@@ -416,6 +531,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         download_processes=args.download_processes,
         projects=args.project,
         file_hosts=args.file_host,
+        reuse_from=args.reuse_from,
         allow_mass_delete=args.allow_mass_delete or None,
         metrics_file=args.metrics_file,
         every=args.every,
@@ -451,7 +567,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         with reporter:
             summary = sync.run(dry_run=True)
         with _printing():
-            _print_plan(summary)
+            _print_plan(summary, cfg.filters)
         if summary.forecast is not None and summary.forecast.refusal is not None:
             # What the run would stop with, where it would say it.
             print(f"mirror: {summary.forecast.refusal}", file=sys.stderr)
@@ -537,7 +653,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         directory, upstream = cfg.directory, cfg.upstream
     else:
         directory = _mirror_directory(args, values)
-    info = status.collect(directory, upstream)
+    filters = values.get("filters", config.Filters()).in_force() if args.config else None
+    info = status.collect(directory, upstream, filters)
     with _printing():
         if args.json:
             print(json.dumps(info, indent=2))
@@ -583,9 +700,145 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> Callable[[], bytes]:
+    """The passphrase of a secret key: --passphrase-file's first line, else asked on the
+    terminal (twice for a new key); asked only when needed."""
+    from simplemirror.bundle.keys import KeyFileError
+
+    def read() -> bytes:
+        if args.passphrase_file is not None:
+            try:
+                data = args.passphrase_file.read_bytes()
+            except OSError as exc:
+                raise KeyFileError(f"cannot read {args.passphrase_file}: "
+                                   f"{exc.strerror or exc}") from None
+            first: bytes = data.split(b"\n", 1)[0].removesuffix(b"\r")
+            if not first:
+                raise KeyFileError(f"{args.passphrase_file} holds no passphrase on its first "
+                                   "line")
+            return first
+        if not sys.stdin.isatty():
+            raise KeyFileError(
+                "the secret key needs a passphrase, and there is no terminal to ask on: give "
+                "--passphrase-file FILE" + (" (or --no-passphrase)" if confirm else "")
+            )
+        import getpass
+
+        first = getpass.getpass("Passphrase: ").encode()
+        if confirm and getpass.getpass("Passphrase (again): ").encode() != first:
+            raise KeyFileError("the two passphrases differ; nothing was written")
+        if not first:
+            raise KeyFileError("an empty passphrase protects nothing" + (
+                ": use --no-passphrase for a key without one" if confirm else ""))
+        return first
+
+    return read
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from simplemirror.bundle import keys
+
+    _setup_logging(args, None)
+    try:
+        passphrase = None if args.no_passphrase else _passphrase(args, confirm=True)()
+        key = keys.SecretKey.generate()
+        keys.write_pair(key, args.secret_key, args.public_key, passphrase)
+    except keys.KeyFileError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    with _printing():
+        print(f"key {key.public_key().id_text}: secret key {args.secret_key}"
+              f"{' (no passphrase)' if passphrase is None else ''}, public key "
+              f"{args.public_key}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from simplemirror.bundle import export, keys, manifest
+
+    _setup_logging(args, None)
+    args.upstream = None
+    cfg = _offline_config(args, network=False)
+    try:
+        receipt = None
+        if args.since_receipt is not None:
+            try:
+                data = args.since_receipt.read_bytes()
+            except OSError as exc:
+                raise export.ExportError(
+                    f"cannot read {args.since_receipt}: {exc.strerror or exc}") from None
+            try:
+                receipt = manifest.Receipt.from_bytes(data, str(args.since_receipt))
+            except manifest.ManifestError as exc:
+                raise export.ExportError(str(exc)) from None
+        key = keys.SecretKey.read(args.secret_key, _passphrase(args))
+        done = export.export(export.ExportRequest(
+            directory=cfg.directory, to=args.to.absolute(), key=key, full=args.full,
+            receipt=receipt, volume_size=args.volume_size or manifest.DEFAULT_VOLUME_SIZE,
+            public_url=cfg.public_url,
+        ))
+    except (export.ExportError, keys.KeyFileError) as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    info = done.info
+    log.info(
+        "bundle %d of chain %s: %d project(s), %d file(s), %s in %d volume(s)%s",
+        info.sequence, info.chain[:8], info.counts.get("projects", 0),
+        info.counts.get("files", 0), human_bytes(info.counts.get("bytes", 0)),
+        len(info.volumes), " (an interrupted export, continued)" if done.continued else "",
+    )
+    with _printing():
+        print(done.path)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from simplemirror.bundle import apply, keys
+
+    _setup_logging(args, None)
+    values = config.read_file(args.config) if args.config is not None else {}
+    directory = _mirror_directory(args, values)
+    max_removal = values.get("max_removal", config.Config.max_removal)
+    if not 0.0 <= max_removal <= 1.0:
+        raise config.ConfigError("max-removal must be a share between 0.0 and 1.0, like 0.10")
+    try:
+        public_key = keys.PublicKey.read(args.public_key)
+        done = apply.import_bundle(apply.ImportRequest(
+            args.source.absolute(), directory, public_key,
+            allow_mass_delete=args.allow_mass_delete, max_removal=max_removal,
+        ))
+    except apply.ImportRefused as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        if exc.receipt is not None:
+            log.info("receipt to carry back: %s", exc.receipt)
+        return EXIT_INCOMPLETE
+    except (keys.KeyFileError, SyncError) as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    info = done.info
+    with _printing():
+        if done.replayed:
+            print(f"bundle {info.sequence} was applied to {directory} already: nothing to do")
+        else:
+            counts = done.counts
+            print(f"bundle {info.sequence} applied to {directory} (generation "
+                  f"{done.generation}): {counts['pages'] // 2} project(s) written, "
+                  f"{counts['removed']} removed, {counts['files']} file(s), "
+                  f"{human_bytes(counts['bytes'])} published")
+        if done.receipt is not None:
+            print(f"receipt: {done.receipt}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "keygen":
+            return cmd_keygen(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "import":
+            return cmd_import(args)
         if args.command == "verify":
             return cmd_verify(args)
         if args.command == "status":

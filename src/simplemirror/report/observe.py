@@ -99,7 +99,8 @@ def record_run(config: Config, summary: RunSummary) -> Path | None:
         with open_reader(config.state_path) as reader:
             times = _times(reader, summary.generation, summary.duration)
             serials = _serials(reader)
-        doc = runreport.render(summary, upstream=config.upstream, times=times, serials=serials)
+        doc = runreport.render(summary, upstream=config.upstream, times=times, serials=serials,
+                               filters=config.filters.in_force())
         path = _write_report(config.directory, summary.generation, doc, config.keep_reports)
     except (OSError, sqlite3.Error, NoState) as exc:
         log.error("cannot write the run report into %s: %s", config.directory / REPORTS, exc)
@@ -136,7 +137,8 @@ def record_error(config: Config, error: str, *, since: int, duration: float) -> 
                     serials = _serials(reader)
             if generation is not None:
                 doc = runreport.render_error(
-                    generation, error, upstream=config.upstream, times=times, serials=serials
+                    generation, error, upstream=config.upstream, times=times, serials=serials,
+                    filters=config.filters.in_force(),
                 )
                 path = _write_report(config.directory, generation, doc, config.keep_reports)
         except (OSError, sqlite3.Error, NoState) as exc:

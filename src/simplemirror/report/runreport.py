@@ -55,9 +55,13 @@ def _pairs(entries: list[tuple[str, str]], key: str) -> list[dict[str, str]]:
 
 
 def render(
-    summary: RunSummary, *, upstream: str, times: RunTimes, serials: Serials
+    summary: RunSummary, *, upstream: str, times: RunTimes, serials: Serials,
+    filters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report of a run that got as far as a RunSummary (ok, partial, unchanged, stopped)."""
+    """The report of a run that got as far as a RunSummary (ok, partial, unchanged, stopped).
+
+    ``filters``: the [filters] keys in force (filter.rules.Filters.in_force).
+    """
     return {
         "schema": SCHEMA,
         "simplemirror": __version__,
@@ -78,6 +82,12 @@ def render(
             "projects_removed": len(summary.removed),
             "files_fetched": summary.files_fetched,
             "bytes_fetched": summary.bytes_fetched,
+            "metadata_from_wheels": summary.metadata_from_wheels,
+            "metadata_fetched": summary.metadata_fetched,
+            "files_reused": summary.reuse.taken,
+            "bytes_reused": summary.reuse.bytes,
+            "reuse_hashed": summary.reuse.hashed,
+            "reuse_rejected": summary.reuse.rejected,
             "files_deleted": summary.files_deleted,
         },
         "serial": {"upstream": serials.upstream, "held": serials.held, "lag": serials.lag},
@@ -85,15 +95,22 @@ def render(
         "failed": _pairs(summary.failed, "project"),
         "rejected": _pairs(summary.rejected, "entry"),
         "removed": list(summary.removed),
+        "filters": {
+            "in_force": filters or {},
+            "projects_left_out": list(summary.pruned),
+            "unmet": _pairs(summary.unmet, "project"),
+            **summary.filtered.to_data(),
+        },
     }
 
 
 def render_error(
-    generation: int, error: str, *, upstream: str, times: RunTimes, serials: Serials
+    generation: int, error: str, *, upstream: str, times: RunTimes, serials: Serials,
+    filters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of a run that began a generation and then could not go on (SyncError)."""
     empty = RunSummary(generation, "error")
-    doc = render(empty, upstream=upstream, times=times, serials=serials)
+    doc = render(empty, upstream=upstream, times=times, serials=serials, filters=filters)
     doc.update(exit_code=1, error=error)
     return doc
 

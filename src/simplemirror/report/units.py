@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 
 
@@ -26,3 +28,28 @@ def clock(seconds: float) -> str:
     """A duration as hours:minutes:seconds (0:03:10), as the progress bars show one."""
     whole = max(0, round(seconds))
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+_INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_INTERVAL = 365 * 86400
+"""The longest --every: a year. Past it, a number is more likely a slip than a schedule."""
+_INTERVAL = re.compile(r"(\d+)([smhd])")
+
+
+def parse_interval(text: str) -> float:
+    """Seconds in ``text``: a whole number with a unit, s, m, h or d (``30s``, ``10m``,
+    ``1h``, ``1d``)."""
+    match = _INTERVAL.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not an interval: give a whole number and a unit, "
+            "like 30s, 10m, 1h or 1d"
+        )
+    digits = match.group(1).lstrip("0")
+    if not digits:
+        raise ValueError(f"{text!r}: the interval must be longer than zero")
+    # The digits are counted first: int() refuses thousands of them, and sleep() a
+    # count of days fourteen digits long.
+    if len(digits) > 9 or int(digits) * _INTERVAL_UNITS[match.group(2)] > MAX_INTERVAL:
+        raise ValueError(f"{text!r}: the interval must be at most 365d (a year)")
+    return float(int(digits) * _INTERVAL_UNITS[match.group(2)])

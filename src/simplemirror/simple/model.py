@@ -902,6 +902,29 @@ class HeldProject:
     """ETag of the upstream page last mirrored (for upstreams without serials)."""
     page_hash: str | None = None
     """sha256 of that page's body, for upstreams that send no ETag either."""
+    filters: str | None = None
+    """Fingerprint of the file filters its files were chosen under (None: none)."""
+    held_until: int | None = None
+    """When (Unix time) a file the cooldown held back is old enough to be published."""
+
+
+class Replanning(NamedTuple):
+    """What has a complete copy planned again though upstream did not change its page."""
+
+    filters: str | None = None
+    """The fingerprint of the file filters in force (filter.rules.Filters.file_fingerprint)."""
+    now: int = 0
+    """Unix time: a copy with a file held back until then is due."""
+
+    def due(self, held: HeldProject) -> bool:
+        """State.root_changes asks the same in SQL."""
+        return held.filters != self.filters or (
+            held.held_until is not None and held.held_until <= self.now
+        )
+
+
+NO_REPLANNING = Replanning()
+"""A full mirror's: nothing is planned again but for upstream's changes."""
 
 
 @dataclass(frozen=True)
@@ -915,7 +938,10 @@ class RootChanges:
     unlisted: list[str]
     """Held projects (not already removed) that the root no longer lists."""
     listed: int
-    """Projects the root lists, within ``only`` when the run is limited to some."""
+    """Projects the root lists that the mirror wants, within ``only`` when the run is
+    limited to some."""
+    pruned: list[str] = field(default_factory=list)
+    """Held projects (not already removed) the root lists and the filters leave out."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,17 +25,19 @@ from urllib.parse import quote
 import sqlite_utils
 
 from simplemirror.simple.model import (
+    NO_REPLANNING,
     HeldFile,
     HeldProject,
+    Replanning,
     RootChanges,
     RootEntry,
     RootProject,
     Status,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # What a read-only State (a dry run) reads as it is, without the upgrade a sync makes.
-READABLE_SCHEMAS = frozenset({"2", str(SCHEMA_VERSION)})
+READABLE_SCHEMAS = frozenset({"2", "3", str(SCHEMA_VERSION)})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -71,6 +73,8 @@ CREATE TABLE IF NOT EXISTS projects (
     page_data       TEXT,               -- JSON: versions, status and verbatim top-level keys
     page_etag       TEXT,               -- ETag of the upstream page last mirrored
     page_hash       TEXT,               -- sha256 of that page's body (upstreams without serials)
+    filters         TEXT,               -- fingerprint of the file filters its files were chosen by
+    held_until      INTEGER,            -- Unix time a file min-age held back may be published
     appeared_gen    INTEGER NOT NULL,
     updated_gen     INTEGER NOT NULL,
     published_gen   INTEGER,            -- last generation its pages were written
@@ -107,7 +111,42 @@ CREATE INDEX IF NOT EXISTS files_appeared ON files (appeared_gen);
 -- one project's (a per-project cost that grew with the mirror).
 CREATE INDEX IF NOT EXISTS files_tombstones ON files (removed_gen)
     WHERE removed_gen IS NOT NULL;
+-- The tombstones whose bytes are still on disk: what the reaper deletes at the end of a
+-- run, so next to none. Through files_tombstones, which keeps every tombstone ever for
+-- `mirror log`, it read each one's row (0.6 CPU s a run at 255,000 of them; schema 4).
+CREATE INDEX IF NOT EXISTS files_unreaped ON files (removed_gen)
+    WHERE removed_gen IS NOT NULL AND deleted_gen IS NULL;
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
+
+-- The live files (on a page, their bytes on disk) and their size, kept up by the
+-- triggers below as rows change: `mirror status` and the removal cap read one row
+-- instead of walking every file (over ten million at the public index's size, seconds
+-- each time). One row, counted once when the table is made (State._count_live; schema 4).
+CREATE TABLE IF NOT EXISTS live_totals (
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS live_totals_insert AFTER INSERT ON files
+WHEN new.removed_gen IS NULL AND new.deleted_gen IS NULL BEGIN
+    UPDATE live_totals SET files = files + 1, bytes = bytes + new.size;
+END;
+CREATE TRIGGER IF NOT EXISTS live_totals_update AFTER UPDATE OF size, removed_gen, deleted_gen
+ON files WHEN old.size != new.size
+    OR (old.removed_gen IS NULL AND old.deleted_gen IS NULL)
+    != (new.removed_gen IS NULL AND new.deleted_gen IS NULL) BEGIN
+    UPDATE live_totals SET
+        files = files + (new.removed_gen IS NULL AND new.deleted_gen IS NULL)
+            - (old.removed_gen IS NULL AND old.deleted_gen IS NULL),
+        bytes = bytes
+            + CASE WHEN new.removed_gen IS NULL AND new.deleted_gen IS NULL
+              THEN new.size ELSE 0 END
+            - CASE WHEN old.removed_gen IS NULL AND old.deleted_gen IS NULL
+              THEN old.size ELSE 0 END;
+END;
+CREATE TRIGGER IF NOT EXISTS live_totals_delete AFTER DELETE ON files
+WHEN old.removed_gen IS NULL AND old.deleted_gen IS NULL BEGIN
+    UPDATE live_totals SET files = files - 1, bytes = bytes - old.size;
+END;
 
 -- Files verified and in place under web/packages whose project no page lists them for
 -- yet: a run stopped (SIGTERM, SIGINT) before the project was complete. The next run
@@ -137,6 +176,7 @@ CREATE INDEX IF NOT EXISTS staged_files_path ON staged_files (path);
 CREATE TABLE IF NOT EXISTS pages (
     path         TEXT PRIMARY KEY,      -- below web/
     sha256       TEXT NOT NULL,
+    size         INTEGER,               -- NULL: written before sizes were recorded
     appeared_gen INTEGER NOT NULL,
     written_gen  INTEGER NOT NULL,
     removed_gen  INTEGER
@@ -157,12 +197,49 @@ CREATE INDEX IF NOT EXISTS failures_generation ON failures (generation);
 -- projects row keeps only the latest of each. added: written, none published before
 -- (a new project, or one back after its removal); changed: written again; removed:
 -- deleted (upstream stopped listing it). Kept from generation meta changes_since on.
+-- What a distribution file needs, read once (the requirements filter's closure): its
+-- Requires-Dist, and an sdist's build requirements. Keyed by the file's sha256.
+CREATE TABLE IF NOT EXISTS requires (
+    sha256 TEXT PRIMARY KEY,
+    dist   TEXT,                        -- JSON list; NULL: unknown
+    build  TEXT                         -- JSON list; NULL: none read (a wheel)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS project_changes (
     generation INTEGER NOT NULL,
     project    TEXT NOT NULL,
     change     TEXT NOT NULL,           -- added, changed, removed
     PRIMARY KEY (generation, project)
 ) WITHOUT ROWID;
+
+-- Air-gap bundles this mirror exported (the near side), in the order they were made.
+-- The next plain export carries the changes of generations from the last one's next_gen
+-- on, and applies to its target.
+CREATE TABLE IF NOT EXISTS bundles_exported (
+    bundle      TEXT PRIMARY KEY,
+    chain       TEXT NOT NULL,
+    sequence    INTEGER NOT NULL,
+    full        INTEGER NOT NULL,
+    since_gen   INTEGER NOT NULL,       -- the first generation whose changes it carries
+    through_gen INTEGER NOT NULL,       -- the newest generation it saw
+    next_gen    INTEGER NOT NULL,       -- where the next bundle's changes begin
+    base        TEXT,                   -- state digest it applies to; NULL: a full bundle
+    target      TEXT NOT NULL,          -- state digest it leads to
+    created     TEXT NOT NULL,
+    path        TEXT NOT NULL
+);
+
+-- Air-gap bundles applied to this mirror (the far side), in order: a replay is a no-op,
+-- and the last one says where the chain stands.
+CREATE TABLE IF NOT EXISTS bundles_applied (
+    bundle     TEXT PRIMARY KEY,
+    chain      TEXT NOT NULL,
+    sequence   INTEGER NOT NULL,
+    target     TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    key_id     TEXT NOT NULL,
+    applied    TEXT NOT NULL
+);
 """
 
 
@@ -177,7 +254,12 @@ _ADDED_COLUMNS = (
     ("files", "deleted_gen", "INTEGER"),
     ("files", "signature", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "provenance", "INTEGER NOT NULL DEFAULT 0"),
+    ("projects", "filters", "TEXT"),
+    ("projects", "held_until", "INTEGER"),
+    ("pages", "size", "INTEGER"),
 )
+# Of those, what a dry run never reads, and so does without.
+_UNREAD_BY_DRY_RUN = frozenset({("pages", "size")})
 
 
 def now() -> str:
@@ -243,11 +325,13 @@ def _file_values(f: HeldFile) -> tuple[Any, ...]:
 class State:
     _reader: StateReader | None = None
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, wait: float = 5.0) -> None:
+        """``wait``: how long a write waits for another writer (a sync's open batch)."""
         # No plugins: whatever sqlite-utils plugins are installed have no business in
         # state.db's connection, and finding them read every installed package's
         # metadata (~30 ms, a tenth of a sync that changes nothing).
         self.db = sqlite_utils.Database(path, execute_plugins=False)
+        self.db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
         # WAL lets a reader (`mirror status`) look while a sync writes; NORMAL
         # is durable across a crash of the process, which is what matters here.
         self.db.enable_wal()
@@ -267,11 +351,23 @@ class State:
             self._migrate()
         changes_since = None if self.db["project_changes"].exists() else self._next_generation()
         self.db.executescript(SCHEMA)  # after the new columns exist, for their indexes
-        if changes_since is not None:
-            # The runs before this one (an older state.db's) recorded no project changes.
-            self.set_meta("changes_since", str(changes_since))
-        self.set_meta("schema_version", str(SCHEMA_VERSION))
+        # Committed here: left to an implicit transaction, the write lock stayed with this
+        # connection until its next commit, and a writer beside a sync (an export) held
+        # the sync up until it gave up.
+        with self.transaction():
+            if changes_since is not None:
+                # The runs before this one (an older state.db's) recorded no project changes.
+                self.set_meta("changes_since", str(changes_since))
+            self._count_live()
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
         self._note_staging()
+
+    def _count_live(self) -> None:
+        """Give live_totals its row, once (schema 4 on an older state.db: one walk over
+        its files). From then on its triggers keep it; until then nothing writes files."""
+        with self.transaction():
+            if self.db.execute("SELECT 1 FROM live_totals").fetchone() is None:
+                self.db.execute(f"INSERT INTO live_totals {_COUNT_LIVE}")
 
     def _note_staging(self) -> None:
         # Almost every run has nothing staged (only a stopped run stages): planning and
@@ -314,16 +410,28 @@ class State:
                     f"{found}); run `mirror sync` once with this one to upgrade it"
                 )
             for table, column, _ in _ADDED_COLUMNS:
+                if (table, column) in _UNREAD_BY_DRY_RUN:
+                    continue
                 if column not in state.db[table].columns_dict:
                     raise StateError(
                         f"{path} predates this version of simplemirror; run `mirror sync` "
                         "once with it to upgrade state.db, then --dry-run can read it"
                     )
+            if not state.db["requires"].exists():
+                state.db.execute(
+                    "CREATE TEMP TABLE requires (sha256 TEXT PRIMARY KEY, dist TEXT, build TEXT)"
+                )
             if not state.db["staged_files"].exists():
                 # Schema 2, written before staging existed, so nothing is staged: an
                 # empty stand-in with the columns planning_files reads. (A dry run
                 # reads nothing of schema 3's other addition, project_changes.)
                 state.db.execute("CREATE TEMP TABLE staged_files AS SELECT * FROM files WHERE 0")
+            if not state.db["live_totals"].exists() or state.db.execute(
+                "SELECT 1 FROM live_totals"
+            ).fetchone() is None:
+                # Before schema 4 (or an upgrade cut short): counted here, once, for the
+                # removal cap's base.
+                state.db.execute(f"CREATE TEMP TABLE live_totals AS {_COUNT_LIVE}")
             state._note_staging()
         except BaseException:
             state.close()
@@ -390,12 +498,14 @@ class State:
 
     def died_unrecovered(self, current: int) -> tuple[str, int] | None:
         """(start of the oldest, newest generation) of the runs before ``current`` that died
-        without recording their end, since the last recovery (see recover.py); None: none.
+        or ended in an error since the last recovery (see recover.py); None: none.
 
-        Under the sync lock, a run still marked running is one that died.
+        Under the sync lock, a run still marked running is one that died. One that ended
+        in an error before it could change the tree moves recovered_through past itself.
         """
         row = self.db.execute(
-            "SELECT min(started), max(generation) FROM runs WHERE outcome = 'running'"
+            "SELECT min(started), max(generation) FROM runs"
+            " WHERE outcome IN ('running', 'error')"
             " AND generation < ? AND generation > coalesce("
             " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'recovered_through'), 0)",
             [current],
@@ -428,13 +538,20 @@ class State:
 
     def held_projects(self) -> dict[str, tuple[str, HeldProject]]:
         """Every project ever seen: normalized name -> (display name, state)."""
+        return self._projects("")
+
+    def _projects(self, where: str, params: Sequence[Any] = ()
+                  ) -> dict[str, tuple[str, HeldProject]]:
         rows = self.db.execute(
-            "SELECT name, display_name, serial, upstream_serial, status, page_etag, page_hash"
-            " FROM projects"
+            "SELECT name, display_name, serial, upstream_serial, status, page_etag, page_hash,"
+            f" filters, held_until FROM projects{where}", params
         )
         return {
-            name: (display, HeldProject(serial, upstream, Status(status), etag, page_hash))
-            for name, display, serial, upstream, status, etag, page_hash in rows
+            name: (display, HeldProject(
+                serial, upstream, Status(status), etag, page_hash, filters, held_until
+            ))
+            for name, display, serial, upstream, status, etag, page_hash, filters, held_until
+            in rows
         }
 
     def undo_in_memory(self) -> None:
@@ -448,30 +565,38 @@ class State:
         self.db.execute("PRAGMA temp_store=MEMORY")
 
     def root_changes(
-        self, projects: Iterable[RootProject], only: Collection[str] | None = None
+        self,
+        projects: Iterable[RootProject],
+        only: Collection[str] | None = None,
+        *,
+        wanted: Callable[[str], bool] | None = None,
+        replanning: Replanning = NO_REPLANNING,
     ) -> RootChanges:
         """Compare a root's projects with those held, in SQLite: plan.needs_fetch in SQL.
 
         At PyPI's size, holding every project's state in memory to compare costs
         hundreds of megabytes; a temporary table and a join cost next to none.
         ``changed`` is a cursor over that join, to be read before the next call
-        (which empties the table; closing state.db drops it).
+        (which empties the table; closing state.db drops it). ``wanted``: the project
+        filters; a held project the root lists that they leave out is ``pruned``.
         """
         self.db.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS root_listing"
-            " (name TEXT PRIMARY KEY, display TEXT NOT NULL, serial INTEGER) WITHOUT ROWID"
+            "CREATE TEMP TABLE IF NOT EXISTS root_listing (name TEXT PRIMARY KEY,"
+            " display TEXT NOT NULL, serial INTEGER, wanted INTEGER NOT NULL) WITHOUT ROWID"
         )
         with self.transaction():
             self.db.execute("DELETE FROM temp.root_listing")
             self.db.conn.executemany(
-                "INSERT INTO temp.root_listing VALUES (?, ?, ?)",
+                "INSERT INTO temp.root_listing VALUES (?, ?, ?, ?)",
                 (
-                    (p.normalized, p.name, p.serial)
+                    (p.normalized, p.name, p.serial, wanted is None or wanted(p.normalized))
                     for p in projects
                     if only is None or p.normalized in only
                 ),
             )
-        (listed,) = self.db.execute("SELECT count(*) FROM temp.root_listing").fetchone()
+        (listed,) = self.db.execute(
+            "SELECT count(*) FROM temp.root_listing WHERE wanted"
+        ).fetchone()
         unlisted = [
             name
             for (name,) in self.db.execute(
@@ -479,37 +604,48 @@ class State:
                 " (SELECT 1 FROM temp.root_listing AS r WHERE r.name = p.name)"
             )
         ]
+        pruned = [] if wanted is None else [
+            name
+            for (name,) in self.db.execute(
+                "SELECT p.name FROM temp.root_listing AS r JOIN projects AS p ON p.name = r.name"
+                " WHERE NOT r.wanted AND p.status != 'removed'"
+            )
+        ]
         statuses = {status.value: status for status in Status}
         rows = self.db.execute(
             "SELECT r.name, r.display, r.serial, p.serial, p.upstream_serial, p.status,"
-            " p.page_etag, p.page_hash FROM temp.root_listing AS r"
+            " p.page_etag, p.page_hash, p.filters, p.held_until FROM temp.root_listing AS r"
             " LEFT JOIN projects AS p ON p.name = r.name"
-            " WHERE p.name IS NULL OR p.status != 'ok' OR r.serial IS NULL"
+            " WHERE r.wanted AND (p.name IS NULL OR p.status != 'ok' OR r.serial IS NULL"
             " OR p.serial IS NULL OR r.serial != p.serial"
+            " OR p.filters IS NOT ? OR p.held_until <= ?)",
+            [replanning.filters, replanning.now],
         )
         changed = (
             (
                 # One string where the display name is the normal one, as it mostly is.
                 RootProject(name if display == name else display, name, serial),
                 None if status is None
-                else HeldProject(held, upstream, statuses[status], etag, page_hash),
+                else HeldProject(held, upstream, statuses[status], etag, page_hash, filters,
+                                 held_until),
             )
-            for name, display, serial, held, upstream, status, etag, page_hash in rows
+            for name, display, serial, held, upstream, status, etag, page_hash, filters,
+            held_until in rows
         )
-        return RootChanges(changed, unlisted, listed)
+        return RootChanges(changed, unlisted, listed, pruned)
 
-    def unfinished_projects(self) -> dict[str, tuple[str, HeldProject]]:
+    def unfinished_projects(
+        self, replanning: Replanning = NO_REPLANNING
+    ) -> dict[str, tuple[str, HeldProject]]:
         """Like held_projects, but only those a 304 root leaves work for (with serials):
-        not ok, or behind the serial the root listed. Cheap on a large, current mirror."""
-        rows = self.db.execute(
-            "SELECT name, display_name, serial, upstream_serial, status, page_etag, page_hash"
-            " FROM projects WHERE status NOT IN ('ok', 'removed')"
+        not ok, behind the serial the root listed, or due to be planned again
+        (Replanning). Cheap on a large, current mirror."""
+        return self._projects(
+            " WHERE status NOT IN ('ok', 'removed')"
             " OR (upstream_serial IS NOT NULL AND (serial IS NULL OR serial < upstream_serial))"
+            " OR (status = 'ok' AND (filters IS NOT ? OR held_until <= ?))",
+            [replanning.filters, replanning.now],
         )
-        return {
-            name: (display, HeldProject(serial, upstream, Status(status), etag, page_hash))
-            for name, display, serial, upstream, status, etag, page_hash in rows
-        }
 
     def note_listed(self, todos: Iterable[tuple[str, str, int | None]], generation: int) -> None:
         """Record what the root promised for projects about to be fetched.
@@ -523,7 +659,10 @@ class State:
                 "INSERT INTO projects (name, display_name, upstream_serial, status, appeared_gen,"
                 " updated_gen) VALUES (?, ?, ?, 'pending', ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET display_name = excluded.display_name,"
-                " upstream_serial = excluded.upstream_serial, removed_gen = NULL,"
+                # The display name shows in the root: a bundle export looks for changed
+                # projects by updated_gen, and a run stopped before the fetch moves no other.
+                " upstream_serial = excluded.upstream_serial, updated_gen = excluded.updated_gen,"
+                " removed_gen = NULL,"
                 " status = CASE WHEN status = 'removed' THEN 'pending' ELSE status END",
                 rows,
             )
@@ -560,8 +699,52 @@ class State:
         files: Iterable[HeldFile],
         gone: Iterable[HeldFile],
         generation: int,
+        filters: str | None = None,
+        held_until: int | None = None,
     ) -> None:
-        """Record a project whose pages are about to be rewritten from ``files``."""
+        """Record a project whose pages are about to be rewritten from ``files``, chosen
+        under the file filters of fingerprint ``filters``; ``held_until``: see
+        HeldProject."""
+        files = list(files)
+        self._record_files(name, files, gone, generation)
+        self._settle_staged(name, files, generation)
+        complete = status is Status.OK
+        self._note_change(name, generation)
+        self.db.execute(
+            "UPDATE projects SET status = ?, error = ?, page_serial = ?, page_data = ?,"
+            " page_etag = ?, page_hash = ?, serial = CASE WHEN ? THEN ? ELSE serial END,"
+            " updated_gen = ?, published_gen = ?, removed_gen = NULL, filters = ?,"
+            " held_until = ? WHERE name = ?",
+            [
+                status.value,
+                error,
+                page_serial,
+                _json(page_data),
+                page_etag,
+                page_hash,
+                complete,
+                page_serial,
+                generation,
+                generation,
+                filters,
+                held_until,
+                name,
+            ],
+        )
+    def _note_change(self, name: str, generation: int) -> None:
+        """What ``generation`` does to ``name``'s pages, for `mirror log`; call before
+        published_gen moves: pages published before make this a change."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO project_changes (generation, project, change)"
+            " SELECT ?, name, CASE WHEN published_gen IS NULL THEN 'added' ELSE 'changed' END"
+            " FROM projects WHERE name = ?",
+            [generation, name],
+        )
+
+    def _record_files(
+        self, name: str, files: list[HeldFile], gone: Iterable[HeldFile], generation: int
+    ) -> None:
+        """``files`` live on ``name``'s pages (new rows, or updated ones), ``gone`` off them."""
         # executemany on the connection itself: a first sync records every file,
         # and sqlite_utils' execute wraps each call.
         conn = self.db.conn
@@ -570,7 +753,6 @@ class State:
             " AND removed_gen IS NULL",
             [(generation, name, f.filename) for f in gone],
         )
-        files = list(files)
         # Same name, other bytes (an index that lets files be replaced): the old
         # row goes away and a new one appears.
         conn.executemany(
@@ -591,33 +773,6 @@ class State:
             " provenance = excluded.provenance, extra = excluded.extra,"
             " updated_gen = excluded.updated_gen",
             [(name, *_file_values(f), generation, generation) for f in files],
-        )
-        self._settle_staged(name, files, generation)
-        complete = status is Status.OK
-        # Before published_gen moves: pages published before make this a change.
-        self.db.execute(
-            "INSERT OR REPLACE INTO project_changes (generation, project, change)"
-            " SELECT ?, name, CASE WHEN published_gen IS NULL THEN 'added' ELSE 'changed' END"
-            " FROM projects WHERE name = ?",
-            [generation, name],
-        )
-        self.db.execute(
-            "UPDATE projects SET status = ?, error = ?, page_serial = ?, page_data = ?,"
-            " page_etag = ?, page_hash = ?, serial = CASE WHEN ? THEN ? ELSE serial END,"
-            " updated_gen = ?, published_gen = ?, removed_gen = NULL WHERE name = ?",
-            [
-                status.value,
-                error,
-                page_serial,
-                _json(page_data),
-                page_etag,
-                page_hash,
-                complete,
-                page_serial,
-                generation,
-                generation,
-                name,
-            ],
         )
 
     def note_unchanged(self, name: str, etag: str | None, generation: int) -> None:
@@ -683,25 +838,45 @@ class State:
         )
         conn.execute("DELETE FROM staged_files WHERE project = ?", (name,))
 
+    def requires_of(
+        self, sha256s: Iterable[str]
+    ) -> dict[str, tuple[list[str] | None, list[str] | None]]:
+        """What state.db knows the files of these digests need: (Requires-Dist, build
+        requirements), by digest."""
+        found = {}
+        for digest in sha256s:
+            row = self.db.execute(
+                "SELECT dist, build FROM requires WHERE sha256 = ?", [digest]
+            ).fetchone()
+            if row is not None:
+                found[digest] = (json.loads(row[0]) if row[0] is not None else None,
+                                 json.loads(row[1]) if row[1] is not None else None)
+        return found
+
+    def note_requires(self, sha256: str, dist: list[str] | None, build: list[str] | None
+                      ) -> None:
+        """Remember what the file of digest ``sha256`` needs (see requires_of)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO requires (sha256, dist, build) VALUES (?, ?, ?)",
+            [sha256, _json(dist), _json(build)],
+        )
+
     def root_entries(self) -> Iterator[RootEntry]:
         """Projects the root index lists: published and still listed upstream."""
-        rows = self.db.execute(
-            "SELECT display_name, name, serial FROM projects"
-            " WHERE published_gen IS NOT NULL AND status != 'removed' ORDER BY name"
-        )
-        for display, name, serial in rows:
+        for display, name, serial in self.db.execute(_ROOT_QUERY):
             yield RootEntry(display, name, serial)
 
     # -- pages and failures -------------------------------------------------
 
-    def record_page(self, path: str, sha256: str, generation: int) -> None:
+    def record_page(self, path: str, sha256: str, size: int, generation: int) -> None:
         self.db.execute(
-            "INSERT INTO pages (path, sha256, appeared_gen, written_gen) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256,"
+            "INSERT INTO pages (path, sha256, size, appeared_gen, written_gen)"
+            " VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
             " written_gen = excluded.written_gen,"
             " appeared_gen = CASE WHEN removed_gen IS NULL THEN appeared_gen"
             " ELSE excluded.appeared_gen END, removed_gen = NULL",
-            [path, sha256, generation, generation],
+            [path, sha256, size, generation, generation],
         )
 
     def record_failure(
@@ -723,10 +898,8 @@ class State:
         return int(projects)
 
     def live_files_count(self) -> int:
-        """Live file rows: the base of the file removal cap."""
-        (files,) = self.db.execute(
-            "SELECT count(*) FROM files WHERE removed_gen IS NULL"
-        ).fetchone()
+        """Live files: the base of the file removal cap."""
+        (files,) = self.db.execute("SELECT files FROM live_totals").fetchone()
         return int(files)
 
     def unpublish_pending(self) -> list[str]:
@@ -777,6 +950,73 @@ class State:
                 ((generation, file_id) for file_id in ids),
             )
 
+    # -- air-gap bundles ------------------------------------------------------
+
+    def record_export(
+        self, *, bundle: str, chain: str, sequence: int, full: bool, since_gen: int,
+        through_gen: int, next_gen: int, base: str | None, target: str, path: str,
+    ) -> None:
+        """The near side exported a bundle (its ledger: see bundles_exported)."""
+        with self.transaction():
+            if self.get_meta("bundle_chain") is None:
+                self.set_meta("bundle_chain", chain)
+            self.db.execute(
+                "INSERT INTO bundles_exported (bundle, chain, sequence, full, since_gen,"
+                " through_gen, next_gen, base, target, created, path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [bundle, chain, sequence, int(full), since_gen, through_gen, next_gen, base,
+                 target, now(), path],
+            )
+
+    def import_project(
+        self, name: str, *, display_name: str, serial: int | None, page_serial: int | None,
+        status: Status, error: str | None, page_data: dict[str, Any], pages: bool,
+        generation: int,
+    ) -> None:
+        """A published project as a bundle carries it (the far side); ``pages``: its pages
+        are written again now."""
+        self.db.execute(
+            "INSERT INTO projects (name, display_name, serial, page_serial, status, error,"
+            " page_data, appeared_gen, updated_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET display_name = excluded.display_name,"
+            " serial = excluded.serial, page_serial = excluded.page_serial,"
+            " status = excluded.status, error = excluded.error,"
+            " page_data = excluded.page_data, updated_gen = excluded.updated_gen,"
+            " removed_gen = CASE WHEN excluded.status = 'removed'"
+            " THEN coalesce(removed_gen, excluded.updated_gen) END",
+            [name, display_name, serial, page_serial, status.value, error, _json(page_data),
+             generation, generation],
+        )
+        if pages:
+            self._note_change(name, generation)
+            self.db.execute(
+                "UPDATE projects SET published_gen = ? WHERE name = ?", [generation, name]
+            )
+
+    def import_files(self, name: str, files: list[HeldFile], generation: int) -> None:
+        """Files a bundle carries as live on ``name``'s pages (new rows, or updated ones)."""
+        self._record_files(name, files, (), generation)
+
+    def import_gone(self, project: str, filename: str, path: str, generation: int) -> int:
+        """A file a bundle says left its project's pages; how many live rows that ends."""
+        cursor = self.db.execute(
+            "UPDATE files SET removed_gen = ? WHERE project = ? AND filename = ? AND path = ?"
+            " AND removed_gen IS NULL",
+            [generation, project, filename, path],
+        )
+        return int(cursor.rowcount)
+
+    def record_applied(
+        self, *, bundle: str, chain: str, sequence: int, target: str, generation: int,
+        key_id: str,
+    ) -> None:
+        """The far side applied a bundle (its ledger: see bundles_applied)."""
+        self.db.execute(
+            "INSERT INTO bundles_applied (bundle, chain, sequence, target, generation, key_id,"
+            " applied) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [bundle, chain, sequence, target, generation, key_id, now()],
+        )
+
 
 class Batch:
     """One long write transaction, committed every ``every`` seconds (see State.batch).
@@ -822,7 +1062,58 @@ RUN_COUNTS = (
 )
 _RUN_QUERY = f"SELECT {RUN_COLUMNS}, upstream, upstream_serial, {', '.join(RUN_COUNTS)} FROM runs"
 _LIVE = "removed_gen IS NULL AND deleted_gen IS NULL"
+# What live_totals holds, counted the long way.
+_COUNT_LIVE = (
+    f"SELECT count(*) AS files, coalesce(sum(size), 0) AS bytes FROM files WHERE {_LIVE}"
+)
+_ROOT_QUERY = (
+    "SELECT display_name, name, serial FROM projects"
+    " WHERE published_gen IS NOT NULL AND status != 'removed' ORDER BY name"
+)
 T = TypeVar("T")
+
+
+class ReuseIndex:
+    """Where files an operator already has are (``--reuse-from``), by file name: one
+    run's index, in a file of its own in tmp/ (at millions of files, memory stays
+    flat), deleted when the run ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Disposable: no journal to keep, nothing to make durable.
+        self.conn.execute("PRAGMA journal_mode=OFF")
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.execute(
+            "CREATE TABLE files (filename TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL)"
+        )
+
+    def add(self, found: Iterable[tuple[str, str, int]]) -> int:
+        """Index (file name, path, size) rows; how many."""
+        before = self.count()
+        self.conn.execute("BEGIN")
+        self.conn.executemany("INSERT INTO files VALUES (?, ?, ?)", found)
+        self.conn.execute("CREATE INDEX IF NOT EXISTS files_by_name ON files (filename, size)")
+        self.conn.execute("COMMIT")
+        return self.count() - before
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM files").fetchone()[0])
+
+    def candidates(self, filename: str, size: int | None) -> list[str]:
+        """Paths of files named ``filename`` (of ``size`` bytes, when it is known)."""
+        if size is None:
+            rows = self.conn.execute("SELECT path FROM files WHERE filename = ?", [filename])
+        else:
+            rows = self.conn.execute(
+                "SELECT path FROM files WHERE filename = ? AND size = ?", [filename, size]
+            )
+        return [path for (path,) in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+        self.path.unlink(missing_ok=True)
 
 
 class NoState(Exception):
@@ -990,6 +1281,12 @@ class StateReader:
         )
         return int(row[0]) if row else None
 
+    def filters_in_force(self) -> dict[str, Any]:
+        """The [filters] keys the last run that planned applied (empty: a full mirror)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'filters'")
+        found: dict[str, Any] = json.loads(row[0]) if row and row[0] else {}
+        return found
+
     def serial_held(self) -> int | None:
         """The upstream serial of the last complete copy (meta root_serial)."""
         row = self._one("SELECT value FROM meta WHERE key = 'root_serial'")
@@ -1100,11 +1397,17 @@ class StateReader:
 
     def live_totals(self) -> tuple[int, int]:
         """(count, bytes) of live files: on a page, bytes on disk."""
+        if self._one("SELECT 1 FROM sqlite_master WHERE name = 'live_totals'"):
+            row = self._one("SELECT files, bytes FROM live_totals")
+            if row is not None:
+                return int(row[0]), int(row[1])
+        # A state.db from before schema 4 is read as it stands (read-only: no upgrade),
+        # counted; one from before deleted_gen existed holds the bytes of every row
+        # without removed_gen.
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(files)")}
-        # A state.db from before deleted_gen existed is read as it stands (read-only: no
-        # migration); there, every row without removed_gen has its bytes on disk.
-        live = _LIVE if "deleted_gen" in columns else "removed_gen IS NULL"
-        row = self._one(f"SELECT count(*), coalesce(sum(size), 0) FROM files WHERE {live}")
+        count = _COUNT_LIVE if "deleted_gen" in columns else _COUNT_LIVE.replace(
+            _LIVE, "removed_gen IS NULL")
+        row = self._one(count)
         assert row is not None  # an aggregate always has its row
         return int(row[0]), int(row[1])
 
@@ -1143,3 +1446,181 @@ class StateReader:
             [path],
         )
         return json.loads(row[0]) if row else None
+
+    def page_sha256(self, path: str) -> str | None:
+        """The sha256 state.db records for the published page at ``path``."""
+        row = self._one("SELECT sha256 FROM pages WHERE path = ? AND removed_gen IS NULL",
+                        [path])
+        return row[0] if row else None
+
+    # -- air-gap bundles ------------------------------------------------------------------
+
+    def root_entries(self) -> Iterator[RootEntry]:
+        """Projects the root index lists (as State.root_entries)."""
+        for display, name, serial in self.conn.execute(_ROOT_QUERY):
+            yield RootEntry(display, name, serial)
+
+    def newest_run(self) -> tuple[int, str] | None:
+        """(generation, outcome) of the newest run; None before any."""
+        row = self._one("SELECT generation, outcome FROM runs ORDER BY generation DESC LIMIT 1")
+        return (int(row[0]), row[1]) if row else None
+
+    def published_entries(
+        self, suffixes: tuple[str, str, str], pages: tuple[str, str, str],
+        leave_out: Sequence[str],
+    ) -> Iterator[tuple[str, int | None, str | None]]:
+        """(path, size, sha256) of everything published below web/, by path (bytewise),
+        leaving out the pages in ``leave_out``. ``suffixes``: of the .metadata, signature
+        and provenance files beside a distribution; ``pages``: a project's pages are
+        ``pages[0] + name + pages[1]`` and ``... + pages[2]``. A size or sha256 state.db
+        does not hold (those of the files beside one, and the sizes of pages written by a
+        simplemirror before 0.1's schema 4) is None.
+
+        A project upstream removed counts as gone already, though a run that stopped
+        early may not have deleted its pages yet: the next one does."""
+        metadata, signature, provenance = suffixes
+        prefix, html, json_page = pages
+        marks = ", ".join("?" * len(leave_out))
+        live = f"{_LIVE} AND project NOT IN (SELECT name FROM projects WHERE status = 'removed')"
+        return iter(self.conn.execute(
+            "SELECT path, max(size), max(sha256) FROM ("
+            f" SELECT path, size, json_extract(hashes, '$.sha256') AS sha256 FROM files"
+            f" WHERE {live}"
+            " UNION ALL SELECT path || ?, NULL, json_extract(metadata_hashes, '$.sha256')"
+            f" FROM files WHERE {live} AND metadata_hashes IS NOT NULL"
+            f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {live} AND signature"
+            f" UNION ALL SELECT path || ?, NULL, NULL FROM files WHERE {live} AND provenance"
+            " UNION ALL SELECT path, size, sha256 FROM pages WHERE removed_gen IS NULL"
+            f" AND path NOT IN ({marks}) AND path NOT IN (SELECT ? || name || ? FROM projects"
+            " WHERE status = 'removed' UNION ALL SELECT ? || name || ? FROM projects"
+            " WHERE status = 'removed')"
+            ") GROUP BY path ORDER BY path",
+            [metadata, signature, provenance, *leave_out, prefix, html, prefix, json_page],
+        ))
+
+    def export_projects(
+        self, since: int, pages: tuple[str, str, str]
+    ) -> Iterator[tuple[str, str, int | None, int | None, Status, str | None, dict[str, Any],
+                        bool]]:
+        """Published projects (not removed) whose row or pages changed in generation
+        ``since`` or later, by name: (name, display name, serial, page serial, status,
+        error, page data, whether its pages were written then). ``pages``: a project's
+        pages are ``pages[0] + name + pages[1]`` and ``pages[0] + name + pages[2]``."""
+        prefix, html, json_page = pages
+        rows = self.conn.execute(
+            "SELECT p.name, p.display_name, p.serial, p.page_serial, p.status, p.error,"
+            " p.page_data, EXISTS (SELECT 1 FROM pages WHERE path IN (? || p.name || ?,"
+            " ? || p.name || ?) AND written_gen >= ? AND removed_gen IS NULL)"
+            " FROM projects AS p WHERE p.published_gen IS NOT NULL AND p.status != 'removed'"
+            " AND (p.updated_gen >= ?"
+            " OR EXISTS (SELECT 1 FROM pages WHERE path IN (? || p.name || ?,"
+            " ? || p.name || ?) AND written_gen >= ? AND removed_gen IS NULL))"
+            " ORDER BY p.name",
+            [prefix, html, prefix, json_page, since, since, prefix, html, prefix, json_page,
+             since],
+        )
+        for name, display, serial, page_serial, status, error, data, written in rows:
+            yield (name, display, serial, page_serial, Status(status), error,
+                   json.loads(data) if data else {}, bool(written))
+
+    def export_files(self, since: int) -> Iterator[tuple[HeldFile, bool]]:
+        """Live files whose row changed in generation ``since`` or later, by project and
+        id, each with whether its bytes must travel: no row that was live before
+        ``since`` and is live still holds its path (the far side has them otherwise)."""
+        rows = self.conn.execute(
+            f"SELECT project, {_HELD_COLUMNS}, NOT EXISTS (SELECT 1 FROM files AS o"
+            " WHERE o.path = f.path AND o.removed_gen IS NULL AND o.appeared_gen < ?)"
+            f" FROM files AS f WHERE {_LIVE} AND updated_gen >= ? ORDER BY project, id",
+            [since, since],
+        )
+        for project, *row, needed in rows:
+            yield _held_file(project, tuple(row)), bool(needed)
+
+    def export_gone(self, since: int) -> Iterator[tuple[str, str, str]]:
+        """(project, filename, path) of the files that left their pages in generation
+        ``since`` or later."""
+        return iter(self.conn.execute(
+            "SELECT project, filename, path FROM files WHERE removed_gen >= ?"
+            " ORDER BY project, filename, id",
+            [since],
+        ))
+
+    def export_removed(self, since: int) -> list[str]:
+        """Projects upstream removed in generation ``since`` or later (still so)."""
+        rows = self.conn.execute(
+            "SELECT name FROM projects WHERE status = 'removed' AND updated_gen >= ?"
+            " ORDER BY name",
+            [since],
+        )
+        return [name for (name,) in rows]
+
+    def bundle_chain(self) -> str | None:
+        """The chain of bundles this mirror exports (None before its first export)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'bundle_chain'")
+        return row[0] if row else None
+
+    def _exported_any(self) -> bool:
+        # A state.db no simplemirror with bundles has opened yet (schema 3) has no ledger:
+        # an export reads it as it is (it never writes beside a sync; see bundle.export).
+        return self._one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bundles_exported'"
+        ) is not None
+
+    def last_export(self) -> tuple[str, int, int, str] | None:
+        """(bundle, sequence, next generation, target digest) of the newest export."""
+        if not self._exported_any():
+            return None
+        row = self._one(
+            "SELECT bundle, sequence, next_gen, target FROM bundles_exported"
+            " ORDER BY rowid DESC LIMIT 1"
+        )
+        return (row[0], int(row[1]), int(row[2]), row[3]) if row else None
+
+    def export_reaching(self, sequence: int, target: str) -> tuple[str, int] | None:
+        """(bundle, next generation) of the newest export of ``sequence`` that led to the
+        state digest ``target``; None when this mirror made none."""
+        if not self._exported_any():
+            return None
+        row = self._one(
+            "SELECT bundle, next_gen FROM bundles_exported WHERE sequence = ? AND target = ?"
+            " ORDER BY rowid DESC LIMIT 1",
+            [sequence, target],
+        )
+        return (row[0], int(row[1])) if row else None
+
+    def last_applied(self) -> tuple[str, str, int, str] | None:
+        """(bundle, chain, sequence, target digest) of the bundle applied last."""
+        row = self._one(
+            "SELECT bundle, chain, sequence, target FROM bundles_applied"
+            " ORDER BY rowid DESC LIMIT 1"
+        )
+        return (row[0], row[1], int(row[2]), row[3]) if row else None
+
+    def applied(self, bundle: str) -> tuple[int, int] | None:
+        """(sequence, generation) of ``bundle`` if it was applied here."""
+        row = self._one("SELECT sequence, generation FROM bundles_applied WHERE bundle = ?",
+                        [bundle])
+        return (int(row[0]), int(row[1])) if row else None
+
+    def held_files(self, project: str) -> list[HeldFile]:
+        """A project's live files, by id (as State.held_files)."""
+        rows = self.conn.execute(
+            f"SELECT {_HELD_COLUMNS} FROM files WHERE project = ? AND removed_gen IS NULL"
+            " ORDER BY id",
+            [project],
+        )
+        return [_held_file(project, row) for row in rows]
+
+
+def snapshot(path: Path) -> StateReader:
+    """A reader of the state.db at ``path`` that sees it as it is now, however a sync writes
+    on meanwhile: one read transaction, held until it is closed (a WAL snapshot)."""
+    conn = connect_readonly(path)
+    try:
+        conn.execute("BEGIN")
+        reader = StateReader(conn)
+        reader.newest_run()  # the snapshot is taken at the first read
+    except sqlite3.Error as exc:
+        conn.close()
+        raise unreadable(path, exc, "mirror export") from exc
+    return reader

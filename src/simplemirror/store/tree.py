@@ -39,11 +39,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import io
 import itertools
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,8 +53,11 @@ from pathlib import Path
 
 DOWNLOAD_PREFIX = "dl-"
 PAGE_PREFIX = "page-"
-# What create names its files: clear_leftovers deletes these and nothing else.
-_OWN_NAME = re.compile(r"(?:dl|page)-\d+-\d+")
+REUSE_INDEX = "reuse-{pid}.db"
+"""The run's index of files an operator already has (state.ReuseIndex), in tmp/."""
+# What create names its files, and the reuse index: clear_leftovers deletes these and
+# nothing else.
+_OWN_NAME = re.compile(r"(?:dl|page)-\d+-\d+|reuse-\d+\.db(?:-journal)?")
 PUBLISHED_MODE = 0o644
 """The tree is served by another user (nginx, say)."""
 
@@ -101,6 +106,54 @@ def create(tmp: Path, prefix: str, mode: int = PUBLISHED_MODE) -> tuple[int, str
         discard(name)
         raise
     return fd, name
+
+
+def adopt(tmp: Path, source: str) -> tuple[str, str] | None:
+    """Stage ``source``, a file an operator already has, without copying its bytes:
+    (name in ``tmp``, "link" or "reflink"), or None when neither can be made (copy it
+    then: ``create``, ``write_all``).
+
+    A hard link when ``source`` is on tmp's filesystem and readable by all: it is then
+    published as it is, shared with the other tree (which must not rewrite it in
+    place; a tool that replaces files by renaming, as mirrors do, never does). Else a
+    copy-on-write clone (FICLONE), where the filesystem makes them (XFS, Btrfs): our
+    own inode, with our mode. The caller verifies the staged bytes before installing.
+    """
+    try:
+        info = os.lstat(source)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None  # a symlink is never taken: it would be published as one
+    # Linked, it is published with its own mode: readable by all, and writable by none
+    # but its owner, or the bytes verified could be rewritten under the published name.
+    if (info.st_dev == os.stat(tmp).st_dev and info.st_mode & 0o444 == 0o444
+            and not info.st_mode & 0o022):
+        while True:
+            name = f"{tmp}/{DOWNLOAD_PREFIX}{_pid}-{next(_serial)}"
+            try:
+                os.link(source, name, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError:
+                break  # linking not allowed here (protected_hardlinks, a quota...)
+            if stat.S_ISREG(os.lstat(name).st_mode):
+                return name, "link"
+            discard(name)  # swapped for a symlink since it was looked at
+            return None
+    fd, name = create(tmp, DOWNLOAD_PREFIX)
+    try:
+        with open(source, "rb") as src:
+            fcntl.ioctl(fd, _FICLONE, src.fileno())
+    except OSError:
+        os.close(fd)
+        discard(name)
+        return None
+    os.close(fd)
+    return name, "reflink"
+
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -341,6 +394,18 @@ def walk_files(web: Path | str, rel_dir: str) -> Iterator[str]:
     return walk(rel_dir)
 
 
+def stat_file(web: Path | str, rel: str) -> os.stat_result | None:
+    """``rel``'s own status (a symlink's, never its target's): None when there is none.
+    A directory on the way that is a symlink is an error (UnsafePath)."""
+    parent = os.path.dirname(rel)
+    try:
+        if parent:
+            _real_dirs(str(web), parent, make=False)
+        return os.lstat(f"{web}/{rel}")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def changed_since(web: Path | str, rel: str, since: float) -> bool:
     """Whether ``rel`` (a symlink: itself) was modified at or after ``since`` (epoch s)."""
     try:
@@ -424,6 +489,24 @@ def clear_leftovers(tmp: Path) -> list[str]:
                     os.unlink(entry.path)
                 removed.append(entry.name)
     return removed
+
+
+def make_area(tmp: Path, name: str) -> Path:
+    """The directory ``name`` in ``tmp`` (made if missing), for work that outlives a run
+    (an import's staging); a symlink there is an error (UnsafePath)."""
+    make_dir(tmp, name)
+    return tmp / name
+
+
+def remove_area(tmp: Path, name: str) -> None:
+    """Delete the directory ``name`` in ``tmp`` and all it holds; symlinks in it are
+    removed, never followed."""
+    if stat_file(tmp, name) is None:
+        return
+    _real_dirs(str(tmp), name, make=False)
+    shutil.rmtree(tmp / name)
+    prefix = f"{tmp}/{name}"
+    _checked.difference_update({p for p in _checked if p == prefix or p.startswith(prefix + "/")})
 
 
 def check_same_filesystem(tmp: Path, web: Path) -> None:

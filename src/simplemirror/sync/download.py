@@ -3,25 +3,54 @@
 A file reaches its published path only after its size and every hash upstream
 gave have been checked, so the tree never holds an unverified byte. Runs as
 coroutines, in the sync's process or in a download process: no state.db access here.
+
+A wheel's PEP 658 metadata is its own ``*.dist-info/METADATA``: when upstream gives
+that file's hashes, it is read from the verified wheel (``metadata_from_wheel``) and
+checked against them like a download, sparing a request; it is downloaded only when
+the wheel's copy does not match or cannot be read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import io
+import logging
 import os
+import zipfile
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal, NamedTuple, cast
 from urllib.parse import urldefrag
 
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from simplemirror.cli.config import Config
 from simplemirror.simple.model import DistFile, HeldFile
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.sync import reuse
 from simplemirror.sync.plan import FileTodo
 from simplemirror.upstream.client import Client, UpstreamError, check_response
 
+log = logging.getLogger(__name__)
+
 CHUNK = 1 << 20  # large chunks: fewer syscalls and hash updates per byte
+
+# A wheel's METADATA larger than this is downloaded rather than read from the wheel,
+# whose member says its size before a byte of it is unpacked.
+WHEEL_METADATA_CAP = 16 * 1024**2
+# Nor is a wheel read whose central directory is larger: zipfile reads it whole and
+# makes an object of each entry, so a wheel declaring millions would cost gigabytes.
+# A real wheel of 20,000 files has one of about 2 MB.
+WHEEL_DIRECTORY_CAP = 4 * 1024**2
+# What zipfile reads besides: the end records and its search for them in the last
+# 64 KiB (a comment may be that long); a member's local header, with two fields as long.
+_END_SEARCH = 128 * 1024
+_LOCAL_HEADER = 30 + 2 * 0xFFFF
 
 
 class TooLarge(UpstreamError):
@@ -194,6 +223,124 @@ async def fetch(client: Client, wanted: Fetch) -> Downloaded:
     )
 
 
+class NotInWheel(Exception):
+    """A wheel's METADATA cannot stand for its .metadata: it is downloaded instead."""
+
+
+@dataclass(frozen=True)
+class FromWheel:
+    """A wheel's .metadata, to be read from the wheel itself, held at ``wheel`` below web/."""
+
+    wheel: str
+    filename: str
+    expected_hashes: Mapping[str, str]
+    """Upstream's hashes of the .metadata: every one must match, and there is one at least."""
+
+    @classmethod
+    def of(cls, wheel: str, filename: str, expected_hashes: Mapping[str, str]
+           ) -> FromWheel | None:
+        """The read that may stand for the .metadata of the file at ``wheel``; None when
+        it is no wheel, or there is no hash to check what it holds against."""
+        if not filename.endswith(".whl") or not expected_hashes:
+            return None
+        return cls(wheel, filename, expected_hashes)
+
+
+class _Budget(io.RawIOBase):
+    """A wheel opened for zipfile, which may read no more than ``left`` bytes of it.
+
+    However a hostile archive is made (a central directory of millions of entries, a
+    member that lies about its size), reading it costs that much and no more.
+    """
+
+    def __init__(self, raw: io.FileIO, left: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self.left = left
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, os.fstat(self._raw.fileno()).st_size - self._raw.tell())
+        if size > self.left:
+            raise NotInWheel("it would take reading more of the wheel than a METADATA needs")
+        data = self._raw.read(size) or b""
+        self.left -= len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+def _metadata_member(archive: zipfile.ZipFile, filename: str) -> zipfile.ZipInfo:
+    """The one ``{name}-{version}.dist-info/METADATA`` of the wheel ``filename`` names."""
+    name, version, _, _ = parse_wheel_filename(filename)
+    found = [
+        info for info in archive.infolist()
+        if info.filename.endswith(".dist-info/METADATA") and info.filename.count("/") == 1
+    ]
+    if len(found) != 1:
+        raise NotInWheel(f"it holds {len(found)} *.dist-info/METADATA, not one")
+    member = found[0]
+    directory = member.filename.removesuffix(".dist-info/METADATA")
+    named, dash, said = directory.partition("-")
+    try:
+        right = bool(dash) and canonicalize_name(named) == name and Version(said) == version
+    except InvalidVersion:
+        right = False
+    if not right:
+        raise NotInWheel(f"its METADATA is in {directory}.dist-info, which its name does not name")
+    if member.file_size > WHEEL_METADATA_CAP or member.compress_size > WHEEL_METADATA_CAP:
+        raise NotInWheel(f"its METADATA is larger than {WHEEL_METADATA_CAP} bytes")
+    return member
+
+
+def metadata_from_wheel(config: Config, wanted: FromWheel) -> Downloaded:
+    """The wheel's own METADATA, installed as its .metadata if it has every hash expected.
+
+    NotInWheel, with nothing written, when it does not, or cannot be read: the wheel is
+    not a zip, its METADATA is not the one ``{name}-{version}.dist-info`` its file name
+    names (wheel spec), there is not exactly one, or it is too large.
+    """
+    if not wanted.expected_hashes:  # FromWheel.of gives none such; a guard all the same
+        raise NotInWheel("upstream gives no hash to check it against")
+    target = wanted.wheel + layout.METADATA_SUFFIX
+    try:
+        with store.open_file(config.web, wanted.wheel, buffering=0) as raw:
+            wheel = _Budget(cast(io.FileIO, raw), _END_SEARCH + WHEEL_DIRECTORY_CAP)
+            # cast: zipfile takes any binary file; typeshed names a narrower protocol.
+            with zipfile.ZipFile(cast(IO[bytes], wheel)) as archive:
+                member = _metadata_member(archive, wanted.filename)
+                wheel.left = _LOCAL_HEADER + member.compress_size
+                sink = Sink(
+                    f"{wanted.filename}!{member.filename}", wanted.expected_hashes,
+                    member.file_size, config.max_file_size, config.tmp,
+                )
+                try:
+                    with archive.open(member) as body:
+                        while chunk := body.read(CHUNK):
+                            sink.write(chunk)
+                except BaseException:
+                    sink.discard()
+                    raise
+        return sink.finish(config.web, lambda _sha256: target)
+    except NotInWheel:
+        raise
+    # Whatever a hostile archive makes zipfile or a decompressor raise (their errors
+    # share no base class), and a METADATA with other hashes: all are answered by
+    # downloading the .metadata, which is checked in its turn.
+    except Exception as exc:
+        raise NotInWheel(str(exc) or type(exc).__name__) from exc
+
+
 def held_file(
     project: str, dist: DistFile, path: str, size: int, hashes: Mapping[str, str],
     siblings: HeldFile | None = None, *, metadata_hashes: Mapping[str, str] | None = None,
@@ -267,25 +414,74 @@ def siblings_wanted(todo: FileTodo) -> Iterator[Sibling]:
 # What a sibling's download may fail with and leave its file published without it.
 SIBLING_ERRORS = (UpstreamError, VerificationError)
 
-TodoResult = tuple[HeldFile, int, str | None]
-"""The held file, the bytes fetched, and what went wrong with its siblings."""
+
+class TodoResult(NamedTuple):
+    held: HeldFile
+    fetched: int
+    """Bytes downloaded."""
+    sibling_error: str | None
+    """What went wrong with its siblings (the file is still published without them)."""
+    metadata: Literal["wheel", "download"] | None = None
+    """Where a .metadata placed beside it came from: read from the wheel, or downloaded."""
+    reuse: reuse.Tally | None = None
+    """What --reuse-from's candidates came to, when it had any."""
+    reused: bool = False
+    """The file itself was taken from --reuse-from, not downloaded."""
 
 
-def todo_steps(project: str, todo: FileTodo) -> Generator[Fetch, Downloaded, TodoResult]:
-    """What fetching ``todo`` takes, without the fetching: each download it needs is
-    yielded, and what came of it is sent back (or its error thrown in).
+@dataclass(frozen=True)
+class Reuse:
+    """Take the file from one of ``candidates`` (--reuse-from) if one is what upstream
+    describes (sync/reuse.py); NotReused when none is."""
 
-    download_todo drives them. A file that fails
-    ends the todo; a sibling that fails is reported and the file kept.
+    candidates: tuple[str, ...]
+    wanted: Fetch
+
+
+class NotReused(Exception):
+    """No file an operator has is the one upstream describes: download it."""
+
+
+def _take(client: Client, step: Reuse, tally: reuse.Tally) -> Downloaded:
+    config = client.config
+    wanted = step.wanted
+    taken = reuse.take(
+        step.candidates, web=config.web, tmp=config.tmp,
+        expected_hashes=wanted.expected_hashes, expected_size=wanted.expected_size,
+        max_file_size=config.max_file_size, path_for_sha256=wanted.path_for_sha256,
+        check_stop=client.check_stop, tally=tally,
+    )
+    if taken is None:
+        raise NotReused(wanted.url)
+    return Downloaded(taken.path, taken.size, taken.hashes)
+
+
+def todo_steps(
+    project: str, todo: FileTodo
+) -> Generator[Fetch | FromWheel | Reuse, Downloaded, TodoResult]:
+    """What fetching ``todo`` takes, without the fetching: each download (or read of a
+    wheel's METADATA) it needs is yielded, and what came of it is sent back (or its
+    error thrown in).
+
+    download_todo drives them. A file that fails ends the todo, its siblings unasked;
+    a sibling that fails is reported and the file kept.
     """
     dist = todo.dist
     fetched = 0
+    reused = False
     copy: HeldFile | None = None
     hashes: Mapping[str, str]
     if todo.fetch_file:
-        got = yield Fetch.file(dist.url, dist.filename, dist.hashes, dist.size)
+        wanted = Fetch.file(dist.url, dist.filename, dist.hashes, dist.size)
+        got = None
+        if todo.reuse:
+            with contextlib.suppress(NotReused):
+                got = yield Reuse(todo.reuse, wanted)
+        reused = got is not None
+        if got is None:
+            got = yield wanted
+            fetched += got.size
         path, size, hashes = got.path, got.size, got.hashes
-        fetched += got.size
     else:
         copy = todo.held
         assert copy is not None
@@ -293,34 +489,66 @@ def todo_steps(project: str, todo: FileTodo) -> Generator[Fetch, Downloaded, Tod
     errors: list[str] = []
     # Told to held_file at the end: one HeldFile a todo, not a copy for each sibling.
     gained: dict[str, Any] = {}
+    metadata: Literal["wheel", "download"] | None = None
     for sibling in siblings_wanted(todo):
+        read = None
+        if sibling.kind == "metadata":
+            read = FromWheel.of(path, dist.filename, sibling.expected_hashes)
+        if read is not None:
+            try:
+                got = yield read
+            except NotInWheel as exc:
+                log.debug("%s: METADATA not read from the wheel (%s); downloading the "
+                          ".metadata", dist.filename, exc)
+            else:
+                metadata = "wheel"
+                gained.update(sibling.gained(got))
+                continue
+        beside = Fetch.beside(sibling.url, path + sibling.suffix, sibling.expected_hashes)
+        if sibling.kind == "metadata" and todo.reuse_metadata and sibling.expected_hashes:
+            try:
+                got = yield Reuse(todo.reuse_metadata, beside)
+            except NotReused:
+                pass
+            else:
+                gained.update(sibling.gained(got))
+                continue
         try:
             # A sibling on a host the policy refuses fails here, unasked (Client.stream).
-            got = yield Fetch.beside(sibling.url, path + sibling.suffix, sibling.expected_hashes)
+            got = yield beside
         except SIBLING_ERRORS as exc:
             errors.append(f"{sibling.kind}: {exc}")
             continue
         fetched += got.size
         gained.update(sibling.gained(got))
+        if sibling.kind == "metadata":
+            metadata = "download"
     held = held_file(project, dist, path, size, hashes, copy, **gained)
-    return held, fetched, "; ".join(errors) or None
+    return TodoResult(held, fetched, "; ".join(errors) or None, metadata, reused=reused)
 
 
 async def download_todo(client: Client, name: str, todo: FileTodo) -> TodoResult:
-    """Fetch what ``todo`` needs (todo_steps), in whichever process runs it.
-
-    Returns the held file, the bytes fetched, and what went wrong with its siblings
-    (the file is still published without them).
-    """
+    """Fetch what ``todo`` needs (todo_steps), in whichever process runs it."""
     steps = todo_steps(name, todo)
+    tally = reuse.Tally() if todo.reuse or todo.reuse_metadata else None
     try:
         wanted = next(steps)
         while True:
             try:
-                got = await fetch(client, wanted)
+                if isinstance(wanted, FromWheel):
+                    # Kilobytes, from a local file (at most WHEEL_METADATA_CAP): no
+                    # reason to leave the loop.
+                    got = metadata_from_wheel(client.config, wanted)
+                elif isinstance(wanted, Reuse):
+                    assert tally is not None
+                    # Whole files hashed (or copied): on a thread, not on the loop.
+                    got = await asyncio.to_thread(_take, client, wanted, tally)
+                else:
+                    got = await fetch(client, wanted)
             except Exception as exc:
                 wanted = steps.throw(exc)
             else:
                 wanted = steps.send(got)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        result: TodoResult = done.value
+        return result if tally is None else result._replace(reuse=tally)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from simplemirror.filter.select import Selection
 from simplemirror.simple.model import (
+    NO_REPLANNING,
     DistFile,
     HeldFile,
     HeldProject,
     ProjectPage,
+    Replanning,
     RootChanges,
     RootIndex,
     Status,
@@ -35,6 +39,8 @@ class SyncPlan:
     removed: tuple[str, ...]
     """Held projects upstream no longer lists."""
     unchanged: int
+    pruned: tuple[str, ...] = ()
+    """Held projects upstream lists and the filters leave out: removed like the others."""
 
 
 def usable_serials(root: RootIndex) -> bool:
@@ -46,20 +52,25 @@ def usable_serials(root: RootIndex) -> bool:
     return None not in serials and (len(root.projects) < 2 or len(serials) > 1)
 
 
-def _todo(name: str, display: str, serial: int | None, held: HeldProject | None) -> ProjectTodo:
+def _todo(
+    name: str, display: str, serial: int | None, held: HeldProject | None, replan: bool = False
+) -> ProjectTodo:
     # A first sync at PyPI's size holds ~650,000 of these while it runs: one string
     # where the display name is the normalized one saves ~40 MB there.
     if display == name:
         display = name
-    if serial is None and held is not None and held.status is Status.OK:
-        # Only a complete copy may be confirmed by "not modified".
+    if serial is None and held is not None and held.status is Status.OK and not replan:
+        # Only a complete copy may be confirmed by "not modified"; one to be planned
+        # again must be read whole, however upstream's page stands.
         return ProjectTodo(name, display, None, held.page_etag, held.page_hash)
     return ProjectTodo(name, display, serial)
 
 
-def needs_fetch(serial: int | None, held: HeldProject | None) -> bool:
+def needs_fetch(
+    serial: int | None, held: HeldProject | None, replanning: Replanning = NO_REPLANNING
+) -> bool:
     """Whether a listed project must be looked at; State.root_changes asks the same in SQL."""
-    if held is None or held.status is not Status.OK:
+    if held is None or held.status is not Status.OK or replanning.due(held):
         return True
     # Without serials there is no cheap way to know, so look again. A serial
     # that went *down* means upstream was restored or replaced: look again too.
@@ -67,7 +78,12 @@ def needs_fetch(serial: int | None, held: HeldProject | None) -> bool:
 
 
 def plan_sync(
-    root: RootIndex, held: Mapping[str, HeldProject], only: Collection[str] | None = None
+    root: RootIndex,
+    held: Mapping[str, HeldProject],
+    only: Collection[str] | None = None,
+    *,
+    wanted: Callable[[str], bool] | None = None,
+    replanning: Replanning = NO_REPLANNING,
 ) -> SyncPlan:
     """Compare the upstream root with what the mirror holds, in memory.
 
@@ -76,30 +92,41 @@ def plan_sync(
     checks that they do. Kept pure and small for that; no run calls it.
 
     ``only`` (normalized names) limits the run to those projects; projects
-    outside it are neither fetched nor counted as removed.
+    outside it are neither fetched nor counted as removed. ``wanted`` (the project
+    filters) says which listed projects the mirror holds: the others are pruned.
     """
     listed = {project.normalized for project in root.projects}
+    scope = [p for p in root.projects if only is None or p.normalized in only]
+    chosen = [p for p in scope if wanted is None or wanted(p.normalized)]
+    left_out = {p.normalized for p in scope} - {p.normalized for p in chosen}
     return plan_changes(
         RootChanges(
             changed=[
                 (project, copy)
-                for project in root.projects
-                if needs_fetch(project.serial, copy := held.get(project.normalized))
+                for project in chosen
+                if needs_fetch(project.serial, copy := held.get(project.normalized), replanning)
             ],
             unlisted=[
                 name for name, h in held.items()
                 if h.status is not Status.REMOVED and name not in listed
             ],
-            listed=len(root.projects) if only is None
-            else sum(1 for project in root.projects if project.normalized in only),
+            listed=len(chosen),
+            pruned=[
+                name for name, h in held.items()
+                if h.status is not Status.REMOVED and name in left_out
+            ],
         ),
         only,
         root.held_back,
+        replanning,
     )
 
 
 def plan_changes(
-    changes: RootChanges, only: Collection[str] | None = None, held_back: Iterable[str] = ()
+    changes: RootChanges,
+    only: Collection[str] | None = None,
+    held_back: Iterable[str] = (),
+    replanning: Replanning = NO_REPLANNING,
 ) -> SyncPlan:
     """The plan from a root's changes (from plan_sync, or from State.root_changes in SQL,
     which spares a large mirror holding every project in memory).
@@ -108,7 +135,8 @@ def plan_changes(
     not in the changes, and not removed either.
     """
     fetch = tuple(
-        _todo(project.normalized, project.name, project.serial, copy)
+        _todo(project.normalized, project.name, project.serial, copy,
+              copy is not None and replanning.due(copy))
         for project, copy in changes.changed
         if only is None or project.normalized in only
     )
@@ -116,7 +144,8 @@ def plan_changes(
     removed = tuple(sorted(
         n for n in changes.unlisted if (only is None or n in only) and n not in kept
     ))
-    return SyncPlan(fetch, removed, changes.listed - len(fetch))
+    pruned = tuple(sorted(n for n in changes.pruned if only is None or n in only))
+    return SyncPlan(fetch, removed, changes.listed - len(fetch), pruned)
 
 
 def _behind(held: HeldProject) -> bool:
@@ -131,8 +160,10 @@ def plan_retry(
     only: Collection[str] | None = None,
     *,
     serials: bool = True,
+    replanning: Replanning = NO_REPLANNING,
 ) -> SyncPlan:
-    """The plan when the root index is unchanged (HTTP 304): finish what is unfinished.
+    """The plan when the root index is unchanged (HTTP 304): finish what is unfinished,
+    and publish what the cooldown held back until now.
 
     ``held`` maps normalized name to (display name, state). Without ``serials`` an
     unchanged root says nothing about the pages, so every project is looked at again.
@@ -143,9 +174,9 @@ def plan_retry(
         if h.status is not Status.REMOVED and (only is None or name in only)
     }
     fetch = [
-        _todo(name, display, h.upstream_serial if serials else None, h)
+        _todo(name, display, h.upstream_serial if serials else None, h, replanning.due(h))
         for name, (display, h) in sorted(in_scope.items())
-        if not serials or h.status is not Status.OK or _behind(h)
+        if not serials or h.status is not Status.OK or _behind(h) or replanning.due(h)
     ]
     return SyncPlan(tuple(fetch), (), len(in_scope) - len(fetch))
 
@@ -177,6 +208,11 @@ class FileTodo:
     fetch_metadata: bool
     fetch_signature: bool = False
     fetch_provenance: bool = False
+    reuse: tuple[str, ...] = ()
+    """Files of its name (and size) an operator already has (--reuse-from): tried
+    before downloading it (sync/reuse.py)."""
+    reuse_metadata: tuple[str, ...] = ()
+    """The same for its ``.metadata``."""
 
 
 @dataclass(frozen=True)
@@ -236,22 +272,32 @@ def plan_files(
     return FilePlan(tuple(keep), tuple(fetch), gone)
 
 
+Choose = Callable[[ProjectPage, Mapping[str, HeldFile]], Selection]
+"""What the filters keep of a page, given the files held (filter.select.select)."""
+
+
 def plan_page(
     page: ProjectPage,
     held: Iterable[HeldFile],
     refusal: Callable[[str], str | None],
     *,
     provenance: bool,
-) -> tuple[FilePlan, list[tuple[str, str]]]:
-    """A fetched project page's file plan, and the entries refused as (filename, reason).
+    choose: Choose | None = None,
+) -> tuple[FilePlan, list[tuple[str, str]], Selection]:
+    """A fetched project page's file plan, the entries refused as (filename, reason), and
+    what the filters made of the page (its ``page``: what the mirror's pages show).
 
     What a sync does with each page, and what --dry-run counts: one function, so the
     forecast cannot drift from the run.
     """
     # PEP 792: a quarantined project offers no files, whatever its page lists.
-    offered = () if page.status == "quarantined" else page.files
-    listed, foreign = refuse_foreign_hosts(offered, refusal)
-    return plan_files(listed, held, provenance=provenance), [*page.rejected, *foreign]
+    if page.status == "quarantined":
+        page = dataclasses.replace(page, files=())
+    held = list(held)
+    chosen = Selection(page) if choose is None else choose(page, {h.filename: h for h in held})
+    listed, foreign = refuse_foreign_hosts(chosen.page.files, refusal)
+    plan = plan_files(listed, held, provenance=provenance)
+    return plan, [*page.rejected, *foreign, *chosen.refused], chosen
 
 
 # Below these counts a removal is never "mass", whatever the share: deleting one

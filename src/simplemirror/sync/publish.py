@@ -9,10 +9,12 @@ performs the order in which a run (and `verify --repair`) changes the tree.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from simplemirror.simple import render
 from simplemirror.simple.model import HeldFile, version_of
@@ -87,6 +89,19 @@ def publish(
     return deleted
 
 
+def project_info(
+    name: str, page_serial: int | None, data: Mapping[str, Any], files: Sequence[HeldFile]
+) -> render.ProjectInfo:
+    """What a project's pages show besides its files, from the row state.db keeps
+    (``page_data``); versions derived from ``files`` where the row has none (rows of an
+    older simplemirror)."""
+    versions = data.get("versions")
+    if versions is None:
+        found = {version_of(f.filename) for f in files}
+        versions = sorted(v for v in found if v is not None)
+    return render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
+
+
 class Publisher:
     """Writes pages for one run and records them in state.db under its generation."""
 
@@ -115,25 +130,23 @@ class Publisher:
         if not new and store.same_bytes(self.web, rel, data):
             return
         digest = store.write_file(self.web, self.tmp, rel, data, dir_checked=new or dir_checked)
-        self._written(rel, digest)
-
-    def page_from_parts(self, rel: str, parts: Iterable[str]) -> None:
-        """``page`` for a large page given in pieces: written as it is rendered, and
-        compared with the page on disk by hash, so neither is held whole in memory."""
-        self.pages_from_parts({rel: parts})
+        self._written(rel, digest, len(data))
 
     def pages_from_parts(self, pages: Mapping[str, Iterable[str]]) -> None:
-        """``page_from_parts`` for several pages at once, written side by side."""
+        """``page`` for large pages given in pieces (the root's), written side by side as
+        they are rendered, and compared with the pages on disk by hash, so that none is
+        held whole in memory."""
         staged = store.stage_streams(self.tmp, [_encoded(parts) for parts in pages.values()])
         for rel, (name, digest) in zip(pages, staged, strict=True):
             if store.sha256_of(self.web, rel) == digest:
                 store.discard(name)
                 continue
+            size = os.stat(name).st_size
             store.install(name, self.web, rel)
-            self._written(rel, digest)
+            self._written(rel, digest, size)
 
-    def _written(self, rel: str, digest: str) -> None:
-        self.state.record_page(rel, digest, self.generation)
+    def _written(self, rel: str, digest: str, size: int) -> None:
+        self.state.record_page(rel, digest, size, self.generation)
         self.pages_written += 1
 
     def project(self, info: render.ProjectInfo, files: Sequence[HeldFile]) -> None:
@@ -164,12 +177,7 @@ class Publisher:
             return None
         page_serial, data = recorded
         files: list[HeldFile] = self.state.held_files(name)
-        versions = data.get("versions")
-        if versions is None:
-            found = {version_of(f.filename) for f in files}
-            versions = sorted(v for v in found if v is not None)
-        info = render.ProjectInfo.from_data(name, page_serial, {**data, "versions": versions})
-        return ProjectCopy(info, files)
+        return ProjectCopy(project_info(name, page_serial, data, files), files)
 
     def last_modified(self, when: time.struct_time) -> None:
         """PEP 381's web/last-modified: when the mirror last completed a change (UTC)."""

@@ -13,28 +13,32 @@ are written, and the root pages are written after every project page.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import queue
 import sqlite3
 import time
-from collections.abc import Coroutine, Generator, Iterable, Iterator
+from collections.abc import Coroutine, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simplemirror.check.status import lock_path
 from simplemirror.cli.config import Config
+from simplemirror.filter import select
 from simplemirror.report.progress import Reporter
 from simplemirror.simple.model import (
     API_VERSION,
     HeldFile,
     ProjectPage,
+    Replanning,
     Status,
     newer_api_version,
     version_of,
@@ -42,11 +46,12 @@ from simplemirror.simple.model import (
 from simplemirror.simple.render import ProjectInfo
 from simplemirror.store import layout
 from simplemirror.store import tree as store
-from simplemirror.store.state import State, StateError, unreadable
-from simplemirror.sync import download, recover
+from simplemirror.store.state import ReuseIndex, State, StateError, unreadable
+from simplemirror.sync import download, recover, reuse
 from simplemirror.sync.plan import (
     MASS_DELETE_FLOOR_FILES,
     MASS_DELETE_FLOOR_PROJECTS,
+    Choose,
     FilePlan,
     FileTodo,
     ProjectTodo,
@@ -67,6 +72,10 @@ from simplemirror.upstream.client import (
     StalePage,
     UpstreamError,
 )
+
+if TYPE_CHECKING:  # imported where used: a full mirror does not pay for them
+    from simplemirror.filter.closure import Closure
+    from simplemirror.sync.resolve import UpstreamSource
 
 log = logging.getLogger("simplemirror")
 
@@ -139,6 +148,8 @@ class Forecast:
     file_refusal: str | None = None
     """Set when those are more than max-removal of the files held: the real run keeps
     those past the cap and exits 1."""
+    filtered: select.Tally = field(default_factory=select.Tally)
+    """What the filters kept, left out and held back of the pages read."""
 
 
 @dataclass
@@ -150,6 +161,13 @@ class RunSummary:
     deferred: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    """Projects upstream lists that the filters leave out (removed from the mirror)."""
+    filtered: select.Tally = field(default_factory=select.Tally)
+    """What the filters kept, left out and held back of the pages this run read."""
+    unmet: list[tuple[str, str]] = field(default_factory=list)
+    """(project, why) for what the requirements ask that the mirror cannot hold: the
+    run does not converge (exit 1)."""
     rejected: list[tuple[str, str]] = field(default_factory=list)
     """Entries upstream listed that cannot be mirrored (invalid names...): warnings."""
     blocked: set[str] = field(default_factory=set)
@@ -157,6 +175,12 @@ class RunSummary:
     corrects its page or the operator allows the file host."""
     files_fetched: int = 0
     bytes_fetched: int = 0
+    metadata_from_wheels: int = 0
+    """PEP 658 .metadata files read from their wheels (which upstream's hashes matched)."""
+    metadata_fetched: int = 0
+    """PEP 658 .metadata files downloaded."""
+    reuse: reuse.Tally = field(default_factory=reuse.Tally)
+    """Files taken from --reuse-from instead of downloaded; candidates hashed, rejected."""
     files_deleted: int = 0
     """Files whose bytes left the disk because no page lists them any more."""
     duration: float = 0.0
@@ -172,7 +196,7 @@ class RunSummary:
             return 128 + self.stopped_by  # the shell's convention: 130 SIGINT, 143 SIGTERM
         if self.forecast is not None and (self.forecast.refusal or self.forecast.file_refusal):
             return 1
-        return 1 if self.deferred or self.failed or self.rejected else 0
+        return 1 if self.deferred or self.failed or self.rejected or self.unmet else 0
 
 
 # A lock found taken is asked for again this many times, LOCK_PATIENCE seconds apart:
@@ -275,6 +299,10 @@ class _Project:
     """Upstream's page offers files (mirrorable or refused); quarantine offers none."""
     refused: bool = False
     """Some of its files (or their redirects) were refused: see RunSummary.blocked."""
+    left_out: frozenset[str] = frozenset()
+    """Files upstream lists that the filters leave out."""
+    due: int | None = None
+    """When a file min-age holds back may be published (HeldProject.held_until)."""
 
 
 @dataclass(frozen=True)
@@ -293,14 +321,28 @@ class _Root:
     """Whether upstream's serials are usable (on a 304, as the last root said)."""
     refusal: str | None = None
     """Set when the plan removes too much: the run must stop, saying this."""
+    unmet: tuple[tuple[str, str], ...] = ()
+    """What the requirements' closure could not meet (RunSummary.unmet)."""
 
 
 def mass_removal_refusal(
-    removing: int, listed: int, share: float, upstream: str, last_upstream: str | None
+    removing: int, listed: int, share: float, upstream: str, last_upstream: str | None,
+    pruned: int = 0,
 ) -> str:
-    """What a run refused by the project removal cap says, and what to do about it."""
+    """What a run refused by the project removal cap says, and what to do about it.
+
+    ``pruned`` of the ``removing`` are projects upstream lists that the filters leave out.
+    """
+    if pruned == removing:
+        return (
+            f"the filters leave out {pruned} of the {listed} projects held (more than "
+            f"max-removal, {share:.0%}); nothing was changed. If the [filters] are right, "
+            "run again with --allow-mass-delete to remove them; if not, correct the filters"
+        )
+    gone = removing - pruned
+    also = f", and the filters leave out {pruned} more," if pruned else ""
     said = (
-        f"upstream no longer lists {removing} of the {listed} projects held "
+        f"upstream no longer lists {gone} of the {listed} projects held{also} "
         f"(more than max-removal, {share:.0%}); nothing was changed. "
     )
     if last_upstream is not None and last_upstream != upstream:
@@ -337,61 +379,115 @@ def shares(workers: int, processes: int) -> list[int]:
     return [workers // count + (i < workers % count) for i in range(count)]
 
 
+def todo_requests(todo: FileTodo) -> int:
+    """The requests a todo makes when none fails."""
+    return todo.fetch_file + todo.fetch_metadata + todo.fetch_signature + todo.fetch_provenance
+
+
 class _Workers:
     """Runs page fetches and download.download_todo on this process's event loop, or in
     download processes: the same coroutines either way.
 
     The processes start when needed: with ``download-processes`` set, at the first
     file; unset, once a run has had PROCESSES_AFTER_FILES files (a small run never
-    pays for them). From then on pages are fetched and parsed there as well: the
-    coordinating process, which records and publishes every project, was the
-    busiest of them. ``workers`` is the budget of connections in every mode: here,
+    pays for them). Once they have started, pages are fetched and parsed there as
+    well: the coordinating process, which records and publishes every project, was
+    the busiest of them. ``workers`` is the budget of connections in every mode: here,
     or shared out among the processes.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, prefetched: dict[str, PageResponse] | None = None
+                 ) -> None:
         self.client = client
+        self.prefetched = prefetched or {}
+        """Pages the requirements' closure read this run: not asked for again."""
         config = client.config
         if config.download_processes is None:
             self._processes, self._after = auto_download_processes(), PROCESSES_AFTER_FILES
         else:
             self._processes, self._after = config.download_processes, 0
         self._submitted = 0
-        self._here_running: set[Future[Any]] = set()
+        self._here_running: dict[Future[Any], int] = {}
+        """What runs or waits here, and how many requests each makes (when all goes well)."""
         self._children: ProcessPool | None = None
+        self._handed_over = False
 
-    def _here(self, work: Coroutine[Any, Any, Any]) -> Future[Any]:
+    def _here(self, work: Coroutine[Any, Any, Any], requests: int = 1) -> Future[Any]:
         future = self.client.submit(self.client.in_turn(work))
-        self._here_running.add(future)
-        future.add_done_callback(self._here_running.discard)
+        self._here_running[future] = requests
+        future.add_done_callback(self._here_done)
         return future
 
+    def _here_done(self, future: Future[Any]) -> None:
+        self._here_running.pop(future, None)
+        if not self._here_running and not self._work_here():
+            self._hand_over()
+
+    def _work_here(self) -> bool:
+        """Whether new work runs in this process: until the download processes have
+        started (their imports take a while, when work sent to them would only wait),
+        but only as much as keeps this process's connections busy, so that when they
+        take over, what is left here ends within a request or two, and the two together
+        hold more than ``workers`` connections only that long. With
+        max-requests-per-second they take over at once instead, so that what waits here
+        is known when their turns begin."""
+        children = self._children
+        if children is None:
+            return True
+        if children.ready.is_set() or self.client.rate:
+            return False
+        return len(self._here_running) < self.client.connections
+
+    def _hand_over(self) -> None:
+        """The processes have taken over: close this process's connections, which would
+        only sit idle on the server beside theirs (reopened if ever needed again)."""
+        if not self._handed_over:
+            self._handed_over = True
+            self.client.submit(self.client.aclose())
+
+    def _start_processes(self) -> None:
+        config = self.client.config
+        # With max-requests-per-second, the processes' turns begin once what waits
+        # here has had its own: the rate holds across the hand-over.
+        start = self.client.http.paced_until(sum(self._here_running.values()))
+        self._children = ProcessPool(
+            shares(config.workers, min(self._processes, config.connections_per_host)),
+            functools.partial(Client, not_before=start), config,
+        )
+
+    def _to_processes(self) -> ProcessPool | None:
+        """The download processes, if new work goes to them now."""
+        if self._work_here():
+            return None
+        if not self._here_running:
+            self._hand_over()
+        return self._children
+
     def page(self, todo: ProjectTodo) -> Future[PageResponse | None]:
-        if self._children is not None:
-            return self._children.submit(Client.get_page, todo, todo.etag)
+        response = _fresh(self.prefetched.pop(todo.name, None), todo)
+        if response is not None:
+            done: Future[PageResponse | None] = Future()
+            done.set_result(response)
+            return done
+        children = self._to_processes()
+        if children is not None:
+            return children.submit(Client.get_page, todo, todo.etag)
         return self._here(self.client.get_page(todo, todo.etag))
 
     def submit(
         self, name: str, todos: list[FileTodo]
     ) -> list[Future[download.TodoResult]]:
         """download_todo for each of a project's ``todos``."""
-        config = self.client.config
-        here = len(todos)
-        if self._processes:  # up to the file that starts them
-            here = max(0, min(here, self._after - self._submitted))
         self._submitted += len(todos)
-        futures = [
-            self._here(download.download_todo(self.client, name, todo)) for todo in todos[:here]
+        if self._processes and self._children is None and self._submitted > self._after:
+            self._start_processes()
+        children = self._to_processes()
+        if children is not None:
+            return children.submit_all(download.download_todo, [(name, t) for t in todos])
+        return [
+            self._here(download.download_todo(self.client, name, todo), todo_requests(todo))
+            for todo in todos
         ]
-        if len(todos) > here:
-            if self._children is None:
-                self._children = ProcessPool(
-                    shares(config.workers, self._processes), Client, config
-                )
-            futures += self._children.submit_all(
-                download.download_todo, [(name, todo) for todo in todos[here:]]
-            )
-        return futures
 
     def shutdown(self, timeout: float) -> bool:
         # What runs here is cancelled: a download cut short leaves nothing behind.
@@ -400,6 +496,13 @@ class _Workers:
         if self._children is not None:
             return self._children.shutdown(timeout)
         return True
+
+
+def _fresh(response: PageResponse | None, todo: ProjectTodo) -> PageResponse | None:
+    """``response`` if it is as new as the root promised ``todo``."""
+    if response is None or todo.serial is None or response.page.serial is None:
+        return response
+    return response if response.page.serial >= todo.serial else None
 
 
 class Sync:
@@ -411,6 +514,17 @@ class Sync:
         self.reporter = reporter or Reporter()
         self.stopped_by: int | None = None
         self._api_versions_warned: set[tuple[int, int]] = set()
+        # True while the run has changed nothing on disk: an error then needs no recovery.
+        self._tree_untouched = False
+        self._reuse: ReuseIndex | None = None
+        self.clock = time.time
+        """The time the cooldown (min-age) is measured at; read once a run, when it plans."""
+        self._choose: Choose | None = None
+        self._file_fingerprint = config.filters.file_fingerprint()
+        """Of the file filters in force, the requirements' closure included once known."""
+        self._source: UpstreamSource | None = None
+        self._closure: Closure | None = None
+        self._dry = False
 
     def request_stop(self, signum: int) -> None:
         """Finish soon: no new work, in-flight downloads abandoned, state committed.
@@ -431,6 +545,7 @@ class Sync:
     def _run(self, *, dry_run: bool = False) -> RunSummary:
         started = time.monotonic()
         config = self.config
+        self._dry = dry_run
         if dry_run:
             return self._dry_run(started)
         # What this run brings into being: a first run that never gets a usable root
@@ -501,6 +616,7 @@ class Sync:
             raise write_error(config.directory, exc) from exc
         try:
             self._recover(state, generation)
+            self._tree_untouched = True  # until planning is done
             return self._sync(state, generation)
         except sqlite3.Error as exc:
             # state.db could not be written (a full disk, most likely): one clear error,
@@ -511,6 +627,12 @@ class Sync:
         except SyncError as exc:
             self._record_error(state, generation, exc)
             raise
+        finally:
+            if self._reuse is not None:
+                self._reuse.close()
+                self._reuse = None
+            if self._source is not None:
+                self._source.discard_staged()
 
     def _recover(self, state: State, generation: int) -> None:
         """After a run that died, make the tree agree with state.db (see recover.py)."""
@@ -537,7 +659,13 @@ class Sync:
         """Record the run as ended in ``error``, if state.db can still be written."""
         try:
             state.rollback()  # what a failed statement left half done
-            state.finish_run(generation, "error", error=str(error))
+            with state.transaction():
+                state.finish_run(generation, "error", error=str(error))
+                if self._tree_untouched:
+                    # Nothing on disk to reconcile: the next run need not walk the tree.
+                    # (Otherwise it does, as after a run that died: what was written
+                    # before the rolled-back commit has no row to say so.)
+                    state.recovered_through(generation)
         except sqlite3.Error as exc:
             log.warning(
                 "could not record run %d as failed in state.db (%s); `mirror status` "
@@ -552,11 +680,18 @@ class Sync:
             return self._interrupted(RunSummary(generation, "interrupted"), state)
         except UpstreamError as exc:
             raise RootUnusable(f"could not read the upstream root index: {exc}") from None
+        if root.plan.fetch:
+            self._reuse = self._index_reuse()
+        self._tree_untouched = False
         plan = root.plan
         summary = RunSummary(generation, "ok", plan=plan, rejected=list(root.rejected))
-        summary.removed = list(plan.removed)
+        summary.removed, summary.pruned = list(plan.removed), list(plan.pruned)
+        summary.unmet = list(root.unmet)
+        if self._source is not None:
+            summary.files_fetched += self._source.files_fetched
+            summary.bytes_fetched += self._source.bytes_fetched
         root_pages_there = all(store.is_file(config.web, p) for p in layout.ROOT_PAGES)
-        if root.not_modified and not plan.fetch and root_pages_there:
+        if root.not_modified and not plan.fetch and root_pages_there and not root.unmet:
             # 304 (or the same bytes) and nothing left over: the mirror is current.
             # Write nothing.
             summary.outcome = "unchanged"
@@ -576,7 +711,7 @@ class Sync:
             raise write_error(config.directory, exc) from exc
         if self.stopped_by is not None:
             return self._interrupted(summary, state)
-        complete = not summary.deferred and not summary.failed
+        complete = not summary.deferred and not summary.failed and not summary.unmet
         summary.outcome = "ok" if complete else "partial"
         state.finish_run(
             generation,
@@ -619,7 +754,8 @@ class Sync:
         # The root pages derive from the published projects and the serial: when
         # neither moved, they are the same bytes, and at 650,000 projects rendering
         # them just to find that out costs seconds.
-        unchanged = not summary.changed and not root.plan.removed and serial == before
+        unchanged = (not summary.changed and not root.plan.removed and not root.plan.pruned
+                     and serial == before)
         pages = None
         if not unchanged or not root_pages_there:
             pages = (state.root_entries(), int(serial) if serial else None)
@@ -645,17 +781,26 @@ class Sync:
         root = self._decide(state)
         if root.refusal is not None:
             raise SyncError(root.refusal)
+        filters = self.config.filters
+        # What `mirror status` shows as in force: what this run applies. Written only
+        # when it changes: a run with nothing to do writes nothing it need not.
+        in_force = json.dumps(filters.in_force()) if filters.active else None
+        if state.get_meta("filters") != in_force:
+            state.set_meta("filters", in_force)
+        self._keep_closure(state)
         if root.not_modified:
             return root
         plan = root.plan
         with state.transaction():
             state.set_meta("root_serials", "yes" if root.serials else "no")
             state.note_listed(((t.name, t.display_name, t.serial) for t in plan.fetch), generation)
-            state.mark_removed(plan.removed, generation)
+            state.mark_removed((*plan.removed, *plan.pruned), generation)
             for entry, reason in root.rejected:
                 state.record_failure(generation, entry, None, "rejected", reason)
         for name in plan.removed:
             log.warning("project %s is no longer listed upstream; recorded as removed", name)
+        for name in plan.pruned:
+            log.info("project %s is left out by the filters; recorded as removed", name)
         return root
 
     def _decide(self, state: State) -> _Root:
@@ -666,13 +811,50 @@ class Sync:
         for, the fallback without serials, the plan on a 304, the removal cap.
         """
         only = self.config.projects or None
+        filters = self.config.filters
+        now = int(self.clock())
+        rules: dict[str, select.Rule] = {}
+        unmet: tuple[tuple[str, str], ...] = ()
+        last = self._kept_closure(state)
+        if last is not None:  # the root's ETag holds only for the closure it was read for
+            self._file_fingerprint = self._closure_fingerprint(last)
         response = self.client.fetch_root(self._etag(state), self._root_sha256(state))
+        if filters.requirements is not None:
+            # What the root lists of the projects the last closure read (None: a 304).
+            at = None if response is None else (
+                {p.normalized: p.serial for p in response.index.projects
+                 if p.normalized in last.serials}
+                if last is not None and usable_serials(response.index) else {}
+            )
+            if last is not None and last.stands(at, now):
+                closure = last
+            else:
+                closure = self._resolve(state, now)
+                moved = last is None or self._closure_fingerprint(closure) != (
+                    self._file_fingerprint)
+                if response is None and moved:
+                    # A 304 says nothing of projects the closure now holds: read it whole.
+                    response = self.client.fetch_root(None, None)
+            self._closure = closure
+            rules, unmet = closure.rules, tuple(closure.problems)
+            self._file_fingerprint = self._closure_fingerprint(closure)
+        replanning = Replanning(self._file_fingerprint, now)
+        if filters.narrows_files:
+            def choose(page: ProjectPage, held: Mapping[str, HeldFile]) -> select.Selection:
+                rule = None if filters.included(page.name) else rules.get(page.name)
+                return select.select(filters, page, held, now, rule)
+
+            self._choose = choose
+        wanted = (lambda name: filters.wants_project(name, rules)) if (
+            filters.narrows_projects) else None
         if response is None:
             log.info("upstream root index unchanged (HTTP 304, or the same bytes)")
             if state.get_meta("root_serials") == "no":
-                plan = plan_retry(state.held_projects(), only, serials=False)
-                return _Root(plan, True, serials=False)
-            return _Root(plan_retry(state.unfinished_projects(), only), not_modified=True)
+                plan = plan_retry(state.held_projects(), only, serials=False,
+                                  replanning=replanning)
+                return _Root(plan, True, serials=False, unmet=unmet)
+            plan = plan_retry(state.unfinished_projects(replanning), only, replanning=replanning)
+            return _Root(plan, not_modified=True, unmet=unmet)
         index, etag, sha256 = response.index, response.etag, response.sha256
         self._warn_of_newer_api(index.api_version)
         serials = usable_serials(index)
@@ -680,6 +862,8 @@ class Sync:
             # Without usable serials, each project is asked with a conditional request.
             index.projects if serials else (p._replace(serial=None) for p in index.projects),
             only,
+            wanted=wanted,
+            replanning=replanning,
         )
         missing = sorted(
             set(only) - {p.normalized for p in index.projects} - set(index.held_back)
@@ -689,26 +873,78 @@ class Sync:
         # The projects are in state.db's temporary table now: at PyPI's size, the
         # parsed root is a hundred megabytes better given back before planning.
         del response, index
-        plan = plan_changes(changes, only, held_back)
+        plan = plan_changes(changes, only, held_back, replanning)
+        removing = len(plan.removed) + len(plan.pruned)
         # Counted only when needed: a full scan of the projects at PyPI's size.
-        listed = state.listed_count() if plan.removed else 0
+        listed = state.listed_count() if removing else 0
         refusal = None
-        if plan.removed and not self.config.allow_mass_delete and is_mass_removal(
-            len(plan.removed), listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
+        if removing and not self.config.allow_mass_delete and is_mass_removal(
+            removing, listed, self.config.max_removal, MASS_DELETE_FLOOR_PROJECTS
         ):
             refusal = mass_removal_refusal(
-                len(plan.removed), listed, self.config.max_removal, self.config.upstream,
-                state.synced_upstream(),
+                removing, listed, self.config.max_removal, self.config.upstream,
+                state.synced_upstream(), len(plan.pruned),
             )
         for name in missing:
             log.warning("project %s is not listed by the upstream index", name)
         for dropped, kept in collisions:
             log.warning("upstream lists %r and %r, one project; mirrored once", dropped, kept)
-        return _Root(plan, False, etag, serial, rejected, sha256, serials, refusal)
+        return _Root(plan, False, etag, serial, rejected, sha256, serials, refusal, unmet)
 
     def _scope(self) -> str:
-        """What a saved root ETag is valid for: the same upstream and project filter."""
-        return json.dumps([self.config.upstream, list(self.config.projects)])
+        """What a saved root ETag is valid for: the same upstream, projects and filters
+        (a 304 says nothing of projects the filters left out last time), the
+        requirements' closure included."""
+        scope: list[Any] = [self.config.upstream, list(self.config.projects)]
+        fingerprint = self.config.filters.fingerprint()
+        if fingerprint is not None:  # a full mirror keeps the scope it always had
+            scope.append(fingerprint)
+            if self.config.filters.requirements is not None:
+                scope.append(self._file_fingerprint)
+        return json.dumps(scope)
+
+    def _closure_fingerprint(self, closure: Closure) -> str | None:
+        return self.config.filters.file_fingerprint(
+            [[name, rule.key()] for name, rule in sorted(closure.rules.items())]
+        )
+
+    def _kept_closure(self, state: State) -> Closure | None:
+        """The closure the last run worked out, if the requirements and file filters it
+        was worked out under are those in force (see _keep_closure)."""
+        if self.config.filters.requirements is None:
+            return None
+        kept = state.get_meta("closure")
+        data = json.loads(kept) if kept else None
+        if not data or data.get("input") != self.config.filters.file_fingerprint():
+            return None
+        from simplemirror.filter.closure import Closure
+
+        return Closure.from_data(data)
+
+    def _keep_closure(self, state: State) -> None:
+        """Keep the closure just worked out for the next run, which then reads no page
+        of it while upstream's root lists the same serials for them."""
+        closure, source = self._closure, self._source
+        if closure is None or source is None or not source.responses or not source.complete:
+            return  # not worked out this run (kept from the last), or not wholly read
+        data = {"input": self.config.filters.file_fingerprint(), **closure.to_data()}
+        state.set_meta("closure", json.dumps(data))
+
+    def _resolve(self, state: State, now: int) -> Closure:
+        """The requirements' closure, read from upstream; its pages kept for the run."""
+        from simplemirror.filter.closure import resolve
+        from simplemirror.sync.resolve import UpstreamSource
+
+        wanted = self.config.filters.requirements
+        assert wanted is not None
+        source = UpstreamSource(self.client, state, stage=not self._dry)
+        self._source = source
+        closure = resolve(self.config.filters, wanted, source, now)
+        for name, why in closure.problems:
+            log.warning("requirements: %s: %s", name, why)
+        log.info("requirements: %d project(s) in the closure, %d page(s) read",
+                 len(closure.rules), len(source.responses))
+        return closure
 
     def _etag(self, state: State) -> str | None:
         # A 304 after a --project run says nothing about the projects that run
@@ -746,10 +982,13 @@ class Sync:
             forecast = Forecast(root.not_modified, root.serials, root.refusal)
             summary.plan, summary.forecast = root.plan, forecast
             summary.removed, summary.rejected = list(root.plan.removed), list(root.rejected)
+            summary.pruned, summary.unmet = list(root.plan.pruned), list(root.unmet)
             if root.refusal is None:  # else the run stops before any page
                 self._forecast_pages(root.plan, state, summary, forecast)
         finally:
             state.close()
+            if self._source is not None:
+                self._source.discard_staged()
             summary.duration = time.monotonic() - started
         return summary
 
@@ -771,6 +1010,12 @@ class Sync:
                 while len(waiting) < config.workers * 2 and (
                     (todo := next(todos, None)) is not None
                 ):
+                    prefetched = self._source.responses if self._source else {}
+                    if (got := _fresh(prefetched.pop(todo.name, None), todo)) is not None:
+                        done: Future[PageResponse | None] = Future()
+                        done.set_result(got)
+                        waiting.append((todo, done))
+                        continue
                     # The run's own path: the coroutine, on the client's loop, in turn.
                     work = client.in_turn(client.get_page(todo, todo.etag))
                     waiting.append((todo, client.submit(work)))
@@ -778,7 +1023,7 @@ class Sync:
                     break
                 todo, future = waiting.popleft()
                 try:
-                    response = future.result()
+                    response = client.result(future)
                 except Interrupted:
                     summary.stopped_by = self.stopped_by
                     return
@@ -794,10 +1039,13 @@ class Sync:
                 if response is None or response.sha256 == todo.page_hash:
                     forecast.pages_unchanged += 1
                     continue
-                files, refused = plan_page(
+                files, refused, chosen = plan_page(
                     response.page, state.planning_files(todo.name),
                     self.client.file_guard.refusal, provenance=config.public_url is not None,
+                    choose=self._choose,
                 )
+                if self._choose is not None:
+                    forecast.filtered.add(chosen)
                 if refused:
                     summary.failed.append(
                         (todo.name, "; ".join(f"{f}: refused: {r}" for f, r in refused))
@@ -859,10 +1107,11 @@ class Sync:
                     return
                 track("page", todo, workers.page(todo))
 
-        workers = _Workers(self.client)
+        workers = _Workers(self.client, self._source.responses if self._source else None)
         state.undo_in_memory()  # the plan is made: the root's table can go
         # The bytes durable before the rows that say they are there.
         batch = state.batch(COMMIT_EVERY, self._flush)
+        shut = False
         try:
             refill()
             while (in_flight["pages"] or in_flight["files"]) and not self.client.stop.is_set():
@@ -894,6 +1143,14 @@ class Sync:
                         yield from self._finished(project, state, publisher, summary)
                 batch.due()
                 refill()
+            if self.stopped_by is not None:
+                # Every download settled first; what they finished joins the batch, so
+                # its rows commit after the flush as any others.
+                workers.shutdown(STOP_GRACE)
+                shut = True
+                yield from self._keep_finished(
+                    events, downloading.values(), state, publisher, summary
+                )
         except BaseException:
             self.client.stop.set()
             raise
@@ -901,12 +1158,9 @@ class Sync:
             # Normally both pools are idle here. After a stop request or an
             # error, queued work is dropped and running downloads see the stop
             # within a chunk; a read stuck longer is abandoned (never published).
-            workers.shutdown(STOP_GRACE)
+            if not shut:
+                workers.shutdown(STOP_GRACE)
             batch.end()
-        if self.stopped_by is not None:
-            yield from self._keep_finished(
-                events, downloading.values(), state, publisher, summary
-            )
 
     def _flush(self) -> None:
         """store.flush, on a way out: an error here must not hide the one under way."""
@@ -970,19 +1224,74 @@ class Sync:
         page = response.page
         self._warn_of_newer_api(page.api_version)
         # planning_files: with what a stopped run left staged, so as not to fetch it again.
-        files, refused = plan_page(
+        files, refused, chosen = plan_page(
             page, state.planning_files(todo.name), self.client.file_guard.refusal,
-            provenance=self.config.public_url is not None,
+            provenance=self.config.public_url is not None, choose=self._choose,
         )
+        if self._choose is not None:  # a full mirror has nothing to count
+            summary.filtered.add(chosen)
+        if self._reuse is not None:
+            files = self._with_reuse(files, self._reuse)
+        if self._source is not None and self._source.staged:
+            files = self._with_staged(files, self._source.staged)
         for filename, reason in refused:
             log.warning("%s: refused %s: %s", todo.name, filename, reason)
         # A refused file is work left undone: the project does not converge.
         return _Project(
-            todo, page, files, response.etag, response.sha256,
+            todo, chosen.page, files, response.etag, response.sha256,
             errors=[(f, f"refused: {r}") for f, r in refused],
-            offers_files=bool(page.files or page.rejected) and page.status != "quarantined",
+            offers_files=bool(chosen.page.files or page.rejected)
+            and page.status != "quarantined",
             refused=bool(refused),
+            left_out=frozenset(dist.filename for dist, _ in chosen.dropped),
+            due=chosen.due,
         )
+
+    def _index_reuse(self) -> ReuseIndex | None:
+        """The run's index of --reuse-from's files, by name; None without any."""
+        roots = self.config.reuse_from
+        if not roots:
+            return None
+        for root in roots:
+            if not root.is_dir():
+                raise SyncError(
+                    f"reuse-from: {root} is not a directory (is its disk mounted?); fix "
+                    "the path or leave it out"
+                )
+        index = ReuseIndex(self.config.tmp / store.REUSE_INDEX.format(pid=os.getpid()))
+        try:
+            count = index.add(reuse.walk(roots))
+        except BaseException:
+            index.close()
+            raise
+        log.info("reuse-from: %d file(s) found below %s", count, ", ".join(map(str, roots)))
+        return index
+
+    @staticmethod
+    def _with_reuse(files: FilePlan, index: ReuseIndex) -> FilePlan:
+        """``files``, each download told of the files of its name an operator has."""
+        fetch = []
+        for todo in files.fetch:
+            found = (index.candidates(todo.dist.filename, todo.dist.size)
+                     if todo.fetch_file else [])
+            metadata = (index.candidates(todo.dist.filename + layout.METADATA_SUFFIX, None)
+                        if todo.fetch_metadata else [])
+            if found or metadata:
+                todo = dataclasses.replace(
+                    todo, reuse=tuple(found), reuse_metadata=tuple(metadata)
+                )
+            fetch.append(todo)
+        return dataclasses.replace(files, fetch=tuple(fetch))
+
+    @staticmethod
+    def _with_staged(files: FilePlan, staged: Mapping[str, str]) -> FilePlan:
+        """``files``, each sdist the closure downloaded taken from where it is."""
+        fetch = [
+            dataclasses.replace(todo, reuse=(staged[todo.dist.filename], *todo.reuse))
+            if todo.fetch_file and todo.dist.filename in staged else todo
+            for todo in files.fetch
+        ]
+        return dataclasses.replace(files, fetch=tuple(fetch))
 
     def _warn_of_newer_api(self, version: tuple[int, int] | None) -> None:
         """PEP 629: say so when upstream speaks a newer minor version, once a run
@@ -1011,7 +1320,7 @@ class Sync:
     ) -> None:
         filename = todo.dist.filename
         try:
-            held, fetched, sibling_error = future.result()
+            result: download.TodoResult = future.result()
         except Interrupted:
             return  # not counted down: a project cut short is never published
         except FILE_ERRORS as exc:
@@ -1024,14 +1333,21 @@ class Sync:
         # Any other exception (an OSError from the disk) ends the run: no later
         # file would fare better.
         project.outstanding -= 1
-        project.done[filename] = held
-        if todo.fetch_file:
+        project.done[filename] = result.held
+        if todo.fetch_file and not result.reused:
             summary.files_fetched += 1
-        summary.bytes_fetched += fetched
-        if sibling_error:
-            project.errors.append((filename, sibling_error))
-            log.warning("%s: %s %s", project.todo.name, filename, sibling_error)
-        self.reporter.file_done(fetched)
+        summary.bytes_fetched += result.fetched
+        staged = self._source is not None and filename in self._source.staged
+        if result.reuse is not None and not staged:  # the closure's is no operator's file
+            summary.reuse.add(result.reuse)
+        if result.metadata == "wheel":
+            summary.metadata_from_wheels += 1
+        elif result.metadata == "download":
+            summary.metadata_fetched += 1
+        if result.sibling_error:
+            project.errors.append((filename, result.sibling_error))
+            log.warning("%s: %s %s", project.todo.name, filename, result.sibling_error)
+        self.reporter.file_done(result.fetched)
 
     def _finished(
         self, project: _Project, state: State, publisher: Publisher, summary: RunSummary
@@ -1060,10 +1376,14 @@ class Sync:
         ):
             # Keep what upstream dropped: the page still offers those files, and
             # the project does not converge until an operator says otherwise.
+            filtered = sum(1 for f in gone if f.filename in project.left_out)
+            why = (f"the filters leave out {filtered} file(s)" if filtered == len(gone)
+                   else f"upstream dropped {len(gone) - filtered} file(s)" + (
+                       f" and the filters leave out {filtered}" if filtered else ""))
             project.errors.append(("*", (
-                f"upstream dropped {len(gone)} file(s); with the others dropped in this run "
-                f"that is more than max-removal ({self.config.max_removal:.0%}) of the files "
-                "held, so they were kept. Run with --allow-mass-delete if that is right"
+                f"{why}; with the others removed in this run that is more than max-removal "
+                f"({self.config.max_removal:.0%}) of the files held, so they were kept. "
+                "Run with --allow-mass-delete if that is right"
             )))
             files += gone
             gone = []
@@ -1101,6 +1421,8 @@ class Sync:
                 files=files,
                 gone=gone,
                 generation=generation,
+                filters=self._file_fingerprint,
+                held_until=project.due,
             )
             for filename, err in project.errors:
                 state.record_failure(generation, name, filename, "failed", err)

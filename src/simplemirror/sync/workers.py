@@ -38,6 +38,9 @@ import: imported once, by the fork server."""
 _LOG = -1
 """The task number of a reply that is a log record from a child, not a task's result."""
 
+_READY = -2
+"""The task number of a child's first reply: it has started and takes work."""
+
 LOGGER = "simplemirror"
 
 # How long a download process holds a finished task's reply for others to join it
@@ -94,6 +97,10 @@ class ProcessPool:
         self._futures: dict[int, tuple[Future[Any], int]] = {}
         self._busy = [0] * processes
         self._dead: set[int] = set()
+        self._started: set[int] = set()
+        self.ready = threading.Event()
+        """Set once every child has started (imports done, its loop running), or ended:
+        until then, work sent waits in the pipe."""
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="process-results", daemon=True)
@@ -160,15 +167,25 @@ class ProcessPool:
                     self._fail_child(self._conns.index(conn))
                     continue
                 for task, ok, value in replies:
-                    if task == _LOG:
+                    if task == _READY:
+                        self._note_started(self._conns.index(conn))
+                    elif task == _LOG:
                         # A record that could not cross comes as a ChildLost: dropped.
                         if isinstance(value, logging.LogRecord):
                             logging.getLogger(value.name).handle(value)
                     else:
                         self._settle(task, ok, value)
 
+    def _note_started(self, child: int) -> None:
+        """``child`` started, or ended: either way, nothing more to wait for."""
+        with self._lock:
+            self._started.add(child)
+            if len(self._started) == len(self._children):
+                self.ready.set()
+
     def _fail_child(self, child: int) -> None:
         """A child ended: what it still had can never finish, and it is given no more."""
+        self._note_started(child)
         with self._lock:
             self._dead.add(child)
             lost = [task for task, (_, c) in self._futures.items() if c == child]
@@ -334,6 +351,7 @@ async def _serve(
             job.add_done_callback(functools.partial(finished, task))
 
     loop.add_reader(conn.fileno(), on_message)
+    send([(_READY, True, None)])
     await told_to_stop
     stop = getattr(context, "stop", None)
     if stop is not None:

@@ -7,6 +7,7 @@ status codes, ETags, serial headers, and which format (JSON or HTML) came back.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -53,6 +54,8 @@ ACCEPT = f"{JSON_CONTENT_TYPE}, {HTML_CONTENT_TYPE};q=0.2, text/html;q=0.1"
 JSON_TYPES = frozenset({JSON_CONTENT_TYPE, "application/json"})
 HTML_TYPES = frozenset({HTML_CONTENT_TYPE, "text/html"})
 SERIAL_HEADER = "X-PyPI-Last-Serial"
+# How often a blocking wait looks for a stop request (seconds).
+STOP_POLL = 0.2
 
 
 class UpstreamError(Exception):
@@ -353,10 +356,22 @@ class Client:
     a download process awaits them on its own loop.
     """
 
-    def __init__(self, config: Config, connections: int | None = None) -> None:
+    def __init__(
+        self, config: Config, connections: int | None = None, *, not_before: float = 0.0
+    ) -> None:
+        """``connections``: this process's share of ``workers`` (all of them by default);
+        it gets the same share of ``connections-per-host`` and ``max-requests-per-second``,
+        its first request at ``not_before`` at the earliest (``time.monotonic``)."""
         self.config = config
         self.connections = connections or config.workers
         """This process's share of ``workers``: connections and requests at once."""
+        rate = config.max_requests_per_second
+        # Rounded down, so that the shares never add up to more than the setting;
+        # never 0, aiohttp's "no limit" (there are never more processes than it).
+        self.per_host = max(1, config.connections_per_host * self.connections // config.workers)
+        """This process's share of ``connections-per-host``."""
+        self.rate = rate * self.connections / config.workers if rate else None
+        """This process's share of ``max-requests-per-second``; None: no limit."""
         self.http = Http(
             user_agent=config.user_agent,
             limits=Limits(
@@ -369,6 +384,9 @@ class Client:
                 max_root_size=config.max_root_size,
             ),
             connections=self.connections,
+            per_host=self.per_host,
+            rate=self.rate,
+            not_before=not_before,
         )
         self.stop = threading.Event()
         """Set to make every request, retry and download end soon (Interrupted)."""
@@ -385,13 +403,25 @@ class Client:
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return self.submit(work).result()
 
+    def run_until_stopped(self, work: Coroutine[Any, Any, T]) -> T:
+        return self.result(self.submit(work))
+
+    def result(self, future: Future[T]) -> T:
+        """``future.result()``, given up (Interrupted) as soon as a stop is asked for: a
+        request under way can take up to request-timeout to end by itself."""
+        while not concurrent.futures.wait([future], timeout=STOP_POLL).done:
+            if self.stop.is_set():
+                future.cancel()
+                raise Interrupted("stopping")
+        return future.result()
+
     def fetch_root(self, etag: str | None, sha256: str | None = None) -> RootResponse | None:
         """``get_root``, waited for."""
-        return self.run(self.get_root(etag, sha256))
+        return self.run_until_stopped(self.get_root(etag, sha256))
 
     def fetch_page(self, todo: ProjectTodo, etag: str | None = None) -> PageResponse | None:
         """``get_page``, waited for."""
-        return self.run(self.get_page(todo, etag))
+        return self.run_until_stopped(self.get_page(todo, etag))
 
     def close(self) -> None:
         """Close the background loop's connections (not a download process's: ``aclose``)."""
@@ -436,9 +466,19 @@ class Client:
     ) -> Fetched:
         """GET a whole document (the root, a page), following redirects the policy allows."""
         try:
-            return await self.http.get(url, headers, root=root, check=self.check_file_url)
+            return await self.http.get(url, headers, root=root, check=self.allow)
         except TransportError as exc:
             raise _upstream_error(exc) from exc
+
+    async def allow(self, url: str) -> None:
+        """``check_file_url``, off the event loop the first time an origin is seen: that
+        may look a name up, and getaddrinfo blocks (a slow resolver would stall every
+        transfer of this process meanwhile)."""
+        known, why = self.file_guard.known(url)
+        if not known:
+            await asyncio.to_thread(self.check_file_url, url)
+        elif why is not None:
+            raise RefusedURL(f"{url}: refused: {why}")
 
     def check_file_url(self, url: str) -> None:
         """Raise RefusedURL unless the host policy lets a request ask ``url``."""
@@ -449,7 +489,7 @@ class Client:
     def stream(self, url: str) -> _FileStream:
         """GET a file's body to be read as it arrives (the file-host policy applies):
         ``async with``."""
-        return _FileStream(self.http.stream(url, check=self.check_file_url))
+        return _FileStream(self.http.stream(url, check=self.allow))
 
     async def retrying(
         self, what: Callable[[], Awaitable[T]], *, also: type[BaseException] | None = None

@@ -167,6 +167,14 @@ class FileHostGuard:
             found = self._addresses[host] = self._resolve(host)
             return found
 
+    def known(self, url: str) -> tuple[bool, str | None]:
+        """(True, ``refusal(url)``) when that is decided already and needs no name looked
+        up; (False, None) otherwise."""
+        origin = url_origin(url)
+        if origin in self._decided:
+            return True, self._decided[origin]
+        return False, None
+
     def refusal(self, url: str) -> str | None:
         """Why ``url`` may not be downloaded, or None."""
         # Only the scheme, user, host and port matter: decided once for each of those.

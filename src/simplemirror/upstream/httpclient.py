@@ -26,7 +26,8 @@ import ctypes
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -174,7 +175,9 @@ class Stream:
     _task: asyncio.Task[Any]
     _cancelling: int
 
-    def __init__(self, http: Http, url: str, check: Callable[[str], None] | None) -> None:
+    def __init__(
+        self, http: Http, url: str, check: Callable[[str], Awaitable[None]] | None
+    ) -> None:
         self.url = self._asked = url
         self._http = http
         self._check = check
@@ -305,12 +308,20 @@ class Environment:
 
 
 class Http:
-    """The HTTP client of one process (one event loop), ``connections`` at most at once."""
+    """The HTTP client of one process (one event loop): ``connections`` at most at once,
+    ``per_host`` of them to any one host, and with ``rate``, no more than that many
+    requests a second, evenly spaced, the first at ``not_before`` (``time.monotonic``)."""
 
-    def __init__(self, *, user_agent: str, limits: Limits, connections: int) -> None:
+    def __init__(
+        self, *, user_agent: str, limits: Limits, connections: int, per_host: int = 0,
+        rate: float | None = None, not_before: float = 0.0,
+    ) -> None:
         self.limits = limits
         self._user_agent = user_agent
         self._connections = connections
+        self._per_host = per_host
+        self._interval = 1 / rate if rate else 0.0
+        self._next_slot = not_before
         self._session: aiohttp.ClientSession | None = None
         self._environment: Environment | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -334,10 +345,30 @@ class Http:
             self._tls_context = ssl.create_default_context(cafile=ca_bundle())
         return self._tls_context
 
+    def paced_until(self, pending: int) -> float:
+        """When ``pending`` more requests would have had their turns at this rate
+        (``time.monotonic``); now, without a rate."""
+        now = time.monotonic()
+        if not self._interval:
+            return now
+        return max(now, self._next_slot) + pending * self._interval
+
+    async def _pace(self) -> None:
+        """Wait for this request's turn: one every ``1 / rate`` seconds, never a burst."""
+        if not self._interval:
+            return
+        now = time.monotonic()
+        turn = max(now, self._next_slot)
+        self._next_slot = turn + self._interval
+        if turn > now:
+            await asyncio.sleep(turn - now)
+
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections),
+                connector=aiohttp.TCPConnector(
+                    limit=self._connections, limit_per_host=self._per_host
+                ),
                 timeout=self._page_timeout,
                 headers={"User-Agent": self._user_agent, "Accept-Encoding": PAGE_ENCODINGS},
                 auto_decompress=True,
@@ -358,7 +389,8 @@ class Http:
 
     async def _open(
         self, url: str, headers: Mapping[str, str] | None,
-        check: Callable[[str], None] | None, decompress: bool, timeout: aiohttp.ClientTimeout,
+        check: Callable[[str], Awaitable[None]] | None, decompress: bool,
+        timeout: aiohttp.ClientTimeout,
     ) -> tuple[str, aiohttp.ClientResponse]:
         """GET ``url``, following redirects; each hop is ``check``-ed before it is asked."""
         session = self._get_session()
@@ -367,7 +399,7 @@ class Http:
         secure = url.startswith("https:")
         for _ in range(MAX_REDIRECTS + 1):
             if check is not None:
-                check(url)
+                await check(url)
             asked = target(url)
             proxy = environment.for_url(asked)
             auth = proxy.get("auth")
@@ -377,6 +409,7 @@ class Http:
                     # An https index's password never crosses the network in clear, not
                     # even to its own host: a redirect to plain http goes without it.
                     auth = None
+            await self._pace()  # each hop is a request, a retry too
             through = proxy.get("proxy")
             if asked.scheme == "https" or (through is not None and through.scheme == "https"):
                 proxy = {**proxy, "ssl": self._tls()}
@@ -401,7 +434,7 @@ class Http:
 
     async def get(
         self, url: str, headers: Mapping[str, str] | None = None, *, root: bool = False,
-        check: Callable[[str], None] | None = None,
+        check: Callable[[str], Awaitable[None]] | None = None,
     ) -> Fetched:
         """GET a whole document (the root, a page), its decoded size capped."""
         limit = self.limits.max_root_size if root else self.limits.max_page_size
@@ -418,7 +451,9 @@ class Http:
                     response.release()
         return Fetched(final, response.status, response.headers, body)
 
-    def stream(self, url: str, check: Callable[[str], None] | None = None) -> Stream:
+    def stream(
+        self, url: str, check: Callable[[str], Awaitable[None]] | None = None
+    ) -> Stream:
         """GET a file, its body to be read as it arrives, as stored (not decoded):
         ``async with``."""
         return Stream(self, url, check)

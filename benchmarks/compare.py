@@ -101,7 +101,7 @@ def default_mirror_workers() -> int:
     """simplemirror's default workers, as the checkout running the benchmark has it."""
     from dataclasses import fields
 
-    from simplemirror.config import Config  # here: the rest runs without simplemirror
+    from simplemirror.cli.config import Config  # here: the rest runs without simplemirror
 
     default = next(f.default for f in fields(Config) if f.name == "workers")
     assert isinstance(default, int)

@@ -11,9 +11,10 @@ then is anything published, in the usual order (files, pages, root), state.db re
 (with the ledger entry) in the same transaction as every row the bundle brings.
 
 A refusal before publishing leaves web/ and state.db as they were; what was staged stays
-for the next attempt, which takes it up by hash (so does one after a kill). A kill while
-publishing leaves what a killed sync leaves: every page whole, every link resolving; the
-next attempt finishes the job.
+for the next attempt, which takes it up by hash (so does one after a kill). A failure or a
+signal while publishing puts web/ back as it was before state.db's transaction rolls back
+(_Undo; a first import leaves no state.db either). A kill there leaves what a killed sync
+leaves: every page whole, every link resolving; the next attempt finishes the job.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import itertools
 import logging
 import os
+import signal
 import sqlite3
 import stat
 import time
@@ -104,6 +106,32 @@ class _Missing(ImportRefused):
         self.files = files
 
 
+class Interrupted(Exception):
+    """A signal stopped the import before it committed: what it published is put back."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(
+            f"import stopped by {signal.Signals(signum).name}: the mirror is as it was before "
+            "it (what was staged is kept); run the same import again to finish it"
+        )
+        self.signum = signum
+
+
+class Stop:
+    """Asked for from a signal handler; the import stops at its next record or chunk, and
+    never between a step of publishing and the note that puts it back."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 @dataclass
 class Imported:
     info: BundleInfo
@@ -122,6 +150,7 @@ class ImportRequest:
     public_key: PublicKey
     allow_mass_delete: bool = False
     max_removal: float = 0.10
+    stop: Stop = field(default_factory=Stop)
 
 
 def import_bundle(request: ImportRequest) -> Imported:
@@ -203,6 +232,8 @@ class _Import:
         self.reader = Reader([v.size for v in info.volumes])
         self.counts = {"projects": 0, "pages": 0, "files": 0, "bytes": 0, "removed": 0,
                        "gone": 0}
+        self.stop = request.stop
+        self.undo = _Undo(self.web)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -228,7 +259,9 @@ class _Import:
             try:
                 generation = self._apply(state)
             except BaseException:
-                if first:
+                # Unless web/ could not be put back whole: then the rows that say what
+                # it holds stay, for the next attempt (as after a kill).
+                if first and self.undo.complete:
                     state.close()
                     state = None
                     for suffix in ("", "-wal", "-shm", "-journal"):
@@ -322,6 +355,7 @@ class _Import:
         """The manifest's records, from the copy _check_manifest verified and checked."""
         with store.open_file(self.area_web.parent, self.manifest_copy) as f:
             for line in lines(iter(lambda: f.read(_CHUNK), b"")):
+                self.stop.check()
                 yield trusted(line)
 
     def _check_manifest(self) -> None:
@@ -346,6 +380,7 @@ class _Import:
                 try:
                     def chunks() -> Iterator[bytes]:
                         for chunk in iter(lambda: f.read(_CHUNK), b""):
+                            self.stop.check()
                             h.update(chunk)
                             store.write_all(fd, chunk)
                             yield chunk
@@ -490,6 +525,7 @@ class _Import:
             try:
                 left = size
                 while left:
+                    self.stop.check()
                     chunk = source.read(min(_CHUNK, left))
                     if not chunk:
                         break
@@ -521,6 +557,7 @@ class _Import:
                 for part in body.parts:
                     with store.open_file(root, f"parts/{part.sha256}") as f:
                         for chunk in iter(lambda f=f: f.read(_CHUNK), b""):  # type: ignore[misc]
+                            self.stop.check()
                             for h in hashes.values():
                                 h.update(chunk)
                             store.write_all(fd, chunk)
@@ -542,6 +579,15 @@ class _Import:
     def _apply(self, state: State) -> int:
         """Every row in one transaction, the checks that need them, then publishing; a
         refusal rolls it all back."""
+        try:
+            generation = self._apply_rows(state)
+        except BaseException:
+            self.undo.rollback()
+            raise
+        self.undo.forget()
+        return generation
+
+    def _apply_rows(self, state: State) -> int:
         info = self.info
         with state.transaction():
             listed, live = state.listed_count(), state.live_files_count()
@@ -696,18 +742,24 @@ class _Import:
         """Files, then pages (project by project), then the root; the bytes flushed before
         state.db commits."""
         installed = 0
+        undo = self.undo
+        undo.begin(self.area_web, self.area_web.parent / "undo")
         for record in self._records():
             if isinstance(record, FileRecord):
                 for body in record.bodies:
                     rel = record.body_path(body)
                     if store.stat_file(self.area_web, rel) is not None:
+                        undo.file(rel)
                         store.install(str(self.area_web / rel), self.web, rel, new_dir=True)
                         installed += body.size
             elif isinstance(record, ProjectRecord) and record.page is not None:
                 store.make_dir(self.web, layout.project_dir(record.name))
                 for rel in layout.project_pages(record.name):
+                    undo.page(rel)
                     store.install(str(self.area_web / rel), self.web, rel, dir_checked=True)
+        self.stop.check()
         for (name, _), rel in zip(root_staged, layout.ROOT_PAGES, strict=True):
+            undo.page(rel)
             store.install(name, self.web, rel)
         store.flush(self.web)
         self.counts["bytes"] = installed
@@ -757,6 +809,76 @@ class _Import:
             log.warning("could not write the receipt %s: %s", path, exc)
             return None
         return path
+
+
+class _Undo:
+    """What publishing changed in web/, noted before each change, so that a failure before
+    state.db commits puts it back, last change first (the root, the pages, the files): a
+    file goes back to the staging area (a rerun uses it again), a page it replaced comes
+    back from the hard link kept of it, a page that was not there goes."""
+
+    def __init__(self, web: Path) -> None:
+        self.web = web
+        self.steps: list[tuple[str, str | None]] = []
+        """(path below web/, what to put back: None for a page that was not there, "" for
+        a file to move back to the staging area, else the kept page's name in the undo
+        directory)."""
+        self.complete = True
+        """web/ is as it was before publishing began (nothing began, or all was put back)."""
+
+    def begin(self, staged: Path, keep: Path) -> None:
+        self.staged, self.keep = staged, keep
+        if store.stat_file(keep.parent, keep.name) is not None:
+            store.remove_area(keep.parent, keep.name)
+        store.make_dir(keep.parent, keep.name)
+        self.steps = []
+        self.complete = False
+
+    def file(self, rel: str) -> None:
+        """``rel`` is about to be installed; noted only if web/ has no file there yet (the
+        same path is the same bytes)."""
+        if store.stat_file(self.web, rel) is None:
+            self.steps.append((rel, ""))
+
+    def page(self, rel: str) -> None:
+        """``rel`` is about to be replaced (or written): a hard link keeps what it was."""
+        kept = None
+        if store.stat_file(self.web, rel) is not None:
+            kept = str(len(self.steps))
+            os.link(self.web / rel, self.keep / kept, follow_symlinks=False)
+        self.steps.append((rel, kept))
+
+    def rollback(self) -> None:
+        if self.complete:
+            return
+        failed = 0
+        for rel, kept in reversed(self.steps):
+            try:
+                if kept:
+                    store.install(str(self.keep / kept), self.web, rel)
+                elif store.stat_file(self.web, rel) is not None:
+                    if kept == "":
+                        store.make_dir(self.staged, os.path.dirname(rel))
+                        os.replace(self.web / rel, self.staged / rel)
+                    else:
+                        os.unlink(self.web / rel)
+                store.remove_empty_dirs(self.web, os.path.dirname(rel))
+            except OSError as exc:
+                failed += 1
+                log.warning("could not put %s back as it was: %s", rel, exc)
+        if failed:
+            log.warning("%d change(s) to %s could not be put back: run the same import "
+                        "again to finish it", failed, self.web)
+            return
+        store.flush(self.web)
+        self.steps = []
+        self.complete = True
+
+    def forget(self) -> None:
+        """Committed: the kept pages are not needed any more."""
+        self.steps = []
+        self.complete = True
+        store.remove_area(self.keep.parent, self.keep.name)
 
 
 class _Order:

@@ -838,6 +838,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"mirror: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
     info = done.info
+    if stop.signum is not None:
+        log.warning("the signal came once the import had committed: it was finished instead")
     with _printing():
         if done.replayed:
             print(f"bundle {info.sequence} was applied to {directory} already: nothing to do")

@@ -482,3 +482,28 @@ def _public(path: Path) -> Keys:
     pair = Keys.__new__(Keys)
     pair.public_path, pair.public = path, keys.PublicKey.read(path)
     return pair
+
+
+def test_the_filters_in_force_travel_with_the_bundle(
+    upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simplemirror.filter.rules import parse
+
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync(upstream, near, filters=parse({"exclude-projects": ["proj-5"], "prereleases": False}))
+    bundle = make_bundle(near, out, key, full=True)
+    in_force = {"exclude-projects": ["proj-5"], "prereleases": False}
+    assert json.loads((bundle / "BUNDLE.json").read_text())["filters"] == in_force
+    apply(bundle, far, key)
+
+    _, out_text, err = run(capsys, "status", "--directory", str(far), "--json")
+    assert json.loads(out_text)["filters"] == in_force, err
+    _, out_text, _ = run(capsys, "status", "--directory", str(far))
+    assert 'filters:       exclude-projects = ["proj-5"]' in out_text
+
+    sync(upstream, near)  # the filters lifted
+    apply(make_bundle(near, out, key), far, key)
+    assert published(far) == published(near)
+    _, out_text, _ = run(capsys, "status", "--directory", str(far))
+    assert "filters:       none (a full mirror)" in out_text

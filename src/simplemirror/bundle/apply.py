@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 import signal
@@ -592,6 +593,8 @@ class _Import:
         with state.transaction():
             listed, live = state.listed_count(), state.live_files_count()
             generation = state.begin_run(info.upstream or f"bundle chain {info.chain}")
+            # What `mirror status` shows as in force here: the near side's, which made it.
+            state.set_meta("filters", json.dumps(dict(info.filters)) if info.filters else None)
             removing: set[str] = set()
             gone = 0
             capped = False

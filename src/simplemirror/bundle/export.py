@@ -224,7 +224,7 @@ def _decide(request: ExportRequest, reader: StateReader, chain: str) -> BundleIn
         bundle=secrets.token_hex(16), chain=chain, sequence=sequence, full=full, base=base,
         target=digest.EMPTY, generations=(since, through, next_gen), created=now(),
         upstream=upstream, public_url=request.public_url, counts={},
-        key_id=request.key.public_key().id_text,
+        key_id=request.key.public_key().id_text, filters=reader.filters_in_force(),
     )
 
 

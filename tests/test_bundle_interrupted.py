@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ class Bundles:
     """published(near) as of the full bundle."""
     full: Path
     delta: Path
+    later: Path
+    """The delta after ``delta``."""
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundles]:
         world.remove_file("proj-3", "proj_3-1.1.tar.gz")
         sync(up, near)
         delta = make_bundle(near, out, key)
-    yield Bundles(key, near, first, full, delta)
+        later_near = root / "later"
+        shutil.copytree(near, later_near, symlinks=True)
+        world.add_project("proj-later", ["1.0"])
+        sync(up, later_near)
+        later = make_bundle(later_near, out, key)
+    yield Bundles(key, near, first, full, delta, later)
 
 
 def nth_install(web: Path, n: int, kind: str, act: Callable[[], None]) -> Callable[..., None]:
@@ -150,6 +158,16 @@ WRAPPER = textwrap.dedent("""
         real(name, target, rel, **kw)
 
     tree.install = install
+    if kind == "reap":  # once generation n committed: the bytes no page lists go
+        from simplemirror.sync import reap
+        real_reap = reap.reap_files
+
+        def reap_files(web, state, generation):
+            if generation == n:
+                os.kill(os.getpid(), signum)
+            return real_reap(web, state, generation)
+
+        reap.reap_files = reap_files
     sys.exit(main(sys.argv[5:]))
 """)
 
@@ -231,4 +249,40 @@ def test_a_signal_stops_a_delta_and_leaves_the_far_side_as_it_was(
     result = import_command(bundles.delta, far, bundles.key)
     assert result.returncode == 0, result.stderr
     assert published(far) == published(bundles.near)
+    assert_mirror_invariants(far)
+
+
+def test_a_delta_killed_while_it_publishes_is_finished_by_the_next(
+    bundles: Bundles, tmp_path: Path
+) -> None:
+    """web/ is then between the bundle's base and its target: the rerun finishes it, though
+    the base digest of the tree is the bundle's no more."""
+    far = tmp_path / "far"
+    apply(bundles.full, far, bundles.key)
+    before = published(far)
+    killed = import_signalled(bundles.delta, far, bundles.key, (str(far / "web"), "page", 3),
+                              signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert published(far) != before
+    assert_mirror_invariants(far, killed=True)
+
+    result = import_command(bundles.delta, far, bundles.key)
+    assert result.returncode == 0, result.stderr
+    assert published(far) == published(bundles.near)
+    assert_mirror_invariants(far)
+
+
+def test_what_a_kill_after_the_commit_left_is_removed_before_the_next_bundle(
+    bundles: Bundles, tmp_path: Path
+) -> None:
+    far = tmp_path / "far"
+    apply(bundles.full, far, bundles.key)
+    killed = import_signalled(bundles.delta, far, bundles.key, ("", "reap", 2), signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert published(far) != published(bundles.near)  # the removed file is still there
+
+    # Not the same bundle again, the next one: its base is the tree once that file went.
+    result = import_command(bundles.later, far, bundles.key)
+    assert result.returncode == 0, result.stderr
+    assert (far / "web" / "simple" / "proj-later").is_dir()
     assert_mirror_invariants(far)

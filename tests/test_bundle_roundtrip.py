@@ -237,6 +237,41 @@ def test_a_file_the_far_side_lost_travels_with_the_replacement_bundle(
     assert published(far) == published(near)
 
 
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_file_of_an_untouched_project_the_far_side_lost_travels_too(
+    upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    beside: bool,
+) -> None:
+    """The delta does not mention the project whose file the far side lost: the import
+    finds it missing all the same, and the replacement bundle carries it (and, when its
+    directory went with it, the files beside it)."""
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync(upstream, near)
+    apply(make_bundle(near, out, key, full=True), far, key)
+    victim = world.project("Proj_2").files[0]
+    (lost,) = (far / "web" / "packages").rglob(victim.filename)
+    if beside:
+        shutil.rmtree(lost.parent)  # with its .metadata
+    else:
+        lost.unlink()
+    world.add_release("Proj_1", "3.0")
+    sync(upstream, near)
+
+    message = refused(make_bundle(near, out, key), far, key)
+    assert "are not there" in message and victim.filename in message
+    receipt_path = far / "receipts" / "1.json"
+    receipt = Receipt.from_bytes(receipt_path.read_bytes())
+    assert [p.rsplit("/", 1)[1] for p in receipt.missing_files] == [victim.filename]
+
+    code, out_text, err = run(capsys, "export", "--directory", str(near), "--to", str(out),
+                              "--secret-key", str(key.secret_path), "--since-receipt",
+                              str(receipt_path))
+    assert code == 0, err
+    apply(Path(out_text.strip()), far, key)
+    assert published(far) == published(near)
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
     """No index, find-links or proxy settings from the machine."""
     env = {k: v for k, v in os.environ.items()

@@ -2,11 +2,15 @@
 
 The checks, in this order, none skipped: the signature of BUNDLE.json against the
 pinned public key; its format; whether it was applied already (then nothing is done); its
-chain, sequence and base state digest against the far side's; the manifest's hash; every
+chain, sequence and base state digest against the far side's ledger, and that digest
+against the far side's tree (digest.tree_digest: nothing there behind state.db's back;
+files it lost are asked for once staging shows the bundle does not bring them); the
+manifest's hash; every
 record (paths derived and compared, names as upstream data is checked); every body's size
 and hashes, streamed from its volume into the staging area (tmp/bundle-staging), never
 more bytes than declared; the mass-removal cap; the pages, rendered again from the rows
-and compared; the state digest the result would have, against the bundle's target. Only
+and compared; the state digest the result would have (every path looked for in the
+staging area or web/, at the size state.db will record), against the bundle's target. Only
 then is anything published, in the usual order (files, pages, root), state.db recording it
 (with the ledger entry) in the same transaction as every row the bundle brings.
 
@@ -38,6 +42,7 @@ from simplemirror.bundle.keys import PublicKey, SignatureError
 from simplemirror.bundle.manifest import (
     BUNDLE_FILE,
     MANIFEST_FILE,
+    SIBLINGS,
     SIGNATURE_FILE,
     Body,
     BundleInfo,
@@ -235,6 +240,8 @@ class _Import:
                        "gone": 0}
         self.stop = request.stop
         self.undo = _Undo(self.web)
+        self._publishing = f"publishing-{info.bundle}"
+        """In the staging area while this bundle's publishing is under way."""
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -339,7 +346,48 @@ class _Import:
                 f"(its base digest differs): carry {RECEIPTS}/{sequence}.json back and export "
                 "with --since-receipt"
             )
+        self._base_in_tree(state)
         return None
+
+    def _base_in_tree(self, state: State) -> None:
+        """web/ is what the bundles before made it: nothing there that state.db does not
+        publish, and its digest, worked out from the tree, is the bundle's base. Files it
+        lost are counted as state.db records them: the bundle must bring them (or the
+        receipt asks for them). Not when an attempt at this bundle was killed while
+        publishing (web/ is then between base and target): the digest the result will
+        have decides, as for any attempt."""
+        if store.is_file(self.tmp, f"{STAGING}/{self._publishing}"):
+            log.info("an earlier attempt at bundle %d stopped while publishing: finishing it",
+                     self.info.sequence)
+            return
+        last = state.reader().last_applied()
+        done = state.reader().applied(last[0]) if last is not None else None
+        if done is not None:
+            # What a kill after the last import's commit left for it to remove.
+            self._after(state, done[1], last_modified=False)
+        try:
+            tree = digest.tree_digest(state.reader(), self.web)
+        except digest.DigestError as exc:
+            raise ImportRefused(f"{exc}; nothing was changed") from None
+        if tree.strangers:
+            raise ImportRefused(
+                f"{self.web} holds {tree.count} path(s) its state.db does not publish, or "
+                f"not at that size (the first: {tree.strangers[0]}): something changed it "
+                "behind the mirror's back; nothing was changed. Run `mirror verify "
+                f"--directory {self.directory}` there (--delete-orphans removes files "
+                "nothing lists)"
+            )
+        if tree.digest is not None and tree.digest != self.info.base:
+            raise ImportRefused(
+                f"{self.web} is not what the bundles before {self.info.sequence} made it (its "
+                f"digest is {tree.digest[:19]}..., and the bundle's base "
+                f"{str(self.info.base)[:19]}...): something changed it behind the mirror's "
+                f"back; nothing was changed. Run `mirror verify --directory {self.directory}`"
+                " there"
+            )
+        if tree.lost:
+            log.warning("%s lacks %d file(s) its state.db publishes (the first: %s): the "
+                        "bundle must bring them", self.web, tree.lost, tree.first_lost)
 
     # -- reading the manifest -------------------------------------------------------------------
 
@@ -643,8 +691,11 @@ class _Import:
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
             try:
                 result = digest.published_digest(
-                    state.reader(), [self.area_web, self.web], roots
+                    state.reader(), [self.area_web, self.web], roots, in_tree=True
                 )
+            except digest.Lost as exc:
+                owners = sorted({_owner(path) for path in exc.paths})
+                raise _Missing([], owners, info, self.source) from None
             except digest.DigestError as exc:
                 raise ImportRefused(f"{exc}; nothing was changed") from None
             if result != info.target:
@@ -746,7 +797,8 @@ class _Import:
         state.db commits."""
         installed = 0
         undo = self.undo
-        undo.begin(self.area_web, self.area_web.parent / "undo")
+        undo.begin(self.area_web, self.area_web.parent / "undo",
+                   self.area_web.parent / self._publishing)
         for record in self._records():
             if isinstance(record, FileRecord):
                 for body in record.bodies:
@@ -829,11 +881,14 @@ class _Undo:
         self.complete = True
         """web/ is as it was before publishing began (nothing began, or all was put back)."""
 
-    def begin(self, staged: Path, keep: Path) -> None:
-        self.staged, self.keep = staged, keep
+    def begin(self, staged: Path, keep: Path, marker: Path) -> None:
+        """``marker``: made (durably) before the first change, gone once web/ is as it was
+        again: a kill in between leaves it, for the next attempt to know."""
+        self.staged, self.keep, self.marker = staged, keep, marker
         if store.stat_file(keep.parent, keep.name) is not None:
             store.remove_area(keep.parent, keep.name)
         store.make_dir(keep.parent, keep.name)
+        store.write_durable(marker, b"")
         self.steps = []
         self.complete = False
 
@@ -874,6 +929,7 @@ class _Undo:
                         "again to finish it", failed, self.web)
             return
         store.flush(self.web)
+        self.marker.unlink(missing_ok=True)
         self.steps = []
         self.complete = True
 
@@ -882,6 +938,7 @@ class _Undo:
         self.steps = []
         self.complete = True
         store.remove_area(self.keep.parent, self.keep.name)
+        self.marker.unlink(missing_ok=True)
 
 
 class _Order:
@@ -910,6 +967,14 @@ class _Order:
     def finish(self) -> None:
         if not self.root:
             raise ManifestError(f"{MANIFEST_FILE}: no root record at its end")
+
+
+def _owner(path: str) -> str:
+    """The file a file beside it (its .metadata, signature, provenance) belongs to."""
+    for suffix in SIBLINGS:
+        if path.endswith(suffix):
+            return path.removesuffix(suffix)
+    return path
 
 
 def _size_of(root: Path, rel: str) -> int | None:

@@ -383,7 +383,7 @@ def _records(
             yield GoneRecord(owner, filename, path)
     pages = (f"{layout.SIMPLE}/", f"/{layout.HTML_INDEX}", f"/{layout.JSON_INDEX}")
     projects = reader.export_projects(since, pages)
-    files = reader.export_files(since)
+    files = reader.export_files(since, missing)
     project = next(projects, None)
     file = next(files, None)
     while project is not None or file is not None:

@@ -4,8 +4,10 @@ it was: its web/ (bytes and modification times) and every row of its state.db.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,7 +255,7 @@ def test_a_far_side_that_is_not_what_the_chain_made(chain: Chain, far: Path,
         db.execute("UPDATE files SET size = size + 1 WHERE id = (SELECT min(id) FROM files)")
     db.close()
     message = unchanged_by(lambda: refused(bundle, far, chain.key), far)
-    assert "does not publish, or not at that size (the first: packages/" in message
+    assert "does not publish, or not as it records them (the first: packages/" in message
     assert "proj_0-1.0.tar.gz)" in message and "mirror verify" in message
 
 
@@ -273,7 +275,9 @@ def _a_published_file(far: Path) -> Path:
     return min(p for p in (far / "web" / "packages").rglob("*.tar.gz"))
 
 
-@pytest.mark.parametrize("change", ["added", "deleted", "page", "symlink", "root"])
+@pytest.mark.parametrize(
+    "change", ["added", "deleted", "page", "symlink", "root", "same size", "body"]
+)
 def test_a_far_side_tree_changed_behind_state_db(
     chain: Chain, far: Path, bundle: Path, change: str
 ) -> None:
@@ -291,6 +295,14 @@ def test_a_far_side_tree_changed_behind_state_db(
         page.write_text(page.read_text().replace("</body>", "<a href='x'>x</a></body>"))
     elif change == "root":
         (web / "simple" / "index.v1_json").write_text("{}")
+    elif change in ("same size", "body"):
+        # Modified since the last import recorded its end (some seconds later, as a
+        # person's edit would be).
+        changed = (web / "simple" / "proj-5" / "index.html" if change == "same size"
+                   else _a_published_file(far))
+        flip(changed, changed.stat().st_size // 2)
+        later = time.time() + 5
+        os.utime(changed, (later, later))
     else:
         (web / "simple" / "elsewhere").symlink_to("/etc")
     message = unchanged_by(lambda: refused(bundle, far, chain.key), far)
@@ -300,7 +312,7 @@ def test_a_far_side_tree_changed_behind_state_db(
         # Lost, not put there: the receipt asks for it (test_bundle_roundtrip).
         assert "are not there" in message and "--since-receipt" in message
     else:
-        assert "holds 1 path(s) its state.db does not publish, or not at that size" in message
+        assert "holds 1 path(s) its state.db does not publish, or not as it records" in message
         assert "mirror verify" in message
 
 

@@ -34,6 +34,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -360,19 +361,26 @@ class _Import:
             log.info("an earlier attempt at bundle %d stopped while publishing: finishing it",
                      self.info.sequence)
             return
-        last = state.reader().last_applied()
-        done = state.reader().applied(last[0]) if last is not None else None
+        reader = state.reader()
+        last = reader.last_applied()
+        done = reader.applied(last[0]) if last is not None else None
+        since_ns = None
         if done is not None:
             # What a kill after the last import's commit left for it to remove.
             self._after(state, done[1], last_modified=False)
+            finished = reader.run_times(done[1])[1]
+            if finished is not None:
+                # Its files and pages were all in place when it recorded this (to the
+                # second): any modified later was modified behind its back.
+                since_ns = (int(datetime.fromisoformat(finished).timestamp()) + 2) * 10**9
         try:
-            tree = digest.tree_digest(state.reader(), self.web)
+            tree = digest.tree_digest(reader, self.web, since_ns)
         except digest.DigestError as exc:
             raise ImportRefused(f"{exc}; nothing was changed") from None
         if tree.strangers:
             raise ImportRefused(
                 f"{self.web} holds {tree.count} path(s) its state.db does not publish, or "
-                f"not at that size (the first: {tree.strangers[0]}): something changed it "
+                f"not as it records them (the first: {tree.strangers[0]}): something changed it "
                 "behind the mirror's back; nothing was changed. Run `mirror verify "
                 f"--directory {self.directory}` there (--delete-orphans removes files "
                 "nothing lists)"

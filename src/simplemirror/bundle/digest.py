@@ -10,10 +10,11 @@ Two ways to work it out, which agree on a mirror whose tree is what its state.db
 the sizes and digests it does not hold (pages' sizes, signatures) read from the tree: the
 near side's, whose tree a running sync changes under it; and ``tree_digest``, the paths
 and sizes the tree holds: the far side's, before it applies a bundle, so that a file put
-there, deleted or changed in size behind state.db's back is seen. In both, a sha256 that
-state.db recorded for a path of that size is taken from it, not read: hashing every byte
-of a mirror of the public index's size at every import would take days; a body changed
-in place at the same size is what `mirror verify` finds.
+there, deleted or changed behind state.db's back is seen. In both, a sha256 that state.db
+recorded for a path of that size is taken from it, not read (hashing every byte of a
+mirror of the public index's size at every import would take days), unless the file was
+modified since the last writer of the tree was done; a body changed in place at the
+same size with its modification time put back is what `mirror verify` finds.
 """
 
 from __future__ import annotations
@@ -74,16 +75,19 @@ class Tree:
     """How many files below packages/ state.db publishes and the tree does not hold."""
     first_lost: str | None = None
     strangers: list[str] = field(default_factory=list)
-    """Paths the tree holds that state.db does not publish, or not at that size, or a page
-    it lost: changed behind the mirror's back (the first few)."""
+    """Paths the tree holds that state.db does not publish, or not at that size, or not
+    with those bytes (of those modified since), or a page it lost: changed behind the
+    mirror's back (the first few)."""
     count: int = 0
     """How many paths are strangers."""
 
 
-def tree_digest(reader: StateReader, web: Path) -> Tree:
+def tree_digest(reader: StateReader, web: Path, changed_after_ns: int | None = None) -> Tree:
     """What ``web`` holds, streamed (one directory's names in memory at a time) beside
     what ``reader`` publishes: a path state.db publishes at the size the tree has lends
-    its sha256; a file it lacks a sha256 of is hashed."""
+    its sha256; a file it lacks a sha256 of is hashed, and so is one modified at or
+    after ``changed_after_ns`` (ns since the epoch: when the last writer of web/ was
+    done), which must still be what state.db recorded."""
     result = Tree()
     rows = reader.published_entries(SIBLINGS, _PAGES, (layout.LAST_MODIFIED,))
     files = (p for p in _walk(str(web), "") if p[0] != layout.LAST_MODIFIED)
@@ -114,12 +118,18 @@ def tree_digest(reader: StateReader, web: Path) -> Tree:
                     yield path, size, sha256
                 row = next(rows, None)
             else:
-                path, size = held
-                if row[1] not in (None, size):
+                path, size, mtime_ns = held
+                differs = row[1] not in (None, size)
+                sha256 = row[2]
+                if sha256 is None or (
+                    changed_after_ns is not None and mtime_ns >= changed_after_ns
+                ):
+                    sha256 = store.sha256_of(web, path)
+                    if sha256 is None:
+                        raise DigestError(f"{web}/{path} is not a regular file")
+                    differs = differs or row[2] not in (None, sha256)
+                if differs:
                     stranger(path)
-                sha256 = row[2] if row[2] is not None else store.sha256_of(web, path)
-                if sha256 is None:
-                    raise DigestError(f"{web}/{path} is not a regular file")
                 if known:
                     yield path, size, sha256
                 held, row = next(files, None), next(rows, None)
@@ -137,8 +147,9 @@ class _Unknown(Exception):
     pass
 
 
-def _walk(web: str, rel_dir: str) -> Iterator[tuple[str, int]]:
-    """(path, size) of everything below ``rel_dir``, in bytewise order of the whole path:
+def _walk(web: str, rel_dir: str) -> Iterator[tuple[str, int, int]]:
+    """(path, size, mtime in ns) of everything below ``rel_dir``, in bytewise order of the
+    whole path:
     a directory sorts as its name and a slash, as its files' paths do."""
     names = []
     with os.scandir(f"{web}/{rel_dir}" if rel_dir else web) as found:
@@ -161,7 +172,7 @@ def _walk(web: str, rel_dir: str) -> Iterator[tuple[str, int]]:
         if not stat.S_ISREG(status.st_mode):
             raise DigestError(f"{web}/{path} is not a regular file; the tree holds nothing "
                               "else")
-        yield path, status.st_size
+        yield path, status.st_size, status.st_mtime_ns
 
 
 _PAGES = (f"{layout.SIMPLE}/", f"/{layout.HTML_INDEX}", f"/{layout.JSON_INDEX}")

@@ -374,7 +374,7 @@ class _Import:
                 # second): any modified later was modified behind its back.
                 since_ns = (int(datetime.fromisoformat(finished).timestamp()) + 2) * 10**9
         try:
-            tree = digest.tree_digest(reader, self.web, since_ns)
+            tree = digest.tree_digest(reader, self.web, since_ns, self.stop.check)
         except digest.DigestError as exc:
             raise ImportRefused(f"{exc}; nothing was changed") from None
         if tree.strangers:
@@ -699,7 +699,8 @@ class _Import:
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
             try:
                 result = digest.published_digest(
-                    state.reader(), [self.area_web, self.web], roots, in_tree=True
+                    state.reader(), [self.area_web, self.web], roots, in_tree=True,
+                    tick=self.stop.check,
                 )
             except digest.Lost as exc:
                 owners = sorted({_owner(path) for path in exc.paths})
@@ -936,17 +937,25 @@ class _Undo:
             log.warning("%d change(s) to %s could not be put back: run the same import "
                         "again to finish it", failed, self.web)
             return
-        store.flush(self.web)
-        self.marker.unlink(missing_ok=True)
+        try:
+            store.flush(self.web)
+            self.marker.unlink(missing_ok=True)
+        except OSError as exc:  # what failed first is what the import reports
+            log.warning("could not make %s durable once put back: %s", self.web, exc)
+            return
         self.steps = []
         self.complete = True
 
     def forget(self) -> None:
-        """Committed: the kept pages are not needed any more."""
+        """Committed: the kept pages are not needed any more (the next begin removes what
+        this could not)."""
         self.steps = []
         self.complete = True
-        store.remove_area(self.keep.parent, self.keep.name)
-        self.marker.unlink(missing_ok=True)
+        try:
+            store.remove_area(self.keep.parent, self.keep.name)
+            self.marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.keep, exc)
 
 
 class _Order:

@@ -23,7 +23,7 @@ import hashlib
 import heapq
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,15 +82,19 @@ class Tree:
     """How many paths are strangers."""
 
 
-def tree_digest(reader: StateReader, web: Path, changed_after_ns: int | None = None) -> Tree:
+def tree_digest(
+    reader: StateReader, web: Path, changed_after_ns: int | None = None,
+    tick: Callable[[], None] = lambda: None,
+) -> Tree:
     """What ``web`` holds, streamed (one directory's names in memory at a time) beside
     what ``reader`` publishes: a path state.db publishes at the size the tree has lends
     its sha256; a file it lacks a sha256 of is hashed, and so is one modified at or
     after ``changed_after_ns`` (ns since the epoch: when the last writer of web/ was
-    done), which must still be what state.db recorded."""
+    done), which must still be what state.db recorded. ``tick``: called at each
+    directory (it may raise, to stop)."""
     result = Tree()
     rows = reader.published_entries(SIBLINGS, _PAGES, (layout.LAST_MODIFIED,))
-    files = (p for p in _walk(str(web), "") if p[0] != layout.LAST_MODIFIED)
+    files = (p for p in _walk(str(web), "", tick) if p[0] != layout.LAST_MODIFIED)
 
     def stranger(path: str) -> None:
         result.count += 1
@@ -147,10 +151,10 @@ class _Unknown(Exception):
     pass
 
 
-def _walk(web: str, rel_dir: str) -> Iterator[tuple[str, int, int]]:
+def _walk(web: str, rel_dir: str, tick: Callable[[], None]) -> Iterator[tuple[str, int, int]]:
     """(path, size, mtime in ns) of everything below ``rel_dir``, in bytewise order of the
-    whole path:
-    a directory sorts as its name and a slash, as its files' paths do."""
+    whole path: a directory sorts as its name and a slash, as its files' paths do."""
+    tick()
     names = []
     with os.scandir(f"{web}/{rel_dir}" if rel_dir else web) as found:
         for entry in found:
@@ -166,7 +170,7 @@ def _walk(web: str, rel_dir: str) -> Iterator[tuple[str, int, int]]:
     for name in names:
         path = f"{rel_dir}/{name}" if rel_dir else name
         if name.endswith("/"):
-            yield from _walk(web, path[:-1])
+            yield from _walk(web, path[:-1], tick)
             continue
         status = os.lstat(f"{web}/{path}")
         if not stat.S_ISREG(status.st_mode):
@@ -185,6 +189,7 @@ def published_digest(
     changed_after_ns: int | None = None,
     *,
     in_tree: bool = False,
+    tick: Callable[[], None] = lambda: None,
 ) -> str:
     """The digest of what ``reader``'s state.db publishes, with ``root_pages``.
 
@@ -194,13 +199,23 @@ def published_digest(
     sync runs: state.db is read as of one moment, and a page rewritten since then differs).
     ``in_tree``: every path is looked for and must have the size state.db says, not only
     those state.db lacks a size or sha256 of (an import, about to publish what state.db
-    will say).
+    will say). ``tick``: called every few thousand paths (it may raise, to stop).
     """
     rows = reader.published_entries(
         SIBLINGS, _PAGES, (*layout.ROOT_PAGES, layout.LAST_MODIFIED)
     )
-    found = _resolved(rows, roots, changed_after_ns, in_tree)
+    found = _resolved(_ticking(rows, tick), roots, changed_after_ns, in_tree)
     return state_digest(heapq.merge(found, sorted(root_pages)))
+
+
+def _ticking(rows: Iterable[_Row], tick: Callable[[], None]) -> Iterator[_Row]:
+    for number, row in enumerate(rows):
+        if not number % 4096:
+            tick()
+        yield row
+
+
+_Row = tuple[str, int | None, str | None]
 
 
 def _resolved(

@@ -286,3 +286,23 @@ def test_what_a_kill_after_the_commit_left_is_removed_before_the_next_bundle(
     assert result.returncode == 0, result.stderr
     assert (far / "web" / "simple" / "proj-later").is_dir()
     assert_mirror_invariants(far)
+
+
+def test_a_failure_after_a_kill_while_publishing_leaves_it_finishable(
+    bundles: Bundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Putting back what the second attempt published does not put back what the killed
+    first one did: the third must still know web/ is between base and target."""
+    far = tmp_path / "far"
+    apply(bundles.full, far, bundles.key)
+    killed = import_signalled(bundles.delta, far, bundles.key, (str(far / "web"), "page", 2),
+                              signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    with monkeypatch.context() as m:
+        m.setattr(tree, "install", nth_install(far / "web", 2, "root", disk_full))
+        assert "free some space" in refused(bundles.delta, far, bundles.key,
+                                            allow_mass_delete=True)
+
+    apply(bundles.delta, far, bundles.key, allow_mass_delete=True)
+    assert published(far) == published(bundles.near)
+    assert_mirror_invariants(far)

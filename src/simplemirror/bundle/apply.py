@@ -892,12 +892,16 @@ class _Undo:
 
     def begin(self, staged: Path, keep: Path, marker: Path) -> None:
         """``marker``: made (durably) before the first change, gone once web/ is as it was
-        again: a kill in between leaves it, for the next attempt to know."""
+        again: a kill in between leaves it, for the next attempt to know. One an attempt
+        killed before left stays, whatever happens to this one: putting back what this
+        one did does not put back what that one did."""
         self.staged, self.keep, self.marker = staged, keep, marker
         if store.stat_file(keep.parent, keep.name) is not None:
             store.remove_area(keep.parent, keep.name)
         store.make_dir(keep.parent, keep.name)
-        store.write_durable(marker, b"")
+        self.inherited = marker.exists()
+        if not self.inherited:
+            store.write_durable(marker, b"")
         self.steps = []
         self.complete = False
 
@@ -939,7 +943,8 @@ class _Undo:
             return
         try:
             store.flush(self.web)
-            self.marker.unlink(missing_ok=True)
+            if not self.inherited:
+                self.marker.unlink(missing_ok=True)
         except OSError as exc:  # what failed first is what the import reports
             log.warning("could not make %s durable once put back: %s", self.web, exc)
             return

@@ -10,7 +10,8 @@ record (paths derived and compared, names as upstream data is checked); every bo
 and hashes, streamed from its volume into the staging area (tmp/bundle-staging), never
 more bytes than declared; the mass-removal cap; the pages, rendered again from the rows
 and compared; the state digest the result would have (every path looked for in the
-staging area or web/, at the size state.db will record), against the bundle's target. Only
+staging area or web/, at the size state.db will record, unless the base check just found
+web/ to be what state.db says), against the bundle's target. Only
 then is anything published, in the usual order (files, pages, root), state.db recording it
 (with the ledger entry) in the same transaction as every row the bundle brings.
 
@@ -242,6 +243,9 @@ class _Import:
         self.stop = request.stop
         self.undo = _Undo(self.web)
         self._publishing = f"publishing-{info.bundle}"
+        self.tree_checked = False
+        """_base_in_tree found web/ to be what state.db says, nothing lost: the target
+        check need not look every path up again (what the bundle adds, staging checked)."""
         """In the staging area while this bundle's publishing is under way."""
 
     # -- the run ------------------------------------------------------------------------------
@@ -396,6 +400,7 @@ class _Import:
         if tree.lost:
             log.warning("%s lacks %d file(s) its state.db publishes (the first: %s): the "
                         "bundle must bring them", self.web, tree.lost, tree.first_lost)
+        self.tree_checked = not tree.lost
 
     # -- reading the manifest -------------------------------------------------------------------
 
@@ -699,7 +704,8 @@ class _Import:
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
             try:
                 result = digest.published_digest(
-                    state.reader(), [self.area_web, self.web], roots, in_tree=True,
+                    state.reader(), [self.area_web, self.web], roots,
+                    in_tree=not self.tree_checked,
                     tick=self.stop.check,
                 )
             except digest.Lost as exc:

@@ -538,7 +538,9 @@ def test_the_filters_in_force_travel_with_the_bundle(
     assert 'filters:       exclude-projects = ["proj-5"]' in out_text
 
     sync(upstream, near)  # the filters lifted
-    apply(make_bundle(near, out, key), far, key)
+    bundle = make_bundle(near, out, key)
+    assert "filters" not in json.loads((bundle / "BUNDLE.json").read_text())
+    apply(bundle, far, key)
     assert published(far) == published(near)
     _, out_text, _ = run(capsys, "status", "--directory", str(far))
     assert "filters:       none (a full mirror)" in out_text

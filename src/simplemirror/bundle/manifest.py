@@ -635,7 +635,9 @@ class BundleInfo:
             "volumes": [{"name": v.name, "size": v.size, "sha256": v.sha256}
                         for v in self.volumes],
             "key_id": self.key_id,
-            "filters": dict(self.filters),
+            # Only when there are some: a simplemirror from before the filters travelled
+            # still reads a full mirror's bundles.
+            **({"filters": dict(self.filters)} if self.filters else {}),
         }
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 

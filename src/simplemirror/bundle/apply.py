@@ -11,7 +11,7 @@ and hashes, streamed from its volume into the staging area (tmp/bundle-staging),
 more bytes than declared; the mass-removal cap; the pages, rendered again from the rows
 and compared; the state digest the result would have (every path looked for in the
 staging area or web/, at the size state.db will record, unless the base check just found
-web/ to be what state.db says), against the bundle's target. Only
+web/ to be what state.db says or the bundle is a full one), against the bundle's target. Only
 then is anything published, in the usual order (files, pages, root), state.db recording it
 (with the ledger entry) in the same transaction as every row the bundle brings.
 
@@ -243,9 +243,10 @@ class _Import:
         self.stop = request.stop
         self.undo = _Undo(self.web)
         self._publishing = f"publishing-{info.bundle}"
-        self.tree_checked = False
-        """_base_in_tree found web/ to be what state.db says, nothing lost: the target
-        check need not look every path up again (what the bundle adds, staging checked)."""
+        self.tree_checked = info.full
+        """_base_in_tree found web/ to be what state.db says, nothing lost (or the bundle
+        brings everything): the target check need not look every path up again (what the
+        bundle adds, staging checked)."""
         """In the staging area while this bundle's publishing is under way."""
 
     # -- the run ------------------------------------------------------------------------------
@@ -914,16 +915,25 @@ class _Undo:
     def file(self, rel: str) -> None:
         """``rel`` is about to be installed; noted only if web/ has no file there yet (the
         same path is the same bytes)."""
-        if store.stat_file(self.web, rel) is None:
+        if not self._there(rel):
             self.steps.append((rel, ""))
 
     def page(self, rel: str) -> None:
         """``rel`` is about to be replaced (or written): a hard link keeps what it was."""
         kept = None
-        if store.stat_file(self.web, rel) is not None:
+        if self._there(rel):
             kept = str(len(self.steps))
             os.link(self.web / rel, self.keep / kept, follow_symlinks=False)
         self.steps.append((rel, kept))
+
+    def _there(self, rel: str) -> bool:
+        # One lstat, for each of hundreds of thousands of files in a first import: the
+        # directories on the way are checked by the install that follows.
+        try:
+            os.lstat(f"{self.web}/{rel}")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
 
     def rollback(self) -> None:
         if self.complete:

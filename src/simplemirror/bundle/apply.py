@@ -24,6 +24,7 @@ leaves: every page whole, every link resolving; the next attempt finishes the jo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -260,6 +261,7 @@ class _Import:
             raise ImportRefused(f"{self.web} holds pages, yet {self.directory} has no state.db: "
                                 "seed an empty directory")
         state = None if first else State(self.state_path)
+        self.undo.fresh = first
         try:
             if state is not None:
                 replayed = self._chained(state)
@@ -896,6 +898,9 @@ class _Undo:
         directory)."""
         self.complete = True
         """web/ is as it was before publishing began (nothing began, or all was put back)."""
+        self.fresh = False
+        """web/ held no page when the import began (a first one): putting back is emptying
+        it again, so nothing is noted (a first import's notes would be millions)."""
 
     def begin(self, staged: Path, keep: Path, marker: Path) -> None:
         """``marker``: made (durably) before the first change, gone once web/ is as it was
@@ -915,16 +920,45 @@ class _Undo:
     def file(self, rel: str) -> None:
         """``rel`` is about to be installed; noted only if web/ has no file there yet (the
         same path is the same bytes)."""
-        if not self._there(rel):
+        if not self.fresh and not self._there(rel):
             self.steps.append((rel, ""))
 
     def page(self, rel: str) -> None:
         """``rel`` is about to be replaced (or written): a hard link keeps what it was."""
+        if self.fresh:
+            return
         kept = None
         if self._there(rel):
             kept = str(len(self.steps))
             os.link(self.web / rel, self.keep / kept, follow_symlinks=False)
         self.steps.append((rel, kept))
+
+    def _empty(self) -> int:
+        """A first import's publishing put back: the root, the pages, then every file (to
+        the staging area); how many could not be."""
+        failed = 0
+        pages = store.walk_files(self.web, layout.SIMPLE)
+        for rel in itertools.chain(layout.ROOT_PAGES, pages, store.walk_files(
+                self.web, layout.PACKAGES)):
+            try:
+                if rel.startswith(f"{layout.PACKAGES}/"):
+                    store.make_dir(self.staged, os.path.dirname(rel))
+                    os.replace(self.web / rel, self.staged / rel)
+                else:
+                    os.unlink(self.web / rel)
+                store.remove_empty_dirs(self.web, os.path.dirname(rel))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed += 1
+                log.warning("could not put %s back as it was: %s", rel, exc)
+        # The directories made for what could not be installed.
+        for top in (layout.SIMPLE, layout.PACKAGES):
+            for path, _, _ in os.walk(self.web / top, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+        store.forget_dirs()
+        return failed
 
     def _there(self, rel: str) -> bool:
         # One lstat, for each of hundreds of thousands of files in a first import: the
@@ -938,7 +972,7 @@ class _Undo:
     def rollback(self) -> None:
         if self.complete:
             return
-        failed = 0
+        failed = self._empty() if self.fresh else 0
         for rel, kept in reversed(self.steps):
             try:
                 if kept:

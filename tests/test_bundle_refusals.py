@@ -4,8 +4,10 @@ it was: its web/ (bytes and modification times) and every row of its state.db.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,7 +255,80 @@ def test_a_far_side_that_is_not_what_the_chain_made(chain: Chain, far: Path,
         db.execute("UPDATE files SET size = size + 1 WHERE id = (SELECT min(id) FROM files)")
     db.close()
     message = unchanged_by(lambda: refused(bundle, far, chain.key), far)
-    assert "would not give the state the near side had" in message
+    assert "does not publish, or not as it records them (the first: packages/" in message
+    assert "proj_0-1.0.tar.gz)" in message and "mirror verify" in message
+
+
+def test_a_far_side_whose_rows_differ_from_the_chains(chain: Chain, far: Path,
+                                                      bundle: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(far / "state.db") as db:
+        db.execute("UPDATE files SET hashes = json_set(hashes, '$.sha256', ?)"
+                   " WHERE id = (SELECT min(id) FROM files)", ["0" * 64])
+    db.close()
+    message = unchanged_by(lambda: refused(bundle, far, chain.key), far)
+    assert "is not what the bundles before 2 made it" in message and "mirror verify" in message
+
+
+def _a_published_file(far: Path) -> Path:
+    return min(p for p in (far / "web" / "packages").rglob("*.tar.gz"))
+
+
+@pytest.mark.parametrize(
+    "change", ["added", "deleted", "page", "symlink", "root", "same size", "body"]
+)
+def test_a_far_side_tree_changed_behind_state_db(
+    chain: Chain, far: Path, bundle: Path, change: str
+) -> None:
+    """web/ altered while state.db was not: the base digest, worked out from the tree, is
+    not the bundle's."""
+    web = far / "web"
+    if change == "added":
+        extra = web / "packages" / "00" / "00" / ("0" * 60) / "stowaway-1.0.tar.gz"
+        extra.parent.mkdir(parents=True)
+        extra.write_bytes(b"not from any bundle")
+    elif change == "deleted":
+        _a_published_file(far).unlink()
+    elif change == "page":
+        page = web / "simple" / "proj-5" / "index.html"
+        page.write_text(page.read_text().replace("</body>", "<a href='x'>x</a></body>"))
+    elif change == "root":
+        (web / "simple" / "index.v1_json").write_text("{}")
+    elif change in ("same size", "body"):
+        # Modified since the last import recorded its end (some seconds later, as a
+        # person's edit would be).
+        changed = (web / "simple" / "proj-5" / "index.html" if change == "same size"
+                   else _a_published_file(far))
+        flip(changed, changed.stat().st_size // 2)
+        later = time.time() + 5
+        os.utime(changed, (later, later))
+    else:
+        (web / "simple" / "elsewhere").symlink_to("/etc")
+    message = unchanged_by(lambda: refused(bundle, far, chain.key), far)
+    if change == "symlink":
+        assert "elsewhere" in message and "is not a regular file" in message
+    elif change == "deleted":
+        # Lost, not put there: the receipt asks for it (test_bundle_roundtrip).
+        assert "are not there" in message and "--since-receipt" in message
+    else:
+        assert "holds 1 path(s) its state.db does not publish, or not as it records" in message
+        assert "mirror verify" in message
+
+
+def test_the_tree_digest_is_the_ledgers_after_each_import(chain: Chain, far: Path) -> None:
+    from simplemirror.bundle import digest
+    from simplemirror.store.state import snapshot
+
+    for bundle in chain.bundles:
+        if bundle != chain.bundles[0]:
+            apply(bundle, far, chain.key)
+        reader = snapshot(far / "state.db")
+        try:
+            tree = digest.tree_digest(reader, far / "web")
+            assert (tree.digest, tree.lost, tree.count) == (info_of(bundle).target, 0, 0)
+        finally:
+            reader.close()
 
 
 def test_the_mass_removal_cap(upstream: Upstream, world: World, tmp_path: Path) -> None:

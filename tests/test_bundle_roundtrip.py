@@ -237,6 +237,41 @@ def test_a_file_the_far_side_lost_travels_with_the_replacement_bundle(
     assert published(far) == published(near)
 
 
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_file_of_an_untouched_project_the_far_side_lost_travels_too(
+    upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    beside: bool,
+) -> None:
+    """The delta does not mention the project whose file the far side lost: the import
+    finds it missing all the same, and the replacement bundle carries it (and, when its
+    directory went with it, the files beside it)."""
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync(upstream, near)
+    apply(make_bundle(near, out, key, full=True), far, key)
+    victim = world.project("Proj_2").files[0]
+    (lost,) = (far / "web" / "packages").rglob(victim.filename)
+    if beside:
+        shutil.rmtree(lost.parent)  # with its .metadata
+    else:
+        lost.unlink()
+    world.add_release("Proj_1", "3.0")
+    sync(upstream, near)
+
+    message = refused(make_bundle(near, out, key), far, key)
+    assert "are not there" in message and victim.filename in message
+    receipt_path = far / "receipts" / "1.json"
+    receipt = Receipt.from_bytes(receipt_path.read_bytes())
+    assert [p.rsplit("/", 1)[1] for p in receipt.missing_files] == [victim.filename]
+
+    code, out_text, err = run(capsys, "export", "--directory", str(near), "--to", str(out),
+                              "--secret-key", str(key.secret_path), "--since-receipt",
+                              str(receipt_path))
+    assert code == 0, err
+    apply(Path(out_text.strip()), far, key)
+    assert published(far) == published(near)
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
     """No index, find-links or proxy settings from the machine."""
     env = {k: v for k, v in os.environ.items()
@@ -360,3 +395,152 @@ def test_export_asks_for_the_passphrase_its_key_needs(
         (Path(out_text.strip()) / "BUNDLE.json").read_bytes(),
         (Path(out_text.strip()) / "BUNDLE.json.minisig").read_text(),
     )
+
+
+def test_a_delta_carries_a_quarantine_and_its_lifting(
+    upstream: Upstream, world: World, tmp_path: Path
+) -> None:
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync(upstream, near)
+    apply(make_bundle(near, out, key, full=True), far, key)
+    held = sorted(p.name for p in (far / "web/packages").rglob("proj_3-*"))
+    assert held
+
+    world.project("proj-3").status = "quarantined"
+    world.touch("proj-3")  # upstream still lists the files: neither side may offer them
+    sync(upstream, near)
+    bundle = make_bundle(near, out, key)
+    lines = [json.loads(x) for x in (bundle / MANIFEST_FILE).read_text().splitlines()]
+    assert {x["filename"] for x in lines if x["kind"] == "gone"} >= {
+        n for n in held if not n.endswith(".metadata")}
+    apply(bundle, far, key)
+
+    assert published(far) == published(near)
+    assert not list((far / "web/packages").rglob("proj_3-*"))
+    page = json.loads((far / "web/simple/proj-3/index.v1_json").read_text())
+    assert page["files"] == [] and page["project-status"] == {"status": "quarantined"}
+
+    world.project("proj-3").status = None
+    world.touch("proj-3")
+    sync(upstream, near)
+    apply(make_bundle(near, out, key), far, key)
+    assert published(far) == published(near)
+    assert sorted(p.name for p in (far / "web/packages").rglob("proj_3-*")) == held
+
+
+# A wrapper that makes the pseudo-terminal it is given its controlling terminal (getpass
+# reads /dev/tty), with scrypt made cheap for the test, then runs `mirror`.
+ON_TERMINAL = """
+import fcntl, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+from simplemirror.bundle import keys
+keys.KDF_LIMITS = (524_288, 16_777_216)
+from simplemirror.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def on_terminal(args: list[str], answers: list[str]) -> tuple[int, str]:
+    """`mirror ARGS` on a terminal of its own, typing each of ``answers`` when a prompt
+    ending in ": " shows; its exit status and everything the terminal showed."""
+    import pty
+    import select
+    import time
+
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", ON_TERMINAL, *args], stdin=child_fd,
+                            stdout=child_fd, stderr=child_fd, start_new_session=True)
+    os.close(child_fd)
+    shown, typed, answered = b"", 0, 0
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 0.5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if typed < len(answers) and shown[answered:].rstrip().endswith(b":"):
+                os.write(main_fd, answers[typed].encode() + b"\n")
+                typed, answered = typed + 1, len(shown)
+        else:
+            pytest.fail(f"no end on the terminal: {shown!r}")
+    finally:
+        os.close(main_fd)
+        code = proc.wait(timeout=60)
+    return code, shown.decode(errors="replace")
+
+
+def test_keygen_and_export_ask_for_the_passphrase_on_a_terminal(
+    upstream: Upstream, world: World, tmp_path: Path
+) -> None:
+    from simplemirror.bundle import keys
+
+    near, out, far = tmp_path / "near", tmp_path / "out", tmp_path / "far"
+    sync(upstream, near)
+    secret, public = tmp_path / "k.key", tmp_path / "k.pub"
+    keygen = ["keygen", "--secret-key", str(secret), "--public-key", str(public)]
+
+    code, shown = on_terminal(keygen, ["sesame", "simsim"])
+    assert code == 1 and "Passphrase (again):" in shown and "differ" in shown, shown
+    assert not secret.exists() and not public.exists()
+    code, shown = on_terminal(keygen, ["sesame", "sesame"])
+    assert code == 0, shown
+    assert "sesame" not in shown  # not echoed
+    assert "(no passphrase)" not in shown
+    with pytest.raises(keys.KeyFileError, match="wrong passphrase"):
+        keys.SecretKey.read(secret, lambda: b"simsim")
+
+    export = ["export", "--directory", str(near), "--to", str(out), "--secret-key",
+              str(secret), "--full"]
+    code, shown = on_terminal(export, ["simsim"])
+    assert code == 1 and "wrong passphrase" in shown, shown
+    code, shown = on_terminal(export, ["sesame"])
+    assert code == 0, shown
+    bundle = Path(shown.strip().splitlines()[-1])
+    apply(bundle, far, _public(public))
+    assert published(far) == published(near)
+
+
+def _public(path: Path) -> Keys:
+    """Keys for ``apply``: only the public key is used."""
+    from simplemirror.bundle import keys
+
+    pair = Keys.__new__(Keys)
+    pair.public_path, pair.public = path, keys.PublicKey.read(path)
+    return pair
+
+
+def test_the_filters_in_force_travel_with_the_bundle(
+    upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simplemirror.filter.rules import parse
+
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync(upstream, near, filters=parse({"exclude-projects": ["proj-5"], "prereleases": False}))
+    bundle = make_bundle(near, out, key, full=True)
+    in_force = {"exclude-projects": ["proj-5"], "prereleases": False}
+    assert json.loads((bundle / "BUNDLE.json").read_text())["filters"] == in_force
+    apply(bundle, far, key)
+
+    _, out_text, err = run(capsys, "status", "--directory", str(far), "--json")
+    assert json.loads(out_text)["filters"] == in_force, err
+    _, out_text, _ = run(capsys, "status", "--directory", str(far))
+    assert 'filters:       exclude-projects = ["proj-5"]' in out_text
+
+    sync(upstream, near)  # the filters lifted
+    bundle = make_bundle(near, out, key)
+    assert "filters" not in json.loads((bundle / "BUNDLE.json").read_text())
+    apply(bundle, far, key)
+    assert published(far) == published(near)
+    _, out_text, _ = run(capsys, "status", "--directory", str(far))
+    assert "filters:       none (a full mirror)" in out_text

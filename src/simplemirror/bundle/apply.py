@@ -2,31 +2,41 @@
 
 The checks, in this order, none skipped: the signature of BUNDLE.json against the
 pinned public key; its format; whether it was applied already (then nothing is done); its
-chain, sequence and base state digest against the far side's; the manifest's hash; every
+chain, sequence and base state digest against the far side's ledger, and that digest
+against the far side's tree (digest.tree_digest: nothing there behind state.db's back;
+files it lost are asked for once staging shows the bundle does not bring them); the
+manifest's hash; every
 record (paths derived and compared, names as upstream data is checked); every body's size
 and hashes, streamed from its volume into the staging area (tmp/bundle-staging), never
 more bytes than declared; the mass-removal cap; the pages, rendered again from the rows
-and compared; the state digest the result would have, against the bundle's target. Only
+and compared; the state digest the result would have (every path looked for in the
+staging area or web/, at the size state.db will record, unless the base check just found
+web/ to be what state.db says or the bundle is a full one), against the bundle's target. Only
 then is anything published, in the usual order (files, pages, root), state.db recording it
 (with the ledger entry) in the same transaction as every row the bundle brings.
 
 A refusal before publishing leaves web/ and state.db as they were; what was staged stays
-for the next attempt, which takes it up by hash (so does one after a kill). A kill while
-publishing leaves what a killed sync leaves: every page whole, every link resolving; the
-next attempt finishes the job.
+for the next attempt, which takes it up by hash (so does one after a kill). A failure or a
+signal while publishing puts web/ back as it was before state.db's transaction rolls back
+(_Undo; a first import leaves no state.db either). A kill there leaves what a killed sync
+leaves: every page whole, every link resolving; the next attempt finishes the job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
+import json
 import logging
 import os
+import signal
 import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +45,7 @@ from simplemirror.bundle.keys import PublicKey, SignatureError
 from simplemirror.bundle.manifest import (
     BUNDLE_FILE,
     MANIFEST_FILE,
+    SIBLINGS,
     SIGNATURE_FILE,
     Body,
     BundleInfo,
@@ -104,6 +115,32 @@ class _Missing(ImportRefused):
         self.files = files
 
 
+class Interrupted(Exception):
+    """A signal stopped the import before it committed: what it published is put back."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(
+            f"import stopped by {signal.Signals(signum).name}: the mirror is as it was before "
+            "it (what was staged is kept); run the same import again to finish it"
+        )
+        self.signum = signum
+
+
+class Stop:
+    """Asked for from a signal handler; the import stops at its next record or chunk, and
+    never between a step of publishing and the note that puts it back."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 @dataclass
 class Imported:
     info: BundleInfo
@@ -122,6 +159,7 @@ class ImportRequest:
     public_key: PublicKey
     allow_mass_delete: bool = False
     max_removal: float = 0.10
+    stop: Stop = field(default_factory=Stop)
 
 
 def import_bundle(request: ImportRequest) -> Imported:
@@ -203,6 +241,14 @@ class _Import:
         self.reader = Reader([v.size for v in info.volumes])
         self.counts = {"projects": 0, "pages": 0, "files": 0, "bytes": 0, "removed": 0,
                        "gone": 0}
+        self.stop = request.stop
+        self.undo = _Undo(self.web)
+        self._publishing = f"publishing-{info.bundle}"
+        self.tree_checked = info.full
+        """_base_in_tree found web/ to be what state.db says, nothing lost (or the bundle
+        brings everything): the target check need not look every path up again (what the
+        bundle adds, staging checked)."""
+        """In the staging area while this bundle's publishing is under way."""
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -215,6 +261,7 @@ class _Import:
             raise ImportRefused(f"{self.web} holds pages, yet {self.directory} has no state.db: "
                                 "seed an empty directory")
         state = None if first else State(self.state_path)
+        self.undo.fresh = first
         try:
             if state is not None:
                 replayed = self._chained(state)
@@ -228,7 +275,9 @@ class _Import:
             try:
                 generation = self._apply(state)
             except BaseException:
-                if first:
+                # Unless web/ could not be put back whole: then the rows that say what
+                # it holds stay, for the next attempt (as after a kill).
+                if first and self.undo.complete:
                     state.close()
                     state = None
                     for suffix in ("", "-wal", "-shm", "-journal"):
@@ -305,7 +354,56 @@ class _Import:
                 f"(its base digest differs): carry {RECEIPTS}/{sequence}.json back and export "
                 "with --since-receipt"
             )
+        self._base_in_tree(state)
         return None
+
+    def _base_in_tree(self, state: State) -> None:
+        """web/ is what the bundles before made it: nothing there that state.db does not
+        publish, and its digest, worked out from the tree, is the bundle's base. Files it
+        lost are counted as state.db records them: the bundle must bring them (or the
+        receipt asks for them). Not when an attempt at this bundle was killed while
+        publishing (web/ is then between base and target): the digest the result will
+        have decides, as for any attempt."""
+        if store.is_file(self.tmp, f"{STAGING}/{self._publishing}"):
+            log.info("an earlier attempt at bundle %d stopped while publishing: finishing it",
+                     self.info.sequence)
+            return
+        reader = state.reader()
+        last = reader.last_applied()
+        done = reader.applied(last[0]) if last is not None else None
+        since_ns = None
+        if done is not None:
+            # What a kill after the last import's commit left for it to remove.
+            self._after(state, done[1], last_modified=False)
+            finished = reader.run_times(done[1])[1]
+            if finished is not None:
+                # Its files and pages were all in place when it recorded this (to the
+                # second): any modified later was modified behind its back.
+                since_ns = (int(datetime.fromisoformat(finished).timestamp()) + 2) * 10**9
+        try:
+            tree = digest.tree_digest(reader, self.web, since_ns, self.stop.check)
+        except digest.DigestError as exc:
+            raise ImportRefused(f"{exc}; nothing was changed") from None
+        if tree.strangers:
+            raise ImportRefused(
+                f"{self.web} holds {tree.count} path(s) its state.db does not publish, or "
+                f"not as it records them (the first: {tree.strangers[0]}): something changed it "
+                "behind the mirror's back; nothing was changed. Run `mirror verify "
+                f"--directory {self.directory}` there (--delete-orphans removes files "
+                "nothing lists)"
+            )
+        if tree.digest is not None and tree.digest != self.info.base:
+            raise ImportRefused(
+                f"{self.web} is not what the bundles before {self.info.sequence} made it (its "
+                f"digest is {tree.digest[:19]}..., and the bundle's base "
+                f"{str(self.info.base)[:19]}...): something changed it behind the mirror's "
+                f"back; nothing was changed. Run `mirror verify --directory {self.directory}`"
+                " there"
+            )
+        if tree.lost:
+            log.warning("%s lacks %d file(s) its state.db publishes (the first: %s): the "
+                        "bundle must bring them", self.web, tree.lost, tree.first_lost)
+        self.tree_checked = not tree.lost
 
     # -- reading the manifest -------------------------------------------------------------------
 
@@ -322,6 +420,7 @@ class _Import:
         """The manifest's records, from the copy _check_manifest verified and checked."""
         with store.open_file(self.area_web.parent, self.manifest_copy) as f:
             for line in lines(iter(lambda: f.read(_CHUNK), b"")):
+                self.stop.check()
                 yield trusted(line)
 
     def _check_manifest(self) -> None:
@@ -346,6 +445,7 @@ class _Import:
                 try:
                     def chunks() -> Iterator[bytes]:
                         for chunk in iter(lambda: f.read(_CHUNK), b""):
+                            self.stop.check()
                             h.update(chunk)
                             store.write_all(fd, chunk)
                             yield chunk
@@ -490,6 +590,7 @@ class _Import:
             try:
                 left = size
                 while left:
+                    self.stop.check()
                     chunk = source.read(min(_CHUNK, left))
                     if not chunk:
                         break
@@ -521,6 +622,7 @@ class _Import:
                 for part in body.parts:
                     with store.open_file(root, f"parts/{part.sha256}") as f:
                         for chunk in iter(lambda f=f: f.read(_CHUNK), b""):  # type: ignore[misc]
+                            self.stop.check()
                             for h in hashes.values():
                                 h.update(chunk)
                             store.write_all(fd, chunk)
@@ -542,10 +644,21 @@ class _Import:
     def _apply(self, state: State) -> int:
         """Every row in one transaction, the checks that need them, then publishing; a
         refusal rolls it all back."""
+        try:
+            generation = self._apply_rows(state)
+        except BaseException:
+            self.undo.rollback()
+            raise
+        self.undo.forget()
+        return generation
+
+    def _apply_rows(self, state: State) -> int:
         info = self.info
         with state.transaction():
             listed, live = state.listed_count(), state.live_files_count()
             generation = state.begin_run(info.upstream or f"bundle chain {info.chain}")
+            # What `mirror status` shows as in force here: the near side's, which made it.
+            state.set_meta("filters", json.dumps(dict(info.filters)) if info.filters else None)
             removing: set[str] = set()
             gone = 0
             capped = False
@@ -594,8 +707,13 @@ class _Import:
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
             try:
                 result = digest.published_digest(
-                    state.reader(), [self.area_web, self.web], roots
+                    state.reader(), [self.area_web, self.web], roots,
+                    in_tree=not self.tree_checked,
+                    tick=self.stop.check,
                 )
+            except digest.Lost as exc:
+                owners = sorted({_owner(path) for path in exc.paths})
+                raise _Missing([], owners, info, self.source) from None
             except digest.DigestError as exc:
                 raise ImportRefused(f"{exc}; nothing was changed") from None
             if result != info.target:
@@ -696,18 +814,25 @@ class _Import:
         """Files, then pages (project by project), then the root; the bytes flushed before
         state.db commits."""
         installed = 0
+        undo = self.undo
+        undo.begin(self.area_web, self.area_web.parent / "undo",
+                   self.area_web.parent / self._publishing)
         for record in self._records():
             if isinstance(record, FileRecord):
                 for body in record.bodies:
                     rel = record.body_path(body)
                     if store.stat_file(self.area_web, rel) is not None:
+                        undo.file(rel)
                         store.install(str(self.area_web / rel), self.web, rel, new_dir=True)
                         installed += body.size
             elif isinstance(record, ProjectRecord) and record.page is not None:
                 store.make_dir(self.web, layout.project_dir(record.name))
                 for rel in layout.project_pages(record.name):
+                    undo.page(rel)
                     store.install(str(self.area_web / rel), self.web, rel, dir_checked=True)
+        self.stop.check()
         for (name, _), rel in zip(root_staged, layout.ROOT_PAGES, strict=True):
+            undo.page(rel)
             store.install(name, self.web, rel)
         store.flush(self.web)
         self.counts["bytes"] = installed
@@ -759,6 +884,135 @@ class _Import:
         return path
 
 
+class _Undo:
+    """What publishing changed in web/, noted before each change, so that a failure before
+    state.db commits puts it back, last change first (the root, the pages, the files): a
+    file goes back to the staging area (a rerun uses it again), a page it replaced comes
+    back from the hard link kept of it, a page that was not there goes."""
+
+    def __init__(self, web: Path) -> None:
+        self.web = web
+        self.steps: list[tuple[str, str | None]] = []
+        """(path below web/, what to put back: None for a page that was not there, "" for
+        a file to move back to the staging area, else the kept page's name in the undo
+        directory)."""
+        self.complete = True
+        """web/ is as it was before publishing began (nothing began, or all was put back)."""
+        self.fresh = False
+        """web/ held no page when the import began (a first one): putting back is emptying
+        it again, so nothing is noted (a first import's notes would be millions)."""
+
+    def begin(self, staged: Path, keep: Path, marker: Path) -> None:
+        """``marker``: made (durably) before the first change, gone once web/ is as it was
+        again: a kill in between leaves it, for the next attempt to know. One an attempt
+        killed before left stays, whatever happens to this one: putting back what this
+        one did does not put back what that one did."""
+        self.staged, self.keep, self.marker = staged, keep, marker
+        if store.stat_file(keep.parent, keep.name) is not None:
+            store.remove_area(keep.parent, keep.name)
+        store.make_dir(keep.parent, keep.name)
+        self.inherited = marker.exists()
+        if not self.inherited:
+            store.write_durable(marker, b"")
+        self.steps = []
+        self.complete = False
+
+    def file(self, rel: str) -> None:
+        """``rel`` is about to be installed; noted only if web/ has no file there yet (the
+        same path is the same bytes)."""
+        if not self.fresh and not self._there(rel):
+            self.steps.append((rel, ""))
+
+    def page(self, rel: str) -> None:
+        """``rel`` is about to be replaced (or written): a hard link keeps what it was."""
+        if self.fresh:
+            return
+        kept = None
+        if self._there(rel):
+            kept = str(len(self.steps))
+            os.link(self.web / rel, self.keep / kept, follow_symlinks=False)
+        self.steps.append((rel, kept))
+
+    def _empty(self) -> int:
+        """A first import's publishing put back: the root, the pages, then every file (to
+        the staging area); how many could not be."""
+        failed = 0
+        pages = store.walk_files(self.web, layout.SIMPLE)
+        for rel in itertools.chain(layout.ROOT_PAGES, pages, store.walk_files(
+                self.web, layout.PACKAGES)):
+            try:
+                if rel.startswith(f"{layout.PACKAGES}/"):
+                    store.make_dir(self.staged, os.path.dirname(rel))
+                    os.replace(self.web / rel, self.staged / rel)
+                else:
+                    os.unlink(self.web / rel)
+                store.remove_empty_dirs(self.web, os.path.dirname(rel))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed += 1
+                log.warning("could not put %s back as it was: %s", rel, exc)
+        # The directories made for what could not be installed.
+        for top in (layout.SIMPLE, layout.PACKAGES):
+            for path, _, _ in os.walk(self.web / top, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+        store.forget_dirs()
+        return failed
+
+    def _there(self, rel: str) -> bool:
+        # One lstat, for each of hundreds of thousands of files in a first import: the
+        # directories on the way are checked by the install that follows.
+        try:
+            os.lstat(f"{self.web}/{rel}")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def rollback(self) -> None:
+        if self.complete:
+            return
+        failed = self._empty() if self.fresh else 0
+        for rel, kept in reversed(self.steps):
+            try:
+                if kept:
+                    store.install(str(self.keep / kept), self.web, rel)
+                elif store.stat_file(self.web, rel) is not None:
+                    if kept == "":
+                        store.make_dir(self.staged, os.path.dirname(rel))
+                        os.replace(self.web / rel, self.staged / rel)
+                    else:
+                        os.unlink(self.web / rel)
+                store.remove_empty_dirs(self.web, os.path.dirname(rel))
+            except OSError as exc:
+                failed += 1
+                log.warning("could not put %s back as it was: %s", rel, exc)
+        if failed:
+            log.warning("%d change(s) to %s could not be put back: run the same import "
+                        "again to finish it", failed, self.web)
+            return
+        try:
+            store.flush(self.web)
+            if not self.inherited:
+                self.marker.unlink(missing_ok=True)
+        except OSError as exc:  # what failed first is what the import reports
+            log.warning("could not make %s durable once put back: %s", self.web, exc)
+            return
+        self.steps = []
+        self.complete = True
+
+    def forget(self) -> None:
+        """Committed: the kept pages are not needed any more (the next begin removes what
+        this could not)."""
+        self.steps = []
+        self.complete = True
+        try:
+            store.remove_area(self.keep.parent, self.keep.name)
+            self.marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.keep, exc)
+
+
 class _Order:
     """Records come in the order an import relies on: removals, then each project's files
     and the project itself (by name), then the root, so that the cap is known before any
@@ -785,6 +1039,14 @@ class _Order:
     def finish(self) -> None:
         if not self.root:
             raise ManifestError(f"{MANIFEST_FILE}: no root record at its end")
+
+
+def _owner(path: str) -> str:
+    """The file a file beside it (its .metadata, signature, provenance) belongs to."""
+    for suffix in SIBLINGS:
+        if path.endswith(suffix):
+            return path.removesuffix(suffix)
+    return path
 
 
 def _size_of(root: Path, rel: str) -> int | None:

@@ -224,7 +224,7 @@ def _decide(request: ExportRequest, reader: StateReader, chain: str) -> BundleIn
         bundle=secrets.token_hex(16), chain=chain, sequence=sequence, full=full, base=base,
         target=digest.EMPTY, generations=(since, through, next_gen), created=now(),
         upstream=upstream, public_url=request.public_url, counts={},
-        key_id=request.key.public_key().id_text,
+        key_id=request.key.public_key().id_text, filters=reader.filters_in_force(),
     )
 
 
@@ -383,7 +383,7 @@ def _records(
             yield GoneRecord(owner, filename, path)
     pages = (f"{layout.SIMPLE}/", f"/{layout.HTML_INDEX}", f"/{layout.JSON_INDEX}")
     projects = reader.export_projects(since, pages)
-    files = reader.export_files(since)
+    files = reader.export_files(since, missing)
     project = next(projects, None)
     file = next(files, None)
     while project is not None or file is not None:

@@ -617,6 +617,9 @@ class BundleInfo:
     volumes: tuple[Volume, ...] = ()
     key_id: str = ""
     format: int = FORMAT
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    """The [filters] keys in force on the near side (empty: a full mirror), for the far
+    side's `mirror status` to show."""
 
     def to_bytes(self) -> bytes:
         doc = {
@@ -632,6 +635,9 @@ class BundleInfo:
             "volumes": [{"name": v.name, "size": v.size, "sha256": v.sha256}
                         for v in self.volumes],
             "key_id": self.key_id,
+            # Only when there are some: a simplemirror from before the filters travelled
+            # still reads a full mirror's bundles.
+            **({"filters": dict(self.filters)} if self.filters else {}),
         }
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
@@ -695,6 +701,8 @@ class BundleInfo:
             public_url=doc.text("public_url", optional=True), counts=counts,
             manifest_size=manifest_size, manifest_sha256=manifest_sha256,
             volumes=tuple(volumes), key_id=doc.string("key_id"),
+            # Bundles exported before the filters travelled say nothing of them.
+            filters=(doc.mapping("filters", optional=True) or {}) if "filters" in raw else {},
         )
         doc.done()
         return info

@@ -49,6 +49,8 @@ from simplemirror.sync.run import RunSummary, Sync, SyncError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from simplemirror.bundle.apply import Stop
+
 log = logging.getLogger("simplemirror")
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
@@ -792,6 +794,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stop_import_on_signals(stop: Stop) -> None:
+    """SIGTERM or SIGINT: stop at the next record and put back what was published; the
+    same signal again: stop now (the next import finishes the job, as after a kill)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        log.warning("%s received: stopping the import, putting back what it published "
+                    "(again to stop at once)", signal.Signals(signum).name)
+        stop.request(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from simplemirror.bundle import apply, keys
 
@@ -801,12 +818,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     max_removal = values.get("max_removal", config.Config.max_removal)
     if not 0.0 <= max_removal <= 1.0:
         raise config.ConfigError("max-removal must be a share between 0.0 and 1.0, like 0.10")
+    stop = apply.Stop()
+    _stop_import_on_signals(stop)
     try:
         public_key = keys.PublicKey.read(args.public_key)
         done = apply.import_bundle(apply.ImportRequest(
             args.source.absolute(), directory, public_key,
-            allow_mass_delete=args.allow_mass_delete, max_removal=max_removal,
+            allow_mass_delete=args.allow_mass_delete, max_removal=max_removal, stop=stop,
         ))
+    except apply.Interrupted as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except apply.ImportRefused as exc:
         print(f"mirror: {exc}", file=sys.stderr)
         if exc.receipt is not None:
@@ -816,6 +838,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"mirror: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
     info = done.info
+    if stop.signum is not None:
+        log.warning("the signal came once the import had committed: it was finished instead")
     with _printing():
         if done.replayed:
             print(f"bundle {info.sequence} was applied to {directory} already: nothing to do")

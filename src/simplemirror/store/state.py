@@ -1523,15 +1523,19 @@ class StateReader:
             yield (name, display, serial, page_serial, Status(status), error,
                    json.loads(data) if data else {}, bool(written))
 
-    def export_files(self, since: int) -> Iterator[tuple[HeldFile, bool]]:
-        """Live files whose row changed in generation ``since`` or later, by project and
-        id, each with whether its bytes must travel: no row that was live before
-        ``since`` and is live still holds its path (the far side has them otherwise)."""
+    def export_files(
+        self, since: int, also: Collection[str] = ()
+    ) -> Iterator[tuple[HeldFile, bool]]:
+        """Live files whose row changed in generation ``since`` or later, and those at the
+        paths ``also`` (the far side lost them), by project and id, each with whether its
+        bytes must travel: no row that was live before ``since`` and is live still holds
+        its path (the far side has them otherwise)."""
         rows = self.conn.execute(
             f"SELECT project, {_HELD_COLUMNS}, NOT EXISTS (SELECT 1 FROM files AS o"
             " WHERE o.path = f.path AND o.removed_gen IS NULL AND o.appeared_gen < ?)"
-            f" FROM files AS f WHERE {_LIVE} AND updated_gen >= ? ORDER BY project, id",
-            [since, since],
+            f" FROM files AS f WHERE {_LIVE} AND (updated_gen >= ?"
+            " OR path IN (SELECT value FROM json_each(?))) ORDER BY project, id",
+            [since, since, json.dumps(sorted(also))],
         )
         for project, *row, needed in rows:
             yield _held_file(project, tuple(row)), bool(needed)

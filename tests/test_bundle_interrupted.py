@@ -306,3 +306,48 @@ def test_a_failure_after_a_kill_while_publishing_leaves_it_finishable(
     apply(bundles.delta, far, bundles.key, allow_mass_delete=True)
     assert published(far) == published(bundles.near)
     assert_mirror_invariants(far)
+
+
+def test_a_first_import_put_back_never_walks_a_symlinked_packages_directory(
+    bundles: Bundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """web/packages made a symlink to a bigger disk while the import publishes: the
+    install refuses it (the tree holds no symlink), and putting back removes no
+    directory over there."""
+    far, elsewhere = tmp_path / "far", tmp_path / "bigger-disk"
+    (elsewhere / "empty" / "dirs").mkdir(parents=True)
+
+    def swap() -> None:
+        packages = far / "web" / "packages"
+        if packages.is_dir():
+            shutil.rmtree(packages)
+        packages.parent.mkdir(parents=True, exist_ok=True)
+        packages.symlink_to(elsewhere)
+
+    with monkeypatch.context() as m:
+        m.setattr(tree, "install", nth_install(far / "web", 1, "file", swap))
+        message = refused(bundles.full, far, bundles.key)
+    assert "symlink" in message
+    assert (elsewhere / "empty" / "dirs").is_dir()
+    assert not (far / "state.db").exists()
+
+
+def test_a_delta_put_back_where_the_file_system_has_no_hard_links(
+    bundles: Bundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages a delta replaces are kept as copies where os.link fails (vfat, exFAT)."""
+    import os
+
+    far = tmp_path / "far"
+    apply(bundles.full, far, bundles.key)
+    before = far_state(far)
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "link", no_links)
+        m.setattr(tree, "install", nth_install(far / "web", 2, "root", disk_full))
+        message = refused(bundles.delta, far, bundles.key, allow_mass_delete=True)
+    assert "free some space" in message
+    assert far_state(far) == before

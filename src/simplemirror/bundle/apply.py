@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -244,11 +245,11 @@ class _Import:
         self.stop = request.stop
         self.undo = _Undo(self.web)
         self._publishing = f"publishing-{info.bundle}"
+        """In the staging area while this bundle's publishing is under way."""
         self.tree_checked = info.full
         """_base_in_tree found web/ to be what state.db says, nothing lost (or the bundle
         brings everything): the target check need not look every path up again (what the
         bundle adds, staging checked)."""
-        """In the staging area while this bundle's publishing is under way."""
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -261,7 +262,9 @@ class _Import:
             raise ImportRefused(f"{self.web} holds pages, yet {self.directory} has no state.db: "
                                 "seed an empty directory")
         state = None if first else State(self.state_path)
-        self.undo.fresh = first
+        # No bundle applied yet (perhaps a first import was killed): web/ holds nothing
+        # state.db publishes, so putting back is emptying it, with nothing noted.
+        self.undo.fresh = first or state is None or state.reader().last_applied() is None
         try:
             if state is not None:
                 replayed = self._chained(state)
@@ -364,8 +367,9 @@ class _Import:
         receipt asks for them). Not when an attempt at this bundle was killed while
         publishing (web/ is then between base and target): the digest the result will
         have decides, as for any attempt."""
-        if store.is_file(self.tmp, f"{STAGING}/{self._publishing}"):
-            log.info("an earlier attempt at bundle %d stopped while publishing: finishing it",
+        if self._publishing_cut_off():
+            # Perhaps of another bundle for the same step (one --since-receipt made).
+            log.info("an earlier import stopped while publishing: bundle %d finishes it",
                      self.info.sequence)
             return
         reader = state.reader()
@@ -406,6 +410,14 @@ class _Import:
         self.tree_checked = not tree.lost
 
     # -- reading the manifest -------------------------------------------------------------------
+
+    def _publishing_cut_off(self) -> bool:
+        """A kill cut an import's publishing short (its marker is in the staging area)."""
+        try:
+            names = os.listdir(self.tmp / STAGING)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return any(name.startswith("publishing-") for name in names)
 
     def _open_area(self) -> None:
         """The staging area in tmp/, kept from an earlier attempt if there was one."""
@@ -646,11 +658,30 @@ class _Import:
         refusal rolls it all back."""
         try:
             generation = self._apply_rows(state)
-        except BaseException:
+        except BaseException as exc:
+            if self._committed(state):
+                # A second signal came just after the commit: web/ is what state.db says.
+                self.undo.forget()
+                raise
             self.undo.rollback()
-            raise
+            if self.undo.complete or not isinstance(exc, Exception):
+                raise
+            # Not "nothing was changed", as the first failure would have said.
+            what = (str(exc).splitlines() or [type(exc).__name__])[0]
+            what = what.replace("; nothing was changed", "")
+            left = f"{self.web} was left part-way; run the same import again to finish it"
+            if isinstance(exc, Interrupted):
+                exc.args = (f"import stopped by {signal.Signals(exc.signum).name}: {left}",)
+                raise
+            raise ImportRefused(f"{what}; {left}") from exc
         self.undo.forget()
         return generation
+
+    def _committed(self, state: State) -> bool:
+        try:
+            return state.reader().applied(self.info.bundle) is not None
+        except sqlite3.Error:
+            return False
 
     def _apply_rows(self, state: State) -> int:
         info = self.info
@@ -930,7 +961,10 @@ class _Undo:
         kept = None
         if self._there(rel):
             kept = str(len(self.steps))
-            os.link(self.web / rel, self.keep / kept, follow_symlinks=False)
+            try:
+                os.link(self.web / rel, self.keep / kept, follow_symlinks=False)
+            except OSError:  # a file system without hard links (vfat, exFAT, some FUSE)
+                shutil.copy2(self.web / rel, self.keep / kept, follow_symlinks=False)
         self.steps.append((rel, kept))
 
     def _empty(self) -> int:
@@ -954,6 +988,8 @@ class _Undo:
                 log.warning("could not put %s back as it was: %s", rel, exc)
         # The directories made for what could not be installed.
         for top in (layout.SIMPLE, layout.PACKAGES):
+            if os.path.islink(self.web / top):
+                continue  # os.walk would follow it: its directories are not the mirror's
             for path, _, _ in os.walk(self.web / top, topdown=False):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)

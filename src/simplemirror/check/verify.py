@@ -45,7 +45,6 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urldefrag, urlsplit
@@ -60,7 +59,7 @@ from simplemirror.report.terminal import bar
 from simplemirror.report.units import clock, human_bytes
 from simplemirror.simple.model import Status
 from simplemirror.store import layout
-from simplemirror.store import tree as store
+from simplemirror.store.backend import Storage, open_storage
 from simplemirror.store.state import State, StateError, StateReader, connect_reader
 from simplemirror.sync import download, reap
 from simplemirror.sync.publish import Ending, Publisher, publish
@@ -246,7 +245,7 @@ class RichVerifyProgress(VerifyProgress):
 
 
 def check_bytes(
-    web: Path, rel: str, size: int | None, sha256: str | None
+    storage: Storage, rel: str, size: int | None, sha256: str | None
 ) -> tuple[str, str] | None:
     """(kind, detail) when ``rel`` is not a file of ``size`` bytes with ``sha256``, else None.
 
@@ -254,8 +253,9 @@ def check_bytes(
     """
     digest = hashlib.sha256()
     try:
-        with store.open_file(web, rel, buffering=0) as fh:
-            found = os.fstat(fh.fileno()).st_size
+        with storage.open_file(rel) as fh:
+            found = fh.seek(0, os.SEEK_END)
+            fh.seek(0)
             if size is not None and found != size:
                 return "corrupt", f"{found} bytes on disk, {size} expected"
             buffer = bytearray(CHUNK)
@@ -278,7 +278,7 @@ class _Checked:
     metadata_checked: bool
 
 
-def _check_row(web: Path, row: FileRow) -> _Checked:
+def _check_row(web: Storage, row: FileRow) -> _Checked:
     """Worker: the file and its .metadata against what state.db recorded."""
     problems = []
     found = check_bytes(web, row.path, row.size, row.sha256)
@@ -348,7 +348,7 @@ class Verifier:
         self.config = config
         self._state = state
         self.db = db
-        self.web = config.web
+        self.web = open_storage(config.web, config.storage)
         self.progress = progress
         self.result = VerifyResult()
         # Paths found missing or corrupt: a page link to one of them is covered by that
@@ -433,7 +433,7 @@ class Verifier:
     def _find_orphans(self) -> list[str]:
         self.progress.phase("orphans: looking for files state.db does not hold")
         found = []
-        for rel in store.walk_files(self.web, layout.PACKAGES):
+        for rel, _ in self.web.walk_files(layout.PACKAGES):
             if self._is_orphan(rel):
                 found.append(rel)
         return found
@@ -453,9 +453,7 @@ class Verifier:
         self.progress.phase("pages: checking every link on every page")
         if root:
             self._check_root()
-        names = sorted(projects) if projects is not None else store.list_dirs(
-            self.web, layout.SIMPLE
-        )
+        names = sorted(projects) if projects is not None else self.web.list_dirs(layout.SIMPLE)
         for name in names:
             if projects is None and not self.db.is_published(name):
                 # Its links are not checked: what only it links is an orphan too.
@@ -469,7 +467,7 @@ class Verifier:
             if projects is not None and name not in projects:
                 continue
             for page in layout.project_pages(name):
-                if not store.is_file(self.web, page):
+                if not self.web.is_file(page):
                     self._broken(page, name, "missing: state.db records the project as published")
 
     def _broken(self, page: str, project: str | None, detail: str) -> None:
@@ -478,7 +476,7 @@ class Verifier:
 
     def _read_page(self, page: str, project: str | None) -> str | None:
         try:
-            with store.open_file(self.web, page) as fh:
+            with self.web.open_file(page) as fh:
                 text = fh.read().decode("utf-8")
         except FileNotFoundError:
             return None
@@ -516,8 +514,8 @@ class Verifier:
             for anchor in self._html_anchors(html_page, None, text):
                 href = str(anchor.get("href") or "")
                 target = resolve_link(layout.SIMPLE, href)
-                if target is None or not store.is_file(
-                    self.web, f"{target}/{layout.HTML_INDEX}"
+                if target is None or not self.web.is_file(
+                    f"{target}/{layout.HTML_INDEX}"
                 ):
                     self._broken(html_page, None, f"link {href!r}: no such project page")
         text = self._read_page(json_page, None)
@@ -536,7 +534,7 @@ class Verifier:
                 self._broken(json_page, None, f"project entry without a name: {entry!r}")
                 continue
             page = layout.project_pages(canonicalize_name(name))[1]
-            if not store.is_file(self.web, page):
+            if not self.web.is_file(page):
                 self._broken(json_page, None, f"lists {name!r}, but {page} is missing")
 
     def _check_project(self, name: str) -> None:
@@ -823,7 +821,7 @@ class Verifier:
             result.orphan_pages_deleted += 1
         for rel in result.orphans:
             try:
-                store.remove(self.web, rel, stop=layout.PACKAGES)
+                self.web.remove(rel, stop=layout.PACKAGES)
             except OSError as exc:
                 result.orphan_errors.append((rel, str(exc)))
                 continue

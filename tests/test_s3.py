@@ -446,3 +446,71 @@ def summary_of(directory: Path) -> list[Any]:
 
     with sqlite3.connect(directory / "state.db") as conn:
         return conn.execute("SELECT outcome FROM runs").fetchall()
+
+
+# -- mirror verify on a bucket ----------------------------------------------------------------
+
+
+def test_verify_checks_a_bucket_finds_what_is_wrong_and_repairs_it(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from simplemirror.check import verify
+
+    store = settings(weed, bucket)
+    assert sync(upstream, tmp_path / "m", store).outcome == "ok"
+    values = {"upstream": upstream.url, "directory": str(tmp_path / "m"), "retry_wait": 0.0}
+    cfg = config.build(store, values)
+    read: list[str] = []
+    real = s3.S3Storage.read_range
+    monkeypatch.setattr(s3.S3Storage, "read_range",
+                        lambda self, key, *a: read.append(key) or real(self, key, *a))
+    result = verify.verify(cfg)
+    # Files are checked by HEAD (size, the store's SHA-256); only pages are read.
+    assert read and not any("/packages/" in key for key in read)
+    monkeypatch.setattr(s3.S3Storage, "read_range", real)
+    assert result.sound and result.files_checked == sum(len(p.files) for p in
+                                                        world.projects.values())
+    client = weed.client()
+    gone = world.project("tiny").files[0].path.lstrip("/")
+    client.delete_object(Bucket=bucket, Key=f"{PREFIX}/{gone}")
+    # Replaced by other means: the same size, other bytes, the old sha256 in its metadata
+    # but no SHA-256 of the store's own, so its bytes are read and found out.
+    rotten = world.project("foo-bar-baz").files[0]
+    body = client.get_object(Bucket=bucket, Key=f"{PREFIX}/{rotten.path.lstrip('/')}")[
+        "Body"].read()
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}/{rotten.path.lstrip('/')}",
+                      Body=bytes(b ^ 1 for b in body),
+                      Metadata={"sha256": hashlib.sha256(body).hexdigest()})
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}/packages/00/00/stray/stray-1.0.tar.gz",
+                      Body=b"nobody links me")
+
+    result = verify.verify(cfg)
+    assert [p.path for p in result.missing] == [gone]
+    assert [p.path for p in result.corrupt] == [rotten.path.lstrip("/")]
+    assert result.orphans == ["packages/00/00/stray/stray-1.0.tar.gz"]
+    assert not result.sound
+    deep = verify.verify(cfg, deep=True)
+    assert [p.path for p in deep.missing] == [gone]
+    assert [p.path for p in deep.corrupt] == [rotten.path.lstrip("/")]
+
+    repaired = verify.verify(cfg, repair=True, delete_orphans=True, deep=True)
+    assert repaired.sound and repaired.orphans_deleted == 1
+    again = verify.verify(cfg, deep=True)
+    assert again.sound, (again.missing, again.corrupt, again.broken, again.orphans)
+    keys = weed.keys(bucket, f"{PREFIX}/")
+    assert gone in keys and "packages/00/00/stray/stray-1.0.tar.gz" not in keys
+    head = weed.head(bucket, f"{PREFIX}/{rotten.path.lstrip('/')}")
+    assert head["ChecksumSHA256"] == s3._b64(rotten.sha256)
+
+
+def test_verify_of_a_missing_bucket_is_one_clear_error(
+    upstream: Upstream, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+) -> None:
+    from simplemirror.check import verify
+
+    assert sync(upstream, tmp_path / "m", settings(weed, bucket)).outcome == "ok"
+    cfg = config.build(settings(weed, "absent-bucket"),
+                       {"upstream": upstream.url, "directory": str(tmp_path / "m")})
+    with pytest.raises(verify.VerifyError, match="bucket 'absent-bucket' does not exist"):
+        verify.verify(cfg)

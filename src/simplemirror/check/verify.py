@@ -59,7 +59,7 @@ from simplemirror.report.terminal import bar
 from simplemirror.report.units import clock, human_bytes
 from simplemirror.simple.model import Status
 from simplemirror.store import layout
-from simplemirror.store.backend import Storage, open_storage
+from simplemirror.store.backend import Storage, StorageError, open_storage
 from simplemirror.store.state import State, StateError, StateReader, connect_reader
 from simplemirror.sync import download, reap
 from simplemirror.sync.publish import Ending, Publisher, publish
@@ -271,6 +271,30 @@ def check_bytes(
     return None
 
 
+def check_object(
+    storage: Storage, rel: str, size: int | None, sha256: str | None, *, deep: bool
+) -> tuple[str, str] | None:
+    """check_bytes, or in a bucket (unless ``deep``) the size and the sha256 the object
+    carries, from one HEAD: the store verified that sha256 when the object went up. An
+    object that carries none (put there by other means) is read and hashed."""
+    if deep or not storage.remote:
+        return check_bytes(storage, rel, size, sha256)
+    try:
+        held = storage.stat(rel)
+    except OSError as exc:
+        return "corrupt", f"cannot be read ({exc})"
+    if held is None:
+        return "missing", "not in the bucket"
+    found_size, found_sha256 = held
+    if size is not None and found_size != size:
+        return "corrupt", f"{found_size} bytes in the bucket, {size} expected"
+    if found_sha256 is None:
+        return check_bytes(storage, rel, size, sha256)
+    if sha256 is not None and found_sha256 != sha256:
+        return "corrupt", f"sha256 is {found_sha256}, {sha256} expected"
+    return None
+
+
 @dataclass(frozen=True)
 class _Checked:
     row: FileRow
@@ -278,15 +302,15 @@ class _Checked:
     metadata_checked: bool
 
 
-def _check_row(web: Storage, row: FileRow) -> _Checked:
+def _check_row(web: Storage, row: FileRow, deep: bool = False) -> _Checked:
     """Worker: the file and its .metadata against what state.db recorded."""
     problems = []
-    found = check_bytes(web, row.path, row.size, row.sha256)
+    found = check_object(web, row.path, row.size, row.sha256, deep=deep)
     if found is not None:
         problems.append(FileProblem(row, found[0], False, found[1]))
     if row.metadata_hashes is not None:
         meta = layout.metadata_path(row.path)
-        found = check_bytes(web, meta, None, row.metadata_hashes.get("sha256"))
+        found = check_object(web, meta, None, row.metadata_hashes.get("sha256"), deep=deep)
         if found is not None:
             problems.append(FileProblem(row, found[0], True, found[1]))
     return _Checked(row, tuple(problems), row.metadata_hashes is not None)
@@ -343,12 +367,14 @@ class Verifier:
 
     def __init__(
         self, config: Config, db: StateReader, progress: VerifyProgress,
-        state: State | None = None,
+        state: State | None = None, *, deep: bool = False,
     ) -> None:
         self.config = config
         self._state = state
         self.db = db
         self.web = open_storage(config.web, config.storage)
+        self.deep = deep
+        """Read and hash every object of a bucket, not only its size and stored sha256."""
         self.progress = progress
         self.result = VerifyResult()
         # Paths found missing or corrupt: a page link to one of them is covered by that
@@ -394,7 +420,7 @@ class Verifier:
         try:
             while rows := cursor.fetchmany(BATCH):
                 for raw in rows:
-                    window.append(pool.submit(_check_row, self.web, _row(raw)))
+                    window.append(pool.submit(_check_row, self.web, _row(raw), self.deep))
                     while len(window) >= limit:
                         self._checked(window.popleft().result())
             while window:
@@ -834,6 +860,7 @@ def verify(
     repair: bool = False,
     delete_orphans: bool = False,
     progress: VerifyProgress | None = None,
+    deep: bool = False,
 ) -> VerifyResult:
     """Check (and optionally repair) the mirror in ``config.directory``.
 
@@ -845,6 +872,10 @@ def verify(
             f"no state.db in {config.directory}: there is no mirror to verify there. "
             "Check --directory (or the config's directory), or run `mirror sync` first"
         )
+    try:
+        open_storage(config.web, config.storage).check()
+    except StorageError as exc:
+        raise VerifyError(str(exc)) from None
     writes = repair or delete_orphans
     command = " ".join(["mirror verify", *(["--repair"] if repair else []),
                         *(["--delete-orphans"] if delete_orphans else [])])
@@ -859,7 +890,7 @@ def verify(
         except (sqlite3.Error, StateError) as exc:
             raise VerifyError(f"cannot use {config.state_path}: {exc}") from exc
         try:
-            return Verifier(config, db, progress or VerifyProgress(), state).run(
+            return Verifier(config, db, progress or VerifyProgress(), state, deep=deep).run(
                 repair=repair, delete_orphans=delete_orphans
             )
         finally:

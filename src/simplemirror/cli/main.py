@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-orphans", action="store_true",
         help="delete files under web/packages that neither state.db nor any page references",
     )
+    verify_cmd.add_argument(
+        "--deep", action="store_true",
+        help="with storage in a bucket: read and hash every object (without it, each "
+        "object's size and the sha256 the store verified on upload are checked)",
+    )
     verify_cmd.add_argument("--no-progress", action="store_true",
                             help="plain log lines, no bars")
     status_cmd = commands.add_parser(
@@ -630,7 +635,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         with progress:
             result = verify.verify(
-                cfg, repair=args.repair, delete_orphans=args.delete_orphans, progress=progress
+                cfg, repair=args.repair, delete_orphans=args.delete_orphans, progress=progress,
+                deep=args.deep,
             )
     except verify.VerifyError as exc:
         print(f"mirror: {exc}", file=sys.stderr)

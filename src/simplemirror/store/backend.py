@@ -113,6 +113,10 @@ class Storage(Protocol):
     def size_of(self, rel: str) -> int | None:
         """The size of the file at ``rel``; None when there is none."""
 
+    def stat(self, rel: str) -> tuple[int, str | None] | None:
+        """(size, sha256) of the file at ``rel`` without reading it: the sha256 it carries
+        (None where it carries none: on disk, always); None when there is no file."""
+
     def is_file(self, rel: str) -> bool: ...
 
     def open_file(self, rel: str) -> io.BufferedReader | io.FileIO:
@@ -176,6 +180,10 @@ class Local:
     def size_of(self, rel: str) -> int | None:
         found = tree.stat_file(self.web, rel)
         return found.st_size if found is not None else None
+
+    def stat(self, rel: str) -> tuple[int, str | None] | None:
+        size = self.size_of(rel)
+        return None if size is None else (size, None)
 
     def is_file(self, rel: str) -> bool:
         return tree.is_file(self.web, rel)

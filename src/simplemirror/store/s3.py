@@ -171,7 +171,7 @@ class S3Storage:
     def _head(self, rel: str) -> dict[str, Any] | None:
         try:
             found: dict[str, Any] = dict(self.client.head_object(
-                Bucket=self.bucket, Key=self.key(rel)
+                Bucket=self.bucket, Key=self.key(rel), ChecksumMode="ENABLED"
             ))
         except botocore.exceptions.ClientError as exc:
             if _status(exc) == 404 or _code(exc) in {"404", "NoSuchKey", "NotFound"}:
@@ -183,15 +183,18 @@ class S3Storage:
 
     @staticmethod
     def _sha256_in(head: dict[str, Any]) -> str | None:
-        """The sha256 an object carries: ours (metadata), or the store's own for an
-        object in one part (seeded by other means)."""
-        ours = head.get("Metadata", {}).get("sha256")
-        if ours:
-            return str(ours)
+        """The sha256 of an object that the store vouches for: its own SHA-256 of an
+        object in one part, or, for one in parts (whose checksum is of its parts', each
+        verified on upload), the sha256 in its metadata. None for an object without a
+        SHA-256 of the store's (put there by other means): metadata alone proves
+        nothing, and such an object is read (verify) or sent again (install)."""
         theirs = head.get("ChecksumSHA256")
-        if theirs and "-" not in theirs:  # "...-N": a multipart object's composite
+        if not theirs:
+            return None
+        if "-" not in theirs:  # "...-N": a multipart object's composite
             return base64.b64decode(theirs).hex()
-        return None
+        ours = head.get("Metadata", {}).get("sha256")
+        return str(ours) if ours else None
 
     def _extra(self, rel: str, sha256: str) -> dict[str, Any]:
         return {
@@ -280,6 +283,10 @@ class S3Storage:
     def size_of(self, rel: str) -> int | None:
         held = self._head(rel)
         return None if held is None else int(held["ContentLength"])
+
+    def stat(self, rel: str) -> tuple[int, str | None] | None:
+        held = self._head(rel)
+        return None if held is None else (int(held["ContentLength"]), self._sha256_in(held))
 
     def is_file(self, rel: str) -> bool:
         return self._head(rel) is not None

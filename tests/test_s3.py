@@ -27,6 +27,7 @@ from simplemirror.serve import rules
 from simplemirror.store import backend, s3
 from simplemirror.sync.run import RunSummary, Sync, SyncError
 from tests.support import seaweed
+from tests.support.serving import NginxSite
 from tests.support.tree import assert_consistent, html_links
 from tests.support.upstream import Upstream, World
 
@@ -514,3 +515,146 @@ def test_verify_of_a_missing_bucket_is_one_clear_error(
                        {"upstream": upstream.url, "directory": str(tmp_path / "m")})
     with pytest.raises(verify.VerifyError, match="bucket 'absent-bucket' does not exist"):
         verify.verify(cfg)
+
+
+# -- mirror serve --storage ---------------------------------------------------------------------
+
+
+def test_serve_answers_from_a_bucket_as_from_disk(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+) -> None:
+    from simplemirror.serve.server import make_server
+    from tests.test_serve import Running
+
+    sync(upstream, tmp_path / "local")
+    sync(upstream, tmp_path / "m", settings(weed, bucket))
+    disk = Running(make_server(tmp_path / "local" / "web", "127.0.0.1", 0))
+    remote = Running(make_server(tmp_path / "nowhere", "127.0.0.1", 0,
+                                 remote=_storage(weed, bucket)))
+    wheel = next(f for f in world.project("tiny").files if f.filename.endswith(".whl"))
+    asked = [
+        ("/simple/", {}), ("/simple/", {"Accept": rules.JSON_V1}),
+        ("/simple/tiny/", {"Accept": "application/vnd.pypi.simple.latest+json"}),
+        ("/simple/tiny/", {"Accept": rules.HTML_V1}), ("/simple/tiny/", {}),
+        ("/simple/tiny/", {"Accept": "text/plain"}), ("/simple/Tiny/", {}), ("/simple/tiny", {}),
+        ("/simple/tiny/?format=application/vnd.pypi.simple.v1%2Bjson", {}),
+        ("/simple/absent/", {}), (wheel.path, {}), (wheel.path + ".metadata", {}),
+        (wheel.path, {"Range": "bytes=2-9"}), (wheel.path, {"Range": "bytes=999999-"}),
+        ("/last-modified", {}), ("/packages/", {}), ("/../state.db", {}),
+    ]
+    try:
+        for path, headers in asked:
+            for method in ("GET", "HEAD"):
+                a = disk.request(path, headers, method)
+                b = remote.request(path, headers, method)
+                assert a[0] == b[0], (method, path, headers)
+                if path != "/last-modified":  # the time of each run
+                    assert a[2] == b[2], (method, path, headers)
+                for name in ("Content-Type", "Vary", "Location", "Content-Range",
+                             "Cache-Control", "Content-Length"):
+                    assert a[1].get(name) == b[1].get(name), (method, path, name)
+        # Validators are the object's own; a client's copy is confirmed (304).
+        status, got, _ = remote.request(wheel.path)
+        assert status == 200 and got["ETag"]
+        assert remote.request(wheel.path, {"If-None-Match": got["ETag"]})[0] == 304
+        page = remote.request("/simple/tiny/", {"Accept": rules.JSON_V1})[1]["ETag"]
+        assert remote.request("/simple/tiny/", {"Accept": rules.JSON_V1,
+                                                "If-None-Match": page})[0] == 304
+    finally:
+        disk.stop()
+        remote.stop()
+
+
+def test_serve_of_an_empty_or_missing_bucket_says_so(weed: seaweed.Seaweed, bucket: str,
+                                                     tmp_path: Path) -> None:
+    from simplemirror.serve.server import ServeError, make_server
+
+    with pytest.raises(ServeError, match=r"holds no simple/index\.html"):
+        make_server(tmp_path, "127.0.0.1", 0, remote=_storage(weed, bucket))
+    with pytest.raises(ServeError, match="bucket 'absent-bucket' does not exist"):
+        make_server(tmp_path, "127.0.0.1", 0, remote=_storage(weed, "absent-bucket"))
+
+
+SHIPPED_S3_CONF = Path(__file__).resolve().parents[1] / "systemd" / "nginx-simplemirror-s3.conf"
+
+
+class NginxS3Site(NginxSite):
+    """The shipped S3 configuration, pointed at the test's SeaweedFS."""
+
+    def __init__(self, endpoint_port: int, root: str, work: Path) -> None:
+        super().__init__(Path("/nonexistent"), work)
+        self.endpoint_port, self.root = endpoint_port, root
+
+    def site_text(self) -> str:
+        text = SHIPPED_S3_CONF.read_text()
+        for old, new in [
+            ("server s3.example.org:443;", f"server 127.0.0.1:{self.endpoint_port};"),
+            ("proxy_set_header Host s3.example.org;",
+             f"proxy_set_header Host 127.0.0.1:{self.endpoint_port};"),
+            ("set $simplemirror_s3_root /mirror-bucket/pypi;",
+             f"set $simplemirror_s3_root {self.root};"),
+            ("listen 80;", f"listen 127.0.0.1:{self.port};"),
+        ]:
+            assert text.count(old) == 1, old
+            text = text.replace(old, new)
+        return text
+
+
+def test_the_shipped_s3_nginx_config_shares_the_disk_one_s_negotiation() -> None:
+    from tests.support.serving import SHIPPED_NGINX_CONF
+
+    def maps(text: str) -> str:
+        return text[text.index("# How the client rates"):text.index("\nserver {")].split(
+            "upstream simplemirror_s3")[0].rstrip()
+
+    assert maps(SHIPPED_S3_CONF.read_text()) == maps(SHIPPED_NGINX_CONF.read_text())
+
+
+def test_nginx_fronting_the_bucket_answers_as_mirror_serve(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+) -> None:
+    from simplemirror.serve.server import make_server
+    from tests.test_serve import Running
+
+    sync(upstream, tmp_path / "m", settings(weed, bucket))
+    served = Running(make_server(tmp_path / "nowhere", "127.0.0.1", 0,
+                                 remote=_storage(weed, bucket)))
+    wheel = next(f for f in world.project("tiny").files if f.filename.endswith(".whl"))
+    asked = [
+        ("/simple/", {}), ("/simple/", {"Accept": rules.JSON_V1}),
+        ("/simple/tiny/", {"Accept": "application/vnd.pypi.simple.latest+json"}),
+        ("/simple/tiny/", {"Accept": rules.HTML_V1}), ("/simple/tiny/", {}),
+        ("/simple/tiny/", {"Accept": "text/plain"}), ("/simple/tiny", {}),
+        ("/simple/tiny/?format=application/vnd.pypi.simple.v1%2Bjson", {}),
+        ("/simple/absent/", {}), (wheel.path, {}), (wheel.path + ".metadata", {}),
+        (wheel.path, {"Range": "bytes=2-9"}), ("/packages/aa/absent.whl", {}),
+        ("/simple/tiny/index.v1_json", {}),
+    ]
+    try:
+        with NginxS3Site(weed.port, f"/{bucket}/{PREFIX}", tmp_path / "nginx") as site:
+            for path, headers in asked:
+                conn = HTTPConnection("127.0.0.1", site.port, timeout=10)
+                conn.request("GET", path, headers=headers)
+                answer = conn.getresponse()
+                body = answer.read()
+                conn.close()
+                status, theirs, expected = served.request(path, headers)
+                assert answer.status == status, (path, headers, body[:200])
+                if status == 200 or status == 206:
+                    assert body == expected, path
+                    for name in ("Content-Type", "Cache-Control", "Content-Range"):
+                        assert answer.getheader(name) == theirs.get(name), (path, name)
+                if path.split("?")[0].endswith("/") and status == 200:  # negotiated
+                    assert answer.getheader("Vary") == "Accept", path
+                assert not any(k.lower().startswith("x-amz") for k, _ in answer.getheaders())
+            # The object's ETag, confirmed by the store (304).
+            conn = HTTPConnection("127.0.0.1", site.port, timeout=10)
+            conn.request("GET", wheel.path)
+            etag = conn.getresponse().getheader("ETag")
+            conn.close()
+            conn = HTTPConnection("127.0.0.1", site.port, timeout=10)
+            conn.request("GET", wheel.path, headers={"If-None-Match": str(etag)})
+            assert etag and conn.getresponse().status == 304
+            conn.close()
+    finally:
+        served.stop()

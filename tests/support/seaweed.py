@@ -78,6 +78,10 @@ class Seaweed:
             "name": "mirror",
             "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }, {
+            # Objects readable without signing, as a public-read bucket policy makes them
+            # (systemd/nginx-simplemirror-s3.conf reads them so); listing is not.
+            "name": "anonymous", "actions": ["Read"],
         }]}
         (self.root / "s3.json").write_text(json.dumps(identities))
         ports = _free_ports(8)

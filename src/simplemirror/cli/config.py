@@ -288,7 +288,8 @@ def _storage_table(path: Path, table: object) -> dict[str, Any]:
     return values
 
 
-def _storage(url: object, table: Mapping[str, Any], retries: int) -> backend.Settings | None:
+def storage_settings(url: object, table: Mapping[str, Any], retries: int = 3
+                     ) -> backend.Settings | None:
     """``storage`` and its ``[storage]`` table as Settings (None: web/ on local disk)."""
     if url is None:
         if table:
@@ -385,7 +386,7 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
                                "metrics_file"}
         },
     )
-    storage = _storage(storage_url, storage_table, config.retries)
+    storage = storage_settings(storage_url, storage_table, config.retries)
     if storage is not None:
         config = dataclasses.replace(config, storage=storage)
     if not 0.0 <= config.max_removal <= 1.0:

@@ -200,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, default=8080,
                            help="port to listen on (default 8080; 0 picks a free one)")
     serve_cmd.add_argument(
+        "--storage", metavar="s3://BUCKET/PREFIX",
+        help="serve this bucket instead of <directory>/web (the config's [storage] table "
+        "gives its endpoint-url and region; AWS_ENDPOINT_URL does too)",
+    )
+    serve_cmd.add_argument(
         "--max-connections", type=_positive, default=serve.MAX_CONNECTIONS, metavar="N",
         help=f"connections served at once, a thread each (default {serve.MAX_CONNECTIONS}); "
         "more wait until one ends",
@@ -691,12 +696,22 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     values = config.read_file(args.config) if args.config is not None else {}
-    directory = _mirror_directory(args, values)
+    settings = config.storage_settings(
+        args.storage or values.get("storage"), values.get("storage_table", {})
+    )
+    # A bucket needs no mirror directory: nothing local is read.
+    directory = _mirror_directory(args, values) if settings is None else Path(".")
     if not 0 <= args.port <= 65535:
         raise config.ConfigError(f"--port must be between 0 and 65535, not {args.port}")
     _setup_logging(args, None)  # plain access-log lines, also on a terminal
     try:
-        server = serve.make_server(directory / "web", args.host, args.port, args.max_connections)
+        remote = None
+        if settings is not None:
+            from simplemirror.store import s3
+
+            remote = s3.S3Storage(settings)
+        server = serve.make_server(directory / "web", args.host, args.port, args.max_connections,
+                                   remote)
         serve.serve_until_stopped(server)
     except serve.ServeError as exc:
         print(f"mirror: {exc}", file=sys.stderr)

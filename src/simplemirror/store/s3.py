@@ -298,6 +298,25 @@ class S3Storage:
         raw = _Ranges(self, self.key(rel), size)
         return io.BufferedReader(raw, _READ_BLOCK)
 
+    def describe(self, rel: str) -> tuple[int, str, float] | None:
+        """(size, ETag, Last-Modified as epoch seconds) of the object at ``rel``; None
+        when there is none."""
+        held = self._head(rel)
+        if held is None:
+            return None
+        return (int(held["ContentLength"]), str(held["ETag"]).strip('"'),
+                held["LastModified"].timestamp())
+
+    def stream(self, rel: str, first: int, last: int) -> Iterator[bytes]:
+        """Bytes ``first`` to ``last`` (inclusive) of the object at ``rel``, in pieces."""
+        try:
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=self.key(rel), Range=f"bytes={first}-{last}"
+            )
+            yield from answer["Body"].iter_chunks(256 * 1024)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, f"read {rel} in") from None
+
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``start`` to ``end`` (exclusive) of ``key``."""
         try:

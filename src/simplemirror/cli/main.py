@@ -780,6 +780,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _setup_logging(args, None)
     args.upstream = None
     cfg = _offline_config(args, network=False)
+    _not_on_object_storage("export", cfg.storage is not None)
     try:
         receipt = None
         if args.since_receipt is not None:
@@ -813,11 +814,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _not_on_object_storage(command: str, bucket: bool) -> None:
+    """Bundles are read from and applied to web/ alone: with the tree in a bucket, a
+    bundle would be built from, or land in, a directory nobody serves."""
+    if bucket:
+        raise config.ConfigError(
+            f"mirror {command} works on a mirror published to web/, not yet with storage = "
+            "\"s3://...\"; run it with a config file without storage"
+        )
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from simplemirror.bundle import apply, keys
 
     _setup_logging(args, None)
     values = config.read_file(args.config) if args.config is not None else {}
+    _not_on_object_storage("import", values.get("storage") is not None)
     directory = _mirror_directory(args, values)
     max_removal = values.get("max_removal", config.Config.max_removal)
     if not 0.0 <= max_removal <= 1.0:

@@ -658,3 +658,14 @@ def test_nginx_fronting_the_bucket_answers_as_mirror_serve(
             conn.close()
     finally:
         served.stop()
+
+
+def test_download_processes_upload_from_their_own_clients(
+    upstream: Upstream, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+) -> None:
+    # Each download process makes its own client and upload threads (none crosses a fork).
+    summary = sync(upstream, tmp_path / "m", settings(weed, bucket), download_processes=2)
+    assert summary.outcome == "ok" and summary.files_fetched > 0
+    sync(upstream, tmp_path / "local")
+    assert files_below(bucket_tree(weed, bucket, tmp_path / "got")) == files_below(
+        tmp_path / "local" / "web")

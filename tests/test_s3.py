@@ -104,6 +104,7 @@ class Calls:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.log: list[tuple[str, str]] = []
         self.kill_at: int | None = None
+        self.heads: list[str] = []
         lock = threading.Lock()
         put, parts, remove = s3.S3Storage._put, s3.S3Storage._put_parts, s3.S3Storage.remove_keys
 
@@ -127,6 +128,14 @@ class Calls:
                 count("delete", key.removeprefix(storage.prefix))
             remove(storage, keys)
 
+        head = s3.S3Storage._head
+
+        def spy_head(storage: s3.S3Storage, rel: str) -> Any:
+            with lock:
+                self.heads.append(rel)
+            return head(storage, rel)
+
+        monkeypatch.setattr(s3.S3Storage, "_head", spy_head)
         monkeypatch.setattr(s3.S3Storage, "_put", spy_put)
         monkeypatch.setattr(s3.S3Storage, "_put_parts", spy_parts)
         monkeypatch.setattr(s3.S3Storage, "remove_keys", spy_remove)
@@ -177,6 +186,10 @@ def test_a_second_run_uploads_nothing_and_a_seeded_bucket_is_not_uploaded_again(
     assert sync(upstream, tmp_path / "m", store).outcome == "ok"
     first = calls.puts()
     assert sorted(first) == sorted(weed.keys(bucket, f"{PREFIX}/"))
+    # Into an empty bucket nothing can be there already: no HEAD before an upload. (A
+    # wheel is looked at once, to read its .metadata from it.)
+    looked = [h for h in calls.heads if h.startswith("packages/")]
+    assert all(h.endswith(".whl") for h in looked) and len(looked) == len(set(looked))
     calls.log.clear()
     before = files_below(bucket_tree(weed, bucket, tmp_path / "before"))
     world.touch("tiny")  # a new serial: the root's JSON shows it
@@ -192,6 +205,9 @@ def test_a_second_run_uploads_nothing_and_a_seeded_bucket_is_not_uploaded_again(
     summary = sync(upstream, tmp_path / "m", store)
     assert summary.outcome == "ok" and summary.files_fetched > 0
     assert [p for p in calls.puts() if p.startswith("packages/")] == []
+    # Each file was looked at before it would have gone up.
+    assert {h for h in calls.heads if h.startswith("packages/")} == {
+        k for k in weed.keys(bucket, f"{PREFIX}/") if k.startswith("packages/")}
 
 
 def _links_resolve(tree: Path) -> None:
@@ -342,6 +358,7 @@ def test_a_large_file_goes_up_in_parts_and_keeps_its_sha256(
     # There already, with its size and sha256: not sent again.
     staged.write_bytes(body)
     before = weed.head(bucket, f"{PREFIX}/{rel}")["LastModified"]
+    storage.check()  # a new run, which finds packages/ no longer empty
     storage.install(str(staged), rel, sha256=sha256)
     assert weed.head(bucket, f"{PREFIX}/{rel}")["LastModified"] == before
 

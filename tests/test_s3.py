@@ -480,13 +480,13 @@ def test_verify_checks_a_bucket_finds_what_is_wrong_and_repairs_it(
     values = {"upstream": upstream.url, "directory": str(tmp_path / "m"), "retry_wait": 0.0}
     cfg = config.build(store, values)
     read: list[str] = []
-    real = s3.S3Storage.read_range
-    monkeypatch.setattr(s3.S3Storage, "read_range",
-                        lambda self, key, *a: read.append(key) or real(self, key, *a))
+    real = s3.S3Storage.open_file
+    monkeypatch.setattr(s3.S3Storage, "open_file",
+                        lambda self, rel: read.append(rel) or real(self, rel))
     result = verify.verify(cfg)
     # Files are checked by HEAD (size, the store's SHA-256); only pages are read.
-    assert read and not any("/packages/" in key for key in read)
-    monkeypatch.setattr(s3.S3Storage, "read_range", real)
+    assert read and not any(rel.startswith("packages/") for rel in read)
+    monkeypatch.setattr(s3.S3Storage, "open_file", real)
     assert result.sound and result.files_checked == sum(len(p.files) for p in
                                                         world.projects.values())
     client = weed.client()

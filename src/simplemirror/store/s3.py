@@ -319,11 +319,25 @@ class S3Storage:
         return self._head(rel) is not None
 
     def open_file(self, rel: str) -> io.BufferedReader:
-        size = self.size_of(rel)
-        if size is None:
-            raise FileNotFoundError(f"{self.key(rel)} is not in {self.where}")
-        raw = _Ranges(self, self.key(rel), size)
-        return io.BufferedReader(raw, _READ_BLOCK)
+        """One GET of the object's last _READ_BLOCK bytes: a smaller object (most wheels,
+        every page) is then read from memory; a larger one by ranged GETs, its end (where a
+        zip's directory is) kept from the first."""
+        try:
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=self.key(rel), Range=f"bytes=-{_READ_BLOCK}"
+            )
+            tail = answer["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                raise FileNotFoundError(f"{self.key(rel)} is not in {self.where}") from None
+            if _status(exc) == 416:  # an empty object: no last byte to ask for
+                return io.BufferedReader(io.BytesIO(b""))
+            raise self._error(exc, f"read {rel} in") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, f"read {rel} in") from None
+        content_range = str(answer.get("ContentRange") or "")
+        size = int(content_range.rpartition("/")[2]) if "/" in content_range else len(tail)
+        return io.BufferedReader(_Ranges(self, self.key(rel), size, tail), _READ_BLOCK)
 
     def describe(self, rel: str) -> tuple[int, str, float] | None:
         """(size, ETag, Last-Modified as epoch seconds) of the object at ``rel``; None
@@ -441,12 +455,15 @@ class S3Storage:
 class _Ranges(io.RawIOBase):
     """An object read by ranged GETs, seekable (zipfile reads a wheel's end first)."""
 
-    def __init__(self, storage: S3Storage, key: str, size: int) -> None:
+    def __init__(self, storage: S3Storage, key: str, size: int, tail: bytes = b"") -> None:
         super().__init__()
         self._storage = storage
         self._key = key
         self._size = size
         self._pos = 0
+        self._tail = tail
+        """The object's last bytes, read already."""
+        self._tail_start = size - len(tail)
 
     def readable(self) -> bool:
         return True
@@ -467,7 +484,11 @@ class _Ranges(io.RawIOBase):
         end = min(self._size, self._pos + len(view))
         if end <= self._pos:
             return 0
-        data = self._storage.read_range(self._key, self._pos, end)
+        if self._pos >= self._tail_start:
+            at = self._pos - self._tail_start
+            data = self._tail[at:at + end - self._pos]
+        else:
+            data = self._storage.read_range(self._key, self._pos, end)
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)

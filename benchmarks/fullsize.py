@@ -291,6 +291,7 @@ def build_mirror(directory: Path, upstream: Upstream, etag: str, sha256: str) ->
     publish order, and in the transactions it records them in). Worker processes make
     the projects' copies; this one records them, in order."""
     from simplemirror.simple.model import Status
+    from simplemirror.store.backend import Local
     from simplemirror.store.state import SCHEMA, State
     from simplemirror.sync.publish import Publisher
 
@@ -307,7 +308,7 @@ def build_mirror(directory: Path, upstream: Upstream, etag: str, sha256: str) ->
                           generation)
         state.mark_removed([], generation)
     files = fetched = 0
-    publisher = Publisher(directory / "web", directory / "tmp", state, generation)
+    publisher = Publisher(Local(directory / "web"), directory / "tmp", state, generation)
     started = time.monotonic()
     jobs = [(upstream, start, min(start + 500, upstream.projects))
             for start in range(0, upstream.projects, 500)]

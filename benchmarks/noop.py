@@ -91,6 +91,7 @@ def build(work: Path, projects: int, upstream: str) -> None:
 
 def build_mirror(directory: Path, projects: int, upstream: str, body: bytes) -> None:
     """A state.db holding every project complete, and the root pages rendered from it."""
+    from simplemirror.store.backend import Local
     from simplemirror.store.state import State
     from simplemirror.sync.publish import Publisher
 
@@ -113,7 +114,7 @@ def build_mirror(directory: Path, projects: int, upstream: str, body: bytes) -> 
         state.set_meta("root_etag", '"root"')
         state.set_meta("root_sha256", hashlib.sha256(body).hexdigest())
         (directory / "tmp").mkdir(parents=True, exist_ok=True)
-        publisher = Publisher(directory / "web", directory / "tmp", state, generation)
+        publisher = Publisher(Local(directory / "web"), directory / "tmp", state, generation)
         publisher.root(state.root_entries(), projects)
     state.finish_run(generation, "ok")
     state.close()

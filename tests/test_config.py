@@ -496,7 +496,7 @@ def test_shipped_example_config_documents_every_filter_with_a_value_that_loads(
     from simplemirror.filter import rules
 
     text = EXAMPLE.read_text()
-    table = text.split("\n[filters]\n")[1]
+    table = text.split("\n[filters]\n")[1].split("\n# [storage]\n")[0]
     _, commented = _shown(table)
     # Every key is unset by default (a full mirror), so each is shown commented out.
     assert set(commented) <= set(rules.KEYS) and "[filters]" not in table
@@ -542,3 +542,82 @@ def test_file_hosts_name_hosts_as_urls_spell_them_without_a_port() -> None:
     # every file from that host later.
     with pytest.raises(ConfigError, match=r"without a port: 'files.example:8443'.*'files.example'"):
         hosts("files.example:8443")
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+_MIRROR = '[mirror]\nupstream = "http://127.0.0.1:1/simple/"\ndirectory = "/srv/m"\n'
+
+
+def _load(tmp_path: Path, text: str) -> Config:
+    path = tmp_path / "mirror.toml"
+    path.write_text(_MIRROR + text)
+    return load(path)
+
+
+def test_storage_is_a_bucket_and_prefix_with_its_table(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, 'storage = "s3://mirror-bucket/pypi/"\n[storage]\n'
+                'endpoint-url = "http://127.0.0.1:9000"\nregion = "eu-west-1"\n'
+                "upload-workers = 16\n")
+    assert cfg.storage is not None
+    assert (cfg.storage.bucket, cfg.storage.prefix) == ("mirror-bucket", "pypi/")
+    assert cfg.storage.endpoint_url == "http://127.0.0.1:9000"
+    assert (cfg.storage.region, cfg.storage.upload_workers) == ("eu-west-1", 16)
+    assert cfg.storage.retries == cfg.retries
+    assert _load(tmp_path, 'storage = "s3://mirror-bucket"\n').storage.prefix == ""  # type: ignore[union-attr]
+    assert _load(tmp_path, "").storage is None
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ('storage = "/srv/web"\n', "storage: '/srv/web' is not s3://BUCKET/PREFIX"),
+    ('storage = "s3://Bad_Bucket/x"\n', "is not a bucket name"),
+    ('storage = "s3://mirror-bucket/a//b"\n', "empty, '.' or '..' part"),
+    ('storage = 3\n', "storage must be a string"),
+    ('[storage]\nregion = "x"\n', "[storage] is set but storage is not"),
+    ('storage = "s3://mirror-bucket"\n[storage]\naws-secret-access-key = "s"\n',
+     "credentials are never read from the config file"),
+    ('storage = "s3://mirror-bucket"\n[storage]\naccess-key-id = "s"\n',
+     "credentials are never read from the config file"),
+    ('storage = "s3://mirror-bucket"\n[storage]\nendpoint = "x"\n',
+     "unknown key 'endpoint' in [storage]"),
+    ('storage = "s3://mirror-bucket"\n[storage]\nendpoint-url = "s3.example.org"\n',
+     "endpoint-url must be an http(s) URL"),
+    ('storage = "s3://mirror-bucket"\n[storage]\nupload-workers = 0\n',
+     "upload-workers must be between 1 and 256"),
+    ('storage = "s3://mirror-bucket"\n[storage]\nupload-workers = "8"\n',
+     "upload-workers must be an integer"),
+    ('storage = "s3://mirror-bucket"\n[storage]\nmultipart-chunk = 1024\n',
+     "multipart-chunk must be 5 MiB"),
+])
+def test_a_wrong_storage_setting_names_its_key(tmp_path: Path, text: str, said: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, text)
+    assert said in str(caught.value)
+
+
+def test_a_wrong_storage_setting_exits_2_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simplemirror.cli.main import main
+
+    path = tmp_path / "mirror.toml"
+    path.write_text(_MIRROR + 'storage = "s3://mirror-bucket"\n[storage]\nsecret-key = "s"\n')
+    assert main(["sync", "-c", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "[storage] secret-key: credentials are never read" in err
+
+
+@pytest.mark.parametrize("command", ["import", "export"])
+def test_bundles_say_they_do_not_work_with_object_storage_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from simplemirror.cli.main import main
+
+    path = tmp_path / "mirror.toml"
+    path.write_text(_MIRROR + 'storage = "s3://mirror-bucket"\n')
+    args = {"import": ["import", "-c", str(path), "--public-key", str(tmp_path / "k.pub"),
+                       "--from", str(tmp_path / "bundle")],
+            "export": ["export", "-c", str(path), "--secret-key", str(tmp_path / "k"),
+                       "--to", str(tmp_path / "out")]}[command]
+    assert main(args) == 2
+    assert f"mirror {command} works on a mirror published to web/" in capsys.readouterr().err

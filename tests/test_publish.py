@@ -13,6 +13,7 @@ from simplemirror.simple import render
 from simplemirror.simple.render import ProjectInfo
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.store.backend import Local
 from simplemirror.store.state import State
 from simplemirror.sync.publish import Publisher
 
@@ -26,7 +27,7 @@ def publisher(tmp_path: Path) -> Iterator[Publisher]:
     state = State(tmp_path / "state.db")
     generation = state.begin_run("http://mirror.example/simple/")
     try:
-        yield Publisher(tmp_path / "web", tmp_path / "tmp", state, generation)
+        yield Publisher(Local(tmp_path / "web"), tmp_path / "tmp", state, generation)
     finally:
         state.close()
 
@@ -43,7 +44,7 @@ def recorded(publisher: Publisher) -> list[tuple[str, str]]:
 
 def test_a_page_in_parts_is_written_whole_and_recorded(publisher: Publisher) -> None:
     publisher.pages_from_parts({REL: parts(10_000)})
-    data = (publisher.web / REL).read_bytes()
+    data = (publisher.storage.web / REL).read_bytes()
     assert data == "".join(parts(10_000)).encode("utf-8")
     assert recorded(publisher) == [(REL, hashlib.sha256(data).hexdigest())]
     assert publisher.pages_written == 1
@@ -52,15 +53,15 @@ def test_a_page_in_parts_is_written_whole_and_recorded(publisher: Publisher) -> 
 
 def test_the_same_bytes_are_not_written_again(publisher: Publisher) -> None:
     publisher.pages_from_parts({REL: parts(5_000)})
-    before = (publisher.web / REL).stat()
+    before = (publisher.storage.web / REL).stat()
     publisher.pages_from_parts({REL: parts(5_000)})
-    after = (publisher.web / REL).stat()
+    after = (publisher.storage.web / REL).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert publisher.pages_written == 1
     assert list(publisher.tmp.iterdir()) == []
 
     publisher.pages_from_parts({REL: parts(5_000, tag="y")})
-    assert (publisher.web / REL).read_bytes() == "".join(parts(5_000, "y")).encode()
+    assert (publisher.storage.web / REL).read_bytes() == "".join(parts(5_000, "y")).encode()
     assert publisher.pages_written == 2
 
 
@@ -68,7 +69,7 @@ def test_a_failure_part_way_leaves_the_old_page_and_no_temporary_file(
     publisher: Publisher,
 ) -> None:
     publisher.pages_from_parts({REL: parts(100)})
-    old = (publisher.web / REL).read_bytes()
+    old = (publisher.storage.web / REL).read_bytes()
 
     def failing() -> Iterator[str]:
         yield from parts(9_000, tag="new")
@@ -76,7 +77,7 @@ def test_a_failure_part_way_leaves_the_old_page_and_no_temporary_file(
 
     with pytest.raises(OSError, match="No space left"):
         publisher.pages_from_parts({REL: failing()})
-    assert (publisher.web / REL).read_bytes() == old
+    assert (publisher.storage.web / REL).read_bytes() == old
     assert list(publisher.tmp.iterdir()) == []
     assert recorded(publisher) == [(REL, hashlib.sha256(old).hexdigest())]
 
@@ -87,7 +88,7 @@ def info(name: str = "foo", serial: int = 1) -> ProjectInfo:
 
 def test_a_new_project_is_written_and_an_unchanged_one_is_not(publisher: Publisher) -> None:
     publisher.project(info(), [])
-    html, json_page = (publisher.web / p for p in layout.project_pages("foo"))
+    html, json_page = (publisher.storage.web / p for p in layout.project_pages("foo"))
     before = [html.stat(), json_page.stat()]
     assert publisher.pages_written == 2
     publisher.project(info(), [])  # the same bytes: left alone
@@ -109,7 +110,7 @@ def test_a_page_on_disk_is_rewritten_unless_its_bytes_are_the_same(
     publisher: Publisher, on_disk: bytes | None
 ) -> None:
     rel = layout.project_pages("foo")[0]
-    target = publisher.web / rel
+    target = publisher.storage.web / rel
     page = render.project_html(info(), [])
     target.parent.mkdir(parents=True)
     target.write_bytes(page.encode() + b"!" if on_disk is None else on_disk)
@@ -123,8 +124,9 @@ def test_both_root_pages_come_from_one_pass_over_the_entries(publisher: Publishe
     once = iter(entries)  # a second pass would find it empty
     publisher.root(once, 42)
     html_path, json_path = layout.ROOT_PAGES
-    assert (publisher.web / html_path).read_text() == "".join(render.root_html_parts(entries))
-    assert (publisher.web / json_path).read_text() == render.root_json(entries, 42)
+    web = publisher.storage.web
+    assert (web / html_path).read_text() == "".join(render.root_html_parts(entries))
+    assert (publisher.storage.web / json_path).read_text() == render.root_json(entries, 42)
     assert publisher.pages_written == 2
     assert list(publisher.tmp.iterdir()) == []
 
@@ -132,7 +134,7 @@ def test_both_root_pages_come_from_one_pass_over_the_entries(publisher: Publishe
 def test_a_root_that_fails_part_way_leaves_both_old_pages(publisher: Publisher) -> None:
     old = [render.RootEntry("a", "a", 1)]
     publisher.root(old, 1)
-    before = [(publisher.web / p).read_bytes() for p in layout.ROOT_PAGES]
+    before = [(publisher.storage.web / p).read_bytes() for p in layout.ROOT_PAGES]
 
     def failing() -> Iterator[render.RootEntry]:
         for i in range(9_000):
@@ -141,7 +143,7 @@ def test_a_root_that_fails_part_way_leaves_both_old_pages(publisher: Publisher) 
 
     with pytest.raises(OSError, match="No space left"):
         publisher.root(failing(), 2)
-    assert [(publisher.web / p).read_bytes() for p in layout.ROOT_PAGES] == before
+    assert [(publisher.storage.web / p).read_bytes() for p in layout.ROOT_PAGES] == before
     assert list(publisher.tmp.iterdir()) == []
 
 
@@ -158,6 +160,6 @@ def test_a_small_page_that_cannot_be_written_leaves_the_old_one_and_no_temporary
     with pytest.raises(OSError) as info:
         publisher.page(REL, "new\n")
     assert info.value.errno == errno.ENOSPC
-    assert (publisher.web / REL).read_text() == "old\n"
+    assert (publisher.storage.web / REL).read_text() == "old\n"
     assert list(publisher.tmp.iterdir()) == []
     assert recorded(publisher) == written

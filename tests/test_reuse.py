@@ -12,6 +12,7 @@ import pytest
 
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.store.backend import Local
 from simplemirror.store.state import ReuseIndex
 from simplemirror.sync import reuse
 from tests.support.consistency import assert_mirror_invariants
@@ -39,7 +40,7 @@ def take(tmp_path: Path, candidates: list[str], body: bytes = BODY, **kw: object
     }
     options.update(kw)
     got = reuse.take(
-        candidates, web=web, tmp=tmp, max_file_size=1 << 30,
+        candidates, storage=Local(web), tmp=tmp, max_file_size=1 << 30,
         path_for_sha256=lambda s: layout.file_path(s, "x-1.0-py3-none-any.whl"),
         check_stop=_never_stop, tally=tally, **options,  # type: ignore[arg-type]
     )

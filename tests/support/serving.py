@@ -165,6 +165,9 @@ class NginxSite(Served):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
 
+    def site_text(self) -> str:
+        return site_conf(self.web, self.port)
+
     @property
     def access_log(self) -> Path:
         return self.work / "access.log"
@@ -180,7 +183,7 @@ class NginxSite(Served):
     def __enter__(self) -> NginxSite:
         self.work.mkdir(parents=True, exist_ok=True)
         site = self.work / "simplemirror.conf"
-        site.write_text(site_conf(self.web, self.port))
+        site.write_text(self.site_text())
         conf = self.work / "nginx.conf"
         conf.write_text(_NGINX_CONF.format(
             # As root, nginx would drop its worker to nobody, who cannot read pytest's

@@ -66,6 +66,7 @@ from simplemirror.simple import render
 from simplemirror.simple.model import HeldFile, Status
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.store.backend import Local
 from simplemirror.store.state import State, now
 from simplemirror.sync import reap
 from simplemirror.sync.plan import (
@@ -882,10 +883,10 @@ class _Import:
         """Once committed, as at the end of a sync: the pages of removed projects, then the
         bytes no page lists any more, go (what a kill left of this, the next import, or
         this one's replay, does); then last-modified."""
-        reap.unpublish_removed_projects(self.web, state, generation)
-        reap.reap_files(self.web, state, generation)
+        reap.unpublish_removed_projects(Local(self.web), state, generation)
+        reap.reap_files(Local(self.web), state, generation)
         if last_modified:
-            Publisher(self.web, self.tmp, state, generation).last_modified(time.gmtime())
+            Publisher(Local(self.web), self.tmp, state, generation).last_modified(time.gmtime())
 
     # -- receipts -------------------------------------------------------------------------------
 

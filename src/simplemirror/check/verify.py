@@ -45,7 +45,6 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urldefrag, urlsplit
@@ -60,7 +59,7 @@ from simplemirror.report.terminal import bar
 from simplemirror.report.units import clock, human_bytes
 from simplemirror.simple.model import Status
 from simplemirror.store import layout
-from simplemirror.store import tree as store
+from simplemirror.store.backend import Storage, StorageError, open_storage
 from simplemirror.store.state import State, StateError, StateReader, connect_reader
 from simplemirror.sync import download, reap
 from simplemirror.sync.publish import Ending, Publisher, publish
@@ -246,7 +245,7 @@ class RichVerifyProgress(VerifyProgress):
 
 
 def check_bytes(
-    web: Path, rel: str, size: int | None, sha256: str | None
+    storage: Storage, rel: str, size: int | None, sha256: str | None
 ) -> tuple[str, str] | None:
     """(kind, detail) when ``rel`` is not a file of ``size`` bytes with ``sha256``, else None.
 
@@ -254,8 +253,9 @@ def check_bytes(
     """
     digest = hashlib.sha256()
     try:
-        with store.open_file(web, rel, buffering=0) as fh:
-            found = os.fstat(fh.fileno()).st_size
+        with storage.open_file(rel) as fh:
+            found = fh.seek(0, os.SEEK_END)
+            fh.seek(0)
             if size is not None and found != size:
                 return "corrupt", f"{found} bytes on disk, {size} expected"
             buffer = bytearray(CHUNK)
@@ -271,6 +271,30 @@ def check_bytes(
     return None
 
 
+def check_object(
+    storage: Storage, rel: str, size: int | None, sha256: str | None, *, deep: bool
+) -> tuple[str, str] | None:
+    """check_bytes, or in a bucket (unless ``deep``) the size and the sha256 the object
+    carries, from one HEAD: the store verified that sha256 when the object went up. An
+    object that carries none (put there by other means) is read and hashed."""
+    if deep or not storage.remote:
+        return check_bytes(storage, rel, size, sha256)
+    try:
+        held = storage.stat(rel)
+    except OSError as exc:
+        return "corrupt", f"cannot be read ({exc})"
+    if held is None:
+        return "missing", "not in the bucket"
+    found_size, found_sha256 = held
+    if size is not None and found_size != size:
+        return "corrupt", f"{found_size} bytes in the bucket, {size} expected"
+    if found_sha256 is None:
+        return check_bytes(storage, rel, size, sha256)
+    if sha256 is not None and found_sha256 != sha256:
+        return "corrupt", f"sha256 is {found_sha256}, {sha256} expected"
+    return None
+
+
 @dataclass(frozen=True)
 class _Checked:
     row: FileRow
@@ -278,15 +302,15 @@ class _Checked:
     metadata_checked: bool
 
 
-def _check_row(web: Path, row: FileRow) -> _Checked:
+def _check_row(web: Storage, row: FileRow, deep: bool = False) -> _Checked:
     """Worker: the file and its .metadata against what state.db recorded."""
     problems = []
-    found = check_bytes(web, row.path, row.size, row.sha256)
+    found = check_object(web, row.path, row.size, row.sha256, deep=deep)
     if found is not None:
         problems.append(FileProblem(row, found[0], False, found[1]))
     if row.metadata_hashes is not None:
         meta = layout.metadata_path(row.path)
-        found = check_bytes(web, meta, None, row.metadata_hashes.get("sha256"))
+        found = check_object(web, meta, None, row.metadata_hashes.get("sha256"), deep=deep)
         if found is not None:
             problems.append(FileProblem(row, found[0], True, found[1]))
     return _Checked(row, tuple(problems), row.metadata_hashes is not None)
@@ -343,12 +367,14 @@ class Verifier:
 
     def __init__(
         self, config: Config, db: StateReader, progress: VerifyProgress,
-        state: State | None = None,
+        state: State | None = None, *, deep: bool = False,
     ) -> None:
         self.config = config
         self._state = state
         self.db = db
-        self.web = config.web
+        self.web = open_storage(config.web, config.storage)
+        self.deep = deep
+        """Read and hash every object of a bucket, not only its size and stored sha256."""
         self.progress = progress
         self.result = VerifyResult()
         # Paths found missing or corrupt: a page link to one of them is covered by that
@@ -394,7 +420,7 @@ class Verifier:
         try:
             while rows := cursor.fetchmany(BATCH):
                 for raw in rows:
-                    window.append(pool.submit(_check_row, self.web, _row(raw)))
+                    window.append(pool.submit(_check_row, self.web, _row(raw), self.deep))
                     while len(window) >= limit:
                         self._checked(window.popleft().result())
             while window:
@@ -433,7 +459,7 @@ class Verifier:
     def _find_orphans(self) -> list[str]:
         self.progress.phase("orphans: looking for files state.db does not hold")
         found = []
-        for rel in store.walk_files(self.web, layout.PACKAGES):
+        for rel, _ in self.web.walk_files(layout.PACKAGES):
             if self._is_orphan(rel):
                 found.append(rel)
         return found
@@ -453,9 +479,7 @@ class Verifier:
         self.progress.phase("pages: checking every link on every page")
         if root:
             self._check_root()
-        names = sorted(projects) if projects is not None else store.list_dirs(
-            self.web, layout.SIMPLE
-        )
+        names = sorted(projects) if projects is not None else self.web.list_dirs(layout.SIMPLE)
         for name in names:
             if projects is None and not self.db.is_published(name):
                 # Its links are not checked: what only it links is an orphan too.
@@ -469,7 +493,7 @@ class Verifier:
             if projects is not None and name not in projects:
                 continue
             for page in layout.project_pages(name):
-                if not store.is_file(self.web, page):
+                if not self.web.is_file(page):
                     self._broken(page, name, "missing: state.db records the project as published")
 
     def _broken(self, page: str, project: str | None, detail: str) -> None:
@@ -478,7 +502,7 @@ class Verifier:
 
     def _read_page(self, page: str, project: str | None) -> str | None:
         try:
-            with store.open_file(self.web, page) as fh:
+            with self.web.open_file(page) as fh:
                 text = fh.read().decode("utf-8")
         except FileNotFoundError:
             return None
@@ -516,8 +540,8 @@ class Verifier:
             for anchor in self._html_anchors(html_page, None, text):
                 href = str(anchor.get("href") or "")
                 target = resolve_link(layout.SIMPLE, href)
-                if target is None or not store.is_file(
-                    self.web, f"{target}/{layout.HTML_INDEX}"
+                if target is None or not self.web.is_file(
+                    f"{target}/{layout.HTML_INDEX}"
                 ):
                     self._broken(html_page, None, f"link {href!r}: no such project page")
         text = self._read_page(json_page, None)
@@ -536,7 +560,7 @@ class Verifier:
                 self._broken(json_page, None, f"project entry without a name: {entry!r}")
                 continue
             page = layout.project_pages(canonicalize_name(name))[1]
-            if not store.is_file(self.web, page):
+            if not self.web.is_file(page):
                 self._broken(json_page, None, f"lists {name!r}, but {page} is missing")
 
     def _check_project(self, name: str) -> None:
@@ -823,7 +847,7 @@ class Verifier:
             result.orphan_pages_deleted += 1
         for rel in result.orphans:
             try:
-                store.remove(self.web, rel, stop=layout.PACKAGES)
+                self.web.remove(rel, stop=layout.PACKAGES)
             except OSError as exc:
                 result.orphan_errors.append((rel, str(exc)))
                 continue
@@ -836,6 +860,7 @@ def verify(
     repair: bool = False,
     delete_orphans: bool = False,
     progress: VerifyProgress | None = None,
+    deep: bool = False,
 ) -> VerifyResult:
     """Check (and optionally repair) the mirror in ``config.directory``.
 
@@ -847,6 +872,10 @@ def verify(
             f"no state.db in {config.directory}: there is no mirror to verify there. "
             "Check --directory (or the config's directory), or run `mirror sync` first"
         )
+    try:
+        open_storage(config.web, config.storage).check()
+    except StorageError as exc:
+        raise VerifyError(str(exc)) from None
     writes = repair or delete_orphans
     command = " ".join(["mirror verify", *(["--repair"] if repair else []),
                         *(["--delete-orphans"] if delete_orphans else [])])
@@ -861,7 +890,7 @@ def verify(
         except (sqlite3.Error, StateError) as exc:
             raise VerifyError(f"cannot use {config.state_path}: {exc}") from exc
         try:
-            return Verifier(config, db, progress or VerifyProgress(), state).run(
+            return Verifier(config, db, progress or VerifyProgress(), state, deep=deep).run(
                 repair=repair, delete_orphans=delete_orphans
             )
         finally:

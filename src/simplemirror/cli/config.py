@@ -5,7 +5,9 @@ Every key is documented in config.example.toml at the top of the repository.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import json
 import math
@@ -25,6 +27,7 @@ from simplemirror.filter.rules import Filters as Filters
 from simplemirror.report.units import MAX_INTERVAL as MAX_INTERVAL
 from simplemirror.report.units import parse_interval as parse_interval
 from simplemirror.simple.model import normalize_name
+from simplemirror.store import backend
 
 DEFAULT_USER_AGENT = f"simplemirror/{__version__}"
 
@@ -96,6 +99,9 @@ class Config:
     ``every`` key, e.g. "10m", or --every); None: one run."""
     filters: Filters = field(default_factory=Filters)
     """The ``[filters]`` table: which projects and files a partial mirror holds."""
+    storage: backend.Settings | None = None
+    """``storage = "s3://BUCKET/PREFIX"`` with its ``[storage]`` table: where the tree is
+    published; None: ``web/`` in the directory."""
 
     # Cached: download workers ask for these once or twice per file, and building
     # them again each time was a measurable share of a small file's CPU.
@@ -145,10 +151,23 @@ KEYS: dict[str, tuple[str, type]] = {
     "keep-reports": ("keep_reports", int),
     "metrics-file": ("metrics_file", str),
     "every": ("every", str),
+    "storage": ("storage", str),
 }
 
+# The [storage] table: key -> (Settings field, type). Credentials are not among them: they
+# come from the standard AWS sources, never from this file.
+STORAGE_KEYS: dict[str, tuple[str, type]] = {
+    "endpoint-url": ("endpoint_url", str),
+    "region": ("region", str),
+    "upload-workers": ("upload_workers", int),
+    "multipart-threshold": ("multipart_threshold", int),
+    "multipart-chunk": ("multipart_chunk", int),
+}
+STORAGE_TABLE = "storage"
+_SECRETS = ("key", "secret", "token", "password", "credential")
+
 # The tables a config file may have.
-TABLES = ("mirror", rules.TABLE)
+TABLES = ("mirror", rules.TABLE, STORAGE_TABLE)
 
 _KINDS = {int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
 
@@ -164,6 +183,7 @@ _EXAMPLES: dict[str, str] = {
     "public-url": '"https://mirror.example.org/"',
     "metrics-file": '"/var/lib/node_exporter/textfile_collector/simplemirror.prom"',
     "every": '"10m"',
+    "storage": '"s3://mirror-bucket/pypi"',
 }
 
 def _toml(value: Any) -> str:
@@ -240,13 +260,82 @@ def read_file(path: Path) -> dict[str, Any]:
             values["filters"] = rules.parse(filters, path.parent)
         except rules.FilterError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    if STORAGE_TABLE in doc:
+        values["storage_table"] = _storage_table(path, doc[STORAGE_TABLE])
     return values
+
+
+def _storage_table(path: Path, table: object) -> dict[str, Any]:
+    """The ``[storage]`` table, keys checked and typed; never a credential."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{STORAGE_TABLE}] must be a table (see config.example.toml)")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if any(word in key.lower() for word in _SECRETS):
+            raise ConfigError(
+                f"{path}: [storage] {key}: credentials are never read from the config file; "
+                "give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in "
+                "~/.aws/credentials (AWS_PROFILE), or an instance role"
+            )
+        if key not in STORAGE_KEYS:
+            known = ", ".join(sorted(STORAGE_KEYS))
+            raise ConfigError(f"{path}: unknown key {key!r} in [storage]; known keys: {known}")
+        name, kind = STORAGE_KEYS[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{path}: [storage] {key} must be {_KINDS[kind]}, not "
+                              f"{_toml(value)}")
+        values[name] = value
+    return values
+
+
+def storage_settings(url: object, table: Mapping[str, Any], retries: int = 3
+                     ) -> backend.Settings | None:
+    """``storage`` and its ``[storage]`` table as Settings (None: web/ on local disk)."""
+    if url is None:
+        if table:
+            raise ConfigError(
+                "[storage] is set but storage is not: add storage = \"s3://BUCKET/PREFIX\" "
+                "to [mirror] (or remove [storage])"
+            )
+        return None
+    if not isinstance(url, str):
+        raise ConfigError(f"storage must be a string, like {_EXAMPLES['storage']}")
+    try:
+        backend.parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"storage: {exc}, like {_EXAMPLES['storage']}") from None
+    if importlib.util.find_spec("boto3") is None:
+        raise ConfigError(
+            "storage = \"s3://...\" needs boto3, which is not installed: "
+            "pip install 'simplemirror[s3]'"
+        )
+    endpoint = table.get("endpoint_url")
+    if endpoint is not None and (urlsplit(endpoint).scheme not in {"http", "https"}
+                                 or not urlsplit(endpoint).netloc):
+        raise ConfigError(
+            f"[storage] endpoint-url must be an http(s) URL, like \"https://s3.example.org\", "
+            f"not {endpoint!r}"
+        )
+    workers = table.get("upload_workers", backend.Settings.upload_workers)
+    if not 1 <= workers <= 256:
+        raise ConfigError(f"[storage] upload-workers must be between 1 and 256, not {workers}")
+    threshold = table.get("multipart_threshold", backend.Settings.multipart_threshold)
+    chunk = table.get("multipart_chunk", backend.Settings.multipart_chunk)
+    # S3's own limits: parts of 5 MiB at least (but the last), 10,000 parts at most.
+    if chunk < 5 * 1024**2 or threshold < chunk:
+        raise ConfigError(
+            "[storage] multipart-chunk must be 5 MiB (5242880) or more, and "
+            "multipart-threshold no smaller than it"
+        )
+    return backend.Settings(url=url.rstrip("/"), retries=retries, **table)
 
 
 def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
     """Merge file values with overrides (None means 'not given') and validate."""
     values = dict(file_values)
     values.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    storage_table = values.pop("storage_table", {})
+    storage_url = values.pop("storage", None)
     upstream = values.get("upstream")
     if not upstream:
         raise ConfigError(
@@ -297,6 +386,9 @@ def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Confi
                                "metrics_file"}
         },
     )
+    storage = storage_settings(storage_url, storage_table, config.retries)
+    if storage is not None:
+        config = dataclasses.replace(config, storage=storage)
     if not 0.0 <= config.max_removal <= 1.0:
         raise ConfigError("max-removal must be a share between 0.0 and 1.0, like 0.10")
     if config.public_url is not None and (

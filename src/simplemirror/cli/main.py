@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-orphans", action="store_true",
         help="delete files under web/packages that neither state.db nor any page references",
     )
+    verify_cmd.add_argument(
+        "--deep", action="store_true",
+        help="with storage in a bucket: read and hash every object (without it, each "
+        "object's size and the sha256 the store verified on upload are checked)",
+    )
     verify_cmd.add_argument("--no-progress", action="store_true",
                             help="plain log lines, no bars")
     status_cmd = commands.add_parser(
@@ -196,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)")
     serve_cmd.add_argument("--port", type=int, default=8080,
                            help="port to listen on (default 8080; 0 picks a free one)")
+    serve_cmd.add_argument(
+        "--storage", metavar="s3://BUCKET/PREFIX",
+        help="serve this bucket instead of <directory>/web (the config's [storage] table "
+        "gives its endpoint-url and region; AWS_ENDPOINT_URL does too)",
+    )
     serve_cmd.add_argument(
         "--max-connections", type=_positive, default=serve.MAX_CONNECTIONS, metavar="N",
         help=f"connections served at once, a thread each (default {serve.MAX_CONNECTIONS}); "
@@ -632,7 +642,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         with progress:
             result = verify.verify(
-                cfg, repair=args.repair, delete_orphans=args.delete_orphans, progress=progress
+                cfg, repair=args.repair, delete_orphans=args.delete_orphans, progress=progress,
+                deep=args.deep,
             )
     except verify.VerifyError as exc:
         print(f"mirror: {exc}", file=sys.stderr)
@@ -687,12 +698,22 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     values = config.read_file(args.config) if args.config is not None else {}
-    directory = _mirror_directory(args, values)
+    settings = config.storage_settings(
+        args.storage or values.get("storage"), values.get("storage_table", {})
+    )
+    # A bucket needs no mirror directory: nothing local is read.
+    directory = _mirror_directory(args, values) if settings is None else Path(".")
     if not 0 <= args.port <= 65535:
         raise config.ConfigError(f"--port must be between 0 and 65535, not {args.port}")
     _setup_logging(args, None)  # plain access-log lines, also on a terminal
     try:
-        server = serve.make_server(directory / "web", args.host, args.port, args.max_connections)
+        remote = None
+        if settings is not None:
+            from simplemirror.store import s3
+
+            remote = s3.S3Storage(settings)
+        server = serve.make_server(directory / "web", args.host, args.port, args.max_connections,
+                                   remote)
         serve.serve_until_stopped(server)
     except serve.ServeError as exc:
         print(f"mirror: {exc}", file=sys.stderr)
@@ -761,6 +782,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _setup_logging(args, None)
     args.upstream = None
     cfg = _offline_config(args, network=False)
+    _not_on_object_storage("export", cfg.storage is not None)
     try:
         receipt = None
         if args.since_receipt is not None:
@@ -809,11 +831,22 @@ def _stop_import_on_signals(stop: Stop) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _not_on_object_storage(command: str, bucket: bool) -> None:
+    """Bundles are read from and applied to web/ alone: with the tree in a bucket, a
+    bundle would be built from, or land in, a directory nobody serves."""
+    if bucket:
+        raise config.ConfigError(
+            f"mirror {command} works on a mirror published to web/, not yet with storage = "
+            "\"s3://...\"; run it with a config file without storage"
+        )
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from simplemirror.bundle import apply, keys
 
     _setup_logging(args, None)
     values = config.read_file(args.config) if args.config is not None else {}
+    _not_on_object_storage("import", values.get("storage") is not None)
     directory = _mirror_directory(args, values)
     max_removal = values.get("max_removal", config.Config.max_removal)
     if not 0.0 <= max_removal <= 1.0:

@@ -31,12 +31,13 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socketserver import TCPServer
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from simplemirror import __version__
@@ -60,6 +61,20 @@ class ServeError(Exception):
     """The server cannot start; the message says what to do."""
 
 
+class Remote(Protocol):
+    """A bucket served instead of web/ (store.s3.S3Storage)."""
+
+    where: str
+
+    def describe(self, rel: str) -> tuple[int, str, float] | None: ...
+
+    def stream(self, rel: str, first: int, last: int) -> Iterator[bytes]: ...
+
+    def is_file(self, rel: str) -> bool: ...
+
+    def check(self) -> None: ...
+
+
 class MirrorServer(ThreadingHTTPServer):
     """One thread per connection, over the web/ directory ``web``.
 
@@ -74,10 +89,13 @@ class MirrorServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, web: Path, host: str, port: int, max_connections: int = MAX_CONNECTIONS
+        self, web: Path, host: str, port: int, max_connections: int = MAX_CONNECTIONS,
+        remote: Remote | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.root = os.path.realpath(web)
+        self.remote = remote
+        """Serve this bucket instead of ``web``."""
+        self.root = remote.where if remote is not None else os.path.realpath(web)
         self.max_connections = max_connections
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -273,7 +291,56 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return os.fdopen(fd, "rb")
 
+    def _remote_file(self, remote: Remote, path: str, media: str, headers: dict[str, str],
+                     tag: str) -> None:
+        """``_file`` from a bucket: the object's own ETag and Last-Modified, its bytes
+        streamed from a ranged GET (never held whole)."""
+        try:
+            found = remote.describe(path)
+        except OSError as exc:
+            log.warning("%s: %s", path, exc)
+            self._send_text(502, "the storage did not answer\n", headers)
+            return
+        if found is None:
+            self._send_text(404, "not found\n", headers)
+            return
+        size, etag_value, modified = found
+        etag, mtime = f'"{etag_value}{tag}"', int(modified)
+        headers = {
+            **headers, "ETag": etag, "Last-Modified": formatdate(mtime, usegmt=True),
+            "Cache-Control": rules.cache_control(path),
+        }
+        if self._not_modified(etag, mtime):
+            self._send_head(304, headers)
+            return
+        wanted = self._wanted_range(etag, mtime, size)
+        if wanted == rules.UNSATISFIABLE:
+            self._send_text(416, "range not satisfiable\n",
+                            {**headers, "Content-Range": f"bytes */{size}"})
+            return
+        first, last, status = 0, size - 1, 200
+        if isinstance(wanted, tuple):
+            (first, last), status = wanted, 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        length = last - first + 1
+        headers |= {"Content-Type": media, "Content-Length": str(length),
+                    "Accept-Ranges": "bytes"}
+        self._send_head(status, headers)
+        if self.command == "HEAD" or length <= 0:
+            return
+        try:
+            for chunk in remote.stream(path, first, last):
+                self.wfile.write(chunk)
+                self._sent += len(chunk)
+        except OSError as exc:
+            log.warning("%s: cut short: %s", path, exc)
+        if self._sent < length:  # the length sent was a promise not kept: close
+            self.close_connection = True
+
     def _file(self, path: str, media: str, headers: dict[str, str], tag: str = "") -> None:
+        if self.server.remote is not None:
+            self._remote_file(self.server.remote, path, media, headers, tag)
+            return
         handle = self._open(path)
         if handle is None:
             self._send_text(404, "not found\n", headers)
@@ -359,12 +426,26 @@ def check_tree(web: Path) -> None:
 
 
 def make_server(
-    web: Path, host: str, port: int, max_connections: int = MAX_CONNECTIONS
+    web: Path, host: str, port: int, max_connections: int = MAX_CONNECTIONS,
+    remote: Remote | None = None,
 ) -> MirrorServer:
-    """A server bound to ``host:port`` (0: any free port) over ``web``, not yet serving."""
-    check_tree(web)
+    """A server bound to ``host:port`` (0: any free port) over ``web``, or the bucket
+    ``remote``, not yet serving."""
+    if remote is None:
+        check_tree(web)
+    else:
+        try:
+            remote.check()
+            there = remote.is_file(layout.ROOT_PAGES[0])
+        except OSError as exc:
+            raise ServeError(str(exc)) from None
+        if not there:
+            raise ServeError(
+                f"{remote.where} holds no {layout.ROOT_PAGES[0]}: no mirror there yet. "
+                "Give the storage `mirror sync` publishes to, or run a sync first"
+            )
     try:
-        return MirrorServer(web, host, port, max_connections)
+        return MirrorServer(web, host, port, max_connections, remote)
     except OSError as exc:
         raise ServeError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port "

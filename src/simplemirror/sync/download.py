@@ -32,6 +32,7 @@ from simplemirror.cli.config import Config
 from simplemirror.simple.model import DistFile, HeldFile
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.store.backend import ChecksumRefused, Storage, open_storage
 from simplemirror.sync import reuse
 from simplemirror.sync.plan import FileTodo
 from simplemirror.upstream.client import Client, UpstreamError, check_response
@@ -133,9 +134,11 @@ class Sink:
         store.discard(self._name)
 
     def finish(
-        self, web: Path, path_for_sha256: Callable[[str], str], new_dir: bool = False
+        self, storage: Storage, path_for_sha256: Callable[[str], str], new_dir: bool = False
     ) -> Downloaded:
-        """The body is all there: verify it, and move it to ``path_for_sha256(sha256)``."""
+        """The body is all there: verify it, and publish it at ``path_for_sha256(sha256)``.
+        A store that computes another SHA-256 than ours refused it: VerificationError, so
+        that it is downloaded again."""
         try:
             self._close()
             digests = {a: h.hexdigest() for a, h in self._hashers}
@@ -144,7 +147,10 @@ class Sink:
         except BaseException:
             self.discard()
             raise
-        store.install(self._name, web, rel, new_dir=new_dir)
+        try:
+            storage.install(self._name, rel, sha256=digests["sha256"], new_dir=new_dir)
+        except ChecksumRefused as exc:
+            raise VerificationError(str(exc)) from None
         return Downloaded(rel, self.size, digests)
 
 
@@ -178,7 +184,12 @@ async def fetch_to(
     except BaseException:  # refused, reset or timed out, before or mid-body; or a stop
         sink.discard()
         raise
-    return sink.finish(config.web, path_for_sha256, new_dir)
+    storage = open_storage(config.web, config.storage)
+    if storage.remote:  # an upload: in the upload threads, never on the event loop
+        return await asyncio.get_running_loop().run_in_executor(
+            storage.uploads(), sink.finish, storage, path_for_sha256, new_dir
+        )
+    return sink.finish(storage, path_for_sha256, new_dir)
 
 
 @dataclass(frozen=True)
@@ -253,14 +264,16 @@ class _Budget(io.RawIOBase):
     member that lies about its size), reading it costs that much and no more.
     """
 
-    def __init__(self, raw: io.FileIO, left: int) -> None:
+    def __init__(self, raw: io.BufferedReader | io.FileIO, left: int) -> None:
         super().__init__()
         self._raw = raw
         self.left = left
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
-            size = max(0, os.fstat(self._raw.fileno()).st_size - self._raw.tell())
+            here = self._raw.tell()
+            size = max(0, self._raw.seek(0, os.SEEK_END) - here)
+            self._raw.seek(here)
         if size > self.left:
             raise NotInWheel("it would take reading more of the wheel than a METADATA needs")
         data = self._raw.read(size) or b""
@@ -314,8 +327,9 @@ def metadata_from_wheel(config: Config, wanted: FromWheel) -> Downloaded:
         raise NotInWheel("upstream gives no hash to check it against")
     target = wanted.wheel + layout.METADATA_SUFFIX
     try:
-        with store.open_file(config.web, wanted.wheel, buffering=0) as raw:
-            wheel = _Budget(cast(io.FileIO, raw), _END_SEARCH + WHEEL_DIRECTORY_CAP)
+        storage = open_storage(config.web, config.storage)
+        with storage.open_file(wanted.wheel) as raw:
+            wheel = _Budget(raw, _END_SEARCH + WHEEL_DIRECTORY_CAP)
             # cast: zipfile takes any binary file; typeshed names a narrower protocol.
             with zipfile.ZipFile(cast(IO[bytes], wheel)) as archive:
                 member = _metadata_member(archive, wanted.filename)
@@ -331,7 +345,7 @@ def metadata_from_wheel(config: Config, wanted: FromWheel) -> Downloaded:
                 except BaseException:
                     sink.discard()
                     raise
-        return sink.finish(config.web, lambda _sha256: target)
+        return sink.finish(storage, lambda _sha256: target)
     except NotInWheel:
         raise
     # Whatever a hostile archive makes zipfile or a decompressor raise (their errors
@@ -446,7 +460,7 @@ def _take(client: Client, step: Reuse, tally: reuse.Tally) -> Downloaded:
     config = client.config
     wanted = step.wanted
     taken = reuse.take(
-        step.candidates, web=config.web, tmp=config.tmp,
+        step.candidates, storage=open_storage(config.web, config.storage), tmp=config.tmp,
         expected_hashes=wanted.expected_hashes, expected_size=wanted.expected_size,
         max_file_size=config.max_file_size, path_for_sha256=wanted.path_for_sha256,
         check_stop=client.check_stop, tally=tally,

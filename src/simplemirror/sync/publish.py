@@ -8,6 +8,7 @@ performs the order in which a run (and `verify --repair`) changes the tree.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import time
@@ -20,6 +21,7 @@ from simplemirror.simple import render
 from simplemirror.simple.model import HeldFile, version_of
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.store.backend import Storage
 from simplemirror.store.state import State
 from simplemirror.sync import reap
 
@@ -79,11 +81,11 @@ def publish(
         end = ending()
         if end.root is not None:
             publisher.root(*end.root)
-        store.flush(publisher.web)  # the fsync policy (store/tree.py): bytes before the rows
+        publisher.storage.flush()  # the fsync policy (store/tree.py): bytes before the rows
     deleted = 0
     if end.remove:
-        reap.unpublish_removed_projects(publisher.web, state, publisher.generation)
-        deleted = reap.reap_files(publisher.web, state, publisher.generation)
+        reap.unpublish_removed_projects(publisher.storage, state, publisher.generation)
+        deleted = reap.reap_files(publisher.storage, state, publisher.generation)
     if end.last_modified:
         publisher.last_modified(time.gmtime())
     return deleted
@@ -106,11 +108,12 @@ class Publisher:
     """Writes pages for one run and records them in state.db under its generation."""
 
     def __init__(
-        self, web: Path, tmp: Path, state: State, generation: int, public_url: str | None = None
+        self, storage: Storage, tmp: Path, state: State, generation: int,
+        public_url: str | None = None,
     ) -> None:
         self.public_url = public_url
         """Where web/ is served; provenance is advertised only with it (absolute URLs)."""
-        self.web = web
+        self.storage = storage
         self.tmp = tmp
         self.state = state
         self.generation = generation
@@ -126,11 +129,21 @@ class Publisher:
         data = text.encode("utf-8")
         # Compare with the disk, not with state.db: after a crash the disk can
         # hold a newer page than state.db recorded, and a change that upstream
-        # then reverted would otherwise never be written back.
-        if not new and store.same_bytes(self.web, rel, data):
+        # then reverted would otherwise never be written back. In a bucket, where the
+        # comparison is a request, only a page state.db records with these very bytes
+        # is worth it; any other (a new project's, a changed one's) is written.
+        if not new and (
+            self._maybe_same(rel, data) if self.storage.remote
+            else self.storage.same_bytes(rel, data)
+        ):
             return
-        digest = store.write_file(self.web, self.tmp, rel, data, dir_checked=new or dir_checked)
+        digest = self.storage.write_page(self.tmp, rel, data, dir_checked=new or dir_checked)
         self._written(rel, digest, len(data))
+
+    def _maybe_same(self, rel: str, data: bytes) -> bool:
+        recorded = self.state.reader().page_sha256(rel)
+        return (recorded == hashlib.sha256(data).hexdigest()
+                and self.storage.same_bytes(rel, data))
 
     def pages_from_parts(self, pages: Mapping[str, Iterable[str]]) -> None:
         """``page`` for large pages given in pieces (the root's), written side by side as
@@ -138,11 +151,11 @@ class Publisher:
         held whole in memory."""
         staged = store.stage_streams(self.tmp, [_encoded(parts) for parts in pages.values()])
         for rel, (name, digest) in zip(pages, staged, strict=True):
-            if store.sha256_of(self.web, rel) == digest:
+            if self.storage.sha256_of(rel) == digest:
                 store.discard(name)
                 continue
             size = os.stat(name).st_size
-            store.install(name, self.web, rel)
+            self.storage.install(name, rel, sha256=digest)
             self._written(rel, digest, size)
 
     def _written(self, rel: str, digest: str, size: int) -> None:
@@ -154,7 +167,7 @@ class Publisher:
         html_path, json_path = layout.project_pages(info.name)
         # A project seen for the first time (every one, on a first sync) has no
         # pages to compare with: making its directory says so in one call.
-        new = store.make_dir(self.web, layout.project_dir(info.name))
+        new = self.storage.make_dir(layout.project_dir(info.name))
         html = render.project_html(info, files, self.public_url)
         self.page(html_path, html, new=new, dir_checked=True)
         json = render.project_json(info, files, self.public_url)

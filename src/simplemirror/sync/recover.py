@@ -26,10 +26,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from simplemirror.store import layout
-from simplemirror.store import tree as store
+from simplemirror.store.backend import Storage
 from simplemirror.store.state import State
 from simplemirror.sync import reap
 from simplemirror.sync.publish import Publisher
@@ -53,17 +52,15 @@ def since_epoch(started: str) -> float:
     return datetime.fromisoformat(started).timestamp() - _MARGIN
 
 
-def recover(web: Path, state: State, publisher: Publisher, since: float) -> Recovered:
-    """Reconcile what changed under ``web`` since ``since`` with state.db (see above)."""
+def recover(storage: Storage, state: State, publisher: Publisher, since: float) -> Recovered:
+    """Reconcile what changed in ``storage`` since ``since`` with state.db (see above)."""
     removed: list[str] = []
-    for name in store.list_dirs(web, layout.SIMPLE):
+    for name in list(storage.changed_dirs(layout.SIMPLE, since)):
         rel = layout.project_dir(name)
-        if not store.changed_since(web, rel, since):
-            continue
-        if store.remove_link(web, rel):
-            log.warning("removed the symlink %s/%s: the tree holds none", web, rel)
+        if storage.remove_link(rel):
+            log.warning("removed the symlink %s/%s: the tree holds none", storage.where, rel)
         elif not publisher.project_from_state(name):
-            reap.remove_project_pages(web, name)
+            reap.remove_project_pages(storage, name)
             removed.append(name)
     # Always: the dead run may have recorded projects whose pages are in place but
     # that no root lists yet, and the next run skips the root when nothing moved.
@@ -71,9 +68,9 @@ def recover(web: Path, state: State, publisher: Publisher, since: float) -> Reco
     serial = state.get_meta("root_serial")
     publisher.root(state.root_entries(), int(serial) if serial else None)
     files = 0
-    for rel in store.walk_files(web, layout.PACKAGES):
-        if store.changed_since(web, rel, since) and not _held(state, rel):
-            store.remove(web, rel, stop=layout.PACKAGES)
+    for rel in storage.changed_files(layout.PACKAGES, since):
+        if not _held(state, rel):
+            storage.remove(rel, stop=layout.PACKAGES)
             files += 1
     return Recovered(removed, publisher.pages_written, files)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simplemirror.store import tree as store
+from simplemirror.store.backend import Storage
 
 log = logging.getLogger("simplemirror")
 
@@ -109,7 +110,7 @@ def _open_regular(path: str) -> io.FileIO:
 
 
 def take(
-    candidates: Sequence[str], *, web: Path, tmp: Path, expected_hashes: Mapping[str, str],
+    candidates: Sequence[str], *, storage: Storage, tmp: Path, expected_hashes: Mapping[str, str],
     expected_size: int | None, max_file_size: int, path_for_sha256: Callable[[str], str],
     check_stop: Callable[[], None], tally: Tally,
 ) -> Taken | None:
@@ -153,7 +154,7 @@ def take(
                 store.discard(name)
             raise
         rel = path_for_sha256(digests["sha256"])
-        store.install(name, web, rel, new_dir=True)
+        storage.install(name, rel, sha256=digests["sha256"], new_dir=True)
         tally.taken += 1
         tally.bytes += size
         return Taken(rel, size, digests, how)

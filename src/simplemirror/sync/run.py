@@ -46,6 +46,7 @@ from simplemirror.simple.model import (
 from simplemirror.simple.render import ProjectInfo
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.store.backend import StorageError, open_storage
 from simplemirror.store.state import ReuseIndex, State, StateError, unreadable
 from simplemirror.sync import download, recover, reuse
 from simplemirror.sync.plan import (
@@ -111,7 +112,7 @@ def damaged(exc: BaseException) -> bool:
 
 def write_error(directory: Path, exc: Exception) -> SyncError:
     """What to say when the mirror's files or state.db cannot be written."""
-    if isinstance(exc, store.UnsafePath):
+    if isinstance(exc, store.UnsafePath | StorageError):
         return SyncError(str(exc))
     if disk_full(exc):
         return SyncError(
@@ -510,6 +511,7 @@ class Sync:
 
     def __init__(self, config: Config, reporter: Reporter | None = None) -> None:
         self.config = config
+        self.storage = open_storage(config.web, config.storage)
         self.client = Client(config)
         self.reporter = reporter or Reporter()
         self.stopped_by: int | None = None
@@ -548,14 +550,22 @@ class Sync:
         self._dry = dry_run
         if dry_run:
             return self._dry_run(started)
+        try:
+            # A bucket that is missing or denies access says so before anything is
+            # fetched upstream (or made on disk).
+            self.storage.check()
+        except StorageError as exc:
+            raise SyncError(str(exc)) from None
         # What this run brings into being: a first run that never gets a usable root
         # removes it again (see _undo_first_run).
         # mkdir(parents=True) makes missing parents too: the outermost first.
-        wanted = (*reversed(config.directory.parents), config.directory, config.web, config.tmp,
-                  lock_path(config.directory))
+        local = not self.storage.remote
+        dirs = (config.directory, config.web, config.tmp) if local else (
+            config.directory, config.tmp)
+        wanted = (*reversed(config.directory.parents), *dirs, lock_path(config.directory))
         made = [p for p in wanted if not p.exists()]
         try:
-            for d in (config.directory, config.web, config.tmp):
+            for d in dirs:
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SyncError(f"cannot create the mirror directory: {exc}") from exc
@@ -563,7 +573,8 @@ class Sync:
             try:
                 # Under the lock no other run uses tmp/: a temporary file of ours
                 # there was left by a run that died, and was never published.
-                store.check_same_filesystem(config.tmp, config.web)
+                if local:
+                    store.check_same_filesystem(config.tmp, config.web)
                 # Checked afresh each run: under --every, a directory may have been
                 # swapped for a symlink since the last one.
                 store.forget_dirs()
@@ -641,12 +652,14 @@ class Sync:
             return
         started, through = died
         config = self.config
-        publisher = Publisher(config.web, config.tmp, state, generation, config.public_url)
+        publisher = Publisher(self.storage, config.tmp, state, generation, config.public_url)
         try:
             with state.transaction():
-                done = recover.recover(config.web, state, publisher, recover.since_epoch(started))
+                done = recover.recover(
+                    self.storage, state, publisher, recover.since_epoch(started)
+                )
                 state.recovered_through(through)
-                store.flush(config.web)
+                self.storage.flush()
         except OSError as exc:
             raise write_error(config.directory, exc) from exc
         log.info(
@@ -690,7 +703,7 @@ class Sync:
         if self._source is not None:
             summary.files_fetched += self._source.files_fetched
             summary.bytes_fetched += self._source.bytes_fetched
-        root_pages_there = all(store.is_file(config.web, p) for p in layout.ROOT_PAGES)
+        root_pages_there = all(self.storage.is_file(p) for p in layout.ROOT_PAGES)
         if root.not_modified and not plan.fetch and root_pages_there and not root.unmet:
             # 304 (or the same bytes) and nothing left over: the mirror is current.
             # Write nothing.
@@ -700,7 +713,7 @@ class Sync:
 
         # In the publish order (publish.publish): each project as its downloads
         # finish (_fetch_all), then the root, then removals.
-        publisher = Publisher(config.web, config.tmp, state, generation, config.public_url)
+        publisher = Publisher(self.storage, config.tmp, state, generation, config.public_url)
         self._files_held, self._files_removing = state.live_files_count(), 0
         try:
             with closing(self._fetch_all(plan, state, publisher, summary)) as copies:
@@ -1165,9 +1178,9 @@ class Sync:
     def _flush(self) -> None:
         """store.flush, on a way out: an error here must not hide the one under way."""
         try:
-            store.flush(self.config.web)
+            self.storage.flush()
         except OSError as exc:
-            log.warning("could not flush %s to disk: %s", self.config.web, exc)
+            log.warning("could not flush %s to disk: %s", self.storage.where, exc)
 
     def _keep_finished(
         self,

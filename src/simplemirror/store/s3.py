@@ -1,0 +1,494 @@
+"""The published tree in an S3 bucket (``storage = "s3://BUCKET/PREFIX"``).
+
+Keys are the tree's paths below the prefix (``PREFIX/simple/<name>/index.html``,
+``PREFIX/packages/...``, ``PREFIX/last-modified``). Every object is sent with the
+Content-Type ``mirror serve`` answers for it, a Cache-Control, its SHA-256 as the
+checksum the store verifies before it keeps the object (``ChecksumSHA256``; a mismatch
+is refused, ``ChecksumRefused``), and its hex sha256 in the object's metadata
+(``x-amz-meta-sha256``), which a HEAD returns for a multipart object too, whose own
+checksum is one of its parts' checksums. So "already there" is a HEAD: the right size and
+sha256, and the file is not sent again.
+
+The client is boto3: the standard AWS credential sources (environment, shared
+credentials file, instance role) come with it, and its transfer manager sends a large
+file in parallel parts read from the file (bounded memory). boto3 from 1.36 on adds a
+CRC32 checksum to every request unless told otherwise, which some S3-compatible stores
+refuse; here checksums are sent only when this module gives one (``when_required``):
+always a SHA-256.
+
+Atomicity: a PUT is whole or absent, so a reader sees the old object or the new one.
+Nothing is made durable later: an object is durable once its PUT returns, so ``flush``
+has nothing to do. 5xx answers, throttling (503 SlowDown) and reset connections are
+retried by botocore's standard retry mode (exponential backoff with jitter), ``retries``
+times over; a file body is read again from its start for each attempt.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import io
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from simplemirror.serve import rules
+from simplemirror.store import tree
+from simplemirror.store.backend import ChecksumRefused, Settings, StorageError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = Any
+
+# Keys are listed 1000 at a time (S3's page); a delete takes as many.
+_BATCH = 1000
+# Objects' LastModified is the store's clock: a recovery looks this much further back.
+CLOCK_MARGIN = 300.0
+_READ_BLOCK = 1024**2
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: botocore.exceptions.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _b64(hexdigest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hexdigest)).decode("ascii")
+
+
+class S3Storage:
+    """A bucket, below a prefix; a client and an upload pool per process (fork-safe)."""
+
+    remote = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix
+        self.where = settings.url
+        self._pid = -1
+        self._lock = threading.RLock()
+        self._client: S3Client | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._empty: bool | None = None
+
+    # -- the client, made in the process that uses it ------------------------------------
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None or self._pid != os.getpid():
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    self._client = self._make_client()
+                    self._pool = None
+                    self._empty = None
+                    self._pid = os.getpid()
+        return self._client
+
+    def _make_client(self) -> S3Client:
+        s = self.settings
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": s.retries + 1},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            # Path-style for an endpoint of one's own (SeaweedFS, MinIO, Ceph): their
+            # host names rarely resolve per bucket.
+            s3={"addressing_style": "path" if s.endpoint_url else "auto"},
+            # Uploads, each file's parts, and the publisher's pages, at once.
+            max_pool_connections=s.upload_workers * 4 + 4,
+            connect_timeout=10, read_timeout=60,
+            # Our own calls, well-formed by construction: checking each costs ~10% of a
+            # request's CPU (benchmarks/README.md, object storage).
+            parameter_validation=False,
+        )
+        session = boto3.session.Session()
+        client: S3Client = session.client(
+            "s3", endpoint_url=s.endpoint_url, region_name=s.region, config=config
+        )
+        return client
+
+    def uploads(self) -> concurrent.futures.Executor:
+        return self.pool
+
+    @property
+    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """``upload_workers`` threads: the uploads of this process run there."""
+        self.client  # noqa: B018  # a new process gets a new pool with its client
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        self.settings.upload_workers, thread_name_prefix="upload"
+                    )
+        return self._pool
+
+    def key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    def _error(self, exc: Exception, doing: str) -> StorageError:
+        """One line for what went wrong with the bucket, saying what to do."""
+        where = f"{self.where}" + (
+            f" at {self.settings.endpoint_url}" if self.settings.endpoint_url else ""
+        )
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return StorageError(
+                f"no AWS credentials to {doing} {where}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile in ~/.aws/credentials (AWS_PROFILE), or "
+                "run with an instance role"
+            )
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code, status = _code(exc), _status(exc)
+            if code in {"NoSuchBucket", "404"} or (status == 404 and doing == "use"):
+                return StorageError(
+                    f"bucket {self.bucket!r} does not exist ({where}): create it, or fix "
+                    "storage in the config"
+                )
+            if status == 403 or code in {"AccessDenied", "InvalidAccessKeyId",
+                                         "SignatureDoesNotMatch", "403"}:
+                return StorageError(
+                    f"access denied to {where} ({code or status}) while trying to {doing} "
+                    "it: check the AWS credentials (environment, ~/.aws/credentials, "
+                    "instance role) and the bucket's policy"
+                )
+            return StorageError(f"cannot {doing} {where}: {code or status}: {exc}")
+        return StorageError(f"cannot {doing} {where}: {exc}")
+
+    def _packages_empty(self) -> bool:
+        """Whether packages/ held nothing when this process first uploaded in this run.
+
+        Then no file can be there already (nothing was seeded, no run died after
+        uploading), and the HEAD before each upload, half of a first sync's requests, is
+        skipped. Asked once a run and process (``check`` starts a run afresh): what this
+        run uploads meanwhile is new, and sending it again would be harmless.
+        """
+        if self._empty is None:
+            with self._lock:
+                if self._empty is None:
+                    try:
+                        page = self.client.list_objects_v2(
+                            Bucket=self.bucket, Prefix=self.key("packages/"), MaxKeys=1
+                        )
+                    except (botocore.exceptions.BotoCoreError,
+                            botocore.exceptions.ClientError) as exc:
+                        raise self._error(exc, "list") from None
+                    self._empty = not page.get("Contents")
+        return self._empty
+
+    def check(self) -> None:
+        self._empty = None
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, "use") from None
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _head(self, rel: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = dict(self.client.head_object(
+                Bucket=self.bucket, Key=self.key(rel), ChecksumMode="ENABLED"
+            ))
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise self._error(exc, f"read {rel} in") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, f"read {rel} in") from None
+        return found
+
+    @staticmethod
+    def _sha256_in(head: dict[str, Any]) -> str | None:
+        """The sha256 of an object that the store vouches for: its own SHA-256 of an
+        object in one part, or, for one in parts (whose checksum is of its parts', each
+        verified on upload), the sha256 in its metadata. None for an object without a
+        SHA-256 of the store's (put there by other means): metadata alone proves
+        nothing, and such an object is read (verify) or sent again (install)."""
+        theirs = head.get("ChecksumSHA256")
+        if not theirs:
+            return None
+        if "-" not in theirs:  # "...-N": a multipart object's composite
+            return base64.b64decode(theirs).hex()
+        ours = head.get("Metadata", {}).get("sha256")
+        return str(ours) if ours else None
+
+    def _extra(self, rel: str, sha256: str) -> dict[str, Any]:
+        return {
+            "ContentType": rules.content_type(rel),
+            "CacheControl": rules.cache_control(rel),
+            "Metadata": {"sha256": sha256},
+        }
+
+    def _put(self, rel: str, body: bytes | BinaryIO, size: int, sha256: str) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key(rel), Body=body, ContentLength=size,
+                ChecksumSHA256=_b64(sha256), **self._extra(rel, sha256),
+            )
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
+                              "XAmzContentSHA256Mismatch"}:
+                raise ChecksumRefused(
+                    f"{self.key(rel)}: the store found another SHA-256 than {sha256}, and "
+                    "refused it"
+                ) from None
+            raise self._error(exc, f"upload {rel} to") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, f"upload {rel} to") from None
+
+    def install(self, staged: str, rel: str, *, sha256: str | None = None,
+                new_dir: bool = False, dir_checked: bool = False) -> None:
+        try:
+            size = os.stat(staged).st_size
+            if sha256 is None:
+                with open(staged, "rb") as f:
+                    sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+            held = None if self._packages_empty() else self._head(rel)
+            if (held is not None and held.get("ContentLength") == size
+                    and self._sha256_in(held) == sha256):
+                return  # there already (a resumed run, a bucket seeded by other means)
+            if size < self.settings.multipart_threshold:
+                with open(staged, "rb") as f:
+                    self._put(rel, f, size, sha256)
+            else:
+                self._put_parts(staged, rel, sha256)
+        finally:
+            tree.discard(staged)
+
+    def _put_parts(self, staged: str, rel: str, sha256: str) -> None:
+        """A large file in parallel parts, each with a SHA-256 the store checks; the whole
+        file's was checked when it was staged."""
+        s = self.settings
+        transfer = TransferConfig(
+            multipart_threshold=s.multipart_threshold, multipart_chunksize=s.multipart_chunk,
+            max_concurrency=4, use_threads=True,
+        )
+        try:
+            self.client.upload_file(
+                staged, self.bucket, self.key(rel),
+                ExtraArgs={"ChecksumAlgorithm": "SHA256", **self._extra(rel, sha256)},
+                Config=transfer,
+            )
+        except boto3.exceptions.S3UploadFailedError as exc:
+            if "BadDigest" in str(exc) or "Checksum" in str(exc):
+                raise ChecksumRefused(f"{self.key(rel)}: {exc}") from None
+            raise self._error(exc, f"upload {rel} to") from None
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, f"upload {rel} to") from None
+
+    def make_dir(self, rel_dir: str) -> bool:
+        return False  # a bucket has no directories: pages are compared with what is there
+
+    def write_page(self, tmp: Path, rel: str, data: bytes, *, dir_checked: bool = False
+                   ) -> str:
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._put(rel, data, len(data), sha256)
+        return sha256
+
+    # -- reading -----------------------------------------------------------------------
+
+    def same_bytes(self, rel: str, data: bytes) -> bool:
+        held = self._head(rel)
+        return (held is not None and held.get("ContentLength") == len(data)
+                and self._sha256_in(held) == hashlib.sha256(data).hexdigest())
+
+    def sha256_of(self, rel: str) -> str | None:
+        held = self._head(rel)
+        return None if held is None else self._sha256_in(held)
+
+    def size_of(self, rel: str) -> int | None:
+        held = self._head(rel)
+        return None if held is None else int(held["ContentLength"])
+
+    def stat(self, rel: str) -> tuple[int, str | None] | None:
+        held = self._head(rel)
+        return None if held is None else (int(held["ContentLength"]), self._sha256_in(held))
+
+    def is_file(self, rel: str) -> bool:
+        return self._head(rel) is not None
+
+    def open_file(self, rel: str) -> io.BufferedReader:
+        """One GET of the object's last _READ_BLOCK bytes: a smaller object (most wheels,
+        every page) is then read from memory; a larger one by ranged GETs, its end (where a
+        zip's directory is) kept from the first."""
+        try:
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=self.key(rel), Range=f"bytes=-{_READ_BLOCK}"
+            )
+            tail = answer["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                raise FileNotFoundError(f"{self.key(rel)} is not in {self.where}") from None
+            if _status(exc) == 416:  # an empty object: no last byte to ask for
+                return io.BufferedReader(io.BytesIO(b""))
+            raise self._error(exc, f"read {rel} in") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, f"read {rel} in") from None
+        content_range = str(answer.get("ContentRange") or "")
+        size = int(content_range.rpartition("/")[2]) if "/" in content_range else len(tail)
+        return io.BufferedReader(_Ranges(self, self.key(rel), size, tail), _READ_BLOCK)
+
+    def describe(self, rel: str) -> tuple[int, str, float] | None:
+        """(size, ETag, Last-Modified as epoch seconds) of the object at ``rel``; None
+        when there is none."""
+        held = self._head(rel)
+        if held is None:
+            return None
+        return (int(held["ContentLength"]), str(held["ETag"]).strip('"'),
+                held["LastModified"].timestamp())
+
+    def stream(self, rel: str, first: int, last: int) -> Iterator[bytes]:
+        """Bytes ``first`` to ``last`` (inclusive) of the object at ``rel``, in pieces."""
+        try:
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=self.key(rel), Range=f"bytes={first}-{last}"
+            )
+            yield from answer["Body"].iter_chunks(256 * 1024)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, f"read {rel} in") from None
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of ``key``."""
+        try:
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+            )
+            return answer["Body"].read()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, f"read {key} in") from None
+
+    def _listing(self, rel_dir: str, delimiter: str = "") -> Iterator[dict[str, Any]]:
+        """The pages of a listing below ``rel_dir``/, one at a time (never all at once)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.key(rel_dir) + "/"}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        try:
+            for page in paginator.paginate(**args):
+                yield dict(page)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, "list") from None
+
+    def list_dirs(self, rel_dir: str) -> list[str]:
+        cut = len(self.key(rel_dir)) + 1
+        return sorted(
+            p["Prefix"][cut:].rstrip("/")
+            for page in self._listing(rel_dir, "/") for p in page.get("CommonPrefixes", ())
+        )
+
+    def _objects(self, rel_dir: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        cut = len(self.prefix)
+        for page in self._listing(rel_dir):
+            for item in page.get("Contents", ()):
+                yield item["Key"][cut:], item
+
+    def walk_files(self, rel_dir: str) -> Iterator[tuple[str, int]]:
+        for rel, item in self._objects(rel_dir):
+            yield rel, int(item["Size"])
+
+    def changed_dirs(self, rel_dir: str, since: float) -> Iterator[str]:
+        last = None
+        cut = len(rel_dir) + 1
+        for rel, item in self._objects(rel_dir):
+            name = rel[cut:].partition("/")[0]
+            if name != last and item["LastModified"].timestamp() >= since - CLOCK_MARGIN:
+                last = name
+                yield name
+
+    def changed_files(self, rel_dir: str, since: float) -> Iterator[str]:
+        for rel, item in self._objects(rel_dir):
+            if item["LastModified"].timestamp() >= since - CLOCK_MARGIN:
+                yield rel
+
+    # -- removing ----------------------------------------------------------------------
+
+    def remove(self, rel: str, suffixes: Iterable[str] = ("",), *, stop: str = "") -> None:
+        self.remove_keys(self.key(rel + suffix) for suffix in suffixes)
+
+    def remove_keys(self, keys: Iterable[str]) -> None:
+        """Delete ``keys`` (full keys), a batch of 1000 a request; a missing key is no error."""
+        batch: list[str] = []
+
+        def send() -> None:
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except (botocore.exceptions.BotoCoreError,
+                    botocore.exceptions.ClientError) as exc:
+                raise self._error(exc, "delete from") from None
+            errors = answer.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"cannot delete {first.get('Key')} from {self.where}: "
+                    f"{first.get('Code')} {first.get('Message', '')}".rstrip()
+                )
+            batch.clear()
+
+        for key in keys:
+            batch.append(key)
+            if len(batch) == _BATCH:
+                send()
+        if batch:
+            send()
+
+    def remove_link(self, rel: str) -> bool:
+        return False  # a bucket holds no symlinks
+
+    def flush(self) -> None:
+        pass  # an object is durable once its PUT has returned
+
+
+class _Ranges(io.RawIOBase):
+    """An object read by ranged GETs, seekable (zipfile reads a wheel's end first)."""
+
+    def __init__(self, storage: S3Storage, key: str, size: int, tail: bytes = b"") -> None:
+        super().__init__()
+        self._storage = storage
+        self._key = key
+        self._size = size
+        self._pos = 0
+        self._tail = tail
+        """The object's last bytes, read already."""
+        self._tail_start = size - len(tail)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self._size, self._pos + len(view))
+        if end <= self._pos:
+            return 0
+        if self._pos >= self._tail_start:
+            at = self._pos - self._tail_start
+            data = self._tail[at:at + end - self._pos]
+        else:
+            data = self._storage.read_range(self._key, self._pos, end)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)

@@ -305,29 +305,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send_text(404, "not found\n", headers)
             return
         size, etag_value, modified = found
-        etag, mtime = f'"{etag_value}{tag}"', int(modified)
-        headers = {
-            **headers, "ETag": etag, "Last-Modified": formatdate(mtime, usegmt=True),
-            "Cache-Control": rules.cache_control(path),
-        }
-        if self._not_modified(etag, mtime):
-            self._send_head(304, headers)
+        span = self._send_head_for(
+            path, media, headers, f'"{etag_value}{tag}"', int(modified), size
+        )
+        if span is None or self.command == "HEAD":
             return
-        wanted = self._wanted_range(etag, mtime, size)
-        if wanted == rules.UNSATISFIABLE:
-            self._send_text(416, "range not satisfiable\n",
-                            {**headers, "Content-Range": f"bytes */{size}"})
-            return
-        first, last, status = 0, size - 1, 200
-        if isinstance(wanted, tuple):
-            (first, last), status = wanted, 206
-            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        length = last - first + 1
-        headers |= {"Content-Type": media, "Content-Length": str(length),
-                    "Accept-Ranges": "bytes"}
-        self._send_head(status, headers)
-        if self.command == "HEAD" or length <= 0:
-            return
+        first, length = span
+        last = first + length - 1
         try:
             for chunk in remote.stream(path, first, last):
                 self.wfile.write(chunk)
@@ -348,34 +332,44 @@ class Handler(BaseHTTPRequestHandler):
         with handle:
             info = os.fstat(handle.fileno())
             etag = f'"{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}{tag}"'
-            mtime = int(info.st_mtime)
-            headers = {
-                **headers,
-                "ETag": etag,
-                "Last-Modified": formatdate(mtime, usegmt=True),
-                "Cache-Control": rules.cache_control(path),
-            }
-            if self._not_modified(etag, mtime):
-                self._send_head(304, headers)
+            span = self._send_head_for(
+                path, media, headers, etag, int(info.st_mtime), info.st_size
+            )
+            if span is None or self.command == "HEAD":
                 return
-            size = info.st_size
-            wanted = self._wanted_range(etag, mtime, size)
-            if wanted == rules.UNSATISFIABLE:
-                self._send_text(416, "range not satisfiable\n",
-                                {**headers, "Content-Range": f"bytes */{size}"})
-                return
-            first, last, status = 0, size - 1, 200
-            if isinstance(wanted, tuple):
-                (first, last), status = wanted, 206
-                headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-            length = last - first + 1
-            headers |= {"Content-Type": media, "Content-Length": str(length),
-                        "Accept-Ranges": "bytes"}
-            self._send_head(status, headers)
-            if self.command != "HEAD" and length > 0:
-                self._sent = self.connection.sendfile(handle, first, length)
-                if self._sent < length:  # the file shrank under us: the length was a lie
-                    self.close_connection = True
+            first, length = span
+            self._sent = self.connection.sendfile(handle, first, length)
+            if self._sent < length:  # the file shrank under us: the length was a lie
+                self.close_connection = True
+
+    def _send_head_for(
+        self, path: str, media: str, headers: dict[str, str], etag: str, mtime: int,
+        size: int,
+    ) -> tuple[int, int] | None:
+        """The status line and headers for a file of ``size`` bytes, on disk or in a
+        bucket: (first byte, length) of the body to send, or None when there is none to
+        send (304, 416, or nothing in the range)."""
+        headers = {
+            **headers, "ETag": etag, "Last-Modified": formatdate(mtime, usegmt=True),
+            "Cache-Control": rules.cache_control(path),
+        }
+        if self._not_modified(etag, mtime):
+            self._send_head(304, headers)
+            return None
+        wanted = self._wanted_range(etag, mtime, size)
+        if wanted == rules.UNSATISFIABLE:
+            self._send_text(416, "range not satisfiable\n",
+                            {**headers, "Content-Range": f"bytes */{size}"})
+            return None
+        first, last, status = 0, size - 1, 200
+        if isinstance(wanted, tuple):
+            (first, last), status = wanted, 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        length = last - first + 1
+        headers |= {"Content-Type": media, "Content-Length": str(length),
+                    "Accept-Ranges": "bytes"}
+        self._send_head(status, headers)
+        return (first, length) if length > 0 else None
 
     def _not_modified(self, etag: str, mtime: int) -> bool:
         # If-None-Match, when present, decides alone (RFC 9110 13.2.2).

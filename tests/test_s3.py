@@ -7,6 +7,7 @@ SHA-256 the store verified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import multiprocessing
@@ -418,20 +419,31 @@ class _Proxy(ThreadingHTTPServer):
         self.lock = threading.Lock()
 
 
-def test_throttling_and_5xx_are_retried_with_backoff(
-    upstream: Upstream, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
-) -> None:
-    proxy = _Proxy(weed.port, budget=4)
+@contextlib.contextmanager
+def _throttled(weed: seaweed.Seaweed, bucket: str, budget: int) -> Iterator[
+    tuple[_Proxy, dict[str, Any]]
+]:
+    """A proxy in front of ``weed`` answering its first ``budget`` writes 503 SlowDown,
+    and the storage settings that reach the bucket through it."""
+    proxy = _Proxy(weed.port, budget=budget)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
-        store = {"storage": f"s3://{bucket}/{PREFIX}",
-                 "storage_table": {"endpoint_url": f"http://127.0.0.1:{proxy.server_port}"}}
-        # retries = 3: each of the first PUTs may be throttled up to 3 times and still go up.
-        summary = sync(upstream, tmp_path / "m", store, retries=3)
+        yield proxy, {
+            "storage": f"s3://{bucket}/{PREFIX}",
+            "storage_table": {"endpoint_url": f"http://127.0.0.1:{proxy.server_port}"},
+        }
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_throttling_and_5xx_are_retried_with_backoff(
+    upstream: Upstream, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+) -> None:
+    with _throttled(weed, bucket, 4) as (proxy, store):
+        # retries = 3: each of the first PUTs may be throttled up to 3 times and still go up.
+        summary = sync(upstream, tmp_path / "m", store, retries=3)
     assert proxy.throttled == 4
     assert summary.outcome == "ok" and not summary.failed
     sync(upstream, tmp_path / "local")
@@ -442,17 +454,8 @@ def test_throttling_and_5xx_are_retried_with_backoff(
 def test_throttling_past_the_retries_stops_the_run_with_one_clear_line(
     upstream: Upstream, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
 ) -> None:
-    proxy = _Proxy(weed.port, budget=10_000)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        store = {"storage": f"s3://{bucket}/{PREFIX}",
-                 "storage_table": {"endpoint_url": f"http://127.0.0.1:{proxy.server_port}"}}
-        with pytest.raises(SyncError) as caught:
-            sync(upstream, tmp_path / "m", store, retries=1)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+    with _throttled(weed, bucket, 10_000) as (_, store), pytest.raises(SyncError) as caught:
+        sync(upstream, tmp_path / "m", store, retries=1)
     assert "SlowDown" in str(caught.value) and "\n" not in str(caught.value)
     # Nothing is published over a file that never went up.
     assert not any(k.startswith(f"{PREFIX}/simple/") for k in weed.keys(bucket))

@@ -326,6 +326,33 @@ def _storage(weed: seaweed.Seaweed, bucket: str, **kw: Any) -> s3.S3Storage:
         f"s3://{bucket}/{PREFIX}", endpoint_url=weed.endpoint, region="us-east-1", **kw))
 
 
+def test_a_listing_in_parallel_over_directories_sees_every_object_once(
+    weed: seaweed.Seaweed, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """walk_files lists packages/<xx>/ a few at a time: more directories than it holds
+    listed ahead, an object directly below packages/ too, and pages of one key each."""
+    monkeypatch.setattr(s3, "_LIST_AHEAD", 2)
+    storage = _storage(weed, bucket)
+    wanted = {"packages/stray.txt": 5}
+    for i in range(7):
+        for j in range(i % 3 + 1):
+            wanted[f"packages/{i:02x}/{j:02x}/p{i}/p{i}-{j}.tar.gz"] = 10 + i + j
+    for rel, size in wanted.items():
+        storage.write_page(tmp_path, rel, b"x" * size)
+    storage.write_page(tmp_path, "simple/index.html", b"not below packages/")
+    real = storage.client.get_paginator
+
+    def one_key_a_page(name: str) -> Any:
+        paginator = real(name)
+        paginate = paginator.paginate
+        paginator.paginate = lambda **kw: paginate(**kw, PaginationConfig={"PageSize": 1})
+        return paginator
+
+    monkeypatch.setattr(storage.client, "get_paginator", one_key_a_page)
+    got = list(storage.walk_files("packages"))
+    assert sorted(got) == sorted(wanted.items())
+
+
 def test_a_checksum_the_store_does_not_find_is_refused_and_nothing_is_kept(
     weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
 ) -> None:

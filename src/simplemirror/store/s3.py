@@ -26,9 +26,11 @@ times over; a file body is read again from its start for each attempt.
 from __future__ import annotations
 
 import base64
+import collections
 import concurrent.futures
 import hashlib
 import io
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -53,6 +55,10 @@ else:
 _BATCH = 1000
 # Objects' LastModified is the store's clock: a recovery looks this much further back.
 CLOCK_MARGIN = 300.0
+_LIST_WORKERS = 8
+"""Listings at once (walk_files)."""
+_LIST_AHEAD = 16
+"""Directories listed ahead of the one being read (walk_files)."""
 _READ_BLOCK = 1024**2
 
 
@@ -394,8 +400,30 @@ class S3Storage:
                 yield item["Key"][cut:], item
 
     def walk_files(self, rel_dir: str) -> Iterator[tuple[str, int]]:
-        for rel, item in self._objects(rel_dir):
-            yield rel, int(item["Size"])
+        """(path, size) of every object below ``rel_dir``, listed in parallel over its
+        first-level directories (packages/<xx>/: 256 of them): one listing returns at
+        most 1,000 keys a request, so millions of objects listed one request after
+        another take minutes. At most _LIST_AHEAD directories are held listed, each as
+        (path, size) pairs, so memory stays bounded by the largest few."""
+        cut = len(self.prefix)
+        subdirs: list[str] = []
+        for page in self._listing(rel_dir, "/"):
+            for item in page.get("Contents", ()):
+                yield item["Key"][cut:], int(item["Size"])
+            subdirs += [p["Prefix"][cut:].rstrip("/") for p in page.get("CommonPrefixes", ())]
+
+        def listed(sub: str) -> list[tuple[str, int]]:
+            return [(rel, int(item["Size"])) for rel, item in self._objects(sub)]
+
+        with concurrent.futures.ThreadPoolExecutor(_LIST_WORKERS) as pool:
+            left = iter(subdirs)
+            ahead = collections.deque(pool.submit(listed, sub)
+                                      for sub in itertools.islice(left, _LIST_AHEAD))
+            while ahead:
+                yield from ahead.popleft().result()
+                sub = next(left, None)
+                if sub is not None:
+                    ahead.append(pool.submit(listed, sub))
 
     def changed_dirs(self, rel_dir: str, since: float) -> Iterator[str]:
         last = None

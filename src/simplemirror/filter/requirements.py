@@ -215,22 +215,9 @@ def _pylock(path: Path, text: str) -> Iterator[Locked]:
         raise RequirementsError(
             f"{path}: not a PEP 751 lock this mirror reads (lock-version {version!r}, not 1.x)"
         )
-    packages = doc.get("packages", [])
-    if not isinstance(packages, list):
-        raise RequirementsError(f"{path}: 'packages' is not an array of tables")
-    for index, package in enumerate(packages):
-        where = f"packages[{index}]"
-        if not isinstance(package, dict):
-            raise RequirementsError(f"{path}: {where} is not a table")
-        name = _package_name(path, where, package)
-        entries = [(f"{where}.wheels[{i}]", w) for i, w in enumerate(package.get("wheels", []))]
-        if isinstance(package.get("sdist"), dict):
-            entries.append((f"{where}.sdist", package["sdist"]))
-        files = []
-        for at, entry in entries:
-            if not isinstance(entry, dict):
-                raise RequirementsError(f"{path}: {at} is not a table")
-            files.append((_filename(path, at, entry), _hashes(path, at, entry.get("hashes"))))
+    for where, name, package in _packages(path, doc, "packages"):
+        files = [(_filename(path, at, entry), _hashes(path, at, entry.get("hashes")))
+                 for at, entry in _dists(path, where, package)]
         if files:  # else a directory, VCS or archive: nothing an index serves
             yield Locked(name, _str(package.get("version")), tuple(files))
 
@@ -239,28 +226,43 @@ def _uv_lock(path: Path, text: str) -> Iterator[Locked]:
     doc = _toml(path, text)
     if not isinstance(doc.get("version"), int):
         raise RequirementsError(f"{path}: not a uv lock (no integer 'version')")
-    packages = doc.get("package", [])
-    if not isinstance(packages, list):
-        raise RequirementsError(f"{path}: 'package' is not an array of tables")
-    for index, package in enumerate(packages):
-        where = f"package[{index}]"
-        if not isinstance(package, dict):
-            raise RequirementsError(f"{path}: {where} is not a table")
-        name = _package_name(path, where, package)
+    for where, name, package in _packages(path, doc, "package"):
         source = package.get("source")
         if not isinstance(source, dict) or "registry" not in source:
             continue  # the project itself, a path, a VCS checkout, a URL
-        entries = [(f"{where}.wheels[{i}]", w) for i, w in enumerate(package.get("wheels", []))]
-        if isinstance(package.get("sdist"), dict):
-            entries.append((f"{where}.sdist", package["sdist"]))
         files = []
-        for at, entry in entries:
-            if not isinstance(entry, dict):
-                raise RequirementsError(f"{path}: {at} is not a table")
+        for at, entry in _dists(path, where, package):
             algorithm, sep, digest = str(entry.get("hash", "")).partition(":")
             hashes = _hashes(path, at, {algorithm: digest} if sep else {})
             files.append((_filename(path, at, entry), hashes))
         yield Locked(name, _str(package.get("version")), tuple(files))
+
+
+def _packages(
+    path: Path, doc: dict[str, Any], key: str
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, normalized name, table) of each package in a lock's array ``key``."""
+    packages = doc.get(key, [])
+    if not isinstance(packages, list):
+        raise RequirementsError(f"{path}: '{key}' is not an array of tables")
+    for index, package in enumerate(packages):
+        where = f"{key}[{index}]"
+        if not isinstance(package, dict):
+            raise RequirementsError(f"{path}: {where} is not a table")
+        yield where, _package_name(path, where, package), package
+
+
+def _dists(
+    path: Path, where: str, package: dict[str, Any]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, table) of a locked package's wheels, then its sdist."""
+    entries = [(f"{where}.wheels[{i}]", w) for i, w in enumerate(package.get("wheels", []))]
+    if isinstance(package.get("sdist"), dict):
+        entries.append((f"{where}.sdist", package["sdist"]))
+    for at, entry in entries:
+        if not isinstance(entry, dict):
+            raise RequirementsError(f"{path}: {at} is not a table")
+        yield at, entry
 
 
 def _str(value: object) -> str | None:

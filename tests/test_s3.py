@@ -567,6 +567,21 @@ def test_verify_of_a_missing_bucket_is_one_clear_error(
 # -- mirror serve --storage ---------------------------------------------------------------------
 
 
+def _asked(wheel: str) -> list[tuple[str, dict[str, str]]]:
+    """Requests a server of the bucket must answer as the one it is compared with: every
+    negotiation of the root and a page, a redirect, a missing page, a file, its .metadata
+    and a range of it."""
+    return [
+        ("/simple/", {}), ("/simple/", {"Accept": rules.JSON_V1}),
+        ("/simple/tiny/", {"Accept": "application/vnd.pypi.simple.latest+json"}),
+        ("/simple/tiny/", {"Accept": rules.HTML_V1}), ("/simple/tiny/", {}),
+        ("/simple/tiny/", {"Accept": "text/plain"}), ("/simple/tiny", {}),
+        ("/simple/tiny/?format=application/vnd.pypi.simple.v1%2Bjson", {}),
+        ("/simple/absent/", {}), (wheel, {}), (wheel + ".metadata", {}),
+        (wheel, {"Range": "bytes=2-9"}),
+    ]
+
+
 def test_serve_answers_from_a_bucket_as_from_disk(
     upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
 ) -> None:
@@ -580,13 +595,7 @@ def test_serve_answers_from_a_bucket_as_from_disk(
                                  remote=_storage(weed, bucket)))
     wheel = next(f for f in world.project("tiny").files if f.filename.endswith(".whl"))
     asked = [
-        ("/simple/", {}), ("/simple/", {"Accept": rules.JSON_V1}),
-        ("/simple/tiny/", {"Accept": "application/vnd.pypi.simple.latest+json"}),
-        ("/simple/tiny/", {"Accept": rules.HTML_V1}), ("/simple/tiny/", {}),
-        ("/simple/tiny/", {"Accept": "text/plain"}), ("/simple/Tiny/", {}), ("/simple/tiny", {}),
-        ("/simple/tiny/?format=application/vnd.pypi.simple.v1%2Bjson", {}),
-        ("/simple/absent/", {}), (wheel.path, {}), (wheel.path + ".metadata", {}),
-        (wheel.path, {"Range": "bytes=2-9"}), (wheel.path, {"Range": "bytes=999999-"}),
+        *_asked(wheel.path), ("/simple/Tiny/", {}), (wheel.path, {"Range": "bytes=999999-"}),
         ("/last-modified", {}), ("/packages/", {}), ("/../state.db", {}),
     ]
     try:
@@ -668,14 +677,7 @@ def test_nginx_fronting_the_bucket_answers_as_mirror_serve(
                                  remote=_storage(weed, bucket)))
     wheel = next(f for f in world.project("tiny").files if f.filename.endswith(".whl"))
     asked = [
-        ("/simple/", {}), ("/simple/", {"Accept": rules.JSON_V1}),
-        ("/simple/tiny/", {"Accept": "application/vnd.pypi.simple.latest+json"}),
-        ("/simple/tiny/", {"Accept": rules.HTML_V1}), ("/simple/tiny/", {}),
-        ("/simple/tiny/", {"Accept": "text/plain"}), ("/simple/tiny", {}),
-        ("/simple/tiny/?format=application/vnd.pypi.simple.v1%2Bjson", {}),
-        ("/simple/absent/", {}), (wheel.path, {}), (wheel.path + ".metadata", {}),
-        (wheel.path, {"Range": "bytes=2-9"}), ("/packages/aa/absent.whl", {}),
-        ("/simple/tiny/index.v1_json", {}),
+        *_asked(wheel.path), ("/packages/aa/absent.whl", {}), ("/simple/tiny/index.v1_json", {}),
     ]
     try:
         with NginxS3Site(weed.port, f"/{bucket}/{PREFIX}", tmp_path / "nginx") as site:

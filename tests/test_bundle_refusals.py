@@ -24,6 +24,7 @@ from tests.support.bundles import (
     published,
     refused,
     resign,
+    seeded,
     sync,
 )
 from tests.support.process import run
@@ -332,10 +333,7 @@ def test_the_tree_digest_is_the_ledgers_after_each_import(chain: Chain, far: Pat
 
 
 def test_the_mass_removal_cap(upstream: Upstream, world: World, tmp_path: Path) -> None:
-    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
-    key = Keys(tmp_path / "keys")
-    sync(upstream, near)
-    apply(make_bundle(near, out, key, full=True), far, key)
+    near, far, out, key = seeded(upstream, tmp_path)
     for name in ("proj-0", "proj-1", "proj-2"):
         world.remove_project(name)
     sync(upstream, near)

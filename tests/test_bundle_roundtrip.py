@@ -24,6 +24,7 @@ from tests.support.bundles import (
     needs_minisign,
     published,
     refused,
+    seeded,
     sync,
 )
 from tests.support.process import run
@@ -175,10 +176,7 @@ def test_volumes_are_split_and_may_arrive_apart(
 def test_a_lost_bundle_is_replaced_from_the_receipt(
     upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
-    key = Keys(tmp_path / "keys")
-    sync(upstream, near)
-    apply(make_bundle(near, out, key, full=True), far, key)
+    near, far, out, key = seeded(upstream, tmp_path)
     world.add_project("second", ["1.0"])
     sync(upstream, near)
     lost = make_bundle(near, out, key)
@@ -213,10 +211,7 @@ def test_a_lost_bundle_is_replaced_from_the_receipt(
 def test_a_file_the_far_side_lost_travels_with_the_replacement_bundle(
     upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
-    key = Keys(tmp_path / "keys")
-    sync(upstream, near)
-    apply(make_bundle(near, out, key, full=True), far, key)
+    near, far, out, key = seeded(upstream, tmp_path)
     # Yanked: its row changes, its bytes do not, so the delta carries no body for it...
     victim = world.project("Proj_0").files[0]
     world.yank("Proj_0", victim.filename, "broken")
@@ -245,10 +240,7 @@ def test_a_file_of_an_untouched_project_the_far_side_lost_travels_too(
     """The delta does not mention the project whose file the far side lost: the import
     finds it missing all the same, and the replacement bundle carries it (and, when its
     directory went with it, the files beside it)."""
-    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
-    key = Keys(tmp_path / "keys")
-    sync(upstream, near)
-    apply(make_bundle(near, out, key, full=True), far, key)
+    near, far, out, key = seeded(upstream, tmp_path)
     victim = world.project("Proj_2").files[0]
     (lost,) = (far / "web" / "packages").rglob(victim.filename)
     if beside:
@@ -400,10 +392,7 @@ def test_export_asks_for_the_passphrase_its_key_needs(
 def test_a_delta_carries_a_quarantine_and_its_lifting(
     upstream: Upstream, world: World, tmp_path: Path
 ) -> None:
-    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
-    key = Keys(tmp_path / "keys")
-    sync(upstream, near)
-    apply(make_bundle(near, out, key, full=True), far, key)
+    near, far, out, key = seeded(upstream, tmp_path)
     held = sorted(p.name for p in (far / "web/packages").rglob("proj_3-*"))
     assert held
 

@@ -47,6 +47,16 @@ class Keys:
         self.public = self.secret.public_key()
 
 
+def seeded(up: Upstream, tmp_path: Path) -> tuple[Path, Path, Path, Keys]:
+    """(near, far, out, key): a near side synced from ``up``, and a far side seeded from
+    its full bundle (written under ``out``, signed with ``key``)."""
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync(up, near)
+    apply(make_bundle(near, out, key, full=True), far, key)
+    return near, far, out, key
+
+
 def make_bundle(near: Path, to: Path, key: Keys, **options: Any) -> Path:
     return export(ExportRequest(directory=near, to=to, key=key.secret, **options)).path
 

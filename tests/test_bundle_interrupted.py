@@ -351,3 +351,35 @@ def test_a_delta_put_back_where_the_file_system_has_no_hard_links(
         message = refused(bundles.delta, far, bundles.key, allow_mass_delete=True)
     assert "free some space" in message
     assert far_state(far) == before
+
+
+def test_an_import_that_cannot_put_web_back_says_so_and_keeps_its_rows(
+    bundles: Bundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "nothing was changed": a page the put-back cannot remove leaves web/ part-way,
+    and state.db stays, so that the same import run again finishes the job."""
+    import os
+
+    far = tmp_path / "far"
+    real_unlink = os.unlink
+
+    def stuck(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).startswith(str(far / "web" / "simple")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real_unlink(path, *args, **kwargs)
+
+    def fail_then_stick() -> None:
+        monkeypatch.setattr(os, "unlink", stuck)
+        disk_full()
+
+    with monkeypatch.context() as m:
+        m.setattr(tree, "install", nth_install(far / "web", 1, "root", fail_then_stick))
+        message = refused(bundles.full, far, bundles.key)
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert "left part-way" in message and "run the same import again" in message
+    assert "nothing was changed" not in message
+    assert (far / "state.db").exists()
+
+    apply(bundles.full, far, bundles.key)
+    assert published(far) == bundles.first
+    assert_mirror_invariants(far)

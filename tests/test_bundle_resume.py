@@ -13,11 +13,9 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -69,14 +67,6 @@ def world() -> World:
     return w
 
 
-def _has_schema(state_db: Path) -> bool:
-    """state.db is there with its tables (a kill may leave the file just created)."""
-    if not state_db.exists():
-        return False
-    with closing(sqlite3.connect(state_db, timeout=30)) as db:
-        return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'files'").fetchone() is not None
-
-
 def test_an_import_killed_anywhere_finishes_when_run_again(
     upstream: Upstream, world: World, tmp_path: Path
 ) -> None:
@@ -106,10 +96,8 @@ def test_an_import_killed_anywhere_finishes_when_run_again(
             kills += code == -signal.SIGKILL
             history.append(f"{bundle.name} attempt {attempt}: killed after {delay:.2f}s of "
                            f"{took:.2f}s, exit {code}")
-            if _has_schema(far / "state.db"):
+            if (far / "state.db").exists():
                 assert_mirror_invariants(far, killed=True)
-            else:  # killed before a first import made its tables: it published nothing
-                assert not list((far / "web").rglob("index.html")), "\n".join(history)
         result = subprocess.run(import_command(bundle, far, key), capture_output=True,
                                 text=True, timeout=RUN_TIMEOUT)
         assert result.returncode == 0, "\n".join([*history, result.stderr])

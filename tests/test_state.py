@@ -8,6 +8,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
 import sqlite_utils
 import sqlite_utils.plugins
 from packaging.requirements import Requirement
@@ -84,7 +85,6 @@ def test_a_schema_1_state_db_gains_the_new_columns_and_keeps_its_rows(tmp_path: 
 
 
 def test_a_newer_state_db_is_refused(tmp_path: Path):
-    import pytest
 
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
@@ -99,6 +99,29 @@ def test_a_newer_state_db_is_refused(tmp_path: Path):
 def _plan(state: State, sql: str, params: list) -> str:
     rows = state.db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
     return " | ".join(row[-1] for row in rows)
+
+
+def test_a_state_db_being_made_appears_only_with_its_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A run killed while it makes state.db leaves none, not an empty one that every
+    command then calls damaged; the next run makes it afresh."""
+    path = tmp_path / "state.db"
+
+    def killed(self: State) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(State, "_migrate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            State(path)
+    assert not path.exists()
+    state = State(path)
+    try:
+        assert state.get_meta("schema_version") == str(SCHEMA_VERSION)
+    finally:
+        state.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]  # nothing left over
 
 
 def test_per_project_queries_use_the_project_index_not_a_walk_over_live_files(tmp_path: Path):

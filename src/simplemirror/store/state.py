@@ -322,11 +322,37 @@ def _file_values(f: HeldFile) -> tuple[Any, ...]:
     )
 
 
+def _create(path: Path) -> None:
+    """A new state.db, its schema in place before it appears under its name.
+
+    Made beside it and renamed: a run killed while making it leaves no state.db at
+    all (`mirror status` then says there is none, rather than that it is damaged),
+    and the next run starts afresh, removing what the killed one left.
+    """
+    new = path.with_name(path.name + ".new")
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        new.with_name(new.name + suffix).unlink(missing_ok=True)
+    State(new, _in_place=True).close()  # the last connection: its WAL is folded in
+    fd = os.open(new, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(new, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename survives a power cut
+    finally:
+        os.close(fd)
+
+
 class State:
     _reader: StateReader | None = None
 
-    def __init__(self, path: Path, *, wait: float = 5.0) -> None:
+    def __init__(self, path: Path, *, wait: float = 5.0, _in_place: bool = False) -> None:
         """``wait``: how long a write waits for another writer (a sync's open batch)."""
+        if not _in_place and not path.exists():
+            _create(path)
         # No plugins: whatever sqlite-utils plugins are installed have no business in
         # state.db's connection, and finding them read every installed package's
         # metadata (~30 ms, a tenth of a sync that changes nothing).

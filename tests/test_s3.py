@@ -598,18 +598,23 @@ def test_a_bundle_exported_from_a_bucket_imports_into_a_local_far_side_as_the_bu
     from tests.support.bundles import Keys, apply, published
     from tests.support.process import run
 
+    # Larger than a volume: streamed from the bucket in parts, each to its own volume.
+    world.add_file("foo-bar-baz", "foo_bar_baz-9.0.tar.gz", os.urandom(20_000))
     near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
     key = Keys(tmp_path / "keys")
     store = settings(weed, bucket)
     cfg = _config_file(tmp_path / "mirror.toml", near, weed, bucket, upstream.url)
-    export = ["export", "-c", str(cfg), "--to", str(out), "--secret-key", str(key.secret_path)]
+    export = ["export", "-c", str(cfg), "--to", str(out), "--secret-key", str(key.secret_path),
+              "--volume-size", "8K"]
     for step in ("full", "delta"):
         if step == "delta":
             _delta_changes(world)
         assert sync(upstream, near, store, allow_mass_delete=True).outcome == "ok"
         code, printed, err = run(capsys, *export, *(["--full"] if step == "full" else []))
         assert code == 0, err
-        apply(Path(printed.strip()), far, key, allow_mass_delete=True)
+        bundle = Path(printed.strip())
+        assert step == "delta" or len(list(bundle.glob("volume-*.bin"))) > 2
+        apply(bundle, far, key, allow_mass_delete=True)
         in_bucket = files_below(bucket_tree(weed, bucket, tmp_path / f"bucket-{step}"))
         assert published(far) == _digests(in_bucket), step
     # The bodies came from the bucket: the near side has no web/ to read them from.

@@ -19,7 +19,8 @@ A refusal before publishing leaves web/ and state.db as they were; what was stag
 for the next attempt, which takes it up by hash (so does one after a kill). A failure or a
 signal while publishing puts web/ back as it was before state.db's transaction rolls back
 (_Undo; a first import leaves no state.db either). A kill there leaves what a killed sync
-leaves: every page whole, every link resolving; the next attempt finishes the job.
+leaves: every page whole, every link resolving; the next attempt finishes the job. Into a
+bucket (``storage``) nothing is put back: a failure leaves what a kill does (_Unkept).
 """
 
 from __future__ import annotations

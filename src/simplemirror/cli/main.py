@@ -865,12 +865,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     info = done.info
     if stop.signum is not None:
         log.warning("the signal came once the import had committed: it was finished instead")
+    target = directory if storage is None else f"{storage.url} (state.db in {directory})"
     with _printing():
         if done.replayed:
-            print(f"bundle {info.sequence} was applied to {directory} already: nothing to do")
+            print(f"bundle {info.sequence} was applied to {target} already: nothing to do")
         else:
             counts = done.counts
-            print(f"bundle {info.sequence} applied to {directory} (generation "
+            print(f"bundle {info.sequence} applied to {target} (generation "
                   f"{done.generation}): {counts['pages'] // 2} project(s) written, "
                   f"{counts['removed']} removed, {counts['files']} file(s), "
                   f"{human_bytes(counts['bytes'])} published")

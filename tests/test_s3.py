@@ -762,16 +762,26 @@ def _new_bodies(bundle: Path, held: set[str]) -> int:
     return sum(1 for p in paths if p not in held)
 
 
+def _import_in_child(bundle: Path, far: Path, public_key: Path, store: backend.Settings
+                     ) -> None:
+    for name, value in seaweed.credentials_env().items():
+        os.environ[name] = value
+    from simplemirror.bundle import apply, keys
+
+    apply.import_bundle(apply.ImportRequest(bundle, far, keys.PublicKey.read(public_key),
+                                            allow_mass_delete=True, storage=store))
+
+
 @pytest.mark.parametrize(("fault", "where"), [
-    ("slowdown", "files"), ("slowdown", "pages"), ("signal", "files"),
+    ("slowdown", "files"), ("slowdown", "pages"), ("signal", "files"), ("kill", "pages"),
 ])
 def test_an_import_into_a_bucket_failing_while_it_publishes_links_nothing_missing(
     upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
     fault: str, where: str,
 ) -> None:
-    """A delta stopped between two uploads (throttled past its retries, or a SIGTERM):
-    one line; the bucket holds new files and perhaps new pages, every link resolving;
-    state.db is as before; the same import run again finishes the job."""
+    """A delta stopped between two uploads (throttled past its retries, a SIGTERM, or
+    kill -9): one line; the bucket holds new files and perhaps new pages, every link
+    resolving; state.db is as before; the same import run again finishes the job."""
     from simplemirror.bundle.apply import ImportRefused, Interrupted, Stop
     from tests.support.bundles import apply
 
@@ -783,12 +793,15 @@ def test_an_import_into_a_bucket_failing_while_it_publishes_links_nothing_missin
     new = _new_bodies(delta, set(before))
     assert new >= 2
     stop = Stop()
+    children: list[Any] = []  # the import, in a process of its own to be killed
 
     def trip(proxy: _LateProxy) -> None:
         if fault == "slowdown":
             proxy.budget = 10**6
-        else:
+        elif fault == "signal":
             stop.request(signal.SIGTERM)
+        else:
+            os.kill(children[0].pid, signal.SIGKILL)
 
     proxy = _LateProxy(weed.port, new // 2 if where == "files" else new + 1, trip)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
@@ -796,15 +809,26 @@ def test_an_import_into_a_bucket_failing_while_it_publishes_links_nothing_missin
     try:
         faulty = backend.Settings(store.url, endpoint_url=f"http://127.0.0.1:{proxy.server_port}",
                                   region="us-east-1", retries=1, upload_workers=1)
-        with pytest.raises((ImportRefused, Interrupted)) as caught:
-            apply(delta, far, key, storage=faulty, stop=stop, allow_mass_delete=True)
+        if fault == "kill":
+            child = multiprocessing.get_context("spawn").Process(
+                target=_import_in_child, args=(delta, far, key.public_path, faulty))
+            children.append(child)
+            child.start()
+            child.join(120)
+            if child.exitcode is None:
+                child.kill()
+            assert child.exitcode == -signal.SIGKILL
+        else:
+            with pytest.raises((ImportRefused, Interrupted)) as caught:
+                apply(delta, far, key, storage=faulty, stop=stop, allow_mass_delete=True)
     finally:
         proxy.shutdown()
         proxy.server_close()
-    message = str(caught.value)
-    assert "\n" not in message and "run the same import again to finish it" in message
-    assert ("SlowDown" in message) if fault == "slowdown" else ("SIGTERM" in message)
-    assert isinstance(caught.value, Interrupted) == (fault == "signal")
+    if fault != "kill":
+        message = str(caught.value)
+        assert "\n" not in message and "run the same import again to finish it" in message
+        assert ("SlowDown" in message) if fault == "slowdown" else ("SIGTERM" in message)
+        assert isinstance(caught.value, Interrupted) == (fault == "signal")
 
     left = files_below(bucket_tree(weed, bucket, tmp_path / "left"))
     _links_resolve(tmp_path / "left")

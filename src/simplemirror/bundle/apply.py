@@ -977,7 +977,8 @@ class _Import:
     def _send(self, uploads: Iterator[tuple[str, str, str | None]]) -> None:
         """Each (local file, path, sha256) installed in the bucket, the storage's upload
         threads all busy; returns once every one is up, or raises the first failure once
-        none is under way any more (a staged file not sent is discarded)."""
+        none is under way any more (a link never sent is a leftover the next attempt's
+        clear_leftovers removes)."""
         storage = self._s3()
         pool = storage.uploads()
         limit = 2 * storage.settings.upload_workers

@@ -329,8 +329,9 @@ def _storage(weed: seaweed.Seaweed, bucket: str, **kw: Any) -> s3.S3Storage:
 def test_a_listing_in_parallel_over_directories_sees_every_object_once(
     weed: seaweed.Seaweed, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """walk_files lists packages/<xx>/ a few at a time: more directories than it holds
-    listed ahead, an object directly below packages/ too, and pages of one key each."""
+    """walk_files (and walk_sorted) list packages/<xx>/ a few at a time: more directories
+    than they hold listed ahead, an object directly below packages/ too, and pages of one
+    key each."""
     monkeypatch.setattr(s3, "_LIST_AHEAD", 2)
     storage = _storage(weed, bucket)
     wanted = {"packages/stray.txt": 5}
@@ -351,6 +352,11 @@ def test_a_listing_in_parallel_over_directories_sees_every_object_once(
     monkeypatch.setattr(storage.client, "get_paginator", one_key_a_page)
     got = list(storage.walk_files("packages"))
     assert sorted(got) == sorted(wanted.items())
+    # walk_sorted: the whole prefix in bytewise order of path, as a walk of web/ gives it
+    # (packages/00.txt before packages/00/...: '.' sorts before '/').
+    storage.write_page(tmp_path, "packages/00.txt", b"y")
+    everything = {**wanted, "packages/00.txt": 1, "simple/index.html": 19}
+    assert [(p, size) for p, size, _ in storage.walk_sorted()] == sorted(everything.items())
 
 
 def test_a_checksum_the_store_does_not_find_is_refused_and_nothing_is_kept(

@@ -256,8 +256,9 @@ def _bundle_commands(commands: Any) -> None:
     imp = commands.add_parser(
         "import", help="verify a bundle and apply it to the far-side mirror",
         description="Check a bundle (signature, chain, every hash) and apply it to the "
-        "mirror in --directory (the first, full bundle makes it), then write "
-        "receipts/<sequence>.json to carry back. Any refusal leaves the mirror as it was.",
+        "mirror in --directory (the first, full bundle makes it; with -c naming storage = "
+        "\"s3://...\", published to that bucket), then write receipts/<sequence>.json to "
+        "carry back. Any refusal leaves the mirror as it was.",
     )
     imp.add_argument("--from", dest="source", type=Path, required=True, metavar="BUNDLE",
                      help="the bundle directory")

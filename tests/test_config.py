@@ -605,19 +605,3 @@ def test_a_wrong_storage_setting_exits_2_in_one_line(
     assert main(["sync", "-c", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "[storage] secret-key: credentials are never read" in err
-
-
-@pytest.mark.parametrize("command", ["import", "export"])
-def test_bundles_say_they_do_not_work_with_object_storage_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
-) -> None:
-    from simplemirror.cli.main import main
-
-    path = tmp_path / "mirror.toml"
-    path.write_text(_MIRROR + 'storage = "s3://mirror-bucket"\n')
-    args = {"import": ["import", "-c", str(path), "--public-key", str(tmp_path / "k.pub"),
-                       "--from", str(tmp_path / "bundle")],
-            "export": ["export", "-c", str(path), "--secret-key", str(tmp_path / "k"),
-                       "--to", str(tmp_path / "out")]}[command]
-    assert main(args) == 2
-    assert f"mirror {command} works on a mirror published to web/" in capsys.readouterr().err

@@ -329,8 +329,9 @@ def _storage(weed: seaweed.Seaweed, bucket: str, **kw: Any) -> s3.S3Storage:
 def test_a_listing_in_parallel_over_directories_sees_every_object_once(
     weed: seaweed.Seaweed, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """walk_files lists packages/<xx>/ a few at a time: more directories than it holds
-    listed ahead, an object directly below packages/ too, and pages of one key each."""
+    """walk_files (and walk_sorted) list packages/<xx>/ a few at a time: more directories
+    than they hold listed ahead, an object directly below packages/ too, and pages of one
+    key each."""
     monkeypatch.setattr(s3, "_LIST_AHEAD", 2)
     storage = _storage(weed, bucket)
     wanted = {"packages/stray.txt": 5}
@@ -351,6 +352,11 @@ def test_a_listing_in_parallel_over_directories_sees_every_object_once(
     monkeypatch.setattr(storage.client, "get_paginator", one_key_a_page)
     got = list(storage.walk_files("packages"))
     assert sorted(got) == sorted(wanted.items())
+    # walk_sorted: the whole prefix in bytewise order of path, as a walk of web/ gives it
+    # (packages/00.txt before packages/00/...: '.' sorts before '/').
+    storage.write_page(tmp_path, "packages/00.txt", b"y")
+    everything = {**wanted, "packages/00.txt": 1, "simple/index.html": 19}
+    assert [(p, size) for p, size, _ in storage.walk_sorted()] == sorted(everything.items())
 
 
 def test_a_checksum_the_store_does_not_find_is_refused_and_nothing_is_kept(
@@ -426,7 +432,9 @@ class _Throttle(BaseHTTPRequestHandler):
         for name, value in answer.getheaders():
             if name.lower() not in {"content-length", "transfer-encoding", "connection"}:
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        # A HEAD's length is the object's, not that of the empty body it came with.
+        length = answer.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -562,6 +570,286 @@ def test_verify_of_a_missing_bucket_is_one_clear_error(
                        {"upstream": upstream.url, "directory": str(tmp_path / "m")})
     with pytest.raises(verify.VerifyError, match="bucket 'absent-bucket' does not exist"):
         verify.verify(cfg)
+
+
+# -- air-gap bundles on a bucket ----------------------------------------------------------------
+
+
+def _config_file(path: Path, directory: Path, weed: seaweed.Seaweed, bucket: str,
+                 upstream: str = "http://127.0.0.1:9/simple/") -> Path:
+    path.write_text(
+        f'[mirror]\nupstream = "{upstream}"\ndirectory = "{directory}"\n'
+        f'storage = "s3://{bucket}/{PREFIX}"\n'
+        f'[storage]\nendpoint-url = "{weed.endpoint}"\nregion = "us-east-1"\n'
+    )
+    return path
+
+
+def _digests(files: dict[str, bytes]) -> dict[str, str]:
+    return {path: hashlib.sha256(body).hexdigest() for path, body in files.items()}
+
+
+def _delta_changes(world: World) -> None:
+    """A release, a file upstream removed, a yank and a project removed."""
+    world.add_release("Foo__Bar.baz", "3.0")
+    world.remove_file("Foo__Bar.baz", "foo_bar_baz-1.0.tar.gz")
+    world.yank("Foo__Bar.baz", "foo_bar_baz-2.0.tar.gz", "oops")
+    world.remove_project("tiny")
+
+
+def _stopped_at_second_part(capsys: pytest.CaptureFixture[str], export: list[str]) -> None:
+    from simplemirror.bundle import export as exporting
+    from tests.support.process import run
+
+    real = exporting._VolumeWriter.finish
+    whole: list[int] = []  # the volumes of parts of a split body (8K each, exactly)
+
+    def finish(writer: Any) -> None:
+        if writer.size == 8192:
+            whole.append(writer.number)
+            if len(whole) == 2:
+                raise OSError(28, "No space left on device")
+        real(writer)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exporting._VolumeWriter, "finish", finish)
+        code, _, err = run(capsys, *export, "--full")
+    assert code == 1 and "No space left" in err and len(whole) == 2
+
+
+def test_a_bundle_exported_from_a_bucket_imports_into_a_local_far_side_as_the_bucket_is(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.support.bundles import Keys, apply, published
+    from tests.support.process import run
+
+    # Larger than a volume: streamed from the bucket in parts, each to its own volume.
+    world.add_file("foo-bar-baz", "foo_bar_baz-9.0.tar.gz", os.urandom(20_000))
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    store = settings(weed, bucket)
+    cfg = _config_file(tmp_path / "mirror.toml", near, weed, bucket, upstream.url)
+    export = ["export", "-c", str(cfg), "--to", str(out), "--secret-key", str(key.secret_path),
+              "--volume-size", "8K"]
+    for step in ("full", "delta"):
+        if step == "delta":
+            _delta_changes(world)
+        assert sync(upstream, near, store, allow_mass_delete=True).outcome == "ok"
+        if step == "full":
+            # Stopped as it finishes the volume with the large file's second part: run again,
+            # it keeps the first part's volume and streams the rest from that offset.
+            _stopped_at_second_part(capsys, export)
+        code, printed, err = run(capsys, *export, *(["--full"] if step == "full" else []))
+        assert code == 0, err
+        bundle = Path(printed.strip())
+        assert step == "delta" or ("continued" in err and len(list(bundle.glob("volume-*"))) > 2)
+        apply(bundle, far, key, allow_mass_delete=True)
+        in_bucket = files_below(bucket_tree(weed, bucket, tmp_path / f"bucket-{step}"))
+        assert published(far) == _digests(in_bucket), step
+    # The bodies came from the bucket: the near side has no web/ to read them from.
+    assert not (near / "web").exists()
+    assert not any(k.startswith("simple/tiny/") for k in published(far))
+
+
+def test_bundles_imported_into_a_bucket_publish_what_a_local_import_does(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A filtered near side on disk, its full bundle and a delta imported (by the command
+    line) into a bucket and into a local far side: the same keys and bodies."""
+    from simplemirror.filter.rules import parse
+    from tests.support.bundles import Keys, apply, make_bundle
+    from tests.support.bundles import sync as sync_near
+    from tests.support.process import run
+
+    world.add_project("Left_Out", ["1.0"])
+    near, local, far, out = (tmp_path / n for n in ("near", "local", "far", "out"))
+    key = Keys(tmp_path / "keys")
+    cfg = _config_file(tmp_path / "far.toml", far, weed, bucket)
+    filters = parse({"exclude-projects": ["left-out"]})
+    for step in ("full", "delta"):
+        if step == "delta":
+            _delta_changes(world)
+        sync_near(upstream, near, filters=filters)
+        bundle = make_bundle(near, out, key, full=step == "full")
+        apply(bundle, local, key, allow_mass_delete=True)
+        code, printed, err = run(capsys, "import", "-c", str(cfg), "--from", str(bundle),
+                                 "--public-key", str(key.public_path), "--allow-mass-delete")
+        assert code == 0, err
+        assert f"receipt: {far / 'receipts'}" in printed
+        got = files_below(bucket_tree(weed, bucket, tmp_path / f"got-{step}"))
+        assert got == files_below(local / "web"), step
+    assert not any("left" in k for k in got) and "simple/tiny/index.html" not in got
+    assert "simple/foo-bar-baz/index.html" in got
+    _links_resolve(tmp_path / "got-delta")
+    assert_consistent(tmp_path / "got-delta")
+    # Only state.db, tmp/ and the receipts on local disk; the staging is gone.
+    assert not (far / "web").exists() and not (far / "tmp" / "bundle-staging").exists()
+    # A replay does nothing.
+    code, printed, _ = run(capsys, "import", "-c", str(cfg), "--from", str(bundle),
+                           "--public-key", str(key.public_path))
+    assert code == 0 and "applied to" in printed and "already" in printed
+
+
+def _seeded_bucket(upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str,
+                   tmp_path: Path) -> tuple[Any, Path, backend.Settings, Path]:
+    """(key, far directory, its bucket's settings, a delta not applied yet): a far side
+    on ``bucket`` seeded from a near side's full bundle, and the next bundle."""
+    from tests.support.bundles import Keys, apply, make_bundle
+    from tests.support.bundles import sync as sync_near
+
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync_near(upstream, near)
+    store = _storage(weed, bucket).settings
+    apply(make_bundle(near, out, key, full=True), far, key, storage=store)
+    _delta_changes(world)
+    sync_near(upstream, near)
+    return key, far, store, make_bundle(near, out, key)
+
+
+@pytest.mark.parametrize("change", ["rewritten", "stray"])
+def test_a_bucket_changed_behind_the_mirrors_back_refuses_the_delta(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+    change: str,
+) -> None:
+    from tests.support.bundles import refused
+
+    key, far, store, delta = _seeded_bucket(upstream, world, weed, bucket, tmp_path)
+    client = weed.client()
+    if change == "rewritten":  # the same size, other bytes, no checksum of the store's
+        rel = next(k for k in weed.keys(bucket, f"{PREFIX}/") if k.endswith(".tar.gz"))
+        body = client.get_object(Bucket=bucket, Key=f"{PREFIX}/{rel}")["Body"].read()
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}/{rel}", Body=bytes(reversed(body)))
+    else:
+        rel = "packages/00/00/stray/stray-1.0.tar.gz"
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}/{rel}", Body=b"not the mirror's")
+    before = files_below(bucket_tree(weed, bucket, tmp_path / "before"))
+    message = refused(delta, far, key, storage=store, allow_mass_delete=True)
+    assert "behind the mirror's back" in message and rel in message, message
+    assert "mirror verify -c" in message
+    assert files_below(bucket_tree(weed, bucket, tmp_path / "after")) == before
+
+
+class _Late(_Throttle):
+    """Passes the first ``allow`` PUTs, then trips (SlowDown from then on, or a signal
+    for the import to stop)."""
+
+    server: _LateProxy
+
+    def _forward(self) -> None:
+        if self.command == "PUT":
+            with self.server.lock:
+                self.server.puts += 1
+                trip = self.server.puts == self.server.allow + 1
+            if trip:
+                self.server.trip(self.server)
+        super()._forward()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+class _LateProxy(_Proxy):
+    def __init__(self, target: int, allow: int, trip: Any) -> None:
+        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), _Late)
+        self.target, self.budget, self.throttled = target, 0, 0
+        self.lock = threading.Lock()
+        self.allow, self.puts, self.trip = allow, 0, trip
+
+
+def _new_bodies(bundle: Path, held: set[str]) -> int:
+    """How many bodies of ``bundle`` the bucket does not hold yet."""
+    import json
+
+    paths = [doc["path"] + body["suffix"]
+             for doc in map(json.loads, (bundle / "manifest.jsonl").read_text().splitlines())
+             if doc.get("kind") == "file" for body in doc["bodies"]]
+    return sum(1 for p in paths if p not in held)
+
+
+def _import_in_child(bundle: Path, far: Path, public_key: Path, store: backend.Settings
+                     ) -> None:
+    for name, value in seaweed.credentials_env().items():
+        os.environ[name] = value
+    from simplemirror.bundle import apply, keys
+
+    apply.import_bundle(apply.ImportRequest(bundle, far, keys.PublicKey.read(public_key),
+                                            allow_mass_delete=True, storage=store))
+
+
+@pytest.mark.parametrize(("fault", "where"), [
+    ("slowdown", "files"), ("slowdown", "pages"), ("signal", "files"), ("kill", "pages"),
+])
+def test_an_import_into_a_bucket_failing_while_it_publishes_links_nothing_missing(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+    fault: str, where: str,
+) -> None:
+    """A delta stopped between two uploads (throttled past its retries, a SIGTERM, or
+    kill -9): one line; the bucket holds new files and perhaps new pages, every link
+    resolving; state.db is as before; the same import run again finishes the job."""
+    from simplemirror.bundle.apply import ImportRefused, Interrupted, Stop
+    from tests.support.bundles import apply
+
+    key, far, store, delta = _seeded_bucket(upstream, world, weed, bucket, tmp_path)
+    local = tmp_path / "local"
+    for bundle in sorted((tmp_path / "out").iterdir()):
+        apply(bundle, local, key, allow_mass_delete=True)
+    before = files_below(bucket_tree(weed, bucket, tmp_path / "before"))
+    new = _new_bodies(delta, set(before))
+    assert new >= 2
+    stop = Stop()
+    children: list[Any] = []  # the import, in a process of its own to be killed
+
+    def trip(proxy: _LateProxy) -> None:
+        if fault == "slowdown":
+            proxy.budget = 10**6
+        elif fault == "signal":
+            stop.request(signal.SIGTERM)
+        else:
+            os.kill(children[0].pid, signal.SIGKILL)
+
+    proxy = _LateProxy(weed.port, new // 2 if where == "files" else new + 1, trip)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        faulty = backend.Settings(store.url, endpoint_url=f"http://127.0.0.1:{proxy.server_port}",
+                                  region="us-east-1", retries=1, upload_workers=1)
+        if fault == "kill":
+            child = multiprocessing.get_context("spawn").Process(
+                target=_import_in_child, args=(delta, far, key.public_path, faulty))
+            children.append(child)
+            child.start()
+            child.join(120)
+            if child.exitcode is None:
+                child.kill()
+            assert child.exitcode == -signal.SIGKILL
+        else:
+            with pytest.raises((ImportRefused, Interrupted)) as caught:
+                apply(delta, far, key, storage=faulty, stop=stop, allow_mass_delete=True)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    if fault != "kill":
+        message = str(caught.value)
+        assert "\n" not in message and "run the same import again to finish it" in message
+        assert ("SlowDown" in message) if fault == "slowdown" else ("SIGTERM" in message)
+        assert isinstance(caught.value, Interrupted) == (fault == "signal")
+
+    left = files_below(bucket_tree(weed, bucket, tmp_path / "left"))
+    _links_resolve(tmp_path / "left")
+    added = {k for k in left if k not in before}
+    assert added and all(k.startswith("packages/") for k in added)
+    changed_pages = {k for k in left if k.startswith("simple/") and before.get(k) != left[k]}
+    assert bool(changed_pages) == (where == "pages")
+    assert "simple/index.html" not in changed_pages  # the root goes last
+    assert all(k in left for k in before)  # nothing removed before the commit
+    assert summary_of(far) == [("ok",)]  # the delta's run rolled back with its rows
+
+    apply(delta, far, key, storage=store, allow_mass_delete=True)
+    assert files_below(bucket_tree(weed, bucket, tmp_path / "got")) == files_below(
+        local / "web")
+    assert not (far / "tmp" / "bundle-staging").exists()
 
 
 # -- mirror serve --storage ---------------------------------------------------------------------

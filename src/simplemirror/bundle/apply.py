@@ -19,11 +19,13 @@ A refusal before publishing leaves web/ and state.db as they were; what was stag
 for the next attempt, which takes it up by hash (so does one after a kill). A failure or a
 signal while publishing puts web/ back as it was before state.db's transaction rolls back
 (_Undo; a first import leaves no state.db either). A kill there leaves what a killed sync
-leaves: every page whole, every link resolving; the next attempt finishes the job.
+leaves: every page whole, every link resolving; the next attempt finishes the job. Into a
+bucket (``storage``) nothing is put back: a failure leaves what a kill does (_Unkept).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import itertools
@@ -39,7 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from simplemirror.bundle import digest
 from simplemirror.bundle.keys import PublicKey, SignatureError
@@ -66,7 +68,7 @@ from simplemirror.simple import render
 from simplemirror.simple.model import HeldFile, Status
 from simplemirror.store import layout
 from simplemirror.store import tree as store
-from simplemirror.store.backend import Local
+from simplemirror.store.backend import Settings, open_storage
 from simplemirror.store.state import State, now
 from simplemirror.sync import reap
 from simplemirror.sync.plan import (
@@ -77,6 +79,9 @@ from simplemirror.sync.plan import (
 from simplemirror.sync.publish import Publisher, project_info
 from simplemirror.sync.run import disk_full, locked
 
+if TYPE_CHECKING:
+    from simplemirror.store.s3 import S3Storage
+
 log = logging.getLogger("simplemirror")
 
 STAGING = "bundle-staging"
@@ -84,6 +89,7 @@ RECEIPTS = "receipts"
 _CHUNK = 1 << 20
 _MAX_BUNDLE_FILE = 64 << 20
 _MAX_SIGNATURE = 64 << 10
+_links = itertools.count()
 
 
 class ImportRefused(Exception):
@@ -162,6 +168,8 @@ class ImportRequest:
     allow_mass_delete: bool = False
     max_removal: float = 0.10
     stop: Stop = field(default_factory=Stop)
+    storage: Settings | None = None
+    """The bucket the far side publishes to (None: its web/)."""
 
 
 def import_bundle(request: ImportRequest) -> Imported:
@@ -244,7 +252,11 @@ class _Import:
         self.counts = {"projects": 0, "pages": 0, "files": 0, "bytes": 0, "removed": 0,
                        "gone": 0}
         self.stop = request.stop
-        self.undo = _Undo(self.web)
+        self.storage = open_storage(self.web, request.storage)
+        self.bucket = self.storage.remote
+        self.where = self.storage.where
+        """web/, or the bucket's s3:// URL, for messages."""
+        self.undo: _Undo | _Unkept = _Unkept() if self.bucket else _Undo(self.web)
         self._publishing = f"publishing-{info.bundle}"
         """In the staging area while this bundle's publishing is under way."""
         self.tree_checked = info.full
@@ -259,9 +271,17 @@ class _Import:
         store.check_same_filesystem(self.tmp, self.directory)
         store.forget_dirs()
         first = not self.state_path.exists()
-        if first and store.list_dirs(self.web, layout.SIMPLE):
-            raise ImportRefused(f"{self.web} holds pages, yet {self.directory} has no state.db: "
-                                "seed an empty directory")
+        try:
+            self.storage.check()
+            pages = first and (
+                self._s3().holds(layout.SIMPLE) if self.bucket
+                else bool(store.list_dirs(self.web, layout.SIMPLE)))
+        except OSError as exc:
+            raise ImportRefused(f"{exc}; nothing was changed") from None
+        if pages:
+            raise ImportRefused(f"{self.where} holds pages, yet {self.directory} has no "
+                                "state.db: seed an empty " + ("prefix" if self.bucket
+                                                              else "directory"))
         state = None if first else State(self.state_path)
         # No bundle applied yet (perhaps a first import was killed): web/ holds nothing
         # state.db publishes, so putting back is emptying it, with nothing noted.
@@ -386,29 +406,44 @@ class _Import:
                 # second): any modified later was modified behind its back.
                 since_ns = (int(datetime.fromisoformat(finished).timestamp()) + 2) * 10**9
         try:
-            tree = digest.tree_digest(reader, self.web, since_ns, self.stop.check)
+            tree = digest.tree_digest(reader, self.storage, since_ns, self.stop.check)
         except digest.DigestError as exc:
             raise ImportRefused(f"{exc}; nothing was changed") from None
         if tree.strangers:
             raise ImportRefused(
-                f"{self.web} holds {tree.count} path(s) its state.db does not publish, or "
+                f"{self.where} holds {tree.count} path(s) its state.db does not publish, or "
                 f"not as it records them (the first: {tree.strangers[0]}): something changed it "
-                "behind the mirror's back; nothing was changed. Run `mirror verify "
-                f"--directory {self.directory}` there (--delete-orphans removes files "
-                "nothing lists)"
+                f"behind the mirror's back; nothing was changed. Run {self._verify()} there "
+                "(--delete-orphans removes files nothing lists)"
             )
         if tree.digest is not None and tree.digest != self.info.base:
             raise ImportRefused(
-                f"{self.web} is not what the bundles before {self.info.sequence} made it (its "
+                f"{self.where} is not what the bundles before {self.info.sequence} made it (its "
                 f"digest is {tree.digest[:19]}..., and the bundle's base "
                 f"{str(self.info.base)[:19]}...): something changed it behind the mirror's "
-                f"back; nothing was changed. Run `mirror verify --directory {self.directory}`"
-                " there"
+                f"back; nothing was changed. Run {self._verify()} there"
             )
         if tree.lost:
             log.warning("%s lacks %d file(s) its state.db publishes (the first: %s): the "
-                        "bundle must bring them", self.web, tree.lost, tree.first_lost)
+                        "bundle must bring them", self.where, tree.lost, tree.first_lost)
         self.tree_checked = not tree.lost
+
+    def _s3(self) -> S3Storage:
+        from simplemirror.store import s3  # boto3 only where a bucket is used
+
+        assert isinstance(self.storage, s3.S3Storage)
+        return self.storage
+
+    def _verify(self) -> str:
+        if self.bucket:
+            return "`mirror verify -c CONFIG` (the config naming this storage)"
+        return f"`mirror verify --directory {self.directory}`"
+
+    def _places(self) -> tuple[Path, ...]:
+        """Where a body counts as at hand: staged, or in web/ (an attempt killed while
+        publishing moved it there). A bucket's copy is not: its staged copy is kept until
+        the import commits, and the upload skips an object that is there already."""
+        return (self.area_web,) if self.bucket else (self.area_web, self.web)
 
     # -- reading the manifest -------------------------------------------------------------------
 
@@ -497,7 +532,7 @@ class _Import:
         return sum(
             body.size for body in record.bodies
             if all(_size_of(root, record.body_path(body)) != body.size
-                   for root in (self.area_web, self.web))
+                   for root in self._places())
         )
 
     # -- staging ----------------------------------------------------------------------------------
@@ -518,13 +553,11 @@ class _Import:
             for record in self._records():
                 if not isinstance(record, FileRecord):
                     continue
-                if not any(b.suffix == "" for b in record.bodies):
-                    # The far side must hold it already: no body travels with it.
-                    status = store.stat_file(self.web, record.file.path)
-                    if status is None or not stat.S_ISREG(status.st_mode) or (
-                        status.st_size != record.file.size
-                    ):
-                        missing_files.append(record.file.path)
+                # No body travels with it: the far side must hold it already.
+                if not any(b.suffix == "" for b in record.bodies) and (
+                    self._size_held(record.file.path) != record.file.size
+                ):
+                    missing_files.append(record.file.path)
                 for body in record.bodies:
                     self._stage_body(record, body, volumes)
                 volumes.reached(self._mark_done)
@@ -533,6 +566,10 @@ class _Import:
             volumes.close()
         if volumes.missing or missing_files:
             raise _Missing(volumes.missing, missing_files, self.info, self.source)
+
+    def _size_held(self, rel: str) -> int | None:
+        """The size of the published file at ``rel`` (None: none there)."""
+        return self.storage.size_of(rel) if self.bucket else _size_of(self.web, rel)
 
     def _mark_done(self, number: int) -> None:
         """Every body of volume ``number`` is staged: made durable, and marked so that a
@@ -555,6 +592,8 @@ class _Import:
                 return True
         if staged is not None:
             store.remove(self.area_web, rel)
+        if self.bucket:
+            return False
         held = store.stat_file(self.web, rel)
         return (held is not None and held.st_size == body.size
                 and store.sha256_of(self.web, rel) == body.sha256)
@@ -670,7 +709,10 @@ class _Import:
             # Not "nothing was changed", as the first failure would have said.
             what = (str(exc).splitlines() or [type(exc).__name__])[0]
             what = what.replace("; nothing was changed", "")
-            left = f"{self.web} was left part-way; run the same import again to finish it"
+            left = (
+                f"{self.where} holds part of it (new files, perhaps some new pages, every link "
+                "resolving); run the same import again to finish it" if self.bucket else
+                f"{self.web} was left part-way; run the same import again to finish it")
             if isinstance(exc, Interrupted):
                 exc.args = (f"import stopped by {signal.Signals(exc.signum).name}: {left}",)
                 raise
@@ -739,7 +781,7 @@ class _Import:
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
             try:
                 result = digest.published_digest(
-                    state.reader(), [self.area_web, self.web], roots,
+                    state.reader(), [self.area_web, self.storage], roots,
                     in_tree=not self.tree_checked,
                     tick=self.stop.check,
                 )
@@ -751,9 +793,9 @@ class _Import:
             if result != info.target:
                 raise ImportRefused(
                     f"bundle {info.sequence}, applied, would not give the state the near side "
-                    f"had ({result[:19]}... instead of {info.target[:19]}...): {self.web} must "
-                    "differ from what the bundles before it made it; nothing was changed. Run "
-                    "`mirror verify` there"
+                    f"had ({result[:19]}... instead of {info.target[:19]}...): {self.where} "
+                    "must differ from what the bundles before it made it; nothing was changed. "
+                    f"Run {self._verify()} there"
                 )
             self._publish(state, generation, len(removing), root_staged)
         return generation
@@ -845,10 +887,28 @@ class _Import:
     ) -> None:
         """Files, then pages (project by project), then the root; the bytes flushed before
         state.db commits."""
-        installed = 0
         undo = self.undo
         undo.begin(self.area_web, self.area_web.parent / "undo",
                    self.area_web.parent / self._publishing)
+        if isinstance(undo, _Unkept):
+            installed = self._upload(root_staged)
+        else:
+            installed = self._install(undo, root_staged)
+        self.counts["bytes"] = installed
+        self.counts["removed"] = removed
+        state.finish_run(
+            generation, "ok", projects_changed=self.counts["pages"] // 2,
+            projects_removed=removed, files_fetched=self.counts["files"],
+            bytes_fetched=installed,
+        )
+        state.record_applied(
+            bundle=self.info.bundle, chain=self.info.chain, sequence=self.info.sequence,
+            target=self.info.target, generation=generation, key_id=self.info.key_id,
+        )
+
+    def _install(self, undo: _Undo, root_staged: list[tuple[str, str]]) -> int:
+        """Into web/, each step noted first (``undo``); the bytes installed."""
+        installed = 0
         for record in self._records():
             if isinstance(record, FileRecord):
                 for body in record.bodies:
@@ -867,26 +927,86 @@ class _Import:
             undo.page(rel)
             store.install(name, self.web, rel)
         store.flush(self.web)
-        self.counts["bytes"] = installed
-        self.counts["removed"] = removed
-        state.finish_run(
-            generation, "ok", projects_changed=self.counts["pages"] // 2,
-            projects_removed=removed, files_fetched=self.counts["files"],
-            bytes_fetched=installed,
-        )
-        state.record_applied(
-            bundle=self.info.bundle, chain=self.info.chain, sequence=self.info.sequence,
-            target=self.info.target, generation=generation, key_id=self.info.key_id,
-        )
+        return installed
+
+    def _upload(self, root_staged: list[tuple[str, str]]) -> int:
+        """Into a bucket, in the publish order, each step whole before the next begins:
+        every file, then every page, then the root; what went up stays there if a later
+        step fails (nothing links it yet, or what it links is there), and the next attempt
+        sends only what is missing. A file's staged copy stays until the import commits
+        (the upload consumes a hard link to it)."""
+        installed = 0
+
+        def files() -> Iterator[tuple[str, str, str | None]]:
+            nonlocal installed
+            for record in self._records():
+                if isinstance(record, FileRecord):
+                    for body in record.bodies:
+                        rel = record.body_path(body)
+                        if store.stat_file(self.area_web, rel) is not None:
+                            installed += body.size
+                            yield self._linked(rel), rel, body.sha256
+
+        def pages() -> Iterator[tuple[str, str, str | None]]:
+            for record in self._records():
+                if isinstance(record, ProjectRecord) and record.page is not None:
+                    for rel, page in zip(layout.project_pages(record.name),
+                                         (record.page.html, record.page.json), strict=True):
+                        yield str(self.area_web / rel), rel, page.sha256
+
+        self._send(files())
+        self._send(pages())
+        self.stop.check()
+        self._send((name, rel, sha256) for (name, sha256), rel
+                   in zip(root_staged, layout.ROOT_PAGES, strict=True))
+        return installed
+
+    def _linked(self, rel: str) -> str:
+        """A second name in the staging area's tmp/ for the staged ``rel``, for the upload
+        to consume (one clear_leftovers removes, as create's)."""
+        while True:
+            name = f"{self.area_tmp}/{store.DOWNLOAD_PREFIX}{os.getpid()}-{next(_links)}"
+            try:
+                os.link(self.area_web / rel, name)
+            except FileExistsError:
+                continue
+            except OSError:  # a file system without hard links
+                shutil.copyfile(self.area_web / rel, name)
+            return name
+
+    def _send(self, uploads: Iterator[tuple[str, str, str | None]]) -> None:
+        """Each (local file, path, sha256) installed in the bucket, the storage's upload
+        threads all busy; returns once every one is up, or raises the first failure once
+        none is under way any more (a link never sent is a leftover the next attempt's
+        clear_leftovers removes)."""
+        storage = self._s3()
+        pool = storage.uploads()
+        limit = 2 * storage.settings.upload_workers
+        pending: set[concurrent.futures.Future[None]] = set()
+        try:
+            for name, rel, sha256 in uploads:
+                if len(pending) >= limit:
+                    done, pending = concurrent.futures.wait(
+                        pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                pending.add(pool.submit(storage.install, name, rel, sha256=sha256))
+            for future in concurrent.futures.as_completed(pending):
+                future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            concurrent.futures.wait(pending)
+            raise
 
     def _after(self, state: State, generation: int, *, last_modified: bool = True) -> None:
         """Once committed, as at the end of a sync: the pages of removed projects, then the
         bytes no page lists any more, go (what a kill left of this, the next import, or
         this one's replay, does); then last-modified."""
-        reap.unpublish_removed_projects(Local(self.web), state, generation)
-        reap.reap_files(Local(self.web), state, generation)
+        reap.unpublish_removed_projects(self.storage, state, generation)
+        reap.reap_files(self.storage, state, generation)
         if last_modified:
-            Publisher(Local(self.web), self.tmp, state, generation).last_modified(time.gmtime())
+            Publisher(self.storage, self.tmp, state, generation).last_modified(time.gmtime())
 
     # -- receipts -------------------------------------------------------------------------------
 
@@ -1048,6 +1168,38 @@ class _Undo:
             self.marker.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not remove %s: %s", self.keep, exc)
+
+
+class _Unkept:
+    """A bucket's publishing: nothing is put back. Every object goes up whole, files before
+    the pages that link them and pages before the root, so what a failure leaves (new
+    files, perhaps new pages and root) links only objects that are there; state.db's
+    transaction rolls back, and the marker stays in the staging area: the next attempt
+    finishes the job as after a kill (the digest of the result decides)."""
+
+    def __init__(self) -> None:
+        self.complete = True
+        """Nothing was published (publishing never began)."""
+        self.fresh = False
+        self.marker: Path | None = None
+
+    def begin(self, staged: Path, keep: Path, marker: Path) -> None:
+        self.marker = marker
+        if not marker.exists():
+            store.write_durable(marker, b"")
+        self.complete = False
+
+    def rollback(self) -> None:
+        pass  # the bucket keeps what went up; the marker tells the next attempt
+
+    def forget(self) -> None:
+        """Committed: the marker goes."""
+        self.complete = True
+        try:
+            if self.marker is not None:
+                self.marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.marker, exc)
 
 
 class _Order:

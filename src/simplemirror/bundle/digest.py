@@ -30,6 +30,7 @@ from pathlib import Path
 from simplemirror.bundle.manifest import SIBLINGS
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.store.backend import Local, Storage
 from simplemirror.store.state import StateReader
 
 Entry = tuple[str, int, str]
@@ -83,18 +84,21 @@ class Tree:
 
 
 def tree_digest(
-    reader: StateReader, web: Path, changed_after_ns: int | None = None,
+    reader: StateReader, storage: Path | Storage, changed_after_ns: int | None = None,
     tick: Callable[[], None] = lambda: None,
 ) -> Tree:
-    """What ``web`` holds, streamed (one directory's names in memory at a time) beside
-    what ``reader`` publishes: a path state.db publishes at the size the tree has lends
-    its sha256; a file it lacks a sha256 of is hashed, and so is one modified at or
-    after ``changed_after_ns`` (ns since the epoch: when the last writer of web/ was
-    done), which must still be what state.db recorded. ``tick``: called at each
+    """What ``storage`` holds, streamed (one directory's names in memory at a time; in a
+    bucket, a listing in key order) beside what ``reader`` publishes: a path state.db
+    publishes at the size the tree has lends its sha256; a file it lacks a sha256 of is
+    hashed, and so is one modified at or after ``changed_after_ns`` (ns since the epoch:
+    when the last writer of the tree was done; in a bucket, by the store's clock, with
+    s3.CLOCK_MARGIN to spare), which must still be what state.db recorded (in a bucket,
+    the SHA-256 the store vouches for, or the object read). ``tick``: called at each
     directory (it may raise, to stop)."""
     result = Tree()
     rows = reader.published_entries(SIBLINGS, _PAGES, (layout.LAST_MODIFIED,))
-    files = (p for p in _walk(str(web), "", tick) if p[0] != layout.LAST_MODIFIED)
+    root = _Root(storage)
+    files = (p for p in root.walk(tick) if p[0] != layout.LAST_MODIFIED)
 
     def stranger(path: str) -> None:
         result.count += 1
@@ -128,9 +132,9 @@ def tree_digest(
                 if sha256 is None or (
                     changed_after_ns is not None and mtime_ns >= changed_after_ns
                 ):
-                    sha256 = store.sha256_of(web, path)
+                    sha256 = root.sha256(path, None)
                     if sha256 is None:
-                        raise DigestError(f"{web}/{path} is not a regular file")
+                        raise DigestError(f"{root.name}/{path} is not a regular file")
                     differs = differs or row[2] not in (None, sha256)
                 if differs:
                     stranger(path)
@@ -149,6 +153,79 @@ def tree_digest(
 
 class _Unknown(Exception):
     pass
+
+
+class _Root:
+    """Where bytes are looked for: a directory (an import's staging area, web/) or the
+    storage the tree is published to (web/ again, or a bucket)."""
+
+    def __init__(self, where: Path | Storage) -> None:
+        self.bucket = None
+        self.path: Path | None = None
+        if isinstance(where, Path):
+            self.path = where
+        elif isinstance(where, Local):
+            self.path = where.web
+        else:
+            from simplemirror.store import s3  # boto3 only where a bucket is used
+
+            assert isinstance(where, s3.S3Storage)
+            self.bucket = where
+        self.name = str(self.path) if self.bucket is None else self.bucket.where
+        self._listed: Iterator[tuple[str, int, int]] | None = None
+        self._at: tuple[str, int, int] | None = None
+
+    def walk(self, tick: Callable[[], None]) -> Iterator[tuple[str, int, int]]:
+        """(path, size, modified) of everything held, in bytewise order of path; modified
+        in ns since the epoch, for a bucket's object s3.CLOCK_MARGIN later than the store
+        says (its clock is not ours)."""
+        if self.path is not None:
+            yield from _walk(str(self.path), "", tick)
+            return
+        from simplemirror.store import s3
+
+        assert self.bucket is not None
+        margin = int(s3.CLOCK_MARGIN * 10**9)
+        for number, (path, size, modified) in enumerate(self.bucket.walk_sorted()):
+            if not number % 4096:
+                tick()
+            yield path, size, int(modified * 10**9) + margin
+
+    def stat(self, path: str) -> tuple[int, int, str | None] | None:
+        """(size, modified as walk gives it, the sha256 the store vouches for, if known
+        without reading) of the file at ``path``; None when there is none. In a bucket,
+        from one listing in key order, not a HEAD a path (a mirror's .metadata files alone
+        are millions): ``path`` must come after the one asked before."""
+        if self.path is not None:
+            status = store.stat_file(self.path, path)
+            return None if status is None else (status.st_size, status.st_mtime_ns, None)
+        if self._listed is None:
+            self._listed = self.walk(lambda: None)
+            self._at = next(self._listed, None)
+        while self._at is not None and self._at[0] < path:
+            self._at = next(self._listed, None)
+        if self._at is None or self._at[0] != path:
+            return None
+        return self._at[1], self._at[2], None
+
+    def sha256(self, path: str, vouched: str | None) -> str | None:
+        """The sha256 of the file at ``path``: ``vouched`` (what the store computed) when
+        given, else its bytes read (in a bucket, the store's first, one HEAD)."""
+        if vouched is not None:
+            return vouched
+        if self.path is not None:
+            return store.sha256_of(self.path, path)
+        assert self.bucket is not None
+        found = self.bucket.look(path)
+        if found is None:
+            return None
+        if found[1] is not None:
+            return found[1]
+        try:
+            with self.bucket.open_file(path) as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except FileNotFoundError:
+            return None
 
 
 def _walk(web: str, rel_dir: str, tick: Callable[[], None]) -> Iterator[tuple[str, int, int]]:
@@ -184,7 +261,7 @@ _PAGES = (f"{layout.SIMPLE}/", f"/{layout.HTML_INDEX}", f"/{layout.JSON_INDEX}")
 
 def published_digest(
     reader: StateReader,
-    roots: Sequence[Path],
+    roots: Sequence[Path | Storage],
     root_pages: Iterable[Entry],
     changed_after_ns: int | None = None,
     *,
@@ -194,9 +271,11 @@ def published_digest(
     """The digest of what ``reader``'s state.db publishes, with ``root_pages``.
 
     ``roots``: where the bytes are looked for, first match wins (an import's staging area,
-    then web/). ``changed_after_ns``: a file modified at or after this (ns since the
-    epoch) is hashed again and must still be what state.db recorded (an export while a
-    sync runs: state.db is read as of one moment, and a page rewritten since then differs).
+    then the storage: web/ or a bucket, whose SHA-256 of an object, when it has one, is
+    compared with state.db's whatever its time). ``changed_after_ns``: a file modified at
+    or after this (ns since the epoch) is hashed again and must still be what state.db
+    recorded (an export while a sync runs: state.db is read as of one moment, and a page
+    rewritten since then differs).
     ``in_tree``: every path is looked for and must have the size state.db says, not only
     those state.db lacks a size or sha256 of (an import, about to publish what state.db
     will say). ``tick``: called every few thousand paths (it may raise, to stop).
@@ -219,34 +298,36 @@ _Row = tuple[str, int | None, str | None]
 
 
 def _resolved(
-    rows: Iterable[tuple[str, int | None, str | None]], roots: Sequence[Path],
+    rows: Iterable[tuple[str, int | None, str | None]], roots: Sequence[Path | Storage],
     changed_after_ns: int | None, in_tree: bool,
 ) -> Iterator[Entry]:
     lost: list[str] = []
+    looked = [_Root(root) for root in roots]
     for path, size, sha256 in rows:
         if size is not None and sha256 is not None and not in_tree:
             yield path, size, sha256
             continue
-        for root in roots:
-            status = store.stat_file(root, path)
+        for root in looked:
+            status = root.stat(path)
             if status is None:
                 continue
+            held, modified, vouched = status
             if size is None:
-                size = status.st_size
-            elif size != status.st_size:
+                size = held
+            elif size != held:
                 raise DigestError(
-                    f"{root}/{path} is {status.st_size} bytes, and state.db says {size}: "
+                    f"{root.name}/{path} is {held} bytes, and state.db says {size}: "
                     "run `mirror verify` there"
                 )
-            if sha256 is None or (
-                changed_after_ns is not None and status.st_mtime_ns >= changed_after_ns
+            if sha256 is None or vouched is not None or (
+                changed_after_ns is not None and modified >= changed_after_ns
             ):
-                found = store.sha256_of(root, path)
+                found = root.sha256(path, vouched)
                 if found is None:
-                    raise DigestError(f"{root}/{path} is not a regular file")
+                    raise DigestError(f"{root.name}/{path} is not a regular file")
                 if sha256 is not None and found != sha256:
                     raise DigestError(
-                        f"{root}/{path} changed while it was read (a sync running?): run "
+                        f"{root.name}/{path} changed while it was read (a sync running?): run "
                         "again"
                     )
                 sha256 = found

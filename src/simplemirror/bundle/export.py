@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ from simplemirror.simple import render
 from simplemirror.simple.model import HeldFile, Status
 from simplemirror.store import layout
 from simplemirror.store import tree as store
+from simplemirror.store.backend import Local, Settings, Storage, open_storage
 from simplemirror.store.state import State, StateReader, now, snapshot
 from simplemirror.sync.publish import project_info
 
@@ -90,6 +92,8 @@ class ExportRequest:
     volume_size: int = DEFAULT_VOLUME_SIZE
     public_url: str | None = None
     """The mirror's public-url: pages that advertise provenance name it."""
+    storage: Settings | None = None
+    """The bucket the mirror publishes to (None: web/): the bodies are read from there."""
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,11 @@ def export(request: ExportRequest) -> Exported:
     another writer beside a running sync makes the sync's next write fail (SQLite's
     deferred transactions), so the ledger is written under the mirror's lock (_record)."""
     state_path = request.directory / "state.db"
-    web = request.directory / "web"
     if not state_path.is_file():
         raise ExportError(f"no state.db in {request.directory}: nothing has been synced there")
+    web = open_storage(request.directory / "web", request.storage)
     try:
+        web.check()
         request.to.mkdir(parents=True, exist_ok=True)
         reader = snapshot(state_path)
         try:
@@ -282,7 +287,7 @@ def _fresh(to: Path, info: BundleInfo) -> Path:
 
 
 def _plan(
-    request: ExportRequest, reader: StateReader, web: Path, partial: Path, info: BundleInfo,
+    request: ExportRequest, reader: StateReader, web: Storage, partial: Path, info: BundleInfo,
     started_ns: int,
 ) -> tuple[BundleInfo, list[int]]:
     packer = Packer(request.volume_size)
@@ -370,7 +375,7 @@ def _count(record: Record, counts: dict[str, int]) -> None:
 
 
 def _records(
-    reader: StateReader, web: Path, info: BundleInfo, packer: Packer, public_url: str | None,
+    reader: StateReader, web: Storage, info: BundleInfo, packer: Packer, public_url: str | None,
     root: list[_RootPage], missing: frozenset[str] = frozenset(),
 ) -> Iterator[Record]:
     """The manifest, in its order: removals, then each project's files and the project,
@@ -401,7 +406,7 @@ def _records(
                      Page(json_page.size, json_page.sha256))
 
 
-def _bodies(web: Path, held: HeldFile, needed: bool, packer: Packer) -> Iterator[Body]:
+def _bodies(web: Storage, held: HeldFile, needed: bool, packer: Packer) -> Iterator[Body]:
     """The bytes of ``held`` the far side needs: the file when it has not got it, and the
     files beside it always (a small price; they can change while the file stays)."""
     if needed:
@@ -415,34 +420,35 @@ def _bodies(web: Path, held: HeldFile, needed: bool, packer: Packer) -> Iterator
         if not present:
             continue
         rel = held.path + suffix
-        status = store.stat_file(web, rel)
+        status = web.stat(rel)
         if status is None:
             raise ExportError(
-                f"{web}/{rel} is missing, though state.db holds it: run `mirror verify "
+                f"{web.where}/{rel} is missing, though state.db holds it: run `mirror verify "
                 "--repair`, then export again"
             )
         known = (held.metadata_hashes or {}).get("sha256")
-        sha256 = known if suffix == layout.METADATA_SUFFIX and known else store.sha256_of(web, rel)
-        if sha256 is None:
-            raise ExportError(f"{web}/{rel} is not a regular file")
-        yield _body(web, held.path, suffix, status.st_size, sha256, packer)
+        if suffix == layout.METADATA_SUFFIX and known:
+            sha256 = known
+        else:  # what the store vouches for, else the bytes (on disk, always the bytes)
+            sha256 = status[1] or _read_sha256(web, rel)
+        yield _body(web, held.path, suffix, status[0], sha256, packer)
 
 
-def _body(web: Path, path: str, suffix: str, size: int, sha256: str, packer: Packer) -> Body:
+def _body(web: Storage, path: str, suffix: str, size: int, sha256: str, packer: Packer) -> Body:
     placed = packer.place(size)
     if len(placed) == 1:
         volume, offset, length = placed[0]
         return Body(suffix, size, sha256, (Part(volume, offset, length, sha256),))
     # Split: each part gets its own digest, so that a damaged volume is named as such.
     parts = []
-    with store.open_file(web, path + suffix) as source:
+    with _open(web, path + suffix) as source:
         for volume, offset, length in placed:
             h = hashlib.sha256()
             left = length
             while left:
                 chunk = source.read(min(_CHUNK, left))
                 if not chunk:
-                    raise ExportError(f"{web}/{path}{suffix} is shorter than state.db says")
+                    raise ExportError(f"{web.where}/{path}{suffix} is shorter than state.db says")
                 h.update(chunk)
                 left -= len(chunk)
             parts.append(Part(volume, offset, length, h.hexdigest()))
@@ -450,7 +456,7 @@ def _body(web: Path, path: str, suffix: str, size: int, sha256: str, packer: Pac
 
 
 def _project_record(
-    reader: StateReader, web: Path,
+    reader: StateReader, web: Storage,
     row: tuple[str, str, int | None, int | None, Status, str | None, dict[str, Any], bool],
     full: bool, public_url: str | None,
 ) -> ProjectRecord:
@@ -460,7 +466,7 @@ def _project_record(
 
 
 def _snapshot(
-    reader: StateReader, web: Path, name: str, page_serial: int | None, data: dict[str, Any],
+    reader: StateReader, web: Storage, name: str, page_serial: int | None, data: dict[str, Any],
     public_url: str | None,
 ) -> PageSnapshot:
     """A project's pages as the far side must render them: its files in page order (state.db
@@ -502,23 +508,88 @@ def _render(
             Page(len(json_page), hashlib.sha256(json_page).hexdigest()))
 
 
-def _page_order(web: Path, json_path: str, sha256: str | None) -> list[str]:
+def _page_order(web: Storage, json_path: str, sha256: str | None) -> list[str]:
     """The file names the published JSON page lists, in its order; it must be the page
     state.db recorded."""
     try:
-        with store.open_file(web, json_path) as f:
+        with web.open_file(json_path) as f:
             data = f.read()
     except OSError as exc:
-        raise ExportError(f"cannot read {web}/{json_path}: {exc}") from None
+        raise ExportError(f"cannot read {web.where}/{json_path}: {exc}") from None
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ExportError(
-            f"{web}/{json_path} changed after the export read state.db (a sync running?): "
+            f"{web.where}/{json_path} changed after the export read state.db (a sync running?): "
             "run the export again"
         )
     try:
         return [str(f["filename"]) for f in json.loads(data)["files"]]
     except (ValueError, KeyError, TypeError):
-        raise ExportError(f"{web}/{json_path} is not a page this mirror wrote") from None
+        raise ExportError(f"{web.where}/{json_path} is not a page this mirror wrote") from None
+
+
+def _read_sha256(web: Storage, rel: str) -> str:
+    try:
+        with web.open_file(rel) as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise ExportError(f"{web.where}/{rel} vanished while it was read (a sync running?): "
+                          "run the export again") from None
+
+
+def _open(web: Storage, rel: str) -> io.RawIOBase:
+    """``rel`` for reading from its start, in order: a file of web/, or an object streamed
+    from the bucket (one GET, not one per read; bounded memory)."""
+    if isinstance(web, Local):
+        raw = store.open_file(web.web, rel, buffering=0)
+        assert isinstance(raw, io.FileIO)
+        return raw
+    from simplemirror.store import s3  # boto3 only where a bucket is used
+
+    assert isinstance(web, s3.S3Storage)
+    found = web.look(rel)
+    if found is None:
+        raise FileNotFoundError(f"{web.key(rel)} is not in {web.where}")
+    return _Streamed(web, rel, found[0])
+
+
+class _Streamed(io.RawIOBase):
+    """An object of a bucket read in order, by one ranged GET from where a read starts
+    (again after a seek): a body is copied from its start, whole volumes skipped."""
+
+    def __init__(self, storage: Any, rel: str, size: int) -> None:
+        super().__init__()
+        self._storage, self._rel, self._size = storage, rel, size
+        self._pos = 0
+        self._pieces: Iterator[bytes] | None = None
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        if base + offset != self._pos:
+            self._pos, self._pieces, self._left = max(0, base + offset), None, b""
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not self._left:
+            if self._pos >= self._size:
+                return 0
+            if self._pieces is None:
+                self._pieces = self._storage.stream(self._rel, self._pos, self._size - 1)
+            self._left = next(self._pieces, b"")
+            if not self._left:
+                return 0
+        count = min(len(view), len(self._left))
+        view[:count] = self._left[:count]
+        self._left = self._left[count:]
+        self._pos += count
+        return count
 
 
 # -- 2. the volumes -----------------------------------------------------------------------------
@@ -560,7 +631,7 @@ def _complete(partial: Path, number: int) -> bool:
     return final.is_file() and _digest_file(final).is_file()
 
 
-def _write_volumes(partial: Path, web: Path, sizes: list[int]) -> tuple[Volume, ...]:
+def _write_volumes(partial: Path, web: Storage, sizes: list[int]) -> tuple[Volume, ...]:
     """Copy every body into its place, hashing it again; volumes complete already (an
     export taken up again) are kept."""
     writer: _VolumeWriter | None = None
@@ -590,7 +661,7 @@ def _write_volumes(partial: Path, web: Path, sizes: list[int]) -> tuple[Volume, 
 
 
 def _copy_body(
-    partial: Path, web: Path, path: str, body: dict[str, Any], sizes: list[int],
+    partial: Path, web: Storage, path: str, body: dict[str, Any], sizes: list[int],
     writer: _VolumeWriter | None,
 ) -> _VolumeWriter | None:
     suffix, size, sha256 = body["suffix"], body["size"], body["sha256"]
@@ -602,7 +673,7 @@ def _copy_body(
     # The whole body's digest, when every part is copied now (not some before a stop).
     whole: Any = hashlib.sha256()
     try:
-        source = store.open_file(web, rel, buffering=0)
+        source = _open(web, rel)
     except OSError as exc:
         if all(_complete(partial, p[0]) for p in parts):
             return writer  # copied by the export this one takes up again
@@ -638,13 +709,13 @@ def _copy_body(
     return writer
 
 
-def _vanished(partial: Path, web: Path, rel: str, exc: OSError | None) -> ExportError:
+def _vanished(partial: Path, web: Storage, rel: str, exc: OSError | None) -> ExportError:
     """A body is gone or changed since the plan: the plan can never be finished."""
     with contextlib.suppress(OSError):
         shutil.rmtree(partial)
     why = f"cannot be read ({exc.strerror or exc})" if exc else "is not what state.db recorded"
     return ExportError(
-        f"{web}/{rel} {why}: a sync removed or replaced it since the export began, or the "
+        f"{web.where}/{rel} {why}: a sync removed or replaced it since the export began, or the "
         "copy is damaged (`mirror verify` tells). Run the export again"
     )
 

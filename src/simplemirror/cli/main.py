@@ -256,8 +256,9 @@ def _bundle_commands(commands: Any) -> None:
     imp = commands.add_parser(
         "import", help="verify a bundle and apply it to the far-side mirror",
         description="Check a bundle (signature, chain, every hash) and apply it to the "
-        "mirror in --directory (the first, full bundle makes it), then write "
-        "receipts/<sequence>.json to carry back. Any refusal leaves the mirror as it was.",
+        "mirror in --directory (the first, full bundle makes it; with -c naming storage = "
+        "\"s3://...\", published to that bucket), then write receipts/<sequence>.json to "
+        "carry back. Any refusal leaves the mirror as it was.",
     )
     imp.add_argument("--from", dest="source", type=Path, required=True, metavar="BUNDLE",
                      help="the bundle directory")
@@ -782,7 +783,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     _setup_logging(args, None)
     args.upstream = None
     cfg = _offline_config(args, network=False)
-    _not_on_object_storage("export", cfg.storage is not None)
     try:
         receipt = None
         if args.since_receipt is not None:
@@ -799,7 +799,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         done = export.export(export.ExportRequest(
             directory=cfg.directory, to=args.to.absolute(), key=key, full=args.full,
             receipt=receipt, volume_size=args.volume_size or manifest.DEFAULT_VOLUME_SIZE,
-            public_url=cfg.public_url,
+            public_url=cfg.public_url, storage=cfg.storage,
         ))
     except (export.ExportError, keys.KeyFileError) as exc:
         print(f"mirror: {exc}", file=sys.stderr)
@@ -831,22 +831,14 @@ def _stop_import_on_signals(stop: Stop) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _not_on_object_storage(command: str, bucket: bool) -> None:
-    """Bundles are read from and applied to web/ alone: with the tree in a bucket, a
-    bundle would be built from, or land in, a directory nobody serves."""
-    if bucket:
-        raise config.ConfigError(
-            f"mirror {command} works on a mirror published to web/, not yet with storage = "
-            "\"s3://...\"; run it with a config file without storage"
-        )
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     from simplemirror.bundle import apply, keys
 
     _setup_logging(args, None)
     values = config.read_file(args.config) if args.config is not None else {}
-    _not_on_object_storage("import", values.get("storage") is not None)
+    # With storage = "s3://...", the bundle is published to the bucket; state.db, tmp/
+    # (the staging) and the receipts stay in the directory.
+    storage = config.storage_settings(values.get("storage"), values.get("storage_table", {}))
     directory = _mirror_directory(args, values)
     max_removal = values.get("max_removal", config.Config.max_removal)
     if not 0.0 <= max_removal <= 1.0:
@@ -858,6 +850,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         done = apply.import_bundle(apply.ImportRequest(
             args.source.absolute(), directory, public_key,
             allow_mass_delete=args.allow_mass_delete, max_removal=max_removal, stop=stop,
+            storage=storage,
         ))
     except apply.Interrupted as exc:
         print(f"mirror: {exc}", file=sys.stderr)
@@ -873,12 +866,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     info = done.info
     if stop.signum is not None:
         log.warning("the signal came once the import had committed: it was finished instead")
+    target = directory if storage is None else f"{storage.url} (state.db in {directory})"
     with _printing():
         if done.replayed:
-            print(f"bundle {info.sequence} was applied to {directory} already: nothing to do")
+            print(f"bundle {info.sequence} was applied to {target} already: nothing to do")
         else:
             counts = done.counts
-            print(f"bundle {info.sequence} applied to {directory} (generation "
+            print(f"bundle {info.sequence} applied to {target} (generation "
                   f"{done.generation}): {counts['pages'] // 2} project(s) written, "
                   f"{counts['removed']} removed, {counts['files']} file(s), "
                   f"{human_bytes(counts['bytes'])} published")

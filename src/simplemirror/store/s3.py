@@ -33,7 +33,7 @@ import io
 import itertools
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -424,6 +424,87 @@ class S3Storage:
                 sub = next(left, None)
                 if sub is not None:
                     ahead.append(pool.submit(listed, sub))
+
+    def look(self, rel: str) -> tuple[int, str | None, float] | None:
+        """(size, the sha256 the store vouches for or None, LastModified as epoch seconds)
+        of the object at ``rel``, from one HEAD; None when there is none."""
+        held = self._head(rel)
+        if held is None:
+            return None
+        return (int(held["ContentLength"]), self._sha256_in(held),
+                held["LastModified"].timestamp())
+
+    def holds(self, rel_dir: str) -> bool:
+        """Whether any object lies below ``rel_dir``/ (one request)."""
+        try:
+            page = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self.key(rel_dir) + "/", MaxKeys=1
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, "list") from None
+        return bool(page.get("Contents"))
+
+    def walk_sorted(self, split: str = "packages") -> Iterator[tuple[str, int, float]]:
+        """(path, size, LastModified as epoch seconds) of every object below the prefix, in
+        bytewise order of path (S3 lists keys in that order), streamed: what a walk of
+        web/ in order gives. The directories below ``split`` (packages/<xx>/, most of the
+        objects) are listed in parallel, _LIST_AHEAD of them held at most, as walk_files
+        does; the rest is one listing after another."""
+        cut = len(self.prefix)
+
+        def level(key_prefix: str) -> list[tuple[str, dict[str, Any] | None]]:
+            """One level below ``key_prefix``: (key, its listing entry) of the objects,
+            (prefix ending in '/', None) of the directories, in key order."""
+            found: list[tuple[str, dict[str, Any] | None]] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            try:
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=key_prefix,
+                                               Delimiter="/"):
+                    found += [(item["Key"], dict(item)) for item in page.get("Contents", ())]
+                    found += [(p["Prefix"], None) for p in page.get("CommonPrefixes", ())]
+            except (botocore.exceptions.BotoCoreError,
+                    botocore.exceptions.ClientError) as exc:
+                raise self._error(exc, "list") from None
+            return sorted(found, key=lambda entry: entry[0])
+
+        def flat(key_prefix: str) -> Iterator[tuple[str, int, float]]:
+            for page in self._listing(key_prefix[cut:].rstrip("/")):
+                for item in page.get("Contents", ()):
+                    yield (item["Key"][cut:], int(item["Size"]),
+                           item["LastModified"].timestamp())
+
+        def one(key: str, item: dict[str, Any]) -> tuple[str, int, float]:
+            return key[cut:], int(item["Size"]), item["LastModified"].timestamp()
+
+        for key, item in level(self.prefix):
+            if item is not None:
+                yield one(key, item)
+            elif key != self.key(split) + "/":
+                yield from flat(key)
+            else:
+                yield from self._ahead(level(key), one, flat)
+
+    @staticmethod
+    def _ahead(
+        entries: list[tuple[str, dict[str, Any] | None]],
+        one: Callable[[str, dict[str, Any]], tuple[str, int, float]],
+        flat: Callable[[str], Iterator[tuple[str, int, float]]],
+    ) -> Iterator[tuple[str, int, float]]:
+        """The objects of ``entries`` in their order, each directory listed (``flat``) in
+        the pool, _LIST_AHEAD of them ahead of the one being read."""
+
+        def listed(key: str, item: dict[str, Any] | None) -> list[tuple[str, int, float]]:
+            return [one(key, item)] if item is not None else list(flat(key))
+
+        with concurrent.futures.ThreadPoolExecutor(_LIST_WORKERS) as pool:
+            left = iter(entries)
+            ahead = collections.deque(pool.submit(listed, *entry)
+                                      for entry in itertools.islice(left, _LIST_AHEAD))
+            while ahead:
+                yield from ahead.popleft().result()
+                entry = next(left, None)
+                if entry is not None:
+                    ahead.append(pool.submit(listed, *entry))
 
     def changed_dirs(self, rel_dir: str, since: float) -> Iterator[str]:
         last = None

@@ -112,7 +112,8 @@ def wan_table(results: list[Phase]) -> str:
     """Each phase against its bound: requests x RTT / connections."""
     head = (
         f"{'phase':<12} {'tool':<13} {'requests':>9} {'conns':>6} {'bound s':>8} "
-        f"{'wall s':>8} {'of bound':>8} {'opened':>7} {'at once':>7} {'proxy cpu':>9}"
+        f"{'wall s':>8} {'of bound':>8} {'opened':>7} {'at once':>7} {'proxy cpu':>9} "
+        f"{'curl s':>7} {'of curl':>7}"
     )
     lines = [head, "-" * len(head)]
     for p in results:
@@ -123,7 +124,9 @@ def wan_table(results: list[Phase]) -> str:
             f"{p.phase:<12} {p.tool:<13} {p.served.requests:>9} {x['concurrency']:>6} "
             f"{x['bound']:>8.2f} {p.usage.wall:>8.2f} {x['of_bound']:>8.2f} "
             f"{x['proxy']['connections']:>7} {x['proxy']['peak_open']:>7} "
-            f"{x['proxy_cpu']:>9.2f}"
+            f"{x['proxy_cpu']:>9.2f} "
+            + (f"{x['curl']['seconds']:>7.2f} {x['curl']['seconds'] / p.usage.wall:>7.2f}"
+               if "curl" in x else f"{'':>7} {'':>7}")
         )
     return "\n".join(lines)
 
@@ -245,6 +248,25 @@ def _limit(nginx: Nginx, paths: list[str], work: Path, workers: int) -> dict[str
     return out
 
 
+def _network_limit(p: Phase, nginx: Nginx, proxy: Proxy, work: Path) -> None:
+    """The same requests as ``p`` made, through the same proxy at the same concurrency,
+    by ``curl -Z`` with every URL known from the start: what the delayed network and
+    this machine allow, with no parsing, no order between requests and no start-up to
+    speak of. A tool's wall against it is its own cost."""
+    paths = nginx.paths(*p.extra["log_span"])
+    settle()
+    result = fetch.curl_all(proxy.url, paths, parallel=p.extra["concurrency"], work=work)
+    p.extra["curl"] = {
+        "seconds": result.seconds, "requests": result.requests, "errors": result.errors,
+        "of_bound": p.extra["bound"] / result.seconds if result.seconds else None,
+    }
+    print(
+        f"  curl -Z --parallel-max {p.extra['concurrency']}, {p.tool}'s {len(paths)} "
+        f"{p.phase} requests: {result.seconds:.2f} s ({p.extra['curl']['of_bound']:.2f} of "
+        f"the bound){' with errors' if result.errors else ''}", flush=True,
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tools = clients.TOOLS if args.only == "both" else (args.only,)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
@@ -303,6 +325,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for client in mirrors:
                 for phase in ("initial", "noop"):
                     results.append(phase_of(client, phase))
+            # Before the world changes: the same paths, the same answers.
+            if proxy is not None:
+                for p in results:
+                    if p.phase == "initial" and p.extra.get("bound"):
+                        _network_limit(p, nginx, proxy, work)
             changed = the_world.mutate(args.changes)
             nginx.reload()
             print(f"upstream changed {len(changed)} projects", flush=True)

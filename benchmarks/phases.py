@@ -102,6 +102,7 @@ def run_phase(
     result = Phase(
         client.name, phase, usage, nginx.stats(offset), nginx.cpu_seconds() - cpu_before
     )
+    result.extra["log_span"] = (offset, nginx.log_offset())
     if proxy is not None:
         proxy_cpu = proxy.cpu_seconds() - proxy_cpu
         rtt = proxy.rtt_ms / 1000

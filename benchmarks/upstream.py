@@ -262,6 +262,14 @@ class Nginx:
                 out.by_kind[_kind(uri)] += 1
         return out
 
+    def paths(self, since: int, until: int) -> list[str]:
+        """The request paths the access log holds between byte offsets ``since`` and
+        ``until``, in the order nginx answered them."""
+        with self.access_log.open("rb") as log:
+            log.seek(since)
+            lines = log.read(until - since).splitlines()
+        return [parts[4].decode() for parts in map(bytes.split, lines) if len(parts) >= 5]
+
     def cpu_seconds(self) -> float:
         """User + system CPU of nginx's workers so far (from /proc; ticks to seconds)."""
         ticks = os.sysconf("SC_CLK_TCK")

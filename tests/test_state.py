@@ -124,6 +124,16 @@ def test_a_state_db_being_made_appears_only_with_its_schema(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]  # nothing left over
 
 
+def test_an_empty_state_in_memory_writes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """What a dry run plans against before any sync: nothing on disk, in the directory
+    it runs from or anywhere."""
+    monkeypatch.chdir(tmp_path)
+    State.empty().close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_per_project_queries_use_the_project_index_not_a_walk_over_live_files(tmp_path: Path):
     # With an index over every row's removed_gen, SQLite read `removed_gen IS NULL` as a
     # selective equality and walked all live files of the mirror for each project.

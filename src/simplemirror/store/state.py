@@ -467,7 +467,7 @@ class State:
     @classmethod
     def empty(cls) -> State:
         """A state.db in memory, holding nothing: what a dry run plans against before any sync."""
-        return cls(Path(":memory:"))
+        return cls(Path(":memory:"), _in_place=True)  # not a file to make beside it
 
     def close(self) -> None:
         self.db.close()

@@ -209,6 +209,36 @@ def test_last_modified_reflects_the_last_complete_change(
     assert (tmp_path / "web/last-modified").read_text() == stamp  # partial: unchanged
 
 
+@pytest.mark.parametrize("killed_in", ["reap_files", "last_modified"])
+def test_a_run_killed_after_its_root_is_finished_by_the_next_even_with_a_304(
+    upstream: Upstream, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    killed_in: str,
+):
+    """A run that dies once the root is written, before its removals or last-modified:
+    the next run sees the same root (304) and has nothing to fetch, yet it finishes
+    them, or the mirror would keep dead files and claim an older change until upstream
+    next moved."""
+    sync(upstream, tmp_path)
+    (tmp_path / "web/last-modified").write_text("20000101T00:00:00\n")
+    world.remove_file("doomed", "doomed-1.0.tar.gz")
+    from simplemirror.sync import publish
+
+    target = publish.reap if killed_in == "reap_files" else publish.Publisher
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # as good as a kill: nothing after it runs
+
+    with monkeypatch.context() as patched:
+        patched.setattr(target, killed_in, killed)
+        with pytest.raises(KeyboardInterrupt):
+            sync(upstream, tmp_path)
+    assert "doomed-1.0.tar.gz" not in assert_consistent(tmp_path / "web")["doomed"]
+    assert sync(upstream, tmp_path).exit_code == 0
+    assert "doomed-1.0.tar.gz" not in package_files(tmp_path)
+    assert (tmp_path / "web/last-modified").read_text() != "20000101T00:00:00\n"
+    assert_consistent(tmp_path / "web")
+
+
 def test_a_project_that_does_not_converge_deletes_nothing(
     upstream: Upstream, world: World, tmp_path: Path
 ):

@@ -518,6 +518,8 @@ class Sync:
         self._api_versions_warned: set[tuple[int, int]] = set()
         # True while the run has changed nothing on disk: an error then needs no recovery.
         self._tree_untouched = False
+        self._after_died = False
+        """This run recovered from one that died: it finishes what came after the root."""
         self._reuse: ReuseIndex | None = None
         self.clock = time.time
         """The time the cooldown (min-age) is measured at; read once a run, when it plans."""
@@ -648,6 +650,7 @@ class Sync:
     def _recover(self, state: State, generation: int) -> None:
         """After a run that died, make the tree agree with state.db (see recover.py)."""
         died = state.died_unrecovered(generation)
+        self._after_died = died is not None
         if died is None:
             return
         started, through = died
@@ -704,9 +707,11 @@ class Sync:
             summary.files_fetched += self._source.files_fetched
             summary.bytes_fetched += self._source.bytes_fetched
         root_pages_there = all(self.storage.is_file(p) for p in layout.ROOT_PAGES)
-        if root.not_modified and not plan.fetch and root_pages_there and not root.unmet:
+        if (root.not_modified and not plan.fetch and root_pages_there and not root.unmet
+                and not self._after_died):
             # 304 (or the same bytes) and nothing left over: the mirror is current.
-            # Write nothing.
+            # Write nothing. (After a run that died, its root may be up and what follows
+            # the root not done: removals, last-modified. The publish below does them.)
             summary.outcome = "unchanged"
             state.finish_run(generation, "unchanged")
             return summary

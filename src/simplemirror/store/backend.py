@@ -42,8 +42,9 @@ class Settings:
     region: str | None = None
     upload_workers: int = 8
     """Uploads at once, in each process that uploads."""
-    multipart_threshold: int = 64 * 1024**2
-    """Files this large or larger go up in parts (``multipart_chunk`` bytes each)."""
+    multipart_threshold: int = 16 * 1024**2
+    """Files this large or larger go up in parts (``multipart_chunk`` bytes each); a
+    smaller one is held whole in memory while it is hashed and sent (s3.py)."""
     multipart_chunk: int = 16 * 1024**2
     retries: int = 3
     """Further attempts after a 5xx, a throttling answer or a reset connection."""

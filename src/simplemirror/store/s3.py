@@ -73,6 +73,9 @@ _LIST_AHEAD = 16
 """Directories listed ahead of the one being read (walk_files)."""
 _READ_BLOCK = 1024**2
 _PARTS_AT_ONCE = 4
+_RECENT = 32
+"""Files just uploaded whose last bytes are kept for open_file (each _READ_BLOCK at most):
+a wheel's METADATA is read from it right after it went up (sync/download.py)."""
 """Parts of one large file uploaded at once (each ``multipart_chunk`` bytes in memory)."""
 _REFUSED = ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
             "XAmzContentSHA256Mismatch")
@@ -117,6 +120,9 @@ class S3Storage:
         self._store: S3Store | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._empty: bool | None = None
+        self._recent: collections.OrderedDict[str, tuple[int, bytes]] = (
+            collections.OrderedDict())
+        """rel -> (size, its last _READ_BLOCK bytes), of files this process uploaded."""
 
     # -- the client, made in the process that uses it ------------------------------------
 
@@ -343,10 +349,19 @@ class S3Storage:
                     body = f.read()
                     self._same(rel, hashlib.sha256(body).hexdigest(), sha256)
                     self._put(rel, body, sha256)
+                    self._keep(rel, body)
                 else:
                     self._put(rel, self._parts(f, rel, sha256), sha256)
         finally:
             tree.discard(staged)
+
+    def _keep(self, rel: str, body: bytes) -> None:
+        """Remember ``body``'s end, so that reading it back (open_file) asks for nothing:
+        the bytes are the ones verified and sent."""
+        with self._lock:
+            self._recent[rel] = (len(body), body[-_READ_BLOCK:])
+            while len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
 
     def _same(self, rel: str, found: str, sha256: str) -> None:
         """The bytes about to go up are the file that was verified: obstore sends the
@@ -406,7 +421,13 @@ class S3Storage:
     def open_file(self, rel: str) -> io.BufferedReader:
         """One GET of the object's last _READ_BLOCK bytes: a smaller object (most wheels,
         every page) is then read from memory; a larger one by ranged GETs, its end (where a
-        zip's directory is) kept from the first."""
+        zip's directory is) kept from the first. A file this process has just uploaded
+        is read from what it sent (read once: a wheel's METADATA)."""
+        with self._lock:
+            sent = self._recent.pop(rel, None)
+        if sent is not None:
+            size, tail = sent
+            return io.BufferedReader(_Ranges(self, self.key(rel), size, tail), _READ_BLOCK)
         try:
             answer = self.client.get_object(
                 Bucket=self.bucket, Key=self.key(rel), Range=f"bytes=-{_READ_BLOCK}"

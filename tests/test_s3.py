@@ -750,3 +750,32 @@ def test_download_processes_upload_from_their_own_clients(
     sync(upstream, tmp_path / "local")
     assert files_below(bucket_tree(weed, bucket, tmp_path / "got")) == files_below(
         tmp_path / "local" / "web")
+
+
+def test_what_check_found_goes_to_the_download_processes(
+    weed: seaweed.Seaweed, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A download process asking for itself, after others uploaded, would HEAD every file.
+    calls = Calls(monkeypatch)
+    storage = _storage(weed, bucket)
+    storage.check()
+    handed = storage.handed_on()
+    assert handed.packages_empty is True and handed == storage.settings
+    body = b"a wheel"
+    staged = tmp_path / "a"
+    staged.write_bytes(body)
+    storage.install(str(staged), "packages/aa/a-1.0.tar.gz",
+                    sha256=hashlib.sha256(body).hexdigest())
+    child = s3.S3Storage(handed)  # as a download process makes it from the config
+    staged.write_bytes(body)
+    child.install(str(staged), "packages/bb/b-1.0.tar.gz",
+                  sha256=hashlib.sha256(body).hexdigest())
+    assert calls.heads == [] and calls.puts() == ["packages/aa/a-1.0.tar.gz",
+                                                  "packages/bb/b-1.0.tar.gz"]
+    # The next run finds packages/ holding files: each is looked for before it is sent.
+    storage.check()
+    again = s3.S3Storage(storage.handed_on())
+    staged.write_bytes(body)
+    again.install(str(staged), "packages/bb/b-1.0.tar.gz",
+                  sha256=hashlib.sha256(body).hexdigest())
+    assert calls.heads == ["packages/bb/b-1.0.tar.gz"] and len(calls.puts()) == 2

@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -119,7 +120,7 @@ class S3Storage:
         self._client: S3Client | None = None
         self._store: S3Store | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._empty: bool | None = None
+        self._empty: bool | None = settings.packages_empty
         self._recent: collections.OrderedDict[str, tuple[int, bytes]] = (
             collections.OrderedDict())
         """rel -> (size, its last _READ_BLOCK bytes), of files this process uploaded."""
@@ -134,7 +135,7 @@ class S3Storage:
                     self._client = self._make_client()
                     self._store = None
                     self._pool = None
-                    self._empty = None
+                    self._empty = self.settings.packages_empty
                     self._pid = os.getpid()
         return self._client
 
@@ -248,12 +249,14 @@ class S3Storage:
         return StorageError(f"cannot {doing} {where}: {_one_line(exc)}")
 
     def _packages_empty(self) -> bool:
-        """Whether packages/ held nothing when this process first uploaded in this run.
+        """Whether packages/ held nothing as this run began.
 
         Then no file can be there already (nothing was seeded, no run died after
         uploading), and the HEAD before each upload, half of a first sync's requests, is
-        skipped. Asked once a run and process (``check`` starts a run afresh): what this
-        run uploads meanwhile is new, and sending it again would be harmless.
+        skipped. Asked once a run, by ``check`` in the coordinating process, before
+        anything is uploaded; the download processes are told (``handed_on``): asked by
+        each, later, it would find what the others had uploaded meanwhile, and HEAD every
+        file. Without ``check`` (verify, import), asked at the first upload.
         """
         if self._empty is None:
             with self._lock:
@@ -274,6 +277,10 @@ class S3Storage:
             self.client.head_bucket(Bucket=self.bucket)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._error(exc, "use") from None
+        self._packages_empty()
+
+    def handed_on(self) -> Settings:
+        return dataclasses.replace(self.settings, packages_empty=self._packages_empty())
 
     # -- writing -----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from simplemirror.store.state import State
 from simplemirror.sync import reap
 
 _IN_FLIGHT = 64
-"""Pages going up at once from ``Publisher.pipelined`` (each held in memory meanwhile)."""
+"""Pages queued for upload at most (``Publisher.pipelined``), each held in memory."""
 
 
 def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
@@ -134,8 +134,8 @@ class Publisher:
 
     @contextlib.contextmanager
     def pipelined(self) -> Iterator[None]:
-        """Pages written while in it go up ``_IN_FLIGHT`` at once when the storage is
-        remote (a PUT each, from the upload threads), not one after another. What
+        """Pages written while in it go up in the upload threads when the storage is
+        remote (a PUT each, ``_IN_FLIGHT`` queued at most), not one after another. What
         follows a page (``then``) still runs in order, in this thread, once every page
         asked for before it is written: a project's rows after its pages, as ``publish``
         says. Everything is written and recorded when it ends without an error."""

@@ -74,10 +74,10 @@ _LIST_AHEAD = 16
 """Directories listed ahead of the one being read (walk_files)."""
 _READ_BLOCK = 1024**2
 _PARTS_AT_ONCE = 4
+"""Parts of one large file uploaded at once (each ``multipart_chunk`` bytes in memory)."""
 _RECENT = 32
 """Files just uploaded whose last bytes are kept for open_file (each _READ_BLOCK at most):
 a wheel's METADATA is read from it right after it went up (sync/download.py)."""
-"""Parts of one large file uploaded at once (each ``multipart_chunk`` bytes in memory)."""
 _REFUSED = ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
             "XAmzContentSHA256Mismatch")
 """S3's codes for a body that is not what its checksum says."""
@@ -380,8 +380,8 @@ class S3Storage:
             )
 
     def _parts(self, f: BinaryIO, rel: str, sha256: str) -> Iterator[bytes]:
-        """A large file in parts read from disk (``_PARTS_AT_ONCE`` parts in memory at
-        most), hashed as they are read; a mismatch raises before the last part is given,
+        """A large file in parts read from disk (``_PARTS_AT_ONCE`` going up, and the next
+        read, in memory), hashed as they are read; a mismatch raises before the last part is given,
         so the upload is aborted and nothing is kept."""
         digest = hashlib.sha256()
         chunk = self.settings.multipart_chunk

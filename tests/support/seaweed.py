@@ -60,8 +60,10 @@ def _die_with_parent() -> None:
 class Seaweed:
     """One SeaweedFS server (master, volume, filer, S3 gateway) with one identity."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.extra = extra
+        """Further `weed server` flags (benchmarks try the server's own settings)."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -95,6 +97,7 @@ class Seaweed:
             "-s3.port.lance=0",
             f"-s3.config={self.root / 's3.json'}",
             "-master.volumeSizeLimitMB=16", "-volume.max=0", "-metricsPort=0",
+            *self.extra,
         ]
         log = (self.root / "weed.log").open("wb")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
@@ -162,8 +165,8 @@ class Seaweed:
 
 
 @contextlib.contextmanager
-def running(root: Path) -> Iterator[Seaweed]:
-    server = Seaweed(root).start()
+def running(root: Path, extra: tuple[str, ...] = ()) -> Iterator[Seaweed]:
+    server = Seaweed(root, extra).start()
     try:
         yield server
     finally:

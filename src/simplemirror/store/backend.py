@@ -15,7 +15,7 @@ import concurrent.futures
 import functools
 import io
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -42,11 +42,16 @@ class Settings:
     region: str | None = None
     upload_workers: int = 8
     """Uploads at once, in each process that uploads."""
-    multipart_threshold: int = 64 * 1024**2
-    """Files this large or larger go up in parts (``multipart_chunk`` bytes each)."""
+    multipart_threshold: int = 16 * 1024**2
+    """Files this large or larger go up in parts (``multipart_chunk`` bytes each); a
+    smaller one is held whole in memory while it is hashed and sent (s3.py)."""
     multipart_chunk: int = 16 * 1024**2
     retries: int = 3
     """Further attempts after a 5xx, a throttling answer or a reset connection."""
+    packages_empty: bool | None = field(default=None, compare=False)
+    """What the coordinating process's ``check`` found: packages/ empty as the run began,
+    so no upload needs a HEAD first (s3.py); given to the download processes with the
+    config (``Storage.handed_on``). None: ask. Not part of the settings' identity."""
 
     @property
     def bucket(self) -> str:
@@ -91,6 +96,10 @@ class Storage(Protocol):
     def check(self) -> None:
         """Usable at all (StorageError: a missing bucket, access denied); called before
         anything is fetched upstream."""
+
+    def handed_on(self) -> Settings | None:
+        """After ``check``: the settings the download processes are to use, with what
+        ``check`` found that they need (None: the local tree)."""
 
     def install(self, staged: str, rel: str, *, sha256: str | None = None,
                 new_dir: bool = False, dir_checked: bool = False) -> None:
@@ -159,6 +168,9 @@ class Local:
 
     def check(self) -> None:
         pass  # the run makes web/ and checks tmp/ is on its filesystem
+
+    def handed_on(self) -> Settings | None:
+        return None
 
     def install(self, staged: str, rel: str, *, sha256: str | None = None,
                 new_dir: bool = False, dir_checked: bool = False) -> None:

@@ -2,25 +2,31 @@
 
 Keys are the tree's paths below the prefix (``PREFIX/simple/<name>/index.html``,
 ``PREFIX/packages/...``, ``PREFIX/last-modified``). Every object is sent with the
-Content-Type ``mirror serve`` answers for it, a Cache-Control, its SHA-256 as the
-checksum the store verifies before it keeps the object (``ChecksumSHA256``; a mismatch
-is refused, ``ChecksumRefused``), and its hex sha256 in the object's metadata
+Content-Type ``mirror serve`` answers for it, a Cache-Control, a SHA-256 of its body as the
+checksum the store verifies before it keeps the object (``x-amz-checksum-sha256``; a
+mismatch is refused, ``ChecksumRefused``), and its hex sha256 in the object's metadata
 (``x-amz-meta-sha256``), which a HEAD returns for a multipart object too, whose own
 checksum is one of its parts' checksums. So "already there" is a HEAD: the right size and
 sha256, and the file is not sent again.
 
-The client is boto3: the standard AWS credential sources (environment, shared
-credentials file, instance role) come with it, and its transfer manager sends a large
-file in parallel parts read from the file (bounded memory). boto3 from 1.36 on adds a
-CRC32 checksum to every request unless told otherwise, which some S3-compatible stores
-refuse; here checksums are sent only when this module gives one (``when_required``):
-always a SHA-256.
+Two clients, each for what it does best. Uploads go through obstore (Rust's
+object_store): a fifth of boto3's CPU a request, which on a first sync (one PUT a file and
+a page) is most of the client's cost (benchmarks/README.md, object storage). obstore
+computes the SHA-256 it sends from the bytes it is given, so those bytes are hashed here
+first and compared with the verified file's; a large file goes up in parts read from disk
+(``multipart_chunk`` bytes, ``_PARTS_AT_ONCE`` at once: bounded memory), hashed as they
+are read, the last part held back if the whole is not the file verified. Everything else
+(HEAD, GET, list, delete) is boto3, which obstore cannot replace: its HEAD returns neither
+the store's checksum nor the metadata. Both take their credentials from boto3's standard
+AWS chain (environment, shared credentials file, instance role). boto3 from 1.36 on adds
+a CRC32 checksum to every request unless told otherwise, which some S3-compatible stores
+refuse; here it sends none (``when_required``).
 
 Atomicity: a PUT is whole or absent, so a reader sees the old object or the new one.
 Nothing is made durable later: an object is durable once its PUT returns, so ``flush``
 has nothing to do. 5xx answers, throttling (503 SlowDown) and reset connections are
-retried by botocore's standard retry mode (exponential backoff with jitter), ``retries``
-times over; a file body is read again from its start for each attempt.
+retried with exponential backoff and jitter (obstore's retries for uploads, botocore's
+standard mode for the rest), ``retries`` times over.
 """
 
 from __future__ import annotations
@@ -28,19 +34,24 @@ from __future__ import annotations
 import base64
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import io
 import itertools
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import boto3
 import botocore.config
 import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
+import obstore
+from obstore.auth.boto3 import Boto3CredentialProvider
+from obstore.store import S3Store
 
 from simplemirror.serve import rules
 from simplemirror.store import tree
@@ -48,6 +59,8 @@ from simplemirror.store.backend import ChecksumRefused, Settings, StorageError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from obstore import Attributes
+    from obstore.store import S3Config
 else:
     S3Client = Any
 
@@ -60,6 +73,14 @@ _LIST_WORKERS = 8
 _LIST_AHEAD = 16
 """Directories listed ahead of the one being read (walk_files)."""
 _READ_BLOCK = 1024**2
+_PARTS_AT_ONCE = 4
+"""Parts of one large file uploaded at once (each ``multipart_chunk`` bytes in memory)."""
+_RECENT = 32
+"""Files just uploaded whose last bytes are kept for open_file (each _READ_BLOCK at most):
+a wheel's METADATA is read from it right after it went up (sync/download.py)."""
+_REFUSED = ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
+            "XAmzContentSHA256Mismatch")
+"""S3's codes for a body that is not what its checksum says."""
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
@@ -70,8 +91,18 @@ def _status(exc: botocore.exceptions.ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def _b64(hexdigest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hexdigest)).decode("ascii")
+def _one_line(exc: Exception) -> str:
+    """An error's message without obstore's "Debug source" and the store's XML."""
+    text = str(exc).partition("\n\nDebug source:")[0]
+    return " ".join(re.sub(r"<\?xml.*", "", text, flags=re.S).split()).rstrip(": ")
+
+
+def _answer_of(exc: Exception) -> tuple[str, int]:
+    """(S3's error code, HTTP status) in one of obstore's errors, where it got an answer."""
+    text = str(exc)
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    status = re.search(r"status code: (\d{3})", text)
+    return (code.group(1) if code else "", int(status.group(1)) if status else 0)
 
 
 class S3Storage:
@@ -87,8 +118,12 @@ class S3Storage:
         self._pid = -1
         self._lock = threading.RLock()
         self._client: S3Client | None = None
+        self._store: S3Store | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._empty: bool | None = None
+        self._empty: bool | None = settings.packages_empty
+        self._recent: collections.OrderedDict[str, tuple[int, bytes]] = (
+            collections.OrderedDict())
+        """rel -> (size, its last _READ_BLOCK bytes), of files this process uploaded."""
 
     # -- the client, made in the process that uses it ------------------------------------
 
@@ -98,8 +133,9 @@ class S3Storage:
             with self._lock:
                 if self._client is None or self._pid != os.getpid():
                     self._client = self._make_client()
+                    self._store = None
                     self._pool = None
-                    self._empty = None
+                    self._empty = self.settings.packages_empty
                     self._pid = os.getpid()
         return self._client
 
@@ -124,6 +160,42 @@ class S3Storage:
             "s3", endpoint_url=s.endpoint_url, region_name=s.region, config=config
         )
         return client
+
+    @property
+    def store(self) -> S3Store:
+        """obstore's client for uploads: a fifth of boto3's CPU a request
+        (benchmarks/README.md, object storage), with the credentials boto3 finds."""
+        self.client  # noqa: B018  # a new process gets a new store with its client
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._make_store()
+        return self._store
+
+    def _make_store(self) -> S3Store:
+        s = self.settings
+        session = boto3.session.Session()
+        try:
+            credentials = Boto3CredentialProvider(session)
+        except ValueError:  # boto3 found none
+            raise self._error(botocore.exceptions.NoCredentialsError(), "upload to") from None
+        config: S3Config = {"checksum_algorithm": "sha256"}
+        region = s.region or session.region_name
+        if region:
+            config["region"] = region
+        if s.endpoint_url:
+            config["endpoint"] = s.endpoint_url
+            config["virtual_hosted_style_request"] = False  # path-style, as for boto3
+        return S3Store(
+            s.bucket, config=config, credential_provider=credentials,
+            client_options={"connect_timeout": timedelta(seconds=10),
+                            "timeout": timedelta(seconds=300),
+                            "allow_http": (s.endpoint_url or "").startswith("http://")},
+            retry_config={"max_retries": s.retries,
+                          "backoff": {"init_backoff": timedelta(milliseconds=100),
+                                      "max_backoff": timedelta(seconds=15), "base": 2},
+                          "retry_timeout": timedelta(minutes=5)},
+        )
 
     def uploads(self) -> concurrent.futures.Executor:
         return self.pool
@@ -154,8 +226,13 @@ class S3Storage:
                 "AWS_SECRET_ACCESS_KEY, a profile in ~/.aws/credentials (AWS_PROFILE), or "
                 "run with an instance role"
             )
-        if isinstance(exc, botocore.exceptions.ClientError):
-            code, status = _code(exc), _status(exc)
+        if isinstance(exc, botocore.exceptions.ClientError) or not isinstance(
+                exc, botocore.exceptions.BotoCoreError):
+            code, status = ((_code(exc), _status(exc))
+                            if isinstance(exc, botocore.exceptions.ClientError)
+                            else _answer_of(exc))
+            if not code and not status:  # no answer from the store (obstore's errors)
+                return StorageError(f"cannot {doing} {where}: {_one_line(exc)}")
             if code in {"NoSuchBucket", "404"} or (status == 404 and doing == "use"):
                 return StorageError(
                     f"bucket {self.bucket!r} does not exist ({where}): create it, or fix "
@@ -168,16 +245,18 @@ class S3Storage:
                     "it: check the AWS credentials (environment, ~/.aws/credentials, "
                     "instance role) and the bucket's policy"
                 )
-            return StorageError(f"cannot {doing} {where}: {code or status}: {exc}")
-        return StorageError(f"cannot {doing} {where}: {exc}")
+            return StorageError(f"cannot {doing} {where}: {code or status}: {_one_line(exc)}")
+        return StorageError(f"cannot {doing} {where}: {_one_line(exc)}")
 
     def _packages_empty(self) -> bool:
-        """Whether packages/ held nothing when this process first uploaded in this run.
+        """Whether packages/ held nothing as this run began.
 
         Then no file can be there already (nothing was seeded, no run died after
         uploading), and the HEAD before each upload, half of a first sync's requests, is
-        skipped. Asked once a run and process (``check`` starts a run afresh): what this
-        run uploads meanwhile is new, and sending it again would be harmless.
+        skipped. Asked once a run, by ``check`` in the coordinating process, before
+        anything is uploaded; the download processes are told (``handed_on``): asked by
+        each, later, it would find what the others had uploaded meanwhile, and HEAD every
+        file. Without ``check`` (verify, import), asked at the first upload.
         """
         if self._empty is None:
             with self._lock:
@@ -198,6 +277,10 @@ class S3Storage:
             self.client.head_bucket(Bucket=self.bucket)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._error(exc, "use") from None
+        self._packages_empty()
+
+    def handed_on(self) -> Settings:
+        return dataclasses.replace(self.settings, packages_empty=self._packages_empty())
 
     # -- writing -----------------------------------------------------------------------
 
@@ -229,29 +312,33 @@ class S3Storage:
         ours = head.get("Metadata", {}).get("sha256")
         return str(ours) if ours else None
 
-    def _extra(self, rel: str, sha256: str) -> dict[str, Any]:
-        return {
-            "ContentType": rules.content_type(rel),
-            "CacheControl": rules.cache_control(rel),
-            "Metadata": {"sha256": sha256},
-        }
-
-    def _put(self, rel: str, body: bytes | BinaryIO, size: int, sha256: str) -> None:
+    def _put(self, rel: str, body: bytes | Iterator[bytes], sha256: str) -> None:
+        """One PUT (``bytes``) or a multipart upload (an iterator of parts), through
+        obstore: each request carries the SHA-256 of its body, which the store checks
+        before keeping it."""
         try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self.key(rel), Body=body, ContentLength=size,
-                ChecksumSHA256=_b64(sha256), **self._extra(rel, sha256),
+            obstore.put(
+                self.store, self.key(rel), body, attributes=self._attributes(rel, sha256),
+                chunk_size=self.settings.multipart_chunk, max_concurrency=_PARTS_AT_ONCE,
             )
-        except botocore.exceptions.ClientError as exc:
-            if _code(exc) in {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
-                              "XAmzContentSHA256Mismatch"}:
+        except ChecksumRefused:
+            raise
+        except FileNotFoundError as exc:  # obstore's NotFound: no such bucket
+            raise self._error(exc, f"upload {rel} to") from None
+        except Exception as exc:  # obstore's errors: GenericError and its kin
+            if _answer_of(exc)[0] in _REFUSED:
                 raise ChecksumRefused(
-                    f"{self.key(rel)}: the store found another SHA-256 than {sha256}, and "
-                    "refused it"
+                    f"{self.key(rel)}: the store found another SHA-256 than the one sent "
+                    "with it, and refused it"
                 ) from None
             raise self._error(exc, f"upload {rel} to") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise self._error(exc, f"upload {rel} to") from None
+
+    def _attributes(self, rel: str, sha256: str) -> Attributes:
+        return {
+            "Content-Type": rules.content_type(rel),
+            "Cache-Control": rules.cache_control(rel),
+            "sha256": sha256,  # any other name: user metadata (x-amz-meta-sha256)
+        }
 
     def install(self, staged: str, rel: str, *, sha256: str | None = None,
                 new_dir: bool = False, dir_checked: bool = False) -> None:
@@ -264,34 +351,48 @@ class S3Storage:
             if (held is not None and held.get("ContentLength") == size
                     and self._sha256_in(held) == sha256):
                 return  # there already (a resumed run, a bucket seeded by other means)
-            if size < self.settings.multipart_threshold:
-                with open(staged, "rb") as f:
-                    self._put(rel, f, size, sha256)
-            else:
-                self._put_parts(staged, rel, sha256)
+            with open(staged, "rb") as f:
+                if size < self.settings.multipart_threshold:
+                    body = f.read()
+                    self._same(rel, hashlib.sha256(body).hexdigest(), sha256)
+                    self._put(rel, body, sha256)
+                    self._keep(rel, body)
+                else:
+                    self._put(rel, self._parts(f, rel, sha256), sha256)
         finally:
             tree.discard(staged)
 
-    def _put_parts(self, staged: str, rel: str, sha256: str) -> None:
-        """A large file in parallel parts, each with a SHA-256 the store checks; the whole
-        file's was checked when it was staged."""
-        s = self.settings
-        transfer = TransferConfig(
-            multipart_threshold=s.multipart_threshold, multipart_chunksize=s.multipart_chunk,
-            max_concurrency=4, use_threads=True,
-        )
-        try:
-            self.client.upload_file(
-                staged, self.bucket, self.key(rel),
-                ExtraArgs={"ChecksumAlgorithm": "SHA256", **self._extra(rel, sha256)},
-                Config=transfer,
+    def _keep(self, rel: str, body: bytes) -> None:
+        """Remember ``body``'s end, so that reading it back (open_file) asks for nothing:
+        the bytes are the ones verified and sent."""
+        with self._lock:
+            self._recent[rel] = (len(body), body[-_READ_BLOCK:])
+            while len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
+
+    def _same(self, rel: str, found: str, sha256: str) -> None:
+        """The bytes about to go up are the file that was verified: obstore sends the
+        SHA-256 of what it is given, so what it is given is checked against ours first."""
+        if found != sha256:
+            raise ChecksumRefused(
+                f"{self.key(rel)}: the staged file's SHA-256 is {found}, not {sha256}; "
+                "not uploaded"
             )
-        except boto3.exceptions.S3UploadFailedError as exc:
-            if "BadDigest" in str(exc) or "Checksum" in str(exc):
-                raise ChecksumRefused(f"{self.key(rel)}: {exc}") from None
-            raise self._error(exc, f"upload {rel} to") from None
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise self._error(exc, f"upload {rel} to") from None
+
+    def _parts(self, f: BinaryIO, rel: str, sha256: str) -> Iterator[bytes]:
+        """A large file in parts read from disk (``_PARTS_AT_ONCE`` going up, and the next
+        read, in memory), hashed as they are read; a mismatch raises before the last part is given,
+        so the upload is aborted and nothing is kept."""
+        digest = hashlib.sha256()
+        chunk = self.settings.multipart_chunk
+        part = f.read(chunk)
+        while part:
+            digest.update(part)
+            following = f.read(chunk)
+            if not following:
+                self._same(rel, digest.hexdigest(), sha256)
+            yield part
+            part = following
 
     def make_dir(self, rel_dir: str) -> bool:
         return False  # a bucket has no directories: pages are compared with what is there
@@ -299,7 +400,7 @@ class S3Storage:
     def write_page(self, tmp: Path, rel: str, data: bytes, *, dir_checked: bool = False
                    ) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
-        self._put(rel, data, len(data), sha256)
+        self._put(rel, data, sha256)
         return sha256
 
     # -- reading -----------------------------------------------------------------------
@@ -327,7 +428,13 @@ class S3Storage:
     def open_file(self, rel: str) -> io.BufferedReader:
         """One GET of the object's last _READ_BLOCK bytes: a smaller object (most wheels,
         every page) is then read from memory; a larger one by ranged GETs, its end (where a
-        zip's directory is) kept from the first."""
+        zip's directory is) kept from the first. A file this process has just uploaded
+        is read from what it sent (read once: a wheel's METADATA)."""
+        with self._lock:
+            sent = self._recent.pop(rel, None)
+        if sent is not None:
+            size, tail = sent
+            return io.BufferedReader(_Ranges(self, self.key(rel), size, tail), _READ_BLOCK)
         try:
             answer = self.client.get_object(
                 Bucket=self.bucket, Key=self.key(rel), Range=f"bytes=-{_READ_BLOCK}"

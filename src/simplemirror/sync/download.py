@@ -550,9 +550,14 @@ async def download_todo(client: Client, name: str, todo: FileTodo) -> TodoResult
         while True:
             try:
                 if isinstance(wanted, FromWheel):
-                    # Kilobytes, from a local file (at most WHEEL_METADATA_CAP): no
-                    # reason to leave the loop.
-                    got = metadata_from_wheel(client.config, wanted)
+                    storage = open_storage(client.config.web, client.config.storage)
+                    if storage.remote:  # a read and an upload: never on the loop
+                        got = await asyncio.get_running_loop().run_in_executor(
+                            storage.uploads(), metadata_from_wheel, client.config, wanted)
+                    else:
+                        # Kilobytes, from a local file (at most WHEEL_METADATA_CAP): no
+                        # reason to leave the loop.
+                        got = metadata_from_wheel(client.config, wanted)
                 elif isinstance(wanted, Reuse):
                     assert tally is not None
                     # Whole files hashed (or copied): on a thread, not on the loop.

@@ -8,6 +8,9 @@ performs the order in which a run (and `verify --repair`) changes the tree.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
 import hashlib
 import itertools
 import os
@@ -24,6 +27,9 @@ from simplemirror.store import tree as store
 from simplemirror.store.backend import Storage
 from simplemirror.store.state import State
 from simplemirror.sync import reap
+
+_IN_FLIGHT = 64
+"""Pages queued for upload at most (``Publisher.pipelined``), each held in memory."""
 
 
 def _encoded(parts: Iterable[str], batch: int = 4096) -> Iterator[bytes]:
@@ -73,9 +79,10 @@ def publish(
     A reader therefore never follows a link to something not yet (or no longer) there,
     and a run that stops anywhere leaves only what the next run finishes.
     """
-    for copy in projects:
-        publisher.project(copy.info, copy.files)
-        copy.record()
+    with publisher.pipelined():
+        for copy in projects:
+            publisher.project(copy.info, copy.files)
+            publisher.then(copy.record)
     state = publisher.state
     with state.transaction():
         end = ending()
@@ -118,6 +125,46 @@ class Publisher:
         self.state = state
         self.generation = generation
         self.pages_written = 0
+        self._pending: collections.deque[
+            tuple[concurrent.futures.Future[str] | None, Callable[[str], None]]
+        ] = collections.deque()
+        """Pages going up and what follows each (recording it; a project's rows), in
+        the order they were asked for (``pipelined``)."""
+        self._pool: concurrent.futures.Executor | None = None
+
+    @contextlib.contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """Pages written while in it go up in the upload threads when the storage is
+        remote (a PUT each, ``_IN_FLIGHT`` queued at most), not one after another. What
+        follows a page (``then``) still runs in order, in this thread, once every page
+        asked for before it is written: a project's rows after its pages, as ``publish``
+        says. Everything is written and recorded when it ends without an error."""
+        self._pool = self.storage.uploads() if self.storage.remote else None
+        try:
+            yield
+            self._settle(0)
+        finally:
+            # After an error, what was not settled stays unrecorded: pages in the tree
+            # that state.db does not claim, which the next run compares and rewrites.
+            self._pending.clear()
+            self._pool = None
+
+    def then(self, step: Callable[[], None]) -> None:
+        """``step`` once every page asked for so far is written (now, if none is going
+        up)."""
+        if not self._pending:
+            step()
+        else:
+            self._pending.append((None, lambda _digest: step()))
+
+    def _settle(self, limit: int) -> None:
+        """Finish what is ready, in order, and wait until at most ``limit`` remain."""
+        while self._pending:
+            future, step = self._pending[0]
+            if len(self._pending) <= limit and future is not None and not future.done():
+                return
+            self._pending.popleft()
+            step(future.result() if future is not None else "")
 
     def page(self, rel: str, text: str, *, new: bool = False, dir_checked: bool = False
              ) -> None:
@@ -136,6 +183,15 @@ class Publisher:
             self._maybe_same(rel, data) if self.storage.remote
             else self.storage.same_bytes(rel, data)
         ):
+            return
+        if self._pool is not None:
+            size = len(data)
+            self._pending.append((
+                self._pool.submit(self.storage.write_page, self.tmp, rel, data,
+                                  dir_checked=new or dir_checked),
+                lambda digest: self._written(rel, digest, size),
+            ))
+            self._settle(_IN_FLIGHT)
             return
         digest = self.storage.write_page(self.tmp, rel, data, dir_checked=new or dir_checked)
         self._written(rel, digest, len(data))

@@ -556,8 +556,12 @@ class Sync:
             # A bucket that is missing or denies access says so before anything is
             # fetched upstream (or made on disk).
             self.storage.check()
+            handed_on = self.storage.handed_on()
         except StorageError as exc:
             raise SyncError(str(exc)) from None
+        if handed_on is not None:  # what check() found, for the download processes
+            config = self.config = self.client.config = dataclasses.replace(
+                config, storage=handed_on)
         # What this run brings into being: a first run that never gets a usable root
         # removes it again (see _undo_first_run).
         # mkdir(parents=True) makes missing parents too: the outermost first.

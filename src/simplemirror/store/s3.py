@@ -273,6 +273,10 @@ class S3Storage:
 
     def check(self) -> None:
         self._empty = None
+        with self._lock:
+            # What an earlier run of this process sent may have changed in the bucket
+            # since: each run (or import) reads the bucket afresh.
+            self._recent.clear()
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

@@ -784,9 +784,8 @@ class _Late(_Throttle):
 
 class _LateProxy(_Proxy):
     def __init__(self, target: int, allow: int, trip: Any) -> None:
-        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), _Late)
-        self.target, self.budget, self.throttled = target, 0, 0
-        self.lock = threading.Lock()
+        super().__init__(target, budget=0)
+        self.RequestHandlerClass = _Late
         self.allow, self.puts, self.trip = allow, 0, trip
 
 

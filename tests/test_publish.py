@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +16,7 @@ from simplemirror.simple import render
 from simplemirror.simple.render import ProjectInfo
 from simplemirror.store import layout
 from simplemirror.store import tree as store
-from simplemirror.store.backend import Local
+from simplemirror.store.backend import Local, StorageError
 from simplemirror.store.state import State
 from simplemirror.sync.publish import Publisher
 
@@ -163,3 +166,79 @@ def test_a_small_page_that_cannot_be_written_leaves_the_old_one_and_no_temporary
     assert (publisher.storage.web / REL).read_text() == "old\n"
     assert list(publisher.tmp.iterdir()) == []
     assert recorded(publisher) == written
+
+
+# -- pages going up in upload threads (a bucket), with no bucket needed --
+
+
+class _Remote:
+    """A remote storage whose PUTs run in real upload threads; 'slow' pages take a while."""
+    remote = True
+
+    def __init__(self) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(4)
+        self.landed: dict[str, float] = {}
+
+    def uploads(self) -> concurrent.futures.Executor:
+        return self.pool
+
+    def same_bytes(self, rel: str, data: bytes) -> bool:
+        return rel.startswith("same/")
+
+    def make_dir(self, rel: str) -> bool:
+        return False
+
+    def write_page(self, tmp: Path, rel: str, data: bytes, *, dir_checked: bool = False) -> str:
+        if rel.startswith("fail/"):
+            time.sleep(0.05)
+            raise StorageError("cannot upload: SlowDown")
+        if rel.startswith("slow/"):
+            time.sleep(0.5)  # a PUT being retried
+        self.landed[rel] = time.monotonic()
+        return "0" * 64
+
+
+class _State:
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+
+    def record_page(self, rel: str, digest: str, size: int, gen: int) -> None:
+        self.rows.append(rel)
+
+    def reader(self) -> Any:
+        class R:
+            def page_sha256(self, rel: str) -> str:
+                return hashlib.sha256(b"x").hexdigest()
+        return R()
+
+
+def test_no_upload_outlives_a_publish_that_failed(tmp_path: Path) -> None:
+    storage, state = _Remote(), _State()
+    publisher = Publisher(storage, tmp_path, state, 1)  # type: ignore[arg-type]
+    with pytest.raises(StorageError), publisher.pipelined():
+        publisher.page("fail/a", "a")
+        publisher.page("slow/b", "b")   # in flight when a's failure surfaces
+        publisher.then(lambda: None)
+    returned = time.monotonic()
+    storage.pool.shutdown(wait=True)
+    # After publish() has raised (and the run released its lock), nothing it started may
+    # still land in the bucket: a later run could have written this page meanwhile.
+    assert storage.landed["slow/b"] <= returned
+
+
+def test_a_projects_rows_are_recorded_once_its_pages_are_up_not_at_the_end(
+        tmp_path: Path) -> None:
+    storage, state = _Remote(), _State()
+    publisher = Publisher(storage, tmp_path, state, 1)  # type: ignore[arg-type]
+    recorded: list[int] = []
+    with publisher.pipelined():
+        publisher.page("slow/a", "a")  # 0.5 s in flight
+        publisher.then(lambda: recorded.append(-1))  # a's project's rows: after a is up
+        time.sleep(1.0)  # a's PUT is long done
+        for i in range(1000):  # projects whose pages are unchanged (same bytes)
+            publisher.page(f"same/{i}", "x")
+            publisher.then(lambda i=i: recorded.append(i))
+        seen_inside = len(recorded)
+    # Every step waits for nothing: it should have run (and its rows joined the batch)
+    # as it was asked, not be held in memory until the very end of the run.
+    assert seen_inside == 1001

@@ -146,6 +146,12 @@ class Publisher:
         finally:
             # After an error, what was not settled stays unrecorded: pages in the tree
             # that state.db does not claim, which the next run compares and rewrites.
+            # None may still be going up once this returns: the run would release its
+            # lock, and a page landing later could overwrite a newer run's.
+            going = [future for future, _ in self._pending if future is not None]
+            for future in going:
+                future.cancel()
+            concurrent.futures.wait(going)
             self._pending.clear()
             self._pool = None
 
@@ -156,6 +162,10 @@ class Publisher:
             step()
         else:
             self._pending.append((None, lambda _digest: step()))
+            # Run now what is ready: rows held behind a page long up would otherwise
+            # wait for the next page asked for (none, if the rest are unchanged), miss
+            # the batch's commits and hold every project's files in memory.
+            self._settle(_IN_FLIGHT)
 
     def _settle(self, limit: int) -> None:
         """Finish what is ready, in order, and wait until at most ``limit`` remain."""

@@ -588,6 +588,9 @@ def test_storage_is_a_bucket_and_prefix_with_its_table(tmp_path: Path) -> None:
      "upload-workers must be an integer"),
     ('storage = "s3://mirror-bucket"\n[storage]\nmultipart-chunk = 1024\n',
      "multipart-chunk must be 5 MiB"),
+    # Held whole in memory below it: a config that meant "never multipart" is refused.
+    ('storage = "s3://mirror-bucket"\n[storage]\nmultipart-threshold = 5368709120\n',
+     "multipart-threshold must be at most 64 MiB"),
 ])
 def test_a_wrong_storage_setting_names_its_key(tmp_path: Path, text: str, said: str) -> None:
     with pytest.raises(ConfigError) as caught:

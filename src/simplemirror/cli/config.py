@@ -327,7 +327,17 @@ def storage_settings(url: object, table: Mapping[str, Any], retries: int = 3
             "[storage] multipart-chunk must be 5 MiB (5242880) or more, and "
             "multipart-threshold no smaller than it"
         )
+    if threshold > MAX_MULTIPART_THRESHOLD:
+        # A file below the threshold is held whole while it is hashed and sent, in each
+        # upload thread: memory must not follow the size of the largest file.
+        raise ConfigError(
+            f"[storage] multipart-threshold must be at most 64 MiB ({MAX_MULTIPART_THRESHOLD}),"
+            f" not {threshold}: a file below it is held in memory while it goes up"
+        )
     return backend.Settings(url=url.rstrip("/"), retries=retries, **table)
+
+
+MAX_MULTIPART_THRESHOLD = 64 * 1024**2
 
 
 def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:

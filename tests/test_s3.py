@@ -1066,3 +1066,26 @@ def test_what_check_found_goes_to_the_download_processes(
     again.install(str(staged), "packages/bb/b-1.0.tar.gz",
                   sha256=hashlib.sha256(body).hexdigest())
     assert calls.heads == ["packages/bb/b-1.0.tar.gz"] and len(calls.puts()) == 2
+
+
+def test_uploads_are_signed_for_the_bucket_region_the_store_names_when_none_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """With no region in the config, the environment or a profile, boto3 follows the
+    store's redirect to the bucket's region and obstore does not: the region HEAD
+    bucket names is the one uploads are signed for. (SeaweedFS names none: a stand-in
+    client answers the HEAD.)"""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+
+    class Client:
+        def head_bucket(self, Bucket: str) -> dict[str, Any]:
+            return {"ResponseMetadata": {"HTTPHeaders": {"x-amz-bucket-region": "eu-west-3"}}}
+
+    storage = s3.S3Storage(backend.Settings("s3://some-bucket/pypi"))
+    storage._client, storage._pid = Client(), os.getpid()  # type: ignore[assignment]
+    assert storage._make_store().config.get("region") == "eu-west-3"

@@ -180,7 +180,7 @@ class S3Storage:
         except ValueError:  # boto3 found none
             raise self._error(botocore.exceptions.NoCredentialsError(), "upload to") from None
         config: S3Config = {"checksum_algorithm": "sha256"}
-        region = s.region or session.region_name
+        region = s.region or session.region_name or self._bucket_region()
         if region:
             config["region"] = region
         if s.endpoint_url:
@@ -196,6 +196,18 @@ class S3Storage:
                                       "max_backoff": timedelta(seconds=15), "base": 2},
                           "retry_timeout": timedelta(minutes=5)},
         )
+
+    def _bucket_region(self) -> str | None:
+        """The bucket's region as the store tells it (one HEAD): with none set anywhere,
+        boto3 follows the store's redirect to it, obstore does not, and every upload
+        would be signed for the wrong region."""
+        try:
+            answer = self.client.head_bucket(Bucket=self.bucket)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return None  # check() has said what is wrong, or an upload will
+        region = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get(
+            "x-amz-bucket-region")
+        return str(region) if region else None
 
     def uploads(self) -> concurrent.futures.Executor:
         return self.pool

@@ -353,10 +353,19 @@ def test_a_listing_in_parallel_over_directories_sees_every_object_once(
     got = list(storage.walk_files("packages"))
     assert sorted(got) == sorted(wanted.items())
     # walk_sorted: the whole prefix in bytewise order of path, as a walk of web/ gives it
-    # (packages/00.txt before packages/00/...: '.' sorts before '/').
-    storage.write_page(tmp_path, "packages/00.txt", b"y")
-    everything = {**wanted, "packages/00.txt": 1, "simple/index.html": 19}
-    assert [(p, size) for p, size, _ in storage.walk_sorted()] == sorted(everything.items())
+    # (packages/00.txt before packages/00/...: '.' sorts before '/'), whatever order the
+    # store lists in: SeaweedFS lists directory by directory, simple/foo/ before
+    # simple/foo-bar/ ('-' sorts before '/').
+    more = {"packages/00.txt": 1, "packages/01/00/p1-x/a": 2, "simple/foo/index.html": 3,
+            "simple/foo-bar/index.html": 4, "simple/foo.bar/index.html": 5}
+    for rel, size in more.items():
+        storage.write_page(tmp_path, rel, b"y" * size)
+    everything = {**wanted, **more, "simple/index.html": 19}
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    got_sorted = [(p, size) for p, size, _ in storage.walk_sorted(spill)]
+    assert got_sorted == sorted(everything.items())
+    assert os.listdir(spill) == []  # the listing put in order is gone once read
 
 
 def test_a_checksum_the_store_does_not_find_is_refused_and_nothing_is_kept(
@@ -657,13 +666,17 @@ def test_bundles_imported_into_a_bucket_publish_what_a_local_import_does(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A filtered near side on disk, its full bundle and a delta imported (by the command
-    line) into a bucket and into a local far side: the same keys and bodies."""
+    line) into a bucket and into a local far side: the same keys and bodies. Names that
+    prefix each other (foo, foo-bar, foo-bar-baz), which a store may list out of key
+    order, do not make the delta see strangers."""
     from simplemirror.filter.rules import parse
     from tests.support.bundles import Keys, apply, make_bundle
     from tests.support.bundles import sync as sync_near
     from tests.support.process import run
 
     world.add_project("Left_Out", ["1.0"])
+    world.add_project("foo", ["1.0"])
+    world.add_project("foo-bar", ["1.0"])
     near, local, far, out = (tmp_path / n for n in ("near", "local", "far", "out"))
     key = Keys(tmp_path / "keys")
     cfg = _config_file(tmp_path / "far.toml", far, weed, bucket)

@@ -406,7 +406,8 @@ class _Import:
                 # second): any modified later was modified behind its back.
                 since_ns = (int(datetime.fromisoformat(finished).timestamp()) + 2) * 10**9
         try:
-            tree = digest.tree_digest(reader, self.storage, since_ns, self.stop.check)
+            tree = digest.tree_digest(reader, self.storage, since_ns, self.stop.check,
+                                      spill=self.tmp)
         except digest.DigestError as exc:
             raise ImportRefused(f"{exc}; nothing was changed") from None
         if tree.strangers:
@@ -781,7 +782,7 @@ class _Import:
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
             try:
                 result = digest.published_digest(
-                    state.reader(), [self.area_web, self.storage], roots,
+                    state.reader(), [self.area_web, self.storage], roots, spill=self.tmp,
                     in_tree=not self.tree_checked,
                     tick=self.stop.check,
                 )

@@ -85,7 +85,7 @@ class Tree:
 
 def tree_digest(
     reader: StateReader, storage: Path | Storage, changed_after_ns: int | None = None,
-    tick: Callable[[], None] = lambda: None,
+    tick: Callable[[], None] = lambda: None, *, spill: Path | None = None,
 ) -> Tree:
     """What ``storage`` holds, streamed (one directory's names in memory at a time; in a
     bucket, a listing in key order) beside what ``reader`` publishes: a path state.db
@@ -93,11 +93,12 @@ def tree_digest(
     hashed, and so is one modified at or after ``changed_after_ns`` (ns since the epoch:
     when the last writer of the tree was done; in a bucket, by the store's clock, with
     s3.CLOCK_MARGIN to spare), which must still be what state.db recorded (in a bucket,
-    the SHA-256 the store vouches for, or the object read). ``tick``: called at each
-    directory (it may raise, to stop)."""
+    the SHA-256 the store vouches for, or the object read). ``spill``: a directory of the
+    mirror's own where a bucket's listing is put in order (for a bucket only). ``tick``:
+    called at each directory (it may raise, to stop)."""
     result = Tree()
     rows = reader.published_entries(SIBLINGS, _PAGES, (layout.LAST_MODIFIED,))
-    root = _Root(storage)
+    root = _Root(storage, spill)
     files = (p for p in root.walk(tick) if p[0] != layout.LAST_MODIFIED)
 
     def stranger(path: str) -> None:
@@ -159,7 +160,8 @@ class _Root:
     """Where bytes are looked for: a directory (an import's staging area, web/) or the
     storage the tree is published to (web/ again, or a bucket)."""
 
-    def __init__(self, where: Path | Storage) -> None:
+    def __init__(self, where: Path | Storage, spill: Path | None) -> None:
+        self.spill = spill
         self.bucket = None
         self.path: Path | None = None
         if isinstance(where, Path):
@@ -184,9 +186,10 @@ class _Root:
             return
         from simplemirror.store import s3
 
-        assert self.bucket is not None
+        assert self.bucket is not None and self.spill is not None, "a bucket needs a spill"
         margin = int(s3.CLOCK_MARGIN * 10**9)
-        for number, (path, size, modified) in enumerate(self.bucket.walk_sorted()):
+        listed = self.bucket.walk_sorted(self.spill, tick=tick)
+        for number, (path, size, modified) in enumerate(listed):
             if not number % 4096:
                 tick()
             yield path, size, int(modified * 10**9) + margin
@@ -265,6 +268,7 @@ def published_digest(
     root_pages: Iterable[Entry],
     changed_after_ns: int | None = None,
     *,
+    spill: Path | None = None,
     in_tree: bool = False,
     tick: Callable[[], None] = lambda: None,
 ) -> str:
@@ -275,7 +279,8 @@ def published_digest(
     compared with state.db's whatever its time). ``changed_after_ns``: a file modified at
     or after this (ns since the epoch) is hashed again and must still be what state.db
     recorded (an export while a sync runs: state.db is read as of one moment, and a page
-    rewritten since then differs).
+    rewritten since then differs). ``spill``: a directory of the process's own where a
+    bucket's listing is put in order (for a bucket only).
     ``in_tree``: every path is looked for and must have the size state.db says, not only
     those state.db lacks a size or sha256 of (an import, about to publish what state.db
     will say). ``tick``: called every few thousand paths (it may raise, to stop).
@@ -283,7 +288,7 @@ def published_digest(
     rows = reader.published_entries(
         SIBLINGS, _PAGES, (*layout.ROOT_PAGES, layout.LAST_MODIFIED)
     )
-    found = _resolved(_ticking(rows, tick), roots, changed_after_ns, in_tree)
+    found = _resolved(_ticking(rows, tick), roots, spill, changed_after_ns, in_tree)
     return state_digest(heapq.merge(found, sorted(root_pages)))
 
 
@@ -299,10 +304,10 @@ _Row = tuple[str, int | None, str | None]
 
 def _resolved(
     rows: Iterable[tuple[str, int | None, str | None]], roots: Sequence[Path | Storage],
-    changed_after_ns: int | None, in_tree: bool,
+    spill: Path | None, changed_after_ns: int | None, in_tree: bool,
 ) -> Iterator[Entry]:
     lost: list[str] = []
-    looked = [_Root(root) for root in roots]
+    looked = [_Root(root, spill) for root in roots]
     for path, size, sha256 in rows:
         if size is not None and sha256 is not None and not in_tree:
             yield path, size, sha256

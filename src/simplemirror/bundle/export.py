@@ -300,7 +300,7 @@ def _plan(
     records = _records(reader, web, info, packer, request.public_url, root, missing)
     size, sha256 = _write_manifest(partial, records, counts)
     target = digest.published_digest(
-        reader, [web], [(p.path, p.size, p.sha256) for p in root],
+        reader, [web], [(p.path, p.size, p.sha256) for p in root], spill=partial,
         changed_after_ns=started_ns - _MTIME_MARGIN_NS,
     )
     info = replace(info, target=target, counts=counts, manifest_size=size,

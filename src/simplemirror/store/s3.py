@@ -28,10 +28,12 @@ from __future__ import annotations
 import base64
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import itertools
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -444,17 +446,40 @@ class S3Storage:
             raise self._error(exc, "list") from None
         return bool(page.get("Contents"))
 
-    def walk_sorted(self, split: str = "packages") -> Iterator[tuple[str, int, float]]:
+    def walk_sorted(
+        self, spill: Path, split: str = "packages", tick: Callable[[], None] = lambda: None,
+    ) -> Iterator[tuple[str, int, float]]:
         """(path, size, LastModified as epoch seconds) of every object below the prefix, in
-        bytewise order of path (S3 lists keys in that order), streamed: what a walk of
-        web/ in order gives. The directories below ``split`` (packages/<xx>/, most of the
-        objects) are listed in parallel, _LIST_AHEAD of them held at most, as walk_files
-        does; the rest is one listing after another."""
+        bytewise order of path, streamed: what a walk of web/ in order gives.
+
+        A store's listing order is not relied on: SeaweedFS lists directory by directory,
+        simple/foo/index.html before simple/foo-bar/index.html ('-' sorts before '/').
+        So each listing is put in order here: the directories below ``split``
+        (packages/<xx>/, most of the objects) are listed in parallel, _LIST_AHEAD of them
+        held at most, as walk_files does, and each is sorted in memory; any other
+        (simple/: a few names per project, millions) goes through a SQLite table in
+        ``spill`` (a directory of the mirror's own), so memory stays bounded. A path out
+        of order after that is a StorageError, not a stranger in the tree. ``tick``: called
+        at each page listed into a table (it may raise, to stop)."""
+        last = ""
+        for entry in self._in_order(spill, split, tick):
+            if entry[0] <= last:
+                raise StorageError(
+                    f"{self.where} listed {entry[0]!r} after {last!r}: its listing could "
+                    "not be put in key order; report it to simplemirror's maintainers"
+                )
+            last = entry[0]
+            yield entry
+
+    def _in_order(
+        self, spill: Path, split: str, tick: Callable[[], None],
+    ) -> Iterator[tuple[str, int, float]]:
         cut = len(self.prefix)
 
         def level(key_prefix: str) -> list[tuple[str, dict[str, Any] | None]]:
             """One level below ``key_prefix``: (key, its listing entry) of the objects,
-            (prefix ending in '/', None) of the directories, in key order."""
+            (prefix ending in '/', None) of the directories, in key order (a directory
+            sorts as its name and a slash, as the keys below it do)."""
             found: list[tuple[str, dict[str, Any] | None]] = []
             paginator = self.client.get_paginator("list_objects_v2")
             try:
@@ -476,13 +501,16 @@ class S3Storage:
         def one(key: str, item: dict[str, Any]) -> tuple[str, int, float]:
             return key[cut:], int(item["Size"]), item["LastModified"].timestamp()
 
+        def held_sorted(key_prefix: str) -> Iterator[tuple[str, int, float]]:
+            return iter(sorted(flat(key_prefix)))
+
         for key, item in level(self.prefix):
             if item is not None:
                 yield one(key, item)
             elif key != self.key(split) + "/":
-                yield from flat(key)
+                yield from _spilled(flat(key), spill, tick)
             else:
-                yield from self._ahead(level(key), one, flat)
+                yield from self._ahead(level(key), one, held_sorted)
 
     @staticmethod
     def _ahead(
@@ -601,3 +629,31 @@ class _Ranges(io.RawIOBase):
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+def _spilled(
+    entries: Iterable[tuple[str, int, float]], spill: Path, tick: Callable[[], None],
+) -> Iterator[tuple[str, int, float]]:
+    """``entries`` in order of path, through a SQLite table in ``spill`` (more of them
+    than memory should hold); its file is gone once they are read (or given up)."""
+    fd, name = tree.create(spill, tree.LISTING_PREFIX, 0o600)
+    os.close(fd)
+    db = sqlite3.connect(name, isolation_level=None)
+    try:
+        # Scratch, read once and deleted: nothing to recover after a crash.
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        # BINARY collation: bytes of UTF-8, the order of Python's str and of state.db.
+        db.execute("CREATE TABLE listed (path TEXT PRIMARY KEY, size INTEGER, "
+                   "modified REAL) WITHOUT ROWID")
+        db.execute("BEGIN")
+        left = iter(entries)
+        while batch := list(itertools.islice(left, _BATCH)):
+            tick()
+            db.executemany("INSERT INTO listed VALUES (?, ?, ?)", batch)
+        db.execute("COMMIT")
+        yield from db.execute("SELECT path, size, modified FROM listed ORDER BY path")
+    finally:
+        db.close()
+        with contextlib.suppress(FileNotFoundError):  # a sync's start clears tmp/
+            os.unlink(name)

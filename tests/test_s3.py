@@ -628,10 +628,12 @@ def _stopped_at_second_part(capsys: pytest.CaptureFixture[str], export: list[str
 
 def test_a_bundle_exported_from_a_bucket_imports_into_a_local_far_side_as_the_bucket_is(
     upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tests.support.bundles import Keys, apply, published
     from tests.support.process import run
+
+    calls = Calls(monkeypatch)
 
     # Larger than a volume: streamed from the bucket in parts, each to its own volume.
     world.add_file("foo-bar-baz", "foo_bar_baz-9.0.tar.gz", os.urandom(20_000))
@@ -645,12 +647,16 @@ def test_a_bundle_exported_from_a_bucket_imports_into_a_local_far_side_as_the_bu
         if step == "delta":
             _delta_changes(world)
         assert sync(upstream, near, store, allow_mass_delete=True).outcome == "ok"
+        calls.heads.clear()
         if step == "full":
             # Stopped as it finishes the volume with the large file's second part: run again,
             # it keeps the first part's volume and streams the rest from that offset.
             _stopped_at_second_part(capsys, export)
         code, printed, err = run(capsys, *export, *(["--full"] if step == "full" else []))
         assert code == 0, err
+        # A body's size is in the plan: it is read without a HEAD first (nor looked at
+        # again when its volumes were complete before a stop).
+        assert not [h for h in calls.heads if h.endswith((".tar.gz", ".whl"))], step
         bundle = Path(printed.strip())
         assert step == "delta" or ("continued" in err and len(list(bundle.glob("volume-*"))) > 2)
         apply(bundle, far, key, allow_mass_delete=True)
@@ -659,6 +665,41 @@ def test_a_bundle_exported_from_a_bucket_imports_into_a_local_far_side_as_the_bu
     # The bodies came from the bucket: the near side has no web/ to read them from.
     assert not (near / "web").exists()
     assert not any(k.startswith("simple/tiny/") for k in published(far))
+
+
+def test_a_store_failing_while_a_body_is_copied_keeps_the_partial_export(
+    weed: seaweed.Seaweed, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 503 after the retries (an outage, expired credentials) is not a body a sync
+    removed: the export stops to be run again, its partial export kept. A body not in
+    the bucket, or shorter than planned, is: that plan can never be finished."""
+    from simplemirror.bundle import export
+
+    storage = _storage(weed, bucket)
+    rel = "packages/aa/bb/cc/x-1.0.tar.gz"
+    partial = tmp_path / "bundle-000001-x.partial"
+    body = {"suffix": "", "size": 5, "sha256": "0" * 64, "volume": 2, "offset": 0}
+
+    def copy() -> None:
+        partial.mkdir(exist_ok=True)
+        (partial / "volume-0001").write_bytes(b"hours of work")
+        export._copy_body(partial, storage, rel, body, [13, 5], None)
+
+    def unavailable(*args: Any) -> Any:
+        raise backend.StorageError(f"cannot read x in {storage.where}: 503 SlowDown")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "look", unavailable)
+        patch.setattr(storage, "stream", unavailable)
+        with pytest.raises(backend.StorageError, match="503 SlowDown"):
+            copy()
+    assert (partial / "volume-0001").read_bytes() == b"hours of work"
+    for held in (None, b"abc"):  # not there; shorter than the plan says
+        if held is not None:
+            storage.write_page(tmp_path, rel, held)
+        with pytest.raises(export.ExportError, match="a sync removed or replaced it"):
+            copy()
+        assert not partial.exists()
 
 
 def test_bundles_imported_into_a_bucket_publish_what_a_local_import_does(

@@ -357,13 +357,20 @@ class S3Storage:
                 held["LastModified"].timestamp())
 
     def stream(self, rel: str, first: int, last: int) -> Iterator[bytes]:
-        """Bytes ``first`` to ``last`` (inclusive) of the object at ``rel``, in pieces."""
+        """Bytes ``first`` to ``last`` (inclusive) of the object at ``rel``, in pieces:
+        none past the object's end; FileNotFoundError when there is no object."""
         try:
             answer = self.client.get_object(
                 Bucket=self.bucket, Key=self.key(rel), Range=f"bytes={first}-{last}"
             )
             yield from answer["Body"].iter_chunks(256 * 1024)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                raise FileNotFoundError(f"{self.key(rel)} is not in {self.where}") from None
+            if _status(exc) == 416:  # the object is shorter than asked: nothing there
+                return
+            raise self._error(exc, f"read {rel} in") from None
+        except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, f"read {rel} in") from None
 
     def read_range(self, key: str, start: int, end: int) -> bytes:

@@ -906,6 +906,55 @@ def test_an_import_into_a_bucket_failing_while_it_publishes_links_nothing_missin
     assert not (far / "tmp" / "bundle-staging").exists()
 
 
+def test_a_second_signal_ends_an_import_into_a_bucket_though_an_upload_hangs(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+) -> None:
+    """Its first upload held by the store, `mirror import` gets SIGINT and SIGTERM: it
+    ends there and then in one line, not once the upload is answered; the same import
+    run again finishes the job."""
+    import subprocess
+    import sys
+
+    from tests.support.bundles import apply
+
+    key, far, store, delta = _seeded_bucket(upstream, world, weed, bucket, tmp_path)
+    release = threading.Event()
+    children: list[subprocess.Popen[str]] = []
+
+    def trip(proxy: _LateProxy) -> None:
+        children[0].send_signal(signal.SIGINT)
+        children[0].send_signal(signal.SIGTERM)
+        release.wait(120)
+
+    proxy = _LateProxy(weed.port, 0, trip)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    cfg = tmp_path / "held.toml"
+    cfg.write_text(
+        f'[mirror]\nupstream = "http://127.0.0.1:9/simple/"\ndirectory = "{far}"\n'
+        f'storage = "{store.url}"\n[storage]\nregion = "us-east-1"\n'
+        f'endpoint-url = "http://127.0.0.1:{proxy.server_port}"\nupload-workers = 1\n')
+    try:
+        children.append(subprocess.Popen(
+            [str(Path(sys.executable).with_name("mirror")), "import", "-c", str(cfg),
+             "--from", str(delta), "--public-key", str(key.public_path),
+             "--allow-mass-delete"],
+            env={**os.environ, **seaweed.credentials_env()}, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        try:
+            _, err = children[0].communicate(timeout=30)  # a bound; it takes a second
+        except subprocess.TimeoutExpired:
+            children[0].kill()
+            pytest.fail("the import waited for the upload the store held")
+    finally:
+        release.set()
+        proxy.shutdown()
+        proxy.server_close()
+    assert children[0].returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    last = err.strip().splitlines()[-1]
+    assert "stopped at once" in last and "run the same import again" in last, err
+    apply(delta, far, key, storage=store, allow_mass_delete=True)
+
+
 # -- mirror serve --storage ---------------------------------------------------------------------
 
 

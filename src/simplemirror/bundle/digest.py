@@ -133,7 +133,7 @@ def tree_digest(
                 if sha256 is None or (
                     changed_after_ns is not None and mtime_ns >= changed_after_ns
                 ):
-                    sha256 = root.sha256(path, None)
+                    sha256 = root.sha256(path)
                     if sha256 is None:
                         raise DigestError(f"{root.name}/{path} is not a regular file")
                     differs = differs or row[2] not in (None, sha256)
@@ -194,14 +194,14 @@ class _Root:
                 tick()
             yield path, size, int(modified * 10**9) + margin
 
-    def stat(self, path: str) -> tuple[int, int, str | None] | None:
-        """(size, modified as walk gives it, the sha256 the store vouches for, if known
-        without reading) of the file at ``path``; None when there is none. In a bucket,
+    def stat(self, path: str) -> tuple[int, int] | None:
+        """(size, modified as walk gives it) of the file at ``path``; None when there is
+        none. In a bucket,
         from one listing in key order, not a HEAD a path (a mirror's .metadata files alone
         are millions): ``path`` must come after the one asked before."""
         if self.path is not None:
             status = store.stat_file(self.path, path)
-            return None if status is None else (status.st_size, status.st_mtime_ns, None)
+            return None if status is None else (status.st_size, status.st_mtime_ns)
         if self._listed is None:
             self._listed = self.walk(lambda: None)
             self._at = next(self._listed, None)
@@ -209,13 +209,11 @@ class _Root:
             self._at = next(self._listed, None)
         if self._at is None or self._at[0] != path:
             return None
-        return self._at[1], self._at[2], None
+        return self._at[1], self._at[2]
 
-    def sha256(self, path: str, vouched: str | None) -> str | None:
-        """The sha256 of the file at ``path``: ``vouched`` (what the store computed) when
-        given, else its bytes read (in a bucket, the store's first, one HEAD)."""
-        if vouched is not None:
-            return vouched
+    def sha256(self, path: str) -> str | None:
+        """The sha256 of the file at ``path``: its bytes read (in a bucket, the one the
+        store vouches for first, one HEAD)."""
         if self.path is not None:
             return store.sha256_of(self.path, path)
         assert self.bucket is not None
@@ -275,8 +273,7 @@ def published_digest(
     """The digest of what ``reader``'s state.db publishes, with ``root_pages``.
 
     ``roots``: where the bytes are looked for, first match wins (an import's staging area,
-    then the storage: web/ or a bucket, whose SHA-256 of an object, when it has one, is
-    compared with state.db's whatever its time). ``changed_after_ns``: a file modified at
+    then the storage: web/ or a bucket). ``changed_after_ns``: a file modified at
     or after this (ns since the epoch) is hashed again and must still be what state.db
     recorded (an export while a sync runs: state.db is read as of one moment, and a page
     rewritten since then differs). ``spill``: a directory of the process's own where a
@@ -316,7 +313,7 @@ def _resolved(
             status = root.stat(path)
             if status is None:
                 continue
-            held, modified, vouched = status
+            held, modified = status
             if size is None:
                 size = held
             elif size != held:
@@ -324,10 +321,10 @@ def _resolved(
                     f"{root.name}/{path} is {held} bytes, and state.db says {size}: "
                     "run `mirror verify` there"
                 )
-            if sha256 is None or vouched is not None or (
+            if sha256 is None or (
                 changed_after_ns is not None and modified >= changed_after_ns
             ):
-                found = root.sha256(path, vouched)
+                found = root.sha256(path)
                 if found is None:
                     raise DigestError(f"{root.name}/{path} is not a regular file")
                 if sha256 is not None and found != sha256:

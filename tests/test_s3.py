@@ -763,6 +763,33 @@ def _seeded_bucket(upstream: Upstream, world: World, weed: seaweed.Seaweed, buck
     return key, far, store, make_bundle(near, out, key)
 
 
+def test_a_metadata_rewritten_in_place_goes_up_just_before_the_page_advertising_it(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its old page advertises the old bytes' hash: the new .metadata goes up with the
+    new page, not with the new files (hours earlier in a large delta; never put back)."""
+    from tests.support.bundles import Keys, apply, make_bundle
+    from tests.support.bundles import sync as sync_near
+
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync_near(upstream, near)
+    store = _storage(weed, bucket, upload_workers=1).settings  # one upload at a time
+    apply(make_bundle(near, out, key, full=True), far, key, storage=store)
+    wheel = next(f for f in world.project("Foo__Bar.baz").files if f.filename.endswith(".whl"))
+    wheel.metadata = (wheel.metadata or b"") + b"Description: rewritten\n"
+    world.touch("Foo__Bar.baz")
+    world.add_release("tiny", "0.2")  # files of a project after it in the delta
+    sync_near(upstream, near)
+    calls = Calls(monkeypatch)
+    apply(make_bundle(near, out, key), far, key, storage=store, allow_mass_delete=True)
+    puts = calls.puts()
+    rewritten = puts.index(wheel.path.removeprefix("/") + ".metadata")
+    assert any(p.startswith("packages/") and "tiny" in p for p in puts[:rewritten])
+    assert puts[rewritten + 1].startswith("simple/foo-bar-baz/"), puts
+
+
 @pytest.mark.parametrize("change", ["rewritten", "stray"])
 def test_a_bucket_changed_behind_the_mirrors_back_refuses_the_delta(
     upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,

@@ -23,7 +23,7 @@ import hashlib
 import heapq
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +149,8 @@ def tree_digest(
         result.digest = state_digest(entries())
     except _Unknown:
         result.digest = None
+    finally:
+        files.close()  # a bucket's listing put in order: its file goes now, not at GC
     return result
 
 
@@ -174,10 +176,10 @@ class _Root:
             assert isinstance(where, s3.S3Storage)
             self.bucket = where
         self.name = str(self.path) if self.bucket is None else self.bucket.where
-        self._listed: Iterator[tuple[str, int, int]] | None = None
+        self._listed: Generator[tuple[str, int, int], None, None] | None = None
         self._at: tuple[str, int, int] | None = None
 
-    def walk(self, tick: Callable[[], None]) -> Iterator[tuple[str, int, int]]:
+    def walk(self, tick: Callable[[], None]) -> Generator[tuple[str, int, int], None, None]:
         """(path, size, modified) of everything held, in bytewise order of path; modified
         in ns since the epoch, for a bucket's object s3.CLOCK_MARGIN later than the store
         says (its clock is not ours)."""
@@ -210,6 +212,11 @@ class _Root:
         if self._at is None or self._at[0] != path:
             return None
         return self._at[1], self._at[2]
+
+    def close(self) -> None:
+        """Give up the listing stat reads (a bucket's: its file in the spill goes)."""
+        if self._listed is not None:
+            self._listed.close()
 
     def sha256(self, path: str) -> str | None:
         """The sha256 of the file at ``path``: its bytes read (in a bucket, the one the
@@ -285,8 +292,13 @@ def published_digest(
     rows = reader.published_entries(
         SIBLINGS, _PAGES, (*layout.ROOT_PAGES, layout.LAST_MODIFIED)
     )
-    found = _resolved(_ticking(rows, tick), roots, spill, changed_after_ns, in_tree)
-    return state_digest(heapq.merge(found, sorted(root_pages)))
+    looked = [_Root(root, spill) for root in roots]
+    try:
+        found = _resolved(_ticking(rows, tick), looked, changed_after_ns, in_tree)
+        return state_digest(heapq.merge(found, sorted(root_pages)))
+    finally:
+        for root in looked:
+            root.close()  # a bucket's listing put in order: its file goes now, not at GC
 
 
 def _ticking(rows: Iterable[_Row], tick: Callable[[], None]) -> Iterator[_Row]:
@@ -300,11 +312,10 @@ _Row = tuple[str, int | None, str | None]
 
 
 def _resolved(
-    rows: Iterable[tuple[str, int | None, str | None]], roots: Sequence[Path | Storage],
-    spill: Path | None, changed_after_ns: int | None, in_tree: bool,
+    rows: Iterable[tuple[str, int | None, str | None]], looked: list[_Root],
+    changed_after_ns: int | None, in_tree: bool,
 ) -> Iterator[Entry]:
     lost: list[str] = []
-    looked = [_Root(root, spill) for root in roots]
     for path, size, sha256 in rows:
         if size is not None and sha256 is not None and not in_tree:
             yield path, size, sha256

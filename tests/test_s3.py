@@ -945,12 +945,13 @@ def test_a_second_signal_ends_an_import_into_a_bucket_though_an_upload_hangs(
     from tests.support.bundles import apply
 
     key, far, store, delta = _seeded_bucket(upstream, world, weed, bucket, tmp_path)
-    release = threading.Event()
-    children: list[subprocess.Popen[str]] = []
+    tripped, release = threading.Event(), threading.Event()
+    children: list[subprocess.Popen[bytes]] = []
 
     def trip(proxy: _LateProxy) -> None:
         children[0].send_signal(signal.SIGINT)
         children[0].send_signal(signal.SIGTERM)
+        tripped.set()
         release.wait(120)
 
     proxy = _LateProxy(weed.port, 0, trip)
@@ -960,25 +961,29 @@ def test_a_second_signal_ends_an_import_into_a_bucket_though_an_upload_hangs(
         f'[mirror]\nupstream = "http://127.0.0.1:9/simple/"\ndirectory = "{far}"\n'
         f'storage = "{store.url}"\n[storage]\nregion = "us-east-1"\n'
         f'endpoint-url = "http://127.0.0.1:{proxy.server_port}"\nupload-workers = 1\n')
+    said = tmp_path / "stderr"
     try:
-        children.append(subprocess.Popen(
-            [str(Path(sys.executable).with_name("mirror")), "import", "-c", str(cfg),
-             "--from", str(delta), "--public-key", str(key.public_path),
-             "--allow-mass-delete"],
-            env={**os.environ, **seaweed.credentials_env()}, text=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        with said.open("wb") as err:
+            children.append(subprocess.Popen(
+                [str(Path(sys.executable).with_name("mirror")), "import", "-c", str(cfg),
+                 "--from", str(delta), "--public-key", str(key.public_path),
+                 "--allow-mass-delete"],
+                env={**os.environ, **seaweed.credentials_env()},
+                stdout=subprocess.DEVNULL, stderr=err))
         try:
-            _, err = children[0].communicate(timeout=30)  # a bound; it takes a second
+            assert tripped.wait(300), "the import never uploaded"
+            children[0].wait(60)  # a bound, on a busy machine; it takes an instant
         except subprocess.TimeoutExpired:
-            children[0].kill()
             pytest.fail("the import waited for the upload the store held")
+        finally:
+            children[0].kill()
     finally:
         release.set()
         proxy.shutdown()
         proxy.server_close()
     assert children[0].returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM)
-    last = err.strip().splitlines()[-1]
-    assert "stopped at once" in last and "run the same import again" in last, err
+    last = said.read_text().strip().splitlines()[-1]
+    assert "stopped at once" in last and "run the same import again" in last, last
     apply(delta, far, key, storage=store, allow_mass_delete=True)
 
 

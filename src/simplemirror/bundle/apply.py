@@ -92,6 +92,8 @@ _MAX_SIGNATURE = 64 << 10
 _links = itertools.count()
 _Upload = tuple[str, str, str | None]
 """(local file, path, its sha256) of an upload into a bucket."""
+_WAKE = 0.5
+"""Seconds the main thread waits for uploads at a time (_one_done)."""
 
 
 class ImportRefused(Exception):
@@ -1014,17 +1016,15 @@ class _Import:
         try:
             for group in uploads:
                 if len(pending) >= limit:
-                    done, pending = concurrent.futures.wait(
-                        pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
+                    pending = _one_done(pending)
                 pending.add(pool.submit(in_order, group))
-            for future in concurrent.futures.as_completed(pending):
-                future.result()
+            while pending:
+                pending = _one_done(pending)
         except BaseException:
             for future in pending:
                 future.cancel()
-            concurrent.futures.wait(pending)
+            while concurrent.futures.wait(pending, _WAKE).not_done:
+                pass  # see _one_done
             raise
 
     def _after(self, state: State, generation: int, *, last_modified: bool = True) -> None:
@@ -1341,3 +1341,18 @@ class _Volumes:
             self._open[1].close()
             self._open = None
 
+
+def _one_done(
+    pending: set[concurrent.futures.Future[None]],
+) -> set[concurrent.futures.Future[None]]:
+    """Those of ``pending`` not done once one is (its failure raised), waited for a
+    moment at a time: a signal's handler runs in the main thread, and a wait with no end
+    there is not woken by a signal the kernel gave an upload thread (a second signal
+    must stop an import at once)."""
+    while True:
+        done, left = concurrent.futures.wait(
+            pending, _WAKE, concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            future.result()
+        if done:
+            return left

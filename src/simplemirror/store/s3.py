@@ -28,12 +28,10 @@ from __future__ import annotations
 import base64
 import collections
 import concurrent.futures
-import contextlib
 import hashlib
 import io
 import itertools
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -45,7 +43,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from simplemirror.serve import rules
-from simplemirror.store import tree
+from simplemirror.store import state, tree
 from simplemirror.store.backend import ChecksumRefused, Settings, StorageError
 
 if TYPE_CHECKING:
@@ -641,26 +639,8 @@ class _Ranges(io.RawIOBase):
 def _spilled(
     entries: Iterable[tuple[str, int, float]], spill: Path, tick: Callable[[], None],
 ) -> Iterator[tuple[str, int, float]]:
-    """``entries`` in order of path, through a SQLite table in ``spill`` (more of them
-    than memory should hold); its file is gone once they are read (or given up)."""
+    """``entries`` in order of path, through a file of their own in ``spill`` (more of
+    them than memory should hold); it is gone once they are read (or given up)."""
     fd, name = tree.create(spill, tree.LISTING_PREFIX, 0o600)
     os.close(fd)
-    db = sqlite3.connect(name, isolation_level=None)
-    try:
-        # Scratch, read once and deleted: nothing to recover after a crash.
-        db.execute("PRAGMA journal_mode=OFF")
-        db.execute("PRAGMA synchronous=OFF")
-        # BINARY collation: bytes of UTF-8, the order of Python's str and of state.db.
-        db.execute("CREATE TABLE listed (path TEXT PRIMARY KEY, size INTEGER, "
-                   "modified REAL) WITHOUT ROWID")
-        db.execute("BEGIN")
-        left = iter(entries)
-        while batch := list(itertools.islice(left, _BATCH)):
-            tick()
-            db.executemany("INSERT INTO listed VALUES (?, ?, ?)", batch)
-        db.execute("COMMIT")
-        yield from db.execute("SELECT path, size, modified FROM listed ORDER BY path")
-    finally:
-        db.close()
-        with contextlib.suppress(FileNotFoundError):  # a sync's start clears tmp/
-            os.unlink(name)
+    yield from state.in_path_order(Path(name), entries, tick)

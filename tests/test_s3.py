@@ -349,10 +349,19 @@ def test_a_listing_in_parallel_over_directories_sees_every_object_once(
     got = list(storage.walk_files("packages"))
     assert sorted(got) == sorted(wanted.items())
     # walk_sorted: the whole prefix in bytewise order of path, as a walk of web/ gives it
-    # (packages/00.txt before packages/00/...: '.' sorts before '/').
-    storage.write_page(tmp_path, "packages/00.txt", b"y")
-    everything = {**wanted, "packages/00.txt": 1, "simple/index.html": 19}
-    assert [(p, size) for p, size, _ in storage.walk_sorted()] == sorted(everything.items())
+    # (packages/00.txt before packages/00/...: '.' sorts before '/'), whatever order the
+    # store lists in: SeaweedFS lists directory by directory, simple/foo/ before
+    # simple/foo-bar/ ('-' sorts before '/').
+    more = {"packages/00.txt": 1, "packages/01/00/p1-x/a": 2, "simple/foo/index.html": 3,
+            "simple/foo-bar/index.html": 4, "simple/foo.bar/index.html": 5}
+    for rel, size in more.items():
+        storage.write_page(tmp_path, rel, b"y" * size)
+    everything = {**wanted, **more, "simple/index.html": 19}
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    got_sorted = [(p, size) for p, size, _ in storage.walk_sorted(spill)]
+    assert got_sorted == sorted(everything.items())
+    assert os.listdir(spill) == []  # the listing put in order is gone once read
 
 
 def test_a_staged_file_unlike_its_sha256_is_refused_and_nothing_is_kept(
@@ -651,10 +660,12 @@ def _stopped_at_second_part(capsys: pytest.CaptureFixture[str], export: list[str
 
 def test_a_bundle_exported_from_a_bucket_imports_into_a_local_far_side_as_the_bucket_is(
     upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tests.support.bundles import Keys, apply, published
     from tests.support.process import run
+
+    calls = Calls(monkeypatch)
 
     # Larger than a volume: streamed from the bucket in parts, each to its own volume.
     world.add_file("foo-bar-baz", "foo_bar_baz-9.0.tar.gz", os.urandom(20_000))
@@ -668,12 +679,16 @@ def test_a_bundle_exported_from_a_bucket_imports_into_a_local_far_side_as_the_bu
         if step == "delta":
             _delta_changes(world)
         assert sync(upstream, near, store, allow_mass_delete=True).outcome == "ok"
+        calls.heads.clear()
         if step == "full":
             # Stopped as it finishes the volume with the large file's second part: run again,
             # it keeps the first part's volume and streams the rest from that offset.
             _stopped_at_second_part(capsys, export)
         code, printed, err = run(capsys, *export, *(["--full"] if step == "full" else []))
         assert code == 0, err
+        # A body's size is in the plan: it is read without a HEAD first (nor looked at
+        # again when its volumes were complete before a stop).
+        assert not [h for h in calls.heads if h.endswith((".tar.gz", ".whl"))], step
         bundle = Path(printed.strip())
         assert step == "delta" or ("continued" in err and len(list(bundle.glob("volume-*"))) > 2)
         apply(bundle, far, key, allow_mass_delete=True)
@@ -684,18 +699,57 @@ def test_a_bundle_exported_from_a_bucket_imports_into_a_local_far_side_as_the_bu
     assert not any(k.startswith("simple/tiny/") for k in published(far))
 
 
+def test_a_store_failing_while_a_body_is_copied_keeps_the_partial_export(
+    weed: seaweed.Seaweed, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 503 after the retries (an outage, expired credentials) is not a body a sync
+    removed: the export stops to be run again, its partial export kept. A body not in
+    the bucket, or shorter than planned, is: that plan can never be finished."""
+    from simplemirror.bundle import export
+
+    storage = _storage(weed, bucket)
+    rel = "packages/aa/bb/cc/x-1.0.tar.gz"
+    partial = tmp_path / "bundle-000001-x.partial"
+    body = {"suffix": "", "size": 5, "sha256": "0" * 64, "volume": 2, "offset": 0}
+
+    def copy() -> None:
+        partial.mkdir(exist_ok=True)
+        (partial / "volume-0001").write_bytes(b"hours of work")
+        export._copy_body(partial, storage, rel, body, [13, 5], None)
+
+    def unavailable(*args: Any) -> Any:
+        raise backend.StorageError(f"cannot read x in {storage.where}: 503 SlowDown")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "look", unavailable)
+        patch.setattr(storage, "stream", unavailable)
+        with pytest.raises(backend.StorageError, match="503 SlowDown"):
+            copy()
+    assert (partial / "volume-0001").read_bytes() == b"hours of work"
+    for held in (None, b"abc"):  # not there; shorter than the plan says
+        if held is not None:
+            storage.write_page(tmp_path, rel, held)
+        with pytest.raises(export.ExportError, match="a sync removed or replaced it"):
+            copy()
+        assert not partial.exists()
+
+
 def test_bundles_imported_into_a_bucket_publish_what_a_local_import_does(
     upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A filtered near side on disk, its full bundle and a delta imported (by the command
-    line) into a bucket and into a local far side: the same keys and bodies."""
+    line) into a bucket and into a local far side: the same keys and bodies. Names that
+    prefix each other (foo, foo-bar, foo-bar-baz), which a store may list out of key
+    order, do not make the delta see strangers."""
     from simplemirror.filter.rules import parse
     from tests.support.bundles import Keys, apply, make_bundle
     from tests.support.bundles import sync as sync_near
     from tests.support.process import run
 
     world.add_project("Left_Out", ["1.0"])
+    world.add_project("foo", ["1.0"])
+    world.add_project("foo-bar", ["1.0"])
     near, local, far, out = (tmp_path / n for n in ("near", "local", "far", "out"))
     key = Keys(tmp_path / "keys")
     cfg = _config_file(tmp_path / "far.toml", far, weed, bucket)
@@ -739,6 +793,33 @@ def _seeded_bucket(upstream: Upstream, world: World, weed: seaweed.Seaweed, buck
     _delta_changes(world)
     sync_near(upstream, near)
     return key, far, store, make_bundle(near, out, key)
+
+
+def test_a_metadata_rewritten_in_place_goes_up_just_before_the_page_advertising_it(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its old page advertises the old bytes' hash: the new .metadata goes up with the
+    new page, not with the new files (hours earlier in a large delta; never put back)."""
+    from tests.support.bundles import Keys, apply, make_bundle
+    from tests.support.bundles import sync as sync_near
+
+    near, far, out = tmp_path / "near", tmp_path / "far", tmp_path / "out"
+    key = Keys(tmp_path / "keys")
+    sync_near(upstream, near)
+    store = _storage(weed, bucket, upload_workers=1).settings  # one upload at a time
+    apply(make_bundle(near, out, key, full=True), far, key, storage=store)
+    wheel = next(f for f in world.project("Foo__Bar.baz").files if f.filename.endswith(".whl"))
+    wheel.metadata = (wheel.metadata or b"") + b"Description: rewritten\n"
+    world.touch("Foo__Bar.baz")
+    world.add_release("tiny", "0.2")  # files of a project after it in the delta
+    sync_near(upstream, near)
+    calls = Calls(monkeypatch)
+    apply(make_bundle(near, out, key), far, key, storage=store, allow_mass_delete=True)
+    puts = calls.puts()
+    rewritten = puts.index(wheel.path.removeprefix("/") + ".metadata")
+    assert any(p.startswith("packages/") and "tiny" in p for p in puts[:rewritten])
+    assert puts[rewritten + 1].startswith("simple/foo-bar-baz/"), puts
 
 
 @pytest.mark.parametrize("change", ["rewritten", "stray"])
@@ -881,6 +962,60 @@ def test_an_import_into_a_bucket_failing_while_it_publishes_links_nothing_missin
     assert files_below(bucket_tree(weed, bucket, tmp_path / "got")) == files_below(
         local / "web")
     assert not (far / "tmp" / "bundle-staging").exists()
+
+
+def test_a_second_signal_ends_an_import_into_a_bucket_though_an_upload_hangs(
+    upstream: Upstream, world: World, weed: seaweed.Seaweed, bucket: str, tmp_path: Path,
+) -> None:
+    """Its first upload held by the store, `mirror import` gets SIGINT and SIGTERM: it
+    ends there and then in one line, not once the upload is answered; the same import
+    run again finishes the job."""
+    import subprocess
+    import sys
+
+    from tests.support.bundles import apply
+
+    key, far, store, delta = _seeded_bucket(upstream, world, weed, bucket, tmp_path)
+    tripped, release = threading.Event(), threading.Event()
+    children: list[subprocess.Popen[bytes]] = []
+
+    def trip(proxy: _LateProxy) -> None:
+        children[0].send_signal(signal.SIGINT)
+        children[0].send_signal(signal.SIGTERM)
+        tripped.set()
+        release.wait(120)
+
+    proxy = _LateProxy(weed.port, 0, trip)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    cfg = tmp_path / "held.toml"
+    cfg.write_text(
+        f'[mirror]\nupstream = "http://127.0.0.1:9/simple/"\ndirectory = "{far}"\n'
+        f'storage = "{store.url}"\n[storage]\nregion = "us-east-1"\n'
+        f'endpoint-url = "http://127.0.0.1:{proxy.server_port}"\nupload-workers = 1\n')
+    said = tmp_path / "stderr"
+    try:
+        with said.open("wb") as err:
+            children.append(subprocess.Popen(
+                [str(Path(sys.executable).with_name("mirror")), "import", "-c", str(cfg),
+                 "--from", str(delta), "--public-key", str(key.public_path),
+                 "--allow-mass-delete"],
+                env={**os.environ, **seaweed.credentials_env()},
+                stdout=subprocess.DEVNULL, stderr=err))
+        try:
+            assert tripped.wait(300), "the import never uploaded"
+            children[0].wait(60)  # a bound, on a busy machine; it takes an instant
+        except subprocess.TimeoutExpired:
+            pytest.fail("the import waited for the upload the store held")
+        finally:
+            children[0].kill()
+    finally:
+        release.set()
+        proxy.shutdown()
+        proxy.server_close()
+    assert children[0].returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    last = said.read_text().strip().splitlines()[-1]
+    assert "stopped at once" in last and "run the same import again" in last, last
+    apply(delta, far, key, storage=store, allow_mass_delete=True)
 
 
 # -- mirror serve --storage ---------------------------------------------------------------------

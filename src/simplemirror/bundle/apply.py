@@ -90,6 +90,10 @@ _CHUNK = 1 << 20
 _MAX_BUNDLE_FILE = 64 << 20
 _MAX_SIGNATURE = 64 << 10
 _links = itertools.count()
+_Upload = tuple[str, str, str | None]
+"""(local file, path, its sha256) of an upload into a bucket."""
+_WAKE = 0.5
+"""Seconds the main thread waits for uploads at a time (_one_done)."""
 
 
 class ImportRefused(Exception):
@@ -406,7 +410,8 @@ class _Import:
                 # second): any modified later was modified behind its back.
                 since_ns = (int(datetime.fromisoformat(finished).timestamp()) + 2) * 10**9
         try:
-            tree = digest.tree_digest(reader, self.storage, since_ns, self.stop.check)
+            tree = digest.tree_digest(reader, self.storage, since_ns, self.stop.check,
+                                      spill=self.tmp)
         except digest.DigestError as exc:
             raise ImportRefused(f"{exc}; nothing was changed") from None
         if tree.strangers:
@@ -781,7 +786,7 @@ class _Import:
                      in zip(layout.ROOT_PAGES, root_staged, strict=True)]
             try:
                 result = digest.published_digest(
-                    state.reader(), [self.area_web, self.storage], roots,
+                    state.reader(), [self.area_web, self.storage], roots, spill=self.tmp,
                     in_tree=not self.tree_checked,
                     tick=self.stop.check,
                 )
@@ -934,30 +939,50 @@ class _Import:
         every file, then every page, then the root; what went up stays there if a later
         step fails (nothing links it yet, or what it links is there), and the next attempt
         sends only what is missing. A file's staged copy stays until the import commits
-        (the upload consumes a hard link to it)."""
+        (the upload consumes a hard link to it).
+
+        A file beside one the bucket has already (its .metadata rewritten in place, say)
+        goes up with its project's pages, just before them in one task: its old page
+        advertises the old bytes' hash, and nothing is put back after a failure."""
         installed = 0
+        beside: dict[str, list[_Upload]] = {}
 
-        def files() -> Iterator[tuple[str, str, str | None]]:
+        def staged(record: FileRecord, body: Body) -> _Upload | None:
             nonlocal installed
-            for record in self._records():
-                if isinstance(record, FileRecord):
-                    for body in record.bodies:
-                        rel = record.body_path(body)
-                        if store.stat_file(self.area_web, rel) is not None:
-                            installed += body.size
-                            yield self._linked(rel), rel, body.sha256
+            rel = record.body_path(body)
+            if store.stat_file(self.area_web, rel) is None:
+                return None
+            installed += body.size
+            return self._linked(rel), rel, body.sha256
 
-        def pages() -> Iterator[tuple[str, str, str | None]]:
+        def files() -> Iterator[tuple[_Upload, ...]]:
+            for record in self._records():
+                if not isinstance(record, FileRecord):
+                    continue
+                rewritten = all(body.suffix for body in record.bodies)
+                for body in record.bodies:
+                    upload = staged(record, body)
+                    if upload is None:
+                        continue
+                    if rewritten:
+                        beside.setdefault(record.file.project, []).append(upload)
+                    else:
+                        yield (upload,)
+
+        def pages() -> Iterator[tuple[_Upload, ...]]:
             for record in self._records():
                 if isinstance(record, ProjectRecord) and record.page is not None:
-                    for rel, page in zip(layout.project_pages(record.name),
-                                         (record.page.html, record.page.json), strict=True):
-                        yield str(self.area_web / rel), rel, page.sha256
+                    yield (*beside.pop(record.name, ()), *(
+                        (str(self.area_web / rel), rel, page.sha256) for rel, page
+                        in zip(layout.project_pages(record.name),
+                               (record.page.html, record.page.json), strict=True)))
+            # Those of a project whose pages did not change: nothing advertises them.
+            yield from ((upload,) for left in beside.values() for upload in left)
 
         self._send(files())
         self._send(pages())
         self.stop.check()
-        self._send((name, rel, sha256) for (name, sha256), rel
+        self._send(((name, rel, sha256),) for (name, sha256), rel
                    in zip(root_staged, layout.ROOT_PAGES, strict=True))
         return installed
 
@@ -974,29 +999,32 @@ class _Import:
                 shutil.copyfile(self.area_web / rel, name)
             return name
 
-    def _send(self, uploads: Iterator[tuple[str, str, str | None]]) -> None:
-        """Each (local file, path, sha256) installed in the bucket, the storage's upload
-        threads all busy; returns once every one is up, or raises the first failure once
-        none is under way any more (a link never sent is a leftover the next attempt's
-        clear_leftovers removes)."""
+    def _send(self, uploads: Iterator[tuple[_Upload, ...]]) -> None:
+        """Each (local file, path, sha256) installed in the bucket, those of a group one
+        after another in one task, the storage's upload threads all busy; returns once
+        every one is up, or raises the first failure once none is under way any more (a
+        link never sent is a leftover the next attempt's clear_leftovers removes)."""
         storage = self._s3()
         pool = storage.uploads()
         limit = 2 * storage.settings.upload_workers
+
+        def in_order(group: tuple[_Upload, ...]) -> None:
+            for name, rel, sha256 in group:
+                storage.install(name, rel, sha256=sha256)
+
         pending: set[concurrent.futures.Future[None]] = set()
         try:
-            for name, rel, sha256 in uploads:
+            for group in uploads:
                 if len(pending) >= limit:
-                    done, pending = concurrent.futures.wait(
-                        pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                pending.add(pool.submit(storage.install, name, rel, sha256=sha256))
-            for future in concurrent.futures.as_completed(pending):
-                future.result()
+                    pending = _one_done(pending)
+                pending.add(pool.submit(in_order, group))
+            while pending:
+                pending = _one_done(pending)
         except BaseException:
             for future in pending:
                 future.cancel()
-            concurrent.futures.wait(pending)
+            while concurrent.futures.wait(pending, _WAKE).not_done:
+                pass  # see _one_done
             raise
 
     def _after(self, state: State, generation: int, *, last_modified: bool = True) -> None:
@@ -1313,3 +1341,18 @@ class _Volumes:
             self._open[1].close()
             self._open = None
 
+
+def _one_done(
+    pending: set[concurrent.futures.Future[None]],
+) -> set[concurrent.futures.Future[None]]:
+    """Those of ``pending`` not done once one is (its failure raised), waited for a
+    moment at a time: a signal's handler runs in the main thread, and a wait with no end
+    there is not woken by a signal the kernel gave an upload thread (a second signal
+    must stop an import at once)."""
+    while True:
+        done, left = concurrent.futures.wait(
+            pending, _WAKE, concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            future.result()
+        if done:
+            return left

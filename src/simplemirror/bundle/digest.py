@@ -23,7 +23,7 @@ import hashlib
 import heapq
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +85,7 @@ class Tree:
 
 def tree_digest(
     reader: StateReader, storage: Path | Storage, changed_after_ns: int | None = None,
-    tick: Callable[[], None] = lambda: None,
+    tick: Callable[[], None] = lambda: None, *, spill: Path | None = None,
 ) -> Tree:
     """What ``storage`` holds, streamed (one directory's names in memory at a time; in a
     bucket, a listing in key order) beside what ``reader`` publishes: a path state.db
@@ -93,11 +93,12 @@ def tree_digest(
     hashed, and so is one modified at or after ``changed_after_ns`` (ns since the epoch:
     when the last writer of the tree was done; in a bucket, by the store's clock, with
     s3.CLOCK_MARGIN to spare), which must still be what state.db recorded (in a bucket,
-    the SHA-256 the store vouches for, or the object read). ``tick``: called at each
-    directory (it may raise, to stop)."""
+    the SHA-256 the store vouches for, or the object read). ``spill``: a directory of the
+    mirror's own where a bucket's listing is put in order (for a bucket only). ``tick``:
+    called at each directory (it may raise, to stop)."""
     result = Tree()
     rows = reader.published_entries(SIBLINGS, _PAGES, (layout.LAST_MODIFIED,))
-    root = _Root(storage)
+    root = _Root(storage, spill)
     files = (p for p in root.walk(tick) if p[0] != layout.LAST_MODIFIED)
 
     def stranger(path: str) -> None:
@@ -132,7 +133,7 @@ def tree_digest(
                 if sha256 is None or (
                     changed_after_ns is not None and mtime_ns >= changed_after_ns
                 ):
-                    sha256 = root.sha256(path, None)
+                    sha256 = root.sha256(path)
                     if sha256 is None:
                         raise DigestError(f"{root.name}/{path} is not a regular file")
                     differs = differs or row[2] not in (None, sha256)
@@ -148,6 +149,8 @@ def tree_digest(
         result.digest = state_digest(entries())
     except _Unknown:
         result.digest = None
+    finally:
+        files.close()  # a bucket's listing put in order: its file goes now, not at GC
     return result
 
 
@@ -159,7 +162,8 @@ class _Root:
     """Where bytes are looked for: a directory (an import's staging area, web/) or the
     storage the tree is published to (web/ again, or a bucket)."""
 
-    def __init__(self, where: Path | Storage) -> None:
+    def __init__(self, where: Path | Storage, spill: Path | None) -> None:
+        self.spill = spill
         self.bucket = None
         self.path: Path | None = None
         if isinstance(where, Path):
@@ -172,10 +176,10 @@ class _Root:
             assert isinstance(where, s3.S3Storage)
             self.bucket = where
         self.name = str(self.path) if self.bucket is None else self.bucket.where
-        self._listed: Iterator[tuple[str, int, int]] | None = None
+        self._listed: Generator[tuple[str, int, int], None, None] | None = None
         self._at: tuple[str, int, int] | None = None
 
-    def walk(self, tick: Callable[[], None]) -> Iterator[tuple[str, int, int]]:
+    def walk(self, tick: Callable[[], None]) -> Generator[tuple[str, int, int], None, None]:
         """(path, size, modified) of everything held, in bytewise order of path; modified
         in ns since the epoch, for a bucket's object s3.CLOCK_MARGIN later than the store
         says (its clock is not ours)."""
@@ -184,21 +188,22 @@ class _Root:
             return
         from simplemirror.store import s3
 
-        assert self.bucket is not None
+        assert self.bucket is not None and self.spill is not None, "a bucket needs a spill"
         margin = int(s3.CLOCK_MARGIN * 10**9)
-        for number, (path, size, modified) in enumerate(self.bucket.walk_sorted()):
+        listed = self.bucket.walk_sorted(self.spill, tick=tick)
+        for number, (path, size, modified) in enumerate(listed):
             if not number % 4096:
                 tick()
             yield path, size, int(modified * 10**9) + margin
 
-    def stat(self, path: str) -> tuple[int, int, str | None] | None:
-        """(size, modified as walk gives it, the sha256 the store vouches for, if known
-        without reading) of the file at ``path``; None when there is none. In a bucket,
+    def stat(self, path: str) -> tuple[int, int] | None:
+        """(size, modified as walk gives it) of the file at ``path``; None when there is
+        none. In a bucket,
         from one listing in key order, not a HEAD a path (a mirror's .metadata files alone
         are millions): ``path`` must come after the one asked before."""
         if self.path is not None:
             status = store.stat_file(self.path, path)
-            return None if status is None else (status.st_size, status.st_mtime_ns, None)
+            return None if status is None else (status.st_size, status.st_mtime_ns)
         if self._listed is None:
             self._listed = self.walk(lambda: None)
             self._at = next(self._listed, None)
@@ -206,13 +211,16 @@ class _Root:
             self._at = next(self._listed, None)
         if self._at is None or self._at[0] != path:
             return None
-        return self._at[1], self._at[2], None
+        return self._at[1], self._at[2]
 
-    def sha256(self, path: str, vouched: str | None) -> str | None:
-        """The sha256 of the file at ``path``: ``vouched`` (what the store computed) when
-        given, else its bytes read (in a bucket, the store's first, one HEAD)."""
-        if vouched is not None:
-            return vouched
+    def close(self) -> None:
+        """Give up the listing stat reads (a bucket's: its file in the spill goes)."""
+        if self._listed is not None:
+            self._listed.close()
+
+    def sha256(self, path: str) -> str | None:
+        """The sha256 of the file at ``path``: its bytes read (in a bucket, the one the
+        store vouches for first, one HEAD)."""
         if self.path is not None:
             return store.sha256_of(self.path, path)
         assert self.bucket is not None
@@ -265,17 +273,18 @@ def published_digest(
     root_pages: Iterable[Entry],
     changed_after_ns: int | None = None,
     *,
+    spill: Path | None = None,
     in_tree: bool = False,
     tick: Callable[[], None] = lambda: None,
 ) -> str:
     """The digest of what ``reader``'s state.db publishes, with ``root_pages``.
 
     ``roots``: where the bytes are looked for, first match wins (an import's staging area,
-    then the storage: web/ or a bucket, whose SHA-256 of an object, when it has one, is
-    compared with state.db's whatever its time). ``changed_after_ns``: a file modified at
+    then the storage: web/ or a bucket). ``changed_after_ns``: a file modified at
     or after this (ns since the epoch) is hashed again and must still be what state.db
     recorded (an export while a sync runs: state.db is read as of one moment, and a page
-    rewritten since then differs).
+    rewritten since then differs). ``spill``: a directory of the process's own where a
+    bucket's listing is put in order (for a bucket only).
     ``in_tree``: every path is looked for and must have the size state.db says, not only
     those state.db lacks a size or sha256 of (an import, about to publish what state.db
     will say). ``tick``: called every few thousand paths (it may raise, to stop).
@@ -283,8 +292,13 @@ def published_digest(
     rows = reader.published_entries(
         SIBLINGS, _PAGES, (*layout.ROOT_PAGES, layout.LAST_MODIFIED)
     )
-    found = _resolved(_ticking(rows, tick), roots, changed_after_ns, in_tree)
-    return state_digest(heapq.merge(found, sorted(root_pages)))
+    looked = [_Root(root, spill) for root in roots]
+    try:
+        found = _resolved(_ticking(rows, tick), looked, changed_after_ns, in_tree)
+        return state_digest(heapq.merge(found, sorted(root_pages)))
+    finally:
+        for root in looked:
+            root.close()  # a bucket's listing put in order: its file goes now, not at GC
 
 
 def _ticking(rows: Iterable[_Row], tick: Callable[[], None]) -> Iterator[_Row]:
@@ -298,11 +312,10 @@ _Row = tuple[str, int | None, str | None]
 
 
 def _resolved(
-    rows: Iterable[tuple[str, int | None, str | None]], roots: Sequence[Path | Storage],
+    rows: Iterable[tuple[str, int | None, str | None]], looked: list[_Root],
     changed_after_ns: int | None, in_tree: bool,
 ) -> Iterator[Entry]:
     lost: list[str] = []
-    looked = [_Root(root) for root in roots]
     for path, size, sha256 in rows:
         if size is not None and sha256 is not None and not in_tree:
             yield path, size, sha256
@@ -311,7 +324,7 @@ def _resolved(
             status = root.stat(path)
             if status is None:
                 continue
-            held, modified, vouched = status
+            held, modified = status
             if size is None:
                 size = held
             elif size != held:
@@ -319,10 +332,10 @@ def _resolved(
                     f"{root.name}/{path} is {held} bytes, and state.db says {size}: "
                     "run `mirror verify` there"
                 )
-            if sha256 is None or vouched is not None or (
+            if sha256 is None or (
                 changed_after_ns is not None and modified >= changed_after_ns
             ):
-                found = root.sha256(path, vouched)
+                found = root.sha256(path)
                 if found is None:
                     raise DigestError(f"{root.name}/{path} is not a regular file")
                 if sha256 is not None and found != sha256:

@@ -300,7 +300,7 @@ def _plan(
     records = _records(reader, web, info, packer, request.public_url, root, missing)
     size, sha256 = _write_manifest(partial, records, counts)
     target = digest.published_digest(
-        reader, [web], [(p.path, p.size, p.sha256) for p in root],
+        reader, [web], [(p.path, p.size, p.sha256) for p in root], spill=partial,
         changed_after_ns=started_ns - _MTIME_MARGIN_NS,
     )
     info = replace(info, target=target, counts=counts, manifest_size=size,
@@ -441,7 +441,7 @@ def _body(web: Storage, path: str, suffix: str, size: int, sha256: str, packer: 
         return Body(suffix, size, sha256, (Part(volume, offset, length, sha256),))
     # Split: each part gets its own digest, so that a damaged volume is named as such.
     parts = []
-    with _open(web, path + suffix) as source:
+    with _open(web, path + suffix, size) as source:
         for volume, offset, length in placed:
             h = hashlib.sha256()
             left = length
@@ -536,20 +536,16 @@ def _read_sha256(web: Storage, rel: str) -> str:
                           "run the export again") from None
 
 
-def _open(web: Storage, rel: str) -> io.RawIOBase:
+def _open(web: Storage, rel: str, size: int) -> io.RawIOBase:
     """``rel`` for reading from its start, in order: a file of web/, or an object streamed
-    from the bucket (one GET, not one per read; bounded memory)."""
+    from the bucket (one GET, not one per read; bounded memory), ``size`` bytes as the
+    plan recorded it: no HEAD first, a read past a shorter object's end finds nothing,
+    and a missing one is FileNotFoundError at its first read."""
     if isinstance(web, Local):
         raw = store.open_file(web.web, rel, buffering=0)
         assert isinstance(raw, io.FileIO)
         return raw
-    from simplemirror.store import s3  # boto3 only where a bucket is used
-
-    assert isinstance(web, s3.S3Storage)
-    found = web.look(rel)
-    if found is None:
-        raise FileNotFoundError(f"{web.key(rel)} is not in {web.where}")
-    return _Streamed(web, rel, found[0])
+    return _Streamed(web, rel, size)
 
 
 class _Streamed(io.RawIOBase):
@@ -672,11 +668,13 @@ def _copy_body(
     rel = path + suffix
     # The whole body's digest, when every part is copied now (not some before a stop).
     whole: Any = hashlib.sha256()
+    if all(_complete(partial, p[0]) for p in parts):
+        return writer  # copied by the export this one takes up again: not opened again
+    # Only a body not there is one a sync removed; any other error (a store's 503 after
+    # its retries, an outage, expired credentials) leaves the partial export to go on.
     try:
-        source = _open(web, rel)
-    except OSError as exc:
-        if all(_complete(partial, p[0]) for p in parts):
-            return writer  # copied by the export this one takes up again
+        source = _open(web, rel, size)
+    except FileNotFoundError as exc:
         raise _vanished(partial, web, rel, exc) from None
     with source:
         for volume, offset, length, part_sha256 in parts:
@@ -694,7 +692,10 @@ def _copy_body(
             h = hashlib.sha256()
             left = length
             while left:
-                chunk = source.read(min(_CHUNK, left))
+                try:
+                    chunk = source.read(min(_CHUNK, left))
+                except FileNotFoundError as exc:
+                    raise _vanished(partial, web, rel, exc) from None
                 if not chunk:
                     raise _vanished(partial, web, rel, None)
                 h.update(chunk)

@@ -816,11 +816,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _stop_import_on_signals(stop: Stop) -> None:
+def _stop_import_on_signals(stop: Stop, bucket: bool) -> None:
     """SIGTERM or SIGINT: stop at the next record and put back what was published; the
-    same signal again: stop now (the next import finishes the job, as after a kill)."""
+    same signal again: stop now (the next import finishes the job, as after a kill).
+    Into a bucket, now is the process's end there and then: an exception would wait for
+    the uploads under way, and so would the interpreter's exit for their threads; a kill
+    is what the bucket's publish order already tolerates."""
 
     def handler(signum: int, _frame: object) -> None:
+        if stop.signum is not None and bucket:
+            os.write(2, f"mirror: import stopped at once by {signal.Signals(signum).name}; "
+                        "the bucket keeps what went up: run the same import again to "
+                        "finish it\n".encode())
+            os._exit(128 + signum)
         if stop.signum is not None:
             raise KeyboardInterrupt
         log.warning("%s received: stopping the import, putting back what it published "
@@ -844,7 +852,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not 0.0 <= max_removal <= 1.0:
         raise config.ConfigError("max-removal must be a share between 0.0 and 1.0, like 0.10")
     stop = apply.Stop()
-    _stop_import_on_signals(stop)
+    _stop_import_on_signals(stop, storage is not None)
     try:
         public_key = keys.PublicKey.read(args.public_key)
         done = apply.import_bundle(apply.ImportRequest(

@@ -54,7 +54,7 @@ from obstore.auth.boto3 import Boto3CredentialProvider
 from obstore.store import S3Store
 
 from simplemirror.serve import rules
-from simplemirror.store import tree
+from simplemirror.store import state, tree
 from simplemirror.store.backend import ChecksumRefused, Settings, StorageError
 
 if TYPE_CHECKING:
@@ -478,13 +478,20 @@ class S3Storage:
                 held["LastModified"].timestamp())
 
     def stream(self, rel: str, first: int, last: int) -> Iterator[bytes]:
-        """Bytes ``first`` to ``last`` (inclusive) of the object at ``rel``, in pieces."""
+        """Bytes ``first`` to ``last`` (inclusive) of the object at ``rel``, in pieces:
+        none past the object's end; FileNotFoundError when there is no object."""
         try:
             answer = self.client.get_object(
                 Bucket=self.bucket, Key=self.key(rel), Range=f"bytes={first}-{last}"
             )
             yield from answer["Body"].iter_chunks(256 * 1024)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                raise FileNotFoundError(f"{self.key(rel)} is not in {self.where}") from None
+            if _status(exc) == 416:  # the object is shorter than asked: nothing there
+                return
+            raise self._error(exc, f"read {rel} in") from None
+        except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, f"read {rel} in") from None
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
@@ -567,17 +574,40 @@ class S3Storage:
             raise self._error(exc, "list") from None
         return bool(page.get("Contents"))
 
-    def walk_sorted(self, split: str = "packages") -> Iterator[tuple[str, int, float]]:
+    def walk_sorted(
+        self, spill: Path, split: str = "packages", tick: Callable[[], None] = lambda: None,
+    ) -> Iterator[tuple[str, int, float]]:
         """(path, size, LastModified as epoch seconds) of every object below the prefix, in
-        bytewise order of path (S3 lists keys in that order), streamed: what a walk of
-        web/ in order gives. The directories below ``split`` (packages/<xx>/, most of the
-        objects) are listed in parallel, _LIST_AHEAD of them held at most, as walk_files
-        does; the rest is one listing after another."""
+        bytewise order of path, streamed: what a walk of web/ in order gives.
+
+        A store's listing order is not relied on: SeaweedFS lists directory by directory,
+        simple/foo/index.html before simple/foo-bar/index.html ('-' sorts before '/').
+        So each listing is put in order here: the directories below ``split``
+        (packages/<xx>/, most of the objects) are listed in parallel, _LIST_AHEAD of them
+        held at most, as walk_files does, and each is sorted in memory; any other
+        (simple/: a few names per project, millions) goes through a SQLite table in
+        ``spill`` (a directory of the mirror's own), so memory stays bounded. A path out
+        of order after that is a StorageError, not a stranger in the tree. ``tick``: called
+        at each page listed into a table (it may raise, to stop)."""
+        last = ""
+        for entry in self._in_order(spill, split, tick):
+            if entry[0] <= last:
+                raise StorageError(
+                    f"{self.where} listed {entry[0]!r} after {last!r}: its listing could "
+                    "not be put in key order; report it to simplemirror's maintainers"
+                )
+            last = entry[0]
+            yield entry
+
+    def _in_order(
+        self, spill: Path, split: str, tick: Callable[[], None],
+    ) -> Iterator[tuple[str, int, float]]:
         cut = len(self.prefix)
 
         def level(key_prefix: str) -> list[tuple[str, dict[str, Any] | None]]:
             """One level below ``key_prefix``: (key, its listing entry) of the objects,
-            (prefix ending in '/', None) of the directories, in key order."""
+            (prefix ending in '/', None) of the directories, in key order (a directory
+            sorts as its name and a slash, as the keys below it do)."""
             found: list[tuple[str, dict[str, Any] | None]] = []
             paginator = self.client.get_paginator("list_objects_v2")
             try:
@@ -599,13 +629,16 @@ class S3Storage:
         def one(key: str, item: dict[str, Any]) -> tuple[str, int, float]:
             return key[cut:], int(item["Size"]), item["LastModified"].timestamp()
 
+        def held_sorted(key_prefix: str) -> Iterator[tuple[str, int, float]]:
+            return iter(sorted(flat(key_prefix)))
+
         for key, item in level(self.prefix):
             if item is not None:
                 yield one(key, item)
             elif key != self.key(split) + "/":
-                yield from flat(key)
+                yield from _spilled(flat(key), spill, tick)
             else:
-                yield from self._ahead(level(key), one, flat)
+                yield from self._ahead(level(key), one, held_sorted)
 
     @staticmethod
     def _ahead(
@@ -724,3 +757,13 @@ class _Ranges(io.RawIOBase):
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+def _spilled(
+    entries: Iterable[tuple[str, int, float]], spill: Path, tick: Callable[[], None],
+) -> Iterator[tuple[str, int, float]]:
+    """``entries`` in order of path, through a file of their own in ``spill`` (more of
+    them than memory should hold); it is gone once they are read (or given up)."""
+    fd, name = tree.create(spill, tree.LISTING_PREFIX, 0o600)
+    os.close(fd)
+    yield from state.in_path_order(Path(name), entries, tick)

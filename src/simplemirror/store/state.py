@@ -11,6 +11,7 @@ that everything that changed between two generations can be listed exactly
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -1097,6 +1098,33 @@ _ROOT_QUERY = (
     " WHERE published_gen IS NOT NULL AND status != 'removed' ORDER BY name"
 )
 T = TypeVar("T")
+
+
+def in_path_order(
+    path: Path, entries: Iterable[tuple[str, int, float]], tick: Callable[[], None],
+) -> Iterator[tuple[str, int, float]]:
+    """(path, size, modified) ``entries`` in bytewise order of path, through a table in
+    the SQLite file ``path`` (an empty file of the caller's, a bucket's listing of
+    millions of pages: more than memory should hold), deleted once they are read or
+    given up. ``tick``: called every thousand entries stored (it may raise, to stop)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        # Scratch, read once and deleted: nothing to recover after a crash.
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        # BINARY collation: the bytes of UTF-8, the order of Python's str and of state.db.
+        conn.execute("CREATE TABLE listed (path TEXT PRIMARY KEY, size INTEGER, "
+                     "modified REAL) WITHOUT ROWID")
+        conn.execute("BEGIN")
+        left = iter(entries)
+        while batch := list(itertools.islice(left, 1000)):
+            tick()
+            conn.executemany("INSERT INTO listed VALUES (?, ?, ?)", batch)
+        conn.execute("COMMIT")
+        yield from conn.execute("SELECT path, size, modified FROM listed ORDER BY path")
+    finally:
+        conn.close()
+        path.unlink(missing_ok=True)  # a sync's start clears tmp/
 
 
 class ReuseIndex:

@@ -53,11 +53,13 @@ from pathlib import Path
 
 DOWNLOAD_PREFIX = "dl-"
 PAGE_PREFIX = "page-"
+LISTING_PREFIX = "listing-"
+"""A bucket's listing put in order (s3.S3Storage.walk_sorted), a SQLite file."""
 REUSE_INDEX = "reuse-{pid}.db"
 """The run's index of files an operator already has (state.ReuseIndex), in tmp/."""
 # What create names its files, and the reuse index: clear_leftovers deletes these and
 # nothing else.
-_OWN_NAME = re.compile(r"(?:dl|page)-\d+-\d+|reuse-\d+\.db(?:-journal)?")
+_OWN_NAME = re.compile(r"(?:dl|page|listing)-\d+-\d+|reuse-\d+\.db(?:-journal)?")
 PUBLISHED_MODE = 0o644
 """The tree is served by another user (nginx, say)."""
 

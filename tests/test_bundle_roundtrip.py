@@ -173,6 +173,17 @@ def test_volumes_are_split_and_may_arrive_apart(
     assert published(far) == published(near)
 
 
+def export_since(
+    capsys: pytest.CaptureFixture[str], near: Path, out: Path, key: Keys, receipt: Path
+) -> Path:
+    """The replacement bundle `mirror export --since-receipt` makes from ``receipt``."""
+    code, out_text, err = run(capsys, "export", "--directory", str(near), "--to", str(out),
+                              "--secret-key", str(key.secret_path), "--since-receipt",
+                              str(receipt))
+    assert code == 0, err
+    return Path(out_text.strip())
+
+
 def test_a_lost_bundle_is_replaced_from_the_receipt(
     upstream: Upstream, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -192,11 +203,7 @@ def test_a_lost_bundle_is_replaced_from_the_receipt(
         1, "refused", info_of(third).bundle
     )
 
-    code, out_text, err = run(capsys, "export", "--directory", str(near), "--to", str(out),
-                              "--secret-key", str(key.secret_path), "--since-receipt",
-                              str(receipt_path))
-    assert code == 0, err
-    replacement = Path(out_text.strip())
+    replacement = export_since(capsys, near, out, key, receipt_path)
     assert info_of(replacement).sequence == 2 and replacement != lost
     apply(replacement, far, key)
     assert published(far) == published(near)
@@ -224,11 +231,7 @@ def test_a_file_the_far_side_lost_travels_with_the_replacement_bundle(
     receipt = Receipt.from_bytes(receipt_path.read_bytes())
     assert receipt.missing_files and all(victim.filename in p for p in receipt.missing_files)
 
-    code, out_text, err = run(capsys, "export", "--directory", str(near), "--to", str(out),
-                              "--secret-key", str(key.secret_path), "--since-receipt",
-                              str(receipt_path))
-    assert code == 0, err
-    apply(Path(out_text.strip()), far, key)
+    apply(export_since(capsys, near, out, key, receipt_path), far, key)
     assert published(far) == published(near)
 
 
@@ -256,11 +259,7 @@ def test_a_file_of_an_untouched_project_the_far_side_lost_travels_too(
     receipt = Receipt.from_bytes(receipt_path.read_bytes())
     assert [p.rsplit("/", 1)[1] for p in receipt.missing_files] == [victim.filename]
 
-    code, out_text, err = run(capsys, "export", "--directory", str(near), "--to", str(out),
-                              "--secret-key", str(key.secret_path), "--since-receipt",
-                              str(receipt_path))
-    assert code == 0, err
-    apply(Path(out_text.strip()), far, key)
+    apply(export_since(capsys, near, out, key, receipt_path), far, key)
     assert published(far) == published(near)
 
 

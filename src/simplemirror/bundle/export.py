@@ -733,16 +733,8 @@ def _seal(partial: Path, info: BundleInfo, key: SecretKey) -> Path:
     (partial / PLAN_FILE).unlink()
     for volume in info.volumes:
         _digest_file(partial / volume.name).unlink(missing_ok=True)
-    _sync_directory(partial)
+    store.sync_directory(partial)
     final = partial.with_name(partial.name.removesuffix(".partial"))
     partial.rename(final)
-    _sync_directory(final.parent)
+    store.sync_directory(final.parent)
     return final
-
-
-def _sync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

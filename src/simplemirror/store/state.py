@@ -333,16 +333,14 @@ def _create(path: Path) -> None:
     new = path.with_name(path.name + ".new")
     for suffix in ("", "-wal", "-shm", "-journal"):
         new.with_name(new.name + suffix).unlink(missing_ok=True)
-    State(new, _in_place=True).close()  # the last connection: its WAL is folded in
-    fd = os.open(new, os.O_RDONLY)
+    # Closing the last connection checkpoints its WAL into the file, which SQLite then
+    # fsyncs (synchronous=NORMAL): only the rename is left to make durable. (The state
+    # depends on the model alone, so not through store.tree.sync_directory.)
+    State(new, _in_place=True).close()
+    os.replace(new, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(new, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename survives a power cut
     finally:
         os.close(fd)
 

@@ -562,8 +562,13 @@ def write_durable(target: Path, data: bytes, mode: int = PUBLISHED_MODE) -> None
     except BaseException:
         discard(name)
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+    sync_directory(target.parent)
+
+
+def sync_directory(path: Path) -> None:
+    """fsync ``path``, a directory: a rename into it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
